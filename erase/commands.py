@@ -1,0 +1,117 @@
+"""``erase run`` and ``erase methods``: the erasure subcommands of the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .cli import UsageError, _common_model_args, _load, _threads, command
+
+
+def _parse_set(items: list[str]) -> dict:
+    """--set key=value (value parsed as JSON when it parses, else kept as a string)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def build_request(args):
+    """From a protocol when the concept belongs to one (canvas-mini by default), else from prompt templates."""
+    from eval.protocols import load_protocol
+
+    from .request import EraseRequest
+
+    if not args.concept or not args.concept.strip():
+        raise UsageError("the concept to erase is empty; pass --concept NAME")
+    if args.protocol != "none":
+        protocol = load_protocol(args.protocol)
+        return EraseRequest.from_protocol(protocol, args.concept, args.kind, anchor=args.anchor, seed=args.seed), protocol
+    retain = [r.strip() for r in (args.retain or "").split(",") if r.strip()]
+    return EraseRequest.from_templates(args.concept, args.kind, args.anchor, retain=retain, seed=args.seed), None
+
+
+def _default_protocol(model: str) -> str:
+    from eval.canvas_mini import PIPELINE_DIR
+
+    try:
+        return "canvas-mini" if Path(model).resolve() == PIPELINE_DIR.resolve() else "none"
+    except OSError:
+        return "none"
+
+
+@command("run", "erase a concept with a method and save the patch (optionally evaluate the erased model)")
+def _run(p):
+    p.add_argument("method", help="erasure method (see `erase methods`)")
+    _common_model_args(p)
+    p.add_argument("--concept", required=True, help="concept to erase, e.g. Watercolor")
+    p.add_argument("--kind", required=True, choices=["style", "object", "identity", "attribute", "nsfw"])
+    p.add_argument("--anchor", default=None, help="what the concept should become (default from the protocol: Photo style / the next object)")
+    p.add_argument("--retain", default=None, help="comma-separated concepts to keep (models without a protocol)")
+    p.add_argument("--protocol", default=None, help="canvas-mini, unlearncanvas, a protocol file, or none (default: canvas-mini for the shipped model, else none)")
+    p.add_argument("--out", required=True, help="output folder for the patch, resolved_config.json and train_log.jsonl")
+    p.add_argument("--preset", default=None, help="method preset (assets/presets/<method>/NAME.json) or a JSON file")
+    p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any method option, e.g. --set alpha=10")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a patch already in --out")
+    p.add_argument("--eval", action="store_true", help="evaluate the erased model on the protocol (report in OUT/eval)")
+    p.add_argument("--eval-seeds", type=int, default=None, help="with --eval: use only the first N protocol seeds")
+    p.add_argument("--quiet", action="store_true")
+
+    def run(args):
+        from .api import erase_concept, resolve_config
+        from .patch import PATCH_FILE
+
+        out = Path(args.out)
+        if (out / PATCH_FILE).exists() and not (args.overwrite or args.resume):
+            raise UsageError(f"{out} already holds a patch; pass --overwrite or choose another --out")
+        args.protocol = args.protocol or _default_protocol(args.model)
+        request, protocol = build_request(args)
+        overrides = _parse_set(args.set)
+        if args.steps is not None:
+            overrides["steps"] = args.steps
+        resolve_config(args.method, args.preset, overrides)  # validate before loading anything
+        if args.patch:
+            raise UsageError("erase run trains on the base model; --patch is only for eval/grid")
+        if args.eval and protocol is None:
+            raise UsageError("--eval needs a protocol (--protocol canvas-mini|unlearncanvas|FILE)")
+        _threads(args)
+        pipe, device = _load(args)
+        patch = erase_concept(pipe, args.method, request, out, preset=args.preset, overrides=overrides, resume=args.resume,
+                              overwrite=args.overwrite or args.resume, progress=not args.quiet, model_id=args.model)
+        eff = patch.config["efficiency"]
+        print(f"patch: {out} ({eff['patch_bytes'] / 1e6:.2f} MB, {eff['erase_seconds']:.0f} s, peak memory {eff['peak_memory_bytes'] / 2**30:.2f} GiB)")
+        if args.eval:
+            from eval.report import EvalOptions, evaluate
+            from pipelines.stable_diffusion import apply_patch
+
+            apply_patch(pipe, patch)
+            if args.eval_seeds:
+                protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
+            report = evaluate(pipe, protocol, [(args.concept, args.kind)], out / "eval", model_id=args.model,
+                              patch=str(out), options=EvalOptions(device=device, progress=not args.quiet))
+            print(f"UA {100 * report['ua']:.1f}  IRA {100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}  ({out / 'eval' / 'report.md'})")
+
+    return run
+
+
+@command("methods", "list the erasure methods and their presets")
+def _methods(p):
+    def run(args):
+        from .api import list_presets
+        from .registry import get_method, list_methods
+
+        for name in list_methods():
+            spec = get_method(name)
+            presets = ", ".join(list_presets(name)) or "-"
+            print(f"{name:10s} {spec.summary}\n{'':10s} presets: {presets}")
+
+    return run

@@ -1,0 +1,85 @@
+"""Gradient surgery: pure functions on {name: tensor} gradient dicts.
+
+All dot products and norms are computed in float32 (or wider) whatever the
+gradients' dtype; results keep each gradient's dtype.
+
+* ``project_conflicting``: PCGrad's projection (Yu et al. 2020). If <g, g_ref> < 0,
+  g <- g - <g, g_ref> / ||g_ref||^2 * g_ref, making g orthogonal to g_ref. ``scope="global"``
+  treats the dict as one flat vector (PCGrad as published); ``scope="per_tensor"`` projects each
+  tensor on its own.
+* ``doco_official``: DoCo's released rule, per tensor: c = cos(g_u, g_r); if c < 0,
+  g_u <- g_u - lam * c * g_r / ||g_r||. It equals per-tensor PCGrad only when ||g_u|| = lam.
+* ``weighted_sum``: sum_i w_i * g_i.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Grads = dict[str, torch.Tensor]
+EPS = 1e-12
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def dot(a: Grads, b: Grads) -> torch.Tensor:
+    """Global dot product of two gradient dicts (same keys), in float32 or wider."""
+    _same_keys(a, b)
+    return sum((_f32(a[k]) * _f32(b[k])).sum() for k in a)
+
+
+def norm(a: Grads) -> torch.Tensor:
+    return dot(a, a).sqrt()
+
+
+def _same_keys(a: Grads, b: Grads) -> None:
+    if a.keys() != b.keys():
+        raise KeyError(f"gradient dicts differ in keys: {sorted(set(a) ^ set(b))[:3]}")
+
+
+def project_conflicting(g: Grads, g_ref: Grads, scope: str = "global") -> Grads:
+    """PCGrad: remove from ``g`` its component along ``g_ref`` when the two conflict (negative dot)."""
+    _same_keys(g, g_ref)
+    if scope == "global":
+        d = dot(g, g_ref)
+        if d >= 0:
+            return dict(g)
+        coef = d / (dot(g_ref, g_ref) + EPS)
+        return {k: (_f32(g[k]) - coef * _f32(g_ref[k])).to(g[k].dtype) for k in g}
+    if scope == "per_tensor":
+        out = {}
+        for k in g:
+            a, b = _f32(g[k]), _f32(g_ref[k])
+            d = (a * b).sum()
+            out[k] = g[k] if d >= 0 else (a - d / ((b * b).sum() + EPS) * b).to(g[k].dtype)
+        return out
+    raise ValueError(f"unknown scope {scope!r}; use 'global' or 'per_tensor'")
+
+
+def doco_official(g_u: Grads, g_r: Grads, lam: float = 1.0, eps: float = 1e-8) -> Grads:
+    """DoCo's released per-tensor rule (see module docstring). Only g_u is returned (g_r is not added)."""
+    _same_keys(g_u, g_r)
+    out = {}
+    for k in g_u:
+        a, b = _f32(g_u[k]), _f32(g_r[k])
+        na, nb = a.norm(), b.norm()
+        c = (a * b).sum() / (na * nb + eps)
+        out[k] = g_u[k] if c >= 0 else (a - lam * c * b / (nb + eps)).to(g_u[k].dtype)
+    return out
+
+
+def weighted_sum(grads: list[Grads], weights: list[float]) -> Grads:
+    if len(grads) != len(weights) or not grads:
+        raise ValueError("weighted_sum needs one weight per gradient dict (at least one)")
+    for g in grads[1:]:
+        _same_keys(grads[0], g)
+    return {k: sum(w * _f32(g[k]) for g, w in zip(grads, weights)).to(grads[0][k].dtype) for k in grads[0]}
+
+
+def grads_of(loss: torch.Tensor, params: dict[str, torch.Tensor], retain_graph: bool = False) -> Grads:
+    """{name: d loss / d param} via autograd.grad; leaves ``.grad`` untouched. Unused params get zeros."""
+    names = list(params)
+    gs = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=retain_graph, allow_unused=True)
+    return {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, gs)}

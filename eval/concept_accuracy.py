@@ -1,0 +1,110 @@
+"""ConceptAccuracy (a torchmetrics Metric) and the UnlearnCanvas UA / IRA / CRA scores.
+
+Definitions (UnlearnCanvas, as its maintainers stated them):
+
+* style target s:  UA = 1 - acc_style[s];  IRA = mean acc_style over the other styles;
+  CRA = mean acc_object over all objects (on the same answer set).
+* object target o: UA = 1 - acc_object[o]; IRA = mean acc_object over the other objects;
+  CRA = mean acc_style over the styles.
+
+Photo-class rule (as the published code does): the photo class (``Seed_Images``
+on UnlearnCanvas, ``Photo`` on canvas-mini) is generated and classified like any
+other theme, so its images count in every object accuracy, but it is never a
+style target and is left out of every *style* average (IRA for style targets,
+CRA for object targets).
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+PHOTO_RULE = (
+    "photo class generated and classified like any theme (its images count in object accuracies); "
+    "never a style target; excluded from style averages (style IRA, object CRA)"
+)
+
+
+class ConceptAccuracy(Metric):
+    """Per-class accuracy, confusion matrix and mean true-class probability of a classifier.
+
+    ``update(logits, target)`` with logits (N, C) and integer targets (N,); ``compute()`` returns a dict with
+    ``accuracy`` (C,), ``confusion`` (C, C) [true, predicted], ``true_prob`` (C,), ``count`` (C,), ``overall``.
+    Classes with no samples have accuracy NaN.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, classes: list[str], **kwargs):
+        super().__init__(**kwargs)
+        self.classes = list(classes)
+        c = len(self.classes)
+        self.add_state("confusion", default=torch.zeros(c, c, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("true_prob_sum", default=torch.zeros(c, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        c = len(self.classes)
+        if logits.ndim != 2 or logits.shape[1] != c:
+            raise ValueError(f"expected logits of shape (N, {c}), got {tuple(logits.shape)}")
+        target = target.to(self.confusion.device).long()
+        logits = logits.to(self.confusion.device)
+        pred = logits.argmax(1)
+        self.confusion += torch.bincount(target * c + pred, minlength=c * c).view(c, c)
+        prob = logits.float().softmax(1).gather(1, target[:, None]).squeeze(1).double()
+        self.true_prob_sum += torch.zeros(c, dtype=torch.float64, device=prob.device).index_add_(0, target, prob)
+
+    def compute(self) -> dict:
+        count = self.confusion.sum(1)
+        correct = self.confusion.diag()
+        safe = count.clamp(min=1).double()
+        nan = torch.full_like(safe, float("nan"))
+        return {
+            "accuracy": torch.where(count > 0, correct.double() / safe, nan),
+            "true_prob": torch.where(count > 0, self.true_prob_sum / safe, nan),
+            "confusion": self.confusion.clone(),
+            "count": count,
+            "overall": (correct.sum().double() / count.sum().clamp(min=1)).item(),
+        }
+
+    def per_class(self) -> dict[str, float]:
+        acc = self.compute()["accuracy"]
+        return {name: float(a) for name, a in zip(self.classes, acc.tolist())}
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def unlearning_scores(
+    style_acc: dict[str, float],
+    object_acc: dict[str, float],
+    target: str,
+    kind: str,
+    photo_class: str | None,
+) -> dict[str, float]:
+    """UA / IRA / CRA (fractions in [0, 1]) for one target, from per-concept accuracies."""
+    styles = [s for s in style_acc if s != photo_class]
+    if kind == "style":
+        if target not in styles:
+            raise ValueError(f"style target {target!r} is not a scorable style (known: {styles})")
+        ua = 1.0 - style_acc[target]
+        ira = _mean([style_acc[s] for s in styles if s != target])
+        cra = _mean(list(object_acc.values()))
+    elif kind == "object":
+        if target not in object_acc:
+            raise ValueError(f"object target {target!r} is not in the object classes {list(object_acc)}")
+        ua = 1.0 - object_acc[target]
+        ira = _mean([a for o, a in object_acc.items() if o != target])
+        cra = _mean([style_acc[s] for s in styles])
+    else:
+        raise ValueError(f"unknown kind {kind!r}; choose 'style' or 'object'")
+    return {"ua": ua, "ira": ira, "cra": cra}
+
+
+def macro_average(per_target: list[dict[str, float]]) -> dict[str, float]:
+    """Average UA / IRA / CRA over several targets (each from its own erased model)."""
+    if not per_target:
+        raise ValueError("no per-target scores to average")
+    return {k: _mean([d[k] for d in per_target]) for k in ("ua", "ira", "cra")}

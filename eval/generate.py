@@ -1,0 +1,60 @@
+"""Batched, per-sample-seeded image generation with a diffusers text-to-image pipeline.
+
+Each image gets its own ``torch.Generator`` seeded with its seed, so an image
+depends only on (prompt, seed, sampler settings), never on batch order or size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def generate(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    steps: int = 50,
+    guidance: float = 7.5,
+    negative_prompt: str = "",
+    batch_size: int = 64,
+    height: int | None = None,
+    width: int | None = None,
+    eta: float = 0.0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Generate one image per (prompt, seed): uint8 array (N, H, W, 3)."""
+    from tqdm.auto import tqdm
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
+    pipe.set_progress_bar_config(disable=True)
+    device = pipe.device
+    gen_device = "cpu" if device.type == "mps" else device
+    out = []
+    bar = tqdm(total=len(prompts), desc="generate", unit="img", disable=not progress, mininterval=2)
+    for i in range(0, len(prompts), batch_size):
+        chunk_p, chunk_s = prompts[i : i + batch_size], seeds[i : i + batch_size]
+        gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in chunk_s]
+        images = pipe(
+            prompt=chunk_p,
+            negative_prompt=[negative_prompt] * len(chunk_p) if guidance > 1 else None,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+            height=height,
+            width=width,
+            eta=eta,
+            output_type="np",
+        ).images
+        out.append(np.round(np.clip(images, 0, 1) * 255).astype(np.uint8))
+        bar.update(len(chunk_p))
+    bar.close()
+    return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0

@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from erase.patch import CONFIG_FILE, PATCH_FILE, ErasurePatch, PatchError
+from pipelines.stable_diffusion import apply_patch, applied_patches, named_parameters, remove_patch, save_erased, set_patch_scale
+
+
+def make_patch(pipe, seed=0, masked=True, dtype=torch.float32):
+    """A patch that perturbs two UNet tensors of ``pipe`` (one dense, one masked)."""
+    params = named_parameters(pipe)
+    g = torch.Generator().manual_seed(seed)
+    names = ["unet.conv_in.weight", "unet.up_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"]
+    base = {n: params[n].detach().clone() for n in names}
+    tuned = {n: base[n] + 0.05 * torch.randn(base[n].shape, generator=g) for n in names}
+    masks = {names[0]: None, names[1]: (torch.rand(base[names[1]].shape, generator=g) < 0.3) if masked else None}
+    for n, m in masks.items():
+        if m is not None:
+            tuned[n] = torch.where(m, tuned[n], base[n])
+    return ErasurePatch.from_diff(base, tuned, masks, {"method": "test"}, dtype=dtype), tuned
+
+
+def snapshot(pipe):
+    return {n: p.detach().clone() for n, p in named_parameters(pipe).items()}
+
+
+def test_round_trip_on_disk(tiny_pipe, tmp_path):
+    patch, _ = make_patch(tiny_pipe)
+    patch.save_pretrained(tmp_path)
+    assert (tmp_path / PATCH_FILE).exists() and (tmp_path / CONFIG_FILE).exists()
+    loaded = ErasurePatch.from_pretrained(tmp_path)
+    assert loaded.names() == patch.names()
+    for n in patch.names():
+        assert torch.equal(loaded.dense_delta(n), patch.dense_delta(n))
+    assert loaded.config["base_fingerprint"] == patch.config["base_fingerprint"]
+    # masked tensors store mask bits + selected values only
+    dense_bytes = sum(patch.dense_delta(n).numel() * 4 for n in patch.names())
+    assert patch.nbytes() < dense_bytes
+    with pytest.raises(PatchError, match="already holds a patch"):
+        patch.save_pretrained(tmp_path)
+
+
+def test_apply_then_remove_is_bit_exact(tiny_pipe):
+    before = snapshot(tiny_pipe)
+    patch, tuned = make_patch(tiny_pipe)
+    apply_patch(tiny_pipe, patch)
+    after = snapshot(tiny_pipe)
+    for n in patch.names():
+        assert torch.allclose(after[n], tuned[n], atol=1e-6)
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert sorted(changed) == patch.names()
+    assert len(applied_patches(tiny_pipe)) == 1
+    remove_patch(tiny_pipe)
+    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_pipe).items())
+
+
+def test_scale_and_composition(tiny_pipe):
+    before = snapshot(tiny_pipe)
+    p1, _ = make_patch(tiny_pipe, seed=1)
+    p2, _ = make_patch(tiny_pipe, seed=2, masked=False)
+    apply_patch(tiny_pipe, p1, scale=0.0)
+    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_pipe).items())
+    set_patch_scale(tiny_pipe, 0.5)
+    n = p1.names()[0]
+    assert torch.allclose(named_parameters(tiny_pipe)[n], before[n] + 0.5 * p1.dense_delta(n), atol=1e-6)
+    apply_patch(tiny_pipe, p2)  # fingerprint checked against the originals, so composition works
+    expected = before[n] + 0.5 * p1.dense_delta(n) + p2.dense_delta(n)
+    assert torch.allclose(named_parameters(tiny_pipe)[n], expected, atol=1e-6)
+    remove_patch(tiny_pipe)
+    assert all(torch.equal(before[k], p) for k, p in snapshot(tiny_pipe).items())
+
+
+def test_refuses_another_base_model(tiny_pipe):
+    from conftest import build_tiny_pipe
+
+    patch, _ = make_patch(tiny_pipe)
+    other = build_tiny_pipe(seed=1)
+    with pytest.raises(PatchError, match="different base model"):
+        apply_patch(other, patch)
+    apply_patch(other, patch, verify=False)  # forcing is possible and explicit
+
+
+def test_refuses_non_finite(tiny_pipe):
+    patch, _ = make_patch(tiny_pipe)
+    patch.deltas[patch.names()[0]][0] = float("nan")
+    before = snapshot(tiny_pipe)
+    with pytest.raises(PatchError, match="non-finite"):
+        apply_patch(tiny_pipe, patch)
+    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_pipe).items())
+
+
+def test_bad_patch_folders(tmp_path, tiny_pipe):
+    with pytest.raises(PatchError, match="does not exist"):
+        ErasurePatch.from_pretrained(tmp_path / "nope")
+    patch, _ = make_patch(tiny_pipe)
+    patch.save_pretrained(tmp_path / "p")
+    (tmp_path / "p" / CONFIG_FILE).unlink()
+    with pytest.raises(PatchError, match="missing erasure_config.json"):
+        ErasurePatch.from_pretrained(tmp_path / "p")
+    (tmp_path / "p" / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(PatchError, match="corrupt"):
+        ErasurePatch.from_pretrained(tmp_path / "p")
+
+
+def test_save_erased_loads_with_plain_diffusers(tiny_pipe, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from eval.generate import generate
+
+    patch, _ = make_patch(tiny_pipe, dtype=torch.float16)
+    apply_patch(tiny_pipe, patch)
+    prompts, seeds = ["A Birds image in Photo style.", "A Cats image in Mosaic style."], [3, 4]
+    patched = generate(tiny_pipe, prompts, seeds, steps=4, progress=False)
+    save_erased(tiny_pipe, tmp_path / "erased")
+    reloaded = StableDiffusionPipeline.from_pretrained(str(tmp_path / "erased"))
+    assert np.array_equal(generate(reloaded, prompts, seeds, steps=4, progress=False), patched)
+    history = json.loads((tmp_path / "erased" / "erasure_history.json").read_text())
+    assert history[0]["method"] == "test"

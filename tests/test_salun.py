@@ -1,0 +1,121 @@
+"""SalUn and the shared loop on a tiny random pipeline: plumbing, masks, resume determinism."""
+
+import json
+
+import pytest
+import torch
+
+from erase.api import erase_concept, resolve_config
+from erase.errors import EraseError
+from erase.patch import ErasurePatch
+from erase.request import EraseRequest
+from pipelines.stable_diffusion import named_parameters
+
+TINY = {"steps": 2, "forget_seeds": 1, "retain_seeds": 1, "data_steps": 2, "batch_size": 2, "retain_batch_size": 2, "lr": 1e-3}
+
+
+def request():
+    return EraseRequest(
+        concept="Watercolor", kind="style", anchor="Photo",
+        forget_prompts=["A Birds image in Watercolor style.", "A Cats image in Watercolor style."],
+        anchor_prompts=["A Birds image in Photo style.", "A Cats image in Photo style."],
+        retain_prompts=["A Birds image in Mosaic style.", "A Cats image in Ink Art style."],
+    )
+
+
+@pytest.mark.parametrize("retain_loss", ["diffusion", "distill"])
+def test_two_step_salun_writes_a_masked_patch(tiny_pipe, tmp_path, retain_loss):
+    before = {n: p.detach().clone() for n, p in named_parameters(tiny_pipe).items()}
+    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "retain_loss": retain_loss}, progress=False)
+    # the pipeline is left unpatched
+    assert all(torch.equal(before[n], p) for n, p in named_parameters(tiny_pipe).items())
+    saved = ErasurePatch.from_pretrained(tmp_path)
+    assert all(n.startswith("unet.") for n in saved.names())
+    cfg = json.loads((tmp_path / "erasure_config.json").read_text())
+    mask = cfg["info"]["mask"]
+    assert mask["selected"] == pytest.approx(0.5 * mask["scope_size"], abs=1)
+    assert cfg["request"]["concept"] == "Watercolor" and cfg["method"] == "salun"
+    assert cfg["method_config"]["retain_loss"] == retain_loss
+    assert (tmp_path / "resolved_config.json").exists()
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [0, 1] and all("forget" in e for e in log)
+    # only selected entries moved, and the patch (fp16 values + mask bits) is far below a dense fp32 delta
+    unet_bytes = sum(p.numel() * 4 for n, p in named_parameters(tiny_pipe).items() if n.startswith("unet."))
+    assert patch.nbytes() < 0.5 * unet_bytes
+
+
+def test_cross_attention_scope(tiny_pipe, tmp_path):
+    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "mask_scope": "cross_attention"}, progress=False)
+    assert patch.names() and all(".attn2." in n for n in patch.names())
+
+
+def test_resume_gives_the_same_patch(tiny_pipe, tmp_path, monkeypatch):
+    from erase.methods.salun import SalUn
+
+    over = {**TINY, "steps": 4, "checkpoint_every": 2}
+    full = erase_concept(tiny_pipe, "salun", request(), tmp_path / "full", overrides=over, progress=False)
+
+    real_step = SalUn.step
+
+    def crash_at_step_3(self, i):
+        if i == 3:
+            raise KeyboardInterrupt
+        return real_step(self, i)
+
+    monkeypatch.setattr(SalUn, "step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        erase_concept(tiny_pipe, "salun", request(), tmp_path / "resumed", overrides=over, progress=False)
+    assert json.loads((tmp_path / "resumed" / "checkpoint" / "meta.json").read_text())["step"] == 2
+    assert not (tmp_path / "resumed" / "erasure_patch.safetensors").exists()  # no half-written output
+    monkeypatch.setattr(SalUn, "step", real_step)
+    # the interrupted run left the pipeline's weights tuned; a fresh process would reload the base model
+    resumed = erase_concept(tiny_pipe.__class__(**fresh_components()), "salun", request(), tmp_path / "resumed",
+                            overrides=over, resume=True, progress=False)
+    assert resumed.config["timing"]["resumed_from"] == 2
+    assert resumed.names() == full.names()
+    for n in full.names():
+        assert torch.equal(resumed.deltas[n], full.deltas[n]), n
+
+
+def fresh_components():
+    from conftest import build_tiny_pipe
+
+    return build_tiny_pipe().components
+
+
+def test_config_errors():
+    with pytest.raises(EraseError, match="unknown salun option"):
+        resolve_config("salun", None, {"learning_rate": 1})
+    with pytest.raises(EraseError, match="unknown preset"):
+        resolve_config("salun", "nope")
+    with pytest.raises(EraseError, match="retain_loss"):
+        resolve_config("salun", None, {"retain_loss": "kl"})
+    with pytest.raises(EraseError, match="unknown method 'esdx'; known methods: salun"):
+        resolve_config("esdx")
+    assert resolve_config("salun", "canvas-mini").retain_loss == "distill"
+
+
+def test_request_validation():
+    with pytest.raises(EraseError, match="empty"):
+        EraseRequest(concept=" ", kind="style", forget_prompts=["x"], anchor_prompts=["y"])
+    with pytest.raises(EraseError, match="anchor equals the concept"):
+        EraseRequest(concept="Watercolor", kind="style", anchor="watercolor", forget_prompts=["x"], anchor_prompts=["y"])
+    with pytest.raises(EraseError, match="unknown kind"):
+        EraseRequest(concept="x", kind="colour", forget_prompts=["x"], anchor_prompts=["y"])
+    r = request()
+    assert EraseRequest.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_request_from_protocol():
+    from eval.protocols import load_protocol
+
+    p = load_protocol("canvas-mini")
+    r = EraseRequest.from_protocol(p, "Watercolor", "style")
+    assert r.anchor == "Photo" and len(r.forget_prompts) == len(p.objects)
+    assert r.anchor_prompts[0] == "A Birds image in Photo style."
+    assert len(r.retain_prompts) == (len(p.styles) - 1) * len(p.objects)
+    assert not any("Watercolor" in x for x in r.retain_prompts)
+    o = EraseRequest.from_protocol(p, "Cats", "object")
+    assert o.anchor == "Flame" and all("Cats" not in x for x in o.retain_prompts)
+    with pytest.raises(EraseError, match="not in protocol"):
+        EraseRequest.from_protocol(p, "Van_Gogh", "style")

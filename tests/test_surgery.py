@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from erase.surgery import dot, doco_official, grads_of, norm, project_conflicting, weighted_sum
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def test_pcgrad_global_projection_by_hand():
+    g = {"a": t(1.0, 0.0), "b": t(-1.0)}
+    r = {"a": t(0.0, 1.0), "b": t(1.0)}
+    # <g, r> = -1, ||r||^2 = 2 -> g - (-1/2) r = (1, 0.5), -0.5
+    out = project_conflicting(g, r, "global")
+    assert out["a"].tolist() == pytest.approx([1.0, 0.5]) and out["b"].tolist() == pytest.approx([-0.5])
+    assert dot(out, r).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_pcgrad_leaves_agreeing_gradients_alone():
+    g, r = {"a": t(1.0, 1.0)}, {"a": t(1.0, 0.0)}
+    assert project_conflicting(g, r)["a"].tolist() == [1.0, 1.0]
+
+
+def test_pcgrad_per_tensor():
+    g = {"a": t(1.0, 0.0), "b": t(1.0)}
+    r = {"a": t(-1.0, 1.0), "b": t(2.0)}
+    out = project_conflicting(g, r, "per_tensor")
+    assert out["a"].tolist() == pytest.approx([0.5, 0.5])  # conflicting tensor projected
+    assert out["b"].tolist() == [1.0]  # agreeing tensor unchanged
+    with pytest.raises(ValueError):
+        project_conflicting(g, r, "bogus")
+
+
+def test_doco_official_rule_by_hand():
+    g_u, g_r = {"w": t(1.0, 0.0)}, {"w": t(-1.0, 1.0)}
+    # c = -1/sqrt(2); g_u - lam * c * g_r/||g_r|| = (1,0) + 0.5 * (-1, 1) = (0.5, 0.5) with lam = 1
+    out = doco_official(g_u, g_r, lam=1.0)
+    assert out["w"].tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    # with ||g_u|| = lam it equals per-tensor PCGrad
+    assert out["w"].tolist() == pytest.approx(project_conflicting(g_u, g_r, "per_tensor")["w"].tolist(), abs=1e-6)
+    # lam = 2 over-projects: a component along g_r appears
+    out2 = doco_official(g_u, g_r, lam=2.0)
+    assert dot(out2, g_r).item() > 0
+
+
+def test_fp16_inputs_use_fp32_dots():
+    g = {"a": torch.full((4096,), 1e-3, dtype=torch.float16)}
+    assert norm(g).dtype == torch.float32
+    assert project_conflicting(g, {"a": -g["a"]})["a"].dtype == torch.float16
+
+
+def test_weighted_sum_and_grads_of():
+    a, b = {"x": t(1.0, 2.0)}, {"x": t(3.0, 4.0)}
+    assert weighted_sum([a, b], [1.0, 0.5])["x"].tolist() == [2.5, 4.0]
+    w = torch.nn.Parameter(t(2.0, 3.0))
+    unused = torch.nn.Parameter(t(1.0))
+    g = grads_of((w**2).sum(), {"w": w, "u": unused})
+    assert g["w"].tolist() == [4.0, 6.0] and g["u"].tolist() == [0.0] and w.grad is None
+    with pytest.raises(KeyError):
+        dot(a, {"y": t(1.0, 1.0)})
