@@ -61,6 +61,8 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="patch strength (0 = original model, 1 = as trained)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model precision (fp16/bf16 on GPU; default fp32)")
+    p.add_argument("--xformers", action="store_true", help="use xformers attention (GPU, when installed); default PyTorch SDPA")
 
 
 def _load(args):
@@ -69,7 +71,7 @@ def _load(args):
     from pipelines.stable_diffusion import load_pipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model, device=device)
+    pipe = load_pipeline(args.model, device=device, dtype=args.dtype, xformers=args.xformers)
     if args.patch:
         from erase.patch import ErasurePatch
         from pipelines.stable_diffusion import apply_patch
@@ -107,6 +109,7 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-fid", action="store_true", help="skip FID")
     p.add_argument("--fid-weights", default=None, help="FID Inception weights file (real models)")
+    p.add_argument("--fid-reference", default=None, help="folder of real reference images for FID (real models; folders named after the target are skipped)")
     p.add_argument("--clip", default=None, help="open_clip model: a local-dir:FOLDER or an architecture name with --clip-weights")
     p.add_argument("--clip-weights", default=None)
     p.add_argument("--style-classifier", default=None, help="unlearncanvas: local style50.pth (ViT-L/16, 51 classes)")
@@ -126,7 +129,7 @@ def _eval(p: argparse.ArgumentParser):
         _threads(args)
         pipe, device = _load(args)
         opts = EvalOptions(batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
-                           fid_weights=args.fid_weights, style_classifier=args.style_classifier,
+                           fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
                            object_classifier=args.object_classifier, device=device, progress=not args.quiet)
         report = evaluate(pipe, protocol, targets, args.out, model_id=args.model, patch=args.patch, options=opts)
         for t in report["targets"]:
@@ -163,10 +166,9 @@ def _grid(p: argparse.ArgumentParser):
         protocol = load_protocol(args.protocol)
         styles = args.styles.split(",") if args.styles else protocol.styles
         objects = args.objects.split(",") if args.objects else protocol.objects
-        for s in styles:
-            protocol.check_target(s, "style") if s != protocol.photo_class else None
-        for o in objects:
-            protocol.check_target(o, "object")
+        unknown = [s for s in styles if s not in protocol.styles] + [o for o in objects if o not in protocol.objects]
+        if unknown:
+            raise UsageError(f"{unknown[0]!r} is not a style or object of protocol {protocol.name!r}")
         _threads(args)
         steps = args.steps or protocol.steps
         prompts = [protocol.prompt(s, o) for s in styles for o in objects]
@@ -235,4 +237,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the importable module, so subcommands registered by erase.commands share its registry
+    from erase.cli import main as _main
+
+    sys.exit(_main())

@@ -127,6 +127,35 @@ def _fid_canvas_mini(protocol: Protocol, judges, images, s_idx, o_idx, keep: tor
     }
 
 
+def _fid_folder(protocol: Protocol, opt: "EvalOptions", target: str, images, keep: torch.Tensor, batch_size: int = 64) -> dict:
+    """Standard-Inception FID against a folder of real images (path components naming the target are left out)."""
+    import numpy as np
+    from PIL import Image
+
+    from .fid import load_or_compute_reference, make_fid, stats_key
+
+    root = Path(opt.fid_reference)
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") and target not in f.relative_to(root).parts)
+    if not files:
+        raise FileNotFoundError(f"no reference images under {root} (besides the target's); pass --fid-reference FOLDER of real images")
+    fid = make_fid(weights=opt.fid_weights)
+    r = protocol.resolution
+    reference = {"folder": str(root.resolve()), "files": len(files), "excluded": target, "resolution": r,
+                 "weights": str(Path(opt.fid_weights).resolve()), "size": Path(opt.fid_weights).stat().st_size}
+
+    def real_images():
+        arr = np.stack([np.asarray(Image.open(f).convert("RGB").resize((r, r), Image.BICUBIC)) for f in files])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+
+    hit = load_or_compute_reference(fid, stats_key("inception-2048", reference), CACHE_DIR, real_images, batch_size)
+    gen = images[keep]
+    for i in range(0, len(gen), batch_size):
+        fid.update(gen[i : i + batch_size], real=False)
+    return {"value": float(fid.compute()), "feature_space": "standard FID Inception pool3 (2048-d), torchmetrics",
+            "reference": f"{len(files)} real images under {root} without '{target}' (cache {'hit' if hit else 'miss'})",
+            "generated": "answer set without the target concept's images", "n_generated": int(keep.sum())}
+
+
 def _concept_text(target: str, kind: str) -> str:
     name = target.replace("_", " ")
     return f"An image in {name} style." if kind == "style" else f"A {name} image."
@@ -188,6 +217,7 @@ def evaluate(
         clip = CLIPAlignment(model, tok)
         img_feats = clip.image_features(images)
         prompts = [protocol.prompt(s, o) for s, o, _ in protocol.answer_set()]
+        prompt_cos = (img_feats * clip.text_features(prompts)).sum(-1)
 
     per_target = []
     for name, kind in targets:
@@ -196,15 +226,15 @@ def evaluate(
         is_target = (s_idx if kind == "style" else o_idx) == idx
         entry = {"target": name, "kind": kind, **scores}
         if clip is not None:
-            txt = clip.text_features(prompts)
-            cos = (img_feats * txt).sum(-1)
-            entry["clip_score"] = {"value": float((100 * cos[~is_target].clamp(min=0)).mean()), "model": clip_name,
+            entry["clip_score"] = {"value": float((100 * prompt_cos[~is_target].clamp(min=0)).mean()), "model": clip_name,
                                    "images": "answer set without the target's images, each against its own prompt"}
             concept = clip.text_features([_concept_text(name, kind)])[0]
             entry["concept_similarity"] = {"text": _concept_text(name, kind), "target_images": float((img_feats[is_target] @ concept).mean()),
                                            "other_images": float((img_feats[~is_target] @ concept).mean()), "model": clip_name}
         if opt.fid and protocol.classifiers == "canvas-mini":
             entry["fid"] = _fid_canvas_mini(protocol, judges, images, s_idx, o_idx, ~is_target, 256)
+        elif opt.fid and opt.fid_weights and opt.fid_reference:
+            entry["fid"] = _fid_folder(protocol, opt, name, images, ~is_target)
         elif opt.fid:
             entry["fid"] = None
             entry["fid_note"] = "standard-Inception FID needs --fid-weights and --fid-reference (not given)"

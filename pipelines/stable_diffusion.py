@@ -15,11 +15,21 @@ class PipelineLoadError(ValueError):
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
-def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None, local_files_only: bool = True):
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype | str | None = None, local_files_only: bool = True,
+                  xformers: bool = False):
     """A ``StableDiffusionPipeline`` from a diffusers folder, a cached hub id, or a single-file checkpoint.
 
-    Nothing is downloaded unless ``local_files_only=False``. The safety checker is not loaded.
+    Nothing is downloaded unless ``local_files_only=False``. The safety checker is not loaded. Attention uses
+    PyTorch SDPA (diffusers' default); ``xformers=True`` switches to xformers' memory-efficient attention (GPU only).
+    ``dtype`` may be "fp16" / "bf16" / "fp32" or a torch dtype (half precision is meant for GPUs).
     """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise PipelineLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
     from diffusers import StableDiffusionPipeline
 
     model = str(model)
@@ -48,7 +58,13 @@ def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PipelineLoadError(f"cannot load pipeline {model!r}: {first}") from e
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    if xformers:
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+        except Exception as e:  # noqa: BLE001 - xformers raises many kinds of errors when unusable
+            raise PipelineLoadError(f"xformers attention is not usable here ({str(e).splitlines()[0]}); drop --xformers to use PyTorch SDPA") from e
+    return pipe
 
 
 # ---------------------------------------------------------------------------

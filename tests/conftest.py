@@ -7,11 +7,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", os.path.join(_tmp, "hf"))
 os.environ.setdefault("TORCH_HOME", os.path.join(_tmp, "torch"))
+os.environ.setdefault("ERASEKIT_CACHE", os.path.join(_tmp, "erasekit"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("ERASEKIT_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")

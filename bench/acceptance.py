@@ -1,0 +1,100 @@
+"""Erasure acceptance runs on canvas-mini: erase several targets, evaluate each, compare to the original.
+
+    python -m bench.acceptance --method salun --preset canvas-mini \
+        --targets style:Watercolor,style:Pop_Art,style:Rust,object:Birds,object:Towers [--set retain_loss=diffusion]
+
+Writes runs/acceptance/<name>/summary.json and prints UA / IRA / CRA per target with the change (in points)
+against the original model, plus the time, peak memory and patch size of each erasure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+DEFAULT_TARGETS = "style:Watercolor,style:Pop_Art,style:Rust,object:Birds,object:Towers"
+
+
+def run_acceptance(method: str, targets: list[tuple[str, str]], out: Path, preset: str | None, overrides: dict, seeds: int | None = None,
+                   progress: bool = False) -> dict:
+    from erase.api import erase_concept
+    from erase.request import EraseRequest
+    from eval.canvas_mini import PIPELINE_DIR
+    from eval.protocols import load_protocol
+    from eval.report import EvalOptions, evaluate
+    from pipelines.stable_diffusion import apply_patch, load_pipeline, remove_patch
+
+    protocol = load_protocol("canvas-mini")
+    if seeds:
+        protocol = protocol.with_overrides(seeds=protocol.seeds[:seeds])
+    pipe = load_pipeline(PIPELINE_DIR)
+    opts = EvalOptions(progress=progress, grid=False)
+    base = evaluate(pipe, protocol, targets, out / "original", model_id=str(PIPELINE_DIR), options=opts)
+    base_by = {(t["target"], t["kind"]): t for t in base["targets"]}
+    rows = []
+    for name, kind in targets:
+        folder = out / f"{kind}-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        request = EraseRequest.from_protocol(protocol, name, kind)
+        patch = erase_concept(pipe, method, request, folder / "patch", preset=preset, overrides=overrides, progress=progress, model_id=str(PIPELINE_DIR))
+        apply_patch(pipe, patch)
+        r = evaluate(pipe, protocol, [(name, kind)], folder / "eval", model_id=str(PIPELINE_DIR), patch=str(folder / "patch"), options=opts)
+        remove_patch(pipe)
+        b = base_by[(name, kind)]
+        eff = patch.config["efficiency"]
+        rows.append({"target": name, "kind": kind, "anchor": request.anchor, "ua": r["ua"], "ira": r["ira"], "cra": r["cra"],
+                     "base_ua": b["ua"], "base_ira": b["ira"], "base_cra": b["cra"],
+                     "d_ira_points": 100 * (r["ira"] - b["ira"]), "d_cra_points": 100 * (r["cra"] - b["cra"]),
+                     "fid": r["fid"]["value"], "base_fid": b["fid"]["value"], "clip_score": r["clip_score"]["value"],
+                     "seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"], "patch_bytes": eff["patch_bytes"]})
+    summary = {"method": method, "preset": preset, "overrides": overrides, "protocol": protocol.to_dict(), "rows": rows}
+    for kind in ("style", "object"):
+        rs = [r for r in rows if r["kind"] == kind]
+        if rs:
+            summary[f"{kind}_mean"] = {k: sum(r[k] for r in rs) / len(rs) for k in ("ua", "ira", "cra", "d_ira_points", "d_cra_points")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['method']} preset={s['preset']} overrides={s['overrides']}",
+             f"{'target':>16s} {'kind':6s} {'UA':>6s} {'IRA':>6s} {'dIRA':>6s} {'CRA':>6s} {'dCRA':>6s} {'FID':>7s} {'sec':>5s} {'MB':>5s}"]
+    for r in s["rows"]:
+        lines.append(f"{r['target']:>16s} {r['kind']:6s} {100 * r['ua']:6.1f} {100 * r['ira']:6.1f} {r['d_ira_points']:+6.1f} "
+                     f"{100 * r['cra']:6.1f} {r['d_cra_points']:+6.1f} {r['fid']:7.2f} {r['seconds']:5.0f} {r['patch_bytes'] / 1e6:5.2f}")
+    for kind in ("style", "object"):
+        m = s.get(f"{kind}_mean")
+        if m:
+            lines.append(f"{'mean ' + kind:>16s} {'':6s} {100 * m['ua']:6.1f} {100 * m['ira']:6.1f} {m['d_ira_points']:+6.1f} {100 * m['cra']:6.1f} {m['d_cra_points']:+6.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    from erase.commands import _parse_set
+
+    p = argparse.ArgumentParser(description="canvas-mini erasure acceptance runs")
+    p.add_argument("--method", default="salun")
+    p.add_argument("--preset", default="canvas-mini")
+    p.add_argument("--targets", default=DEFAULT_TARGETS, help="comma-separated kind:name")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--seeds", type=int, default=None, help="fewer evaluation seeds (quick sweeps only)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    targets = [(t.split(":", 1)[1], t.split(":", 1)[0]) for t in args.targets.split(",")]
+    overrides = _parse_set(args.set)
+    tag = "-".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "default"
+    out = Path(args.out or f"runs/acceptance/{args.method}-{args.preset}-{tag}")
+    s = run_acceptance(args.method, targets, out, args.preset, overrides, args.seeds)
+    print(format_summary(s))
+    print(f"summary: {out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()
