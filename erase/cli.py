@@ -126,6 +126,9 @@ def _eval(p: argparse.ArgumentParser):
         targets = list(zip(args.target, kinds))
         for name, kind in targets:  # validate before any model is loaded or folder written
             protocol.check_target(name, kind)
+        from eval.report import check_output_folder, run_identity
+
+        check_output_folder(Path(args.out), run_identity(args.model, args.patch, protocol))
         _threads(args)
         pipe, device = _load(args)
         opts = EvalOptions(batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,

@@ -63,8 +63,8 @@ def versions() -> dict:
     }
 
 
-def claim_output_folder(out_dir: Path, identity: dict) -> None:
-    """Refuse a folder whose run.json describes another run; otherwise (re)claim it."""
+def check_output_folder(out_dir: Path, identity: dict) -> None:
+    """Raise if the folder holds another run's results (run.json differs, or a report without run.json)."""
     run_file = out_dir / "run.json"
     if run_file.exists():
         try:
@@ -73,13 +73,23 @@ def claim_output_folder(out_dir: Path, identity: dict) -> None:
             existing = None
         if existing != identity:
             raise OutputFolderError(f"output folder {out_dir} holds another run's results; choose a new --out folder")
-        return
-    if (out_dir / "report.json").exists():
+    elif (out_dir / "report.json").exists():
         raise OutputFolderError(f"output folder {out_dir} holds a report from another run; choose a new --out folder")
+
+
+def claim_output_folder(out_dir: Path, identity: dict) -> None:
+    """Refuse a folder of another run; otherwise (re)claim it by writing run.json."""
+    check_output_folder(out_dir, identity)
+    if (out_dir / "run.json").exists():
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / ".run.json.tmp"
     tmp.write_text(json.dumps(identity, indent=2))
-    os.replace(tmp, run_file)
+    os.replace(tmp, out_dir / "run.json")
+
+
+def run_identity(model_id: str, patch: str | None, protocol: Protocol) -> dict:
+    return {"model": str(model_id), "patch": patch, "patch_sha256": _patch_sha(patch), "protocol": protocol.to_dict()}
 
 
 def _patch_sha(patch: str | None) -> str | None:
@@ -98,7 +108,7 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _fid_canvas_mini(protocol: Protocol, judges, images, s_idx, o_idx, keep: torch.Tensor, batch_size: int) -> dict:
+def _fid_canvas_mini(protocol: Protocol, judges, images, keep: torch.Tensor, batch_size: int) -> dict:
     from eval.canvas_mini.data import render_set
 
     from .fid import ClassifierFeatures, load_or_compute_reference, make_fid, module_fingerprint, stats_key
@@ -178,8 +188,7 @@ def evaluate(
     for name, kind in targets:
         protocol.check_target(name, kind)
     out_dir = Path(out_dir)
-    identity = {"model": str(model_id), "patch": patch, "patch_sha256": _patch_sha(patch), "protocol": protocol.to_dict()}
-    claim_output_folder(out_dir, identity)
+    claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
     t0 = time.time()
 
     judges = load_judges(protocol, opt.style_classifier, opt.object_classifier, opt.device)
@@ -232,7 +241,7 @@ def evaluate(
             entry["concept_similarity"] = {"text": _concept_text(name, kind), "target_images": float((img_feats[is_target] @ concept).mean()),
                                            "other_images": float((img_feats[~is_target] @ concept).mean()), "model": clip_name}
         if opt.fid and protocol.classifiers == "canvas-mini":
-            entry["fid"] = _fid_canvas_mini(protocol, judges, images, s_idx, o_idx, ~is_target, 256)
+            entry["fid"] = _fid_canvas_mini(protocol, judges, images, ~is_target, 256)
         elif opt.fid and opt.fid_weights and opt.fid_reference:
             entry["fid"] = _fid_folder(protocol, opt, name, images, ~is_target)
         elif opt.fid:

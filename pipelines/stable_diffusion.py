@@ -36,7 +36,11 @@ def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype 
     path = Path(model)
     kwargs = {"safety_checker": None, "requires_safety_checker": False}
     if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+        import diffusers
+        from packaging.version import Version
+
+        # diffusers >= 0.35 names it `dtype` (and deprecates `torch_dtype`)
+        kwargs["dtype" if Version(diffusers.__version__) >= Version("0.35") else "torch_dtype"] = dtype
     try:
         if path.is_dir():
             if not (path / "model_index.json").exists():

@@ -13,10 +13,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory):
-    from bench.acceptance import run_acceptance
+    import json
+    from pathlib import Path
+
+    from bench.acceptance import format_summary, run_acceptance
 
     targets = [("Watercolor", "style"), ("Pop_Art", "style"), ("Rust", "style"), ("Birds", "object"), ("Towers", "object")]
-    return run_acceptance("salun", targets, tmp_path_factory.mktemp("salun-acceptance"), "canvas-mini", {})
+    s = run_acceptance("salun", targets, tmp_path_factory.mktemp("salun-acceptance"), "canvas-mini", {})
+    print("\n" + format_summary(s))
+    record = Path("runs/acceptance")
+    record.mkdir(parents=True, exist_ok=True)
+    (record / "salun-slow-test.json").write_text(json.dumps(s, indent=2))
+    return s
 
 
 def test_style_erasure(summary):

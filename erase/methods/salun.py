@@ -126,7 +126,6 @@ class SalUn(Eraser):
         for p in scoped.values():
             p.requires_grad_(True)
             p.grad = None
-        self.unet.train()
         for i in range(0, len(self.z_forget), cfg.batch_size):
             z0 = self.z_forget[i : i + cfg.batch_size]
             t, noise = self._t_noise(len(z0))
