@@ -39,14 +39,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from eval.report import OutputFolderError
     from pipelines.stable_diffusion import PipelineLoadError
 
-    errors = [UsageError, AssetError, ClassifierError, ProtocolError, OutputFolderError, PipelineLoadError, FileNotFoundError]
-    try:
-        from erase.errors import EraseError
+    from erase.errors import EraseError
 
-        errors.append(EraseError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (UsageError, EraseError, AssetError, ClassifierError, ProtocolError, OutputFolderError, PipelineLoadError, FileNotFoundError)
 
 
 def _threads(args) -> None:

@@ -351,7 +351,7 @@ class Builder:
     def stage_check(self) -> None:
         from .check import run_check
 
-        self.quality = run_check(self.out, progress=True)
+        run_check(self.out, progress=True)  # writes quality.json, which write_recipe folds in
 
     def write_recipe(self) -> None:
         quality_path = self.out / "quality.json"
