@@ -108,6 +108,11 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _update_generated(fid, images: torch.Tensor, batch_size: int) -> None:
+    for i in range(0, len(images), batch_size):
+        fid.update(images[i : i + batch_size], real=False)
+
+
 def _fid_canvas_mini(protocol: Protocol, judges, images, keep: torch.Tensor, batch_size: int) -> dict:
     from eval.canvas_mini.data import render_set
 
@@ -124,9 +129,7 @@ def _fid_canvas_mini(protocol: Protocol, judges, images, keep: torch.Tensor, bat
 
     key = stats_key(module_fingerprint(feats), reference)
     hit = load_or_compute_reference(fid, key, CACHE_DIR, real_images, batch_size)
-    gen = images[keep]
-    for i in range(0, len(gen), batch_size):
-        fid.update(gen[i : i + batch_size], real=False)
+    _update_generated(fid, images[keep], batch_size)
     return {
         "value": float(fid.compute()),
         "feature_space": feats.name,
@@ -158,9 +161,7 @@ def _fid_folder(protocol: Protocol, opt: "EvalOptions", target: str, images, kee
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
 
     hit = load_or_compute_reference(fid, stats_key("inception-2048", reference), CACHE_DIR, real_images, batch_size)
-    gen = images[keep]
-    for i in range(0, len(gen), batch_size):
-        fid.update(gen[i : i + batch_size], real=False)
+    _update_generated(fid, images[keep], batch_size)
     return {"value": float(fid.compute()), "feature_space": "standard FID Inception pool3 (2048-d), torchmetrics",
             "reference": f"{len(files)} real images under {root} without '{target}' (cache {'hit' if hit else 'miss'})",
             "generated": "answer set without the target concept's images", "n_generated": int(keep.sum())}
