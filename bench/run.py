@@ -46,16 +46,56 @@ def bench_classify(out: Path) -> dict:
     clf = load_classifier("style")
     x = render_set("check", 5).float_images()  # 550 images
     batched_logits(clf, x[:64])  # warm-up
-    t0 = time.time()
-    batched = batched_logits(clf, x, batch_size=256)
-    t_batched = time.time() - t0
-    t0 = time.time()
-    with torch.no_grad():
-        single = torch.cat([clf(x[i : i + 1]) for i in range(len(x))])
-    t_single = time.time() - t0
+
+    def one_at_a_time():
+        with torch.no_grad():
+            return torch.cat([clf(x[i : i + 1]) for i in range(len(x))])
+
+    t_batched = min(_timed(lambda: batched_logits(clf, x, batch_size=256)) for _ in range(3))  # best of 3
+    t_single = min(_timed(one_at_a_time) for _ in range(2))
+    batched, single = batched_logits(clf, x, batch_size=256), one_at_a_time()
     assert torch.equal(batched.argmax(1), single.argmax(1))
+    # Roofline: the batched run cannot beat (total FLOPs / this machine's dense-matmul peak), which bounds the ratio.
+    flops = conv_linear_flops(clf, x[:1]) * len(x)
+    peak = matmul_gflops()
+    bound = t_single / (flops / (peak * 1e9))
     return {"images": len(x), "batched_seconds": round(t_batched, 3), "single_seconds": round(t_single, 3),
-            "speedup": round(t_single / t_batched, 1), "target_speedup": 20, "meets_target": t_single / t_batched >= 20}
+            "speedup": round(t_single / t_batched, 1), "target_speedup": 20, "meets_target": t_single / t_batched >= 20,
+            "mflop_per_image": round(flops / len(x) / 1e6, 2), "batched_gflops": round(flops / t_batched / 1e9, 1),
+            "matmul_peak_gflops": round(peak, 1), "speedup_bound_at_matmul_peak": round(bound, 1)}
+
+
+def conv_linear_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the Conv2d and Linear layers for input x."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            total += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total += 2 * out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Best-of-reps fp32 GFLOP/s of one large square matmul: a practical compute peak for this machine."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def bench_erase(out: Path) -> dict:

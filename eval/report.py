@@ -142,13 +142,11 @@ def _fid_canvas_mini(protocol: Protocol, judges, images, keep: torch.Tensor, bat
 
 def _fid_folder(protocol: Protocol, opt: "EvalOptions", target: str, images, keep: torch.Tensor, batch_size: int = 64) -> dict:
     """Standard-Inception FID against a folder of real images (path components naming the target are left out)."""
-    import numpy as np
-    from PIL import Image
-
     from .fid import load_or_compute_reference, make_fid, stats_key
+    from .images import image_files, load_images
 
     root = Path(opt.fid_reference)
-    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") and target not in f.relative_to(root).parts)
+    files = image_files(root, recursive=True, exclude=target)
     if not files:
         raise FileNotFoundError(f"no reference images under {root} (besides the target's); pass --fid-reference FOLDER of real images")
     fid = make_fid(weights=opt.fid_weights)
@@ -156,11 +154,7 @@ def _fid_folder(protocol: Protocol, opt: "EvalOptions", target: str, images, kee
     reference = {"folder": str(root.resolve()), "files": len(files), "excluded": target, "resolution": r,
                  "weights": str(Path(opt.fid_weights).resolve()), "size": Path(opt.fid_weights).stat().st_size}
 
-    def real_images():
-        arr = np.stack([np.asarray(Image.open(f).convert("RGB").resize((r, r), Image.BICUBIC)) for f in files])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
-
-    hit = load_or_compute_reference(fid, stats_key("inception-2048", reference), CACHE_DIR, real_images, batch_size)
+    hit = load_or_compute_reference(fid, stats_key("inception-2048", reference), CACHE_DIR, lambda: load_images(files, r), batch_size)
     _update_generated(fid, images[keep], batch_size)
     return {"value": float(fid.compute()), "feature_space": "standard FID Inception pool3 (2048-d), torchmetrics",
             "reference": f"{len(files)} real images under {root} without '{target}' (cache {'hit' if hit else 'miss'})",

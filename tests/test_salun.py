@@ -49,6 +49,30 @@ def test_cross_attention_scope(tiny_pipe, tmp_path):
     assert patch.names() and all(".attn2." in n for n in patch.names())
 
 
+def test_relabel_on_concept_and_anchor_images(tiny_pipe, tmp_path):
+    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "relabel_on": "concept+anchor"}, progress=False)
+    data = patch.config["info"]["data"]
+    # one generation per forget prompt for the concept, plus the same again for the anchor prompts
+    assert data["forget_images"] == 2 and data["relabel_images"] == 4
+    with pytest.raises(EraseError, match="relabel_on"):
+        resolve_config("salun", None, {"relabel_on": "anchor-only"})
+
+
+def test_user_forget_images(tiny_pipe, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((40, 24, 3), 60 * k, np.uint8)).save(folder / f"{k}.png")
+    (folder / "notes.txt").write_text("not an image")
+    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path / "out", overrides={**TINY, "forget_images": str(folder)}, progress=False)
+    assert patch.config["info"]["data"]["forget_images"] == 3
+    with pytest.raises(EraseError, match="does not exist"):
+        erase_concept(tiny_pipe, "salun", request(), tmp_path / "out2", overrides={**TINY, "forget_images": str(tmp_path / "nope")}, progress=False)
+
+
 def test_resume_gives_the_same_patch(tiny_pipe, tmp_path, monkeypatch):
     from erase.methods.salun import SalUn
 
