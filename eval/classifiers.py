@@ -66,7 +66,7 @@ def load_judges(protocol: Protocol, style_weights=None, object_weights=None, dev
     if protocol.classifiers == "canvas-mini":
         from eval.canvas_mini import load_classifier
 
-        judges = {k: load_classifier(k, device=device) for k in ("style", "object")}
+        judges = {k: load_classifier(k, device=device).for_inference() for k in ("style", "object")}
         for kind, names in (("style", protocol.styles), ("object", protocol.objects)):
             if judges[kind].config.classes != names:
                 raise ClassifierError(f"protocol {protocol.name!r} lists {kind}s that the canvas-mini classifiers do not know")
@@ -82,6 +82,6 @@ def load_judges(protocol: Protocol, style_weights=None, object_weights=None, dev
 
 
 @torch.no_grad()
-def batched_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def batched_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     dev = next(model.parameters()).device
     return torch.cat([model(images[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)])

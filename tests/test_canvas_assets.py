@@ -43,6 +43,21 @@ def test_classifiers_beat_their_bar_on_fresh_renders(fresh, kind, classes):
     assert acc >= BARS[f"classifier_{kind}_renders"], acc
 
 
+def test_inference_copy_folds_batchnorm_without_changing_answers(fresh):
+    clf = load_classifier("object")
+    fast = clf.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert not any(p.requires_grad for p in fast.parameters())
+    x = fresh.float_images()
+    with torch.no_grad():
+        a, b = clf(x), fast(x)
+        fa, fb = clf.features(x), fast.features(x)
+    assert torch.allclose(a, b, atol=1e-4) and torch.equal(a.argmax(1), b.argmax(1))
+    assert torch.allclose(fa, fb, atol=1e-4)
+    # the original is untouched (still has its BatchNorm layers)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.modules())
+
+
 def test_classifier_rejects_wrong_image_size():
     clf = load_classifier("style")
     with pytest.raises(ValueError, match=rf"\(N, 3, {RESOLUTION}, {RESOLUTION}\)"):
