@@ -103,15 +103,28 @@ def _run(p):
     return run
 
 
-@command("methods", "list the erasure methods and their presets")
+@command("methods", "list the erasure methods and their presets; with a METHOD, its options (as a preset sets them)")
 def _methods(p):
-    def run(args):
-        from .api import list_presets
-        from .registry import get_method, list_methods
+    p.add_argument("method", nargs="?", default=None, help="show this method's options, their values and what they do")
+    p.add_argument("--preset", default=None, help="with METHOD: show the values this preset sets")
 
-        for name in list_methods():
-            spec = get_method(name)
-            presets = ", ".join(list_presets(name)) or "-"
-            print(f"{name:10s} {spec.summary}\n{'':10s} presets: {presets}")
+    def run(args):
+        from dataclasses import asdict
+
+        from .api import list_presets, resolve_config
+        from .registry import config_options, get_method, list_methods
+
+        if args.method is None:
+            for name in list_methods():
+                spec = get_method(name)
+                presets = ", ".join(list_presets(name)) or "-"
+                print(f"{name:10s} {spec.summary}\n{'':10s} presets: {presets}")
+            return
+        spec = get_method(args.method)
+        values = asdict(resolve_config(args.method, args.preset))
+        print(f"{spec.name}: {spec.summary}\npresets: {', '.join(list_presets(spec.name)) or '-'}")
+        print(f"options ({'preset ' + args.preset if args.preset else 'defaults'}; change any with --set KEY=VALUE):")
+        for name, _, help_text in config_options(spec.config_cls):
+            print(f"  {name:18s} {json.dumps(values[name]):>16s}  {help_text}")
 
     return run

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 
 from .errors import EraseError
 
@@ -45,3 +46,13 @@ def get_method(name: str) -> MethodSpec:
     if name not in _REGISTRY:
         raise EraseError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def config_options(config_cls: type) -> list[tuple[str, object, str]]:
+    """(name, default, help) per config field; the help is the field's trailing ``# comment`` in the source."""
+    try:
+        source = inspect.getsource(config_cls)
+    except (OSError, TypeError):
+        source = ""
+    comments = dict(re.findall(r"^\s+(\w+)\s*:[^\n#]*#\s*(.+)$", source, flags=re.M))
+    return [(f.name, None if f.default is MISSING else f.default, comments.get(f.name, "")) for f in fields(config_cls)]

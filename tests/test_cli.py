@@ -87,3 +87,16 @@ def test_methods_lists_salun(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "salun" in out and "canvas-mini" in out and "sd15" in out
+
+
+def test_methods_shows_options_with_preset_values_and_help(capsys):
+    from erase.methods.salun import SalUnConfig
+    from erase.registry import config_options
+
+    assert main(["methods", "salun", "--preset", "sd15"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    alpha = next(line for line in lines if line.split()[:1] == ["alpha"])
+    assert alpha.split()[1] == "0.5" and "weight of the retain loss" in alpha  # sd15 sets alpha 0.5
+    # every option of the config is documented
+    assert all(help_text for _, _, help_text in config_options(SalUnConfig))
+    fails(["methods", "salun", "--preset", "nope"], capsys, "unknown preset")

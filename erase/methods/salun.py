@@ -54,7 +54,7 @@ class SalUnConfig:
     forget_seeds: int = 5  # generated images per forget prompt
     retain_seeds: int = 2  # generated images per retain prompt
     data_steps: int = 25  # sampler steps for the generated data
-    data_guidance: float = 7.5
+    data_guidance: float = 7.5  # CFG weight of the sampler that generates the data
     data_seed: int = 10_000  # first seed of the generated data (disjoint from evaluation seeds)
     forget_images: str | None = None  # folder of user images for the forget set (instead of generations)
     relabel_on: str = "concept"  # x_t for the relabel loss: "concept" images (upstream) or "concept+anchor" (also the anchor's)
