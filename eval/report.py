@@ -15,6 +15,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -96,10 +97,19 @@ def _patch_sha(patch: str | None) -> str | None:
     """Hash of the patch file, so a folder evaluated with one patch is never reused for another."""
     if patch is None:
         return None
+    f = Path(patch) / "erasure_patch.safetensors"
+    if not f.exists():
+        return None
+    st = f.stat()
+    return _file_sha256(str(f.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """SHA-256 of a file, computed once per (path, modification time, size): the CLI pre-check and the run share it."""
     import hashlib
 
-    f = Path(patch) / "erasure_patch.safetensors"
-    return hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _write_json(path: Path, data: dict) -> None:
