@@ -4,7 +4,8 @@
         --targets style:Watercolor,style:Pop_Art,style:Rust,object:Birds,object:Towers [--set retain_loss=diffusion]
 
 Writes runs/acceptance/<name>/summary.json and prints UA / IRA / CRA per target with the change (in points)
-against the original model, plus the time, peak memory and patch size of each erasure.
+against the original model, the time, peak memory and patch size of each erasure, and the retained concept
+that suffered most (an average can hide one concept that lost half its accuracy).
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def run_acceptance(method: str, targets: list[tuple[str, str]], out: Path, prese
         remove_patch(pipe)
         b = base_by[(name, kind)]
         eff = patch.config["efficiency"]
+        kept = {c: v["accuracy"] for c, v in r["per_concept"][kind].items() if c not in (name, protocol.photo_class)}
+        worst = min(kept, key=kept.get)
         rows.append({"target": name, "kind": kind, "anchor": request.anchor, "ua": r["ua"], "ira": r["ira"], "cra": r["cra"],
                      "base_ua": b["ua"], "base_ira": b["ira"], "base_cra": b["cra"],
                      "d_ira_points": 100 * (r["ira"] - b["ira"]), "d_cra_points": 100 * (r["cra"] - b["cra"]),
+                     "worst_retained": {"concept": worst, "accuracy": kept[worst]},
                      "fid": r["fid"]["value"], "base_fid": b["fid"]["value"], "clip_score": r["clip_score"]["value"],
                      "seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"], "patch_bytes": eff["patch_bytes"]})
     summary = {"method": method, "preset": preset, "overrides": overrides, "protocol": protocol.to_dict(), "rows": rows}
@@ -63,10 +67,11 @@ def run_acceptance(method: str, targets: list[tuple[str, str]], out: Path, prese
 
 def format_summary(s: dict) -> str:
     lines = [f"{s['method']} preset={s['preset']} overrides={s['overrides']}",
-             f"{'target':>16s} {'kind':6s} {'UA':>6s} {'IRA':>6s} {'dIRA':>6s} {'CRA':>6s} {'dCRA':>6s} {'FID':>7s} {'sec':>5s} {'MB':>5s}"]
+             f"{'target':>16s} {'kind':6s} {'UA':>6s} {'IRA':>6s} {'dIRA':>6s} {'CRA':>6s} {'dCRA':>6s} {'FID':>7s} {'sec':>5s} {'MB':>5s}  worst kept"]
     for r in s["rows"]:
         lines.append(f"{r['target']:>16s} {r['kind']:6s} {100 * r['ua']:6.1f} {100 * r['ira']:6.1f} {r['d_ira_points']:+6.1f} "
-                     f"{100 * r['cra']:6.1f} {r['d_cra_points']:+6.1f} {r['fid']:7.2f} {r['seconds']:5.0f} {r['patch_bytes'] / 1e6:5.2f}")
+                     f"{100 * r['cra']:6.1f} {r['d_cra_points']:+6.1f} {r['fid']:7.2f} {r['seconds']:5.0f} {r['patch_bytes'] / 1e6:5.2f}  "
+                     f"{r['worst_retained']['concept']} {100 * r['worst_retained']['accuracy']:.0f}")
     for kind in ("style", "object"):
         m = s.get(f"{kind}_mean")
         if m:
