@@ -52,12 +52,11 @@ def bench_classify(out: Path) -> dict:
         with torch.no_grad():
             return torch.cat([clf(x[i : i + 1]) for i in range(len(x))])
 
-    t_batched = min(_timed(lambda: batched_logits(clf, x)) for _ in range(3))  # best of 3
-    t_plain = min(_timed(lambda: batched_logits(plain, x)) for _ in range(3))
-    t_single = min(_timed(one_at_a_time) for _ in range(2))
-    batched, single = batched_logits(clf, x), one_at_a_time()
+    t_batched, batched = _best_of(lambda: batched_logits(clf, x), 3)
+    t_plain, plain_logits = _best_of(lambda: batched_logits(plain, x), 3)
+    t_single, single = _best_of(one_at_a_time, 2)
     assert torch.equal(batched.argmax(1), single.argmax(1))
-    assert torch.equal(batched.argmax(1), batched_logits(plain, x).argmax(1))
+    assert torch.equal(batched.argmax(1), plain_logits.argmax(1))
     # Roofline: the batched run cannot beat (total FLOPs / this machine's dense-matmul peak), which bounds the ratio.
     flops = conv_linear_flops(clf, x[:1]) * len(x)
     peak = matmul_gflops()
@@ -92,14 +91,18 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     """Best-of-reps fp32 GFLOP/s of one large square matmul: a practical compute peak for this machine."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    best, _ = _best_of(lambda: a @ b, reps)
     return 2 * n**3 / best / 1e9
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _best_of(fn, reps: int):
+    """(fastest wall time of ``reps`` calls, the last call's result)."""
+    best, result = float("inf"), None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
 
 
 def bench_erase(out: Path) -> dict:

@@ -1,4 +1,4 @@
-"""SalUn acceptance on canvas-mini (slow: about 18 minutes on 2 CPU cores).
+"""SalUn acceptance on canvas-mini (slow: about 20 minutes on 2 CPU cores).
 
 Style erasure, 3 targets: mean UA >= 90%, mean IRA and CRA at most 5 points below the original model.
 Object erasure, 2 targets: mean UA >= 85%, same IRA / CRA tolerance. 5 evaluation seeds, shipped classifiers.

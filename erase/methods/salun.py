@@ -103,29 +103,22 @@ class SalUn(Eraser):
 
         # -- data: the model's own generations, as latents --------------------------------
         n_f, n_r = len(req.forget_prompts), len(req.retain_prompts)
+        if not n_r and cfg.alpha > 0:
+            raise EraseError("the request has no retain prompts but alpha > 0; give retain concepts or set alpha 0")
         if cfg.forget_images:
             imgs = _load_user_images(cfg.forget_images, pipe.unet.config.sample_size * pipe.vae_scale_factor)
             self.z_forget = encode_images(pipe, imgs)
             self.forget_idx = torch.arange(len(imgs)) % n_f  # prompt index of each image
         else:
-            seeds = [cfg.data_seed + k for _ in range(n_f) for k in range(cfg.forget_seeds)]
-            prompts = [p for p in req.forget_prompts for _ in range(cfg.forget_seeds)]
-            self.z_forget = sample_latents(pipe, prompts, seeds, steps=cfg.data_steps, guidance=cfg.data_guidance)
-            self.forget_idx = torch.arange(n_f).repeat_interleave(cfg.forget_seeds)
+            self.z_forget, self.forget_idx = self._generations(req.forget_prompts, cfg.forget_seeds, cfg.data_seed)
         n_concept = len(self.z_forget)  # the saliency mask is computed on the concept's own images only
         if cfg.relabel_on == "concept+anchor":
-            seeds = [cfg.data_seed + k for _ in range(n_f) for k in range(cfg.forget_seeds)]
-            prompts = [p for p in req.anchor_prompts for _ in range(cfg.forget_seeds)]
-            z_anchor = sample_latents(pipe, prompts, seeds, steps=cfg.data_steps, guidance=cfg.data_guidance)
+            # the anchor's images, indexed by the forget prompt they stand in for (anchor_prompts[i] pairs forget_prompts[i])
+            z_anchor, anchor_idx = self._generations(req.anchor_prompts, cfg.forget_seeds, cfg.data_seed)
             self.z_forget = torch.cat([self.z_forget, z_anchor])
-            self.forget_idx = torch.cat([self.forget_idx, torch.arange(n_f).repeat_interleave(cfg.forget_seeds)])
+            self.forget_idx = torch.cat([self.forget_idx, anchor_idx])
         if n_r:
-            seeds = [cfg.data_seed + 50_000 + k for _ in range(n_r) for k in range(cfg.retain_seeds)]
-            prompts = [p for p in req.retain_prompts for _ in range(cfg.retain_seeds)]
-            self.z_retain = sample_latents(pipe, prompts, seeds, steps=cfg.data_steps, guidance=cfg.data_guidance)
-            self.retain_idx = torch.arange(n_r).repeat_interleave(cfg.retain_seeds)
-        elif cfg.alpha > 0:
-            raise EraseError("the request has no retain prompts but alpha > 0; give retain concepts or set alpha 0")
+            self.z_retain, self.retain_idx = self._generations(req.retain_prompts, cfg.retain_seeds, cfg.data_seed + 50_000)
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
         self.e_retain = encode_prompts(pipe, req.retain_prompts) if n_r else None
@@ -169,6 +162,13 @@ class SalUn(Eraser):
             self.frozen = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0)
         return self.selection
+
+    def _generations(self, prompts: list[str], per_prompt: int, first_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``per_prompt`` generations of each prompt (seeds first_seed, first_seed + 1, ...) and each one's prompt index."""
+        cfg = self.config
+        seeds = [first_seed + k for _ in prompts for k in range(per_prompt)]
+        z = sample_latents(self.pipe, [p for p in prompts for _ in range(per_prompt)], seeds, steps=cfg.data_steps, guidance=cfg.data_guidance)
+        return z, torch.arange(len(prompts)).repeat_interleave(per_prompt)
 
     def _t_noise(self, n: int):
         dev = self.pipe.device
