@@ -80,7 +80,7 @@ def format_summary(s: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from erase.commands import _parse_set
+    from erase.cli.erasing import _parse_set
 
     p = argparse.ArgumentParser(description="canvas-mini erasure acceptance runs")
     p.add_argument("--method", default="salun")

@@ -2,13 +2,19 @@
 
     from erase.api import erase_concept
     patch = erase_concept(pipe, "salun", request, out_dir="runs/watercolor", preset="canvas-mini")
+
+Nothing the user already has is lost: an output folder holding a finished patch is refused unless
+``overwrite``; one holding an interrupted run is refused unless ``resume`` (same settings only) or
+``overwrite``; ``resume`` over a finished patch of the same settings returns it untouched. Everything
+is validated before the first byte is written, and a run that fails before its first checkpoint
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import asdict, fields
@@ -17,13 +23,16 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .components import model_device
 from .errors import EraseError
-from .loop import LoopConfig, run
-from .patch import PATCH_FILE, ErasurePatch
-from .registry import get_method
+from .files import check_output_dir, write_json_atomic
+from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
+from .patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
+from .registry import coerce_value, get_method
 from .request import EraseRequest
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "assets" / "presets"
+RESOLVED_FILE = "resolved_config.json"
 
 
 def list_presets(method: str) -> list[str]:
@@ -39,20 +48,26 @@ def load_preset(method: str, preset: str | None) -> dict:
     if not path.is_file():
         path = PRESET_DIR / method / f"{preset}.json"
     if not path.is_file():
-        raise EraseError(f"unknown preset {preset!r} for {method}; known presets: {', '.join(list_presets(method)) or 'none'}")
-    data = json.loads(path.read_text())
+        raise EraseError(f"unknown preset {preset!r} for {method}; known presets: {', '.join(list_presets(method)) or 'none'}, or a JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EraseError(f"preset {path} is not valid JSON ({str(e).splitlines()[0]}); fix the file or pass another --preset") from e
+    if not isinstance(data, dict):
+        raise EraseError(f"preset {path} must hold a JSON object of {method} options, got a {type(data).__name__}")
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
 def resolve_config(method: str, preset: str | None = None, overrides: dict | None = None):
-    """Method config = defaults <- preset <- overrides; unknown fields are an error."""
+    """Method config = defaults <- preset <- overrides; unknown fields and wrong types are errors."""
     spec = get_method(method)
     values = {**load_preset(method, preset), **(overrides or {})}
     known = {f.name: f for f in fields(spec.config_cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise EraseError(f"unknown {method} option(s) {unknown}; known: {', '.join(sorted(known))}")
-    cfg = spec.config_cls(**values)
+    typed = {k: coerce_value(spec.config_cls, known[k], v, method) for k, v in values.items()}
+    cfg = spec.config_cls(**typed)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
@@ -65,38 +80,98 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     return (rss if sys.platform == "darwin" else rss * 1024), "peak RSS of the process"
 
 
+def run_identity(method: str, cfg, request: EraseRequest, model_id: str | None) -> dict:
+    """What makes two runs the same run (checked by --resume and against a finished patch)."""
+    return {"method": method, "config": asdict(cfg), "request": request.to_dict(), "model": None if model_id is None else str(model_id)}
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _finished_identity(out_dir: Path) -> dict | None:
+    try:
+        cfg = json.loads((out_dir / CONFIG_FILE).read_text())
+        return {"method": cfg["method"], "config": cfg["method_config"], "request": cfg["request"], "model": cfg.get("base_model")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: bool) -> str:
+    """Decide what to do with ``out_dir`` before anything is written: 'fresh', 'resume', 'finished' or 'overwrite'."""
+    check_output_dir(out_dir)
+    has_patch = (out_dir / PATCH_FILE).exists()
+    meta = checkpoint_meta(out_dir)
+    if has_patch:
+        if resume:
+            prev = _finished_identity(out_dir)
+            diff = _differences(prev or {}, identity)
+            if diff:
+                raise EraseError(f"{out_dir} holds a finished patch made with other settings (differs in {', '.join(diff[:4])}); "
+                                 "choose another --out, or pass --overwrite to replace it")
+            return "finished"
+        if not overwrite:
+            raise EraseError(f"{out_dir} already holds a patch; pass --overwrite or choose another --out")
+        return "overwrite"
+    if meta is not None:
+        diff = _differences(meta.get("run") or {}, identity)
+        if resume and not diff:
+            return "resume"
+        if overwrite:
+            return "overwrite"
+        what = f"an interrupted run with other settings (differs in {', '.join(diff[:4])})" if diff else "an interrupted run"
+        hint = "pass --overwrite to start over or choose another --out" if diff else "pass --resume to continue it, --overwrite to start over, or choose another --out"
+        raise EraseError(f"{out_dir} holds {what} (checkpoint at step {meta['step']}); {hint}")
+    return "fresh"
+
+
 def erase_concept(pipe, method: str, request: EraseRequest, out_dir: str | Path, *, preset: str | None = None,
                   overrides: dict | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
                   model_id: str | None = None) -> ErasurePatch:
     """Erase ``request`` from ``pipe`` with ``method``; writes the patch, resolved_config.json and the log to ``out_dir``.
 
-    The pipeline is left unpatched; apply the returned patch with ``pipelines.stable_diffusion.apply_patch``.
+    The model is left unpatched; apply the returned patch with ``pipelines.stable_diffusion.apply_patch``.
     """
     out_dir = Path(out_dir)
-    if (out_dir / PATCH_FILE).exists() and not overwrite:
-        raise EraseError(f"{out_dir} already holds a patch; pass --overwrite or choose another --out")
     spec = get_method(method)
     cfg = resolve_config(method, preset, overrides)
     request.validate()
-    resolved = {"method": method, "preset": preset, "config": asdict(cfg), "request": request.to_dict(),
-                "model": model_id, "package_version": __version__}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".resolved_config.json.tmp"
-    tmp.write_text(json.dumps(resolved, indent=2))
-    os.replace(tmp, out_dir / "resolved_config.json")
-
-    if pipe.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(pipe.device)
+    identity = run_identity(method, cfg, request, model_id)
+    mode = check_out_dir(out_dir, identity, resume=resume, overwrite=overwrite)
+    if mode == "finished":
+        return ErasurePatch.from_pretrained(out_dir)
+    if mode == "overwrite":
+        shutil.rmtree(out_dir / CKPT_DIR, ignore_errors=True)
+    created = not out_dir.exists()
+    device = model_device(pipe)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.time()
     eraser = spec.eraser_cls(cfg, request)
     patch_config = {"method": method, "method_config": asdict(cfg), "request": request.to_dict(), "preset": preset,
-                    "base_model": model_id, "package_version": __version__}
-    patch_dtype = getattr(torch, getattr(cfg, "patch_dtype", "float32"))
-    patch = run(eraser, pipe, out_dir, LoopConfig(steps=cfg.steps, resume=resume, progress=progress,
-                                                   checkpoint_every=getattr(cfg, "checkpoint_every", 100)),
-                patch_config, patch_dtype=patch_dtype)
-    mem, mem_kind = peak_memory_bytes(pipe.device)
+                    "base_model": identity["model"], "package_version": __version__}
+    steps = getattr(cfg, "steps", 0)
+    loop = LoopConfig(steps=steps, resume=mode == "resume", progress=progress, checkpoint_every=getattr(cfg, "checkpoint_every", 100),
+                      identity=identity)
+    try:
+        patch = run(eraser, pipe, out_dir, loop, patch_config, patch_dtype=getattr(torch, getattr(cfg, "patch_dtype", "float32")))
+    except BaseException:
+        if checkpoint_meta(out_dir) is None:  # nothing resumable: leave no trace of this run
+            if created:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            else:
+                (out_dir / "train_log.jsonl").unlink(missing_ok=True)
+        raise
+    mem, mem_kind = peak_memory_bytes(device)
     patch.config["efficiency"] = {"erase_seconds": round(time.time() - t0, 2), "peak_memory_bytes": mem,
                                   "peak_memory_kind": mem_kind, "patch_bytes": patch.nbytes()}
-    patch.save_pretrained(out_dir, overwrite=overwrite)
+    write_json_atomic(out_dir / RESOLVED_FILE, {**identity, "preset": preset, "package_version": __version__})
+    patch.save_pretrained(out_dir, overwrite=True)
     return patch

@@ -1,28 +1,49 @@
-"""Noise-prediction helpers shared by the diffusion erasure methods."""
+"""Diffusion helpers shared by the erasure methods: prompts, the model's own generations, noising,
+training targets and the predicted clean latent, for both ``epsilon`` and ``v_prediction`` models.
+
+Notation: a_t = alphas_cumprod[t]; x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps.
+
+* epsilon models predict eps; x0-hat = (x_t - sqrt(1 - a_t) eps-hat) / sqrt(a_t).
+* v_prediction models predict v = sqrt(a_t) eps - sqrt(1 - a_t) x0; x0-hat = sqrt(a_t) x_t - sqrt(1 - a_t) v-hat.
+
+Other prediction types (e.g. ``sample``) are refused with a clear error rather than trained on the wrong target.
+
+Classifier-free guidance (``cfg_eps``) uses diffusers' convention, e_u + w (e_c - e_u): w = 1 is the
+conditional prediction. Upstream SalUn writes (1 + w') e_c - w' e_u, which is the same with w = 1 + w'
+(``salun_guidance`` converts).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from .components import model_device
+from .errors import EraseError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def pipeline_root(pipe) -> nn.ModuleDict:
-    """The pipeline's trainable components under one root, so parameter names carry their prefix."""
-    return nn.ModuleDict({name: m for name, m in pipe.components.items() if isinstance(m, nn.Module)})
+def prediction_type(pipe) -> str:
+    """The scheduler's prediction type, refused unless the helpers support it."""
+    kind = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise EraseError(f"the model predicts {kind!r}; erasekit's diffusion methods support {', '.join(PREDICTION_TYPES)}")
+    return kind
 
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """Text-encoder hidden states (N, L, D) for prompts, as the pipeline conditions its UNet."""
     tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    return pipe.text_encoder(tok.input_ids.to(pipe.device))[0]
+    return pipe.text_encoder(tok.input_ids.to(model_device(pipe)))[0]
 
 
 @torch.no_grad()
 def sample_latents(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, batch_size: int = 64) -> torch.Tensor:
     """The model's own generations for prompts, as UNet-space latents (N, C, h, w); one seed per image."""
     out = []
-    gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
+    device = model_device(pipe)
+    gen_device = "cpu" if device.type == "mps" else device
     for i in range(0, len(prompts), batch_size):
         gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[i : i + batch_size]]
         r = pipe(prompt=prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
@@ -35,21 +56,51 @@ def sample_latents(pipe, prompts: list[str], seeds: list[int], *, steps: int, gu
 def encode_images(pipe, images: torch.Tensor) -> torch.Tensor:
     """Float images (N, 3, H, W) in [0, 1] -> UNet-space latents (posterior mode x scaling factor)."""
     vae = pipe.vae
-    z = vae.encode((images * 2 - 1).to(pipe.device, vae.dtype)).latent_dist.mode()
+    z = vae.encode((images * 2 - 1).to(model_device(pipe), vae.dtype)).latent_dist.mode()
     return z.float() * vae.config.scaling_factor
 
 
 def alphas_cumprod(pipe) -> torch.Tensor:
-    return pipe.scheduler.alphas_cumprod.to(pipe.device, torch.float32)
+    return pipe.scheduler.alphas_cumprod.to(model_device(pipe), torch.float32)
+
+
+def _a(acp: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    return acp[t].view(-1, *([1] * (ndim - 1)))
 
 
 def noisy(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
-    a = acp[t].view(-1, *([1] * (z0.ndim - 1)))
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps."""
+    a = _a(acp, t, z0.ndim)
     return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
 
+def training_target(kind: str, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
+    """What the model should output for x_t = noisy(z0, noise, t): eps, or v = sqrt(a) eps - sqrt(1 - a) x0."""
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        a = _a(acp, t, z0.ndim)
+        return a.sqrt() * noise - (1 - a).sqrt() * z0
+    raise EraseError(f"unsupported prediction type {kind!r}; use one of {PREDICTION_TYPES}")
+
+
+def predicted_x0(kind: str, x_t: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
+    """x0-hat from the model's output at x_t (the scheduler's ``pred_original_sample``, unclipped)."""
+    a = _a(acp, t, x_t.ndim)
+    if kind == "epsilon":
+        return (x_t - (1 - a).sqrt() * model_out) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * x_t - (1 - a).sqrt() * model_out
+    raise EraseError(f"unsupported prediction type {kind!r}; use one of {PREDICTION_TYPES}")
+
+
 def cfg_eps(unet, zt, t, cond, uncond, guidance: float) -> torch.Tensor:
-    """Classifier-free-guidance-combined noise prediction: e_u + w (e_c - e_u)."""
+    """Classifier-free-guidance-combined prediction in diffusers' convention: e_u + w (e_c - e_u)."""
     both = unet(torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([uncond, cond])).sample
     e_u, e_c = both.chunk(2)
     return e_u + guidance * (e_c - e_u)
+
+
+def salun_guidance(upstream_w: float) -> float:
+    """Upstream SalUn's guidance weight w' ((1 + w') e_c - w' e_u) in diffusers' convention: 1 + w'."""
+    return 1.0 + upstream_w

@@ -1,4 +1,4 @@
-"""ErasurePatch: the artefact of an erasure, as small safetensors deltas + a JSON config.
+"""ErasurePatch: the artefact of an erasure, as small safetensors deltas + a JSON config, and its apply / remove.
 
 Folder layout::
 
@@ -6,45 +6,146 @@ Folder layout::
                                   NAME                  dense delta of a whole tensor
                                   NAME::mask, NAME::values   masked delta: packed bit mask (uint8) + the
                                                         values of the selected entries, in mask order
-    erasure_config.json         request, method + config, base-model fingerprint, package version, metrics
+    erasure_config.json         request, method + config, base-model fingerprint, package version, metrics,
+                                and the SHA-256 of the safetensors file (a half-written pair is refused)
 
-The fingerprint is a SHA-256 of the base tensors the patch touches (names,
-shapes and float32 bytes): a patch refuses a base model whose tensors differ.
+This module is the bottom layer: it works on any model whose modules ``erase.components`` can list
+(a diffusers pipeline, our StyleGAN pipeline, a plain ``nn.Module``); ``pipelines/`` re-exports it.
+
+**Fingerprint.** A patch records, for every tensor it touches, the tensor's shape, dtype, SHA-256 and a
+few probe values (fixed positions, the mean and the mean magnitude), plus probes of every other tensor of
+the components it touches and a cheap identity (names, shapes, three probed tensors) of the other
+components. Applying checks the SHA-256 when the model is loaded in the dtype the patch was made on,
+and otherwise compares the probes in float32 within the rounding of the coarser dtype (2^-7 relative),
+so a patch made on the float32 model applies to the same model loaded in fp16 or bf16, and a
+different base model is refused.
+
+**Apply / remove without copies.** ``apply_patch`` adds ``scale x delta`` to the touched entries and
+keeps, per tensor, only the entries where subtracting the same delta would not give back the original
+bits (usually none); ``remove_patch`` subtracts and restores those, so removal is bit-exact while an
+applied patch costs no copy of the weights it touches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .components import component_of, model_components, named_parameters
 from .errors import EraseError
 
 PATCH_FILE = "erasure_patch.safetensors"
 CONFIG_FILE = "erasure_config.json"
 FORMAT = "erasekit-patch"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FINGERPRINT_VERSION = 2
+N_PROBES = 8
+RTOL = 2.0**-7  # bf16 keeps 8 significant bits: rounding moves a value by at most 2^-8 of it
+_STATE_ATTR = "_erasekit_patch_state"
 
 
 class PatchError(EraseError):
     """A patch is missing, corrupt, non-finite, or made for another base model."""
 
 
-def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu", torch.float32).contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+# ---------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def _sha(t: torch.Tensor) -> str:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+
+def _probe_positions(name: str, numel: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    return torch.randint(0, numel, (min(N_PROBES, numel),), generator=g)
+
+
+def tensor_record(name: str, t: torch.Tensor, exact: bool = True) -> dict:
+    """Shape, dtype, probe values, mean and mean magnitude (float32) and, if ``exact``, the SHA-256 of one tensor."""
+    flat = t.detach().reshape(-1)
+    rec = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+    if flat.numel():
+        f = flat.float()
+        rec["probe"] = f[_probe_positions(name, flat.numel()).to(f.device)].tolist()
+        rec["mean"], rec["absmean"] = float(f.mean()), float(f.abs().mean())
+    if exact:
+        rec["sha256"] = _sha(t)
+    return rec
+
+
+def _close(a: float, b: float, scale: float) -> bool:
+    return abs(a - b) <= RTOL * (abs(b) + scale) + 1e-7
+
+
+def record_mismatch(expected: dict, found: dict) -> str | None:
+    """Why ``found`` is not the tensor ``expected`` describes (None if it is, up to dtype rounding)."""
+    if expected["shape"] != found["shape"]:
+        return f"shape {found['shape']} != {expected['shape']}"
+    if expected.get("sha256") and found.get("sha256") and expected["dtype"] == found["dtype"]:
+        return None if expected["sha256"] == found["sha256"] else "values differ"
+    if "probe" not in expected:
+        return None
+    scale = expected["absmean"]
+    pairs = list(zip(found["probe"], expected["probe"])) + [(found["mean"], expected["mean"]), (found["absmean"], expected["absmean"])]
+    return None if all(_close(a, b, scale) for a, b in pairs) else "values differ beyond dtype rounding"
+
+
+def fingerprint(model, touched: list[str]) -> dict:
+    """The base-model fingerprint a patch touching ``touched`` records (see the module docstring)."""
+    params = _base_params(model)
+    touched_comps = {component_of(n) for n in touched}
+    out = {"version": FINGERPRINT_VERSION, "touched": {n: tensor_record(n, params[n]) for n in touched}, "components": {}}
+    for comp, module in model_components(model).items():
+        names = sorted(f"{comp}.{n}" for n, _ in module.named_parameters())
+        ident = {"n_tensors": len(names), "layout": hashlib.sha256(json.dumps([(n, list(params[n].shape)) for n in names]).encode()).hexdigest()}
+        probed = names if comp in touched_comps else [names[i] for i in sorted({0, len(names) // 2, len(names) - 1}) if names]
+        ident["probes"] = {n: tensor_record(n, params[n], exact=False) for n in probed if n not in out["touched"]}
+        out["components"][comp] = ident
+    return out
+
+
+def check_fingerprint(model, expected: dict) -> None:
+    """Raise PatchError unless ``model`` (its unpatched weights) is the base the fingerprint describes."""
+    if not isinstance(expected, dict) or expected.get("version") != FINGERPRINT_VERSION:
+        raise PatchError("patch has no usable base-model fingerprint (made by an older erasekit?); apply it with verify=False to force it")
+    params = _base_params(model)
+    hint = "load the base model it was made on, or apply with verify=False to force it"
+    for name, rec in expected["touched"].items():
+        if name not in params:
+            raise PatchError(f"patch touches {name}, which this model lacks; it was made for another architecture")
+        why = record_mismatch(rec, tensor_record(name, params[name], exact=rec.get("dtype") == str(params[name].dtype).replace("torch.", "")))
+        if why:
+            raise PatchError(f"patch was made on a different base model ({name}: {why}); {hint}")
+    comps = model_components(model)
+    for comp, ident in expected["components"].items():
+        if comp not in comps:
+            raise PatchError(f"patch was made on a model with a component {comp!r} this model lacks; {hint}")
+        names = sorted(f"{comp}.{n}" for n, _ in comps[comp].named_parameters())
+        layout = hashlib.sha256(json.dumps([(n, list(params[n].shape)) for n in names]).encode()).hexdigest()
+        if layout != ident["layout"]:
+            raise PatchError(f"patch was made on a model whose {comp} has another layout; {hint}")
+        for name, rec in ident["probes"].items():
+            why = record_mismatch(rec, tensor_record(name, params[name], exact=False))
+            if why:
+                raise PatchError(f"patch was made on a different base model ({name}: {why}); {hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the patch
 
 
 def _pack(mask: torch.Tensor) -> torch.Tensor:
@@ -53,7 +154,18 @@ def _pack(mask: torch.Tensor) -> torch.Tensor:
 
 def _unpack(bits: torch.Tensor, shape) -> torch.Tensor:
     n = int(np.prod(shape)) if len(shape) else 1
-    return torch.from_numpy(np.unpackbits(bits.numpy())[:n].astype(bool)).view(*shape)
+    unpacked = np.unpackbits(bits.numpy())
+    if len(unpacked) < n:
+        raise PatchError(f"mask holds {len(unpacked)} bits for a tensor of {n} entries")
+    return torch.from_numpy(unpacked[:n].astype(bool)).view(*shape)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass
@@ -67,22 +179,31 @@ class ErasurePatch:
     # -- construction ----------------------------------------------------------------
     @classmethod
     def from_diff(cls, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], masks: dict[str, torch.Tensor | None],
-                  config: dict | None = None, dtype: torch.dtype = torch.float32) -> "ErasurePatch":
-        """Deltas tuned - base for the selected tensors (computed in float32, stored in ``dtype``)."""
+                  config: dict | None = None, dtype: torch.dtype = torch.float32, fingerprint: dict | None = None) -> "ErasurePatch":
+        """Deltas tuned - base for the selected tensors (computed in float32, stored in ``dtype``).
+
+        Refuses a tuned tensor that differs from its base outside its mask: a method whose mask was
+        not applied must fail loudly, not ship a tidy patch that silently drops part of what it learned.
+        """
         deltas, out_masks = {}, {}
         for name, mask in masks.items():
-            d = tuned[name].detach().float().cpu() - base[name].detach().float().cpu()
+            b, t = base[name].detach(), tuned[name].detach()
             if mask is None:
-                deltas[name] = d.to(dtype)
+                deltas[name] = (t.float().cpu() - b.float().cpu()).to(dtype)
                 out_masks[name] = None
-            else:
-                m = mask.detach().cpu().bool()
-                deltas[name] = d[m].to(dtype)
-                out_masks[name] = m
+                continue
+            m = mask.detach().to(b.device).bool()
+            off = (t != b) & ~m
+            if bool(off.any()):
+                raise PatchError(f"{name} changed at {int(off.sum())} entries outside its mask: the method did not apply its "
+                                 "parameter selection (mask gradients after backward), so the patch would not reproduce the trained model")
+            deltas[name] = (t[m].float() - b[m].float()).cpu().to(dtype)
+            out_masks[name] = m.cpu()
         cfg = dict(config or {})
         cfg.setdefault("format", FORMAT)
         cfg.setdefault("format_version", FORMAT_VERSION)
-        cfg["base_fingerprint"] = fingerprint({n: base[n] for n in masks})
+        if fingerprint is not None:
+            cfg["base_fingerprint"] = fingerprint
         cfg["shapes"] = {n: list(base[n].shape) for n in masks}
         cfg["stored_dtype"] = str(dtype).replace("torch.", "")
         cfg.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -91,6 +212,9 @@ class ErasurePatch:
     # -- queries ---------------------------------------------------------------------
     def names(self) -> list[str]:
         return sorted(self.deltas)
+
+    def components(self) -> list[str]:
+        return sorted({component_of(n) for n in self.deltas})
 
     def dense_delta(self, name: str) -> torch.Tensor:
         """The full-shape float32 delta of one tensor."""
@@ -111,9 +235,19 @@ class ErasurePatch:
             (m.numel() + 7) // 8 for m in self.masks.values() if m is not None
         )
 
+    def content_id(self) -> str:
+        """SHA-256 of the deltas and masks (identifies a patch independently of its files)."""
+        h = hashlib.sha256()
+        for n in self.names():
+            h.update(n.encode())
+            h.update(_sha(self.deltas[n]).encode())
+            if self.masks[n] is not None:
+                h.update(_pack(self.masks[n]).numpy().tobytes())
+        return h.hexdigest()
+
     # -- files ---------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
-        """Write the patch folder atomically (temp folder, then rename). Refuses an existing patch unless ``overwrite``."""
+        """Write the patch folder (temp files, then rename). Refuses an existing patch unless ``overwrite``."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -131,7 +265,9 @@ class ErasurePatch:
                 tensors[f"{name}::mask"] = _pack(self.masks[name])
                 tensors[f"{name}::values"] = delta.contiguous()
         save_file(tensors, str(tmp / PATCH_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        self.config["patch_sha256"] = _file_sha256(tmp / PATCH_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
+        # the config names the tensors file's hash, so a kill between the two renames leaves a pair that is refused
         for f in (PATCH_FILE, CONFIG_FILE):
             os.replace(tmp / f, folder / f)
         tmp.rmdir()
@@ -143,6 +279,9 @@ class ErasurePatch:
         from safetensors.torch import load_file
 
         folder = Path(folder)
+        if folder.is_file():
+            hint = f"pass the folder {folder.parent}" if folder.name in (PATCH_FILE, CONFIG_FILE) else "pass the folder that holds it"
+            raise PatchError(f"{folder} is a file; a patch is a folder with {PATCH_FILE} and {CONFIG_FILE}: {hint}")
         if not folder.is_dir():
             raise PatchError(f"patch folder {folder} does not exist")
         for f in (PATCH_FILE, CONFIG_FILE):
@@ -150,12 +289,20 @@ class ErasurePatch:
                 raise PatchError(f"patch folder {folder} is missing {f}; is it an erasekit patch?")
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise PatchError(f"patch config {folder / CONFIG_FILE} is corrupt: {str(e).splitlines()[0]}") from e
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise PatchError(f"{folder / CONFIG_FILE} is not an erasekit patch config (a JSON object with format {FORMAT!r})")
+        sha = config.get("patch_sha256")
+        if sha is not None and _file_sha256(folder / PATCH_FILE) != sha:
+            raise PatchError(f"{folder / PATCH_FILE} does not match its config (truncated, edited or half-written); re-create the patch")
+        try:
             raw = load_file(str(folder / PATCH_FILE))
-        except (json.JSONDecodeError, SafetensorError, OSError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise PatchError(f"patch in {folder} is corrupt: {str(e).splitlines()[0]}") from e
-        if config.get("format") != FORMAT:
-            raise PatchError(f"{folder / CONFIG_FILE} is not an erasekit patch config")
-        shapes = config.get("shapes", {})
+        shapes = config.get("shapes")
+        if not isinstance(shapes, dict) or not all(isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in shapes.values()):
+            raise PatchError(f"{folder / CONFIG_FILE} has no valid 'shapes' (name -> list of sizes); the patch is corrupt")
         deltas, masks = {}, {}
         for key, t in raw.items():
             if key.endswith("::values"):
@@ -167,5 +314,134 @@ class ErasurePatch:
                     raise PatchError(f"patch in {folder}: {name} mask selects {int(masks[name].sum())} entries but holds {t.numel()} values")
                 deltas[name] = t
             elif not key.endswith("::mask"):
+                if key not in shapes or list(t.shape) != shapes[key]:
+                    raise PatchError(f"patch in {folder}: {key} has shape {list(t.shape)} but the config says {shapes.get(key)}")
                 deltas[key], masks[key] = t, None
         return cls(deltas, masks, config)
+
+
+# ---------------------------------------------------------------------------------------------
+# apply / remove on any model
+
+
+def _state(model) -> dict:
+    if not hasattr(model, _STATE_ATTR):
+        setattr(model, _STATE_ATTR, {"applied": [], "base_records": {}})
+    return getattr(model, _STATE_ATTR)
+
+
+def _base_params(model) -> dict[str, torch.Tensor]:
+    params = {n: p.data for n, p in named_parameters(model).items()}
+    applied = _state(model)["applied"]
+    if not applied:
+        return params
+    touched = {n for a in applied for n in a["restore"]}
+    out = dict(params)
+    for n in touched:
+        out[n] = _unpatched_value(model, n)
+    return out
+
+
+def _unpatched_value(model, name: str) -> torch.Tensor:
+    """A copy of one tensor with every applied patch undone (in reverse order, exactly as remove does)."""
+    value = named_parameters(model)[name].data.clone()
+    for entry in reversed(_state(model)["applied"]):
+        if name in entry["restore"]:
+            _undo(value, entry["patch"], name, entry["scale"], entry["restore"][name])
+    return value
+
+
+def _positions(p: torch.Tensor, mask: torch.Tensor | None):
+    return slice(None) if mask is None else mask.to(p.device)
+
+
+def _undo(p: torch.Tensor, patch: ErasurePatch, name: str, scale: float, inexact: tuple[torch.Tensor, torch.Tensor]) -> None:
+    mask = patch.masks[name]
+    delta = patch.deltas[name].to(p.device, torch.float32) * scale
+    pos = _positions(p, mask)
+    cur = p[pos].reshape(-1) if mask is None else p[pos]
+    restored = (cur.float() - delta.reshape(-1)).to(p.dtype)
+    idx, vals = inexact
+    if idx.numel():
+        restored[idx.to(p.device)] = vals.to(p.device)
+    if mask is None:
+        p.copy_(restored.view_as(p))
+    else:
+        p[pos] = restored
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+@torch.no_grad()
+def apply_patch(model, patch: ErasurePatch, scale: float = 1.0, verify: bool = True) -> None:
+    """Add ``scale`` x the patch's deltas to the model's weights (patches compose; ``remove_patch`` undoes all).
+
+    Refuses a non-finite scale or delta, a patch already applied, and (with ``verify``) a base model
+    whose weights are not the ones the patch was made on (see the module docstring).
+    """
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise PatchError(f"patch scale must be a finite number, got {scale!r}")
+    params = named_parameters(model)
+    missing = [n for n in patch.names() if n not in params]
+    if missing:
+        raise PatchError(f"patch touches {len(missing)} tensor(s) this model lacks (e.g. {missing[0]}); it was made for another architecture")
+    for n in patch.names():
+        if list(params[n].shape) != list(patch.masks[n].shape if patch.masks[n] is not None else patch.deltas[n].shape):
+            raise PatchError(f"patch delta for {n} has another shape than the model's tensor; it was made for another architecture")
+    patch.check_finite()
+    state = _state(model)
+    cid = patch.content_id()
+    if any(a["content_id"] == cid for a in state["applied"]):
+        raise PatchError("this patch is already applied to the model; remove_patch first, or change its strength with set_patch_scale")
+    if verify:
+        check_fingerprint(model, patch.config.get("base_fingerprint"))
+    restore = {}
+    for name in patch.names():
+        p = params[name].data
+        mask = patch.masks[name]
+        pos = _positions(p, mask)
+        old = p[pos].reshape(-1).clone() if mask is None else p[pos]
+        delta = patch.deltas[name].to(p.device, torch.float32).reshape(-1) * scale
+        new = (old.float() + delta).to(p.dtype)
+        back = (new.float() - delta).to(p.dtype)
+        bad = (_bits(back) != _bits(old)).nonzero().flatten()
+        restore[name] = (bad.cpu(), old[bad].cpu())  # the only originals kept: where subtraction is not exact
+        if mask is None:
+            p.copy_(new.view_as(p))
+        else:
+            p[pos] = new
+    state["applied"].append({"config": patch.config, "scale": float(scale), "patch": patch, "content_id": cid, "restore": restore})
+
+
+@torch.no_grad()
+def remove_patch(model) -> None:
+    """Undo every applied patch, newest first, restoring each touched tensor bit for bit."""
+    state = _state(model)
+    params = named_parameters(model)
+    for entry in reversed(state["applied"]):
+        for name, inexact in entry["restore"].items():
+            _undo(params[name].data, entry["patch"], name, entry["scale"], inexact)
+    state["applied"].clear()
+
+
+def set_patch_scale(model, scale: float) -> None:
+    """Re-apply the applied patches with a new common scale (like diffusers' set_adapters weights)."""
+    patches = [a["patch"] for a in _state(model)["applied"]]
+    if not patches:
+        raise PatchError("no patch is applied to this model")
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise PatchError(f"patch scale must be a finite number, got {scale!r}")
+    remove_patch(model)
+    for patch in patches:
+        apply_patch(model, patch, scale=scale, verify=False)
+
+
+def applied_patches(model) -> list[dict]:
+    return [{"config": a["config"], "scale": a["scale"]} for a in _state(model)["applied"]]
+
+
+def restore_bytes(model) -> int:
+    """Bytes an applied patch keeps to make removal exact (the originals of inexact entries only)."""
+    return sum(i.numel() * i.element_size() + v.numel() * v.element_size() for a in _state(model)["applied"] for i, v in a["restore"].values())

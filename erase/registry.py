@@ -1,13 +1,24 @@
-"""The method registry: one config dataclass + one Eraser class per method, registered by name."""
+"""The method registry: one config dataclass + one Eraser class per method, registered by name.
+
+Adding a method is one file under ``erase/methods/`` that ends with ``register_method(...)``: the
+registry imports every module of that package on first use, so nothing else needs to change.
+Config fields carry their help in dataclass metadata (``option(default, "help")``), which
+``erase methods NAME`` prints and which survives configs built at run time.
+"""
 
 from __future__ import annotations
 
 import importlib
-import inspect
+import math
+import pkgutil
 import re
-from dataclasses import MISSING, dataclass, fields
+import types
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
 
 from .errors import EraseError
+
+METHODS_PACKAGE = "erase.methods"
 
 
 @dataclass(frozen=True)
@@ -19,21 +30,35 @@ class MethodSpec:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
-_BUILTIN_MODULES = ("erase.methods.salun",)
+_loaded = False
+
+
+def option(default, help: str, **kw) -> Field:
+    """A config field with its help text (shown by ``erase methods NAME``)."""
+    return field(default=default, metadata={"help": help, **kw})
 
 
 def register_method(name: str, config_cls: type, eraser_cls: type, summary: str = "") -> None:
     """Register a method under a lower-case name; names are unique."""
-    if not re.fullmatch(r"[a-z][a-z0-9_\-]*", name):
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"method names are lower-case identifiers, got {name!r}")
     if name in _REGISTRY and _REGISTRY[name].eraser_cls is not eraser_cls:
-        raise ValueError(f"method {name!r} is already registered")
+        raise ValueError(f"method {name!r} is already registered (by {_REGISTRY[name].eraser_cls.__module__})")
+    missing = [f.name for f in fields(config_cls) if not f.metadata.get("help")]
+    if missing:
+        raise ValueError(f"{config_cls.__name__} fields without help: {missing}; declare them with option(default, help)")
     _REGISTRY[name] = MethodSpec(name, config_cls, eraser_cls, summary or (eraser_cls.__doc__ or "").strip().splitlines()[0])
 
 
 def _load_builtins() -> None:
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+    global _loaded
+    if _loaded:
+        return
+    package = importlib.import_module(METHODS_PACKAGE)
+    for mod in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+        if not mod.startswith("_"):
+            importlib.import_module(f"{METHODS_PACKAGE}.{mod}")
+    _loaded = True
 
 
 def list_methods() -> list[str]:
@@ -49,10 +74,52 @@ def get_method(name: str) -> MethodSpec:
 
 
 def config_options(config_cls: type) -> list[tuple[str, object, str]]:
-    """(name, default, help) per config field; the help is the field's trailing ``# comment`` in the source."""
-    try:
-        source = inspect.getsource(config_cls)
-    except (OSError, TypeError):
-        source = ""
-    comments = dict(re.findall(r"^\s+(\w+)\s*:[^\n#]*#\s*(.+)$", source, flags=re.M))
-    return [(f.name, None if f.default is MISSING else f.default, comments.get(f.name, "")) for f in fields(config_cls)]
+    """(name, default, help) per config field."""
+    return [(f.name, None if f.default is MISSING else f.default, f.metadata.get("help", "")) for f in fields(config_cls)]
+
+
+# -- typed values for config fields (--set key=value, presets) ------------------------------------
+
+
+def _allowed_types(f: Field, owner: type) -> tuple[list[type], bool]:
+    hint = typing.get_type_hints(owner)[f.name]
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    optional = type(None) in args
+    return [a for a in args if a is not type(None)], optional
+
+
+def coerce_value(owner: type, f: Field, value, method: str):
+    """``value`` as the field's type, or an EraseError naming the option, the value and the expected type."""
+    kinds, optional = _allowed_types(f, owner)
+    where = f"{method} option {f.name}"
+    if value is None:
+        if optional:
+            return None
+        raise EraseError(f"{where} cannot be empty; give a {kinds[0].__name__}")
+    for kind in kinds:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+        elif kind is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise EraseError(f"{where} must be a finite number, got {value!r}")
+                return float(value)
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+        elif isinstance(value, kind):
+            return value
+    names = " or ".join(k.__name__ for k in kinds) + (" (or null)" if optional else "")
+    raise EraseError(f"{where} expects {names}, got {value!r}; e.g. --set {f.name}={json_example(kinds[0], f)}")
+
+
+def json_example(kind: type, f: Field) -> str:
+    if f.default is not MISSING and f.default is not None:
+        return str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
+    return {int: "1", float: "0.5", bool: "true", str: "name"}.get(kind, "...")

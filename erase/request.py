@@ -55,32 +55,32 @@ class EraseRequest:
     # -- builders ---------------------------------------------------------------
     @classmethod
     def from_protocol(cls, protocol, concept: str, kind: str, anchor: str | None = None, seed: int = 0) -> "EraseRequest":
-        """Forget prompts = the concept across the protocol's other axis; retain = every other pair.
+        """Forget prompts = the concept across every combination of the protocol's other axes; retain = every other prompt.
 
-        Style target -> anchor defaults to the protocol's photo class (the same object in Photo style).
-        Object target -> anchor defaults to the next object in the protocol's list (stated in the request).
+        ``kind`` names one of the protocol's axes (``style`` or ``object`` on canvas-mini). The anchor
+        defaults to the axis's null class (the photo class for styles) or, without one, to the next
+        concept of the axis (stated in the request).
         """
-        if kind not in ("style", "object"):
-            raise EraseError(f"protocol requests support kind 'style' or 'object', got {kind!r}")
+        import itertools
+
+        axes = list(protocol.axis_names)
+        if kind not in axes:
+            raise EraseError(f"protocol {protocol.name!r} has no {kind!r} axis; its concept kinds are: {', '.join(axes)}")
         try:
             protocol.check_target(concept, kind)
         except ValueError as e:
             raise EraseError(str(e)) from e
-        if kind == "style":
-            anchor = anchor or protocol.photo_class
-            if anchor is None or anchor not in protocol.styles:
-                raise EraseError(f"anchor style {anchor!r} is not in protocol {protocol.name!r}; choose one of {protocol.styles}")
-            forget = [protocol.prompt(concept, o) for o in protocol.objects]
-            anchors = [protocol.prompt(anchor, o) for o in protocol.objects]
-            retain = [protocol.prompt(s, o) for s in protocol.styles if s != concept for o in protocol.objects]
-        else:
-            objs = protocol.objects
-            anchor = anchor or objs[(objs.index(concept) + 1) % len(objs)]
-            if anchor not in objs:
-                raise EraseError(f"anchor object {anchor!r} is not in protocol {protocol.name!r}; choose one of {objs}")
-            forget = [protocol.prompt(s, concept) for s in protocol.styles]
-            anchors = [protocol.prompt(s, anchor) for s in protocol.styles]
-            retain = [protocol.prompt(s, o) for s in protocol.styles for o in objs if o != concept]
+        names = protocol.concepts(kind)
+        anchor = anchor or protocol.null_class(kind) or names[(names.index(concept) + 1) % len(names)]
+        if anchor not in names:
+            raise EraseError(f"anchor {kind} {anchor!r} is not in protocol {protocol.name!r}; choose one of {', '.join(names)}")
+        others = [a for a in axes if a != kind]
+        combos = [dict(zip(others, values)) for values in itertools.product(*(protocol.concepts(a) for a in others))]
+        forget = [protocol.prompt(**{kind: concept}, **c) for c in combos]
+        anchors = [protocol.prompt(**{kind: anchor}, **c) for c in combos]
+        # retain prompts in the protocol's own (axis-major) order, without the target's
+        retain = [protocol.prompt(**dict(zip(axes, values))) for values in itertools.product(*(protocol.concepts(a) for a in axes))
+                  if dict(zip(axes, values))[kind] != concept]
         return cls(concept, kind, anchor, forget, anchors, retain, seed, protocol.name)
 
     @classmethod

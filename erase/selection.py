@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import EraseError
+
 
 @dataclass
 class ParamSelection:
@@ -34,7 +36,8 @@ class ParamSelection:
         inc, exc = re.compile(include), re.compile(exclude) if exclude else None
         names = {n: None for n, _ in root.named_parameters() if inc.search(n) and not (exc and exc.search(n))}
         if not names:
-            raise ValueError(f"no parameter matches {include!r}" + (f" minus {exclude!r}" if exclude else ""))
+            raise EraseError(f"no parameter matches {include!r}" + (f" minus {exclude!r}" if exclude else "") +
+                             "; check the pattern against the model's parameter names (e.g. unet.down_blocks.0.attentions.0...)")
         return cls(names)
 
     @classmethod
@@ -52,9 +55,11 @@ class ParamSelection:
         n_keep = max(1, int(round(fraction * flat.numel())))
         if n_keep >= flat.numel():
             return cls({name: None for name in grads})
-        # the (n - n_keep)-th smallest magnitude is the largest one we drop
-        threshold = torch.kthvalue(flat.cpu(), flat.numel() - n_keep).values.item()
-        return cls({name: g.detach().abs().float() > threshold for name, g in grads.items()})
+        # the (n - n_keep + 1)-th smallest magnitude is the smallest one we keep; ties with it are kept too
+        threshold = torch.kthvalue(flat.cpu(), flat.numel() - n_keep + 1).values.item()
+        if threshold == 0:  # a zero gradient carries no saliency: never keep an entry for tying with zero
+            return cls({name: g.detach().abs().float() > 0 for name, g in grads.items()})
+        return cls({name: g.detach().abs().float() >= threshold for name, g in grads.items()})
 
     # -- operations -------------------------------------------------------------
     def parameters(self, root: nn.Module) -> dict[str, nn.Parameter]:

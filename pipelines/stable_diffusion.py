@@ -6,9 +6,12 @@ import os
 from pathlib import Path
 
 import torch
+from erase.components import named_parameters
+from erase.errors import EraseError
+from erase.patch import applied_patches, apply_patch, remove_patch, set_patch_scale
 
 
-class PipelineLoadError(ValueError):
+class PipelineLoadError(EraseError):
     """The given model is not a loadable text-to-image pipeline."""
 
 
@@ -72,91 +75,11 @@ def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype 
 
 
 # ---------------------------------------------------------------------------
-# Erasure patches on a pipeline. The surface mirrors diffusers' LoRA API:
-# apply (load + fuse with a scale), set_patch_scale, remove (exact unfuse + unload), save_erased.
+# Erasure patches on a pipeline. The surface mirrors diffusers' LoRA API: apply (load + fuse with a
+# scale), set_patch_scale, remove (exact unfuse + unload), save_erased. Apply / remove work on any
+# model and live with the patch format (erase.patch); they are re-exported here for pipeline users.
 
-_STATE_ATTR = "_erasekit_patch_state"
-
-
-def _components(pipe) -> dict[str, torch.nn.Module]:
-    return {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-
-
-def named_parameters(pipe) -> dict[str, torch.nn.Parameter]:
-    """All pipeline parameters, keyed with their component prefix (``unet.``, ``text_encoder.`` ...)."""
-    return {f"{c}.{n}": p for c, m in _components(pipe).items() for n, p in m.named_parameters()}
-
-
-def _state(pipe) -> dict:
-    if not hasattr(pipe, _STATE_ATTR):
-        setattr(pipe, _STATE_ATTR, {"originals": {}, "applied": []})
-    return getattr(pipe, _STATE_ATTR)
-
-
-def base_tensors(pipe, names) -> dict[str, torch.Tensor]:
-    """The unpatched values of some tensors (the saved originals where a patch is applied)."""
-    params, originals = named_parameters(pipe), _state(pipe)["originals"]
-    return {n: originals.get(n, params[n].data) for n in names}
-
-
-@torch.no_grad()
-def apply_patch(pipe, patch, scale: float = 1.0, verify: bool = True) -> None:
-    """Add ``scale`` x the patch's deltas to the pipeline's weights (patches compose; remove_patch undoes all).
-
-    Refuses non-finite deltas, and (with ``verify``) a base model whose touched tensors differ from the
-    ones the patch was made on.
-    """
-    from erase.patch import PatchError, fingerprint
-
-    params = named_parameters(pipe)
-    missing = [n for n in patch.names() if n not in params]
-    if missing:
-        raise PatchError(f"patch touches {len(missing)} tensor(s) this pipeline lacks (e.g. {missing[0]}); it was made for another architecture")
-    patch.check_finite()
-    if verify:
-        found = fingerprint(base_tensors(pipe, patch.names()))
-        if found != patch.config.get("base_fingerprint"):
-            raise PatchError(
-                "patch was made on a different base model (fingerprint mismatch on the tensors it touches); "
-                "load the base model it was trained on, or pass verify=False / --no-verify to force it"
-            )
-    state = _state(pipe)
-    for name in patch.names():
-        p = params[name]
-        state["originals"].setdefault(name, p.data.clone())
-        delta = patch.deltas[name].to(device=p.device, dtype=torch.float32) * scale
-        mask = patch.masks[name]
-        if mask is None:
-            p.data.copy_((p.data.float() + delta.view_as(p)).to(p.dtype))
-        else:
-            m = mask.to(p.device)
-            p.data[m] = (p.data[m].float() + delta).to(p.dtype)
-    state["applied"].append({"config": patch.config, "scale": scale, "patch": patch})
-
-
-@torch.no_grad()
-def remove_patch(pipe) -> None:
-    """Restore every patched tensor bit for bit and forget all applied patches."""
-    state = _state(pipe)
-    params = named_parameters(pipe)
-    for name, original in state["originals"].items():
-        params[name].data.copy_(original)
-    state["originals"].clear()
-    state["applied"].clear()
-
-
-def set_patch_scale(pipe, scale: float) -> None:
-    """Re-apply the applied patches with a new common scale (like diffusers' set_adapters weights)."""
-    patches = [a["patch"] for a in _state(pipe)["applied"]]
-    if not patches:
-        raise ValueError("no patch is applied to this pipeline")
-    remove_patch(pipe)
-    for patch in patches:
-        apply_patch(pipe, patch, scale=scale, verify=False)
-
-
-def applied_patches(pipe) -> list[dict]:
-    return [{"config": a["config"], "scale": a["scale"]} for a in _state(pipe)["applied"]]
+__all__ = ["load_pipeline", "save_erased", "apply_patch", "remove_patch", "set_patch_scale", "applied_patches", "named_parameters"]
 
 
 def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -173,8 +96,8 @@ def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False) -> Path:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
-    history = [{"scale": a["scale"], **{k: a["config"].get(k) for k in ("method", "request", "base_fingerprint", "package_version")}}
-               for a in _state(pipe)["applied"]]
+    history = [{"scale": a["scale"], **{k: a["config"].get(k) for k in ("method", "request", "patch_sha256", "package_version")}}
+               for a in applied_patches(pipe)]
     (tmp / "erasure_history.json").write_text(json.dumps(history, indent=2, default=str))
     if out.exists():
         shutil.rmtree(out)

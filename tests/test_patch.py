@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from erase.patch import CONFIG_FILE, PATCH_FILE, ErasurePatch, PatchError
+from erase.patch import CONFIG_FILE, PATCH_FILE, ErasurePatch, PatchError, fingerprint
 from pipelines.stable_diffusion import apply_patch, applied_patches, named_parameters, remove_patch, save_erased, set_patch_scale
 
 
@@ -19,7 +19,7 @@ def make_patch(pipe, seed=0, masked=True, dtype=torch.float32):
     for n, m in masks.items():
         if m is not None:
             tuned[n] = torch.where(m, tuned[n], base[n])
-    return ErasurePatch.from_diff(base, tuned, masks, {"method": "test"}, dtype=dtype), tuned
+    return ErasurePatch.from_diff(base, tuned, masks, {"method": "test"}, dtype=dtype, fingerprint=fingerprint(pipe, names)), tuned
 
 
 def snapshot(pipe):

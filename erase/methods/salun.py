@@ -3,10 +3,12 @@
 1. Data: the model's own generations for the forget prompts (the concept across the other concept
    axis) and for the retain prompts (every retained concept), as UNet-space latents. User images
    can replace the generated forget set (``forget_images``).
-2. Saliency mask: one pass over the forget data; the loss is the MSE between the true noise and the
-   classifier-free-guidance-combined prediction (w = ``mask_guidance``); signed gradients are summed
+2. Saliency mask: one pass over the forget data; the loss is the MSE between the training target (the
+   true noise, or v for v-prediction models) and the classifier-free-guidance-combined prediction
+   e_u + w (e_c - e_u) with w = ``mask_guidance`` (diffusers' convention; upstream writes
+   (1 + w') e_c - w' e_u, i.e. w = 1 + w', so upstream's 7.5 is our 8.5); signed gradients are summed
    per parameter (no optimiser step while accumulating), and the global top ``mask_fraction`` of
-   |sum| over ``mask_scope`` is kept (largest magnitudes).
+   |sum| over ``mask_scope`` is kept (largest magnitudes; ties with the threshold are kept, as upstream).
 3. Unlearning: L = MSE(eps(x_t | c_forget), sg eps(x_t | c_anchor)) + alpha * L_retain, gradients
    multiplied by the mask after backward, Adam without weight decay.
    L_retain = ``diffusion``: MSE(eps(x_r | c_r), noise) (upstream SalUn), or ``distill``:
@@ -23,43 +25,45 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import alphas_cumprod, cfg_eps, encode_images, encode_prompts, noisy, pipeline_root, sample_latents
+from ..components import model_device, model_root
+from ..data import load_image_folder
+from ..diffusion import alphas_cumprod, cfg_eps, encode_images, encode_prompts, noisy, prediction_type, sample_latents, training_target
 from ..errors import EraseError
 from ..loop import Eraser
-from ..registry import register_method
+from ..registry import option, register_method
 from ..selection import ParamSelection
 
 SCOPES = {"unet": r"^unet\.", "cross_attention": r"^unet\..*attn2\."}
 RETAIN_LOSSES = ("diffusion", "distill")
 RELABEL_ON = ("concept", "concept+anchor")
+PATCH_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass
 class SalUnConfig:
-    lr: float = 1e-5  # learning rate (Adam, no weight decay)
-    steps: int = 1000  # unlearning steps
-    batch_size: int = 8  # forget samples per step
-    retain_batch_size: int = 8  # retain samples per step
-    alpha: float = 1.0  # weight of the retain loss
-    retain_loss: str = "diffusion"  # "diffusion" (upstream) or "distill" (frozen-original targets)
-    mask_fraction: float = 0.5  # global top fraction of |saliency| that may change
-    mask_scope: str = "unet"  # "unet" (all UNet weights) or "cross_attention" (attn2 only)
-    mask_guidance: float = 7.5  # CFG weight of the saliency loss
-    anchor_target: str = "frozen"  # eps(x_t | c_anchor) from the "frozen" original UNet or the "live" one
-    forget_seeds: int = 5  # generated images per forget prompt
-    retain_seeds: int = 2  # generated images per retain prompt
-    data_steps: int = 25  # sampler steps for the generated data
-    data_guidance: float = 7.5  # CFG weight of the sampler that generates the data
-    data_seed: int = 10_000  # first seed of the generated data (disjoint from evaluation seeds)
-    forget_images: str | None = None  # folder of user images for the forget set (instead of generations)
-    relabel_on: str = "concept"  # x_t for the relabel loss: "concept" images (upstream) or "concept+anchor" (also the anchor's)
-    patch_dtype: str = "float16"  # storage dtype of the patch values
-    checkpoint_every: int = 100  # steps between resumable checkpoints
+    lr: float = option(1e-5, "learning rate (Adam, no weight decay)")
+    steps: int = option(1000, "unlearning steps")
+    batch_size: int = option(8, "forget samples per step")
+    retain_batch_size: int = option(8, "retain samples per step")
+    alpha: float = option(1.0, "weight of the retain loss")
+    retain_loss: str = option("diffusion", "'diffusion' (upstream: the retain images' own noise) or 'distill' (the frozen original's prediction)")
+    mask_fraction: float = option(0.5, "global top fraction of |saliency| that may change")
+    mask_scope: str = option("unet", "'unet' (all UNet weights) or 'cross_attention' (attn2 only)")
+    mask_guidance: float = option(7.5, "CFG weight of the saliency loss, diffusers' convention e_u + w (e_c - e_u); upstream's w' is w = 1 + w'")
+    anchor_target: str = option("frozen", "eps(x_t | c_anchor) from the 'frozen' original UNet or the 'live' one")
+    forget_seeds: int = option(5, "generated images per forget prompt")
+    retain_seeds: int = option(2, "generated images per retain prompt")
+    data_steps: int = option(25, "sampler steps for the generated data")
+    data_guidance: float = option(7.5, "CFG weight of the sampler that generates the data")
+    data_seed: int = option(10_000, "first seed of the generated data (disjoint from evaluation seeds)")
+    forget_images: str | None = option(None, "folder of user images for the forget set (instead of generations)")
+    relabel_on: str = option("concept", "x_t for the relabel loss: 'concept' images (upstream) or 'concept+anchor' (also the anchor's)")
+    patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
+    checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
     def validate(self) -> None:
         if self.retain_loss not in RETAIN_LOSSES:
@@ -72,19 +76,15 @@ class SalUnConfig:
             raise EraseError("anchor_target must be 'frozen' or 'live'")
         if not 0 < self.mask_fraction <= 1:
             raise EraseError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
-        if self.lr <= 0 or self.steps < 1 or self.batch_size < 1:
-            raise EraseError("lr must be > 0, steps and batch_size >= 1")
-
-
-def _load_user_images(folder: str, size: int) -> torch.Tensor:
-    from eval.images import image_files, load_images
-
-    if not Path(folder).is_dir():
-        raise EraseError(f"forget_images folder {folder} does not exist; pass a folder of .png/.jpg images")
-    files = image_files(folder)
-    if not files:
-        raise EraseError(f"no .png/.jpg images in forget_images folder {folder}")
-    return load_images(files, size)
+        if self.lr <= 0:
+            raise EraseError(f"lr must be > 0, got {self.lr}")
+        for name in ("steps", "batch_size", "retain_batch_size", "forget_seeds", "data_steps", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise EraseError(f"salun option {name} must be at least 1, got {getattr(self, name)}")
+        if self.retain_seeds < 0 or self.alpha < 0:
+            raise EraseError("salun options retain_seeds and alpha must be >= 0")
+        if self.patch_dtype not in PATCH_DTYPES:
+            raise EraseError(f"unknown patch_dtype {self.patch_dtype!r}; choose one of {PATCH_DTYPES}")
 
 
 class SalUn(Eraser):
@@ -92,12 +92,16 @@ class SalUn(Eraser):
 
     name = "salun"
 
+    def scope(self, pipe) -> str:
+        return SCOPES[self.config.mask_scope]
+
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
         cfg.validate()
         self.pipe, self.unet = pipe, pipe.unet
-        dev = pipe.device
-        self.generator = torch.Generator("cpu").manual_seed(req.seed)
+        dev = model_device(pipe)
+        self.prediction = prediction_type(pipe)
+        self.rng = torch.Generator("cpu").manual_seed(req.seed)
         self.acp = alphas_cumprod(pipe)
         self.T = len(self.acp)
 
@@ -106,7 +110,7 @@ class SalUn(Eraser):
         if not n_r and cfg.alpha > 0:
             raise EraseError("the request has no retain prompts but alpha > 0; give retain concepts or set alpha 0")
         if cfg.forget_images:
-            imgs = _load_user_images(cfg.forget_images, pipe.unet.config.sample_size * pipe.vae_scale_factor)
+            imgs = load_image_folder(cfg.forget_images, pipe.unet.config.sample_size * pipe.vae_scale_factor)
             self.z_forget = encode_images(pipe, imgs)
             self.forget_idx = torch.arange(len(imgs)) % n_f  # prompt index of each image
         else:
@@ -127,7 +131,7 @@ class SalUn(Eraser):
                              "forget_prompts": n_f, "retain_prompts": n_r}
 
         # -- saliency mask ------------------------------------------------------------
-        root = pipeline_root(pipe)
+        root = model_root(pipe)
         for p in root.parameters():
             p.requires_grad_(False)
         scope = ParamSelection.by_name(root, SCOPES[cfg.mask_scope])
@@ -141,7 +145,7 @@ class SalUn(Eraser):
             zt = noisy(z0.to(dev), noise, t, self.acp)
             cond = self.e_forget[self.forget_idx[i : i + len(z0)]]
             pred = cfg_eps(self.unet, zt, t, cond, self.e_empty.expand_as(cond), cfg.mask_guidance)
-            F.mse_loss(pred, noise).backward()  # gradients accumulate (summed, signed); no optimiser step
+            F.mse_loss(pred, training_target(self.prediction, z0.to(dev), noise, t, self.acp)).backward()  # gradients accumulate (summed, signed); no optimiser step
         grads = {n: p.grad.detach().clone() for n, p in scoped.items()}
         for p in scoped.values():
             p.grad = None
@@ -171,14 +175,14 @@ class SalUn(Eraser):
         return z, torch.arange(len(prompts)).repeat_interleave(per_prompt)
 
     def _t_noise(self, n: int):
-        dev = self.pipe.device
-        t = torch.randint(0, self.T, (n,), generator=self.generator).to(dev)
-        noise = torch.randn((n, *self.z_forget.shape[1:]), generator=self.generator).to(dev)
+        dev = model_device(self.pipe)
+        t = torch.randint(0, self.T, (n,), generator=self.rng).to(dev)
+        noise = torch.randn((n, *self.z_forget.shape[1:]), generator=self.rng).to(dev)
         return t, noise
 
     def step(self, i: int) -> dict[str, float]:
-        cfg, dev = self.config, self.pipe.device
-        fi = torch.randint(0, len(self.z_forget), (cfg.batch_size,), generator=self.generator)  # shuffled forget loader
+        cfg, dev = self.config, model_device(self.pipe)
+        fi = torch.randint(0, len(self.z_forget), (cfg.batch_size,), generator=self.rng)  # shuffled forget loader
         t_f, n_f = self._t_noise(cfg.batch_size)
         zt_f = noisy(self.z_forget[fi].to(dev), n_f, t_f, self.acp)
         c_f, c_a = self.e_forget[self.forget_idx[fi]], self.e_anchor[self.forget_idx[fi]]
@@ -187,7 +191,7 @@ class SalUn(Eraser):
             target_f = teacher(zt_f, t_f, c_a).sample
         losses = {}
         if cfg.alpha > 0:
-            ri = torch.randint(0, len(self.z_retain), (cfg.retain_batch_size,), generator=self.generator)
+            ri = torch.randint(0, len(self.z_retain), (cfg.retain_batch_size,), generator=self.rng)
             t_r, n_r = self._t_noise(cfg.retain_batch_size)
             zt_r = noisy(self.z_retain[ri].to(dev), n_r, t_r, self.acp)
             c_r = self.e_retain[self.retain_idx[ri]]
@@ -197,7 +201,7 @@ class SalUn(Eraser):
                 with torch.no_grad():
                     target_r = self.frozen(zt_r, t_r, c_r).sample
             else:
-                target_r = n_r
+                target_r = training_target(self.prediction, self.z_retain[ri].to(dev), n_r, t_r, self.acp)
             retain = F.mse_loss(pred_r, target_r)
             losses["retain"] = retain.item()
         else:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .cli import UsageError, _common_model_args, _load, _threads, command
+from .common import UsageError, _common_model_args, _load, _threads, command
 
 
 def _parse_set(items: list[str]) -> dict:
-    """--set key=value (value parsed as JSON when it parses, else kept as a string)."""
+    """--set key=value (value parsed as JSON when it parses, else kept as a string; types are checked later)."""
     out = {}
     for item in items or []:
-        if "=" not in item:
-            raise UsageError(f"--set expects key=value, got {item!r}")
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)
@@ -26,7 +26,7 @@ def build_request(args):
     """From a protocol when the concept belongs to one (canvas-mini by default), else from prompt templates."""
     from eval.protocols import load_protocol
 
-    from .request import EraseRequest
+    from ..request import EraseRequest
 
     if not args.concept or not args.concept.strip():
         raise UsageError("the concept to erase is empty; pass --concept NAME")
@@ -35,6 +35,14 @@ def build_request(args):
         return EraseRequest.from_protocol(protocol, args.concept, args.kind, anchor=args.anchor, seed=args.seed), protocol
     retain = [r.strip() for r in (args.retain or "").split(",") if r.strip()]
     return EraseRequest.from_templates(args.concept, args.kind, args.anchor, retain=retain, seed=args.seed), None
+
+
+def check_model_path(model: str) -> None:
+    """A local --model path must exist (hub ids like org/name are looked up in the cache later)."""
+    path = Path(model)
+    looks_local = model.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".ckpt") or "/" not in model or path.exists()
+    if looks_local and not path.exists():
+        raise UsageError(f"--model {model} does not exist; pass a diffusers pipeline folder, a cached hub id (org/name) or a checkpoint file")
 
 
 def _default_protocol(model: str) -> str:
@@ -60,33 +68,37 @@ def _run(p):
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any method option, e.g. --set alpha=10")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace a patch already in --out")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same settings only); a finished one is kept")
+    p.add_argument("--overwrite", action="store_true", help="replace a patch or an interrupted run already in --out")
     p.add_argument("--eval", action="store_true", help="evaluate the erased model on the protocol (report in OUT/eval)")
     p.add_argument("--eval-seeds", type=int, default=None, help="with --eval: use only the first N protocol seeds")
     p.add_argument("--quiet", action="store_true")
 
     def run(args):
-        from .api import erase_concept, resolve_config
-        from .patch import PATCH_FILE
+        from ..api import check_out_dir, erase_concept, resolve_config, run_identity
+        from .checks import validate_common_args
 
+        # validate everything before a model is loaded or a byte is written
+        validate_common_args(args)
+        if args.patch:
+            raise UsageError("erase run trains on the base model; --patch is only for eval and grid")
+        check_model_path(args.model)
+        if args.eval_seeds is not None and args.eval_seeds < 1:
+            raise UsageError("--eval-seeds must be at least 1")
         out = Path(args.out)
-        if (out / PATCH_FILE).exists() and not (args.overwrite or args.resume):
-            raise UsageError(f"{out} already holds a patch; pass --overwrite or choose another --out")
         args.protocol = args.protocol or _default_protocol(args.model)
         request, protocol = build_request(args)
         overrides = _parse_set(args.set)
         if args.steps is not None:
             overrides["steps"] = args.steps
-        resolve_config(args.method, args.preset, overrides)  # validate before loading anything
-        if args.patch:
-            raise UsageError("erase run trains on the base model; --patch is only for eval/grid")
+        cfg = resolve_config(args.method, args.preset, overrides)
         if args.eval and protocol is None:
             raise UsageError("--eval needs a protocol (--protocol canvas-mini|unlearncanvas|FILE)")
+        check_out_dir(out, run_identity(args.method, cfg, request, args.model), resume=args.resume, overwrite=args.overwrite)
         _threads(args)
         pipe, device = _load(args)
         patch = erase_concept(pipe, args.method, request, out, preset=args.preset, overrides=overrides, resume=args.resume,
-                              overwrite=args.overwrite or args.resume, progress=not args.quiet, model_id=args.model)
+                              overwrite=args.overwrite, progress=not args.quiet, model_id=args.model)
         eff = patch.config["efficiency"]
         print(f"patch: {out} ({eff['patch_bytes'] / 1e6:.2f} MB, {eff['erase_seconds']:.0f} s, peak memory {eff['peak_memory_bytes'] / 2**30:.2f} GiB)")
         if args.eval:
@@ -111,10 +123,12 @@ def _methods(p):
     def run(args):
         from dataclasses import asdict
 
-        from .api import list_presets, resolve_config
-        from .registry import config_options, get_method, list_methods
+        from ..api import list_presets, resolve_config
+        from ..registry import config_options, get_method, list_methods
 
         if args.method is None:
+            if args.preset:
+                raise UsageError("--preset needs a METHOD: erase methods METHOD --preset NAME")
             for name in list_methods():
                 spec = get_method(name)
                 presets = ", ".join(list_presets(name)) or "-"

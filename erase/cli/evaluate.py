@@ -1,94 +1,11 @@
-"""The ``erase`` command line. Every subcommand maps onto the Python API.
-
-    erase eval --model PATH --protocol canvas-mini --target Watercolor --kind style --out DIR
-    erase grid --model PATH --out grid.png
-    erase run salun --model PATH --concept Watercolor --kind style --out DIR
-    erase methods
-
-Errors are one line on stderr and exit code 2; nothing is written on bad input.
-"""
+"""``erase eval`` and ``erase grid``: the evaluation subcommands of the CLI."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-COMMANDS: dict[str, tuple] = {}
-
-
-def command(name: str, help: str):
-    """Register a subcommand: the decorated function adds arguments and returns the runner."""
-
-    def deco(fn):
-        COMMANDS[name] = (help, fn)
-        return fn
-
-    return deco
-
-
-class UsageError(Exception):
-    """Bad input the user can fix; printed as one line, exit code 2."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from eval.canvas_mini.assets import AssetError
-    from eval.classifiers import ClassifierError
-    from eval.protocols import ProtocolError
-    from eval.report import OutputFolderError
-    from pipelines.stable_diffusion import PipelineLoadError
-
-    from erase.errors import EraseError
-
-    return (UsageError, EraseError, AssetError, ClassifierError, ProtocolError, OutputFolderError, PipelineLoadError, FileNotFoundError)
-
-
-def _threads(args) -> None:
-    import torch
-
-    torch.set_num_threads(args.threads)
-
-
-def _common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="diffusers pipeline folder, cached hub id (org/name) or single-file checkpoint")
-    p.add_argument("--patch", default=None, help="erasure patch folder to apply before generating (erasure_patch.safetensors + erasure_config.json)")
-    p.add_argument("--scale", type=float, default=1.0, help="patch strength (0 = original model, 1 = as trained)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model precision (fp16/bf16 on GPU; default fp32)")
-    p.add_argument("--xformers", action="store_true", help="use xformers attention (GPU, when installed); default PyTorch SDPA")
-
-
-def _load(args):
-    import torch
-
-    from pipelines.stable_diffusion import load_pipeline
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model, device=device, dtype=args.dtype, xformers=args.xformers)
-    if args.patch:
-        from erase.patch import ErasurePatch
-        from pipelines.stable_diffusion import apply_patch
-
-        apply_patch(pipe, ErasurePatch.from_pretrained(args.patch), scale=args.scale)
-    return pipe, device
-
-
-def _protocol(args):
-    from eval.protocols import load_protocol
-
-    protocol = load_protocol(args.protocol)
-    overrides = {}
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise UsageError("--seeds must be at least 1")
-        overrides["seeds"] = protocol.seeds[: args.seeds] if args.seeds <= len(protocol.seeds) else list(range(args.seeds))
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    if getattr(args, "guidance", None) is not None:
-        overrides["guidance"] = args.guidance
-    return protocol.with_overrides(**overrides)
+from .common import UsageError, _common_model_args, _load, _protocol, _threads, command
 
 
 @command("eval", "evaluate a model (optionally with a patch) on a protocol: UA / IRA / CRA, FID, CLIP, grid, report")
@@ -194,48 +111,3 @@ def _grid(p: argparse.ArgumentParser):
     return run
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    _register_optional_commands()
-    parser = argparse.ArgumentParser(
-        prog="erase",
-        description="erasekit: erase concepts (styles, objects, identities) from generative image models, "
-        "and prove it with numbers. Every subcommand works offline on the shipped canvas-mini model.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    runners = {}
-    for name, (help_text, fn) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        runners[name] = fn(p)
-    return parser, runners
-
-
-def _register_optional_commands() -> None:
-    """Subcommands that live next to their subsystem (erasure methods) register on import."""
-    try:
-        import erase.commands  # noqa: F401
-    except ImportError:
-        pass
-
-
-def main(argv=None) -> int:
-    parser, runners = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 2
-    try:
-        runners[args.command](args)
-    except _user_errors() as e:
-        print(f"erase {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"erase {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    # run through the importable module, so subcommands registered by erase.commands share its registry
-    from erase.cli import main as _main
-
-    sys.exit(_main())

@@ -1,0 +1,50 @@
+"""The ``erase`` command line. Every subcommand maps onto the Python API.
+
+    erase eval --model PATH --protocol canvas-mini --target Watercolor --kind style --out DIR
+    erase grid --model PATH --out grid.png
+    erase run salun --model PATH --concept Watercolor --kind style --out DIR
+    erase methods
+
+Errors the user can fix (every subclass of ``erase.errors.EraseError``) are one line on stderr
+and exit code 2; nothing is written on bad input. Ctrl-C is one line and exit code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EraseError
+from . import erasing, evaluate  # noqa: F401  (each module registers its subcommands)
+from .common import COMMANDS
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(
+        prog="erase",
+        description="erasekit: erase concepts (styles, objects, identities) from generative image models, "
+        "and prove it with numbers. Every subcommand works offline on the shipped canvas-mini model.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    runners = {}
+    for name, (help_text, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        runners[name] = fn(p)
+    return parser, runners
+
+
+def main(argv=None) -> int:
+    parser, runners = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        runners[args.command](args)
+    except EraseError as e:
+        print(f"erase {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"erase {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from erase.cli import main
+
+sys.exit(main())

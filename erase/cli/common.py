@@ -1,0 +1,73 @@
+"""What every subcommand shares: the command registry, the model options, loading, threads, protocols."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import EraseError
+
+COMMANDS: dict[str, tuple] = {}
+
+
+def command(name: str, help: str):
+    """Register a subcommand: the decorated function adds arguments and returns the runner."""
+
+    def deco(fn):
+        COMMANDS[name] = (help, fn)
+        return fn
+
+    return deco
+
+
+class UsageError(EraseError):
+    """Bad command-line input; printed as one line, exit code 2."""
+
+
+def _threads(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
+def _common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="diffusers pipeline folder, cached hub id (org/name) or single-file checkpoint")
+    p.add_argument("--patch", default=None, help="erasure patch folder to apply before generating (erasure_patch.safetensors + erasure_config.json)")
+    p.add_argument("--scale", type=float, default=1.0, help="patch strength (0 = original model, 1 = as trained)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model precision (fp16/bf16 on GPU; default fp32)")
+    p.add_argument("--xformers", action="store_true", help="use xformers attention (GPU, when installed); default PyTorch SDPA")
+
+
+def _load(args):
+    import torch
+
+    from pipelines.stable_diffusion import load_pipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(args.model, device=device, dtype=args.dtype, xformers=args.xformers)
+    if args.patch:
+        from erase.patch import ErasurePatch
+        from pipelines.stable_diffusion import apply_patch
+
+        apply_patch(pipe, ErasurePatch.from_pretrained(args.patch), scale=args.scale)
+    return pipe, device
+
+
+def _protocol(args):
+    from eval.protocols import load_protocol
+
+    protocol = load_protocol(args.protocol)
+    overrides = {}
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UsageError("--seeds must be at least 1")
+        overrides["seeds"] = protocol.seeds[: args.seeds] if args.seeds <= len(protocol.seeds) else list(range(args.seeds))
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if getattr(args, "guidance", None) is not None:
+        overrides["guidance"] = args.guidance
+    return protocol.with_overrides(**overrides)
+
+
