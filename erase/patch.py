@@ -355,15 +355,17 @@ def _positions(p: torch.Tensor, mask: torch.Tensor | None):
     return slice(None) if mask is None else mask.to(p.device)
 
 
-def _undo(p: torch.Tensor, patch: ErasurePatch, name: str, scale: float, inexact: tuple[torch.Tensor, torch.Tensor]) -> None:
+def _undo(p: torch.Tensor, patch: ErasurePatch, name: str, scale: float, inexact: tuple[torch.Tensor | None, torch.Tensor]) -> None:
     mask = patch.masks[name]
     delta = patch.deltas[name].to(p.device, torch.float32) * scale
     pos = _positions(p, mask)
     cur = p[pos].reshape(-1) if mask is None else p[pos]
     restored = (cur.float() - delta.reshape(-1)).to(p.dtype)
     idx, vals = inexact
-    if idx.numel():
-        restored[idx.to(p.device)] = vals.to(p.device)
+    if idx is None:
+        restored = vals.to(p.device)
+    elif idx.numel():
+        restored[idx.to(p.device, torch.long)] = vals.to(p.device)
     if mask is None:
         p.copy_(restored.view_as(p))
     else:
@@ -407,7 +409,11 @@ def apply_patch(model, patch: ErasurePatch, scale: float = 1.0, verify: bool = T
         new = (old.float() + delta).to(p.dtype)
         back = (new.float() - delta).to(p.dtype)
         bad = (_bits(back) != _bits(old)).nonzero().flatten()
-        restore[name] = (bad.cpu(), old[bad].cpu())  # the only originals kept: where subtraction is not exact
+        if bad.numel() * (4 + old.element_size()) < old.numel() * old.element_size():
+            # the only originals kept: where subtracting the delta again would not give the original bits
+            restore[name] = (bad.to(torch.int32 if old.numel() < 2**31 else torch.int64).cpu(), old[bad].cpu())
+        else:  # most entries inexact: keep the touched entries' originals (never more than those)
+            restore[name] = (None, old.cpu())
         if mask is None:
             p.copy_(new.view_as(p))
         else:
@@ -444,4 +450,5 @@ def applied_patches(model) -> list[dict]:
 
 def restore_bytes(model) -> int:
     """Bytes an applied patch keeps to make removal exact (the originals of inexact entries only)."""
-    return sum(i.numel() * i.element_size() + v.numel() * v.element_size() for a in _state(model)["applied"] for i, v in a["restore"].values())
+    return sum((0 if i is None else i.numel() * i.element_size()) + v.numel() * v.element_size()
+               for a in _state(model)["applied"] for i, v in a["restore"].values())

@@ -118,3 +118,99 @@ def test_save_erased_loads_with_plain_diffusers(tiny_pipe, tmp_path):
     assert np.array_equal(generate(reloaded, prompts, seeds, steps=4, progress=False), patched)
     history = json.loads((tmp_path / "erased" / "erasure_history.json").read_text())
     assert history[0]["method"] == "test"
+
+
+def test_from_diff_refuses_changes_outside_the_mask(tiny_pipe):
+    params = named_parameters(tiny_pipe)
+    name = "unet.conv_in.weight"
+    base = {name: params[name].detach().clone()}
+    mask = torch.zeros_like(base[name], dtype=torch.bool)
+    mask.view(-1)[:10] = True
+    tuned = {name: base[name] + 0.01}  # every entry moved, the mask allows 10
+    with pytest.raises(PatchError, match=rf"{name} changed at {base[name].numel() - 10} entries outside its mask"):
+        ErasurePatch.from_diff(base, tuned, {name: mask})
+    tuned = {name: torch.where(mask, base[name] + 0.01, base[name])}
+    assert ErasurePatch.from_diff(base, tuned, {name: mask}).deltas[name].numel() == 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fp32_patch_applies_to_half_loads_and_refuses_other_models(tmp_path, dtype):
+    from conftest import build_tiny_pipe
+
+    patch, tuned = make_patch(build_tiny_pipe())
+    half = build_tiny_pipe().to(dtype=dtype)
+    before = snapshot(half)
+    apply_patch(half, patch)
+    for n in patch.names():
+        assert torch.allclose(named_parameters(half)[n].float(), tuned[n], atol=2e-2), n
+    remove_patch(half)
+    assert all(torch.equal(before[n], p) for n, p in snapshot(half).items())  # bit-exact in half precision too
+    with pytest.raises(PatchError, match="different base model"):
+        apply_patch(build_tiny_pipe(seed=1).to(dtype=dtype), patch)
+
+
+def test_fp32_load_is_checked_exactly(tiny_pipe):
+    patch, _ = make_patch(tiny_pipe)
+    n = patch.names()[0]
+    with torch.no_grad():
+        named_parameters(tiny_pipe)[n].view(-1)[0] += 1e-6  # tiny edit of a touched tensor: same dtype, so the SHA-256 decides
+    with pytest.raises(PatchError, match=f"{n}: values differ"):
+        apply_patch(tiny_pipe, patch)
+
+
+def test_fingerprint_covers_untouched_components(tiny_pipe):
+    patch, _ = make_patch(tiny_pipe)
+    assert set(patch.config["base_fingerprint"]["components"]) == {"unet", "text_encoder", "vae"}
+    with torch.no_grad():  # a different text encoder: the UNet tensors match, the model does not
+        for p in tiny_pipe.text_encoder.parameters():
+            p.mul_(1.5)
+    with pytest.raises(PatchError, match="text_encoder"):
+        apply_patch(tiny_pipe, patch)
+
+
+def test_apply_keeps_no_copy_of_the_weights(tiny_pipe):
+    from erase.patch import restore_bytes
+
+    patch, _ = make_patch(tiny_pipe)
+    apply_patch(tiny_pipe, patch, scale=0.7)
+    touched = sum(named_parameters(tiny_pipe)[n].numel() * 4 for n in patch.names())
+    # only entries where subtracting the delta is inexact are kept (index + value): a fraction of a copy
+    assert 0 < restore_bytes(tiny_pipe) < 0.25 * touched
+
+
+def test_nan_scale_and_double_application_are_refused(tiny_pipe):
+    patch, _ = make_patch(tiny_pipe)
+    before = snapshot(tiny_pipe)
+    with pytest.raises(PatchError, match="finite number"):
+        apply_patch(tiny_pipe, patch, scale=float("nan"))
+    apply_patch(tiny_pipe, patch)
+    with pytest.raises(PatchError, match="already applied"):
+        apply_patch(tiny_pipe, patch)
+    with pytest.raises(PatchError, match="finite number"):
+        set_patch_scale(tiny_pipe, float("inf"))
+    remove_patch(tiny_pipe)
+    assert all(torch.equal(before[n], p) for n, p in snapshot(tiny_pipe).items())
+
+
+def test_corrupt_patch_files(tmp_path, tiny_pipe):
+    patch, _ = make_patch(tiny_pipe)
+    folder = patch.save_pretrained(tmp_path / "p")
+    with pytest.raises(PatchError, match="is a file; .* pass the folder"):
+        ErasurePatch.from_pretrained(folder / PATCH_FILE)
+    data = (folder / PATCH_FILE).read_bytes()
+    (folder / PATCH_FILE).write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(PatchError, match="does not match its config"):
+        ErasurePatch.from_pretrained(folder)
+    (folder / PATCH_FILE).write_bytes(data)
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps([cfg]))
+    with pytest.raises(PatchError, match="not an erasekit patch config"):
+        ErasurePatch.from_pretrained(folder)
+    bad = dict(cfg, shapes={n: [-1] for n in cfg["shapes"]})
+    (folder / CONFIG_FILE).write_text(json.dumps(bad))
+    with pytest.raises(PatchError, match="no valid 'shapes'"):
+        ErasurePatch.from_pretrained(folder)
+    bad = dict(cfg, shapes={n: [s[0] + 1, *s[1:]] for n, s in cfg["shapes"].items()})
+    (folder / CONFIG_FILE).write_text(json.dumps(bad))
+    with pytest.raises(PatchError, match="shape"):
+        ErasurePatch.from_pretrained(folder)

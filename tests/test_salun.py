@@ -143,3 +143,55 @@ def test_request_from_protocol():
     assert o.anchor == "Flame" and all("Cats" not in x for x in o.retain_prompts)
     with pytest.raises(EraseError, match="not in protocol"):
         EraseRequest.from_protocol(p, "Van_Gogh", "style")
+
+
+def test_weights_outside_the_mask_stay_bit_identical_and_the_patch_reproduces_training(tiny_pipe, tmp_path, monkeypatch):
+    captured = {}
+    real = ErasurePatch.from_diff.__func__
+
+    def spy(cls, base, tuned, masks, *a, **k):
+        captured.update(base={n: t.clone() for n, t in base.items()}, tuned={n: t.clone() for n, t in tuned.items()}, masks=masks)
+        return real(cls, base, tuned, masks, *a, **k)
+
+    monkeypatch.setattr(ErasurePatch, "from_diff", classmethod(spy))
+    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "patch_dtype": "float32", "steps": 3}, progress=False)
+    base, tuned, masks = captured["base"], captured["tuned"], captured["masks"]
+    moved = 0
+    for n, m in masks.items():
+        assert torch.equal(tuned[n][~m], base[n][~m]), n  # bit-identical outside the mask
+        moved += int((tuned[n][m] != base[n][m]).sum())
+    assert moved > 0.5 * sum(int(m.sum()) for m in masks.values())  # and training did move the masked entries
+    from pipelines.stable_diffusion import apply_patch
+
+    apply_patch(tiny_pipe, patch)
+    params = named_parameters(tiny_pipe)
+    for n in masks:
+        assert torch.allclose(params[n], tuned[n], rtol=0, atol=1e-6), n
+
+
+def test_a_mask_that_is_not_applied_fails_the_run(tiny_pipe, tmp_path, monkeypatch):
+    from erase.patch import PatchError
+    from erase.selection import ParamSelection
+
+    monkeypatch.setattr(ParamSelection, "mask_grads_", lambda self, root: None)
+    with pytest.raises(PatchError, match="outside its mask"):
+        erase_concept(tiny_pipe, "salun", request(), tmp_path / "out", overrides=TINY, progress=False)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_half_precision_load_trains_in_fp32_and_the_patch_fits_every_dtype(tmp_path):
+    from conftest import build_tiny_pipe
+
+    from pipelines.stable_diffusion import apply_patch, remove_patch
+
+    half = build_tiny_pipe().to(dtype=torch.float16)
+    patch = erase_concept(half, "salun", request(), tmp_path, overrides=TINY, progress=False)
+    assert half.unet.dtype == torch.float16 and half.text_encoder.dtype == torch.float16  # cast back after training
+    assert patch.config["base_dtypes"]["unet"] == "float16"
+    assert all(torch.isfinite(d.float()).all() for d in patch.deltas.values()) and sum(d.numel() for d in patch.deltas.values())
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        pipe = build_tiny_pipe().to(dtype=dtype)
+        before = {n: p.detach().clone() for n, p in named_parameters(pipe).items()}
+        apply_patch(pipe, patch)
+        remove_patch(pipe)
+        assert all(torch.equal(before[n], p) for n, p in named_parameters(pipe).items())

@@ -77,3 +77,14 @@ def test_density_by_prefix():
     sel = ParamSelection({"0.weight": torch.zeros(4, 4, dtype=torch.bool).fill_diagonal_(True), "2.bias": None})
     d = sel.density_by_prefix(m, depth=1)
     assert d["0"] == pytest.approx(4 / 20) and d["2"] == pytest.approx(2 / 10)
+
+
+def test_saliency_keeps_ties_with_the_threshold():
+    grads = {"w": torch.tensor([2.0, 2.0, 2.0, 2.0])}
+    sel = ParamSelection.by_saliency(grads, 0.5)  # upstream keeps |g| >= threshold: all four tie, all four kept
+    assert sel.masks["w"].tolist() == [True, True, True, True]
+    grads = {"w": torch.tensor([0.0, 0.0, 0.0, 1.0, 3.0, 3.0])}
+    sel = ParamSelection.by_saliency(grads, 0.5)  # threshold 1.0: 1 and both 3s kept; zeros never tie in
+    assert sel.masks["w"].tolist() == [False, False, False, True, True, True]
+    sel = ParamSelection.by_saliency({"w": torch.tensor([0.0, 0.0, 0.0, 5.0])}, 0.5)  # threshold 0: only non-zero
+    assert sel.masks["w"].tolist() == [False, False, False, True]

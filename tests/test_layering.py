@@ -1,0 +1,105 @@
+"""The direction of imports (DESIGN.md section 2), checked on the source: no cycles between modules, and
+each layer imports only the layers below it. Function-level imports count too.
+
+    erase.errors, erase.components, erase.files           (bottom: no package imports)
+      <- erase.patch, erase.selection, erase.surgery, erase.request, erase.registry, erase.data, erase.diffusion
+      <- erase.loop                                        (the shared loop; never pipelines or eval)
+      <- erase.methods.*                                   (use the core; never eval or pipelines)
+    pipelines.*  -> erase core (patch format, components)  (never eval, methods, loop or the CLI)
+    eval.*       -> pipelines, erase core                  (never methods, the API or the CLI)
+    erase.api    -> core + registry (methods load through it)
+    erase.cli.*, erase.demo                                (top: the only modules that know every subsystem)
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("erase", "pipelines", "eval")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for f in (ROOT / pkg).rglob("*.py"):
+            parts = list(f.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = f
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    is_pkg = path.name == "__init__.py"
+    here = name.split(".") if is_pkg else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in MODULES:
+                t = t.rpartition(".")[0]
+            if t and t.split(".")[0] in PACKAGES and t != name:
+                found.add(t)
+    return found
+
+
+GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}
+
+
+def test_no_import_cycles():
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "active"
+        stack.append(m)
+        for n in sorted(GRAPH[m]):
+            if state.get(n) == "active":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m)
+
+
+CORE = {"erase.errors", "erase.components", "erase.files", "erase.patch", "erase.selection", "erase.surgery", "erase.request",
+        "erase.registry", "erase.data", "erase.diffusion", "erase.loop"}
+
+
+def _forbidden(module: str) -> tuple[str, ...]:
+    if module in CORE:
+        return ("pipelines", "eval", "erase.cli", "erase.api", "erase.methods", "erase.demo")
+    if module.startswith("erase.methods"):
+        return ("pipelines", "eval", "erase.cli", "erase.api", "erase.demo")
+    if module.startswith("pipelines"):
+        return ("eval", "erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo")
+    if module.startswith("eval"):
+        return ("erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo")
+    return ()
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_layer_direction(module):
+    bad = [n for n in GRAPH[module] for f in _forbidden(module) if n == f or n.startswith(f + ".")]
+    assert not bad, f"{module} imports {bad}, against the direction of imports"
+
+
+def test_the_checker_sees_function_level_and_relative_imports():
+    assert "eval.protocols" in GRAPH["erase.cli.erasing"]  # imported inside a function
+    assert "erase.cli.common" in GRAPH["erase.cli.erasing"]  # relative import
+    assert "erase.patch" in GRAPH["pipelines.stable_diffusion"]
