@@ -43,3 +43,58 @@ def load_image_folder(folder: str | Path, size: int, option: str = "forget_image
     if not files:
         raise EraseError(f"no .png/.jpg images in {option} folder {folder}")
     return load_images(files, size)
+
+
+def cache_dir() -> Path:
+    """Where erasekit caches generated data and reference statistics (``ERASEKIT_CACHE`` or ~/.cache/erasekit)."""
+    import os
+
+    return Path(os.environ.get("ERASEKIT_CACHE", Path.home() / ".cache" / "erasekit"))
+
+
+def model_identity(model) -> str:
+    """A cheap content identity of every tensor of a model (shapes, probe values, means), as a hex digest."""
+    import hashlib
+    import json
+
+    from .components import named_parameters
+    from .patch import tensor_record
+
+    records = {n: tensor_record(n, p, exact=False) for n, p in sorted(named_parameters(model).items())}
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+
+
+def generations(pipe, prompts: list[str], per_prompt: int, first_seed: int, *, steps: int, guidance: float,
+                cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own generations: ``per_prompt`` latents per prompt (seeds first_seed, first_seed + 1, ...)
+    and the prompt index of each, in prompt-major order.
+
+    Cached on disk under a hash of the model's identity, the prompts, seeds and sampler (scheduler
+    class and config, steps, guidance), so methods and reruns on the same model never sample twice.
+    """
+    import hashlib
+    import json
+
+    from .diffusion import sample_latents
+
+    idx = torch.arange(len(prompts)).repeat_interleave(per_prompt)
+    if not prompts or per_prompt < 1:
+        return torch.zeros(0), idx
+    seeds = [first_seed + k for _ in prompts for k in range(per_prompt)]
+    key = {"model": model_identity(pipe), "prompts": prompts, "seeds": seeds, "steps": steps, "guidance": guidance,
+           "scheduler": type(pipe.scheduler).__name__, "scheduler_config": dict(pipe.scheduler.config)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = cache_dir() / "generations" / f"{digest}.safetensors"
+    if cache and path.exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(path))["latents"], idx
+    z = sample_latents(pipe, [p for p in prompts for _ in range(per_prompt)], seeds, steps=steps, guidance=guidance)
+    if cache:
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({"latents": z.cpu().contiguous()}, str(tmp))
+        tmp.replace(path)
+    return z, idx

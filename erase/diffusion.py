@@ -16,6 +16,7 @@ conditional prediction. Upstream SalUn writes (1 + w') e_c - w' e_u, which is th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .components import model_device
 from .errors import EraseError
@@ -104,3 +105,26 @@ def cfg_eps(unet, zt, t, cond, uncond, guidance: float) -> torch.Tensor:
 def salun_guidance(upstream_w: float) -> float:
     """Upstream SalUn's guidance weight w' ((1 + w') e_c - w' e_u) in diffusers' convention: 1 + w'."""
     return 1.0 + upstream_w
+
+
+RETAIN_LOSSES = ("diffusion", "distill")
+
+
+def retain_loss(kind: str, pred: torch.Tensor, *, prediction: str, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                acp: torch.Tensor, frozen=None, zt: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """The retain term every diffusion method shares, on retain latents z0 noised to zt with ``noise`` at t.
+
+    * ``diffusion`` (upstream SalUn, DoCo, Concept Ablation's prior preservation): the plain denoising
+      loss, MSE(pred, training target of (z0, noise)).
+    * ``distill`` (ours): MSE(pred, frozen original's prediction at (zt, t, cond)): "keep everything
+      else" as "change nothing else", which keeps retained concepts on small models.
+    """
+    if kind == "diffusion":
+        return F.mse_loss(pred, training_target(prediction, z0, noise, t, acp))
+    if kind == "distill":
+        if frozen is None:
+            raise EraseError("the distill retain loss needs the frozen original model")
+        with torch.no_grad():
+            target = frozen(zt, t, cond).sample
+        return F.mse_loss(pred, target)
+    raise EraseError(f"unknown retain_loss {kind!r}; choose one of {RETAIN_LOSSES}")

@@ -19,13 +19,20 @@ from . import erasing, evaluate  # noqa: F401  (each module registers its subcom
 from .common import COMMANDS
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the problem and ``--help``) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="erase",
         description="erasekit: erase concepts (styles, objects, identities) from generative image models, "
         "and prove it with numbers. Every subcommand works offline on the shipped canvas-mini model.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     runners = {}
     for name, (help_text, fn) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -13,7 +13,7 @@ def _parse_set(items: list[str]) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = json.loads(value)

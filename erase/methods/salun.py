@@ -30,15 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from ..components import model_device, model_root
-from ..data import load_image_folder
-from ..diffusion import alphas_cumprod, cfg_eps, encode_images, encode_prompts, noisy, prediction_type, sample_latents, training_target
+from ..data import generations, load_image_folder
+from ..diffusion import (RETAIN_LOSSES, alphas_cumprod, cfg_eps, encode_images, encode_prompts, noisy, prediction_type, retain_loss,
+                         training_target)
 from ..errors import EraseError
 from ..loop import Eraser
 from ..registry import option, register_method
 from ..selection import ParamSelection
 
 SCOPES = {"unet": r"^unet\.", "cross_attention": r"^unet\..*attn2\."}
-RETAIN_LOSSES = ("diffusion", "distill")
 RELABEL_ON = ("concept", "concept+anchor")
 PATCH_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -169,10 +169,7 @@ class SalUn(Eraser):
 
     def _generations(self, prompts: list[str], per_prompt: int, first_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``per_prompt`` generations of each prompt (seeds first_seed, first_seed + 1, ...) and each one's prompt index."""
-        cfg = self.config
-        seeds = [first_seed + k for _ in prompts for k in range(per_prompt)]
-        z = sample_latents(self.pipe, [p for p in prompts for _ in range(per_prompt)], seeds, steps=cfg.data_steps, guidance=cfg.data_guidance)
-        return z, torch.arange(len(prompts)).repeat_interleave(per_prompt)
+        return generations(self.pipe, prompts, per_prompt, first_seed, steps=self.config.data_steps, guidance=self.config.data_guidance)
 
     def _t_noise(self, n: int):
         dev = model_device(self.pipe)
@@ -197,12 +194,8 @@ class SalUn(Eraser):
             c_r = self.e_retain[self.retain_idx[ri]]
             pred = self.unet(torch.cat([zt_f, zt_r]), torch.cat([t_f, t_r]), torch.cat([c_f, c_r])).sample
             pred_f, pred_r = pred[: cfg.batch_size], pred[cfg.batch_size :]
-            if cfg.retain_loss == "distill":
-                with torch.no_grad():
-                    target_r = self.frozen(zt_r, t_r, c_r).sample
-            else:
-                target_r = training_target(self.prediction, self.z_retain[ri].to(dev), n_r, t_r, self.acp)
-            retain = F.mse_loss(pred_r, target_r)
+            retain = retain_loss(cfg.retain_loss, pred_r, prediction=self.prediction, z0=self.z_retain[ri].to(dev), noise=n_r, t=t_r,
+                                 acp=self.acp, frozen=self.frozen, zt=zt_r, cond=c_r)
             losses["retain"] = retain.item()
         else:
             pred_f = self.unet(zt_f, t_f, c_f).sample
