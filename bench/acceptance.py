@@ -21,6 +21,24 @@ import torch
 DEFAULT_TARGETS = "style:Watercolor,style:Pop_Art,style:Rust,object:Birds,object:Towers"
 
 
+def retained_psnr(original: Path, erased: Path, target: str, kind: str) -> float:
+    """Mean per-image PSNR (dB) between the original's and the erased model's same-seed images of every
+    prompt that does not name the target (the probe's measure of collateral damage)."""
+    import numpy as np
+    from PIL import Image
+
+    values = []
+    for line in (original / "manifest.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry[kind] == target:
+            continue
+        a = np.asarray(Image.open(original / entry["file"]), np.float64)
+        b = np.asarray(Image.open(erased / entry["file"]), np.float64)
+        mse = ((a - b) ** 2).mean()
+        values.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
+    return float(np.mean(values))
+
+
 def run_acceptance(method: str, targets: list[tuple[str, str]], out: Path, preset: str | None, overrides: dict, seeds: int | None = None,
                    progress: bool = False) -> dict:
     from erase.api import erase_concept
@@ -54,28 +72,29 @@ def run_acceptance(method: str, targets: list[tuple[str, str]], out: Path, prese
                      "base_ua": b["ua"], "base_ira": b["ira"], "base_cra": b["cra"],
                      "d_ira_points": 100 * (r["ira"] - b["ira"]), "d_cra_points": 100 * (r["cra"] - b["cra"]),
                      "worst_retained": {"concept": worst, "accuracy": kept[worst]},
+                     "retained_psnr": retained_psnr(out / "original" / "images", folder / "eval" / "images", name, kind),
                      "fid": r["fid"]["value"], "base_fid": b["fid"]["value"], "clip_score": r["clip_score"]["value"],
                      "seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"], "patch_bytes": eff["patch_bytes"]})
     summary = {"method": method, "preset": preset, "overrides": overrides, "protocol": protocol.to_dict(), "rows": rows}
     for kind in ("style", "object"):
         rs = [r for r in rows if r["kind"] == kind]
         if rs:
-            summary[f"{kind}_mean"] = {k: sum(r[k] for r in rs) / len(rs) for k in ("ua", "ira", "cra", "d_ira_points", "d_cra_points")}
+            summary[f"{kind}_mean"] = {k: sum(r[k] for r in rs) / len(rs) for k in ("ua", "ira", "cra", "d_ira_points", "d_cra_points", "retained_psnr")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def format_summary(s: dict) -> str:
     lines = [f"{s['method']} preset={s['preset']} overrides={s['overrides']}",
-             f"{'target':>16s} {'kind':6s} {'UA':>6s} {'IRA':>6s} {'dIRA':>6s} {'CRA':>6s} {'dCRA':>6s} {'FID':>7s} {'sec':>5s} {'MB':>5s}  worst kept"]
+             f"{'target':>16s} {'kind':6s} {'UA':>6s} {'IRA':>6s} {'dIRA':>6s} {'CRA':>6s} {'dCRA':>6s} {'PSNR':>5s} {'FID':>7s} {'sec':>5s} {'MB':>5s}  worst kept"]
     for r in s["rows"]:
         lines.append(f"{r['target']:>16s} {r['kind']:6s} {100 * r['ua']:6.1f} {100 * r['ira']:6.1f} {r['d_ira_points']:+6.1f} "
-                     f"{100 * r['cra']:6.1f} {r['d_cra_points']:+6.1f} {r['fid']:7.2f} {r['seconds']:5.0f} {r['patch_bytes'] / 1e6:5.2f}  "
+                     f"{100 * r['cra']:6.1f} {r['d_cra_points']:+6.1f} {r['retained_psnr']:5.1f} {r['fid']:7.2f} {r['seconds']:5.0f} {r['patch_bytes'] / 1e6:5.2f}  "
                      f"{r['worst_retained']['concept']} {100 * r['worst_retained']['accuracy']:.0f}")
     for kind in ("style", "object"):
         m = s.get(f"{kind}_mean")
         if m:
-            lines.append(f"{'mean ' + kind:>16s} {'':6s} {100 * m['ua']:6.1f} {100 * m['ira']:6.1f} {m['d_ira_points']:+6.1f} {100 * m['cra']:6.1f} {m['d_cra_points']:+6.1f}")
+            lines.append(f"{'mean ' + kind:>16s} {'':6s} {100 * m['ua']:6.1f} {100 * m['ira']:6.1f} {m['d_ira_points']:+6.1f} {100 * m['cra']:6.1f} {m['d_cra_points']:+6.1f} {m['retained_psnr']:5.1f}")
     return "\n".join(lines)
 
 

@@ -83,3 +83,26 @@ def grads_of(loss: torch.Tensor, params: dict[str, torch.Tensor], retain_graph: 
     names = list(params)
     gs = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=retain_graph, allow_unused=True)
     return {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in zip(names, gs)}
+
+
+def clip_global_norm(g: Grads, max_norm: float) -> Grads:
+    """Scale the dict so its global L2 norm is at most ``max_norm`` (as torch's clip_grad_norm_, on a dict)."""
+    total = norm(g)
+    coef = max_norm / (total + 1e-6)
+    if coef >= 1:
+        return dict(g)
+    return {k: (_f32(v) * coef).to(v.dtype) for k, v in g.items()}
+
+
+def pcgrad_pair(g_u: Grads, g_r: Grads, scope: str = "global") -> Grads:
+    """Exact PCGrad for two tasks: each gradient projected off the other where they conflict, then summed."""
+    a, b = project_conflicting(g_u, g_r, scope), project_conflicting(g_r, g_u, scope)
+    return {k: (_f32(a[k]) + _f32(b[k])).to(g_u[k].dtype) for k in g_u}
+
+
+# name -> (g_u, g_r, options) -> update; the DoCo generator step picks one by its `surgery` option
+COMBINERS = {
+    "official": lambda g_u, g_r, o: doco_official(g_u, g_r, lam=o["lam"]),
+    "pcgrad": lambda g_u, g_r, o: pcgrad_pair(g_u, g_r, o["scope"]),
+    "none": lambda g_u, g_r, o: weighted_sum([g_u, g_r], [1.0, o["retain_weight"]]),
+}

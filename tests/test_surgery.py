@@ -59,3 +59,31 @@ def test_weighted_sum_and_grads_of():
     assert g["w"].tolist() == [4.0, 6.0] and g["u"].tolist() == [0.0] and w.grad is None
     with pytest.raises(KeyError):
         dot(a, {"y": t(1.0, 1.0)})
+
+
+def test_clip_global_norm():
+    from erase.surgery import clip_global_norm
+
+    g = {"a": t(3.0, 0.0), "b": t(4.0)}  # norm 5
+    out = clip_global_norm(g, 1.0)
+    assert norm(out).item() == pytest.approx(1.0, abs=1e-5) and out["a"].tolist() == pytest.approx([0.6, 0.0], abs=1e-6)
+    assert clip_global_norm(g, 10.0)["a"].tolist() == [3.0, 0.0]
+
+
+@pytest.mark.parametrize("case", ["conflicting", "aligned", "orthogonal"])
+def test_combiners_on_hand_made_pairs(case):
+    from erase.surgery import COMBINERS
+
+    r = {"w": t(1.0, 0.0)}
+    u = {"conflicting": {"w": t(-1.0, 1.0)}, "aligned": {"w": t(2.0, 1.0)}, "orthogonal": {"w": t(0.0, 3.0)}}[case]
+    opts = {"lam": 1.0, "scope": "global", "retain_weight": 0.1}
+    official, pcgrad, none = (COMBINERS[k](u, r, opts)["w"].tolist() for k in ("official", "pcgrad", "none"))
+    assert none == pytest.approx([u["w"][0].item() + 0.1, u["w"][1].item()])
+    if case == "conflicting":
+        # official: c = -1/sqrt(2); g_u - lam * c * r/|r| = (-1 + 0.7071, 1)
+        assert official == pytest.approx([-1 + 2**-0.5, 1.0], abs=1e-6)
+        # PCGrad: u' = u - (<u,r>/|r|^2) r = (0, 1); r' = r - (<r,u>/|u|^2) u = (0.5, 0.5); sum = (0.5, 1.5)
+        assert pcgrad == pytest.approx([0.5, 1.5], abs=1e-6)
+    else:  # no conflict: official leaves g_u alone, PCGrad sums both untouched
+        assert official == pytest.approx(u["w"].tolist())
+        assert pcgrad == pytest.approx((u["w"] + r["w"]).tolist())
