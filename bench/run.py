@@ -5,6 +5,8 @@
 * eval:     full canvas-mini protocol (all prompts x 5 seeds) generated, classified and scored; images/s.
 * classify: batched classification vs one image at a time (target: >= 20x).
 * erase:    one SalUn erasure with the canvas-mini preset: seconds, peak RSS, patch bytes vs the UNet.
+* eval_memory: peak RSS of the scoring phase of `erase eval` at 550 vs 5,170 canvas-mini-sized images
+            (renderer PNGs as the answer set, 5 vs 47 seeds); streamed, it must not grow with the image count.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,12 +125,104 @@ def bench_erase(out: Path) -> dict:
     shutil.rmtree(folder)
     unet = (PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     eff = patch.config["efficiency"]
-    return {"seconds": round(seconds, 1), "peak_memory_bytes": eff["peak_memory_bytes"], "peak_memory_kind": eff["peak_memory_kind"],
+    return {"applied_patch_memory": applied_patch_memory(patch, PIPELINE_DIR), "seconds": round(seconds, 1), "peak_memory_bytes": eff["peak_memory_bytes"], "peak_memory_kind": eff["peak_memory_kind"],
             "patch_bytes": eff["patch_bytes"], "unet_bytes": unet, "patch_fraction_of_unet": round(eff["patch_bytes"] / unet, 3),
             "target_seconds": 180, "meets_target": seconds < 180 and eff["patch_bytes"] < unet / 2}
 
 
-BENCHES = {"eval": bench_eval, "classify": bench_classify, "erase": bench_erase}
+def applied_patch_memory(patch, pipeline_dir) -> dict:
+    """What an applied patch keeps in memory to be removable bit for bit, per load dtype: the bytes of the
+    originals the old apply cloned (every touched tensor, whole) vs what apply keeps now."""
+    from erase.components import named_parameters
+    from erase.patch import apply_patch, remove_patch, restore_bytes
+    from pipelines.stable_diffusion import load_pipeline
+
+    out = {}
+    for dtype in ("fp32", "fp16"):
+        pipe = load_pipeline(pipeline_dir, dtype=dtype)
+        params = named_parameters(pipe)
+        before = {n: params[n].detach().clone() for n in patch.names()}
+        apply_patch(pipe, patch)
+        kept = restore_bytes(pipe)
+        remove_patch(pipe)
+        exact = all(torch.equal(before[n], params[n]) for n in patch.names())
+        cloned = sum(params[n].numel() * params[n].element_size() for n in patch.names())
+        out[dtype] = {"old_clone_bytes": cloned, "kept_bytes": kept, "ratio": round(kept / cloned, 4), "remove_bit_exact": exact}
+    return out
+
+
+def bench_eval_memory(out: Path, seeds=(5, 47)) -> dict:
+    """Peak RSS of the scoring phase (classify, FID with its reference, CLIP) at 550 vs 5,170 images.
+
+    The answer set is written once as renderer PNGs (canvas-mini size, 47 seeds); each size is scored in a
+    fresh process (so peaks do not mix) whose peak-RSS counter is reset just before scoring starts.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="bench-evalmem-"))
+    try:
+        _write_renderer_answer_set(folder / "images", max(seeds))
+        runs = [_scoring_peak_in_child(folder / "images", n) for n in seeds]
+    finally:
+        shutil.rmtree(folder)
+    small, large = runs
+    return {"images": [r["images"] for r in runs], "peak_rss_mb": [r["peak_rss_mb"] for r in runs],
+            "rss_before_scoring_mb": [r["rss_before_mb"] for r in runs],
+            "peak_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
+            "float32_answer_set_mb": [round(r["images"] * 3 * 32 * 32 * 4 / 2**20, 1) for r in runs],
+            "score_seconds": [r["seconds"] for r in runs], "target_ratio": 1.05, "meets_target": large["peak_rss_mb"] / small["peak_rss_mb"] <= 1.05}
+
+
+def _write_renderer_answer_set(folder: Path, n_seeds: int) -> None:
+    """Renderer images named as a canvas-mini answer set with seeds 0..n_seeds-1 (a stand-in for generations)."""
+    from PIL import Image
+
+    from eval.answer_set import image_name
+    from eval.canvas_mini import render_array
+    from eval.protocols import load_protocol
+
+    folder.mkdir(parents=True)
+    for s, o, seed in load_protocol("canvas-mini").with_overrides(seeds=list(range(n_seeds))).answer_set():
+        Image.fromarray(render_array(s, o, 1_000_000 + seed)).save(folder / image_name(s, o, seed))
+
+
+def _scoring_peak_in_child(folder: Path, n_seeds: int) -> dict:
+    code = f"import bench.run as b; b._score_and_report({str(folder)!r}, {n_seeds}, {torch.get_num_threads()})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scoring child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _proc_status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field} (this bench needs Linux)")
+
+
+def _score_and_report(folder: str, n_seeds: int, threads: int) -> None:
+    """Child process: load the judges, reset the peak-RSS counter, score the answer set, print one JSON line."""
+    import gc
+
+    torch.set_num_threads(threads)
+    os.environ["ERASEKIT_CACHE"] = tempfile.mkdtemp(prefix="bench-evalmem-cache-")  # reference computed (streamed) every time
+    from eval.protocols import load_protocol
+    from eval.report import EvalOptions
+    from eval.scoring import prepare_judging, score_answer_set
+
+    protocol = load_protocol("canvas-mini").with_overrides(seeds=list(range(n_seeds)))
+    judging = prepare_judging(protocol, [("Watercolor", "style")], EvalOptions(progress=False))
+    gc.collect()
+    before = _proc_status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
+    t0 = time.time()
+    score_answer_set(judging, folder, batch_size=64, progress=False)
+    seconds = time.time() - t0
+    shutil.rmtree(os.environ["ERASEKIT_CACHE"])
+    print(json.dumps({"images": len(protocol.answer_set()), "rss_before_mb": round(before, 1),
+                      "peak_rss_mb": round(_proc_status_mb("VmHWM"), 1), "seconds": round(seconds, 1)}))
+
+
+BENCHES = {"eval": bench_eval, "classify": bench_classify, "erase": bench_erase, "eval_memory": bench_eval_memory}
 
 
 def main(argv=None) -> None:

@@ -94,15 +94,21 @@ def clip_global_norm(g: Grads, max_norm: float) -> Grads:
     return {k: (_f32(v) * coef).to(v.dtype) for k, v in g.items()}
 
 
-def pcgrad_pair(g_u: Grads, g_r: Grads, scope: str = "global") -> Grads:
-    """Exact PCGrad for two tasks: each gradient projected off the other where they conflict, then summed."""
+def pcgrad_pair(g_u: Grads, g_r: Grads, scope: str = "global", retain_weight: float = 1.0) -> Grads:
+    """PCGrad for two tasks: each gradient projected off the other where they conflict, then summed
+    (``retain_weight`` 1 is exact PCGrad; other values weight the projected retain gradient)."""
     a, b = project_conflicting(g_u, g_r, scope), project_conflicting(g_r, g_u, scope)
-    return {k: (_f32(a[k]) + _f32(b[k])).to(g_u[k].dtype) for k in g_u}
+    return {k: (_f32(a[k]) + retain_weight * _f32(b[k])).to(g_u[k].dtype) for k in g_u}
 
 
-# name -> (g_u, g_r, options) -> update; the DoCo generator step picks one by its `surgery` option
+# name -> (g_u, g_r, options) -> update; the DoCo generator step picks one by its `surgery` option.
+# options: lam (official's projection strength), scope (PCGrad's), retain_weight (w: how much of the
+# retain gradient the update adds: official proj(g_u) + w g_r, pcgrad g_u' + w g_r', none g_u + w g_r)
 COMBINERS = {
-    "official": lambda g_u, g_r, o: doco_official(g_u, g_r, lam=o["lam"]),
-    "pcgrad": lambda g_u, g_r, o: pcgrad_pair(g_u, g_r, o["scope"]),
+    "official": lambda g_u, g_r, o: weighted_sum([doco_official(g_u, g_r, lam=o["lam"]), g_r], [1.0, o["retain_weight"]]),
+    "pcgrad": lambda g_u, g_r, o: pcgrad_pair(g_u, g_r, o["scope"], o["retain_weight"]),
     "none": lambda g_u, g_r, o: weighted_sum([g_u, g_r], [1.0, o["retain_weight"]]),
 }
+# the upstream value of retain_weight per combiner: DoCo's released update is proj(g_u) alone; exact
+# PCGrad sums both projected gradients; DoCo without CPG adds 0.1 x the retain loss
+UPSTREAM_RETAIN_WEIGHT = {"official": 0.0, "pcgrad": 1.0, "none": 0.1}

@@ -13,6 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from erase.errors import EraseError
+
+# How the CLIP score is scaled, stated next to every value in a report.
+CLIP_SCORE_SCALE = "100 * max(cosine(image, prompt), 0): cosine x 100, negatives clamped to 0 (range 0-100)"
+
 
 def clip_preprocess(model, images: torch.Tensor) -> torch.Tensor:
     """Float images (N, 3, H, W) in [0, 1] -> the model's input size and normalisation."""
@@ -29,11 +34,16 @@ def clip_preprocess(model, images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+class CLIPError(EraseError):
+    """The CLIP model for alignment scores cannot be loaded as given."""
+
+
 def load_open_clip(spec: str, weights: str | Path | None = None, device: str = "cpu"):
     """Load an open_clip model offline.
 
     ``spec`` is ``local-dir:FOLDER`` (open_clip_config.json + open_clip_model.safetensors), a folder path
-    (same thing), or an architecture name such as ``ViT-B-32`` with ``weights`` a local checkpoint file.
+    (same thing), or an architecture name such as ``ViT-B-32`` with ``weights`` a local checkpoint file
+    (read by open_clip with ``weights_only=True``).
     """
     import open_clip
 
@@ -42,13 +52,23 @@ def load_open_clip(spec: str, weights: str | Path | None = None, device: str = "
     if spec.startswith("local-dir:"):
         folder = Path(spec[len("local-dir:") :])
         if not (folder / "open_clip_config.json").exists():
-            raise FileNotFoundError(f"{folder} holds no open_clip_config.json; point --clip at an open_clip model folder")
-        model, _, _ = open_clip.create_model_and_transforms(spec, device=device)
-        return model.eval(), open_clip.get_tokenizer(spec)
-    if weights is None:
-        raise ValueError(f"CLIP architecture {spec!r} needs local weights (--clip-weights FILE); nothing is downloaded")
-    model, _, _ = open_clip.create_model_and_transforms(spec, pretrained=str(weights), device=device)
-    return model.eval(), open_clip.get_tokenizer(spec)
+            raise CLIPError(f"{folder} holds no open_clip_config.json; point --clip at an open_clip model folder")
+        pretrained = None
+    else:
+        if spec not in open_clip.list_models():
+            raise CLIPError(f"unknown open_clip architecture {spec!r} for --clip; pass a local-dir:FOLDER or one of open_clip.list_models()")
+        if weights is None:
+            raise CLIPError(f"CLIP architecture {spec!r} needs local weights (--clip-weights FILE); nothing is downloaded")
+        if not Path(weights).is_file():
+            raise CLIPError(f"CLIP weights not found at {weights}; pass an existing file with --clip-weights")
+        pretrained = str(weights)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(spec, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(spec)
+    except Exception as e:  # noqa: BLE001 - open_clip raises many kinds for a bad file; the user gets one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIPError(f"cannot load CLIP model {spec!r}" + (f" with weights {weights}" if weights else "") + f": {first[:200]}") from e
+    return model.eval(), tokenizer
 
 
 class CLIPAlignment:

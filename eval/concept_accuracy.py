@@ -1,6 +1,7 @@
 """ConceptAccuracy (a torchmetrics Metric) and the UnlearnCanvas UA / IRA / CRA scores.
 
-Definitions (UnlearnCanvas, as its maintainers stated them):
+Definitions (UnlearnCanvas, as its maintainers stated them), generalised to any
+number of named axes in ``axis_scores``:
 
 * style target s:  UA = 1 - acc_style[s];  IRA = mean acc_style over the other styles;
   CRA = mean acc_object over all objects (on the same answer set).
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import torch
 from torchmetrics import Metric
+
+from .protocols import ProtocolError
 
 PHOTO_RULE = (
     "photo class generated and classified like any theme (its images count in object accuracies); "
@@ -77,6 +80,33 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
+def axis_scores(
+    accuracy: dict[str, dict[str, float]],
+    target: str,
+    kind: str,
+    null_classes: dict[str, str | None] | None = None,
+) -> dict[str, float]:
+    """UA / IRA / CRA (fractions in [0, 1]) for one target, from per-concept accuracies of every axis.
+
+    ``accuracy`` maps axis name -> {concept: accuracy}, ``null_classes`` axis name -> its null class.
+    UA = 1 - accuracy of the target on its axis; IRA = mean accuracy over the other concepts of the
+    target's axis; CRA = mean accuracy over the concepts of every other axis. Null classes are left
+    out of every average (their images still count in the other axes' accuracies).
+    """
+    null_classes = null_classes or {}
+    if kind not in accuracy:
+        raise ProtocolError(f"unknown kind {kind!r}; the scored axes are: {', '.join(accuracy)}")
+
+    def scorable(axis: str) -> dict[str, float]:
+        return {c: a for c, a in accuracy[axis].items() if c != null_classes.get(axis)}
+
+    own = scorable(kind)
+    if target not in own:
+        raise ProtocolError(f"{kind} target {target!r} is not a scorable {kind} (known: {list(own)})")
+    others = [a for axis in accuracy if axis != kind for a in scorable(axis).values()]
+    return {"ua": 1.0 - own[target], "ira": _mean([a for c, a in own.items() if c != target]), "cra": _mean(others)}
+
+
 def unlearning_scores(
     style_acc: dict[str, float],
     object_acc: dict[str, float],
@@ -84,27 +114,21 @@ def unlearning_scores(
     kind: str,
     photo_class: str | None,
 ) -> dict[str, float]:
-    """UA / IRA / CRA (fractions in [0, 1]) for one target, from per-concept accuracies."""
-    styles = [s for s in style_acc if s != photo_class]
-    if kind == "style":
-        if target not in styles:
-            raise ValueError(f"style target {target!r} is not a scorable style (known: {styles})")
-        ua = 1.0 - style_acc[target]
-        ira = _mean([style_acc[s] for s in styles if s != target])
-        cra = _mean(list(object_acc.values()))
-    elif kind == "object":
-        if target not in object_acc:
-            raise ValueError(f"object target {target!r} is not in the object classes {list(object_acc)}")
-        ua = 1.0 - object_acc[target]
-        ira = _mean([a for o, a in object_acc.items() if o != target])
-        cra = _mean([style_acc[s] for s in styles])
-    else:
-        raise ValueError(f"unknown kind {kind!r}; choose 'style' or 'object'")
-    return {"ua": ua, "ira": ira, "cra": cra}
+    """UA / IRA / CRA of a style x object protocol (``axis_scores`` with the photo class as the style null class)."""
+    return axis_scores({"style": style_acc, "object": object_acc}, target, kind, {"style": photo_class})
+
+
+def null_class_rule(protocol) -> str:
+    """How the protocol's null classes are treated, in words (for the report)."""
+    if protocol.photo_class is not None and protocol.axis_names == ["style", "object"]:
+        return PHOTO_RULE
+    parts = [f"{a.null_class} ({a.name} axis): judged like any {a.name} and counted in the other axes' accuracies; "
+             f"never a target; excluded from {a.name} averages" for a in protocol.axes if a.null_class is not None]
+    return "; ".join(parts) or "no null class"
 
 
 def macro_average(per_target: list[dict[str, float]]) -> dict[str, float]:
     """Average UA / IRA / CRA over several targets (each from its own erased model)."""
     if not per_target:
-        raise ValueError("no per-target scores to average")
+        raise ProtocolError("no per-target scores to average")
     return {k: _mean([d[k] for d in per_target]) for k in ("ua", "ira", "cra")}

@@ -1,7 +1,7 @@
 """FID with a pluggable feature space, on top of torchmetrics' FrechetInceptionDistance.
 
 * Real models: the standard FID Inception weights from a local file
-  (``inception_fid(path)``; needs the ``torch-fidelity`` package that torchmetrics uses for it).
+  (``make_fid(weights=path)``; needs the ``torch-fidelity`` package that torchmetrics uses for it).
 * canvas-mini: the shipped classifiers' penultimate features (``ClassifierFeatures``).
 
 A report always names the feature space next to the number: an FID in one
@@ -9,11 +9,13 @@ feature space is not comparable with an FID in another.
 
 Reference statistics (the running sums torchmetrics keeps for the real set) are
 cached on disk under a hash of everything that produced them: feature space
-fingerprint and the description of the reference images.
+fingerprint and the description of the reference images, including which
+concept was left out of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from erase.errors import EraseError
 
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
@@ -47,21 +51,31 @@ def module_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+class FIDError(EraseError):
+    """FID cannot be computed as asked: no feature space, missing weights or reference images."""
+
+
 def make_fid(features: nn.Module | None = None, *, weights: str | Path | None = None, image_size: int = 299):
     """A torchmetrics FID over float images in [0, 1] that keeps its reference statistics across resets."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if features is not None:
         return FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False, input_img_size=(3, image_size, image_size))
+    check_inception_weights(weights)
+    return FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False, feature_extractor_weights_path=str(weights))
+
+
+def check_inception_weights(weights: str | Path | None) -> None:
+    """Raise FIDError unless standard-Inception FID can run offline with ``weights``."""
     if weights is None:
-        raise ValueError("FID needs a feature space: pass canvas-mini classifier features or --fid-weights PATH (FID Inception weights)")
+        raise FIDError("FID needs a feature space: pass --fid-weights FILE (the FID Inception weights), or --no-fid to skip FID")
     if not Path(weights).is_file():
-        raise FileNotFoundError(f"FID Inception weights not found at {weights}; download pt_inception-2015-12-05 once and pass its path")
+        raise FIDError(f"FID Inception weights not found at {weights}; download pt_inception-2015-12-05 once and pass its path "
+                       "with --fid-weights, or pass --no-fid")
     try:
         import torch_fidelity  # noqa: F401
     except ImportError as e:
-        raise ImportError("standard-Inception FID needs torch-fidelity: pip install torch-fidelity") from e
-    return FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False, feature_extractor_weights_path=str(weights))
+        raise FIDError("standard-Inception FID needs the torch-fidelity package: pip install torch-fidelity (or pass --no-fid)") from e
 
 
 def stats_key(feature_id: str, reference: dict) -> str:
@@ -71,7 +85,8 @@ def stats_key(feature_id: str, reference: dict) -> str:
 def load_or_compute_reference(fid, key: str, cache_dir: str | Path, images_fn, batch_size: int = 256) -> bool:
     """Fill ``fid``'s real-image statistics from the cache, or compute them with ``images_fn()`` and cache them.
 
-    ``images_fn`` returns float images (N, 3, H, W) in [0, 1]. Returns True on a cache hit.
+    ``images_fn`` returns float images in [0, 1]: one (N, 3, H, W) tensor, or an iterable of such batches
+    (so a large reference set is never held in memory at once). Returns True on a cache hit.
     """
     from safetensors.torch import load_file, save_file
 
@@ -82,12 +97,18 @@ def load_or_compute_reference(fid, key: str, cache_dir: str | Path, images_fn, b
             setattr(fid, name, stats[name].to(getattr(fid, name).device))
         return True
     images = images_fn()
-    for i in range(0, len(images), batch_size):
-        fid.update(images[i : i + batch_size], real=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({name: getattr(fid, name).detach().cpu().reshape(getattr(fid, name).shape).contiguous() for name in REAL_STATES}, str(tmp))
-    tmp.replace(path)
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)] if isinstance(images, torch.Tensor) else images
+    for batch in batches:
+        fid.update(batch, real=True)
+    stats = {name: getattr(fid, name).detach().cpu().reshape(getattr(fid, name).shape).contiguous() for name in REAL_STATES}
+    tmp = path.with_name("." + path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(stats, str(tmp))
+        tmp.replace(path)
+    except OSError:  # an unwritable cache only costs a recomputation next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return False
 
 

@@ -2,10 +2,12 @@
 
     evaluate(pipe, protocol, targets=[("Watercolor", "style")], out_dir="runs/eval", model_id="...")
 
-The answer set is generated once per output folder (resumable) and scored for
-every target given. An output folder belongs to one run (model, patch,
-protocol); pointing another run at it is refused, so no report is ever
-overwritten by a different experiment.
+The answer set is generated once per output folder (resumable, with the
+protocol's sampler) and scored for every target given, streamed a batch of
+PNGs at a time (``eval.scoring``). An output folder belongs to one run (model,
+patch, protocol); pointing another run at it, or at a folder holding files an
+evaluation did not write, is refused, so nothing is ever overwritten by a
+different experiment.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from .answer_set import generate_answer_set, load_answer_set
-from .classifiers import batched_logits, load_judges
-from .concept_accuracy import PHOTO_RULE, ConceptAccuracy, macro_average, unlearning_scores
+from erase.errors import EraseError
+
+from .answer_set import check_answer_set, generate_answer_set, read_images
+from .concept_accuracy import macro_average, null_class_rule
 from .protocols import Protocol, ProtocolError
+from .scoring import Judging, prepare_judging, score_answer_set
 
-CACHE_DIR = Path(os.environ.get("ERASEKIT_CACHE", Path.home() / ".cache" / "erasekit"))
 
-
-class OutputFolderError(RuntimeError):
+class OutputFolderError(EraseError):
     """The output folder belongs to another run."""
 
 
@@ -45,6 +47,7 @@ class EvalOptions:
     device: str = "cpu"
     progress: bool = True
     grid: bool = True
+    templates: list[str] | None = None  # other prompt templates, evaluated separately (report["ood"])
 
 
 def versions() -> dict:
@@ -65,17 +68,41 @@ def versions() -> dict:
 
 
 def check_output_folder(out_dir: Path, identity: dict) -> None:
-    """Raise if the folder holds another run's results (run.json differs, or a report without run.json)."""
+    """Raise unless ``out_dir`` is new, empty, or holds this very run (same run.json): another run's results
+    and files an evaluation did not write (a user's grid.png, notes) are never overwritten."""
     run_file = out_dir / "run.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputFolderError(f"--out {out_dir} is a file; erase eval writes a folder there: choose a new --out folder")
     if run_file.exists():
         try:
             existing = json.loads(run_file.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, OSError):
             existing = None
-        if existing != identity:
+        if _normalised(existing) != _normalised(identity):
             raise OutputFolderError(f"output folder {out_dir} holds another run's results; choose a new --out folder")
     elif (out_dir / "report.json").exists():
         raise OutputFolderError(f"output folder {out_dir} holds a report from another run; choose a new --out folder")
+    elif out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if not _is_own_temp(p.name))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OutputFolderError(f"output folder {out_dir} holds files erase eval did not write ({shown}); "
+                                    "choose a new --out folder or an empty one")
+
+
+def _is_own_temp(name: str) -> bool:
+    """The temp files an interrupted evaluation can leave (e.g. .run.json.tmp): safe to write over."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _normalised(identity) -> object:
+    """A run identity with its protocol in today's shape, so folders written before axes existed still match."""
+    if not isinstance(identity, dict) or not isinstance(identity.get("protocol"), dict):
+        return identity
+    try:
+        return {**identity, "protocol": Protocol.from_dict(identity["protocol"]).to_dict()}
+    except EraseError:
+        return identity
 
 
 def claim_output_folder(out_dir: Path, identity: dict) -> None:
@@ -118,64 +145,6 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _update_generated(fid, images: torch.Tensor, batch_size: int) -> None:
-    for i in range(0, len(images), batch_size):
-        fid.update(images[i : i + batch_size], real=False)
-
-
-def _fid_canvas_mini(protocol: Protocol, judges, images, keep: torch.Tensor, batch_size: int) -> dict:
-    from eval.canvas_mini.data import render_set
-
-    from .fid import ClassifierFeatures, load_or_compute_reference, make_fid, module_fingerprint, stats_key
-
-    feats = ClassifierFeatures(judges["style"], judges["object"])
-    fid = make_fid(feats, image_size=protocol.resolution)
-    per_pair = len(protocol.seeds)
-    reference = {"world": "canvas-mini renders", "seed_range": "fid", "per_pair": per_pair}
-
-    def real_images():
-        rs = render_set("fid", per_pair)
-        return rs.float_images()
-
-    key = stats_key(module_fingerprint(feats), reference)
-    hit = load_or_compute_reference(fid, key, CACHE_DIR, real_images, batch_size)
-    _update_generated(fid, images[keep], batch_size)
-    return {
-        "value": float(fid.compute()),
-        "feature_space": feats.name,
-        "reference": "fresh canvas-mini renders, all style x object pairs, "
-        f"{per_pair} per pair (reference statistics cache {'hit' if hit else 'miss'})",
-        "generated": "answer set without the target concept's images",
-        "n_generated": int(keep.sum()),
-    }
-
-
-def _fid_folder(protocol: Protocol, opt: "EvalOptions", target: str, images, keep: torch.Tensor, batch_size: int = 64) -> dict:
-    """Standard-Inception FID against a folder of real images (path components naming the target are left out)."""
-    from .fid import load_or_compute_reference, make_fid, stats_key
-    from .images import image_files, load_images
-
-    root = Path(opt.fid_reference)
-    files = image_files(root, recursive=True, exclude=target)
-    if not files:
-        raise FileNotFoundError(f"no reference images under {root} (besides the target's); pass --fid-reference FOLDER of real images")
-    fid = make_fid(weights=opt.fid_weights)
-    r = protocol.resolution
-    reference = {"folder": str(root.resolve()), "files": len(files), "excluded": target, "resolution": r,
-                 "weights": str(Path(opt.fid_weights).resolve()), "size": Path(opt.fid_weights).stat().st_size}
-
-    hit = load_or_compute_reference(fid, stats_key("inception-2048", reference), CACHE_DIR, lambda: load_images(files, r), batch_size)
-    _update_generated(fid, images[keep], batch_size)
-    return {"value": float(fid.compute()), "feature_space": "standard FID Inception pool3 (2048-d), torchmetrics",
-            "reference": f"{len(files)} real images under {root} without '{target}' (cache {'hit' if hit else 'miss'})",
-            "generated": "answer set without the target concept's images", "n_generated": int(keep.sum())}
-
-
-def _concept_text(target: str, kind: str) -> str:
-    name = target.replace("_", " ")
-    return f"An image in {name} style." if kind == "style" else f"A {name} image."
-
-
 def evaluate(
     pipe,
     protocol: Protocol,
@@ -185,76 +154,84 @@ def evaluate(
     model_id: str,
     patch: str | None = None,
     options: EvalOptions | None = None,
+    judging: Judging | None = None,
 ) -> dict:
-    """Generate (or reuse) the answer set, score every target, write the report; returns the report dict."""
+    """Generate (or reuse) the answer set, score every target, write the report; returns the report dict.
+
+    Judges, CLIP and the FID set-up are loaded (``prepare_judging``, or passed in as ``judging``) before
+    the output folder is claimed, so bad input never leaves a folder behind.
+    """
     opt = options or EvalOptions()
-    if not targets:
-        raise ProtocolError("give at least one target (--target NAME --kind style|object)")
-    for name, kind in targets:
-        protocol.check_target(name, kind)
+    if opt.batch_size < 1:
+        raise ProtocolError(f"batch size must be at least 1, got {opt.batch_size}")
+    judging = judging or prepare_judging(protocol, targets, opt)
+    if judging.protocol != protocol or judging.targets != list(targets):
+        raise ProtocolError("the judging passed to evaluate() was prepared for another protocol or other targets")
     out_dir = Path(out_dir)
     claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
     t0 = time.time()
-
-    judges = load_judges(protocol, opt.style_classifier, opt.object_classifier, opt.device)
     gen_stats = generate_answer_set(pipe, protocol, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress)
     t_gen = time.time() - t0
-    images, s_idx, o_idx = load_answer_set(protocol, out_dir / "images")
+    check_answer_set(protocol, out_dir / "images")
+    scores = score_answer_set(judging, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress)
+    report = build_report(protocol, scores, model_id=model_id, patch=patch, gen_stats=gen_stats,
+                          seconds={"generate": round(t_gen, 1), **scores.seconds, "total": round(time.time() - t0, 1)})
+    if opt.grid and len(protocol.axes) == 2:
+        report["grid"] = _write_grid(protocol, out_dir, model_id)
+    if opt.templates:
+        report["ood"] = evaluate_templates(pipe, protocol, targets, out_dir / "ood", opt.templates, model_id=model_id, patch=patch, options=opt)
+    _write_json(out_dir / "report.json", report)
+    tmp = out_dir / ".report.md.tmp"
+    tmp.write_text(render_markdown(report))
+    os.replace(tmp, out_dir / "report.md")
+    return report
 
-    t1 = time.time()
-    metrics = {"style": ConceptAccuracy(protocol.styles), "object": ConceptAccuracy(protocol.objects)}
-    metrics["style"].update(batched_logits(judges["style"], images), s_idx)
-    metrics["object"].update(batched_logits(judges["object"], images), o_idx)
-    results = {k: m.compute() for k, m in metrics.items()}
-    t_cls = time.time() - t1
+
+def evaluate_templates(pipe, protocol: Protocol, targets: list[tuple[str, str]], out_dir: Path, templates: list[str], *,
+                       model_id: str, patch: str | None, options: EvalOptions) -> dict:
+    """UA / IRA / CRA with each of ``templates`` instead of the protocol's (out-of-distribution prompts).
+
+    Each template is a protocol override (recorded as a deviation in its own report under
+    ``out_dir/template-K``); accuracy only (no FID, CLIP or grid). Returns the per-template scores and
+    their mean, with the same keys as the main report (first target at the top level, all in ``targets``).
+    """
+    from dataclasses import replace
+
+    sub_opt = replace(options, fid=False, grid=False, templates=None)
+    keys = ("ua", "ira", "cra")
+    per_template = []
+    for k, template in enumerate(templates):
+        sub = protocol.with_overrides(template=template)
+        r = evaluate(pipe, sub, targets, out_dir / f"template-{k}", model_id=model_id, patch=patch, options=sub_opt)
+        per_target = [{"target": t["target"], "kind": t["kind"], **{m: t[m] for m in keys}} for t in r["targets"]]
+        per_template.append({"template": template, **{m: per_target[0][m] for m in keys}, "targets": per_target})
+    mean_targets = [{"target": name, "kind": kind, **{m: sum(p["targets"][i][m] for p in per_template) / len(per_template) for m in keys}}
+                    for i, (name, kind) in enumerate(targets)]
+    return {"templates": list(templates), "per_template": per_template,
+            "mean": {**{m: mean_targets[0][m] for m in keys}, "targets": mean_targets},
+            "note": "accuracy with each template in place of the protocol's; images under ood/template-K"}
+
+
+def _write_grid(protocol: Protocol, out_dir: Path, model_id: str) -> str:
+    """grid.png: the first seed's image of every (first-axis concept, second-axis concept), labelled; returns its name."""
+    from .grid import image_grid, save_png
+
+    seed = protocol.seeds[0]
+    rows, cols = protocol.axes
+    cells = [read_images(out_dir / "images", [(r, c, seed) for c in cols.concepts], protocol.resolution) for r in rows.concepts]
+    save_png(image_grid(cells, rows.concepts, cols.concepts, title=f"{model_id} seed {seed}"), out_dir / "grid.png")
+    return "grid.png"
+
+
+def build_report(protocol: Protocol, scores, *, model_id: str, patch: str | None, gen_stats: dict, seconds: dict) -> dict:
+    """report.json's content: the first target's numbers at the top level, every target under ``targets``."""
     per_concept = {
-        kind: {
-            name: {"accuracy": float(a), "true_prob": float(p), "n": int(n)}
-            for name, a, p, n in zip(metrics[kind].classes, r["accuracy"].tolist(), r["true_prob"].tolist(), r["count"].tolist())
-        }
-        for kind, r in results.items()
+        axis: {name: {"accuracy": float(a), "true_prob": float(p), "n": int(n)}
+               for name, a, p, n in zip(scores.classes[axis], r["accuracy"].tolist(), r["true_prob"].tolist(), r["count"].tolist())}
+        for axis, r in scores.metrics.items()
     }
-    acc = {kind: {n: v["accuracy"] for n, v in d.items()} for kind, d in per_concept.items()}
-
-    clip = None
-    if protocol.classifiers == "canvas-mini" or opt.clip:
-        from .clip_alignment import CLIPAlignment, load_open_clip
-
-        if opt.clip:
-            model, tok = load_open_clip(opt.clip, opt.clip_weights, opt.device)
-            clip_name = opt.clip
-        else:
-            from eval.canvas_mini import CLIP_DIR, load_clip
-
-            model, tok = load_clip()
-            clip_name = f"canvas-mini tiny open_clip ({CLIP_DIR.name})"
-        clip = CLIPAlignment(model, tok)
-        img_feats = clip.image_features(images)
-        prompts = [protocol.prompt(s, o) for s, o, _ in protocol.answer_set()]
-        prompt_cos = (img_feats * clip.text_features(prompts)).sum(-1)
-
-    per_target = []
-    for name, kind in targets:
-        scores = unlearning_scores(acc["style"], acc["object"], name, kind, protocol.photo_class)
-        idx = protocol.concepts(kind).index(name)
-        is_target = (s_idx if kind == "style" else o_idx) == idx
-        entry = {"target": name, "kind": kind, **scores}
-        if clip is not None:
-            entry["clip_score"] = {"value": float((100 * prompt_cos[~is_target].clamp(min=0)).mean()), "model": clip_name,
-                                   "images": "answer set without the target's images, each against its own prompt"}
-            concept = clip.text_features([_concept_text(name, kind)])[0]
-            entry["concept_similarity"] = {"text": _concept_text(name, kind), "target_images": float((img_feats[is_target] @ concept).mean()),
-                                           "other_images": float((img_feats[~is_target] @ concept).mean()), "model": clip_name}
-        if opt.fid and protocol.classifiers == "canvas-mini":
-            entry["fid"] = _fid_canvas_mini(protocol, judges, images, ~is_target, 256)
-        elif opt.fid and opt.fid_weights and opt.fid_reference:
-            entry["fid"] = _fid_folder(protocol, opt, name, images, ~is_target)
-        elif opt.fid:
-            entry["fid"] = None
-            entry["fid_note"] = "standard-Inception FID needs --fid-weights and --fid-reference (not given)"
-        per_target.append(entry)
-
-    first = per_target[0]
+    first = scores.per_target[0]
+    sampler = gen_stats.get("sampler", {})
     report = {
         "protocol": protocol.to_dict(),
         "model": str(model_id),
@@ -264,32 +241,20 @@ def evaluate(
         "ua": first["ua"],
         "ira": first["ira"],
         "cra": first["cra"],
-        "targets": per_target,
-        "macro": macro_average(per_target),
-        "style_accuracy": results["style"]["overall"],
-        "object_accuracy": results["object"]["overall"],
+        "targets": scores.per_target,
+        "macro": macro_average(scores.per_target),
+        **{f"{axis}_accuracy": r["overall"] for axis, r in scores.metrics.items()},
         "per_concept": per_concept,
-        "confusion": {k: {"classes": metrics[k].classes, "matrix": r["confusion"].tolist()} for k, r in results.items()},
+        "confusion": {axis: {"classes": scores.classes[axis], "matrix": r["confusion"].tolist()} for axis, r in scores.metrics.items()},
         "fid": first.get("fid"),
         "clip_score": first.get("clip_score"),
-        "photo_class_rule": PHOTO_RULE,
+        "photo_class_rule": null_class_rule(protocol),
+        "sampler": sampler,
         "deviations": list(protocol.deviations),
-        "images": gen_stats,
+        "images": {k: v for k, v in gen_stats.items() if k != "sampler"},
         "versions": versions(),
-        "seconds": {"generate": round(t_gen, 1), "classify": round(t_cls, 2), "total": round(time.time() - t0, 1)},
+        "seconds": seconds,
     }
-    if opt.grid:
-        from .grid import image_grid, save_png
-
-        seed = protocol.seeds[0]
-        by_key = {(s, o, sd): i for i, (s, o, sd) in enumerate(protocol.answer_set())}
-        cells = [[(images[by_key[(s, o, seed)]].permute(1, 2, 0) * 255).round().byte().numpy() for o in protocol.objects] for s in protocol.styles]
-        save_png(image_grid(cells, protocol.styles, protocol.objects, title=f"{model_id} seed {seed}"), out_dir / "grid.png")
-        report["grid"] = "grid.png"
-    _write_json(out_dir / "report.json", report)
-    tmp = out_dir / ".report.md.tmp"
-    tmp.write_text(render_markdown(report))
-    os.replace(tmp, out_dir / "report.md")
     return report
 
 
@@ -299,11 +264,15 @@ def _pct(x) -> str:
 
 def render_markdown(report: dict) -> str:
     p = report["protocol"]
+    axes = [a["name"] for a in p["axes"]]
+    sizes = " x ".join(f"{len(a['concepts'])} {a['name']}s" for a in p["axes"])
+    sampler = report.get("sampler") or {}
+    applied = f" (applied {sampler['applied']}; the pipeline carries {sampler['pipeline_scheduler']})" if sampler else ""
     lines = [
         f"# Evaluation report: {report['model']}" + (f" + patch {report['patch']}" if report["patch"] else ""),
         "",
-        f"Protocol **{p['name']}**: {len(p['styles'])} styles x {len(p['objects'])} objects x {len(p['seeds'])} seeds, "
-        f"{p['sampler']} {p['steps']} steps, guidance {p['guidance']}, {p['resolution']} px.",
+        f"Protocol **{p['name']}**: {sizes} x {len(p['seeds'])} seeds, "
+        f"{p['sampler']}{applied} {p['steps']} steps, eta {p['eta']}, guidance {p['guidance']}, {p['resolution']} px.",
         "",
         "| target | kind | UA | IRA | CRA | FID (feature space) | CLIP score |",
         "|---|---|---|---|---|---|---|",
@@ -316,23 +285,33 @@ def render_markdown(report: dict) -> str:
     m = report["macro"]
     if len(report["targets"]) > 1:
         lines.append(f"| macro | | {_pct(m['ua'])} | {_pct(m['ira'])} | {_pct(m['cra'])} | | |")
+    lines.append("")
+    if report.get("clip_score"):
+        lines.append(f"CLIP score scale: {report['clip_score']['scale']}; model {report['clip_score']['model']}.")
+    if report.get("fid"):
+        lines.append(f"FID: both sides leave out the target's images; reference: {report['fid']['reference']}.")
     lines += [
         "",
-        f"Overall style accuracy {_pct(report['style_accuracy'])}%, object accuracy {_pct(report['object_accuracy'])}%.",
+        "Overall accuracy: " + ", ".join(f"{a} {_pct(report[f'{a}_accuracy'])}%" for a in axes) + ".",
         "",
         "## Per-concept accuracy (%)",
-        "",
-        "| style | acc | true-class prob |",
-        "|---|---|---|",
     ]
-    lines += [f"| {n} | {_pct(v['accuracy'])} | {v['true_prob']:.3f} |" for n, v in report["per_concept"]["style"].items()]
-    lines += ["", "| object | acc | true-class prob |", "|---|---|---|"]
-    lines += [f"| {n} | {_pct(v['accuracy'])} | {v['true_prob']:.3f} |" for n, v in report["per_concept"]["object"].items()]
-    lines += ["", f"Photo class: {report['photo_class_rule']}.", ""]
+    for a in axes:
+        lines += ["", f"| {a} | acc | true-class prob |", "|---|---|---|"]
+        lines += [f"| {n} | {_pct(v['accuracy'])} | {v['true_prob']:.3f} |" for n, v in report["per_concept"][a].items()]
+    lines += ["", f"Null classes: {report['photo_class_rule']}.", ""]
+    if report.get("ood"):
+        ood = report["ood"]
+        lines += ["## Out-of-distribution prompts", "", "Each template replaces the protocol's (accuracy only; first target).", "",
+                  "| template | UA | IRA | CRA |", "|---|---|---|---|"]
+        lines += [f"| {p['template']} | {_pct(p['ua'])} | {_pct(p['ira'])} | {_pct(p['cra'])} |" for p in ood["per_template"]]
+        m = ood["mean"]
+        lines += [f"| **mean of {len(ood['per_template'])}** | {_pct(m['ua'])} | {_pct(m['ira'])} | {_pct(m['cra'])} |", ""]
     if report["deviations"]:
         lines += ["## Deviations from the protocol", ""] + [f"- {d}" for d in report["deviations"]] + [""]
     s = report["seconds"]
-    lines += [f"Time: generation {s['generate']} s, classification {s['classify']} s, total {s['total']} s.", ""]
+    lines += [f"Time: generation {s['generate']} s, classification {s['classify']} s, scoring {s.get('score', 'n/a')} s, "
+              f"total {s['total']} s.", ""]
     if report.get("grid"):
         lines += [f"![grid]({report['grid']})", ""]
     return "\n".join(lines)

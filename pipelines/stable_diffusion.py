@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,8 +34,6 @@ def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype 
         if dtype not in DTYPES:
             raise PipelineLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
         dtype = DTYPES[dtype]
-    from diffusers import StableDiffusionPipeline
-
     model = str(model)
     path = Path(model)
     kwargs = {"safety_checker": None, "requires_safety_checker": False}
@@ -45,20 +44,8 @@ def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype 
         # diffusers >= 0.35 names it `dtype` (and deprecates `torch_dtype`)
         kwargs["dtype" if Version(diffusers.__version__) >= Version("0.35") else "torch_dtype"] = dtype
     try:
-        if path.is_dir():
-            if not (path / "model_index.json").exists():
-                raise PipelineLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder saved with save_pretrained")
-            pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True, **kwargs)
-        elif path.suffix in SINGLE_FILE_SUFFIXES:
-            if not path.is_file():
-                raise PipelineLoadError(f"checkpoint file {path} does not exist")
-            pipe = StableDiffusionPipeline.from_single_file(model, local_files_only=local_files_only, **kwargs)
-        elif path.exists():
-            raise PipelineLoadError(f"{path} is neither a diffusers folder nor a .safetensors/.ckpt checkpoint")
-        elif "/" in model and not model.startswith((".", "/")):
-            pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=local_files_only, **kwargs)
-        else:
-            raise PipelineLoadError(f"model {model!r} not found: pass a diffusers folder, a cached hub id (org/name) or a checkpoint file")
+        with _quiet_loading():
+            pipe = _from_pretrained(model, path, kwargs, local_files_only)
     except PipelineLoadError:
         raise
     except (OSError, ValueError, EnvironmentError) as e:
@@ -71,6 +58,44 @@ def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype 
             pipe.enable_xformers_memory_efficient_attention()
         except Exception as e:  # noqa: BLE001 - xformers raises many kinds of errors when unusable
             raise PipelineLoadError(f"xformers attention is not usable here ({str(e).splitlines()[0]}); drop --xformers to use PyTorch SDPA") from e
+    return pipe
+
+
+@contextmanager
+def _quiet_loading():
+    """diffusers and transformers draw a progress bar per component while loading; keep stderr for what matters."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()
+
+
+def _from_pretrained(model: str, path: Path, kwargs: dict, local_files_only: bool):
+    from diffusers import StableDiffusionPipeline
+
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise PipelineLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder saved with save_pretrained")
+        pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True, **kwargs)
+    elif path.suffix in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise PipelineLoadError(f"checkpoint file {path} does not exist")
+        pipe = StableDiffusionPipeline.from_single_file(model, local_files_only=local_files_only, **kwargs)
+    elif path.exists():
+        raise PipelineLoadError(f"{path} is neither a diffusers folder nor a .safetensors/.ckpt checkpoint")
+    elif "/" in model and not model.startswith((".", "/")):
+        pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=local_files_only, **kwargs)
+    else:
+        raise PipelineLoadError(f"model {model!r} not found: pass a diffusers folder, a cached hub id (org/name) or a checkpoint file")
     return pipe
 
 

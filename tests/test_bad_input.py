@@ -30,7 +30,10 @@ def model():
 
 
 def fails(argv, capsys, match):
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors (one line through OneLineParser)
+        code = e.code
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from eval.concept_accuracy import ConceptAccuracy, macro_average, unlearning_scores
+from eval.concept_accuracy import ConceptAccuracy, axis_scores, macro_average, unlearning_scores
+from eval.protocols import ProtocolError
 
 
 def one_hot_logits(pred, n):
@@ -59,10 +60,39 @@ def test_object_target_scores_exclude_photo_from_style_average():
 
 
 def test_photo_class_is_not_a_style_target():
-    with pytest.raises(ValueError, match="not a scorable style"):
+    with pytest.raises(ProtocolError, match="not a scorable style"):
         unlearning_scores(STYLE_ACC, OBJECT_ACC, "Photo", "style", "Photo")
 
 
 def test_macro_average():
     m = macro_average([{"ua": 1.0, "ira": 0.8, "cra": 0.9}, {"ua": 0.5, "ira": 0.6, "cra": 0.7}])
     assert m == pytest.approx({"ua": 0.75, "ira": 0.7, "cra": 0.8})
+
+
+def test_axis_scores_generalise_to_any_named_axes():
+    acc = {"attribute": {"glasses": 0.25, "smile": 0.75, "none": 0.0},
+           "identity": {"ada": 0.5, "bob": 1.0},
+           "style": {"S1": 0.2, "Photo": 0.1}}
+    nulls = {"attribute": "none", "style": "Photo"}
+    s = axis_scores(acc, "glasses", "attribute", nulls)
+    assert s == pytest.approx({"ua": 0.75, "ira": 0.75, "cra": (0.5 + 1.0 + 0.2) / 3})  # nulls out of every average
+    s = axis_scores(acc, "bob", "identity", nulls)
+    assert s == pytest.approx({"ua": 0.0, "ira": 0.5, "cra": (0.25 + 0.75 + 0.2) / 3})
+    with pytest.raises(ProtocolError, match="unknown kind 'object'; the scored axes are: attribute, identity, style"):
+        axis_scores(acc, "Birds", "object", nulls)
+
+
+def test_two_axis_scores_equal_the_style_object_definition():
+    both = {"style": STYLE_ACC, "object": OBJECT_ACC}
+    for target, kind in (("S2", "style"), ("O3", "object")):
+        assert axis_scores(both, target, kind, {"style": "Photo"}) == unlearning_scores(STYLE_ACC, OBJECT_ACC, target, kind, "Photo")
+
+
+def test_axis_metric_registry_builds_concept_accuracy_per_axis():
+    from eval.axis_metrics import make_axis_metric, register_axis_metric
+    from eval.protocols import Axis
+
+    m = make_axis_metric(Axis("object", ["x", "y"]))
+    assert isinstance(m, ConceptAccuracy) and m.classes == ["x", "y"]
+    with pytest.raises(ProtocolError, match="already registered"):
+        register_axis_metric("concept_accuracy", lambda axis: None)

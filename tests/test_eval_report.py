@@ -22,14 +22,26 @@ def original_report(tmp_path_factory, canvas_pipe):
 def test_report_files_and_fields(original_report):
     out, report = original_report
     on_disk = json.loads((out / "report.json").read_text())
-    for key in ("protocol", "target", "kind", "ua", "ira", "cra", "per_concept", "fid", "clip_score", "deviations", "versions", "seconds"):
+    for key in ("protocol", "target", "kind", "ua", "ira", "cra", "targets", "macro", "style_accuracy", "object_accuracy", "per_concept",
+                "confusion", "fid", "clip_score", "photo_class_rule", "sampler", "deviations", "images", "versions", "seconds", "grid"):
         assert key in on_disk, key
     assert (out / "report.md").read_text().startswith("# Evaluation report")
     assert (out / "grid.png").exists()
-    assert len(list((out / "images").glob("*.png"))) == len(STYLES) * len(OBJECTS) * 5
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == sorted(f"{s}_{o}_seed{k}.png" for s in STYLES for o in OBJECTS for k in range(5))
+    assert report["images"] == {"total": 550, "generated": 550, "reused": 0}
+    assert report["sampler"] == {"sampler": "ddim", "applied": "DDIMScheduler", "pipeline_scheduler": "DDIMScheduler", "eta": 0.0}
     for t in report["targets"]:
-        assert all(0 <= t[k] <= 1 for k in ("ua", "ira", "cra"))
+        acc = {k: v["accuracy"] for k, v in report["per_concept"][t["kind"]].items()}
+        other_kind = "object" if t["kind"] == "style" else "style"
+        other = [v["accuracy"] for k, v in report["per_concept"][other_kind].items() if k != "Photo"]
+        own = [a for k, a in acc.items() if k not in (t["target"], "Photo")]
+        assert t["ua"] == pytest.approx(1 - acc[t["target"]])
+        assert t["ira"] == pytest.approx(sum(own) / len(own))
+        assert t["cra"] == pytest.approx(sum(other) / len(other))
+    assert report["macro"]["ua"] == pytest.approx(sum(t["ua"] for t in report["targets"]) / 3)
     assert "classifier features" in report["fid"]["feature_space"]
+    assert [(t["fid"]["n_reference"], t["fid"]["n_generated"]) for t in report["targets"]] == [(500, 500), (500, 500), (495, 495)]
+    assert report["clip_score"]["scale"].startswith("100 * max(cosine(image, prompt), 0)")
     assert report["deviations"] == []
 
 
@@ -59,7 +71,7 @@ def test_resume_reuses_images_and_foreign_runs_are_refused(original_report, canv
     out, _ = original_report
     protocol = load_protocol("canvas-mini")
     again = evaluate(canvas_pipe, protocol, [("Watercolor", "style")], out, model_id=str(PIPELINE_DIR), options=EvalOptions(progress=False, fid=False, grid=False))
-    assert again["images"]["generated"] == 0
+    assert again["images"] == {"total": 550, "generated": 0, "reused": 550}
     with pytest.raises(OutputFolderError, match="another run"):
         evaluate(canvas_pipe, protocol.with_overrides(steps=10), [("Watercolor", "style")], out, model_id=str(PIPELINE_DIR))
 

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -67,7 +66,28 @@ def test_reference_statistics_cache(tmp_path):
 
 
 def test_fid_needs_a_feature_space():
-    with pytest.raises(ValueError, match="feature space"):
+    from eval.fid import FIDError
+
+    with pytest.raises(FIDError, match="FID needs a feature space: pass --fid-weights FILE"):
         make_fid(None)
-    with pytest.raises(FileNotFoundError, match="Inception weights"):
+    with pytest.raises(FIDError, match="FID Inception weights not found at /nonexistent/pt_inception.pth; .* --fid-weights"):
         make_fid(None, weights="/nonexistent/pt_inception.pth")
+
+
+def test_reference_from_batches_equals_reference_from_one_tensor(tmp_path):
+    """A reference given as an iterable of batches (streamed) gives the same statistics as one tensor."""
+    feats = RandomFeatures()
+    a, b = images(6), images(7, shift=0.1)
+    whole, streamed = make_fid(feats, image_size=16), make_fid(feats, image_size=16)
+    assert load_or_compute_reference(whole, stats_key("f", {"s": 1}), tmp_path, lambda: a) is False
+    assert load_or_compute_reference(streamed, stats_key("f", {"s": 2}), tmp_path, lambda: (a[i : i + 30] for i in range(0, 200, 30))) is False
+    for fid in (whole, streamed):
+        fid.update(b, real=False)
+    assert int(streamed.real_features_num_samples) == 200
+    assert float(streamed.compute()) == pytest.approx(float(whole.compute()), rel=1e-9)
+
+
+def test_reference_cache_key_names_the_excluded_concept():
+    base = {"world": "canvas-mini renders", "seed_range": "fid", "per_pair": 5}
+    keys = {stats_key("f", {**base, "excluded": {"axis": kind, "concept": c}}) for kind, c in (("style", "Watercolor"), ("style", "Pop_Art"), ("object", "Watercolor"))}
+    assert len(keys) == 3 and stats_key("f", base) not in keys

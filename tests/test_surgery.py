@@ -76,8 +76,10 @@ def test_combiners_on_hand_made_pairs(case):
 
     r = {"w": t(1.0, 0.0)}
     u = {"conflicting": {"w": t(-1.0, 1.0)}, "aligned": {"w": t(2.0, 1.0)}, "orthogonal": {"w": t(0.0, 3.0)}}[case]
-    opts = {"lam": 1.0, "scope": "global", "retain_weight": 0.1}
-    official, pcgrad, none = (COMBINERS[k](u, r, opts)["w"].tolist() for k in ("official", "pcgrad", "none"))
+    from erase.surgery import UPSTREAM_RETAIN_WEIGHT as W
+
+    official, pcgrad, none = (COMBINERS[k](u, r, {"lam": 1.0, "scope": "global", "retain_weight": W[k]})["w"].tolist()
+                              for k in ("official", "pcgrad", "none"))
     assert none == pytest.approx([u["w"][0].item() + 0.1, u["w"][1].item()])
     if case == "conflicting":
         # official: c = -1/sqrt(2); g_u - lam * c * r/|r| = (-1 + 0.7071, 1)
@@ -87,3 +89,11 @@ def test_combiners_on_hand_made_pairs(case):
     else:  # no conflict: official leaves g_u alone, PCGrad sums both untouched
         assert official == pytest.approx(u["w"].tolist())
         assert pcgrad == pytest.approx((u["w"] + r["w"]).tolist())
+
+
+def test_official_with_a_retain_weight_adds_the_retain_gradient():
+    from erase.surgery import COMBINERS
+
+    u, r = {"w": t(-1.0, 1.0)}, {"w": t(1.0, 0.0)}
+    out = COMBINERS["official"](u, r, {"lam": 1.0, "scope": "global", "retain_weight": 2.0})["w"].tolist()
+    assert out == pytest.approx([-1 + 2**-0.5 + 2.0, 1.0], abs=1e-6)

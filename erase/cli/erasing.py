@@ -79,9 +79,9 @@ def _run(p):
         from .checks import validate_common_args
 
         # validate everything before a model is loaded or a byte is written
-        validate_common_args(args)
         if args.patch:
             raise UsageError("erase run trains on the base model; --patch is only for eval and grid")
+        validate_common_args(args)
         check_model_path(args.model)
         if args.eval_seeds is not None and args.eval_seeds < 1:
             raise UsageError("--eval-seeds must be at least 1")

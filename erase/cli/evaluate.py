@@ -47,11 +47,14 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--clip-weights", default=None, help="local weights file for an open_clip architecture given with --clip")
     p.add_argument("--style-classifier", default=None, help="unlearncanvas: local style50.pth (ViT-L/16, 51 classes)")
     p.add_argument("--object-classifier", default=None, help="unlearncanvas: local style50_cls.pth (ViT-L/16, 20 classes)")
+    p.add_argument("--templates", default=None, help="file of other prompt templates (one per line, {style} and {object}): "
+                   "out-of-distribution UA / IRA / CRA, reported under 'ood'")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def run(args):
         from eval.report import EvalOptions, check_output_folder, evaluate, run_identity
         from eval.scoring import prepare_judging
+        from eval.protocols import load_templates
 
         validate_common_args(args)
         check_positive("--batch-size", args.batch_size)
@@ -62,6 +65,7 @@ def _eval(p: argparse.ArgumentParser):
             raise UsageError("give --kind once, or once per --target")
         kinds = args.kind if len(args.kind) == len(args.target) else args.kind[:1] * len(args.target)
         protocol = _protocol(args).with_overrides(sampler=args.sampler)
+        templates = load_templates(args.templates, protocol) if args.templates else None
         targets = list(zip(args.target, kinds))
         for name, kind in targets:
             protocol.check_target(name, kind)
@@ -69,7 +73,7 @@ def _eval(p: argparse.ArgumentParser):
         check_writable_target("--out", out, folder=True)
         check_output_folder(out, run_identity(args.model, args.patch, protocol))
         _threads(args)
-        opts = EvalOptions(batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
+        opts = EvalOptions(templates=templates, batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
                            fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
                            object_classifier=args.object_classifier, device=_default_device(args), progress=not args.quiet)
         judging = prepare_judging(protocol, targets, opts)  # judges, CLIP, FID set-up: all checked before the model loads

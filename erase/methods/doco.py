@@ -15,7 +15,8 @@
 4. Generator step: g_u = grad L_adv and g_r = grad L_retain (``torch.autograd.grad``, each clipped to
    global norm ``clip``), combined by ``surgery``: ``official`` (DoCo's released per-tensor rule,
    update = g_u only), ``pcgrad`` (exact PCGrad, both projected and summed; ``pcgrad_scope`` global or
-   per_tensor) or ``none`` (g_u + retain_weight g_r, the ablation without surgery).
+   per_tensor) or ``none`` (g_u + w g_r, the ablation without surgery). ``retain_weight`` w sets how much
+   of the retain gradient the update adds in every mode (default: each mode's upstream value, official 0).
    The discriminator never receives generator gradients (its loss sees a detached fake) and the
    generator never receives the discriminator's (its gradients are taken w.r.t. its own weights only).
    The discriminator's weights are training state (checkpointed for resume), never part of the patch.
@@ -38,7 +39,7 @@ from ..errors import EraseError
 from ..loop import Eraser
 from ..registry import option, register_method
 from ..selection import ParamSelection
-from ..surgery import COMBINERS, clip_global_norm, dot, grads_of
+from ..surgery import COMBINERS, UPSTREAM_RETAIN_WEIGHT, clip_global_norm, dot, grads_of
 
 PARAMETER_GROUPS = {"cross_attention_kv": r"^unet\..*attn2\.to_[kv]\.", "unet": r"^unet\."}
 PATCH_DTYPES = ("float16", "bfloat16", "float32")
@@ -55,7 +56,8 @@ class DoCoConfig:
     surgery: str = option("official", "how g_u meets g_r: 'official' (DoCo's per-tensor rule), 'pcgrad' (exact PCGrad) or 'none' (weighted sum)")
     pcgrad_scope: str = option("global", "with surgery pcgrad: project over all weights ('global') or tensor by tensor ('per_tensor')")
     lam: float = option(1.0, "with surgery official: projection strength lambda")
-    retain_weight: float = option(0.1, "with surgery none: weight of the retain gradient (upstream 0.1 x w_prior)")
+    retain_weight: float | None = option(None, "weight w of the retain gradient in the update: official proj(g_u) + w g_r, pcgrad g_u' + w g_r', "
+                                         "none g_u + w g_r; null = the mode's upstream value (official 0, pcgrad 1, none 0.1)")
     clip: float = option(1.0, "global-norm clip of each gradient before surgery")
     retain_loss: str = option("diffusion", "'diffusion' (upstream: denoising loss) or 'distill' (the original model's prediction)")
     retain_data: str = option("anchor", "retain batch: 'anchor' images with anchor prompts (upstream) or the request's 'retain' prompts")
@@ -83,6 +85,8 @@ class DoCoConfig:
         for name in ("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every", "disc_layers", "disc_width"):
             if getattr(self, name) < 1:
                 raise EraseError(f"doco option {name} must be at least 1, got {getattr(self, name)}")
+        if self.retain_weight is not None and self.retain_weight < 0:
+            raise EraseError(f"doco option retain_weight must be >= 0, got {self.retain_weight}")
         if self.lr <= 0 or self.d_lr <= 0 or self.clip <= 0:
             raise EraseError("doco options lr, d_lr and clip must be > 0")
         if not 0 <= self.warmup < self.steps:
@@ -212,7 +216,8 @@ class DoCo(Eraser):
         ret = retain_loss(cfg.retain_loss, pred_r, prediction=self.prediction, z0=z0_r, noise=n_r, t=t_r, acp=self.acp,
                           frozen=_Original(self), zt=zt_r, cond=c_r)
         g_r = clip_global_norm(grads_of(ret, self.params), cfg.clip)
-        update = COMBINERS[cfg.surgery](g_u, g_r, {"lam": cfg.lam, "scope": cfg.pcgrad_scope, "retain_weight": cfg.retain_weight})
+        w = UPSTREAM_RETAIN_WEIGHT[cfg.surgery] if cfg.retain_weight is None else cfg.retain_weight
+        update = COMBINERS[cfg.surgery](g_u, g_r, {"lam": cfg.lam, "scope": cfg.pcgrad_scope, "retain_weight": w})
         for n, p in self.params.items():
             p.grad = update[n].to(p.dtype)
         self.optimizer.step()

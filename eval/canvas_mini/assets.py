@@ -10,6 +10,7 @@ import torch
 
 from .models import CLIP_MODEL_NAME, ClassifierConfig, ConceptClassifier
 from .world import OBJECTS, STYLES
+from erase.errors import EraseError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASSETS_DIR = Path(os.environ.get("ERASEKIT_CANVAS_MINI", REPO_ROOT / "assets" / "canvas-mini"))
@@ -20,7 +21,7 @@ CLIP_DIR = ASSETS_DIR / "clip"
 KINDS = {"style": STYLES, "object": OBJECTS}
 
 
-class AssetError(RuntimeError):
+class AssetError(EraseError):
     """A shipped artefact is missing or unreadable."""
 
 

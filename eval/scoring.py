@@ -1,0 +1,291 @@
+"""Scoring an answer set, streamed: judges, axis metrics, FID and CLIP, one batch of PNGs at a time.
+
+``prepare_judging`` loads everything that can fail on user input (judges, CLIP,
+FID weights and reference folder) before any output is written;
+``score_answer_set`` then reads the answer set ``batch_size`` images at a
+time as uint8, converts one batch to float, and feeds every metric from it.
+Peak memory is one batch of images plus the metrics' fixed-size states,
+whatever the number of images.
+
+FID (UnlearnCanvas's rule): the target concept's images are left out of both
+sides, the generated answer set and the reference set, and the reference
+statistics are cached under a key that names what was excluded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from erase.data import cache_dir
+
+from .answer_set import iter_answer_set, progress_bar
+from .axis_metrics import check_axis_metrics, make_axis_metric
+from .classifiers import batched_logits, load_judges
+from .clip_alignment import CLIP_SCORE_SCALE
+from .fid import FIDError
+from .protocols import Protocol, ProtocolError
+
+CANVAS_MINI_FID_REFERENCE = "fid"  # the renderer's seed range reserved for FID references
+
+
+@dataclass
+class Judging:
+    """Everything that scores an answer set, loaded and checked before anything is generated."""
+
+    protocol: Protocol
+    targets: list[tuple[str, str]]
+    judges: dict
+    clip: object | None = None  # CLIPAlignment
+    clip_name: str | None = None
+    fid: str | None = None  # "canvas-mini" (classifier features), "folder" (standard Inception) or None
+    fid_note: str | None = None
+    fid_reference: str | None = None
+    fid_weights: str | None = None
+
+
+def prepare_judging(protocol: Protocol, targets: list[tuple[str, str]], opt) -> Judging:
+    """Check the targets and load the judges, CLIP and the FID set-up; raises EraseError on bad input."""
+    if not targets:
+        raise ProtocolError("give at least one target (--target NAME --kind style|object)")
+    for name, kind in targets:
+        protocol.check_target(name, kind)
+    check_axis_metrics(protocol)
+    judges = load_judges(protocol, opt.style_classifier, opt.object_classifier, opt.device)
+    judging = Judging(protocol, list(targets), judges)
+    _prepare_clip(judging, opt)
+    _prepare_fid(judging, opt)
+    return judging
+
+
+def _prepare_clip(judging: Judging, opt) -> None:
+    if judging.protocol.template is None or not (judging.protocol.classifiers == "canvas-mini" or opt.clip):
+        return
+    from .clip_alignment import CLIPAlignment, load_open_clip
+
+    if opt.clip:
+        model, tok = load_open_clip(opt.clip, opt.clip_weights, opt.device)
+        judging.clip_name = opt.clip
+    else:
+        from eval.canvas_mini import CLIP_DIR, load_clip
+
+        model, tok = load_clip(device=opt.device)
+        judging.clip_name = f"canvas-mini tiny open_clip ({CLIP_DIR.name})"
+    judging.clip = CLIPAlignment(model, tok)
+
+
+def _prepare_fid(judging: Judging, opt) -> None:
+    if not opt.fid:
+        return
+    if judging.protocol.classifiers == "canvas-mini":
+        if opt.fid_weights or opt.fid_reference:
+            raise FIDError("--fid-weights / --fid-reference are for real models; canvas-mini's FID uses its classifier features (drop them)")
+        judging.fid = "canvas-mini"
+        return
+    if not (opt.fid_weights and opt.fid_reference):
+        judging.fid_note = "standard-Inception FID needs --fid-weights and --fid-reference (not given)"
+        return
+    from .fid import check_inception_weights
+    from .images import image_files
+
+    check_inception_weights(opt.fid_weights)
+    root = Path(opt.fid_reference)
+    if not root.is_dir():
+        raise FIDError(f"--fid-reference {root} is not a folder; pass a folder of real reference images")
+    for name, _ in judging.targets:
+        if not image_files(root, recursive=True, exclude=name):
+            raise FIDError(f"no reference images under {root} besides the target {name!r}'s; pass --fid-reference FOLDER of real images")
+    judging.fid, judging.fid_reference, judging.fid_weights = "folder", str(root), str(opt.fid_weights)
+
+
+# -- FID references -------------------------------------------------------------------------------
+@dataclass
+class FIDPlan:
+    """One target's FID: the metric (reference statistics loaded) and how the reference was made."""
+
+    metric: object
+    report: dict
+
+
+def _canvas_mini_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> FIDPlan:
+    """Fresh renderer images of every (style, object) pair but the target's, ``len(seeds)`` per pair."""
+    from eval.canvas_mini.data import SEED_BASE
+    from eval.canvas_mini.render import render_array
+
+    from .fid import ClassifierFeatures, load_or_compute_reference, make_fid, module_fingerprint, stats_key
+
+    protocol = judging.protocol
+    feats = ClassifierFeatures(judging.judges["style"], judging.judges["object"])
+    fid = make_fid(feats, image_size=protocol.resolution)
+    per_pair = len(protocol.seeds)
+    base = SEED_BASE[CANVAS_MINI_FID_REFERENCE]
+    jobs = [(s, o, base + k) for s, o in itertools.product(protocol.styles, protocol.objects)
+            if (s if kind == "style" else o) != target for k in range(per_pair)]
+    excluded = {"axis": kind, "concept": target}
+    reference = {"world": "canvas-mini renders", "seed_range": CANVAS_MINI_FID_REFERENCE, "per_pair": per_pair, "excluded": excluded}
+
+    def batches():
+        with progress_bar(len(jobs), "erase eval: FID reference", enabled=progress) as bar:
+            for i in range(0, len(jobs), batch_size):
+                arrays = [render_array(s, o, seed) for s, o, seed in jobs[i : i + batch_size]]
+                bar.update(len(arrays))
+                yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+
+    hit = load_or_compute_reference(fid, stats_key(module_fingerprint(feats), reference), cache_dir(), batches)
+    return FIDPlan(fid, {
+        "feature_space": feats.name,
+        "reference": f"fresh canvas-mini renders of every style x object pair except those of {kind} {target!r}, {per_pair} per pair "
+                     f"(reference statistics cache {'hit' if hit else 'miss'})",
+        "n_reference": len(jobs),
+        "excluded": excluded,
+        "generated": "answer set without the target concept's images",
+    })
+
+
+def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> FIDPlan:
+    """Standard-Inception FID against a folder of real images; paths with a component named after the target are left out."""
+    from .fid import load_or_compute_reference, make_fid, stats_key
+    from .images import image_files, load_images
+
+    root, weights, r = Path(judging.fid_reference), Path(judging.fid_weights), judging.protocol.resolution
+    files = image_files(root, recursive=True, exclude=target)
+    fid = make_fid(weights=weights)
+    excluded = {"axis": kind, "concept": target}
+    reference = {"folder": str(root.resolve()), "files": len(files), "excluded": excluded, "resolution": r,
+                 "weights": str(weights.resolve()), "size": weights.stat().st_size}
+
+    def batches():
+        with progress_bar(len(files), "erase eval: FID reference", enabled=progress) as bar:
+            for i in range(0, len(files), batch_size):
+                bar.update(len(files[i : i + batch_size]))
+                yield load_images(files[i : i + batch_size], r)
+
+    hit = load_or_compute_reference(fid, stats_key("inception-2048", reference), cache_dir(), batches)
+    return FIDPlan(fid, {
+        "feature_space": "standard FID Inception pool3 (2048-d), torchmetrics",
+        "reference": f"{len(files)} real images under {root} without '{target}' (cache {'hit' if hit else 'miss'})",
+        "n_reference": len(files),
+        "excluded": excluded,
+        "generated": "answer set without the target concept's images",
+    })
+
+
+# -- CLIP accumulators ------------------------------------------------------------------------------
+def concept_text(target: str, kind: str) -> str:
+    name = target.replace("_", " ")
+    return f"An image in {name} style." if kind == "style" else f"A {name} image."
+
+
+@dataclass
+class ClipSums:
+    """Running sums for one target: CLIP score of the other images, similarity of all images to the target's text."""
+
+    concept: torch.Tensor
+    score_sum: float = 0.0
+    n_other: int = 0
+    sim_target: float = 0.0
+    n_target: int = 0
+    sim_other: float = 0.0
+
+    def update(self, feats: torch.Tensor, prompt_cos: torch.Tensor, is_target: torch.Tensor) -> None:
+        sim = feats @ self.concept
+        other = ~is_target
+        self.score_sum += float((100 * prompt_cos[other].clamp(min=0)).sum())
+        self.n_other += int(other.sum())
+        self.sim_target += float(sim[is_target].sum())
+        self.n_target += int(is_target.sum())
+        self.sim_other += float(sim[other].sum())
+
+
+def _div(a: float, n: int) -> float:
+    return a / n if n else float("nan")
+
+
+# -- the streamed scoring loop -------------------------------------------------------------------------
+@dataclass
+class Scores:
+    metrics: dict  # axis name -> computed metric dict
+    classes: dict  # axis name -> concept list
+    per_target: list[dict] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+
+def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 64, progress: bool = True) -> Scores:
+    """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, CLIP and FID."""
+    from .concept_accuracy import axis_scores
+
+    protocol, t0 = judging.protocol, time.time()
+    metrics = {a.name: make_axis_metric(a) for a in protocol.axes}
+    fids = _fid_plans(judging, batch_size, progress)
+    clip_sums = _clip_sums(judging)
+    t_ref, t_judge = time.time() - t0, 0.0
+    with progress_bar(len(protocol.answer_set()), "erase eval: scoring", enabled=progress) as bar:
+        for batch in iter_answer_set(protocol, folder, batch_size):
+            t_judge += _score_batch(judging, batch, metrics, fids, clip_sums, batch_size)
+            bar.update(len(batch.entries))
+    results = {axis: m.compute() for axis, m in metrics.items()}
+    accuracy = {axis: dict(zip(protocol.concepts(axis), r["accuracy"].tolist())) for axis, r in results.items()}
+    nulls = {a.name: a.null_class for a in protocol.axes}
+    per_target = []
+    for i, (name, kind) in enumerate(judging.targets):
+        entry = {"target": name, "kind": kind, **axis_scores(accuracy, name, kind, nulls)}
+        if clip_sums:
+            entry.update(_clip_entry(judging, clip_sums[i], name, kind))
+        entry.update(_fid_entry(judging, fids[i]))
+        per_target.append(entry)
+    seconds = {"reference": round(t_ref, 2), "classify": round(t_judge, 2), "score": round(time.time() - t0, 2)}
+    return Scores(results, {axis: protocol.concepts(axis) for axis in protocol.axis_names}, per_target, seconds)
+
+
+def _score_batch(judging: Judging, batch, metrics: dict, fids: list, clip_sums: list, batch_size: int) -> float:
+    """Feed one batch (converted to float here, and only here) to every metric; returns the judges' seconds."""
+    protocol, x = judging.protocol, batch.float_images()
+    t0 = time.time()
+    for axis in protocol.axis_names:
+        metrics[axis].update(batched_logits(judging.judges[axis], x, batch_size), batch.labels[axis])
+    seconds = time.time() - t0
+    is_target = [batch.labels[kind] == protocol.concepts(kind).index(name) for name, kind in judging.targets]
+    if clip_sums:
+        feats = judging.clip.image_features(x)
+        prompt_cos = (feats * judging.clip.text_features(batch.prompts)).sum(-1)
+        for sums, mask in zip(clip_sums, is_target):
+            sums.update(feats, prompt_cos, mask)
+    for plan, mask in zip(fids, is_target):
+        if plan is not None and (~mask).any():
+            plan.metric.update(x[~mask], real=False)  # the generated side leaves the target's images out
+    return seconds
+
+
+def _fid_entry(judging: Judging, plan: FIDPlan | None) -> dict:
+    if plan is not None:
+        fid = plan.metric
+        return {"fid": {"value": float(fid.compute()), **plan.report, "n_generated": int(fid.fake_features_num_samples)}}
+    if judging.fid_note:
+        return {"fid": None, "fid_note": judging.fid_note}
+    return {}
+
+
+def _fid_plans(judging: Judging, batch_size: int, progress: bool) -> list[FIDPlan | None]:
+    make = {"canvas-mini": _canvas_mini_reference, "folder": _folder_reference}.get(judging.fid)
+    return [make(judging, name, kind, max(batch_size, 64), progress) if make else None for name, kind in judging.targets]
+
+
+def _clip_sums(judging: Judging) -> list[ClipSums]:
+    if judging.clip is None:
+        return []
+    return [ClipSums(judging.clip.text_features([concept_text(name, kind)])[0]) for name, kind in judging.targets]
+
+
+def _clip_entry(judging: Judging, sums: ClipSums, name: str, kind: str) -> dict:
+    return {
+        "clip_score": {"value": _div(sums.score_sum, sums.n_other), "scale": CLIP_SCORE_SCALE, "model": judging.clip_name,
+                       "images": "answer set without the target's images, each against its own prompt"},
+        "concept_similarity": {"text": concept_text(name, kind), "target_images": _div(sums.sim_target, sums.n_target),
+                               "other_images": _div(sums.sim_other, sums.n_other), "model": judging.clip_name,
+                               "scale": "mean cosine similarity (-1 to 1), not x100"},
+    }
