@@ -78,6 +78,18 @@ def config_options(config_cls: type) -> list[tuple[str, object, str]]:
     return [(f.name, None if f.default is MISSING else f.default, f.metadata.get("help", "")) for f in fields(config_cls)]
 
 
+def check_options(cfg, method: str, *, choices: dict[str, tuple] | None = None, at_least_one: tuple[str, ...] = (),
+                  non_negative: tuple[str, ...] = (), positive: tuple[str, ...] = ()) -> None:
+    """Declarative range checks for a method config; the first violation raises a one-line EraseError."""
+    for name, allowed in (choices or {}).items():
+        if getattr(cfg, name) not in allowed:
+            raise EraseError(f"unknown {name} {getattr(cfg, name)!r} for {method}; choose one of {', '.join(map(str, allowed))}")
+    for names, ok, what in ((at_least_one, lambda v: v >= 1, "at least 1"), (non_negative, lambda v: v >= 0, ">= 0"), (positive, lambda v: v > 0, "> 0")):
+        for name in names:
+            if not ok(getattr(cfg, name)):
+                raise EraseError(f"{method} option {name} must be {what}, got {getattr(cfg, name)}")
+
+
 # -- typed values for config fields (--set key=value, presets) ------------------------------------
 
 

@@ -32,6 +32,6 @@ def test_full_unet_group(tiny_pipe, tmp_path):
 def test_config_errors():
     with pytest.raises(EraseError, match="parameter_group"):
         resolve_config("concept_ablation", None, {"parameter_group": "attn9"})
-    with pytest.raises(EraseError, match="target must be"):
+    with pytest.raises(EraseError, match="unknown target 'live'"):
         resolve_config("concept_ablation", None, {"target": "live"})
     assert resolve_config("concept_ablation", "sd14").lr == pytest.approx(1.6e-5)

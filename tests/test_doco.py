@@ -88,7 +88,7 @@ def test_resume_is_bit_identical(tiny_pipe, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("over, match", [
     ({"warmup": 5, "steps": 5}, "warmup (5) must be smaller than steps (5)"),
-    ({"surgery": "magic"}, "unknown doco surgery 'magic'"),
+    ({"surgery": "magic"}, "unknown surgery 'magic' for doco"),
     ({"t_min": 10, "t_max": 5}, "t_min <= t_max"),
 ])
 def test_bad_options(over, match):

@@ -25,11 +25,11 @@ from ..data import generations
 from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, prediction_type, retain_loss
 from ..errors import EraseError
 from ..loop import Eraser
-from ..registry import option, register_method
+from ..patch import PATCH_DTYPES
+from ..registry import check_options, option, register_method
 from ..selection import ParamSelection
 
 PARAMETER_GROUPS = {"cross_attention_kv": r"^unet\..*attn2\.to_[kv]\.", "cross_attention": r"^unet\..*attn2\.", "unet": r"^unet\."}
-PATCH_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass
@@ -51,21 +51,11 @@ class ConceptAblationConfig:
     checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
     def validate(self) -> None:
-        if self.retain_loss not in RETAIN_LOSSES:
-            raise EraseError(f"unknown retain_loss {self.retain_loss!r}; choose one of {RETAIN_LOSSES}")
-        if self.parameter_group not in PARAMETER_GROUPS:
-            raise EraseError(f"unknown parameter_group {self.parameter_group!r}; choose one of {sorted(PARAMETER_GROUPS)}")
-        if self.target not in ("model", "frozen"):
-            raise EraseError(f"target must be 'model' or 'frozen', got {self.target!r}")
-        if self.patch_dtype not in PATCH_DTYPES:
-            raise EraseError(f"unknown patch_dtype {self.patch_dtype!r}; choose one of {PATCH_DTYPES}")
-        if self.lr <= 0:
-            raise EraseError(f"lr must be > 0, got {self.lr}")
-        for name in ("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise EraseError(f"concept_ablation option {name} must be at least 1, got {getattr(self, name)}")
-        if self.retain_seeds < 0 or self.alpha < 0:
-            raise EraseError("concept_ablation options retain_seeds and alpha must be >= 0")
+        check_options(self, "concept_ablation",
+                      choices={"retain_loss": RETAIN_LOSSES, "parameter_group": tuple(PARAMETER_GROUPS), "target": ("model", "frozen"),
+                               "patch_dtype": PATCH_DTYPES},
+                      at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every"),
+                      non_negative=("retain_seeds", "alpha"), positive=("lr",))
 
 
 class ConceptAblation(Eraser):

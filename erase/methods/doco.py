@@ -37,12 +37,12 @@ from ..data import generations
 from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, predicted_x0, prediction_type, retain_loss
 from ..errors import EraseError
 from ..loop import Eraser
-from ..registry import option, register_method
+from ..patch import PATCH_DTYPES
+from ..registry import check_options, option, register_method
 from ..selection import ParamSelection
 from ..surgery import COMBINERS, UPSTREAM_RETAIN_WEIGHT, clip_global_norm, dot, grads_of
 
 PARAMETER_GROUPS = {"cross_attention_kv": r"^unet\..*attn2\.to_[kv]\.", "unet": r"^unet\."}
-PATCH_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass
@@ -76,22 +76,18 @@ class DoCoConfig:
     checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
     def validate(self) -> None:
-        choices = {"surgery": tuple(COMBINERS), "pcgrad_scope": ("global", "per_tensor"), "retain_loss": RETAIN_LOSSES,
-                   "retain_data": ("anchor", "retain"), "parameter_group": tuple(PARAMETER_GROUPS), "teacher": ("base_weights", "frozen"),
-                   "patch_dtype": PATCH_DTYPES}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise EraseError(f"unknown doco {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        for name in ("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every", "disc_layers", "disc_width"):
-            if getattr(self, name) < 1:
-                raise EraseError(f"doco option {name} must be at least 1, got {getattr(self, name)}")
+        check_options(self, "doco",
+                      choices={"surgery": tuple(COMBINERS), "pcgrad_scope": ("global", "per_tensor"), "retain_loss": RETAIN_LOSSES,
+                               "retain_data": ("anchor", "retain"), "parameter_group": tuple(PARAMETER_GROUPS),
+                               "teacher": ("base_weights", "frozen"), "patch_dtype": PATCH_DTYPES},
+                      at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every",
+                                    "disc_layers", "disc_width"),
+                      non_negative=("retain_seeds", "t_min"), positive=("lr", "d_lr", "clip"))
         if self.retain_weight is not None and self.retain_weight < 0:
             raise EraseError(f"doco option retain_weight must be >= 0, got {self.retain_weight}")
-        if self.lr <= 0 or self.d_lr <= 0 or self.clip <= 0:
-            raise EraseError("doco options lr, d_lr and clip must be > 0")
-        if not 0 <= self.warmup < self.steps:
+        if self.warmup < 0 or self.warmup >= self.steps:
             raise EraseError(f"warmup ({self.warmup}) must be smaller than steps ({self.steps}), or the generator never trains; lower --set warmup=...")
-        if not 0 <= self.t_min <= self.t_max:
+        if self.t_min > self.t_max:
             raise EraseError(f"need 0 <= t_min <= t_max, got {self.t_min} and {self.t_max}")
 
 

@@ -35,12 +35,12 @@ from ..diffusion import (RETAIN_LOSSES, alphas_cumprod, cfg_eps, encode_images, 
                          training_target)
 from ..errors import EraseError
 from ..loop import Eraser
-from ..registry import option, register_method
+from ..patch import PATCH_DTYPES
+from ..registry import check_options, option, register_method
 from ..selection import ParamSelection
 
 SCOPES = {"unet": r"^unet\.", "cross_attention": r"^unet\..*attn2\."}
 RELABEL_ON = ("concept", "concept+anchor")
-PATCH_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass
@@ -66,25 +66,12 @@ class SalUnConfig:
     checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
     def validate(self) -> None:
-        if self.retain_loss not in RETAIN_LOSSES:
-            raise EraseError(f"unknown retain_loss {self.retain_loss!r}; choose one of {RETAIN_LOSSES}")
-        if self.mask_scope not in SCOPES:
-            raise EraseError(f"unknown mask_scope {self.mask_scope!r}; choose one of {sorted(SCOPES)}")
-        if self.relabel_on not in RELABEL_ON:
-            raise EraseError(f"unknown relabel_on {self.relabel_on!r}; choose one of {RELABEL_ON}")
-        if self.anchor_target not in ("frozen", "live"):
-            raise EraseError("anchor_target must be 'frozen' or 'live'")
+        check_options(self, "salun", choices={"retain_loss": RETAIN_LOSSES, "mask_scope": tuple(SCOPES), "relabel_on": RELABEL_ON,
+                                              "anchor_target": ("frozen", "live"), "patch_dtype": PATCH_DTYPES},
+                      at_least_one=("steps", "batch_size", "retain_batch_size", "forget_seeds", "data_steps", "checkpoint_every"),
+                      non_negative=("retain_seeds", "alpha"), positive=("lr",))
         if not 0 < self.mask_fraction <= 1:
             raise EraseError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
-        if self.lr <= 0:
-            raise EraseError(f"lr must be > 0, got {self.lr}")
-        for name in ("steps", "batch_size", "retain_batch_size", "forget_seeds", "data_steps", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise EraseError(f"salun option {name} must be at least 1, got {getattr(self, name)}")
-        if self.retain_seeds < 0 or self.alpha < 0:
-            raise EraseError("salun options retain_seeds and alpha must be >= 0")
-        if self.patch_dtype not in PATCH_DTYPES:
-            raise EraseError(f"unknown patch_dtype {self.patch_dtype!r}; choose one of {PATCH_DTYPES}")
 
 
 class SalUn(Eraser):
