@@ -9,21 +9,28 @@ from pathlib import Path
 from .errors import EraseError
 
 
+def check_writable(option: str, path: str | Path, *, folder: bool) -> Path:
+    """Raise unless ``path`` (a folder if ``folder``, else a file) can be created or written: nothing on its way
+    is a file and its nearest existing ancestor is writable. Writes nothing."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise EraseError(f"{option} {path} is a file; give a folder path")
+    if not folder and path.is_dir():
+        raise EraseError(f"{option} {path} is a folder; give a file path")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EraseError(f"{option} {path} lies under the file {parent}; choose another {option}")
+            break
+    target = path if folder and path.is_dir() else next(p for p in path.absolute().parents if p.exists())
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise EraseError(f"{option} {path}: cannot write in {target} (permission denied); choose another {option}")
+    return path
+
+
 def check_output_dir(path: str | Path, option: str = "--out") -> Path:
     """Raise unless ``path`` is, or can be created as, a writable folder. Writes nothing."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise EraseError(f"{option} {path} is a file, not a folder; choose a folder path")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe != path and not probe.is_dir():
-        raise EraseError(f"{option} {path} lies under the file {probe}; choose a folder path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise EraseError(f"{option} {path}: the folder {probe} is not writable; choose a folder you can write to")
-    return path
+    return check_writable(option, path, folder=True)
 
 
 def write_json_atomic(path: str | Path, data, **kw) -> None:

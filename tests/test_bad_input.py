@@ -135,7 +135,7 @@ def test_anchor_equal_to_target(tmp_path, capsys):
 def test_out_is_a_file(tmp_path, capsys):
     f = tmp_path / "out"
     f.write_text("mine")
-    fails(run_args(f), capsys, "is a file, not a folder")
+    fails(run_args(f), capsys, "is a file; give a folder path")
     assert f.read_text() == "mine"
 
 
@@ -151,7 +151,7 @@ def test_out_in_an_unwritable_folder(tmp_path, capsys):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        fails(run_args(ro / "out"), capsys, "is not writable")
+        fails(run_args(ro / "out"), capsys, "permission denied")
     finally:
         ro.chmod(0o700)
 

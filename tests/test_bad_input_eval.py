@@ -165,11 +165,11 @@ def test_grid_out_in_an_unwritable_folder(tmp_path, capfd):
 
 def test_out_in_a_folder_access_denies(tmp_path, capfd, monkeypatch):
     """The same refusal, with os.access answering as it would for a non-root user (runs as root too)."""
-    import erase.cli.checks as checks
+    import erase.files as files
 
     locked = tmp_path / "locked"
     locked.mkdir()
-    monkeypatch.setattr(checks.os, "access", lambda path, mode: os.path.abspath(path) != str(locked))
+    monkeypatch.setattr(files.os, "access", lambda path, mode: os.path.abspath(path) != str(locked))
     refused(eval_args(locked / "eval"), tmp_path, capfd, f"--out {locked / 'eval'}: cannot write in {locked} (permission denied)")
 
 

@@ -94,3 +94,11 @@ def test_resume_is_bit_identical(tiny_pipe, tmp_path, monkeypatch):
 def test_bad_options(over, match):
     with pytest.raises(EraseError, match=match.replace("(", r"\(").replace(")", r"\)")):
         resolve_config("doco", None, over)
+
+
+@pytest.mark.parametrize("retain_data, expected", [("retain", 3), ("anchor", 4)])
+def test_retain_uncond_adds_the_empty_prompt(tiny_pipe, tmp_path, retain_data, expected):
+    over = {**TINY, "retain_data": retain_data, "retain_uncond": True}
+    patch = erase_concept(tiny_pipe, "doco", request(), tmp_path, overrides=over, progress=False)
+    # retain: 2 retain prompts + "" (1 seed each); anchor: the 2 anchor images under their prompts and under ""
+    assert patch.config["info"]["data"]["retain_images"] == expected

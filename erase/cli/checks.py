@@ -10,9 +10,9 @@ helpers the subcommands call for their own options.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
+from ..files import check_writable
 from .common import UsageError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
@@ -73,18 +73,5 @@ def check_patch_folder(patch: str) -> None:
 
 
 def check_writable_target(option: str, path: str | Path, *, folder: bool) -> None:
-    """``path`` (a folder if ``folder`` else a file) can be created: nothing on its way is a file, and its
-    nearest existing ancestor is writable. Nothing is created here."""
-    path = Path(path)
-    if folder and path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {path} is a file; give a folder path")
-    if not folder and path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; give a file path")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"{option} {path} lies under the file {parent}; choose another {option}")
-            break
-    target = path if folder and path.is_dir() else next(p for p in path.absolute().parents if p.exists())
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: cannot write in {target} (permission denied); choose another {option}")
+    """``path`` (a folder if ``folder`` else a file) can be created; see ``erase.files.check_writable``."""
+    check_writable(option, path, folder=folder)

@@ -61,6 +61,7 @@ class DoCoConfig:
     clip: float = option(1.0, "global-norm clip of each gradient before surgery")
     retain_loss: str = option("diffusion", "'diffusion' (upstream: denoising loss) or 'distill' (the original model's prediction)")
     retain_data: str = option("anchor", "retain batch: 'anchor' images with anchor prompts (upstream) or the request's 'retain' prompts")
+    retain_uncond: bool = option(False, "also keep the empty prompt's prediction (classifier-free guidance's unconditional branch) in the retain batch")
     parameter_group: str = option("cross_attention_kv", "trainable weights: 'cross_attention_kv' (upstream) or 'unet'")
     teacher: str = option("base_weights", "the original model: 'base_weights' (trained tensors swapped back, saves memory) or a 'frozen' copy")
     t_min: int = option(0, "smallest timestep of the adversarial batch")
@@ -137,10 +138,15 @@ class DoCo(Eraser):
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
         if cfg.retain_data == "retain":
-            self.z_retain, self.retain_idx = generations(pipe, req.retain_prompts, cfg.retain_seeds, cfg.data_seed + 50_000, **gen)
-            self.e_retain = encode_prompts(pipe, req.retain_prompts)
+            prompts = list(req.retain_prompts) + ([""] if cfg.retain_uncond else [])
+            self.z_retain, self.retain_idx = generations(pipe, prompts, cfg.retain_seeds, cfg.data_seed + 50_000, **gen)
+            self.e_retain = encode_prompts(pipe, prompts)
         else:
             self.z_retain, self.retain_idx, self.e_retain = self.z_anchor, self.anchor_idx, self.e_anchor
+            if cfg.retain_uncond:  # the anchor images once more, under the empty prompt
+                self.z_retain = torch.cat([self.z_anchor, self.z_anchor])
+                self.retain_idx = torch.cat([self.anchor_idx, torch.full_like(self.anchor_idx, len(req.anchor_prompts))])
+                self.e_retain = torch.cat([self.e_anchor, encode_prompts(pipe, [""])])
         self.info["data"] = {"anchor_images": len(self.z_anchor), "retain_images": len(self.z_retain), "retain_data": cfg.retain_data}
 
         root = model_root(pipe)
