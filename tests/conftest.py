@@ -47,3 +47,16 @@ def build_tiny_pipe(seed: int = 0):
 @pytest.fixture
 def tiny_pipe():
     return build_tiny_pipe()
+
+
+def interrupted(monkeypatch, eraser_cls, at_step: int):
+    """Make ``eraser_cls.step`` raise KeyboardInterrupt at ``at_step`` (as Ctrl-C would); returns a function that undoes it."""
+    real = eraser_cls.step
+
+    def step(self, i):
+        if i == at_step:
+            raise KeyboardInterrupt
+        return real(self, i)
+
+    monkeypatch.setattr(eraser_cls, "step", step)
+    return lambda: monkeypatch.setattr(eraser_cls, "step", real)

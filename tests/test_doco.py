@@ -68,17 +68,12 @@ def test_resume_is_bit_identical(tiny_pipe, tmp_path, monkeypatch):
 
     over = {**TINY, "steps": 6, "warmup": 2, "checkpoint_every": 2}
     full = erase_concept(tiny_pipe, "doco", request(), tmp_path / "full", overrides=over, progress=False)
-    real = DoCo.step
+    from conftest import interrupted
 
-    def crash(self, i):
-        if i == 5:
-            raise KeyboardInterrupt
-        return real(self, i)
-
-    monkeypatch.setattr(DoCo, "step", crash)
+    restore = interrupted(monkeypatch, DoCo, 5)
     with pytest.raises(KeyboardInterrupt):
         erase_concept(tiny_pipe, "doco", request(), tmp_path / "resumed", overrides=over, progress=False)
-    monkeypatch.setattr(DoCo, "step", real)
+    restore()
     resumed = erase_concept(tiny_pipe.__class__(**fresh_components()), "doco", request(), tmp_path / "resumed", overrides=over,
                             resume=True, progress=False)
     assert resumed.config["timing"]["resumed_from"] == 4

@@ -79,19 +79,14 @@ def test_resume_gives_the_same_patch(tiny_pipe, tmp_path, monkeypatch):
     over = {**TINY, "steps": 4, "checkpoint_every": 2}
     full = erase_concept(tiny_pipe, "salun", request(), tmp_path / "full", overrides=over, progress=False)
 
-    real_step = SalUn.step
+    from conftest import interrupted
 
-    def crash_at_step_3(self, i):
-        if i == 3:
-            raise KeyboardInterrupt
-        return real_step(self, i)
-
-    monkeypatch.setattr(SalUn, "step", crash_at_step_3)
+    restore = interrupted(monkeypatch, SalUn, 3)
     with pytest.raises(KeyboardInterrupt):
         erase_concept(tiny_pipe, "salun", request(), tmp_path / "resumed", overrides=over, progress=False)
     assert json.loads((tmp_path / "resumed" / "checkpoint" / "meta.json").read_text())["step"] == 2
     assert not (tmp_path / "resumed" / "erasure_patch.safetensors").exists()  # no half-written output
-    monkeypatch.setattr(SalUn, "step", real_step)
+    restore()
     # the interrupted run left the pipeline's weights tuned; a fresh process would reload the base model
     resumed = erase_concept(tiny_pipe.__class__(**fresh_components()), "salun", request(), tmp_path / "resumed",
                             overrides=over, resume=True, progress=False)
