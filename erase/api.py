@@ -25,7 +25,7 @@ import torch
 from . import __version__
 from .components import model_device
 from .errors import EraseError
-from .files import check_output_dir, write_json_atomic
+from .files import check_writable, write_json_atomic
 from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
 from .patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
 from .registry import coerce_value, get_method
@@ -106,7 +106,7 @@ def _finished_identity(out_dir: Path) -> dict | None:
 
 def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: bool) -> str:
     """Decide what to do with ``out_dir`` before anything is written: 'fresh', 'resume', 'finished' or 'overwrite'."""
-    check_output_dir(out_dir)
+    check_writable("--out", out_dir, folder=True)
     has_patch = (out_dir / PATCH_FILE).exists()
     meta = checkpoint_meta(out_dir)
     if has_patch:

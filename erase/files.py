@@ -28,11 +28,6 @@ def check_writable(option: str, path: str | Path, *, folder: bool) -> Path:
     return path
 
 
-def check_output_dir(path: str | Path, option: str = "--out") -> Path:
-    """Raise unless ``path`` is, or can be created as, a writable folder. Writes nothing."""
-    return check_writable(option, path, folder=True)
-
-
 def write_json_atomic(path: str | Path, data, **kw) -> None:
     """Write JSON to a temp file next to ``path``, then rename it over ``path``."""
     path = Path(path)

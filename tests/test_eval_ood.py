@@ -76,7 +76,7 @@ def test_no_method_reads_the_ood_templates(tiny_pipe, tmp_path, monkeypatch):
     from test_salun import request
 
     opened = []
-    real_open, real_io_open = builtins.open, io.open
+    real_open = builtins.open
 
     def spy(file, *a, **k):
         opened.append(str(file))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..files import check_writable
 from .common import UsageError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
@@ -70,8 +69,3 @@ def check_patch_folder(patch: str) -> None:
     missing = [f for f in ("erasure_patch.safetensors", "erasure_config.json") if not (path / f).is_file()]
     if missing:
         raise UsageError(f"--patch folder {path} has no {' or '.join(missing)}; pass the folder `erase run` wrote the patch into")
-
-
-def check_writable_target(option: str, path: str | Path, *, folder: bool) -> None:
-    """``path`` (a folder if ``folder`` else a file) can be created; see ``erase.files.check_writable``."""
-    check_writable(option, path, folder=folder)

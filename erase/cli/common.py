@@ -40,12 +40,19 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--xformers", action="store_true", help="use xformers attention (GPU, when installed); default PyTorch SDPA")
 
 
+def default_device(args) -> str:
+    """--device, or cuda when available, else cpu."""
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _load(args):
     import torch
 
     from pipelines.stable_diffusion import load_pipeline
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args)
     pipe = load_pipeline(args.model, device=device, dtype=args.dtype, xformers=args.xformers)
     if args.patch:
         from erase.patch import ErasurePatch

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .checks import check_finite, check_positive, check_writable_target, validate_common_args
-from .common import UsageError, _common_model_args, _load, _protocol, _threads, command
+from ..files import check_writable
+from .checks import check_finite, check_positive, validate_common_args
+from .common import UsageError, _common_model_args, _load, _protocol, _threads, command, default_device
 
 SAMPLER_HELP = "sampler to use instead of the protocol's (recorded as a deviation): "
 
@@ -19,12 +20,6 @@ def _sampler_names() -> list[str]:
     from eval.samplers import SAMPLERS
 
     return list(SAMPLERS)
-
-
-def _default_device(args) -> str:
-    import torch
-
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @command("eval", "evaluate a model (optionally with a patch) on a protocol: UA / IRA / CRA, FID, CLIP, grid, report")
@@ -70,12 +65,12 @@ def _eval(p: argparse.ArgumentParser):
         for name, kind in targets:
             protocol.check_target(name, kind)
         out = Path(args.out)
-        check_writable_target("--out", out, folder=True)
+        check_writable("--out", out, folder=True)
         check_output_folder(out, run_identity(args.model, args.patch, protocol))
         _threads(args)
         opts = EvalOptions(templates=templates, batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
                            fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
-                           object_classifier=args.object_classifier, device=_default_device(args), progress=not args.quiet)
+                           object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet)
         judging = prepare_judging(protocol, targets, opts)  # judges, CLIP, FID set-up: all checked before the model loads
         pipe, _ = _load(args)
         report = evaluate(pipe, protocol, targets, out, model_id=args.model, patch=args.patch, options=opts, judging=judging)
@@ -109,7 +104,7 @@ def _grid(p: argparse.ArgumentParser):
         out = Path(args.out)
         if out.suffix.lower() != ".png":
             raise UsageError(f"--out must be a .png file, got {out}")
-        check_writable_target("--out", out, folder=False)
+        check_writable("--out", out, folder=False)
         if out.exists() and not args.overwrite:
             raise UsageError(f"{out} exists; pass --overwrite or choose another file")
         if args.compare and not args.patch:
