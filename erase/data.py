@@ -65,12 +65,13 @@ def model_identity(model) -> str:
 
 
 def generations(pipe, prompts: list[str], per_prompt: int, first_seed: int, *, steps: int, guidance: float,
-                cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                cache: bool = True, identity: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own generations: ``per_prompt`` latents per prompt (seeds first_seed, first_seed + 1, ...)
     and the prompt index of each, in prompt-major order.
 
     Cached on disk under a hash of the model's identity, the prompts, seeds and sampler (scheduler
     class and config, steps, guidance), so methods and reruns on the same model never sample twice.
+    ``identity`` is ``model_identity(pipe)`` when the caller already has it (``GenerationSets``).
     """
     import hashlib
     import json
@@ -81,7 +82,7 @@ def generations(pipe, prompts: list[str], per_prompt: int, first_seed: int, *, s
     if not prompts or per_prompt < 1:
         return torch.zeros(0), idx
     seeds = [first_seed + k for _ in prompts for k in range(per_prompt)]
-    key = {"model": model_identity(pipe), "prompts": prompts, "seeds": seeds, "steps": steps, "guidance": guidance,
+    key = {"model": identity or model_identity(pipe), "prompts": prompts, "seeds": seeds, "steps": steps, "guidance": guidance,
            "scheduler": type(pipe.scheduler).__name__, "scheduler_config": dict(pipe.scheduler.config)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_dir() / "generations" / f"{digest}.safetensors"
@@ -98,3 +99,14 @@ def generations(pipe, prompts: list[str], per_prompt: int, first_seed: int, *, s
         save_file({"latents": z.cpu().contiguous()}, str(tmp))
         tmp.replace(path)
     return z, idx
+
+
+class GenerationSets:
+    """``generations`` with one sampler setting; the model's identity (a pass over every tensor) is computed once."""
+
+    def __init__(self, pipe, *, steps: int, guidance: float):
+        self.pipe, self.steps, self.guidance = pipe, steps, guidance
+        self.identity = model_identity(pipe)
+
+    def __call__(self, prompts: list[str], per_prompt: int, first_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return generations(self.pipe, prompts, per_prompt, first_seed, steps=self.steps, guidance=self.guidance, identity=self.identity)

@@ -48,8 +48,6 @@ def default_device(args) -> str:
 
 
 def _load(args):
-    import torch
-
     from pipelines.stable_diffusion import load_pipeline
 
     device = default_device(args)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..components import model_device, model_root
-from ..data import generations
+from ..data import GenerationSets
 from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, prediction_type, retain_loss
 from ..errors import EraseError
 from ..loop import Eraser
@@ -75,10 +75,10 @@ class ConceptAblation(Eraser):
         self.prediction = prediction_type(pipe)
         self.rng = torch.Generator("cpu").manual_seed(req.seed)
         self.acp = alphas_cumprod(pipe)
-        gen = dict(steps=cfg.data_steps, guidance=cfg.data_guidance)
-        self.z_anchor, self.anchor_idx = generations(pipe, req.anchor_prompts, cfg.anchor_seeds, cfg.data_seed, **gen)
+        data = GenerationSets(pipe, steps=cfg.data_steps, guidance=cfg.data_guidance)
+        self.z_anchor, self.anchor_idx = data(req.anchor_prompts, cfg.anchor_seeds, cfg.data_seed)
         if cfg.alpha > 0:
-            self.z_retain, self.retain_idx = generations(pipe, req.retain_prompts, cfg.retain_seeds, cfg.data_seed + 50_000, **gen)
+            self.z_retain, self.retain_idx = data(req.retain_prompts, cfg.retain_seeds, cfg.data_seed + 50_000)
             self.e_retain = encode_prompts(pipe, req.retain_prompts)
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)

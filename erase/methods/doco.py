@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..components import model_device, model_root
-from ..data import generations
+from ..data import GenerationSets
 from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, predicted_x0, prediction_type, retain_loss
 from ..errors import EraseError
 from ..loop import Eraser
@@ -133,13 +133,13 @@ class DoCo(Eraser):
         if cfg.retain_data == "retain" and not req.retain_prompts:
             raise EraseError("retain_data 'retain' needs retain prompts in the request; give retain concepts or use retain_data anchor")
         self.rng = torch.Generator("cpu").manual_seed(req.seed)
-        gen = dict(steps=cfg.data_steps, guidance=cfg.data_guidance)
-        self.z_anchor, self.anchor_idx = generations(pipe, req.anchor_prompts, cfg.anchor_seeds, cfg.data_seed, **gen)
+        data = GenerationSets(pipe, steps=cfg.data_steps, guidance=cfg.data_guidance)
+        self.z_anchor, self.anchor_idx = data(req.anchor_prompts, cfg.anchor_seeds, cfg.data_seed)
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
         if cfg.retain_data == "retain":
             prompts = list(req.retain_prompts) + ([""] if cfg.retain_uncond else [])
-            self.z_retain, self.retain_idx = generations(pipe, prompts, cfg.retain_seeds, cfg.data_seed + 50_000, **gen)
+            self.z_retain, self.retain_idx = data(prompts, cfg.retain_seeds, cfg.data_seed + 50_000)
             self.e_retain = encode_prompts(pipe, prompts)
         else:
             self.z_retain, self.retain_idx, self.e_retain = self.z_anchor, self.anchor_idx, self.e_anchor

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..components import model_device, model_root
-from ..data import generations, load_image_folder
+from ..data import GenerationSets, load_image_folder
 from ..diffusion import (RETAIN_LOSSES, alphas_cumprod, cfg_eps, encode_images, encode_prompts, noisy, prediction_type, retain_loss,
                          training_target)
 from ..errors import EraseError
@@ -91,6 +91,7 @@ class SalUn(Eraser):
         self.rng = torch.Generator("cpu").manual_seed(req.seed)
         self.acp = alphas_cumprod(pipe)
         self.T = len(self.acp)
+        self.data = GenerationSets(pipe, steps=cfg.data_steps, guidance=cfg.data_guidance)
 
         # -- data: the model's own generations, as latents --------------------------------
         n_f, n_r = len(req.forget_prompts), len(req.retain_prompts)
@@ -101,15 +102,15 @@ class SalUn(Eraser):
             self.z_forget = encode_images(pipe, imgs)
             self.forget_idx = torch.arange(len(imgs)) % n_f  # prompt index of each image
         else:
-            self.z_forget, self.forget_idx = self._generations(req.forget_prompts, cfg.forget_seeds, cfg.data_seed)
+            self.z_forget, self.forget_idx = self.data(req.forget_prompts, cfg.forget_seeds, cfg.data_seed)
         n_concept = len(self.z_forget)  # the saliency mask is computed on the concept's own images only
         if cfg.relabel_on == "concept+anchor":
             # the anchor's images, indexed by the forget prompt they stand in for (anchor_prompts[i] pairs forget_prompts[i])
-            z_anchor, anchor_idx = self._generations(req.anchor_prompts, cfg.forget_seeds, cfg.data_seed)
+            z_anchor, anchor_idx = self.data(req.anchor_prompts, cfg.forget_seeds, cfg.data_seed)
             self.z_forget = torch.cat([self.z_forget, z_anchor])
             self.forget_idx = torch.cat([self.forget_idx, anchor_idx])
         if n_r:
-            self.z_retain, self.retain_idx = self._generations(req.retain_prompts, cfg.retain_seeds, cfg.data_seed + 50_000)
+            self.z_retain, self.retain_idx = self.data(req.retain_prompts, cfg.retain_seeds, cfg.data_seed + 50_000)
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
         self.e_retain = encode_prompts(pipe, req.retain_prompts) if n_r else None
@@ -153,10 +154,6 @@ class SalUn(Eraser):
             self.frozen = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0)
         return self.selection
-
-    def _generations(self, prompts: list[str], per_prompt: int, first_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``per_prompt`` generations of each prompt (seeds first_seed, first_seed + 1, ...) and each one's prompt index."""
-        return generations(self.pipe, prompts, per_prompt, first_seed, steps=self.config.data_steps, guidance=self.config.data_guidance)
 
     def _t_noise(self, n: int):
         dev = model_device(self.pipe)
