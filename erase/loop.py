@@ -161,7 +161,8 @@ def run(eraser: Eraser, model, out_dir: str | Path, loop: LoopConfig, patch_conf
         pattern = eraser.scope(model)
         scoped = {n: p for n, p in all_params.items() if pattern is None or re.search(pattern, n)}
         if not scoped:
-            raise EraseError(f"{eraser.name}: no parameter of the model matches its scope {pattern!r}")
+            raise EraseError(f"{eraser.name}: no parameter of the model matches its scope {pattern!r}; check the options that choose the "
+                             f"trained weights (erase methods {eraser.name}) against the model's parameter names")
         base = {n: p.detach().clone() for n, p in scoped.items()}
         outside = {n: _checksum(p) for n, p in all_params.items() if n not in scoped}
         try:

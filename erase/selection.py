@@ -21,6 +21,23 @@ from torch import nn
 
 from .errors import EraseError
 
+UNET_GROUPS = {"cross_attention_kv": r"^unet\..*attn2\.to_[kv]\.", "cross_attention": r"^unet\..*attn2\.", "unet": r"^unet\."}
+
+
+def unet_weights(group: str, trainable: str = "") -> str:
+    r"""The full-name regex of the UNet weights a method trains: a named ``group`` of UNET_GROUPS, or, when
+    ``trainable`` is given, that regex searched in the UNet's own parameter names (``^`` anchors it at the
+    start of the UNet name, e.g. ``^mid_block\.`` or ``attn2\.to_[kv]``)."""
+    if not trainable:
+        return UNET_GROUPS[group]
+    try:
+        re.compile(trainable)
+    except re.error as e:
+        raise EraseError(f"trainable pattern {trainable!r} is not a valid regular expression ({e}); fix --set trainable=...") from None
+    if trainable.startswith("^"):
+        return rf"^unet\.(?:{trainable[1:]})"
+    return rf"^unet\.(?=.*?(?:{trainable}))"
+
 
 @dataclass
 class ParamSelection:

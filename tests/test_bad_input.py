@@ -273,3 +273,36 @@ def test_nan_in_a_patch(tmp_path, capsys):
     fails(["eval", "--model", model(), "--patch", str(out), "--target", "Watercolor", "--kind", "style", "--out", str(tmp_path / "e"),
            "--seeds", "1"], capsys, "non-finite values")
     assert not (tmp_path / "e").exists()
+
+
+# -- DoCo and Concept Ablation (issue 10) ------------------------------------------------------------------------
+KV_QUICK = ["--steps", "2", "--set", "anchor_seeds=1", "--set", "data_steps=2", "--set", "batch_size=2", "--set", "retain_batch_size=2"]
+FOR_DOCO = ["--set", "warmup=1", "--set", "disc_layers=2"]
+
+
+@pytest.mark.parametrize("method", ["doco", "concept_ablation"])
+@pytest.mark.parametrize("extra, match", [
+    (["--anchor", "Watercolor"], "anchor equals the concept"),
+    (["--set", "trainable=attn9\\.to_q"], "matches its scope"),
+    (["--set", "trainable=attn2\\.(to_k"], "is not a valid regular expression"),
+])
+def test_kv_methods_refuse(tmp_path, capsys, method, extra, match):
+    out = tmp_path / "out"
+    argv = ["run", method, "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
+            *(FOR_DOCO if method == "doco" else []), *extra]
+    fails(argv, capsys, match)
+    assert not out.exists()
+
+
+def test_doco_warmup_longer_than_the_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    fails(["run", "doco", "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
+           "--set", "warmup=5"], capsys, "warmup (5) must be smaller than steps (2)")
+    assert not out.exists()
+
+
+def test_doco_discriminator_deeper_than_the_latents(tmp_path, capsys):
+    out = tmp_path / "out"
+    fails(["run", "doco", "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
+           "--set", "warmup=1"], capsys, "disc_layers 4 needs latents of at least 16x16; this model's are 8x8")
+    assert not out.exists()

@@ -27,9 +27,8 @@ from ..errors import EraseError
 from ..loop import Eraser
 from ..patch import PATCH_DTYPES
 from ..registry import check_options, option, register_method
-from ..selection import ParamSelection
+from ..selection import UNET_GROUPS, ParamSelection, unet_weights
 
-PARAMETER_GROUPS = {"cross_attention_kv": r"^unet\..*attn2\.to_[kv]\.", "cross_attention": r"^unet\..*attn2\.", "unet": r"^unet\."}
 
 
 @dataclass
@@ -41,6 +40,7 @@ class ConceptAblationConfig:
     alpha: float = option(0.0, "weight of the retain loss (0 = upstream style/object runs)")
     retain_loss: str = option("diffusion", "'diffusion' (upstream prior preservation) or 'distill' (the frozen original's prediction)")
     parameter_group: str = option("cross_attention_kv", "trainable weights: 'cross_attention_kv' (upstream), 'cross_attention' or 'unet'")
+    trainable: str = option("", "a regex over the UNet's parameter names that replaces parameter_group (e.g. 'attn2\\.to_[kv]|^mid_block\\.')")
     target: str = option("model", "eps*(x_t | c_anchor) from the trained 'model' under no_grad (upstream) or the 'frozen' original")
     anchor_seeds: int = option(5, "generated images per anchor prompt")
     retain_seeds: int = option(1, "generated images per retain prompt")
@@ -52,10 +52,11 @@ class ConceptAblationConfig:
 
     def validate(self) -> None:
         check_options(self, "concept_ablation",
-                      choices={"retain_loss": RETAIN_LOSSES, "parameter_group": tuple(PARAMETER_GROUPS), "target": ("model", "frozen"),
+                      choices={"retain_loss": RETAIN_LOSSES, "parameter_group": tuple(UNET_GROUPS), "target": ("model", "frozen"),
                                "patch_dtype": PATCH_DTYPES},
                       at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every"),
                       non_negative=("retain_seeds", "alpha"), positive=("lr",))
+        unet_weights(self.parameter_group, self.trainable)
 
 
 class ConceptAblation(Eraser):
@@ -64,7 +65,7 @@ class ConceptAblation(Eraser):
     name = "concept_ablation"
 
     def scope(self, pipe) -> str:
-        return PARAMETER_GROUPS[self.config.parameter_group]
+        return unet_weights(self.config.parameter_group, self.config.trainable)
 
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
@@ -85,13 +86,13 @@ class ConceptAblation(Eraser):
         self.info["data"] = {"anchor_images": len(self.z_anchor), "retain_images": len(self.z_retain) if cfg.alpha > 0 else 0}
 
         root = model_root(pipe)
-        selection = ParamSelection.by_name(root, PARAMETER_GROUPS[cfg.parameter_group])
+        selection = ParamSelection.by_name(root, self.scope(pipe))
         params = selection.freeze_others_(root)
         self.frozen = None
         if cfg.target == "frozen" or (cfg.alpha > 0 and cfg.retain_loss == "distill"):
             self.frozen = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0)
-        self.info["trainable"] = {"group": cfg.parameter_group, "tensors": len(params), "weights": selection.count(root)}
+        self.info["trainable"] = {"group": cfg.trainable or cfg.parameter_group, "tensors": len(params), "weights": selection.count(root)}
         return selection
 
     def _batch(self, z: torch.Tensor, n: int):

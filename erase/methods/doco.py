@@ -39,10 +39,8 @@ from ..errors import EraseError
 from ..loop import Eraser
 from ..patch import PATCH_DTYPES
 from ..registry import check_options, option, register_method
-from ..selection import ParamSelection
+from ..selection import UNET_GROUPS, ParamSelection, unet_weights
 from ..surgery import COMBINERS, UPSTREAM_RETAIN_WEIGHT, clip_global_norm, dot, grads_of
-
-PARAMETER_GROUPS = {"cross_attention_kv": r"^unet\..*attn2\.to_[kv]\.", "unet": r"^unet\."}
 
 
 @dataclass
@@ -62,7 +60,8 @@ class DoCoConfig:
     retain_loss: str = option("diffusion", "'diffusion' (upstream: denoising loss) or 'distill' (the original model's prediction)")
     retain_data: str = option("anchor", "retain batch: 'anchor' images with anchor prompts (upstream) or the request's 'retain' prompts")
     retain_uncond: bool = option(False, "also keep the empty prompt's prediction (classifier-free guidance's unconditional branch) in the retain batch")
-    parameter_group: str = option("cross_attention_kv", "trainable weights: 'cross_attention_kv' (upstream) or 'unet'")
+    parameter_group: str = option("cross_attention_kv", "trainable weights: 'cross_attention_kv' (upstream), 'cross_attention' or 'unet'")
+    trainable: str = option("", "a regex over the UNet's parameter names that replaces parameter_group (e.g. 'attn2\\.to_[kv]|^mid_block\\.')")
     teacher: str = option("base_weights", "the original model: 'base_weights' (trained tensors swapped back, saves memory) or a 'frozen' copy")
     t_min: int = option(0, "smallest timestep of the adversarial batch")
     t_max: int = option(999, "largest timestep of the adversarial batch (x0-hat near T is mostly noise)")
@@ -79,7 +78,7 @@ class DoCoConfig:
     def validate(self) -> None:
         check_options(self, "doco",
                       choices={"surgery": tuple(COMBINERS), "pcgrad_scope": ("global", "per_tensor"), "retain_loss": RETAIN_LOSSES,
-                               "retain_data": ("anchor", "retain"), "parameter_group": tuple(PARAMETER_GROUPS),
+                               "retain_data": ("anchor", "retain"), "parameter_group": tuple(UNET_GROUPS),
                                "teacher": ("base_weights", "frozen"), "patch_dtype": PATCH_DTYPES},
                       at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every",
                                     "disc_layers", "disc_width"),
@@ -88,6 +87,7 @@ class DoCoConfig:
             raise EraseError(f"doco option retain_weight must be >= 0, got {self.retain_weight}")
         if self.warmup < 0 or self.warmup >= self.steps:
             raise EraseError(f"warmup ({self.warmup}) must be smaller than steps ({self.steps}), or the generator never trains; lower --set warmup=...")
+        unet_weights(self.parameter_group, self.trainable)
         if self.t_min > self.t_max:
             raise EraseError(f"need 0 <= t_min <= t_max, got {self.t_min} and {self.t_max}")
 
@@ -110,6 +110,15 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
+def _check_disc_depth(layers: int, latent_size) -> None:
+    """Each stride-2 layer halves the latent; the last 4x4 convolution needs at least 2x2 before padding."""
+    side = min(latent_size) if isinstance(latent_size, (tuple, list)) else int(latent_size)
+    if side < 2**layers:
+        deepest = max(1, side.bit_length() - 1)
+        raise EraseError(f"disc_layers {layers} needs latents of at least {2**layers}x{2**layers}; this model's are {side}x{side}: "
+                         f"--set disc_layers={deepest} or fewer (the canvas-mini preset uses 2)")
+
+
 def _bce(logits: torch.Tensor, label: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 
@@ -120,7 +129,7 @@ class DoCo(Eraser):
     name = "doco"
 
     def scope(self, pipe) -> str:
-        return PARAMETER_GROUPS[self.config.parameter_group]
+        return unet_weights(self.config.parameter_group, self.config.trainable)
 
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
@@ -130,6 +139,7 @@ class DoCo(Eraser):
         self.acp = alphas_cumprod(pipe)
         if cfg.t_max >= len(self.acp):
             raise EraseError(f"t_max {cfg.t_max} is beyond the scheduler's {len(self.acp)} timesteps")
+        _check_disc_depth(cfg.disc_layers, self.unet.config.sample_size)
         if cfg.retain_data == "retain" and not req.retain_prompts:
             raise EraseError("retain_data 'retain' needs retain prompts in the request; give retain concepts or use retain_data anchor")
         self.rng = torch.Generator("cpu").manual_seed(req.seed)
@@ -150,7 +160,7 @@ class DoCo(Eraser):
         self.info["data"] = {"anchor_images": len(self.z_anchor), "retain_images": len(self.z_retain), "retain_data": cfg.retain_data}
 
         root = model_root(pipe)
-        selection = ParamSelection.by_name(root, PARAMETER_GROUPS[cfg.parameter_group])
+        selection = ParamSelection.by_name(root, self.scope(pipe))
         self.params = selection.parameters(root)
         selection.freeze_others_(root)
         self.base = {n: p.detach().clone() for n, p in self.params.items()} if cfg.teacher == "base_weights" else None
@@ -158,7 +168,7 @@ class DoCo(Eraser):
         self.disc = PatchDiscriminator(self.z_anchor.shape[1], cfg.disc_layers, cfg.disc_width).to(self.dev)
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=1e-2)
         self.optimizer_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
-        self.info["trainable"] = {"group": cfg.parameter_group, "tensors": len(self.params), "weights": selection.count(root)}
+        self.info["trainable"] = {"group": cfg.trainable or cfg.parameter_group, "tensors": len(self.params), "weights": selection.count(root)}
         self.info["discriminator"] = {"layers": cfg.disc_layers, "width": cfg.disc_width, "parameters": sum(p.numel() for p in self.disc.parameters())}
         return selection
 
