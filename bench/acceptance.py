@@ -21,24 +21,6 @@ import torch
 DEFAULT_TARGETS = "style:Watercolor,style:Pop_Art,style:Rust,object:Birds,object:Towers"
 
 
-def retained_psnr(original: Path, erased: Path, target: str, kind: str) -> float:
-    """Mean per-image PSNR (dB) between the original's and the erased model's same-seed images of every
-    prompt that does not name the target (the probe's measure of collateral damage)."""
-    import numpy as np
-    from PIL import Image
-
-    values = []
-    for line in (original / "manifest.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if entry[kind] == target:
-            continue
-        a = np.asarray(Image.open(original / entry["file"]), np.float64)
-        b = np.asarray(Image.open(erased / entry["file"]), np.float64)
-        mse = ((a - b) ** 2).mean()
-        values.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
-    return float(np.mean(values))
-
-
 OOD_TEMPLATES = Path(__file__).resolve().parents[1] / "assets" / "templates" / "canvas-mini-ood.txt"
 
 
@@ -88,15 +70,20 @@ def run_acceptance(method: str, targets: list[tuple[str, str]], out: Path, prese
                      "base_ua": b["ua"], "base_ira": b["ira"], "base_cra": b["cra"],
                      "d_ira_points": 100 * (r["ira"] - b["ira"]), "d_cra_points": 100 * (r["cra"] - b["cra"]),
                      "worst_retained": {"concept": worst, "accuracy": kept[worst]},
-                     "retained_psnr": retained_psnr(out / "original" / "images", folder / "eval" / "images", name, kind),
+                     "retained_psnr": r["retain_fidelity"]["psnr"], "retained_perceptual": r["retain_fidelity"]["perceptual"],
+                     "retain_fidelity": {k: r["retain_fidelity"][k] for k in ("in_domain", "cross_domain", "identical", "n")},
+                     "confidence": r["confidence"], "base_confidence": b["confidence"],
+                     "worst_fidelity": min(({"concept": c, **v} for cs in r["retain_fidelity"]["per_concept"].values() for c, v in cs.items()),
+                                           key=lambda v: v["psnr"]),
                      "ood": ood, "base_ood": base_ood.get((name, kind)),
                      "fid": r["fid"]["value"], "base_fid": b["fid"]["value"], "clip_score": r["clip_score"]["value"],
+                     "fid_clip": r["fid_clip"]["value"], "base_fid_clip": b["fid_clip"]["value"],
                      "seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"], "patch_bytes": eff["patch_bytes"]})
     summary = {"method": method, "preset": preset, "overrides": overrides, "protocol": protocol.to_dict(), "ood_seeds": ood_seeds, "rows": rows}
     for kind in ("style", "object"):
         rs = [r for r in rows if r["kind"] == kind]
         if rs:
-            summary[f"{kind}_mean"] = {k: sum(r[k] for r in rs) / len(rs) for k in ("ua", "ira", "cra", "d_ira_points", "d_cra_points", "retained_psnr")}
+            summary[f"{kind}_mean"] = {k: sum(r[k] for r in rs) / len(rs) for k in ("ua", "ira", "cra", "d_ira_points", "d_cra_points", "retained_psnr", "retained_perceptual")}
             if ood_seeds:
                 summary[f"{kind}_mean"]["ood_ua"] = sum(r["ood"]["ua"] for r in rs) / len(rs)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -105,11 +92,13 @@ def run_acceptance(method: str, targets: list[tuple[str, str]], out: Path, prese
 
 def format_summary(s: dict) -> str:
     lines = [f"{s['method']} preset={s['preset']} overrides={s['overrides']}",
-             f"{'target':>16s} {'kind':6s} {'UA':>6s} {'IRA':>6s} {'dIRA':>6s} {'CRA':>6s} {'dCRA':>6s} {'PSNR':>5s} {'FID':>7s} {'sec':>5s} {'MB':>5s}  worst kept"]
+             f"{'target':>16s} {'kind':6s} {'UA':>6s} {'IRA':>6s} {'dIRA':>6s} {'CRA':>6s} {'dCRA':>6s} {'PSNR':>5s} {'perc':>6s} {'FID':>7s} {'sec':>5s} {'MB':>5s}"
+             "  worst kept (accuracy; PSNR)"]
     for r in s["rows"]:
         lines.append(f"{r['target']:>16s} {r['kind']:6s} {100 * r['ua']:6.1f} {100 * r['ira']:6.1f} {r['d_ira_points']:+6.1f} "
-                     f"{100 * r['cra']:6.1f} {r['d_cra_points']:+6.1f} {r['retained_psnr']:5.1f} {r['fid']:7.2f} {r['seconds']:5.0f} {r['patch_bytes'] / 1e6:5.2f}  "
-                     f"{r['worst_retained']['concept']} {100 * r['worst_retained']['accuracy']:.0f}")
+                     f"{100 * r['cra']:6.1f} {r['d_cra_points']:+6.1f} {r['retained_psnr']:5.1f} {r['retained_perceptual']:6.3f} {r['fid']:7.2f} "
+                     f"{r['seconds']:5.0f} {r['patch_bytes'] / 1e6:5.2f}  {r['worst_retained']['concept']} {100 * r['worst_retained']['accuracy']:.0f}; "
+                     f"{r['worst_fidelity']['concept']} {r['worst_fidelity']['psnr']:.1f} dB")
         if r.get("ood"):
             lines.append(f"{'':>16s} OOD (mean of the templates): UA {100 * r['ood']['ua']:.1f} IRA {100 * r['ood']['ira']:.1f} "
                          f"CRA {100 * r['ood']['cra']:.1f} (original UA {100 * r['base_ood']['ua']:.1f})")
@@ -117,7 +106,7 @@ def format_summary(s: dict) -> str:
         m = s.get(f"{kind}_mean")
         if m:
             lines.append(f"{'mean ' + kind:>16s} {'':6s} {100 * m['ua']:6.1f} {100 * m['ira']:6.1f} {m['d_ira_points']:+6.1f} {100 * m['cra']:6.1f} "
-                         f"{m['d_cra_points']:+6.1f} {m['retained_psnr']:5.1f}" + (f"  OOD UA {100 * m['ood_ua']:.1f}" if "ood_ua" in m else ""))
+                         f"{m['d_cra_points']:+6.1f} {m['retained_psnr']:5.1f} {m['retained_perceptual']:6.3f}" + (f"  OOD UA {100 * m['ood_ua']:.1f}" if "ood_ua" in m else ""))
     return "\n".join(lines)
 
 
@@ -126,7 +115,7 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description="canvas-mini erasure acceptance runs")
     p.add_argument("--method", default="salun")
-    p.add_argument("--preset", default="canvas-mini")
+    p.add_argument("--preset", default="canvas-mini", help="a preset name, or 'none' for the method's defaults")
     p.add_argument("--targets", default=DEFAULT_TARGETS, help="comma-separated kind:name")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--seeds", type=int, default=None, help="fewer evaluation seeds (quick sweeps only)")
@@ -139,7 +128,8 @@ def main(argv=None) -> None:
     overrides = _parse_set(args.set)
     tag = "-".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "default"
     out = Path(args.out or f"runs/acceptance/{args.method}-{args.preset}-{tag}")
-    s = run_acceptance(args.method, targets, out, args.preset, overrides, args.seeds, ood_seeds=args.ood_seeds)
+    preset = None if args.preset.lower() == "none" else args.preset
+    s = run_acceptance(args.method, targets, out, preset, overrides, args.seeds, ood_seeds=args.ood_seeds)
     print(format_summary(s))
     print(f"summary: {out / 'summary.json'}")
 

@@ -5,6 +5,8 @@
 * eval:     full canvas-mini protocol (all prompts x 5 seeds) generated, classified and scored; images/s.
 * classify: batched classification vs one image at a time (target: >= 20x).
 * erase:    one SalUn erasure with the canvas-mini preset: seconds, peak RSS, patch bytes vs the UNet.
+* eval_fidelity: `erase eval --patch` of an erased model with the original's answer set already cached, with and
+            without same-seed retain fidelity (target: at most 10% longer with it).
 * eval_memory: peak RSS of the scoring phase of `erase eval` at 550 vs 5,170 canvas-mini-sized images
             (renderer PNGs as the answer set, 5 vs 47 seeds); streamed, it must not grow with the image count.
 """
@@ -40,6 +42,42 @@ def bench_eval(out: Path) -> dict:
     n = len(protocol.answer_set())
     return {"images": n, "seconds": round(seconds, 1), "images_per_second": round(n / seconds, 2),
             "generate_seconds": report["seconds"]["generate"], "target_seconds": 180, "meets_target": seconds < 180}
+
+
+def bench_eval_fidelity(out: Path) -> dict:
+    """Seconds of a patched evaluation (full protocol, FID included) with and without retain fidelity, the original's
+    answer set cached beforehand; the patch is a small random K/V change, so every retained image differs."""
+    from erase.components import named_parameters
+    from erase.patch import ErasurePatch, apply_patch, fingerprint
+    from eval.canvas_mini import PIPELINE_DIR
+    from eval.fidelity import original_answer_set
+    from eval.protocols import load_protocol
+    from eval.report import EvalOptions, evaluate
+    from pipelines.stable_diffusion import load_pipeline
+
+    pipe = load_pipeline(PIPELINE_DIR)
+    protocol = load_protocol("canvas-mini")
+    original_answer_set(pipe, protocol, progress=False)  # the cache a second patch of the same model finds
+    params = named_parameters(pipe)
+    names = [n for n in params if n.endswith("attn2.to_v.weight")]
+    g = torch.Generator().manual_seed(0)
+    base = {n: params[n].detach().clone() for n in names}
+    tuned = {n: b + 0.05 * torch.randn(b.shape, generator=g) for n, b in base.items()}
+    apply_patch(pipe, ErasurePatch.from_diff(base, tuned, {n: None for n in names}, {"method": "bench"}, fingerprint=fingerprint(pipe, names)))
+    folder = Path(tempfile.mkdtemp(prefix="bench-fidelity-"))
+    seconds = {}
+    for fidelity in (False, True, False, True):  # alternated, best of two each
+        t0 = time.time()
+        r = evaluate(pipe, protocol, [("Watercolor", "style")], folder / f"{fidelity}-{len(seconds)}", model_id=str(PIPELINE_DIR), patch="bench",
+                     options=EvalOptions(progress=False, grid=False, fidelity=fidelity))
+        seconds.setdefault(fidelity, []).append(time.time() - t0)
+        if fidelity:
+            kept = r["retain_fidelity"]
+    shutil.rmtree(folder)
+    without, with_ = min(seconds[False]), min(seconds[True])
+    return {"seconds_without": round(without, 1), "seconds_with": round(with_, 1), "overhead": round(with_ / without - 1, 3),
+            "fidelity_seconds": r["seconds"]["fidelity"], "retained_psnr": round(kept["psnr"], 2), "target_overhead": 0.10,
+            "meets_target": with_ <= 1.10 * without}
 
 
 def bench_classify(out: Path) -> dict:
@@ -222,7 +260,8 @@ def _score_and_report(folder: str, n_seeds: int, threads: int) -> None:
                       "peak_rss_mb": round(_proc_status_mb("VmHWM"), 1), "seconds": round(seconds, 1)}))
 
 
-BENCHES = {"eval": bench_eval, "classify": bench_classify, "erase": bench_erase, "eval_memory": bench_eval_memory}
+BENCHES = {"eval": bench_eval, "classify": bench_classify, "erase": bench_erase, "eval_memory": bench_eval_memory,
+           "eval_fidelity": bench_eval_fidelity}
 
 
 def main(argv=None) -> None:

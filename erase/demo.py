@@ -24,23 +24,51 @@ import numpy as np
 import torch
 
 
-def _load_images(folder: Path, protocol, objects, seed):
+def _load_images(folder: Path, styles, objects, seed):
     from PIL import Image
 
     from eval.answer_set import image_name
 
-    return [[np.asarray(Image.open(folder / image_name(s, o, seed)).convert("RGB")) for o in objects] for s in protocol.styles]
+    return [[np.asarray(Image.open(folder / image_name(s, o, seed)).convert("RGB")) for o in objects] for s in styles]
+
+
+def _grid_rows(protocol, concept: str, kind: str, fidelity: dict) -> tuple[list[str], list[str]]:
+    """Rows of the comparison grid: the target first (for a style), then the retained styles worst PSNR first,
+    each labelled with its same-seed PSNR."""
+    psnr = {c: v["psnr"] for c, v in fidelity["per_concept"]["style"].items()}
+    retained = sorted(psnr, key=psnr.get)
+    rows = ([concept] if kind == "style" else []) + retained
+    labels = [f"{s} (erased)" if s == concept and kind == "style" else f"{s} {psnr[s]:.1f} dB" for s in rows]
+    return rows, labels
+
+
+def _fidelity_lines(original: dict, erased: dict) -> list[str]:
+    """Per retained style: same-seed PSNR / perceptual distance, and the style judge's confidence before and after."""
+    f = erased.get("retain_fidelity")
+    if not f:
+        return []
+    before, after = original["per_concept"]["style"], erased["per_concept"]["style"]
+    lines = ["## What else changed (same prompts, same seeds)", "",
+             f"Mean over the {f['n']} retained images: PSNR {f['psnr']:.1f} dB, perceptual distance {f['perceptual']:.3f} "
+             f"({f['perceptual_space']}). Accuracy can stay at 100% while these move (README: judge validation).", "",
+             "| retained style | PSNR (dB) | perceptual | accuracy before / after | true-class prob before / after |", "|---|---|---|---|---|"]
+    rows = sorted(f["per_concept"]["style"].items(), key=lambda kv: kv[1]["psnr"])
+    for s, v in rows:
+        lines.append(f"| {s} | {v['psnr']:.1f} | {v['perceptual']:.3f} | {100 * before[s]['accuracy']:.0f} / {100 * after[s]['accuracy']:.0f} | "
+                     f"{before[s]['true_prob']:.3f} / {after[s]['true_prob']:.3f} |")
+    return lines + [""]
 
 
 def _row(name: str, r: dict) -> str:
     def pct(x):
         return f"{100 * x:.1f}"
 
-    fid = r.get("fid")
-    clip = r.get("clip_score")
+    fid, fid_clip, clip = r.get("fid"), r.get("fid_clip"), r.get("clip_score")
     sim = r["targets"][0].get("concept_similarity", {})
+    fidelity = r.get("retain_fidelity")
+    kept = f"{fidelity['psnr']:.1f} dB" if fidelity else "(reference)"
     return (f"| {name} | {pct(r['ua'])} | {pct(r['ira'])} | {pct(r['cra'])} | {pct(r['style_accuracy'])} | {pct(r['object_accuracy'])} | "
-            f"{fid['value']:.2f} | {clip['value']:.2f} | {sim.get('target_images', float('nan')):.3f} |")
+            f"{fid['value']:.2f} | {fid_clip['value']:.3f} | {clip['value']:.2f} | {sim.get('target_images', float('nan')):.3f} | {kept} |")
 
 
 def main(argv=None) -> int:
@@ -85,8 +113,9 @@ def main(argv=None) -> int:
 
     objects = protocol.objects[:5]
     seed = protocol.seeds[0]
-    grid = compare_grid(_load_images(out / "original" / "images", protocol, objects, seed),
-                        _load_images(out / "erased" / "images", protocol, objects, seed), protocol.styles, objects, scale=3)
+    rows, labels = _grid_rows(protocol, args.concept, args.kind, erased["retain_fidelity"])
+    grid = compare_grid(_load_images(out / "original" / "images", rows, objects, seed),
+                        _load_images(out / "erased" / "images", rows, objects, seed), labels, objects, scale=3)
     save_png(grid, out / "original_vs_erased.png")
 
     eff = patch.config["efficiency"]
@@ -96,8 +125,9 @@ def main(argv=None) -> int:
         "concept": args.concept,
         "kind": args.kind,
         "anchor": request.anchor,
-        "original": {k: original[k] for k in ("ua", "ira", "cra", "style_accuracy", "object_accuracy", "fid", "clip_score")},
-        "erased": {k: erased[k] for k in ("ua", "ira", "cra", "style_accuracy", "object_accuracy", "fid", "clip_score")},
+        "original": {k: original[k] for k in ("ua", "ira", "cra", "style_accuracy", "object_accuracy", "fid", "fid_clip", "clip_score", "confidence")},
+        "erased": {k: erased[k] for k in ("ua", "ira", "cra", "style_accuracy", "object_accuracy", "fid", "fid_clip", "clip_score", "confidence",
+                                          "retain_fidelity")},
         "delta_points": {k: round(100 * (erased[k] - original[k]), 2) for k in ("ua", "ira", "cra")},
         "efficiency": {**eff, "unet_safetensors_bytes": unet_bytes,
                        "patch_fraction_of_unet": round(eff["patch_bytes"] / unet_bytes, 4) if unet_bytes else None},
@@ -114,15 +144,18 @@ def main(argv=None) -> int:
         f"DDIM {protocol.steps} steps, guidance {protocol.guidance}); judged by the shipped classifiers. "
         f"Anchor: {request.anchor}. FID in the canvas-mini classifier feature space.",
         "",
-        "| model | UA | IRA | CRA | style acc | object acc | FID | CLIP score | CLIP sim. to concept |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | UA | IRA | CRA | style acc | object acc | FID | FID (CLIP) | CLIP score | CLIP sim. to concept | retained PSNR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         _row("original", original),
         _row("erased", erased),
         "",
         f"Erasure took {eff['erase_seconds']:.0f} s (peak memory {eff['peak_memory_bytes'] / 2**30:.2f} GiB, {eff['peak_memory_kind']}); "
         f"patch {eff['patch_bytes'] / 1e6:.2f} MB" + (f" = {100 * eff['patch_bytes'] / unet_bytes:.0f}% of the UNet's safetensors." if unet_bytes else "."),
         "",
+        *_fidelity_lines(original, erased),
         "![original vs erased](original_vs_erased.png)",
+        "",
+        "Rows: the erased style first, then the retained styles with the most changed first (same-seed PSNR in the label).",
         "",
         "Full reports: [original](original/report.md), [erased](erased/report.md).",
         "",

@@ -28,6 +28,7 @@ applied patch costs no copy of the weights it touches.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -443,6 +444,18 @@ def set_patch_scale(model, scale: float) -> None:
     remove_patch(model)
     for patch in patches:
         apply_patch(model, patch, scale=scale, verify=False)
+
+
+@contextlib.contextmanager
+def patches_disabled(model):
+    """Run a block on the base weights: every applied patch is removed (bit-exactly) and put back after it."""
+    applied = [(a["patch"], a["scale"]) for a in _state(model)["applied"]]
+    remove_patch(model)
+    try:
+        yield model
+    finally:
+        for patch, scale in applied:
+            apply_patch(model, patch, scale=scale, verify=False)
 
 
 def applied_patches(model) -> list[dict]:

@@ -43,6 +43,20 @@ class ClassifierFeatures(nn.Module):
         return torch.cat([self.style_clf.features(x), self.object_clf.features(x)], dim=1)
 
 
+class CLIPFeatures(nn.Module):
+    """open_clip image embeddings (unit length) as a second FID feature space (canvas-mini's tiny CLIP)."""
+
+    def __init__(self, clip, clip_name: str):
+        super().__init__()
+        self.clip, self.model = clip, clip.model  # the model registered as a submodule: part of the fingerprint
+        self.num_features = int(clip.image_features(torch.zeros(1, 3, 32, 32)).shape[1])
+        self.name = f"CLIP image embeddings ({clip_name}, {self.num_features}-d, unit length)"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clip.image_features(x)
+
+
 def module_fingerprint(module: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):

@@ -48,6 +48,9 @@ class EvalOptions:
     progress: bool = True
     grid: bool = True
     templates: list[str] | None = None  # other prompt templates, evaluated separately (report["ood"])
+    fidelity: bool = True  # same-seed retain fidelity against the original model, when a patch is applied
+    lpips_weights: str | None = None  # real models: local AlexNet / VGG weights for LPIPS
+    lpips_net: str = "alex"
 
 
 def versions() -> dict:
@@ -170,12 +173,22 @@ def evaluate(
     out_dir = Path(out_dir)
     claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
     t0 = time.time()
+    original, fidelity_note = _original_for_fidelity(pipe, protocol, opt)
+    t_original = time.time() - t0
     gen_stats = generate_answer_set(pipe, protocol, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress)
-    t_gen = time.time() - t0
+    t_gen = time.time() - t0 - t_original
     check_answer_set(protocol, out_dir / "images")
-    scores = score_answer_set(judging, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress)
+    if opt.fidelity and original is None:
+        from .fidelity import remember_original
+
+        remember_original(pipe, protocol, out_dir / "images")
+    scores = score_answer_set(judging, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress, original=original)
     report = build_report(protocol, scores, model_id=model_id, patch=patch, gen_stats=gen_stats,
-                          seconds={"generate": round(t_gen, 1), **scores.seconds, "total": round(time.time() - t0, 1)})
+                          seconds={"original": round(t_original, 1), "generate": round(t_gen, 1), **scores.seconds,
+                                   "total": round(time.time() - t0, 1)})
+    if fidelity_note:
+        report["retain_fidelity"] = None
+        report["retain_fidelity_note"] = fidelity_note
     if opt.grid and len(protocol.axes) == 2:
         report["grid"] = _write_grid(protocol, out_dir, model_id)
     if opt.templates:
@@ -185,6 +198,19 @@ def evaluate(
     tmp.write_text(render_markdown(report))
     os.replace(tmp, out_dir / "report.md")
     return report
+
+
+def _original_for_fidelity(pipe, protocol: Protocol, opt: EvalOptions) -> tuple[Path | None, str | None]:
+    """The original model's answer set when ``pipe`` carries a patch (generated once, cached), else why there is none."""
+    from erase.patch import applied_patches
+
+    if not opt.fidelity:
+        return None, "skipped (--no-fidelity)"
+    if not applied_patches(pipe):
+        return None, "the evaluated model carries no patch: it is the original (its answer set is cached for later patches)"
+    from .fidelity import original_answer_set
+
+    return original_answer_set(pipe, protocol, batch_size=opt.batch_size, progress=opt.progress), None
 
 
 def evaluate_templates(pipe, protocol: Protocol, targets: list[tuple[str, str]], out_dir: Path, templates: list[str], *,
@@ -197,7 +223,7 @@ def evaluate_templates(pipe, protocol: Protocol, targets: list[tuple[str, str]],
     """
     from dataclasses import replace
 
-    sub_opt = replace(options, fid=False, grid=False, templates=None)
+    sub_opt = replace(options, fid=False, grid=False, templates=None, fidelity=False)
     keys = ("ua", "ira", "cra")
     per_template = []
     for k, template in enumerate(templates):
@@ -247,7 +273,10 @@ def build_report(protocol: Protocol, scores, *, model_id: str, patch: str | None
         "per_concept": per_concept,
         "confusion": {axis: {"classes": scores.classes[axis], "matrix": r["confusion"].tolist()} for axis, r in scores.metrics.items()},
         "fid": first.get("fid"),
+        "fid_clip": first.get("fid_clip"),
         "clip_score": first.get("clip_score"),
+        "confidence": first.get("confidence"),
+        "retain_fidelity": first.get("retain_fidelity"),
         "photo_class_rule": null_class_rule(protocol),
         "sampler": sampler,
         "deviations": list(protocol.deviations),
@@ -262,6 +291,30 @@ def _pct(x) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.1f}"
 
 
+def _fidelity_markdown(report: dict) -> list[str]:
+    """The first target's same-seed retain fidelity, per retained concept (worst PSNR first)."""
+    f = report.get("retain_fidelity")
+    if not f:
+        note = report.get("retain_fidelity_note")
+        return ["", f"Same-seed retain fidelity: {note}."] if note else []
+    perc = f.get("perceptual_space") or "none"
+
+    def num(x, fmt):
+        return "n/a" if x is None or x != x else format(x, fmt)
+
+    lines = ["", "## Same-seed retain fidelity", "",
+             f"Every retained prompt's image against the original model's image with the same seed and sampler ({f['n']} images, "
+             f"{f['identical']} identical; the target's own prompts excluded). PSNR in {f['psnr_unit']}; perceptual: {perc} (0 = same).", "",
+             f"Mean PSNR {num(f['psnr'], '.1f')} dB, perceptual {num(f['perceptual'], '.4f')}; in-domain ({report['kind']}s) "
+             f"{num(f['in_domain']['psnr'], '.1f')} dB / {num(f['in_domain']['perceptual'], '.4f')}, cross-domain "
+             f"{num(f['cross_domain']['psnr'], '.1f')} dB / {num(f['cross_domain']['perceptual'], '.4f')}.", "",
+             "| retained concept | axis | PSNR (dB) | perceptual | images |", "|---|---|---|---|---|"]
+    rows = [(v["psnr"], c, axis, v) for axis, cs in f["per_concept"].items() for c, v in cs.items()]
+    for _, c, axis, v in sorted(rows, key=lambda r: r[0]):
+        lines.append(f"| {c} | {axis} | {num(v['psnr'], '.1f')} | {num(v['perceptual'], '.4f')} | {v['n']} |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     p = report["protocol"]
     axes = [a["name"] for a in p["axes"]]
@@ -274,22 +327,29 @@ def render_markdown(report: dict) -> str:
         f"Protocol **{p['name']}**: {sizes} x {len(p['seeds'])} seeds, "
         f"{p['sampler']}{applied} {p['steps']} steps, eta {p['eta']}, guidance {p['guidance']}, {p['resolution']} px.",
         "",
-        "| target | kind | UA | IRA | CRA | FID (feature space) | CLIP score |",
-        "|---|---|---|---|---|---|---|",
+        "| target | kind | UA | IRA | CRA | judge confidence (target / IRA / CRA) | retained PSNR (dB) | FID (feature space) | FID (CLIP space) | CLIP score |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in report["targets"]:
-        fid = t.get("fid")
+        fid, fid_clip, conf, fidelity = t.get("fid"), t.get("fid_clip"), t.get("confidence"), t.get("retain_fidelity")
         fid_s = f"{fid['value']:.2f} ({fid['feature_space']})" if fid else "n/a"
+        fid_clip_s = f"{fid_clip['value']:.3f}" if fid_clip else "n/a"
+        conf_s = f"{conf['target']:.3f} / {conf['ira']:.3f} / {conf['cra']:.3f}" if conf else "n/a"
+        psnr_s = f"{fidelity['psnr']:.1f}" if fidelity and fidelity.get("psnr") is not None else "n/a"
         clip_s = f"{t['clip_score']['value']:.2f}" if t.get("clip_score") else "n/a"
-        lines.append(f"| {t['target']} | {t['kind']} | {_pct(t['ua'])} | {_pct(t['ira'])} | {_pct(t['cra'])} | {fid_s} | {clip_s} |")
+        lines.append(f"| {t['target']} | {t['kind']} | {_pct(t['ua'])} | {_pct(t['ira'])} | {_pct(t['cra'])} | {conf_s} | {psnr_s} | "
+                     f"{fid_s} | {fid_clip_s} | {clip_s} |")
     m = report["macro"]
     if len(report["targets"]) > 1:
-        lines.append(f"| macro | | {_pct(m['ua'])} | {_pct(m['ira'])} | {_pct(m['cra'])} | | |")
+        lines.append(f"| macro | | {_pct(m['ua'])} | {_pct(m['ira'])} | {_pct(m['cra'])} | | | | | |")
     lines.append("")
     if report.get("clip_score"):
         lines.append(f"CLIP score scale: {report['clip_score']['scale']}; model {report['clip_score']['model']}.")
     if report.get("fid"):
         lines.append(f"FID: both sides leave out the target's images; reference: {report['fid']['reference']}.")
+    if report.get("fid_clip"):
+        lines.append(f"Second FID in {report['fid_clip']['feature_space']}, same images.")
+    lines += _fidelity_markdown(report)
     lines += [
         "",
         "Overall accuracy: " + ", ".join(f"{a} {_pct(report[f'{a}_accuracy'])}%" for a in axes) + ".",
@@ -310,8 +370,8 @@ def render_markdown(report: dict) -> str:
     if report["deviations"]:
         lines += ["## Deviations from the protocol", ""] + [f"- {d}" for d in report["deviations"]] + [""]
     s = report["seconds"]
-    lines += [f"Time: generation {s['generate']} s, classification {s['classify']} s, scoring {s.get('score', 'n/a')} s, "
-              f"total {s['total']} s.", ""]
+    lines += [f"Time: original's answer set {s.get('original', 0)} s, generation {s['generate']} s, classification {s['classify']} s, "
+              f"retain fidelity {s.get('fidelity', 0)} s, scoring {s.get('score', 'n/a')} s, total {s['total']} s.", ""]
     if report.get("grid"):
         lines += [f"![grid]({report['grid']})", ""]
     return "\n".join(lines)

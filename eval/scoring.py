@@ -9,7 +9,12 @@ whatever the number of images.
 
 FID (UnlearnCanvas's rule): the target concept's images are left out of both
 sides, the generated answer set and the reference set, and the reference
-statistics are cached under a key that names what was excluded.
+statistics are cached under a key that names what was excluded. On canvas-mini
+a second FID is computed in the tiny CLIP's image-embedding space.
+
+Given the original model's answer set (``original=``), the same stream also
+measures same-seed retain fidelity (``eval.fidelity``): each erased image is
+compared with the original's image of the same prompt and seed.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Judging:
     fid_note: str | None = None
     fid_reference: str | None = None
     fid_weights: str | None = None
+    distance: object | None = None  # perceptual distance for retain fidelity (None: PSNR only)
+    fidelity_note: str | None = None
 
 
 def prepare_judging(protocol: Protocol, targets: list[tuple[str, str]], opt) -> Judging:
@@ -60,7 +67,22 @@ def prepare_judging(protocol: Protocol, targets: list[tuple[str, str]], opt) -> 
     judging = Judging(protocol, list(targets), judges)
     _prepare_clip(judging, opt)
     _prepare_fid(judging, opt)
+    _prepare_fidelity(judging, opt)
     return judging
+
+
+def _prepare_fidelity(judging: Judging, opt) -> None:
+    """The perceptual distance of retain fidelity: LPIPS from local weights, or canvas-mini's classifier-feature distance."""
+    if not getattr(opt, "fidelity", True):
+        return
+    from .fidelity import ClassifierFeatureDistance, load_lpips
+
+    if getattr(opt, "lpips_weights", None):
+        judging.distance = load_lpips(opt.lpips_weights, getattr(opt, "lpips_net", "alex"), opt.device)
+    elif judging.protocol.classifiers == "canvas-mini":
+        judging.distance = ClassifierFeatureDistance(judging.judges["style"], judging.judges["object"])
+    else:
+        judging.fidelity_note = "perceptual distance needs --lpips-weights (local AlexNet / VGG weights); PSNR only"
 
 
 def _prepare_clip(judging: Judging, opt) -> None:
@@ -112,42 +134,53 @@ class FIDPlan:
     report: dict
 
 
-def _canvas_mini_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> FIDPlan:
-    """Fresh renderer images of every (style, object) pair but the target's, ``len(seeds)`` per pair."""
+def _canvas_mini_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
+    """Fresh renderer images of every (style, object) pair but the target's, ``len(seeds)`` per pair, in the
+    classifiers' feature space and, with the tiny CLIP loaded, in its embedding space (rendered once for both)."""
     from eval.canvas_mini.data import SEED_BASE
     from eval.canvas_mini.render import render_array
 
-    from .fid import ClassifierFeatures, load_or_compute_reference, make_fid, module_fingerprint, stats_key
+    from .fid import CLIPFeatures, ClassifierFeatures, load_or_compute_reference, make_fid, module_fingerprint, stats_key
 
     protocol = judging.protocol
-    feats = ClassifierFeatures(judging.judges["style"], judging.judges["object"])
-    fid = make_fid(feats, image_size=protocol.resolution)
+    spaces = [ClassifierFeatures(judging.judges["style"], judging.judges["object"])]
+    if judging.clip is not None:
+        spaces.append(CLIPFeatures(judging.clip, judging.clip_name))
     per_pair = len(protocol.seeds)
     base = SEED_BASE[CANVAS_MINI_FID_REFERENCE]
     jobs = [(s, o, base + k) for s, o in itertools.product(protocol.styles, protocol.objects)
             if (s if kind == "style" else o) != target for k in range(per_pair)]
     excluded = {"axis": kind, "concept": target}
     reference = {"world": "canvas-mini renders", "seed_range": CANVAS_MINI_FID_REFERENCE, "per_pair": per_pair, "excluded": excluded}
+    rendered: list[torch.Tensor] = []  # uint8 batches, kept for the second feature space (550 images: 7 MB)
 
     def batches():
+        if rendered:
+            yield from (b.float().div_(255.0) for b in rendered)
+            return
         with progress_bar(len(jobs), "erase eval: FID reference", enabled=progress) as bar:
             for i in range(0, len(jobs), batch_size):
                 arrays = [render_array(s, o, seed) for s, o, seed in jobs[i : i + batch_size]]
                 bar.update(len(arrays))
-                yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+                rendered.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
+                yield rendered[-1].float().div_(255.0)
 
-    hit = load_or_compute_reference(fid, stats_key(module_fingerprint(feats), reference), cache_dir(), batches)
-    return FIDPlan(fid, {
-        "feature_space": feats.name,
-        "reference": f"fresh canvas-mini renders of every style x object pair except those of {kind} {target!r}, {per_pair} per pair "
-                     f"(reference statistics cache {'hit' if hit else 'miss'})",
-        "n_reference": len(jobs),
-        "excluded": excluded,
-        "generated": "answer set without the target concept's images",
-    })
+    plans = []
+    for feats in spaces:
+        fid = make_fid(feats, image_size=protocol.resolution)
+        hit = load_or_compute_reference(fid, stats_key(module_fingerprint(feats), reference), cache_dir(), batches)
+        plans.append(FIDPlan(fid, {
+            "feature_space": feats.name,
+            "reference": f"fresh canvas-mini renders of every style x object pair except those of {kind} {target!r}, {per_pair} per pair "
+                         f"(reference statistics cache {'hit' if hit else 'miss'})",
+            "n_reference": len(jobs),
+            "excluded": excluded,
+            "generated": "answer set without the target concept's images",
+        }))
+    return plans
 
 
-def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> FIDPlan:
+def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
     """Standard-Inception FID against a folder of real images; paths with a component named after the target are left out."""
     from .fid import load_or_compute_reference, make_fid, stats_key
     from .images import image_files, load_images
@@ -166,13 +199,13 @@ def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int,
                 yield load_images(files[i : i + batch_size], r)
 
     hit = load_or_compute_reference(fid, stats_key("inception-2048", reference), cache_dir(), batches)
-    return FIDPlan(fid, {
+    return [FIDPlan(fid, {
         "feature_space": "standard FID Inception pool3 (2048-d), torchmetrics",
         "reference": f"{len(files)} real images under {root} without '{target}' (cache {'hit' if hit else 'miss'})",
         "n_reference": len(files),
         "excluded": excluded,
         "generated": "answer set without the target concept's images",
-    })
+    })]
 
 
 # -- CLIP accumulators ------------------------------------------------------------------------------
@@ -215,31 +248,69 @@ class Scores:
     seconds: dict = field(default_factory=dict)
 
 
-def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 64, progress: bool = True) -> Scores:
-    """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, CLIP and FID."""
-    from .concept_accuracy import axis_scores
+def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 64, progress: bool = True,
+                     original: str | Path | None = None) -> Scores:
+    """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, judge
+    confidence, CLIP and FID; with ``original`` (the original model's answer set), retain fidelity too."""
+    from .fidelity import RetainFidelity
 
     protocol, t0 = judging.protocol, time.time()
     metrics = {a.name: make_axis_metric(a) for a in protocol.axes}
     fids = _fid_plans(judging, batch_size, progress)
     clip_sums = _clip_sums(judging)
-    t_ref, t_judge = time.time() - t0, 0.0
+    axes = {a.name: a.concepts for a in protocol.axes}
+    fidelity = [RetainFidelity(axes, name, kind) for name, kind in judging.targets] if original is not None else []
+    t_ref, t_judge, t_fidelity = time.time() - t0, 0.0, 0.0
     with progress_bar(len(protocol.answer_set()), "erase eval: scoring", enabled=progress) as bar:
         for batch in iter_answer_set(protocol, folder, batch_size):
             t_judge += _score_batch(judging, batch, metrics, fids, clip_sums, batch_size)
+            if fidelity:
+                t_fidelity += _fidelity_batch(judging, batch, Path(original), fidelity)
             bar.update(len(batch.entries))
     results = {axis: m.compute() for axis, m in metrics.items()}
-    accuracy = {axis: dict(zip(protocol.concepts(axis), r["accuracy"].tolist())) for axis, r in results.items()}
-    nulls = {a.name: a.null_class for a in protocol.axes}
-    per_target = []
-    for i, (name, kind) in enumerate(judging.targets):
-        entry = {"target": name, "kind": kind, **axis_scores(accuracy, name, kind, nulls)}
-        if clip_sums:
-            entry.update(_clip_entry(judging, clip_sums[i], name, kind))
-        entry.update(_fid_entry(judging, fids[i]))
-        per_target.append(entry)
-    seconds = {"reference": round(t_ref, 2), "classify": round(t_judge, 2), "score": round(time.time() - t0, 2)}
+    per_target = [_target_entry(judging, results, i, clip_sums, fids, fidelity) for i in range(len(judging.targets))]
+    seconds = {"reference": round(t_ref, 2), "classify": round(t_judge, 2), "fidelity": round(t_fidelity, 2), "score": round(time.time() - t0, 2)}
     return Scores(results, {axis: protocol.concepts(axis) for axis in protocol.axis_names}, per_target, seconds)
+
+
+def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids: list, fidelity: list) -> dict:
+    """One target's numbers: UA / IRA / CRA, the judges' confidence beside them, CLIP, FID(s), retain fidelity."""
+    from .concept_accuracy import axis_scores
+
+    protocol, (name, kind) = judging.protocol, judging.targets[i]
+    nulls = {a.name: a.null_class for a in protocol.axes}
+    accuracy = {axis: dict(zip(protocol.concepts(axis), r["accuracy"].tolist())) for axis, r in results.items()}
+    entry = {"target": name, "kind": kind, **axis_scores(accuracy, name, kind, nulls)}
+    if all("true_prob" in r for r in results.values()):
+        prob = axis_scores({axis: dict(zip(protocol.concepts(axis), r["true_prob"].tolist())) for axis, r in results.items()}, name, kind, nulls)
+        entry["confidence"] = {"target": 1.0 - prob["ua"], "ira": prob["ira"], "cra": prob["cra"],
+                               "meaning": "mean softmax probability of the true class: of the target's images (target), of the other "
+                                          "concepts of its axis (ira) and of the other axes (cra)"}
+    if clip_sums:
+        entry.update(_clip_entry(judging, clip_sums[i], name, kind))
+    entry.update(_fid_entry(judging, fids[i][0] if fids[i] else None))
+    if len(fids[i]) > 1:
+        entry["fid_clip"] = _fid_entry(judging, fids[i][1])["fid"]
+    if fidelity:
+        entry["retain_fidelity"] = {**fidelity[i].compute(), "psnr_unit": "dB (identical images count as 100)",
+                                    "perceptual_space": judging.distance.name if judging.distance is not None else None,
+                                    **({"note": judging.fidelity_note} if judging.fidelity_note else {})}
+    return entry
+
+
+def _fidelity_batch(judging: Judging, batch, original: Path, fidelity: list) -> float:
+    """Compare one batch of erased images with the original's images of the same entries; returns its seconds."""
+    from .answer_set import read_images
+    from .fidelity import psnr
+
+    t0 = time.time()
+    ref = torch.from_numpy(np.stack(read_images(original, batch.entries, judging.protocol.resolution))).permute(0, 3, 1, 2).float().div_(255.0)
+    x = batch.float_images()
+    p = psnr(ref, x)
+    d = judging.distance(ref, x) if judging.distance is not None else torch.full((len(x),), float("nan"))
+    for metric in fidelity:
+        metric.update(p, d, batch.labels)
+    return time.time() - t0
 
 
 def _score_batch(judging: Judging, batch, metrics: dict, fids: list, clip_sums: list, batch_size: int) -> float:
@@ -255,9 +326,10 @@ def _score_batch(judging: Judging, batch, metrics: dict, fids: list, clip_sums: 
         prompt_cos = (feats * judging.clip.text_features(batch.prompts)).sum(-1)
         for sums, mask in zip(clip_sums, is_target):
             sums.update(feats, prompt_cos, mask)
-    for plan, mask in zip(fids, is_target):
-        if plan is not None and (~mask).any():
-            plan.metric.update(x[~mask], real=False)  # the generated side leaves the target's images out
+    for plans, mask in zip(fids, is_target):
+        for plan in plans:
+            if (~mask).any():
+                plan.metric.update(x[~mask], real=False)  # the generated side leaves the target's images out
     return seconds
 
 
@@ -270,9 +342,10 @@ def _fid_entry(judging: Judging, plan: FIDPlan | None) -> dict:
     return {}
 
 
-def _fid_plans(judging: Judging, batch_size: int, progress: bool) -> list[FIDPlan | None]:
+def _fid_plans(judging: Judging, batch_size: int, progress: bool) -> list[list[FIDPlan]]:
+    """Per target, one FID plan per feature space (canvas-mini: classifier features, then CLIP embeddings)."""
     make = {"canvas-mini": _canvas_mini_reference, "folder": _folder_reference}.get(judging.fid)
-    return [make(judging, name, kind, max(batch_size, 64), progress) if make else None for name, kind in judging.targets]
+    return [make(judging, name, kind, max(batch_size, 64), progress) if make else [] for name, kind in judging.targets]
 
 
 def _clip_sums(judging: Judging) -> list[ClipSums]:

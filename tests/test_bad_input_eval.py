@@ -315,3 +315,12 @@ def test_protocol_file_with_a_bad_template(tmp_path, capfd):
 def test_grid_unknown_style(tmp_path, capfd):
     refused(["grid", "--model", MODEL, "--out", str(tmp_path / "g.png"), "--styles", "Van_Gogh"], tmp_path, capfd,
             "'Van_Gogh' is not a style or object of protocol 'canvas-mini'")
+
+
+def test_grid_max_rows_needs_compare(tmp_path, capfd):
+    refused(grid_args(tmp_path / "g.png", "--max-rows", "2"), tmp_path, capfd, "--max-rows needs --compare")
+
+
+def test_eval_lpips_weights_missing(tmp_path, capfd):
+    refused(["eval", "--model", MODEL, "--target", "Watercolor", "--kind", "style", "--out", str(tmp_path / "o"),
+             "--lpips-weights", str(tmp_path / "alex.pth")], tmp_path, capfd, "LPIPS weights not found")

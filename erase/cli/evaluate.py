@@ -44,6 +44,11 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--object-classifier", default=None, help="unlearncanvas: local style50_cls.pth (ViT-L/16, 20 classes)")
     p.add_argument("--templates", default=None, help="file of other prompt templates (one per line, {style} and {object}): "
                    "out-of-distribution UA / IRA / CRA, reported under 'ood'")
+    p.add_argument("--no-fidelity", action="store_true", help="with --patch: skip same-seed retain fidelity against the original model "
+                   "(whose answer set is otherwise generated once per model and protocol, and cached)")
+    p.add_argument("--lpips-weights", default=None, help="real models: local torchvision AlexNet / VGG16 weights (or a saved lpips.LPIPS "
+                   "state dict) for the LPIPS distance of retain fidelity; canvas-mini uses its classifiers' feature maps")
+    p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg"], help="backbone of --lpips-weights")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def run(args):
@@ -70,12 +75,15 @@ def _eval(p: argparse.ArgumentParser):
         _threads(args)
         opts = EvalOptions(templates=templates, batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
                            fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
-                           object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet)
+                           object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet,
+                           fidelity=not args.no_fidelity, lpips_weights=args.lpips_weights, lpips_net=args.lpips_net)
         judging = prepare_judging(protocol, targets, opts)  # judges, CLIP, FID set-up: all checked before the model loads
         pipe, _ = _load(args)
         report = evaluate(pipe, protocol, targets, out, model_id=args.model, patch=args.patch, options=opts, judging=judging)
         for t in report["targets"]:
-            print(f"{t['target']:>16s} ({t['kind']}): UA {100 * t['ua']:5.1f}  IRA {100 * t['ira']:5.1f}  CRA {100 * t['cra']:5.1f}")
+            fidelity = t.get("retain_fidelity")
+            kept = f"  retained PSNR {fidelity['psnr']:.1f} dB" if fidelity and fidelity.get("psnr") is not None else ""
+            print(f"{t['target']:>16s} ({t['kind']}): UA {100 * t['ua']:5.1f}  IRA {100 * t['ira']:5.1f}  CRA {100 * t['cra']:5.1f}{kept}")
         print(f"report: {out / 'report.md'}")
 
     return run
@@ -91,7 +99,9 @@ def _grid(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the protocol's)")
     p.add_argument("--sampler", default=None, choices=_sampler_names(), help="sampler to use instead of the protocol's: " + ", ".join(_sampler_names()))
-    p.add_argument("--compare", action="store_true", help="with --patch: original and erased side by side, same seeds")
+    p.add_argument("--compare", action="store_true", help="with --patch: original and erased side by side, same seeds; each row is "
+                   "labelled with its same-seed PSNR")
+    p.add_argument("--max-rows", type=int, default=None, help="with --compare: keep only the N rows that changed most (lowest PSNR first)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     def run(args):
@@ -109,6 +119,10 @@ def _grid(p: argparse.ArgumentParser):
             raise UsageError(f"{out} exists; pass --overwrite or choose another file")
         if args.compare and not args.patch:
             raise UsageError("--compare needs --patch")
+        if args.max_rows is not None:
+            check_positive("--max-rows", args.max_rows)
+            if not args.compare:
+                raise UsageError("--max-rows needs --compare (rows are ranked by how much the patch changed them)")
         protocol = load_protocol(args.protocol).with_overrides(steps=args.steps, sampler=args.sampler)
         rows_axis, cols_axis = _grid_axes(protocol)
         styles = args.styles.split(",") if args.styles else rows_axis.concepts
@@ -125,7 +139,9 @@ def _grid(p: argparse.ArgumentParser):
             from pipelines.stable_diffusion import apply_patch
 
             apply_patch(pipe, ErasurePatch.from_pretrained(patch_path), scale=args.scale)
-            img = compare_grid(original, _grid_rows(pipe, protocol, styles, objects, args.seed), styles, objects)
+            erased = _grid_rows(pipe, protocol, styles, objects, args.seed)
+            order, labels = _rank_rows(original, erased, styles, args.max_rows)
+            img = compare_grid([original[i] for i in order], [erased[i] for i in order], labels, objects)
         else:
             pipe, _ = _load(args)
             img = image_grid(_grid_rows(pipe, protocol, styles, objects, args.seed), styles, objects, title=f"{args.model} seed {args.seed}")
@@ -133,6 +149,22 @@ def _grid(p: argparse.ArgumentParser):
         print(f"wrote {out}")
 
     return run
+
+
+def _rank_rows(original: list[list], erased: list[list], names: list[str], max_rows: int | None) -> tuple[list[int], list[str]]:
+    """Row order and labels of a comparison grid: each row's mean same-seed PSNR in its label; with ``max_rows``,
+    only the rows that changed most, lowest PSNR first."""
+    import numpy as np
+    import torch
+
+    from eval.fidelity import psnr
+
+    def tensor(row):
+        return torch.from_numpy(np.stack(row)).permute(0, 3, 1, 2).float() / 255
+
+    values = [float(psnr(tensor(o), tensor(e)).mean()) for o, e in zip(original, erased)]
+    order = sorted(range(len(names)), key=values.__getitem__)[:max_rows] if max_rows else list(range(len(names)))
+    return order, [f"{names[i]} {values[i]:.1f} dB" for i in order]
 
 
 def _grid_axes(protocol):
