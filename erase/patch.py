@@ -162,6 +162,22 @@ def _unpack(bits: torch.Tensor, shape) -> torch.Tensor:
     return torch.from_numpy(unpacked[:n].astype(bool)).view(*shape)
 
 
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted: safetensors writes metadata from a hash map,
+    in an order that changes from process to process, and the same patch must be the same bytes (batch jobs,
+    reruns). Same length (padded with spaces, as the format allows), so no tensor offset moves."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > n:  # cannot happen (same content), but never corrupt a file over it
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
+
+
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -267,6 +283,7 @@ class ErasurePatch:
                 tensors[f"{name}::mask"] = _pack(self.masks[name])
                 tensors[f"{name}::values"] = delta.contiguous()
         save_file(tensors, str(tmp / PATCH_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        _canonical_header(tmp / PATCH_FILE)
         self.config["patch_sha256"] = _file_sha256(tmp / PATCH_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
         # the config names the tensors file's hash, so a kill between the two renames leaves a pair that is refused

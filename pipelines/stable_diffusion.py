@@ -107,10 +107,43 @@ def _from_pretrained(model: str, path: Path, kwargs: dict, local_files_only: boo
 __all__ = ["load_pipeline", "save_erased", "apply_patch", "remove_patch", "set_patch_scale", "applied_patches", "named_parameters"]
 
 
-def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False) -> Path:
+def model_card(history: list[dict], base_model: str | None, metrics: dict | None = None) -> str:
+    """README.md with the YAML front matter the Hugging Face Hub reads: base model, library, tags, erased concepts,
+    method and preset, and the measured UA / IRA / CRA / retain fidelity when given."""
+    import json
+
+    concepts = [h["request"]["concept"] for h in history if h.get("request")]
+    methods = sorted({h["method"] for h in history if h.get("method")})
+    front = ["---", "library_name: diffusers", "tags:", "- stable-diffusion", "- concept-erasure", "- erasekit"]
+    front += [f"- {m}" for m in methods]
+    if base_model:
+        front.append(f"base_model: {json.dumps(str(base_model))}")
+    front.append("erased_concepts: " + json.dumps(concepts))
+    front += ["---", ""]
+    body = [f"# Erased: {', '.join(concepts) or 'nothing'}", "",
+            f"This pipeline is {base_model or 'a base model'} with {len(history)} erasure patch(es) from erasekit folded into its weights. "
+            "It loads with plain `diffusers.StableDiffusionPipeline.from_pretrained`.", "",
+            "| concept | kind | anchor | method | preset | scale |", "|---|---|---|---|---|---|"]
+    for h in history:
+        r = h.get("request") or {}
+        body.append(f"| {r.get('concept')} | {r.get('kind')} | {r.get('anchor')} | {h.get('method')} | {h.get('preset')} | {h.get('scale')} |")
+    if metrics:
+        def pct(x):
+            return "n/a" if x is None else f"{100 * x:.1f}"
+
+        psnr = metrics.get("retained_psnr")
+        body += ["", "## Measured", "",
+                 f"UA {pct(metrics.get('ua'))}, IRA {pct(metrics.get('ira'))}, CRA {pct(metrics.get('cra'))}"
+                 + (f", same-seed retained PSNR {psnr:.1f} dB" if psnr is not None else "") + " (erasekit evaluation; see its report).", ""]
+    body += ["", "Patch details: `erasure_history.json`.", ""]
+    return "\n".join(front + body)
+
+
+def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False, metrics: dict | None = None) -> Path:
     """Save the patched pipeline as a plain diffusers folder (loads with StableDiffusionPipeline.from_pretrained).
 
-    Written to a temp folder and renamed; the applied patches' configs go to ``erasure_history.json``.
+    Written to a temp folder and renamed; the applied patches' configs go to ``erasure_history.json`` and a
+    model card (``README.md`` with Hub front matter; ``metrics`` when the erasure was evaluated) describes them.
     """
     import json
     import shutil
@@ -121,9 +154,11 @@ def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False) -> Path:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
-    history = [{"scale": a["scale"], **{k: a["config"].get(k) for k in ("method", "request", "patch_sha256", "package_version")}}
+    history = [{"scale": a["scale"], **{k: a["config"].get(k) for k in ("method", "preset", "request", "base_model", "patch_sha256", "package_version")}}
                for a in applied_patches(pipe)]
     (tmp / "erasure_history.json").write_text(json.dumps(history, indent=2, default=str))
+    base = next((h["base_model"] for h in history if h.get("base_model")), getattr(pipe, "name_or_path", None))
+    (tmp / "README.md").write_text(model_card(history, base, metrics))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -8,6 +8,7 @@ each layer imports only the layers below it. Function-level imports count too.
     pipelines.*  -> erase core (patch format, components)  (never eval, methods, loop or the CLI)
     eval.*       -> pipelines, erase core                  (never methods, the API or the CLI)
     erase.api    -> core + registry (methods load through it)
+    erase.batch  -> api + core (jobs, manifest, locks; never eval or pipelines)
     erase.cli.*, erase.demo                                (top: the only modules that know every subsystem)
 """
 
@@ -83,13 +84,17 @@ CORE = {"erase.errors", "erase.components", "erase.files", "erase.patch", "erase
 
 def _forbidden(module: str) -> tuple[str, ...]:
     if module in CORE:
-        return ("pipelines", "eval", "erase.cli", "erase.api", "erase.methods", "erase.demo")
+        return ("pipelines", "eval", "erase.cli", "erase.api", "erase.methods", "erase.demo", "erase.batch")
     if module.startswith("erase.methods"):
-        return ("pipelines", "eval", "erase.cli", "erase.api", "erase.demo")
+        return ("pipelines", "eval", "erase.cli", "erase.api", "erase.demo", "erase.batch")
     if module.startswith("pipelines"):
-        return ("eval", "erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo")
+        return ("eval", "erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo", "erase.batch")
     if module.startswith("eval"):
-        return ("erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo")
+        return ("erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo", "erase.batch")
+    if module == "erase.api":
+        return ("erase.cli", "erase.demo", "erase.batch")
+    if module == "erase.batch":  # jobs, manifest and locks: above the API, below the CLI; evaluation is the CLI's
+        return ("pipelines", "eval", "erase.cli", "erase.demo", "erase.methods")
     return ()
 
 

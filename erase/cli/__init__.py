@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from ..errors import EraseError
-from . import erasing, evaluate  # noqa: F401  (each module registers its subcommands)
+from . import batch, erasing, evaluate  # noqa: F401  (each module registers its subcommands)
 from .common import COMMANDS
 
 
