@@ -12,7 +12,7 @@ Layout of DIR::
 A job counts as done only when its ``job.json`` exists and the patch file's SHA-256 matches it, so a job
 killed at any point is redone (or continued from its checkpoint) on ``--resume``, never taken as finished.
 ``manifest.jsonl`` is rebuilt from the ``job.json`` files after each job, under a file lock and written to a
-temp file then renamed, so several processes (``accelerate launch --num_processes N``: each takes every N-th
+temp file then renamed, so several processes (accelerate launch or torchrun with N processes: each takes every N-th
 concept) keep one consistent manifest. A lock file per process rank refuses a second batch writing the same
 folder at the same time.
 """

@@ -101,3 +101,18 @@ def test_error_messages_name_only_options_that_exist():
     assert quoted, "the scan found no quoted flags at all"
     unknown = {flag: where for flag, where in quoted.items() if flag not in known}
     assert not unknown, f"messages name options that do not exist: {unknown}"
+
+
+def test_every_shipped_preset_resolves():
+    """Each assets/presets/<method>/<name>.json names a registered method and only options it has, with valid values."""
+    from pathlib import Path
+
+    from erase.api import resolve_config
+    from erase.registry import list_methods
+
+    root = Path(__file__).resolve().parents[1] / "assets" / "presets"
+    presets = sorted(root.glob("*/*.json"))
+    assert len(presets) >= 8
+    for path in presets:
+        assert path.parent.name in list_methods(), path
+        resolve_config(path.parent.name, path.stem)

@@ -3,6 +3,8 @@
 Style erasure, 3 targets: mean UA >= 90%, mean IRA and CRA at most 5 points below the original model.
 Object erasure, 2 targets: mean UA >= 85%, same IRA / CRA tolerance. 5 evaluation seeds, shipped classifiers.
 Each erasure under 3 minutes, and the patch under half the UNet's safetensors.
+Retain fidelity (issue 9): mean UA >= 95% over the five targets, IRA and CRA at most 2 points below the original's
+on every target, and same-seed retained PSNR >= 24 dB on every target.
 """
 
 import numpy as np
@@ -35,6 +37,14 @@ def test_style_erasure(summary):
 def test_object_erasure(summary):
     m = summary["object_mean"]
     assert m["ua"] >= 0.85 and m["d_ira_points"] >= -5 and m["d_cra_points"] >= -5, m
+
+
+def test_retain_fidelity(summary):
+    rows = summary["rows"]
+    assert sum(r["ua"] for r in rows) / len(rows) >= 0.95, [r["ua"] for r in rows]
+    for r in rows:
+        assert r["d_ira_points"] >= -2 and r["d_cra_points"] >= -2, r
+        assert r["retained_psnr"] >= 24, (r["target"], r["retained_psnr"])
 
 
 def test_efficiency(summary):

@@ -1,7 +1,8 @@
 """``erase batch``: erase every concept of a list, one patch each (or one joint patch), resumable and shardable.
 
     erase batch --model PATH --method salun --preset canvas-mini --concepts styles.txt --kind style --out DIR --eval
-    accelerate launch --multi_gpu --num_processes 2 -m erase batch ...     # each process takes every 2nd concept
+
+Under ``accelerate launch`` or ``torchrun`` with N processes (``-m erase batch ...``), each takes every N-th concept.
 
 See ``erase.batch`` for the folder layout and what makes a job finished.
 """
