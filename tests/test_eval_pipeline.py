@@ -63,9 +63,10 @@ def test_fid_reference_and_generated_set_both_exclude_the_target(small):
     first, second = small["rendered"][:100], small["rendered"][100:]
     assert len(small["rendered"]) == 199
     assert not [p for p in first if p[0] == "Watercolor"] and not [p for p in second if p[1] == "Birds"]
-    # one cached reference per excluded concept, each holding exactly the non-target renders
+    # one cached reference per excluded concept and feature space (classifier features, CLIP embeddings), each holding
+    # exactly the non-target renders; both feature spaces were fed from one rendering (199 renders above, not 398)
     counts = sorted(int(load_file(str(f))["real_features_num_samples"]) for f in small["cache"].glob("fid_ref_*.safetensors"))
-    assert counts == [99, 100]
+    assert counts == [99, 99, 100, 100]
 
 
 def test_scoring_streams_the_answer_set_in_batches(small):
