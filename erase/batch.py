@@ -86,28 +86,49 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def claim_folder(out: Path, identity: dict, *, resume: bool, rank: int) -> None:
-    """Refuse an existing folder without --resume and a folder of another batch; write batch.json (rank 0)."""
+def claim_folder(out: Path, identity: dict, *, resume: bool, rank: int, wait_seconds: float = 300) -> None:
+    """Rank 0 refuses an existing folder without --resume and a folder of another batch, then writes batch.json
+    with its launcher's pid; other ranks wait for the batch.json of their own launch and check it is the same batch."""
     existing = out / BATCH_FILE
     if out.exists() and not out.is_dir():
         raise BatchError(f"--out {out} is a file; give a folder path")
+    launcher = os.getppid()  # the ranks of one accelerate / torchrun launch share their parent
+    if rank > 0:
+        deadline = time.time() + wait_seconds
+        while True:
+            prev = _read_batch(existing)
+            if prev is not None and prev.get("launcher") == launcher:
+                break
+            if time.time() > deadline:
+                raise BatchError(f"rank 0 of this launch did not claim {out} within {wait_seconds:.0f} s (see its error)")
+            time.sleep(0.2)
+        _check_same(out, prev, identity)
+        return
     if existing.exists():
-        try:
-            prev = json.loads(existing.read_text())
-        except (OSError, ValueError):
-            raise BatchError(f"{existing} is unreadable; it is not a batch this tool wrote: choose another --out") from None
+        prev = _read_batch(existing)
+        if prev is None:
+            raise BatchError(f"{existing} is unreadable; it is not a batch this tool wrote: choose another --out")
         if not resume:
             raise BatchError(f"{out} holds a batch already; pass --resume to continue it, or choose another --out")
-        diff = [k for k in sorted(set(prev) | set(identity)) if prev.get(k) != identity.get(k) and k != "concepts"]
-        if diff:
-            raise BatchError(f"{out} holds a batch made with another {' / '.join(diff[:3])}; --resume continues the same batch only: "
-                             "choose another --out")
-        return
-    if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".lock")) and rank == 0:
+        _check_same(out, prev, identity)
+    elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".lock")):
         raise BatchError(f"{out} exists and is not a batch folder; choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        write_json_atomic(existing, identity)
+    write_json_atomic(existing, {**identity, "launcher": launcher})
+
+
+def _read_batch(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_same(out: Path, prev: dict, identity: dict) -> None:
+    diff = [k for k in sorted(set(prev) | set(identity)) if k not in ("concepts", "launcher") and prev.get(k) != identity.get(k)]
+    if diff:
+        raise BatchError(f"{out} holds a batch made with another {' / '.join(diff[:3])}; --resume continues the same batch only: "
+                         "choose another --out")
 
 
 @contextmanager

@@ -9,7 +9,6 @@ See ``erase.batch`` for the folder layout and what makes a job finished.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..files import check_writable
@@ -82,7 +81,8 @@ def _batch(p):
         if args.eval:
             _write_summary(out, protocol, args.kind, list(requests))
         done = sum(1 for r in records if r.get("status") == "done")
-        print(f"{done}/{len(requests)} jobs done; manifest: {out / 'manifest.jsonl'}")
+        mine_note = f" (this process: {len(mine)} of them)" if world > 1 else ""
+        print(f"{done}/{len(requests)} jobs done so far{mine_note}; manifest: {out / 'manifest.jsonl'}")
 
     return run
 
@@ -103,11 +103,17 @@ def _evaluator(pipe, protocol, args, out: Path):
     from eval.report import EvalOptions, evaluate
     from pipelines.stable_diffusion import apply_patch, remove_patch
 
+    from ..batch import process_rank
+    from ..files import write_json_atomic
+
     if args.eval_seeds:
         protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
     opts = EvalOptions(progress=not args.quiet, grid=False, device=default_device(args))
-    original = evaluate(pipe, protocol, [(protocol.concepts(args.kind)[0], args.kind)], out / ".original-eval", model_id=args.model, options=opts)
-    (out / "original.json").write_text(json.dumps({"per_concept": original["per_concept"], "fid": original.get("fid")}, indent=2))
+    rank = process_rank()[0]  # each process evaluates the original in its own folder; the answer-set cache is shared
+    original = evaluate(pipe, protocol, [(protocol.concepts(args.kind)[0], args.kind)], out / f".original-eval-rank{rank}", model_id=args.model,
+                        options=opts)
+    if rank == 0:
+        write_json_atomic(out / "original.json", {"per_concept": original["per_concept"], "fid": original.get("fid")})
 
     def fn(concept: str, patch, folder: Path) -> dict:
         targets = [(c, args.kind) for c in (patch.config["request"]["concept"].split("+") if concept == "joint" else [concept])]
