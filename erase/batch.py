@@ -20,7 +20,6 @@ folder at the same time.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -28,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import EraseError
-from .files import write_json_atomic
+from .files import file_sha256, write_json_atomic
 
 BATCH_FILE = "batch.json"
 MANIFEST = "manifest.jsonl"
@@ -78,14 +77,6 @@ def process_rank() -> tuple[int, int]:
 
 
 # -- the output folder -------------------------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def claim_folder(out: Path, identity: dict, *, resume: bool, rank: int, wait_seconds: float = 300) -> None:
     """Rank 0 refuses an existing folder without --resume and a folder of another batch, then writes batch.json
     with its launcher's pid; other ranks wait for the batch.json of their own launch and check it is the same batch."""
@@ -193,7 +184,7 @@ def run_jobs(pipe, *, method: str, preset: str | None, overrides: dict, requests
     from .api import erase_concept
 
     for k, concept in enumerate(requests, 1):
-        if job_record(out, concept) is not None and job_record(out, concept).get("status") == "done":
+        if (job_record(out, concept) or {}).get("status") == "done":
             log(f"[{k}/{len(requests)}] {concept}: done already (patch verified), skipped")
             continue
         folder = out / concept

@@ -32,7 +32,7 @@ def _load_images(folder: Path, styles, objects, seed):
     return [[np.asarray(Image.open(folder / image_name(s, o, seed)).convert("RGB")) for o in objects] for s in styles]
 
 
-def _grid_rows(protocol, concept: str, kind: str, fidelity: dict) -> tuple[list[str], list[str]]:
+def _grid_rows(concept: str, kind: str, fidelity: dict) -> tuple[list[str], list[str]]:
     """Rows of the comparison grid: the target first (for a style), then the retained styles worst PSNR first,
     each labelled with its same-seed PSNR."""
     psnr = {c: v["psnr"] for c, v in fidelity["per_concept"]["style"].items()}
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
 
     objects = protocol.objects[:5]
     seed = protocol.seeds[0]
-    rows, labels = _grid_rows(protocol, args.concept, args.kind, erased["retain_fidelity"])
+    rows, labels = _grid_rows(args.concept, args.kind, erased["retain_fidelity"])
     grid = compare_grid(_load_images(out / "original" / "images", rows, objects, seed),
                         _load_images(out / "erased" / "images", rows, objects, seed), labels, objects, scale=3)
     save_png(grid, out / "original_vs_erased.png")

@@ -9,6 +9,17 @@ from pathlib import Path
 from .errors import EraseError
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 16 MB blocks (patches and model files can be large)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def check_writable(option: str, path: str | Path, *, folder: bool) -> Path:
     """Raise unless ``path`` (a folder if ``folder``, else a file) can be created or written: nothing on its way
     is a file and its nearest existing ancestor is writable. Writes nothing."""

@@ -44,6 +44,7 @@ import torch
 
 from .components import component_of, model_components, named_parameters
 from .errors import EraseError
+from .files import file_sha256
 
 PATCH_FILE = "erasure_patch.safetensors"
 CONFIG_FILE = "erasure_config.json"
@@ -178,14 +179,6 @@ def _canonical_header(path: Path) -> None:
         f.write(text + b" " * (n - len(text)))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class ErasurePatch:
     """Deltas for some base tensors. ``masks[name]`` is None for dense deltas; masked deltas hold values only."""
@@ -284,7 +277,7 @@ class ErasurePatch:
                 tensors[f"{name}::values"] = delta.contiguous()
         save_file(tensors, str(tmp / PATCH_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         _canonical_header(tmp / PATCH_FILE)
-        self.config["patch_sha256"] = _file_sha256(tmp / PATCH_FILE)
+        self.config["patch_sha256"] = file_sha256(tmp / PATCH_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
         # the config names the tensors file's hash, so a kill between the two renames leaves a pair that is refused
         for f in (PATCH_FILE, CONFIG_FILE):
@@ -313,7 +306,7 @@ class ErasurePatch:
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise PatchError(f"{folder / CONFIG_FILE} is not an erasekit patch config (a JSON object with format {FORMAT!r})")
         sha = config.get("patch_sha256")
-        if sha is not None and _file_sha256(folder / PATCH_FILE) != sha:
+        if sha is not None and file_sha256(folder / PATCH_FILE) != sha:
             raise PatchError(f"{folder / PATCH_FILE} does not match its config (truncated, edited or half-written); re-create the patch")
         try:
             raw = load_file(str(folder / PATCH_FILE))

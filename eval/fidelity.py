@@ -200,8 +200,12 @@ class RetainFidelity(Metric):
 
 
 # -- the original's answer set, cached -------------------------------------------------------------------
-def original_key(identity: str, protocol) -> str:
-    return hashlib.sha256(json.dumps({"model": identity, "protocol": protocol.to_dict()}, sort_keys=True).encode()).hexdigest()[:24]
+def original_folder(pipe, protocol, cache: Path | None = None) -> Path:
+    """Where the unpatched ``pipe``'s answer set for ``protocol`` is cached (the model's identity and the whole protocol)."""
+    from erase.data import cache_dir, model_identity
+
+    key = json.dumps({"model": model_identity(pipe), "protocol": protocol.to_dict()}, sort_keys=True)
+    return Path(cache or cache_dir()) / "answer-sets" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def original_answer_set(pipe, protocol, *, batch_size: int = 64, progress: bool = True, cache: Path | None = None) -> Path:
@@ -211,13 +215,12 @@ def original_answer_set(pipe, protocol, *, batch_size: int = 64, progress: bool 
     the base model's identity and the whole protocol (seeds, sampler, steps, guidance, template, size).
     Generation is resumable; the folder counts as ready only once every image is there (``complete``).
     """
-    from erase.data import cache_dir, model_identity
     from erase.patch import patches_disabled
 
     from .answer_set import check_answer_set, generate_answer_set
 
     with patches_disabled(pipe):
-        folder = Path(cache or cache_dir()) / "answer-sets" / original_key(model_identity(pipe), protocol)
+        folder = original_folder(pipe, protocol, cache)
         if not (folder / "complete").exists():
             generate_answer_set(pipe, protocol, folder / "images", batch_size=batch_size, progress=progress)
             check_answer_set(protocol, folder / "images")
@@ -227,9 +230,7 @@ def original_answer_set(pipe, protocol, *, batch_size: int = 64, progress: bool 
 
 def remember_original(pipe, protocol, images: Path, cache: Path | None = None) -> None:
     """Copy an unpatched model's finished answer set into the cache (so patches evaluated later reuse it)."""
-    from erase.data import cache_dir, model_identity
-
-    folder = Path(cache or cache_dir()) / "answer-sets" / original_key(model_identity(pipe), protocol)
+    folder = original_folder(pipe, protocol, cache)
     if (folder / "complete").exists():
         return
     tmp = folder.with_name(f".{folder.name}-{os.getpid()}.tmp")

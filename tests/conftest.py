@@ -60,3 +60,25 @@ def interrupted(monkeypatch, eraser_cls, at_step: int):
 
     monkeypatch.setattr(eraser_cls, "step", step)
     return lambda: monkeypatch.setattr(eraser_cls, "step", real)
+
+
+def assert_resume_is_bit_identical(pipe, method: str, eraser_cls, request, over: dict, tmp_path, monkeypatch, *, interrupt_at: int,
+                                   resumed_from: int):
+    """Run ``method`` straight through, then interrupted at step ``interrupt_at`` and resumed on a freshly built model:
+    the resume starts at checkpoint ``resumed_from`` and the two patches are bit-identical."""
+    import pytest
+    import torch
+
+    from erase.api import erase_concept
+
+    full = erase_concept(pipe, method, request, tmp_path / "full", overrides=over, progress=False)
+    restore = interrupted(monkeypatch, eraser_cls, interrupt_at)
+    with pytest.raises(KeyboardInterrupt):
+        erase_concept(pipe, method, request, tmp_path / "resumed", overrides=over, progress=False)
+    restore()
+    resumed = erase_concept(pipe.__class__(**build_tiny_pipe().components), method, request, tmp_path / "resumed", overrides=over,
+                            resume=True, progress=False)
+    assert resumed.config["timing"]["resumed_from"] == resumed_from
+    assert resumed.names() == full.names()
+    for n in full.names():
+        assert torch.equal(resumed.deltas[n], full.deltas[n]), n

@@ -7,7 +7,7 @@ from erase.api import erase_concept, resolve_config
 from erase.errors import EraseError
 from pipelines.stable_diffusion import named_parameters
 
-from test_salun import fresh_components, request
+from test_salun import request
 
 TINY = {"steps": 3, "warmup": 1, "anchor_seeds": 1, "retain_seeds": 1, "data_steps": 2, "batch_size": 2, "retain_batch_size": 2,
         "lr": 1e-3, "disc_layers": 2, "disc_width": 8}
@@ -64,21 +64,11 @@ def test_gradients_never_cross_between_generator_and_discriminator(tiny_pipe, tm
 
 
 def test_resume_is_bit_identical(tiny_pipe, tmp_path, monkeypatch):
+    from conftest import assert_resume_is_bit_identical
     from erase.methods.doco import DoCo
 
     over = {**TINY, "steps": 6, "warmup": 2, "checkpoint_every": 2}
-    full = erase_concept(tiny_pipe, "doco", request(), tmp_path / "full", overrides=over, progress=False)
-    from conftest import interrupted
-
-    restore = interrupted(monkeypatch, DoCo, 5)
-    with pytest.raises(KeyboardInterrupt):
-        erase_concept(tiny_pipe, "doco", request(), tmp_path / "resumed", overrides=over, progress=False)
-    restore()
-    resumed = erase_concept(tiny_pipe.__class__(**fresh_components()), "doco", request(), tmp_path / "resumed", overrides=over,
-                            resume=True, progress=False)
-    assert resumed.config["timing"]["resumed_from"] == 4
-    for n in full.names():
-        assert torch.equal(resumed.deltas[n], full.deltas[n]), n
+    assert_resume_is_bit_identical(tiny_pipe, "doco", DoCo, request(), over, tmp_path, monkeypatch, interrupt_at=5, resumed_from=4)
 
 
 @pytest.mark.parametrize("over, match", [

@@ -9,7 +9,7 @@ from erase.errors import EraseError
 from erase.methods.uce import erase_pairs, uce_solve
 from pipelines.stable_diffusion import named_parameters
 
-from test_salun import fresh_components, request
+from test_salun import request
 
 
 def _objective(w, w_old, ce, ct, ck, kw, lam, se):
@@ -96,17 +96,8 @@ def test_esd_regresses_onto_the_negatively_guided_prediction(tiny_pipe, tmp_path
 
 
 def test_esd_resume_is_bit_identical(tiny_pipe, tmp_path, monkeypatch):
-    from conftest import interrupted
+    from conftest import assert_resume_is_bit_identical
     from erase.methods.esd import ESD
 
     over = {"steps": 5, "sample_steps": 3, "lr": 1e-3, "checkpoint_every": 2}
-    full = erase_concept(tiny_pipe, "esd", request(), tmp_path / "full", overrides=over, progress=False)
-    restore = interrupted(monkeypatch, ESD, 3)
-    with pytest.raises(KeyboardInterrupt):
-        erase_concept(tiny_pipe, "esd", request(), tmp_path / "resumed", overrides=over, progress=False)
-    restore()
-    resumed = erase_concept(tiny_pipe.__class__(**fresh_components()), "esd", request(), tmp_path / "resumed", overrides=over,
-                            resume=True, progress=False)
-    assert resumed.config["timing"]["resumed_from"] == 2
-    for n in full.names():
-        assert torch.equal(resumed.deltas[n], full.deltas[n]), n
+    assert_resume_is_bit_identical(tiny_pipe, "esd", ESD, request(), over, tmp_path, monkeypatch, interrupt_at=3, resumed_from=2)
