@@ -199,7 +199,10 @@ def _interrupted_run(tmp_path, concept="Watercolor"):
     out = tmp_path / "interrupted"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "erase.cli", *run_args(out, *QUICK, "--steps", "400", "--quiet", concept=concept)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell's background jobs (`make test &`, nohup) inherit SIGINT ignored, and Python keeps it ignored:
+    # give the child the default disposition so that Ctrl-C reaches it as it would from a terminal.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "checkpoint" / "meta.json").exists():
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"

@@ -58,6 +58,9 @@ class Recipe:
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     checkpoint_every: int = 1000
+    # Styles whose images the generator never sees (tokenizer, VAE, UNet and text encoder): the gold
+    # exact-unlearning reference that erasure methods are benchmarked against.
+    exclude_styles: tuple = ()
 
 
 def _seed_all(seed: int) -> torch.Generator:
@@ -117,6 +120,9 @@ class Builder:
         else:
             rs = render_set(use, per_pair, progress=True)
             save_file({"images": rs.images, "style": rs.style, "obj": rs.obj}, str(path))
+        if use == "generator" and self.r.exclude_styles:
+            keep = ~torch.isin(rs.style, torch.tensor([STYLES.index(s) for s in self.r.exclude_styles]))
+            rs = RenderSet(rs.images[keep], rs.style[keep], rs.obj[keep])
         self._cache[key] = rs
         return rs
 
@@ -380,6 +386,9 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads (2 is fastest on a 2-core machine)")
     p.add_argument("--unet-steps", type=int, default=None, help="override the recipe's UNet steps")
+    p.add_argument("--exclude-style", action="append", default=[], metavar="STYLE",
+                   help="train the generator without this style's images (repeatable): the gold retrained reference; "
+                        "use with --stages tokenizer,vae,unet and an --out of its own, e.g. assets/canvas-mini/gold-Watercolor")
     p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few renders: checks the plumbing, not the quality")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -387,6 +396,15 @@ def main(argv=None) -> None:
     if args.smoke:
         recipe = Recipe(generator_renders_per_pair=2, classifier_renders_per_pair=2, vae_steps=3, classifier_steps=3,
                         clip_steps=3, unet_steps=4, unet_warmup=1, checkpoint_every=2)
+    if args.exclude_style:
+        from .world import check_style
+
+        for style in args.exclude_style:
+            try:
+                check_style(style)
+            except ValueError as e:
+                p.error(str(e))
+        recipe.exclude_styles = tuple(args.exclude_style)
     if args.unet_steps is not None:
         recipe.unet_steps = args.unet_steps
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
