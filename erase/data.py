@@ -83,7 +83,8 @@ def generations(pipe, prompts: list[str], per_prompt: int, first_seed: int, *, s
         return torch.zeros(0), idx
     seeds = [first_seed + k for _ in prompts for k in range(per_prompt)]
     key = {"model": identity or model_identity(pipe), "prompts": prompts, "seeds": seeds, "steps": steps, "guidance": guidance,
-           "scheduler": type(pipe.scheduler).__name__, "scheduler_config": dict(pipe.scheduler.config)}
+           "scheduler": type(pipe.scheduler).__name__, "scheduler_config": dict(pipe.scheduler.config),
+           "sample_size": pipe.unet.config.sample_size}  # the pipeline's default size is the generations' size
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_dir() / "generations" / f"{digest}.safetensors"
     if cache and path.exists():

@@ -46,14 +46,18 @@ def progress_bar(total: int, desc: str, *, initial: int = 0, enabled: bool = Tru
     return tqdm(total=total, initial=initial, desc=desc, unit="img", file=sys.stderr, disable=not enabled, mininterval=1, dynamic_ncols=True)
 
 
-def generate_answer_set(pipe, protocol: Protocol, folder: str | Path, *, batch_size: int = 64, progress: bool = True) -> dict:
+def generate_answer_set(pipe, protocol: Protocol, folder: str | Path, *, batch_size: int = 64, progress: bool = True,
+                        entries: list[tuple] | None = None) -> dict:
     """Generate the missing images of ``protocol`` into ``folder`` with the protocol's sampler.
 
+    ``entries`` restricts generation to part of the answer set (tuples as ``protocol.answer_set()`` gives them;
+    seeds outside the protocol's are allowed); the folder's manifest is written only for the whole answer set.
     Returns counts and the sampler record: which scheduler the pipeline carried and which one was applied.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    entries = protocol.answer_set()
+    whole = entries is None
+    entries = protocol.answer_set() if whole else list(entries)
     todo = [e for e in entries if not (folder / image_name(*e)).exists()]
     with protocol_scheduler(pipe, protocol.sampler) as sampler, \
             progress_bar(len(entries), "erase eval: generating", initial=len(entries) - len(todo), enabled=progress) as bar:
@@ -78,7 +82,8 @@ def generate_answer_set(pipe, protocol: Protocol, folder: str | Path, *, batch_s
                 Image.fromarray(img).save(tmp, format="PNG")
                 os.replace(tmp, path)
             bar.update(len(chunk))
-    _write_manifest(protocol, folder)
+    if whole:
+        _write_manifest(protocol, folder)
     return {"total": len(entries), "generated": len(todo), "reused": len(entries) - len(todo), "sampler": {**sampler, "eta": protocol.eta}}
 
 

@@ -228,6 +228,30 @@ def original_answer_set(pipe, protocol, *, batch_size: int = 64, progress: bool 
     return folder / "images"
 
 
+def reuse_original(pipe, protocol, images: Path, cache: Path | None = None) -> int:
+    """Copy the cached answer set of the unpatched ``pipe`` into ``images`` (files not there yet); returns how many.
+
+    Evaluating the same original model again (another target, another batch) then generates nothing.
+    """
+    from erase.patch import applied_patches
+
+    if applied_patches(pipe):
+        return 0
+    cached = original_folder(pipe, protocol, cache)
+    if not (cached / "complete").exists():
+        return 0
+    images.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for src in (cached / "images").glob("*.png"):
+        dst = images / src.name
+        if not dst.exists():
+            tmp = images / f".{src.name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            copied += 1
+    return copied
+
+
 def remember_original(pipe, protocol, images: Path, cache: Path | None = None) -> None:
     """Copy an unpatched model's finished answer set into the cache (so patches evaluated later reuse it)."""
     folder = original_folder(pipe, protocol, cache)

@@ -175,6 +175,10 @@ def evaluate(
     t0 = time.time()
     original, fidelity_note = _original_for_fidelity(pipe, protocol, opt)
     t_original = time.time() - t0
+    if original is None and opt.fidelity:  # the unpatched model: its cached answer set, when there is one
+        from .fidelity import reuse_original
+
+        reuse_original(pipe, protocol, out_dir / "images")
     gen_stats = generate_answer_set(pipe, protocol, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress)
     t_gen = time.time() - t0 - t_original
     check_answer_set(protocol, out_dir / "images")

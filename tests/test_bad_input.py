@@ -309,3 +309,11 @@ def test_doco_discriminator_deeper_than_the_latents(tmp_path, capsys):
     fails(["run", "doco", "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
            "--set", "warmup=1"], capsys, "disc_layers 4 needs latents of at least 16x16; this model's are 8x8")
     assert not out.exists()
+
+
+def test_doco_discriminator_ending_in_one_pixel_at_batch_one(tmp_path, capsys):
+    out = tmp_path / "out"
+    fails(["run", "doco", "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
+           "--set", "warmup=1", "--set", "disc_layers=3", "--set", "batch_size=1"], capsys,
+          "ends in a 1x1 map, which BatchNorm cannot normalise at batch_size 1")
+    assert not out.exists()

@@ -66,6 +66,16 @@ def test_the_original_is_sampled_once(runs):
     assert out["original"]["retain_fidelity"] is None and "carries no patch" in out["original"]["retain_fidelity_note"]
 
 
+def test_the_original_evaluated_again_reuses_its_cached_answer_set(runs, canvas_pipe, protocol, tmp_path):
+    again = evaluate(canvas_pipe, protocol, TARGETS, tmp_path / "again", model_id=str(PIPELINE_DIR), options=EvalOptions(progress=False, grid=False))
+    n = len(protocol.answer_set())
+    assert again["images"] == {"total": n, "generated": 0, "reused": n}
+    assert again["per_concept"] == runs[0]["original"]["per_concept"]
+    skipped = evaluate(canvas_pipe, protocol, TARGETS, tmp_path / "no-fidelity", model_id=str(PIPELINE_DIR),
+                       options=EvalOptions(progress=False, grid=False, fid=False, fidelity=False))
+    assert skipped["images"]["generated"] == n  # --no-fidelity: no cache is read either
+
+
 def test_a_patch_that_changes_nothing_is_exact(runs):
     f = runs[0]["zero"]["retain_fidelity"]
     assert f["n"] == 100 and f["identical"] == 100  # 10 other styles x 10 objects

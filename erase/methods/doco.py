@@ -110,13 +110,17 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-def _check_disc_depth(layers: int, latent_size) -> None:
-    """Each stride-2 layer halves the latent; the last 4x4 convolution needs at least 2x2 before padding."""
+def _check_disc_depth(layers: int, latent_size, batch_size: int) -> None:
+    """Each stride-2 layer halves the latent; the last 4x4 convolution needs at least 2x2 before padding, and the
+    BatchNorm after it more than one value per channel (a 1x1 map needs a batch of at least 2)."""
     side = min(latent_size) if isinstance(latent_size, (tuple, list)) else int(latent_size)
     if side < 2**layers:
         deepest = max(1, side.bit_length() - 1)
         raise EraseError(f"disc_layers {layers} needs latents of at least {2**layers}x{2**layers}; this model's are {side}x{side}: "
                          f"--set disc_layers={deepest} or fewer (the canvas-mini preset uses 2)")
+    if layers > 1 and side < 2 ** (layers + 1) and batch_size < 2:
+        raise EraseError(f"disc_layers {layers} on {side}x{side} latents ends in a 1x1 map, which BatchNorm cannot normalise "
+                         f"at batch_size 1: --set batch_size=2 or more, or --set disc_layers={layers - 1}")
 
 
 def _bce(logits: torch.Tensor, label: float) -> torch.Tensor:
@@ -139,7 +143,7 @@ class DoCo(Eraser):
         self.acp = alphas_cumprod(pipe)
         if cfg.t_max >= len(self.acp):
             raise EraseError(f"t_max {cfg.t_max} is beyond the scheduler's {len(self.acp)} timesteps")
-        _check_disc_depth(cfg.disc_layers, self.unet.config.sample_size)
+        _check_disc_depth(cfg.disc_layers, self.unet.config.sample_size, cfg.batch_size)
         if cfg.retain_data == "retain" and not req.retain_prompts:
             raise EraseError("retain_data 'retain' needs retain prompts in the request; give retain concepts or use retain_data anchor")
         self.rng = torch.Generator("cpu").manual_seed(req.seed)

@@ -1,0 +1,417 @@
+"""The canvas-mini benchmark: every registered method on the 10 styles and 3 objects, against retraining.
+
+    python -m bench.canvas_mini [--methods all] [--workers 2] [--out runs/bench/canvas-mini] [--readme]
+
+Each (method, kind) is one ``erase batch --eval --resume`` in a worker process of its own (one CPU thread each:
+on this model one thread is as fast as two, so two workers double the throughput of a 2-core machine). On top of
+the batch's numbers a worker measures, per erased concept:
+
+* OOD UA: the target's prompts under the shipped paraphrase templates (1 seed), judged like the protocol's;
+* for the gold style, the erased model's images of the target prompts (20 probe seeds) for the Frechet distance
+  to the gold model: ``assets/canvas-mini/gold-<style>/``, retrained from scratch without that style's images.
+
+The original and the gold model are evaluated the same way. Everything resumes from ``--out``. Results:
+``bench/results/canvas-mini.json``, ``.md`` (the README table) and ``.png`` (bar chart); ``--readme`` also
+replaces the table between the README's ``bench:canvas-mini`` markers. Nothing in them is typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+OBJECT_TARGETS = ["Birds", "Fishes", "Towers"]
+GOLD_STYLE = "Watercolor"
+PROBE_SEEDS = list(range(100, 120))  # target-prompt images for the Frechet distance to gold (not the protocol's seeds)
+OOD_SEEDS = [0]
+README_MARKERS = ("<!-- bench:canvas-mini:start -->", "<!-- bench:canvas-mini:end -->")
+
+
+def gold_dir(style: str = GOLD_STYLE) -> Path:
+    from eval.canvas_mini import ASSETS_DIR
+
+    return Path(ASSETS_DIR) / f"gold-{style}"
+
+
+def targets(protocol) -> dict[str, list[str]]:
+    return {"style": [s for s in protocol.styles if s != protocol.photo_class], "object": OBJECT_TARGETS}
+
+
+# -- measurements on one model (original, gold, or the original with a patch applied) -------------------------
+def ood_target_ua(pipe, protocol, judges, target: str, kind: str, folder: Path) -> float:
+    """Share of the target's prompts, rewritten by each shipped paraphrase template, not judged as the target."""
+    from bench.acceptance import OOD_TEMPLATES
+    from eval.answer_set import generate_answer_set, read_images
+    from eval.classifiers import batched_logits
+    from eval.generate import to_tensor
+    from eval.protocols import load_templates
+
+    axis = protocol.axis_names.index(kind)
+    label = protocol.concepts(kind).index(target)
+    missed = total = 0
+    for k, template in enumerate(load_templates(OOD_TEMPLATES, protocol)):
+        sub = protocol.with_overrides(template=template, seeds=OOD_SEEDS)
+        entries = [e for e in sub.answer_set() if e[axis] == target]
+        generate_answer_set(pipe, sub, folder / f"template-{k}", entries=entries, progress=False)
+        images = to_tensor(np.stack(read_images(folder / f"template-{k}", entries, sub.resolution)))
+        pred = batched_logits(judges[kind], images).argmax(1)
+        missed += int((pred != label).sum())
+        total += len(entries)
+    return missed / total
+
+
+def probe_entries(protocol, style: str = GOLD_STYLE) -> list[tuple]:
+    sub = protocol.with_overrides(seeds=PROBE_SEEDS)
+    return [e for e in sub.answer_set() if e[0] == style]
+
+
+def generate_probe(pipe, protocol, folder: Path) -> None:
+    from eval.answer_set import generate_answer_set
+
+    generate_answer_set(pipe, protocol.with_overrides(seeds=PROBE_SEEDS), folder, entries=probe_entries(protocol), progress=False)
+
+
+def features(folder: Path, entries: list[tuple], resolution: int) -> np.ndarray:
+    """canvas-mini classifier features (style + object penultimate), the FID feature space."""
+    from eval.answer_set import read_images
+    from eval.canvas_mini import load_classifier
+    from eval.fid import ClassifierFeatures
+    from eval.generate import to_tensor
+
+    space = ClassifierFeatures(load_classifier("style").for_inference(), load_classifier("object").for_inference())
+    x = to_tensor(np.stack(read_images(folder, entries, resolution)))
+    return torch.cat([space(x[i : i + 256]) for i in range(0, len(x), 256)]).double().numpy()
+
+
+# -- one worker job -------------------------------------------------------------------------------------------
+def _done(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write(path: Path, data: dict) -> None:
+    from erase.files import write_json_atomic
+
+    write_json_atomic(path, data)
+
+
+def job_reference(name: str, out: Path) -> dict:
+    """The original (all targets) or the gold model (its style): protocol evaluation, OOD UA, probe images."""
+    from eval.canvas_mini import PIPELINE_DIR
+    from eval.classifiers import load_judges
+    from eval.protocols import load_protocol
+    from eval.report import EvalOptions, evaluate
+    from pipelines.stable_diffusion import load_pipeline
+
+    folder = out / name
+    result = _done(folder / "result.json")
+    if result:
+        return result
+    protocol = load_protocol("canvas-mini")
+    model = PIPELINE_DIR if name == "original" else gold_dir() / "pipeline"
+    pipe = load_pipeline(model)
+    wanted = [(t, k) for k, ts in targets(protocol).items() for t in ts] if name == "original" else [(GOLD_STYLE, "style")]
+    t0 = time.time()
+    r = evaluate(pipe, protocol, wanted, folder / "eval", model_id=str(model), options=EvalOptions(progress=False, grid=False))
+    judges = load_judges(protocol)
+    rows = {}
+    for t in r["targets"]:
+        rows[t["target"]] = {"kind": t["kind"], "ua": t["ua"], "ira": t["ira"], "cra": t["cra"],
+                             "ood_ua": ood_target_ua(pipe, protocol, judges, t["target"], t["kind"], folder / "ood" / t["target"])}
+    generate_probe(pipe, protocol, folder / "probe")
+    result = {"model": str(model), "rows": rows, "fid": r["fid"]["value"], "fid_clip": r["fid_clip"]["value"],
+              "clip_score": r["clip_score"]["value"], "per_concept": r["per_concept"], "seconds": round(time.time() - t0, 1)}
+    _write(folder / "result.json", result)
+    return result
+
+
+def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
+    """``erase batch --eval --resume`` of one method on one kind's targets, then OOD UA and the gold probe per patch."""
+    from erase.cli import main as erase_main
+    from erase.patch import ErasurePatch
+    from eval.canvas_mini import PIPELINE_DIR
+    from eval.classifiers import load_judges
+    from eval.protocols import load_protocol
+    from pipelines.stable_diffusion import apply_patch, load_pipeline, remove_patch
+
+    folder = out / method / kind
+    result = _done(folder / "result.json")
+    if result:
+        return result
+    protocol = load_protocol("canvas-mini")
+    concepts = targets(protocol)[kind]
+    listing = out / f"{kind}-targets.txt"
+    if not listing.exists():
+        _write_text(listing, "\n".join(concepts) + "\n")
+    t0 = time.time()
+    args = ["batch", "--model", str(PIPELINE_DIR), "--method", method, "--preset", "canvas-mini", "--concepts", str(listing),
+            "--kind", kind, "--out", str(folder / "batch"), "--eval", "--threads", str(threads), "--quiet"]
+    if (folder / "batch").exists():
+        args.append("--resume")
+    if erase_main(args) != 0:
+        raise SystemExit(f"erase batch failed for {method} {kind}s")
+    batch_seconds = time.time() - t0
+    pipe, judges = load_pipeline(PIPELINE_DIR), load_judges(protocol)
+    rows = {}
+    manifest = [json.loads(line) for line in (folder / "batch" / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    for record in manifest:
+        concept, m = record["concept"], record["metrics"]
+        job = folder / "batch" / concept
+        patch = ErasurePatch.from_pretrained(job)
+        report = json.loads((job / "eval" / "report.json").read_text())
+        apply_patch(pipe, patch)
+        try:
+            ood = ood_target_ua(pipe, protocol, judges, concept, kind, folder / "ood" / concept)
+            if concept == GOLD_STYLE:
+                generate_probe(pipe, protocol, folder / "probe")
+        finally:
+            remove_patch(pipe)
+        eff = patch.config["efficiency"]
+        rows[concept] = {"ua": m["ua"], "ira": m["ira"], "cra": m["cra"], "worst_kept": m["worst_kept"],
+                         "retained_psnr": m["retained_psnr"], "retained_perceptual": m["retained_perceptual"],
+                         "fid": m["fid"], "fid_clip": report["fid_clip"]["value"], "clip_score": report["clip_score"]["value"],
+                         "ood_ua": ood, "erase_seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"],
+                         "patch_bytes": eff["patch_bytes"], "eval_seconds": m["eval_seconds"]}
+    result = {"method": method, "kind": kind, "rows": rows, "seconds": round(time.time() - t0, 1), "batch_seconds": round(batch_seconds, 1)}
+    _write(folder / "result.json", result)
+    return result
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- the pool of workers --------------------------------------------------------------------------------------
+def run_pool(jobs: list[str], out: Path, workers: int, threads: int) -> list[str]:
+    """Run ``--job`` subprocesses, ``workers`` at a time; returns the jobs that failed (their logs in ``out/logs``)."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(jobs), {}, []
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    while pending or running:
+        while pending and len(running) < workers:
+            job = pending.pop(0)
+            log = open(out / "logs" / f"{job.replace(':', '-')}.log", "w")
+            cmd = [sys.executable, "-m", "bench.canvas_mini", "--job", job, "--out", str(out), "--threads", str(threads)]
+            running[job] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log, time.time())
+            print(f"  started {job}", flush=True)
+        time.sleep(2)
+        for job, (proc, log, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[job]
+            ok = proc.returncode == 0
+            print(f"  {'finished' if ok else 'FAILED'} {job} in {time.time() - t0:.0f} s" + ("" if ok else f" (log: {log.name})"), flush=True)
+            if not ok:
+                failed.append(job)
+    return failed
+
+
+# -- aggregation ----------------------------------------------------------------------------------------------
+MEAN_KEYS = ("ua", "ira", "cra", "retained_psnr", "retained_perceptual", "fid", "fid_clip", "clip_score", "ood_ua",
+             "erase_seconds", "peak_memory_bytes", "patch_bytes")
+
+
+def summarise(method_rows: dict[str, dict], base_rows: dict[str, dict]) -> dict:
+    """Means over a kind's targets, changes against the original, and the kept concept that suffered most."""
+    s = {k: float(np.mean([r[k] for r in method_rows.values()])) for k in MEAN_KEYS}
+    s["d_ira_points"] = 100 * float(np.mean([r["ira"] - base_rows[c]["ira"] for c, r in method_rows.items()]))
+    s["d_cra_points"] = 100 * float(np.mean([r["cra"] - base_rows[c]["cra"] for c, r in method_rows.items()]))
+    worst = min(method_rows.items(), key=lambda kv: kv[1]["worst_kept"]["accuracy"])
+    s["worst_kept"] = {"erased": worst[0], **worst[1]["worst_kept"]}
+    s["n"] = len(method_rows)
+    return s
+
+
+def frechet_to_gold(out: Path, methods: list[str], protocol) -> dict:
+    from eval.fid import frechet_distance_numpy
+
+    entries = probe_entries(protocol)
+    gold = features(out / "gold" / "probe", entries, protocol.resolution)
+    folders = {"original": out / "original" / "probe", **{m: out / m / "style" / "probe" for m in methods}}
+    return {name: frechet_distance_numpy(features(f, entries, protocol.resolution), gold) for name, f in folders.items()}
+
+
+def retrain_seconds() -> dict:
+    """What retraining costs: the shipped build's VAE + UNet stages (the stages the gold model repeats, measured on a
+    quiet 2-core machine), and the gold build's own wall time."""
+    from eval.canvas_mini import ASSETS_DIR
+
+    shipped = json.loads((Path(ASSETS_DIR) / "recipe.json").read_text())["stage_seconds"]
+    gold = json.loads((gold_dir() / "recipe.json").read_text())
+    return {"seconds": shipped["vae"] + shipped["unet"], "source": "assets/canvas-mini/recipe.json stage_seconds vae + unet",
+            "gold_build_seconds": sum(gold["stage_seconds"].get(k, 0) for k in ("vae", "unet")),
+            "gold_build_threads": gold.get("torch_threads")}
+
+
+def collect(out: Path, methods: list[str], seconds: float, workers: int) -> dict:
+    from eval.protocols import load_protocol
+
+    protocol = load_protocol("canvas-mini")
+    original = json.loads((out / "original" / "result.json").read_text())
+    per_method = {}
+    for m in methods:
+        per_method[m] = {}
+        for kind in ("style", "object"):
+            rows = json.loads((out / m / kind / "result.json").read_text())["rows"]
+            per_method[m][kind] = {"rows": rows, "mean": summarise(rows, original["rows"])}
+    results = {"protocol": protocol.to_dict(), "targets": targets(protocol), "ood_seeds": OOD_SEEDS, "probe_seeds": PROBE_SEEDS,
+               "original": original, "methods": per_method, "bench_seconds": round(seconds, 1), "workers": workers,
+               "torch": torch.__version__}
+    gold = out / "gold" / "result.json"
+    if gold.exists():
+        results["gold"] = {"style": GOLD_STYLE, **json.loads(gold.read_text()), "retrain": retrain_seconds()}
+        results["frechet_to_gold"] = {"style": GOLD_STYLE, "space": "canvas-mini classifier features", "images": len(probe_entries(protocol)),
+                                      "distance": frechet_to_gold(out, methods, protocol)}
+    return results
+
+
+def markdown(results: dict) -> str:
+    gold = results.get("gold")
+    retrain = gold["retrain"]["seconds"] if gold else None
+    fd = (results.get("frechet_to_gold") or {}).get("distance", {})
+    orig, o = results["original"]["rows"], results["original"]
+    header = ["method", "kind", "UA", "IRA change", "CRA change", "worst kept (erasing)", "retained PSNR (perceptual)", "FID / FID-CLIP",
+              "CLIP score", "OOD UA", "erase time (of retraining)", "peak RSS", "patch", f"Frechet to gold ({GOLD_STYLE})"]
+    rows = []
+    for kind in ("style", "object"):
+        ts = results["targets"][kind]
+        rows.append(["original", kind, f"{100 * np.mean([orig[t]['ua'] for t in ts]):.1f}", "", "", "", "",
+                     f"{o['fid']:.2f} / {o['fid_clip']:.2f}" if kind == "style" else "", f"{o['clip_score']:.3f}" if kind == "style" else "",
+                     f"{100 * np.mean([orig[t]['ood_ua'] for t in ts]):.1f}", "", "", "", f"{fd['original']:.1f}" if fd and kind == "style" else ""])
+    if gold:
+        g = gold["rows"][GOLD_STYLE]
+        rows.append([f"gold (retrained without {GOLD_STYLE})", f"style: {GOLD_STYLE} only", f"{100 * g['ua']:.1f}",
+                     f"{100 * (g['ira'] - orig[GOLD_STYLE]['ira']):+.1f}", f"{100 * (g['cra'] - orig[GOLD_STYLE]['cra']):+.1f}", "", "",
+                     f"{gold['fid']:.2f} / {gold['fid_clip']:.2f}", f"{gold['clip_score']:.3f}", f"{100 * g['ood_ua']:.1f}",
+                     f"{retrain / 60:.0f} min (100%)", "", "", "0"])
+    for m, kinds in results["methods"].items():
+        for kind in ("style", "object"):
+            s = kinds[kind]["mean"]
+            w = s["worst_kept"]
+            rows.append([m, kind, f"{100 * s['ua']:.1f}", f"{s['d_ira_points']:+.1f}", f"{s['d_cra_points']:+.1f}",
+                         f"{w['concept']} {100 * w['accuracy']:.0f} ({w['erased']})", f"{s['retained_psnr']:.1f} dB ({s['retained_perceptual']:.3f})",
+                         f"{s['fid']:.2f} / {s['fid_clip']:.2f}", f"{s['clip_score']:.3f}", f"{100 * s['ood_ua']:.1f}",
+                         f"{s['erase_seconds']:.0f} s" + (f" ({s['erase_seconds'] / retrain:.1%})" if retrain else ""),
+                         f"{s['peak_memory_bytes'] / 2**30:.2f} GB", f"{s['patch_bytes'] / 1e6:.2f} MB",
+                         f"{fd[m]:.1f}" if kind == "style" and m in fd else ""])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    p = results["protocol"]
+    lines += ["", f"Means over {len(results['targets']['style'])} styles and {len(results['targets']['object'])} objects "
+              f"({', '.join(results['targets']['object'])}); {len(p['seeds'])} seeds, {p['sampler']} {p['steps']} steps, guidance {p['guidance']}. "
+              f"OOD UA: the target's prompts under the shipped paraphrase templates ({len(results['ood_seeds'])} seed). "
+              "Changes in points against the original; worst kept: the lowest accuracy of a kept concept over all erasures of that kind. "
+              f"Frechet to gold: classifier-feature Frechet distance between the model's and the gold model's images of the {GOLD_STYLE} "
+              f"prompts ({len(results['probe_seeds'])} seeds x every object); the gold row's time is one retraining (the shipped build's "
+              f"VAE + UNet stages on 2 cores). Bench wall time {results['bench_seconds'] / 60:.0f} min with {results['workers']} workers."]
+    return "\n".join(lines)
+
+
+def bar_chart(results: dict, path: Path) -> None:
+    """One panel per measure, one bar per method (styles), the original and gold drawn as reference lines."""
+    from PIL import Image, ImageDraw
+
+    from eval.grid import _font, save_png
+
+    methods = list(results["methods"])
+    panels = [("UA (%)", lambda s: 100 * s["ua"], 100), ("CRA change (points)", lambda s: s["d_cra_points"], None),
+              ("IRA change (points)", lambda s: s["d_ira_points"], None), ("OOD UA (%)", lambda s: 100 * s["ood_ua"], 100),
+              ("retained PSNR (dB)", lambda s: s["retained_psnr"], None), ("erase time (s)", lambda s: s["erase_seconds"], None)]
+    font, bar_h, label_w, width = _font(), 16, 130, 260
+    panel_h = 24 + bar_h * len(methods) * 2 + 10
+    img = Image.new("RGB", (len(panels) * (label_w + width + 20) // 2 + 20, panel_h * 2 + 30), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 4), "canvas-mini benchmark: blue = styles, orange = objects (means over targets)", fill="black", font=font)
+    for i, (title, fn, top) in enumerate(panels):
+        x0, y0 = 10 + (i % 3) * (label_w + width + 20), 24 + (i // 3) * panel_h
+        values = [fn(results["methods"][m][k]["mean"]) for m in methods for k in ("style", "object")]
+        lo, hi = min(0.0, *values), max(top or 0.0, *values, 1e-9)
+        zero = x0 + label_w + int(width * (0 - lo) / (hi - lo))
+        draw.text((x0, y0), title, fill="black", font=font)
+        for j, m in enumerate(methods):
+            for k, (kind, colour) in enumerate((("style", (66, 114, 196)), ("object", (237, 125, 49)))):
+                v = fn(results["methods"][m][kind]["mean"])
+                y = y0 + 18 + (2 * j + k) * bar_h
+                end = x0 + label_w + int(width * (v - lo) / (hi - lo))
+                draw.rectangle([min(zero, end), y + 2, max(zero, end), y + bar_h - 2], fill=colour)
+                if k == 0:
+                    draw.text((x0, y + 6), m, fill="black", font=font)
+                draw.text((max(zero, end) + 3, y + 2), f"{v:.1f}", fill="black", font=font)
+        draw.line([zero, y0 + 16, zero, y0 + 18 + 2 * len(methods) * bar_h], fill="black")
+    save_png(img, path)
+
+
+def update_readme(table: str, readme: Path = ROOT / "README.md") -> bool:
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    _write_text(readme, f"{head}{start}\n{table}\n{end}{tail}")
+    return True
+
+
+def main(argv=None) -> int:
+    from erase.registry import list_methods
+
+    p = argparse.ArgumentParser(description="canvas-mini benchmark of every registered method against the gold retrained model")
+    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (every registered method)")
+    p.add_argument("--out", default="runs/bench/canvas-mini", help="work folder; rerun with the same folder to resume")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (one job each)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
+    p.add_argument("--results", default=str(RESULTS), help="where canvas-mini.json / .md / .png go")
+    p.add_argument("--readme", action="store_true", help="also replace the README's benchmark table")
+    p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: one worker job
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.job:
+        if args.job in ("original", "gold"):
+            job_reference(args.job, out)
+        else:
+            method, kind = args.job.split(":")
+            job_method(method, kind, out, args.threads)
+        return 0
+    methods = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in methods if m not in list_methods()]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; registered: {list_methods()}")
+    t0 = time.time()
+    refs = ["original"] + (["gold"] if (gold_dir() / "pipeline").exists() else [])
+    if "gold" not in refs:
+        print(f"no gold model in {gold_dir()} (train it: python -m eval.canvas_mini.train --exclude-style {GOLD_STYLE} "
+              f"--stages tokenizer,vae,unet --out {gold_dir()}); the table will have no gold row")
+    # the original first: its answer set is cached for every patched evaluation's retain fidelity
+    jobs = [f"{m}:{k}" for k in ("style", "object") for m in methods]
+    failed = run_pool(refs, out, args.workers, args.threads) or run_pool(jobs, out, args.workers, args.threads)
+    if failed:
+        print(f"failed: {', '.join(failed)}; rerun the same command to resume", file=sys.stderr)
+        return 1
+    results = collect(out, methods, time.time() - t0, args.workers)
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / "canvas-mini.json", results)
+    table = markdown(results)
+    _write_text(folder / "canvas-mini.md", table + "\n")
+    bar_chart(results, folder / "canvas-mini.png")
+    print(table)
+    if args.readme and not update_readme(table):
+        print(f"README.md has no {README_MARKERS[0]} ... {README_MARKERS[1]} markers; table left in {folder / 'canvas-mini.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
