@@ -30,7 +30,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q -m slow
 
+# canvas-mini: every method vs the gold retrained model (README table, bench/results/canvas-mini.*), then the
+# evaluation / classification / erase micro-benchmarks (bench/results/run-cpu.json)
 bench: $(STAMP)
+	$(OFFLINE) $(PY) -m bench.canvas_mini --readme
 	$(OFFLINE) $(PY) -m bench.run
 
 clean:

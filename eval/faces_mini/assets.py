@@ -1,0 +1,70 @@
+"""Where the shipped faces-mini artefacts live, and how to load them (safetensors + JSON config only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from erase.errors import EraseError
+
+from .models import AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ASSETS_DIR = Path(os.environ.get("ERASEKIT_FACES_MINI", REPO_ROOT / "assets" / "faces-mini"))
+GENERATOR_DIR = ASSETS_DIR / "generator"
+JUDGES = {"classifier": (AttributeClassifier, AttributeClassifierConfig), "classifier_b": (AttributeClassifier, AttributeClassifierConfig),
+          "identity": (IdentityEmbedder, IdentityEmbedderConfig)}
+CLIPS = ("clip-guide", "clip-judge")
+
+
+class FacesAssetError(EraseError):
+    """A faces-mini artefact is missing or unreadable."""
+
+
+def save_module(model: nn.Module, folder: Path, extra: dict | None = None) -> None:
+    """``model.safetensors`` + ``config.json`` (the model's config and how it was trained), each renamed into place."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_w, tmp_c = folder / ".model.safetensors.tmp", folder / ".config.json.tmp"
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp_w))
+    tmp_c.write_text(json.dumps({"config": model.config.to_dict(), **(extra or {})}, indent=2))
+    os.replace(tmp_w, folder / "model.safetensors")
+    os.replace(tmp_c, folder / "config.json")
+
+
+def load_judge(name: str, folder: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """A trained faces-mini judge (``classifier``, ``classifier_b`` or ``identity``) in eval mode, gradients off."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if name not in JUDGES:
+        raise FacesAssetError(f"unknown faces-mini judge {name!r}; choose one of: {', '.join(JUDGES)}")
+    folder = Path(folder) if folder is not None else ASSETS_DIR / name
+    for f in ("config.json", "model.safetensors"):
+        if not (folder / f).is_file():
+            raise FacesAssetError(f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m eval.faces_mini.train --stages {name}`")
+    cls, cfg_cls = JUDGES[name]
+    model = cls(cfg_cls(**json.loads((folder / "config.json").read_text())["config"]))
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    except (SafetensorError, RuntimeError) as e:
+        raise FacesAssetError(f"{folder / 'model.safetensors'} does not fit its config.json: {str(e).splitlines()[0][:200]}") from e
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_faces_clip(which: str = "clip-judge", folder: str | Path | None = None, device: str | torch.device = "cpu"):
+    """One of the two tiny CLIPs: ``clip-guide`` (the method's) or ``clip-judge`` (evaluation only); ``folder``
+    defaults to the shipped one."""
+    from eval.canvas_mini.assets import load_clip
+
+    if which not in CLIPS:
+        raise FacesAssetError(f"unknown faces-mini CLIP {which!r}; choose one of: {', '.join(CLIPS)}")
+    folder = Path(folder) if folder is not None else ASSETS_DIR / which
+    if not (folder / "open_clip_config.json").is_file():
+        raise FacesAssetError(f"faces-mini {which} is missing in {folder}; rebuild it with `python -m eval.faces_mini.train`")
+    return load_clip(folder, device=device)

@@ -1,0 +1,136 @@
+"""Measure the faces-mini artefacts; writes ``quality.json`` next to them.
+
+    python -m eval.faces_mini.check [--out assets/faces-mini]
+
+* judges on held-out renders: accuracy per head (attribute classifier, the second one, the identity head);
+* the generator at truncation 1.0, judged by the attribute classifier on ``samples`` images: every binary
+  attribute's and hair colour's rate against the renders', the share of samples confident (max softmax > 0.9)
+  on every head, the rates among confident samples, the two classifiers' agreement on the samples, and the
+  Frechet distance in the classifier's feature space against renders next to its renders-vs-renders floor;
+* both tiny CLIPs: zero-shot accuracy on each binary attribute ("a face with X" vs "a face without X").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .world import BINARY, HEADS, SEED_BASE
+
+CHECK_RENDERS = 4000
+BARS = {"rate_points": 8.0, "confident": 0.60, "confident_rate_points": 10.0, "agreement": 0.95}
+
+
+@torch.no_grad()
+def judge_all(judge, x: torch.Tensor, batch: int = 500) -> dict[str, torch.Tensor]:
+    """Softmax probabilities per head of float images in [0, 1]."""
+    out: dict[str, list] = {}
+    for i in range(0, len(x), batch):
+        for h, v in judge(x[i : i + batch]).items():
+            out.setdefault(h, []).append(v.softmax(1))
+    return {h: torch.cat(v) for h, v in out.items()}
+
+
+@torch.no_grad()
+def features(judge, x: torch.Tensor, batch: int = 500) -> np.ndarray:
+    return torch.cat([judge.features(x[i : i + batch]) for i in range(0, len(x), batch)]).double().numpy()
+
+
+def rates(pred: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> dict[str, float]:
+    """Binary attributes' and hair colours' rates (in [0, 1]) among the images where ``mask`` holds."""
+    sel = (lambda t: t[mask]) if mask is not None else (lambda t: t)
+    out = {h: float(sel(pred[h]).eq(1).float().mean()) for h in BINARY}
+    out.update({f"hair_colour={k}": float(sel(pred["hair_colour"]).eq(k).float().mean()) for k in range(HEADS["hair_colour"])})
+    return out
+
+
+def generator_samples(out: Path, n: int) -> torch.Tensor:
+    from pipelines.stylegan import StyleGANPipeline
+
+    pipe = StyleGANPipeline.from_pretrained(out / "generator")
+    return pipe(seeds=list(range(n)), truncation_psi=1.0, output_type="pt")
+
+
+def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> dict[str, float]:
+    from eval.clip_alignment import CLIPAlignment
+
+    from .assets import load_faces_clip
+    from .world import CONCEPTS
+
+    model, tokenizer = load_faces_clip(which, folder)
+    scorer = CLIPAlignment(model, tokenizer)
+    img = scorer.image_features(x)
+    out = {}
+    for h in BINARY:
+        phrase = CONCEPTS[h][1]
+        txt = scorer.text_features([phrase, "a face"])
+        pred = (img @ txt.T).argmax(1).eq(0).long()
+        out[h] = float(pred.eq(labels[h]).float().mean())
+    return out
+
+
+def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool = False) -> dict:
+    from eval.fid import frechet_distance_numpy
+
+    from .assets import load_judge
+    from .render import render_set
+
+    n = recipe.check_samples if recipe is not None else 1000
+    images, labels = render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)
+    x_real = images.float() / 255
+    floor_images, _ = render_set(n, SEED_BASE["fd"], progress=progress)
+    clf, clf_b, ident = (load_judge(k, out / k) for k in ("classifier", "classifier_b", "identity"))
+    quality: dict = {"judges": {}}
+    for name, judge in (("classifier", clf), ("classifier_b", clf_b)):
+        pred = judge_all(judge, x_real)
+        quality["judges"][name] = {h: float(pred[h].argmax(1).eq(labels[h]).float().mean()) for h in HEADS}
+    with torch.no_grad():
+        quality["judges"]["identity"] = float(ident.identity_head(ident.raw(x_real)).argmax(1).eq(labels["identity"]).float().mean())
+    data = rates({h: labels[h] for h in HEADS})
+    quality["data_rates"] = data
+    if (out / "generator" / "config.json").exists():
+        x = generator_samples(out, n)
+        probs = judge_all(clf, x)
+        pred = {h: p.argmax(1) for h, p in probs.items()}
+        confident = torch.stack([p.max(1).values > 0.9 for p in probs.values()]).all(0)
+        gen = rates(pred)
+        conf_rates = rates(pred, confident)
+        pred_b = {h: p.argmax(1) for h, p in judge_all(clf_b, x).items()}
+        fd = frechet_distance_numpy(features(clf, x), features(clf, x_real))
+        floor = frechet_distance_numpy(features(clf, floor_images.float() / 255), features(clf, x_real))
+        dev = {k: round(100 * abs(gen[k] - data[k]), 1) for k in gen}
+        conf_dev = {k: round(100 * abs(conf_rates[k] - data[k]), 1) for k in gen}
+        agreement = {h: float(pred[h].eq(pred_b[h]).float().mean()) for h in HEADS}
+        quality["generator"] = {
+            "samples": n, "truncation_psi": 1.0, "rates": gen, "deviation_points": dev, "confident": float(confident.float().mean()),
+            "confident_rates": conf_rates, "confident_deviation_points": conf_dev, "judge_agreement": agreement,
+            "fd": fd, "fd_floor_renders": floor,
+            "bars": BARS, "meets": {
+                "rates": max(dev.values()) <= BARS["rate_points"], "confident": float(confident.float().mean()) >= BARS["confident"],
+                "confident_rates": max(conf_dev.values()) <= BARS["confident_rate_points"],
+                "agreement": min(agreement[h] for h in HEADS if h != "identity") >= BARS["agreement"]}}
+    if all((out / c / "open_clip_config.json").exists() for c in ("clip-guide", "clip-judge")):
+        quality["clip_zero_shot"] = {c: clip_zero_shot(c, out / c, x_real[:1000], {h: labels[h][:1000] for h in BINARY}) for c in ("clip-guide", "clip-judge")}
+    tmp = out / ".quality.json.tmp"
+    tmp.write_text(json.dumps(quality, indent=2))
+    os.replace(tmp, out / "quality.json")
+    return quality
+
+
+def main(argv=None) -> None:
+    from .assets import ASSETS_DIR
+
+    p = argparse.ArgumentParser(description="measure the faces-mini artefacts (writes quality.json)")
+    p.add_argument("--out", default=str(ASSETS_DIR))
+    args = p.parse_args(argv)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    print(json.dumps(run_check(Path(args.out), progress=True), indent=2))
+
+
+if __name__ == "__main__":
+    main()

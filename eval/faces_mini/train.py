@@ -1,0 +1,282 @@
+"""Rebuild every faces-mini artefact from scratch, deterministically.
+
+    python -m eval.faces_mini.train [--out assets/faces-mini] [--work runs/faces-mini-build] [--stages ...]
+
+Stages (each skipped when done, so an interrupted build resumes; the generator also resumes from its last
+checkpoint): ``classifier`` and ``classifier_b`` (attribute judges with other seeds and widths: the second one
+only validates the first), ``identity`` (the identity embedder), ``clip_guide`` and ``clip_judge`` (two tiny
+open_clip models on templated, paraphrased captions; the guide drives Text-to-Unlearn, the judge only evaluates
+it), ``generator`` (StyleGAN2: non-saturating loss, lazy R1, EMA) and ``check`` (generator quality judged by the
+classifier; writes quality.json). ``recipe.json`` records seeds, steps, wall times and the measured quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from eval.canvas_mini.data import AugmentConfig, augment
+
+from .models import CLIP_MODELS, AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
+from .world import HEADS, IDENTITY_NAMES, SEED_BASE, caption, sample_spec
+
+
+@dataclass
+class Recipe:
+    seed: int = 0
+    judge_renders: int = 40_000
+    judge_steps: int = 1500
+    judge_batch: int = 64
+    judge_lr: float = 2e-3
+    classifier: AugmentConfig = field(default_factory=lambda: AugmentConfig(p_vae=0.0, shift=2, gain=0.1, offset=0.05, p_blur=0.4, noise=0.04))
+    classifier_b: AugmentConfig = field(default_factory=lambda: AugmentConfig(p_vae=0.0, shift=1, gain=0.15, offset=0.08, p_blur=0.5, noise=0.05))
+    classifier_channels: tuple = (32, 64, 128)
+    classifier_b_channels: tuple = (24, 48, 96)
+    identity_channels: tuple = (32, 64, 96)
+    clip_renders: int = 40_000
+    clip_steps: int = 2000
+    clip_batch: int = 128
+    clip_lr: float = 2e-3
+    gan_renders: int = 50_000
+    gan: dict = field(default_factory=lambda: {
+        "resolution": 32, "z_dim": 128, "style_dim": 128, "n_mlp": 4, "channels": {"4": 128, "8": 64, "16": 32, "32": 16}})
+    gan_iterations: int = 36_000
+    gan_batch: int = 16
+    gan_lr: float = 0.0025
+    r1_gamma: float = 0.1
+    r1_every: int = 16
+    ema_kimg: float = 10.0
+    ema_rampup: float = 0.05
+    checkpoint_every: int = 2000
+    check_samples: int = 1000
+
+
+def _seed_all(seed: int) -> torch.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.02) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def _atomic_folder(tmp: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class Builder:
+    def __init__(self, recipe: Recipe, out: Path, work: Path, device: str):
+        self.r, self.out, self.work, self.device = recipe, out, work, torch.device(device)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.times_path = self.work / "stage_seconds.json"
+        self.times = json.loads(self.times_path.read_text()) if self.times_path.exists() else {}
+
+    def timed(self, name: str, fn) -> None:
+        if name in self.times:
+            print(f"[skip] {name} (done in {self.times[name]:.0f}s)")
+            return
+        t0 = time.time()
+        fn()
+        self.times[name] = round(time.time() - t0, 1)
+        self.times_path.write_text(json.dumps(self.times, indent=2))
+        print(f"[done] {name}: {self.times[name]:.0f}s")
+
+    def renders(self, use: str, n: int):
+        """(uint8 images, labels, seeds) of ``n`` renders from ``use``'s seed range, cached in the work folder."""
+        from safetensors.torch import load_file, save_file
+
+        from .render import render_set
+
+        path = self.work / f"renders_{use}_{n}.safetensors"
+        if path.exists():
+            d = load_file(str(path))
+        else:
+            images, labels = render_set(n, SEED_BASE[use], progress=True)
+            d = {"images": images, **{f"label_{k}": v for k, v in labels.items()}}
+            save_file(d, str(path))
+        return d["images"], {k[len("label_"):]: v for k, v in d.items() if k.startswith("label_")}, list(range(SEED_BASE[use], SEED_BASE[use] + n))
+
+    # -- judges ------------------------------------------------------------------------------------------
+    def _train_classifier(self, name: str, aug: AugmentConfig, channels, seed: int, use: str) -> None:
+        from .assets import save_module
+
+        g = _seed_all(seed)
+        images, labels, _ = self.renders(use, self.r.judge_renders)
+        model = AttributeClassifier(AttributeClassifierConfig(channels=list(channels))).to(self.device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=self.r.judge_lr, weight_decay=1e-4)
+        bar = tqdm(range(self.r.judge_steps), desc=name, mininterval=2)
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = _cosine_lr(step, self.r.judge_steps, 100, self.r.judge_lr)
+            idx = torch.randint(0, len(images), (self.r.judge_batch,), generator=g)
+            x = augment(images[idx].float() / 255, None, aug, g).to(self.device)
+            logits = model(x)
+            loss = sum(F.cross_entropy(logits[h], labels[h][idx].to(self.device), label_smoothing=0.05) for h in HEADS)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        save_module(model.eval().cpu(), self.out / name, {"augment": aug.to_dict(), "seed": seed, "steps": self.r.judge_steps, "renders": use})
+
+    def stage_classifier(self) -> None:
+        self._train_classifier("classifier", self.r.classifier, self.r.classifier_channels, self.r.seed + 10, "classifier")
+
+    def stage_classifier_b(self) -> None:
+        self._train_classifier("classifier_b", self.r.classifier_b, self.r.classifier_b_channels, self.r.seed + 20, "classifier_b")
+
+    def stage_identity(self) -> None:
+        from .assets import save_module
+        from .world import geometry_vector
+
+        g = _seed_all(self.r.seed + 30)
+        images, labels, seeds = self.renders("identity", self.r.judge_renders)
+        geometry = torch.tensor([geometry_vector(sample_spec(s)) for s in seeds], dtype=torch.float32)
+        geometry = (geometry - geometry.mean(0)) / geometry.std(0).clamp_min(1e-6)
+        cfg = IdentityEmbedderConfig(n_identities=HEADS["identity"], geometry_dim=geometry.shape[1], channels=list(self.r.identity_channels))
+        model = IdentityEmbedder(cfg).to(self.device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=self.r.judge_lr, weight_decay=1e-4)
+        bar = tqdm(range(self.r.judge_steps), desc="identity", mininterval=2)
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = _cosine_lr(step, self.r.judge_steps, 100, self.r.judge_lr)
+            idx = torch.randint(0, len(images), (self.r.judge_batch,), generator=g)
+            x = augment(images[idx].float() / 255, None, self.r.classifier, g).to(self.device)
+            e = model.raw(x)
+            loss = F.cross_entropy(model.identity_head(e), labels["identity"][idx].to(self.device)) + F.mse_loss(
+                model.geometry_head(e), geometry[idx].to(self.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        save_module(model.eval().cpu(), self.out / "identity", {"seed": self.r.seed + 30, "steps": self.r.judge_steps, "renders": "identity"})
+
+    def _train_clip(self, name: str, seed: int, use: str) -> None:
+        import open_clip
+        from safetensors.torch import save_file
+
+        g = _seed_all(seed)
+        rng = random.Random(seed)
+        images, _, seeds = self.renders(use, self.r.clip_renders)
+        specs = [sample_spec(s) for s in seeds]
+        cfg_dir = self.work / "clip_cfg"
+        cfg_dir.mkdir(exist_ok=True)
+        (cfg_dir / f"{name}.json").write_text(json.dumps(CLIP_MODELS[name]))
+        open_clip.add_model_config(str(cfg_dir / f"{name}.json"))
+        model = open_clip.create_model(name, pretrained=None).to(self.device).train()
+        tokenizer = open_clip.get_tokenizer(name)
+        mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=self.r.clip_lr, weight_decay=0.01)
+        bar = tqdm(range(self.r.clip_steps), desc=name, mininterval=2)
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = _cosine_lr(step, self.r.clip_steps, 100, self.r.clip_lr)
+            idx = torch.randint(0, len(images), (self.r.clip_batch,), generator=g)
+            x = augment(images[idx].float() / 255, None, self.r.classifier, g)
+            texts = tokenizer([caption(specs[i], rng) for i in idx.tolist()]).to(self.device)
+            img = F.normalize(model.encode_image(((x - mean) / std).to(self.device)), dim=-1)
+            txt = F.normalize(model.encode_text(texts), dim=-1)
+            logits = model.logit_scale.exp() * img @ txt.T
+            target = torch.arange(len(idx), device=self.device)
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.eval().cpu()
+        tmp = self.out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_MODELS[name], "preprocess_cfg": {}}, indent=2))
+        save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
+        _atomic_folder(tmp, self.out / name.replace("faces-mini-", ""))
+
+    def stage_clip_guide(self) -> None:
+        self._train_clip("faces-mini-clip-guide", self.r.seed + 40, "clip")
+
+    def stage_clip_judge(self) -> None:
+        self._train_clip("faces-mini-clip-judge", self.r.seed + 50, "clip_eval")
+
+    # -- generator ---------------------------------------------------------------------------------------
+    def stage_generator(self) -> None:
+        from .gan_training import train_generator
+
+        images, labels, _ = self.renders("generator", self.r.gan_renders)
+        train_generator(self.r, images, labels, self.work, self.out / "generator", self.device)
+
+    def stage_check(self) -> None:
+        from .check import run_check
+
+        run_check(self.out, self.work, self.r, progress=True)
+
+    def write_recipe(self) -> None:
+        quality_path = self.out / "quality.json"
+        recipe = {"recipe": asdict(self.r), "device": str(self.device), "torch_threads": torch.get_num_threads(),
+                  "stage_seconds": self.times, "total_minutes": round(sum(self.times.values()) / 60, 1),
+                  "identities": IDENTITY_NAMES, "quality": json.loads(quality_path.read_text()) if quality_path.exists() else None,
+                  "command": "python -m eval.faces_mini.train"}
+        tmp = self.out / ".recipe.json.tmp"
+        tmp.write_text(json.dumps(recipe, indent=2))
+        os.replace(tmp, self.out / "recipe.json")
+
+
+STAGES = ["classifier", "classifier_b", "identity", "clip_guide", "clip_judge", "generator", "check"]
+
+
+def main(argv=None) -> None:
+    from .assets import ASSETS_DIR
+
+    p = argparse.ArgumentParser(description="Rebuild the faces-mini artefacts (StyleGAN2 generator, judges, two tiny CLIPs).")
+    p.add_argument("--out", default=str(ASSETS_DIR), help="where finished artefacts go (default: the shipped assets folder)")
+    p.add_argument("--work", default="runs/faces-mini-build", help="cache + checkpoints; rerun with the same folder to resume")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads (2 is fastest on a 2-core machine)")
+    p.add_argument("--gan-iterations", type=int, default=None, help="override the recipe's generator iterations")
+    p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few renders: checks the plumbing, not the quality")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = Recipe()
+    if args.smoke:
+        recipe = Recipe(judge_renders=256, judge_steps=3, clip_renders=256, clip_steps=3, gan_renders=256, gan_iterations=4,
+                        checkpoint_every=2, check_samples=64, r1_every=2)
+    if args.gan_iterations is not None:
+        recipe.gan_iterations = args.gan_iterations
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; choose from {STAGES}")
+    b = Builder(recipe, Path(args.out), Path(args.work), args.device)
+    for name in stages:
+        b.timed(name, getattr(b, f"stage_{name}"))
+    b.write_recipe()
+
+
+if __name__ == "__main__":
+    main()
