@@ -80,9 +80,13 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     return (rss if sys.platform == "darwin" else rss * 1024), "peak RSS of the process"
 
 
-def run_identity(method: str, cfg, request: EraseRequest, model_id: str | None) -> dict:
-    """What makes two runs the same run (checked by --resume and against a finished patch)."""
-    return {"method": method, "config": asdict(cfg), "request": request.to_dict(), "model": None if model_id is None else str(model_id)}
+def run_identity(method: str, cfg, request: EraseRequest, model_id: str | None, guides=None) -> dict:
+    """What makes two runs the same run (checked by --resume and against a finished patch); the guides a method
+    consulted count when there are any."""
+    identity = {"method": method, "config": asdict(cfg), "request": request.to_dict(), "model": None if model_id is None else str(model_id)}
+    if guides is not None:
+        identity["guides"] = guides.describe()
+    return identity
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -99,7 +103,10 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def _finished_identity(out_dir: Path) -> dict | None:
     try:
         cfg = json.loads((out_dir / CONFIG_FILE).read_text())
-        return {"method": cfg["method"], "config": cfg["method_config"], "request": cfg["request"], "model": cfg.get("base_model")}
+        identity = {"method": cfg["method"], "config": cfg["method_config"], "request": cfg["request"], "model": cfg.get("base_model")}
+        if "guides" in cfg:
+            identity["guides"] = cfg["guides"]
+        return identity
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -134,7 +141,7 @@ def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: boo
 
 def erase_concept(pipe, method: str, request: EraseRequest, out_dir: str | Path, *, preset: str | None = None,
                   overrides: dict | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                  model_id: str | None = None) -> ErasurePatch:
+                  model_id: str | None = None, guides=None) -> ErasurePatch:
     """Erase ``request`` from ``pipe`` with ``method``; writes the patch, resolved_config.json and the log to ``out_dir``.
 
     The model is left unpatched; apply the returned patch with ``pipelines.stable_diffusion.apply_patch``.
@@ -143,7 +150,7 @@ def erase_concept(pipe, method: str, request: EraseRequest, out_dir: str | Path,
     spec = get_method(method)
     cfg = resolve_config(method, preset, overrides)
     request.validate()
-    identity = run_identity(method, cfg, request, model_id)
+    identity = run_identity(method, cfg, request, model_id, guides)
     mode = check_out_dir(out_dir, identity, resume=resume, overwrite=overwrite)
     if mode == "finished":
         return ErasurePatch.from_pretrained(out_dir)
@@ -155,8 +162,10 @@ def erase_concept(pipe, method: str, request: EraseRequest, out_dir: str | Path,
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.time()
     eraser = spec.eraser_cls(cfg, request)
+    if guides is not None:
+        eraser.guides = guides
     patch_config = {"method": method, "method_config": asdict(cfg), "request": request.to_dict(), "preset": preset,
-                    "base_model": identity["model"], "package_version": __version__}
+                    "base_model": identity["model"], "package_version": __version__, **({"guides": guides.describe()} if guides else {})}
     steps = getattr(cfg, "steps", 0)
     loop = LoopConfig(steps=steps, resume=mode == "resume", progress=progress, checkpoint_every=getattr(cfg, "checkpoint_every", 100),
                       identity=identity)

@@ -1,0 +1,41 @@
+"""Guides: the frozen networks a method consults but never changes (CLIP, a perceptual distance, an identity
+embedding, a judge for the gate), handed in by the caller.
+
+A method must not reach into ``eval`` for them (the core never imports evaluation code), and a real model's
+guides are the user's own files (CLIP ViT-B/32, LPIPS, ArcFace), so whoever sets up the run builds a
+``Guides``: the faces-mini world builds its own from its shipped artefacts (``eval.faces_mini.guides``), a
+user with FFHQ passes theirs. ``describe()`` names what was used; it is part of the run's identity (a resumed
+run must use the same guides) and of the patch's config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import EraseError
+
+
+@dataclass
+class Guides:
+    clip_image: Callable[[torch.Tensor], torch.Tensor]  # float images (N, 3, H, W) in [0, 1] -> unit embeddings, differentiable
+    clip_text: Callable[[list[str]], torch.Tensor]  # texts -> unit embeddings
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # per-image distance, differentiable
+    identity: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> unit identity embeddings, differentiable
+    concept_probability: Callable[[torch.Tensor, str], torch.Tensor] | None = None  # (images, concept) -> P(concept) per image
+    names: dict[str, str] = field(default_factory=dict)  # what each guide is: part of the run's identity
+
+    def describe(self) -> dict[str, str]:
+        return dict(sorted(self.names.items()))
+
+    def require(self, what: str, method: str, why: str):
+        value = getattr(self, what)
+        if value is None:
+            raise EraseError(f"{method} needs a {what.replace('_', ' ')} guide ({why}); pass it in Guides or set its weight to 0")
+        return value
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)

@@ -1,0 +1,182 @@
+"""A per-prompt latent mapper for StyleGAN W+ (StyleCLIP's levels mapper), trained through a CLIP to *add* a
+concept; the gate that checks it does; the image-space direction it defines.
+
+The mapper has three MLPs (PixelNorm, then four Linear + leaky-ReLU layers), for the coarse, medium and fine W+
+rows (3 / 3 / 2 rows at 32 px, 4 / 3 / 3 at 64 px); the edit is ``w_hat = w + scale * M(w)`` with StyleCLIP's
+scale 0.1. Training loss: ``1 - cos(E_I(G(w_hat)), E_T(prompt)) + l2 * |w_hat - w|^2 + id * (1 - cos(ID(G(w_hat)),
+ID(G(w))))``. A trained mapper is cached by the generator's identity, the prompt, the guides and the settings,
+so the method and its evaluation never train the same one twice.
+
+Used by Text-to-Unlearn (``erase.methods.text_to_unlearn``) with the method's CLIP, and by the faces-mini
+evaluation with its held-out CLIP (to ask for the concept with an edit the method never saw).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .errors import EraseError
+from .guides import Guides, unit
+
+
+def level_splits(n_latent: int) -> tuple[int, int, int]:
+    """Rows per level (coarse, medium, fine): 3/3/2 for 8 rows, 4/3/3 for 10, 6/6/6 for 18."""
+    coarse = math.ceil(n_latent / 3)
+    medium = math.ceil((n_latent - coarse) / 2)
+    return coarse, medium, n_latent - coarse - medium
+
+
+class _LevelMLP(nn.Module):
+    def __init__(self, dim: int, layers: int = 4):
+        super().__init__()
+        mods: list[nn.Module] = []
+        for _ in range(layers):
+            mods += [nn.Linear(dim, dim), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        w = w * torch.rsqrt(w.pow(2).mean(-1, keepdim=True) + 1e-8)  # PixelNorm
+        return self.net(w)
+
+
+class LevelsMapper(nn.Module):
+    """W+ (N, rows, dim) -> an offset of the same shape, one MLP per level of rows."""
+
+    def __init__(self, n_latent: int, dim: int):
+        super().__init__()
+        self.splits = level_splits(n_latent)
+        self.levels = nn.ModuleList(_LevelMLP(dim) for _ in self.splits)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        parts, start = [], 0
+        for n, mlp in zip(self.splits, self.levels):
+            parts.append(mlp(w[:, start : start + n]))
+            start += n
+        return torch.cat(parts, dim=1)
+
+
+@dataclass
+class MapperSettings:
+    steps: int = 1500
+    lr: float = 1e-3
+    batch_size: int = 16
+    l2: float = 0.8
+    identity: float = 0.1
+    scale: float = 0.1
+    truncation: float = 1.0
+    seed: int = 0
+
+
+def to_images(x: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> images in [0, 1] (what the guides take)."""
+    return (x.clamp(-1, 1) + 1) / 2
+
+
+def sample_wplus(generator, n: int, rng: torch.Generator, truncation: float) -> torch.Tensor:
+    """W+ codes of random z (every row the same w, truncated towards w_avg)."""
+    dev = next(generator.parameters()).device
+    z = torch.randn(n, generator.config.z_dim, generator=rng).to(dev)
+    with torch.no_grad():
+        w = generator.truncate(generator.mapping(z), truncation)
+    return w.unsqueeze(1).expand(-1, generator.n_latent, -1).contiguous()
+
+
+def edit(mapper: LevelsMapper, wplus: torch.Tensor, scale: float) -> torch.Tensor:
+    return wplus + scale * mapper(wplus)
+
+
+def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings):
+    from .data import cache_dir, model_identity
+
+    key = json.dumps({"generator": model_identity(generator), "prompt": prompt, "guides": guides.describe(), "settings": asdict(settings)},
+                     sort_keys=True)
+    return cache_dir() / "mappers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+
+
+def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSettings, *, progress: bool = False,
+                 use_identity: bool = True) -> LevelsMapper:
+    """The mapper that adds ``prompt`` to ``generator``'s images (trained once, then read from the cache)."""
+    from safetensors.torch import load_file, save_file
+
+    dev = next(generator.parameters()).device
+    mapper = LevelsMapper(generator.n_latent, generator.config.style_dim).to(dev)
+    path = _cache_path(generator, prompt, guides, settings)
+    if path.exists():
+        mapper.load_state_dict(load_file(str(path)))
+        return mapper.eval().requires_grad_(False)
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(settings.seed)
+    mapper = LevelsMapper(generator.n_latent, generator.config.style_dim).to(dev)
+    rng = torch.Generator().manual_seed(settings.seed)
+    text = guides.clip_text([prompt]).detach()
+    identity = guides.identity if use_identity and settings.identity > 0 else None
+    opt = torch.optim.Adam(mapper.parameters(), lr=settings.lr)
+    was = generator.training
+    generator.eval().requires_grad_(False)
+    try:
+        for _ in tqdm(range(settings.steps), desc=f"latent mapper for {prompt!r}", disable=not progress, mininterval=2):
+            w = sample_wplus(generator, settings.batch_size, rng, settings.truncation)
+            w_hat = edit(mapper, w, settings.scale)
+            x_hat = to_images(generator.synthesis(w_hat))
+            loss = (1 - (guides.clip_image(x_hat) * text).sum(-1)).mean() + settings.l2 * (w_hat - w).pow(2).mean()
+            if identity is not None:
+                with torch.no_grad():
+                    id_w = identity(to_images(generator.synthesis(w)))
+                loss = loss + settings.identity * (1 - (identity(x_hat) * id_w).sum(-1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        generator.train(was)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+    return mapper.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def concept_rates(generator, mapper: LevelsMapper, guides: Guides, concept: str, n: int, seed: int, scale: float,
+                  truncation: float = 1.0, batch: int = 128) -> tuple[float, float]:
+    """The judged rate of ``concept`` on G(w) and on the mapper's edits G(w + scale M(w)), over n samples."""
+    judge = guides.concept_probability
+    rng = torch.Generator().manual_seed(seed)
+    plain = edited = 0.0
+    for i in range(0, n, batch):
+        w = sample_wplus(generator, min(batch, n - i), rng, truncation)
+        plain += float((judge(to_images(generator.synthesis(w)), concept) > 0.5).sum())
+        edited += float((judge(to_images(generator.synthesis(edit(mapper, w, scale))), concept) > 0.5).sum())
+    return plain / n, edited / n
+
+
+def check_gate(generator, mapper, guides: Guides, concept: str, prompt: str, *, points: float, n: int, seed: int, scale: float,
+               truncation: float = 1.0) -> dict:
+    """Refuse a mapper whose edit does not add the concept (then the direction it defines is noise)."""
+    if guides.concept_probability is None:
+        return {"checked": False, "note": "no judge among the guides: the gate was not checked"}
+    before, after = concept_rates(generator, mapper, guides, concept, n, seed, scale, truncation)
+    gate = {"checked": True, "rate_plain": before, "rate_edited": after, "raise_points": round(100 * (after - before), 1), "needed_points": points}
+    if 100 * (after - before) < points:
+        raise EraseError(f"the latent mapper for {prompt!r} raised the judged rate of {concept!r} only from {100 * before:.1f}% to "
+                         f"{100 * after:.1f}% ({100 * (after - before):+.1f} points; the gate needs +{points:g}): the prompt does not "
+                         "realise the concept; try another wording (--set prompt=...) or more mapper_steps")
+    return gate
+
+
+@torch.no_grad()
+def image_direction(generator, mapper, guides: Guides, *, n: int, seed: int, scale: float, truncation: float = 1.0, batch: int = 64) -> torch.Tensor:
+    """i = unit(mean(unit(E(G(w_hat))) - unit(E(G(w))))): the concept's direction in CLIP image space."""
+    rng = torch.Generator().manual_seed(seed)
+    total = None
+    for k in range(0, n, batch):
+        w = sample_wplus(generator, min(batch, n - k), rng, truncation)
+        d = (guides.clip_image(to_images(generator.synthesis(edit(mapper, w, scale)))) - guides.clip_image(to_images(generator.synthesis(w)))).sum(0)
+        total = d if total is None else total + d
+    return unit(total / n)

@@ -1,0 +1,199 @@
+"""Text-to-Unlearn: remove a visual concept from a StyleGAN2 generator given only a text prompt.
+
+Reconstructed from the paper's descriptions (arXiv 2504.01218; no official code), in the StyleGAN-NADA lineage:
+
+1. a latent mapper M_p is trained through the method's CLIP to *add* the prompt's concept to W+ codes
+   (``erase.latent_mapper``); a gate refuses a mapper whose edit does not raise the judged rate of the
+   concept by ``gate_points`` (then everything below would chase noise);
+2. the reference direction i = unit(mean(unit(E(G_f(w_hat))) - unit(E(G_f(w))))) in CLIP image space, from
+   pairs rendered by the frozen generator G_f, computed once;
+3. a copy G_t is fine-tuned so that, on edited codes w_hat, the change from G_f(w_hat) to G_t(w_hat) points
+   along i: L_dir = 1 - cos(unit(unit(E(G_f(w_hat))) - unit(E(G_t(w_hat)))), i) (``direction_loss
+   frozen_pair``; ``self_pair`` instead minimises cos(unit(E(G_t(w_hat))) - unit(E(G_t(w))), i): the edit no
+   longer moves along i), plus a perceptual distance (an LPIPS-style distance: on faces-mini the attribute
+   classifier's feature maps) and an identity distance (an ArcFace-style embedding) between G_t(w_hat) and
+   G_f(w_hat), and optionally a perceptual anchor of G_t(w) on G_f(w) (``preserve_unedited``). For identity
+   concepts the identity term is off (the identity is what is being removed).
+
+``mode clip_distance`` is the paper's baseline (its Eq. 11): minimise cos(E(G_t(w)), E_T(prompt)), with the
+same optional perceptual anchor on unedited codes. Trainable layers (``layers``): every synthesis conv and the
+constant input (NADA's set, the default), the mapping network only, or ``adaptive``: the conv layers fed by
+the ``top_k`` W+ rows that a CLIP-guided edit of W+ towards the prompt moves most (chosen once at set-up;
+NADA re-chooses every step).
+
+The networks the method consults (CLIP, perceptual, identity, the gate's judge) come in as ``Guides``; on
+faces-mini ``eval.faces_mini.guides`` builds them from the shipped artefacts.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import EraseError
+from ..guides import Guides, unit
+from ..latent_mapper import MapperSettings, check_gate, edit, image_direction, sample_wplus, to_images, train_mapper
+from ..loop import Eraser
+from ..patch import PATCH_DTYPES
+from ..registry import check_options, option, register_method
+from ..selection import ParamSelection
+
+LAYERS = {"synthesis": r"^generator\.synthesis\.(input|conv1|convs)\.", "mapping": r"^generator\.mapping\.", "adaptive": None}
+
+
+@dataclass
+class TextToUnlearnConfig:
+    prompt: str | None = option(None, "the concept's text (default: the request's first forget prompt, e.g. 'a face with eyeglasses')")
+    mode: str = option("directional", "'directional' (the method) or 'clip_distance' (the paper's baseline: push G_t(w) away from the prompt)")
+    direction_loss: str = option("frozen_pair", "'frozen_pair' (G_f(w_hat) -> G_t(w_hat) along i) or 'self_pair' (G_t's own edit no longer along i)")
+    layers: str = option("synthesis", "trained weights: 'synthesis' (every synthesis conv + constant input), 'mapping', or 'adaptive' (top_k W+ rows' convs)")
+    top_k: int = option(3, "with layers adaptive: how many W+ rows' layers are trained")
+    lr: float = option(0.002, "learning rate (Adam, betas (0, 0.99) as StyleGAN-NADA)")
+    steps: int = option(300, "fine-tuning steps")
+    batch_size: int = option(8, "latents per step")
+    truncation: float = option(1.0, "truncation psi of the sampled latents (1 = the whole distribution)")
+    lambda_perceptual: float = option(1.0, "weight of the perceptual distance G_t(w_hat) vs G_f(w_hat)")
+    lambda_identity: float = option(1.0, "weight of the identity distance G_t(w_hat) vs G_f(w_hat) (off for identity concepts)")
+    preserve_unedited: float = option(0.0, "weight of the perceptual distance G_t(w) vs G_f(w) on unedited latents")
+    mapper_steps: int = option(1500, "latent-mapper training steps (cached per generator, prompt and guides)")
+    mapper_lr: float = option(1e-3, "latent-mapper learning rate (Adam)")
+    mapper_batch: int = option(16, "latent-mapper batch")
+    mapper_l2: float = option(0.8, "latent-mapper L2 weight on the edit (StyleCLIP 0.8)")
+    mapper_identity: float = option(0.1, "latent-mapper identity weight (StyleCLIP 0.1; off for identity concepts)")
+    edit_scale: float = option(0.1, "w_hat = w + edit_scale * M(w) (StyleCLIP 0.1)")
+    direction_samples: int = option(256, "latent pairs that define the reference direction i")
+    gate_points: float = option(30.0, "the mapper's edit must raise the judged rate of the concept by this many points")
+    gate_samples: int = option(256, "latents the gate judges")
+    patch_dtype: str = option("float32", "storage dtype of the patch values (float16, bfloat16 or float32)")
+    checkpoint_every: int = option(100, "steps between resumable checkpoints")
+
+    def validate(self) -> None:
+        check_options(self, "text_to_unlearn", choices={"mode": ("directional", "clip_distance"), "direction_loss": ("frozen_pair", "self_pair"),
+                                                        "layers": tuple(LAYERS), "patch_dtype": PATCH_DTYPES},
+                      at_least_one=("steps", "batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples", "checkpoint_every"),
+                      non_negative=("lambda_perceptual", "lambda_identity", "preserve_unedited", "mapper_steps", "mapper_l2", "mapper_identity",
+                                    "gate_points"),
+                      positive=("lr", "mapper_lr", "edit_scale", "truncation"))
+
+
+class TextToUnlearn(Eraser):
+    """Text-to-Unlearn: fine-tune StyleGAN2 so the prompt's edit direction no longer changes its images."""
+
+    name = "text_to_unlearn"
+    guides: Guides | None = None  # set by the caller before the loop runs (erase_concept(..., guides=...))
+
+    def scope(self, pipe) -> str:
+        if "generator" not in (getattr(pipe, "components", None) or {}):
+            raise EraseError("text_to_unlearn erases from a StyleGAN pipeline (a model with a 'generator' component); "
+                             "load one with pipelines.stylegan.StyleGANPipeline.from_pretrained")
+        return r"^generator\."
+
+    def setup(self, pipe) -> ParamSelection:
+        from ..components import model_root
+
+        cfg, req = self.config, self.request
+        cfg.validate()
+        if self.guides is None:
+            raise EraseError("text_to_unlearn needs guides (CLIP, perceptual, identity networks); on faces-mini the CLI builds them, "
+                             "in Python pass guides=eval.faces_mini.guides.faces_mini_guides()")
+        self.prompt = cfg.prompt or (req.forget_prompts[0] if req.forget_prompts else None)
+        if not self.prompt:
+            raise EraseError("text_to_unlearn needs a prompt: --set prompt='a face with eyeglasses'")
+        g = self.guides
+        self.G = pipe.components["generator"]
+        self.frozen = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.dev = next(self.G.parameters()).device
+        self.rng = torch.Generator().manual_seed(req.seed)
+        is_identity = req.kind == "identity"
+        self.lambda_identity = 0.0 if is_identity else cfg.lambda_identity
+        settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=cfg.mapper_l2,
+                                  identity=0.0 if is_identity else cfg.mapper_identity, scale=cfg.edit_scale, truncation=cfg.truncation,
+                                  seed=req.seed)
+        if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0:
+            g.require("perceptual", self.name, "lambda_perceptual / preserve_unedited > 0")
+        if self.lambda_identity > 0 or settings.identity > 0:
+            g.require("identity", self.name, "lambda_identity / mapper_identity > 0")
+        self.text = g.clip_text([self.prompt]).detach()
+        if cfg.mode == "directional":
+            self.mapper = train_mapper(self.frozen, self.prompt, g, settings, progress=False)
+            self.info["gate"] = check_gate(self.frozen, self.mapper, g, req.concept, self.prompt, points=cfg.gate_points, n=cfg.gate_samples,
+                                           seed=req.seed + 1, scale=cfg.edit_scale, truncation=cfg.truncation)
+            self.direction = image_direction(self.frozen, self.mapper, g, n=cfg.direction_samples, seed=req.seed + 2, scale=cfg.edit_scale,
+                                             truncation=cfg.truncation)
+        root = model_root(pipe)
+        pattern = LAYERS[cfg.layers] or self._adaptive_pattern()
+        selection = ParamSelection.by_name(root, pattern)
+        params = selection.parameters(root)
+        selection.freeze_others_(root)
+        self.optimizer = torch.optim.Adam(params.values(), lr=cfg.lr, betas=(0.0, 0.99))
+        self.info.update({"prompt": self.prompt, "guides": g.describe(), "trainable": {"layers": cfg.layers, "pattern": pattern,
+                          "tensors": len(params), "weights": selection.count(root)}})
+        return selection
+
+    def _adaptive_pattern(self) -> str:
+        """The conv layers fed by the top_k W+ rows that a few CLIP-guided steps on W+ (towards the prompt) move most."""
+        cfg, G = self.config, self.frozen
+        w0 = sample_wplus(G, 8, self.rng, cfg.truncation)
+        w = w0.clone().requires_grad_(True)
+        opt = torch.optim.SGD([w], lr=0.01)
+        for _ in range(3):
+            loss = (1 - (self.guides.clip_image(to_images(G.synthesis(w))) * self.text).sum(-1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        moved = (w.detach() - w0).abs().mean(dim=(0, 2))
+        rows = moved.topk(min(cfg.top_k, len(moved))).indices.tolist()
+        layers = sorted({name for r in rows for name in G.layers_of_row(r) if "to_rgb" not in name})
+        self.info["adaptive_rows"] = sorted(rows)
+        if not layers:
+            raise EraseError(f"the top {cfg.top_k} W+ rows feed only toRGB layers; raise --set top_k=...")
+        return r"^generator\.(" + "|".join(n.replace(".", r"\.") for n in layers) + r")\."
+
+    def _codes(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """W+ codes for this step (from the mapping being trained when it is trainable) and their edits."""
+        cfg = self.config
+        if cfg.layers == "mapping":
+            z = torch.randn(cfg.batch_size, self.G.config.z_dim, generator=self.rng).to(self.dev)
+            w = self.G.truncate(self.G.mapping(z), cfg.truncation).unsqueeze(1).expand(-1, self.G.n_latent, -1)
+        else:
+            w = sample_wplus(self.frozen, cfg.batch_size, self.rng, cfg.truncation)
+        w_hat = edit(self.mapper, w, cfg.edit_scale) if cfg.mode == "directional" else None
+        return w, w_hat
+
+    def step(self, i: int) -> dict[str, float]:
+        cfg, g = self.config, self.guides
+        w, w_hat = self._codes()
+        losses: dict[str, torch.Tensor] = {}
+        if cfg.mode == "clip_distance":
+            x_t = to_images(self.G.synthesis(w))
+            losses["clip"] = (g.clip_image(x_t) * self.text).sum(-1).mean()
+        else:
+            with torch.no_grad():
+                x_f = to_images(self.frozen.synthesis(w_hat))
+                e_f = g.clip_image(x_f)
+            x_t = to_images(self.G.synthesis(w_hat))
+            e_t = g.clip_image(x_t)
+            if cfg.direction_loss == "frozen_pair":
+                losses["direction"] = (1 - (unit(e_f - e_t) * self.direction).sum(-1)).mean()
+            else:
+                e_plain = g.clip_image(to_images(self.G.synthesis(w)))
+                losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
+            if cfg.lambda_perceptual > 0:
+                losses["perceptual"] = cfg.lambda_perceptual * g.perceptual(x_t, x_f).mean()
+            if self.lambda_identity > 0:
+                losses["identity"] = self.lambda_identity * (1 - (g.identity(x_t) * g.identity(x_f)).sum(-1)).mean()
+        if cfg.preserve_unedited > 0:
+            with torch.no_grad():
+                x_plain_f = to_images(self.frozen.synthesis(w))
+            losses["unedited"] = cfg.preserve_unedited * g.perceptual(to_images(self.G.synthesis(w)), x_plain_f).mean()
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+
+register_method("text_to_unlearn", TextToUnlearnConfig, TextToUnlearn,
+                "Text-to-Unlearn (StyleGAN2): a prompt's CLIP edit direction fine-tuned out of the synthesis network")

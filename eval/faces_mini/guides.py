@@ -1,0 +1,57 @@
+"""The faces-mini guides for Text-to-Unlearn, from the shipped artefacts: the method's tiny CLIP
+(``clip-guide``; evaluation uses the other one), the attribute classifier's feature maps as the perceptual
+distance (the LPIPS stand-in), the identity embedder (the ArcFace stand-in), and the attribute classifier's
+probability of a concept (only for the mapper's gate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from erase.guides import Guides, unit
+
+
+def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> tuple:
+    """(image -> unit embedding, texts -> unit embedding) of one of the faces-mini CLIPs, differentiable in the images."""
+    from eval.clip_alignment import clip_preprocess
+
+    from .assets import load_faces_clip
+
+    model, tokenizer = load_faces_clip(which, folder, device=device)
+    model.requires_grad_(False)
+
+    def image(x: torch.Tensor) -> torch.Tensor:
+        return unit(model.encode_image(clip_preprocess(model, x)).float())
+
+    @torch.no_grad()
+    def text(texts: list[str]) -> torch.Tensor:
+        return unit(model.encode_text(tokenizer(texts).to(device)).float())
+
+    return image, text
+
+
+def faces_mini_guides(which_clip: str = "clip-guide", assets: Path | None = None, device: str = "cpu") -> Guides:
+    from .assets import ASSETS_DIR, load_judge
+    from .models import perceptual_distance
+    from .world import concept_rate_label
+
+    root = Path(assets) if assets is not None else ASSETS_DIR
+    image, text = clip_guides(which_clip, root / which_clip, device)
+    classifier = load_judge("classifier", root / "classifier", device)
+    embedder = load_judge("identity", root / "identity", device)
+
+    def perceptual(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return perceptual_distance(classifier, a, b)
+
+    def identity(x: torch.Tensor) -> torch.Tensor:
+        return embedder(x)
+
+    @torch.no_grad()
+    def concept_probability(x: torch.Tensor, concept: str) -> torch.Tensor:
+        head, cls = concept_rate_label(concept)
+        return classifier(x)[head].softmax(1)[:, cls]
+
+    return Guides(clip_image=image, clip_text=text, perceptual=perceptual, identity=identity, concept_probability=concept_probability,
+                  names={"clip": f"faces-mini {which_clip}", "perceptual": "faces-mini attribute classifier feature maps (LPIPS-style)",
+                         "identity": "faces-mini identity embedder", "gate_judge": "faces-mini attribute classifier"})

@@ -1,0 +1,120 @@
+"""Text-to-Unlearn on a tiny random StyleGAN2 with toy guides: the mapper gate, 2-step runs of every mode,
+patch apply / remove bit-identical on the generator, and the guides counted in the run's identity."""
+
+import pytest
+import torch
+from torch import nn
+
+from erase.errors import EraseError
+from erase.guides import Guides, unit
+from erase.request import EraseRequest
+from pipelines.stylegan import Generator, StyleGANConfig, StyleGANPipeline
+
+TINY = StyleGANConfig(resolution=16, style_dim=32, n_mlp=2, channels={4: 32, 8: 16, 16: 16})
+QUICK = {"steps": 2, "batch_size": 2, "mapper_steps": 30, "mapper_batch": 4, "direction_samples": 8, "gate_samples": 32, "gate_points": 0.0}
+
+
+def tiny_pipe(seed: int = 0) -> StyleGANPipeline:
+    torch.manual_seed(seed)
+    return StyleGANPipeline(Generator(TINY).eval())
+
+
+def toy_guides() -> Guides:
+    """A random 'CLIP' whose text embedding of the concept is a fixed direction, and a judge that agrees with it
+    (P(concept) rises with the image's CLIP similarity to the concept), so a mapper trained through the CLIP moves the judge."""
+    torch.manual_seed(123)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 16)).requires_grad_(False)
+    texts: dict[str, torch.Tensor] = {}
+
+    def clip_image(x):
+        return unit(net(x))
+
+    def clip_text(ts):
+        return torch.stack([texts.setdefault(t, unit(torch.randn(16, generator=torch.Generator().manual_seed(len(t))))) for t in ts])
+
+    def perceptual(a, b):
+        return (net[0](a) - net[0](b)).pow(2).mean(dim=(1, 2, 3))
+
+    def concept_probability(x, concept):
+        return torch.sigmoid(40 * ((clip_image(x) * clip_text(["a face with eyeglasses"])).sum(-1) - base[0]))
+
+    base = [0.0]
+    with torch.no_grad():  # centre the judge on the untouched generator: about half the samples "have" the concept
+        x = (tiny_pipe().generator(torch.randn(64, TINY.z_dim, generator=torch.Generator().manual_seed(0))).clamp(-1, 1) + 1) / 2
+        base[0] = float((clip_image(x) * clip_text(["a face with eyeglasses"])).sum(-1).median())
+    return Guides(clip_image=clip_image, clip_text=clip_text, perceptual=perceptual, identity=clip_image, concept_probability=concept_probability,
+                  names={"clip": "toy", "perceptual": "toy", "identity": "toy", "gate_judge": "toy"})
+
+
+def request(kind="attribute", concept="eyeglasses"):
+    return EraseRequest(concept=concept, kind=kind, anchor="a face", forget_prompts=["a face with eyeglasses"], anchor_prompts=["a face"], protocol="faces-mini")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("over", [{}, {"direction_loss": "self_pair"}, {"mode": "clip_distance"}, {"layers": "adaptive", "top_k": 2},
+                                  {"layers": "mapping"}, {"preserve_unedited": 1.0}])
+def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
+    from erase.api import erase_concept
+    from erase.patch import apply_patch, remove_patch
+
+    pipe = tiny_pipe()
+    before = pipe(seeds=[0, 1, 2], output_type="pt")
+    params_before = {n: p.detach().clone() for n, p in pipe.generator.named_parameters()}
+    patch = erase_concept(pipe, "text_to_unlearn", request(), tmp_path / "out", overrides={**QUICK, **over}, progress=False,
+                          model_id="tiny", guides=toy_guides())
+    assert patch.names() and all(n.startswith("generator.") for n in patch.names())
+    if over.get("layers") == "mapping":
+        assert all(n.startswith("generator.mapping.") for n in patch.names())
+    elif over.get("layers") != "adaptive":
+        assert all(n.startswith("generator.synthesis.") and "to_rgb" not in n for n in patch.names())
+    assert torch.equal(pipe(seeds=[0, 1, 2], output_type="pt"), before)  # the loop leaves the model unpatched
+    apply_patch(pipe, patch)
+    assert not torch.equal(pipe(seeds=[0, 1, 2], output_type="pt"), before)
+    remove_patch(pipe)
+    assert all(torch.equal(p, params_before[n]) for n, p in pipe.generator.named_parameters())
+    assert torch.equal(pipe(seeds=[0, 1, 2], output_type="pt"), before)
+
+
+def test_the_gate_stops_a_mapper_that_does_not_add_the_concept(tmp_path):
+    from erase.api import erase_concept
+
+    with pytest.raises(EraseError, match=r"raised the judged rate of 'eyeglasses' only from .*the gate needs \+101"):
+        erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "out", overrides={**QUICK, "gate_points": 101.0}, progress=False,
+                      model_id="tiny", guides=toy_guides())
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_mapper_adds_what_the_guide_clip_reads_as_the_prompt_and_is_cached(tmp_path):
+    from erase.latent_mapper import MapperSettings, concept_rates, train_mapper
+
+    pipe, guides = tiny_pipe(), toy_guides()
+    settings = MapperSettings(steps=60, batch_size=8, l2=0.0, identity=0.0, scale=0.5)
+    mapper = train_mapper(pipe.generator, "a face with eyeglasses", guides, settings)
+    plain, edited = concept_rates(pipe.generator, mapper, guides, "eyeglasses", 64, seed=5, scale=0.5)
+    assert edited > plain + 0.2
+    again = train_mapper(pipe.generator, "a face with eyeglasses", guides, settings)  # read from the cache: same weights, no training
+    assert all(torch.equal(a, b) for a, b in zip(mapper.state_dict().values(), again.state_dict().values()))
+
+
+def test_guides_are_part_of_the_run_identity(tmp_path):
+    from erase.api import erase_concept
+
+    out = tmp_path / "out"
+    erase_concept(tiny_pipe(), "text_to_unlearn", request(), out, overrides=QUICK, progress=False, model_id="tiny", guides=toy_guides())
+    other = toy_guides()
+    other.names["clip"] = "another clip"
+    with pytest.raises(EraseError, match="differs in guides.clip"):
+        erase_concept(tiny_pipe(), "text_to_unlearn", request(), out, overrides=QUICK, progress=False, model_id="tiny", guides=other, resume=True)
+
+
+def test_without_guides_or_on_a_diffusion_model_it_says_what_is_missing(tmp_path, tiny_pipe):
+    from erase.api import erase_concept
+
+    with pytest.raises(EraseError, match="needs guides"):
+        erase_concept(StyleGANPipeline(Generator(TINY)), "text_to_unlearn", request(), tmp_path / "a", overrides=QUICK, progress=False)
+    with pytest.raises(EraseError, match="StyleGAN pipeline"):
+        erase_concept(tiny_pipe, "text_to_unlearn", request(), tmp_path / "b", overrides=QUICK, progress=False, guides=toy_guides())
