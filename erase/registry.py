@@ -66,6 +66,13 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def canonical_method(name: str) -> str:
+    """The registered name for ``name``, accepting hyphens for underscores (``text-to-unlearn``)."""
+    _load_builtins()
+    alias = name.replace("-", "_")
+    return alias if name not in _REGISTRY and alias in _REGISTRY else name
+
+
 def get_method(name: str) -> MethodSpec:
     _load_builtins()
     if name not in _REGISTRY:

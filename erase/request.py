@@ -70,6 +70,13 @@ class EraseRequest:
             protocol.check_target(concept, kind)
         except ValueError as e:
             raise EraseError(str(e)) from e
+        if protocol.template is None:  # a latent-seeded generator: the concept's phrase, "the concept absent" as anchor
+            phrases = getattr(protocol, "phrases", {}) or {}
+            if concept not in phrases:
+                raise EraseError(f"protocol {protocol.name!r} has no phrase for {concept!r}; give a protocol with 'phrases'")
+            anchor = anchor or protocol.anchor_phrase or "an image"
+            retain = [p for c, p in phrases.items() if c != concept]
+            return cls(concept, kind, anchor, [phrases[concept]], [anchor], retain, seed, protocol.name)
         names = protocol.concepts(kind)
         anchor = anchor or protocol.null_class(kind) or names[(names.index(concept) + 1) % len(names)]
         if anchor not in names:

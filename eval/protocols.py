@@ -102,8 +102,11 @@ class Protocol:
     eta: float = 0.0
     negative_prompt: str = ""
     resolution: int = 512
-    classifiers: str = "canvas-mini"  # judge family: "canvas-mini" or "unlearncanvas-vit" (weights given by the user)
+    classifiers: str = "canvas-mini"  # judge family: "canvas-mini", "unlearncanvas-vit" (weights given by the user) or "faces-mini"
     deviations: list[str] = field(default_factory=list)
+    # latent-seeded generators (template None): each concept's text, and the text of "the concept absent"
+    phrases: dict = field(default_factory=dict)
+    anchor_phrase: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.axes, list) or not self.axes or not all(isinstance(a, Axis) for a in self.axes):
@@ -281,7 +284,23 @@ def unlearncanvas() -> Protocol:
     )
 
 
-BUILTIN = {"canvas-mini": canvas_mini, "unlearncanvas": unlearncanvas}
+def faces_mini() -> Protocol:
+    """Latent-seeded: seed k is the StyleGAN's z of seed k at truncation 1; concepts are attributes and identities."""
+    from eval.faces_mini.world import BINARY, CONCEPTS, IDENTITY_NAMES, RESOLUTION
+
+    return Protocol(
+        name="faces-mini",
+        axes=[Axis("attribute", list(BINARY)), Axis("identity", [*IDENTITY_NAMES, "anonymous"], null_class="anonymous")],
+        template=None,
+        seeds=list(range(1000)),
+        resolution=RESOLUTION,
+        classifiers="faces-mini",
+        phrases={concept: phrase for concept, (_, phrase) in CONCEPTS.items()},
+        anchor_phrase="a face",
+    )
+
+
+BUILTIN = {"canvas-mini": canvas_mini, "unlearncanvas": unlearncanvas, "faces-mini": faces_mini}
 
 
 def load_protocol(spec: str) -> Protocol:

@@ -48,13 +48,12 @@ def default_device(args) -> str:
 
 
 def _load(args):
-    from pipelines.stable_diffusion import load_pipeline
+    from pipelines import load_model
 
     device = default_device(args)
-    pipe = load_pipeline(args.model, device=device, dtype=args.dtype, xformers=args.xformers)
+    pipe = load_model(args.model, device=device, dtype=args.dtype, xformers=args.xformers)
     if args.patch:
-        from erase.patch import ErasurePatch
-        from pipelines.stable_diffusion import apply_patch
+        from erase.patch import ErasurePatch, apply_patch
 
         apply_patch(pipe, ErasurePatch.from_pretrained(args.patch), scale=args.scale)
     return pipe, device

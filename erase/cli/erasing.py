@@ -41,17 +41,43 @@ def check_model_path(model: str) -> None:
     """A local --model path must exist (hub ids like org/name are looked up in the cache later)."""
     path = Path(model)
     looks_local = model.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".ckpt") or "/" not in model or path.exists()
+    if path.suffix.lower() == ".pkl":  # refused before anything opens it: unpickling an NVIDIA generator runs its code
+        from pipelines.stylegan import StyleGANLoadError, load_rosinality
+
+        try:
+            load_rosinality(path)
+        except StyleGANLoadError as e:
+            raise UsageError(str(e)) from None
     if looks_local and not path.exists():
         raise UsageError(f"--model {model} does not exist; pass a diffusers pipeline folder, a cached hub id (org/name) or a checkpoint file")
+    if path.is_dir() and (path / "generator.safetensors").exists() and not (path / "config.json").exists():
+        raise UsageError(f"--model {model} holds generator.safetensors but no config.json; a StyleGAN folder needs both "
+                         "(StyleGANPipeline.save_pretrained writes them)")
 
 
 def _default_protocol(model: str) -> str:
     from eval.canvas_mini import PIPELINE_DIR
+    from eval.faces_mini.assets import GENERATOR_DIR
 
     try:
-        return "canvas-mini" if Path(model).resolve() == PIPELINE_DIR.resolve() else "none"
+        shipped = {PIPELINE_DIR.resolve(): "canvas-mini", GENERATOR_DIR.resolve(): "faces-mini"}
+        return shipped.get(Path(model).resolve(), "none")
     except OSError:
         return "none"
+
+
+def guides_for(method: str, protocol):
+    """The guides a method consults (Text-to-Unlearn's CLIP, perceptual and identity networks), from the protocol's world."""
+    from ..registry import get_method
+
+    if not getattr(get_method(method).eraser_cls, "needs_guides", False):
+        return None
+    if protocol is None or protocol.classifiers != "faces-mini":
+        raise UsageError(f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for --protocol faces-mini; "
+                         "for other models pass guides=erase.guides.Guides(...) to erase.api.erase_concept")
+    from eval.faces_mini.guides import faces_mini_guides
+
+    return faces_mini_guides()
 
 
 @command("run", "erase a concept with a method and save the patch (optionally evaluate the erased model)")
@@ -79,6 +105,9 @@ def _run(p):
         from .checks import validate_common_args
 
         # validate everything before a model is loaded or a byte is written
+        from ..registry import canonical_method
+
+        args.method = canonical_method(args.method)
         if args.patch:
             raise UsageError("erase run trains on the base model; --patch is only for eval and grid")
         validate_common_args(args)
@@ -94,20 +123,29 @@ def _run(p):
         cfg = resolve_config(args.method, args.preset, overrides)
         if args.eval and protocol is None:
             raise UsageError("--eval needs a protocol (--protocol canvas-mini|unlearncanvas|FILE)")
-        check_out_dir(out, run_identity(args.method, cfg, request, args.model), resume=args.resume, overwrite=args.overwrite)
+        guides = guides_for(args.method, protocol)
+        check_out_dir(out, run_identity(args.method, cfg, request, args.model, guides), resume=args.resume, overwrite=args.overwrite)
         _threads(args)
         pipe, device = _load(args)
         patch = erase_concept(pipe, args.method, request, out, preset=args.preset, overrides=overrides, resume=args.resume,
-                              overwrite=args.overwrite, progress=not args.quiet, model_id=args.model)
+                              overwrite=args.overwrite, progress=not args.quiet, model_id=args.model, guides=guides)
         eff = patch.config["efficiency"]
         print(f"patch: {out} ({eff['patch_bytes'] / 1e6:.2f} MB, {eff['erase_seconds']:.0f} s, peak memory {eff['peak_memory_bytes'] / 2**30:.2f} GiB)")
         if args.eval:
+            from erase.patch import apply_patch
             from eval.report import EvalOptions, evaluate
-            from pipelines.stable_diffusion import apply_patch
 
             apply_patch(pipe, patch)
             if args.eval_seeds:
                 protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
+            if protocol.classifiers == "faces-mini":
+                from eval.faces_report import evaluate_faces
+
+                r = evaluate_faces(pipe, protocol, args.concept, args.kind, out / "eval", model_id=args.model, patch=str(out), progress=not args.quiet)
+                t = r["target_rate"]
+                print(f"{args.concept} rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}% (asked for it: "
+                      f"{100 * t['original_edited']:.1f}% -> {100 * t['edited']:.1f}%)  ({out / 'eval' / 'report.md'})")
+                return
             report = evaluate(pipe, protocol, [(args.concept, args.kind)], out / "eval", model_id=args.model,
                               patch=str(out), options=EvalOptions(device=device, progress=not args.quiet))
             print(f"UA {100 * report['ua']:.1f}  IRA {100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}  ({out / 'eval' / 'report.md'})")

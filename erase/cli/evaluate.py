@@ -73,6 +73,8 @@ def _eval(p: argparse.ArgumentParser):
         check_writable("--out", out, folder=True)
         check_output_folder(out, run_identity(args.model, args.patch, protocol))
         _threads(args)
+        if protocol.classifiers == "faces-mini":
+            return _eval_faces(args, protocol, targets, out)
         opts = EvalOptions(templates=templates, batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
                            fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
                            object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet,
@@ -87,6 +89,24 @@ def _eval(p: argparse.ArgumentParser):
         print(f"report: {out / 'report.md'}")
 
     return run
+
+
+def _eval_faces(args, protocol, targets, out: Path) -> None:
+    """faces-mini: attribute rates plain and asked for, identity similarity, FD, gamma (see eval.faces_report)."""
+    from eval.faces_report import evaluate_faces
+    from pipelines import is_stylegan
+
+    if len(targets) != 1:
+        raise UsageError("faces-mini evaluates one --target at a time")
+    if not is_stylegan(args.model):
+        raise UsageError(f"--protocol faces-mini evaluates a StyleGAN folder (config.json + generator.safetensors); {args.model} is not one")
+    pipe, _ = _load(args)
+    (name, kind), = targets
+    r = evaluate_faces(pipe, protocol, name, kind, out, model_id=args.model, patch=args.patch, progress=not args.quiet)
+    t = r["target_rate"]
+    print(f"{name} ({kind}): rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}%, asked for it {100 * t['original_edited']:.1f}% -> "
+          f"{100 * t['edited']:.1f}%; FD {r['fd']['value']:.3f} (original {r['fd']['original']:.3f}); gamma {r['gamma']['classifier']['value']:.3f}")
+    print(f"report: {out / 'report.md'}")
 
 
 @command("grid", "draw a labelled grid of generations (rows = styles, columns = objects), optionally original vs erased")

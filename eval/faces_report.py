@@ -1,0 +1,209 @@
+"""Evaluation of a (patched) StyleGAN on the faces-mini protocol: ``erase eval --protocol faces-mini``.
+
+For the protocol's seeds (z of seed k, truncation 1) it renders G(w), and G(w_hat) where w_hat is w edited
+by a latent mapper that *asks for the target*, trained on the original generator through the held-out CLIP
+(``clip-judge``, never the method's), so the erased model is questioned with an edit it never saw. When a
+patch is applied, the original is rendered at the same seeds with the patch taken off (bit-exact).
+
+report.json: ``attribute_rates`` / ``edited_attribute_rates`` (every head's classes, judged by the attribute
+classifier) for the model and the original; ``identity_similarity`` (identity-embedding cosine to the original
+at the same seeds); ``fd`` (Frechet distance in the classifier's feature space against renders, with the
+renders-vs-renders floor); ``clip_similarity`` (held-out CLIP cosine to the target's phrase, plain and edited);
+``gamma`` (Wasserstein-1 between score distributions: W1(U, A) / W1(B, A) clipped to [0, 1], with A = scores of
+the original's edits, B = of the original's plain samples, U = of the model's edits; scores = the classifier's
+probability of the target, and the held-out CLIP's similarity); ``retain_fidelity`` (same-seed PSNR and
+perceptual distance to the original, over every seed and over the seeds whose original lacks the target).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from erase.latent_mapper import MapperSettings, edit, to_images, train_mapper
+
+from .fidelity import psnr
+from .protocols import Protocol
+from .report import claim_output_folder, run_identity, versions
+
+EDIT_SCALE = 0.1
+MAPPER = MapperSettings(steps=1500, batch_size=16, l2=0.8, identity=0.1, scale=EDIT_SCALE, seed=7)
+FD_RENDERS = 4000
+
+
+def _wplus(generator, seeds: list[int]) -> torch.Tensor:
+    from pipelines.stylegan import StyleGANPipeline
+
+    z = StyleGANPipeline(generator).seed_latents(seeds).to(next(generator.parameters()).device)
+    with torch.no_grad():
+        return generator.mapping(z).unsqueeze(1).expand(-1, generator.n_latent, -1).contiguous()
+
+
+@torch.no_grad()
+def _render(generator, wplus: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([to_images(generator.synthesis(wplus[i : i + batch])).float().cpu() for i in range(0, len(wplus), batch)])
+
+
+@torch.no_grad()
+def _judge(judge, x: torch.Tensor, batch: int = 500) -> dict[str, torch.Tensor]:
+    out: dict[str, list] = {}
+    for i in range(0, len(x), batch):
+        for head, logits in judge(x[i : i + batch]).items():
+            out.setdefault(head, []).append(logits.softmax(1))
+    return {h: torch.cat(v) for h, v in out.items()}
+
+
+def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """{head: {class name: rate in [0, 1]}} from argmax predictions."""
+    from .faces_mini.world import HAIR_COLOURS, IDENTITY_NAMES, SKIN_TONES
+
+    names = {"hair_colour": HAIR_COLOURS, "skin": SKIN_TONES, "identity": [*IDENTITY_NAMES, "anonymous"]}
+    out = {}
+    for head, p in probs.items():
+        pred = p.argmax(1)
+        labels = names.get(head, ["no", "yes"])
+        out[head] = {label: float(pred.eq(k).float().mean()) for k, label in enumerate(labels)}
+    return out
+
+
+def _target_rate(rates: dict, target: str) -> float:
+    from .faces_mini.world import IDENTITY_NAMES, concept_rate_label
+
+    head, cls = concept_rate_label(target)
+    label = "yes" if head != "identity" else [*IDENTITY_NAMES, "anonymous"][cls]
+    return rates[head][label]
+
+
+def _gamma(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    from scipy.stats import wasserstein_distance
+
+    base = wasserstein_distance(b, a)
+    value = wasserstein_distance(u, a) / base if base > 0 else float("nan")
+    return {"value": float(min(1.0, max(0.0, value))), "raw": float(value), "w1_model_edits_to_original_edits": float(wasserstein_distance(u, a)),
+            "w1_original_plain_to_original_edits": float(base), "mean_shift_sign": int(np.sign(u.mean() - a.mean()))}
+
+
+def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: str | Path, *, model_id: str, patch: str | None = None,
+                   progress: bool = False, assets: Path | None = None, mapper_settings: MapperSettings = MAPPER) -> dict:
+    """Evaluate ``pipe`` (a StyleGANPipeline, optionally patched) for one erased target; writes report.json / .md / grid.png."""
+    from erase.patch import applied_patches, patches_disabled
+
+    from .faces_mini.assets import ASSETS_DIR, load_judge
+    from .faces_mini.check import features
+    from .faces_mini.guides import faces_mini_guides
+    from .faces_mini.models import perceptual_distance
+    from .faces_mini.render import render_set
+    from .faces_mini.world import SEED_BASE, concept_rate_label
+    from .fid import frechet_distance_numpy
+
+    protocol.check_target(target, kind)
+    root = Path(assets) if assets is not None else ASSETS_DIR
+    judge, embedder = load_judge("classifier", root / "classifier"), load_judge("identity", root / "identity")
+    guides = faces_mini_guides("clip-judge", root)
+    out_dir = Path(out_dir)
+    claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
+    t0 = time.time()
+    G = pipe.generator
+    phrase = protocol.phrases[target]
+    patched = bool(applied_patches(pipe))
+    with patches_disabled(pipe):  # the original: its mapper, its renders at the same seeds
+        mapper = train_mapper(G, phrase, guides, mapper_settings, progress=progress, use_identity=kind != "identity")
+        w = _wplus(G, protocol.seeds)
+        w_hat = edit(mapper, w, EDIT_SCALE).detach()
+        orig, orig_edit = _render(G, w), _render(G, w_hat)
+    model, model_edit = (_render(G, w), _render(G, w_hat)) if patched else (orig, orig_edit)
+    t_render = time.time() - t0
+    probs = {k: _judge(judge, x) for k, x in (("model", model), ("model_edit", model_edit), ("orig", orig), ("orig_edit", orig_edit))}
+    rates = {k: _rates(v) for k, v in probs.items()}
+    head, cls = concept_rate_label(target)
+    score = {k: v[head][:, cls].numpy() for k, v in probs.items()}
+    text = guides.clip_text([phrase])
+    clip = {k: (guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for k, x in
+            (("model", model), ("model_edit", model_edit), ("orig", orig), ("orig_edit", orig_edit))}
+    renders, _ = render_set(FD_RENDERS, SEED_BASE["check"])
+    real = features(judge, renders.float() / 255)
+    fd_floor_renders, _ = render_set(len(protocol.seeds), SEED_BASE["fd"])
+    report = {
+        "protocol": protocol.to_dict(), "target": target, "kind": kind, "phrase": phrase, "model": model_id, "patch": patch,
+        "versions": versions(), "deviations": list(protocol.deviations),
+        "attribute_rates": rates["model"], "edited_attribute_rates": rates["model_edit"],
+        "original": {"attribute_rates": rates["orig"], "edited_attribute_rates": rates["orig_edit"]},
+        "target_rate": {"plain": _target_rate(rates["model"], target), "edited": _target_rate(rates["model_edit"], target),
+                        "original_plain": _target_rate(rates["orig"], target), "original_edited": _target_rate(rates["orig_edit"], target)},
+        "fd": {"value": frechet_distance_numpy(features(judge, model), real), "original": frechet_distance_numpy(features(judge, orig), real),
+               "floor_renders": frechet_distance_numpy(features(judge, fd_floor_renders.float() / 255), real),
+               "space": "faces-mini attribute classifier features", "reference_renders": FD_RENDERS},
+        "clip_similarity": {"judge": "faces-mini clip-judge (held out from the method)", **{k: float(v.mean()) for k, v in clip.items()}},
+        "gamma": {"classifier": _gamma(score["model_edit"], score["orig_edit"], score["orig"]),
+                  "clip": _gamma(clip["model_edit"], clip["orig_edit"], clip["orig"])},
+        "edit": {"mapper": "levels mapper through clip-judge, trained on the original", "scale": EDIT_SCALE, "settings": dict(mapper_settings.__dict__)},
+    }
+    if patched:
+        with torch.no_grad():
+            sim = (embedder(model) * embedder(orig)).sum(-1)
+            psnr_each = psnr(orig, model)
+            perc = perceptual_distance(judge, model, orig)
+        lacks = torch.from_numpy(score["orig"] < 0.5)
+        report["identity_similarity"] = {"mean": float(sim.mean()), "min": float(sim.min()), "embedder": "faces-mini identity embedder"}
+        report["retain_fidelity"] = {"psnr": float(psnr_each.mean()), "perceptual": float(perc.mean()),
+                                     "psnr_without_target": float(psnr_each[lacks].mean()) if lacks.any() else None,
+                                     "perceptual_without_target": float(perc[lacks].mean()) if lacks.any() else None,
+                                     "n": len(psnr_each), "n_without_target": int(lacks.sum())}
+    report["seconds"] = {"render": round(t_render, 1), "total": round(time.time() - t0, 1)}
+    report["grid"] = _grid(orig, model, orig_edit, model_edit, out_dir / "grid.png")
+    _write(out_dir / "report.json", json.dumps(report, indent=2))
+    _write(out_dir / "report.md", render_markdown(report))
+    return report
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _grid(orig, model, orig_edit, model_edit, path: Path, n: int = 12) -> str:
+    """Rows: original, model, original asked for the target, model asked for the target; the same seeds in each column."""
+    from PIL import Image
+
+    from .grid import save_png
+
+    rows = [torch.cat(list(x[:n].permute(0, 2, 3, 1)), dim=1) for x in (orig, model, orig_edit, model_edit)]
+    arr = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr).resize((arr.shape[1] * 3, arr.shape[0] * 3), Image.NEAREST)
+    save_png(img, path)
+    return path.name
+
+
+def render_markdown(r: dict) -> str:
+    def pct(x):
+        return f"{100 * x:.1f}"
+
+    t = r["target_rate"]
+    lines = [f"# faces-mini evaluation: {r['target']} ({r['kind']})", "", f"Prompt phrase: \"{r['phrase']}\"; model {r['model']}"
+             + (f", patch {r['patch']}" if r["patch"] else ""), "",
+             "| target rate | plain G(w) | asked for it G(w_hat) |", "|---|---|---|",
+             f"| original | {pct(t['original_plain'])}% | {pct(t['original_edited'])}% |", f"| this model | {pct(t['plain'])}% | {pct(t['edited'])}% |", "",
+             "| attribute | original | this model | change (points) |", "|---|---|---|---|"]
+    for head, classes in r["attribute_rates"].items():
+        for label, rate in classes.items():
+            if head in ("eyeglasses", "smile", "hat", "beard") and label == "no":
+                continue
+            before = r["original"]["attribute_rates"][head][label]
+            lines.append(f"| {head}={label} | {pct(before)} | {pct(rate)} | {100 * (rate - before):+.1f} |")
+    fd = r["fd"]
+    lines += ["", f"FD (classifier features vs {fd['reference_renders']} renders): {fd['value']:.3f} (original {fd['original']:.3f}, "
+              f"renders floor {fd['floor_renders']:.3f})",
+              f"gamma: classifier {r['gamma']['classifier']['value']:.3f}, held-out CLIP {r['gamma']['clip']['value']:.3f}"]
+    if "identity_similarity" in r:
+        f = r["retain_fidelity"]
+        lines += [f"identity similarity to the original: {r['identity_similarity']['mean']:.3f} (min {r['identity_similarity']['min']:.3f})",
+                  f"same-seed fidelity: PSNR {f['psnr']:.1f} dB, perceptual {f['perceptual']:.3f}"
+                  + (f"; on the {f['n_without_target']} seeds without the target: PSNR {f['psnr_without_target']:.1f} dB" if f["psnr_without_target"] else "")]
+    lines += ["", "![original / this model / original asked for the target / this model asked for it](grid.png)", ""]
+    return "\n".join(lines)
