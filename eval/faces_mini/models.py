@@ -121,16 +121,17 @@ class IdentityEmbedder(nn.Module):
         return F.normalize(self.raw(x), dim=-1)
 
 
-# Two tiny CLIPs with different widths and seeds: "guide" drives Text-to-Unlearn, "judge" only evaluates it.
+# Two tiny CLIPs with different widths and seeds: "guide" drives Text-to-Unlearn, "judge" only evaluates it. Their
+# text widths are small because open_clip's 49,408-token embedding table dominates their size (assets budget).
 CLIP_MODELS = {
     "faces-mini-clip-guide": {
         "embed_dim": 64,
         "vision_cfg": {"image_size": RESOLUTION, "layers": 3, "width": 96, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 4},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 40, "heads": 4, "layers": 2},
     },
     "faces-mini-clip-judge": {
         "embed_dim": 48,
         "vision_cfg": {"image_size": RESOLUTION, "layers": 2, "width": 128, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 4},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 96, "heads": 4, "layers": 2},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
     },
 }
