@@ -49,15 +49,6 @@ def _render(generator, wplus: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([to_images(generator.synthesis(wplus[i : i + batch])).float().cpu() for i in range(0, len(wplus), batch)])
 
 
-@torch.no_grad()
-def _judge(judge, x: torch.Tensor, batch: int = 500) -> dict[str, torch.Tensor]:
-    out: dict[str, list] = {}
-    for i in range(0, len(x), batch):
-        for head, logits in judge(x[i : i + batch]).items():
-            out.setdefault(head, []).append(logits.softmax(1))
-    return {h: torch.cat(v) for h, v in out.items()}
-
-
 def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """{head: {class name: rate in [0, 1]}} from argmax predictions."""
     from .faces_mini.world import HAIR_COLOURS, IDENTITY_NAMES, SKIN_TONES
@@ -94,7 +85,7 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     from erase.patch import applied_patches, patches_disabled
 
     from .faces_mini.assets import ASSETS_DIR, load_judge
-    from .faces_mini.check import features
+    from .faces_mini.check import features, judge_all
     from .faces_mini.guides import faces_mini_guides
     from .faces_mini.models import perceptual_distance
     from .faces_mini.render import render_set
@@ -118,7 +109,7 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
         orig, orig_edit = _render(G, w), _render(G, w_hat)
     model, model_edit = (_render(G, w), _render(G, w_hat)) if patched else (orig, orig_edit)
     t_render = time.time() - t0
-    probs = {k: _judge(judge, x) for k, x in (("model", model), ("model_edit", model_edit), ("orig", orig), ("orig_edit", orig_edit))}
+    probs = {k: judge_all(judge, x) for k, x in (("model", model), ("model_edit", model_edit), ("orig", orig), ("orig_edit", orig_edit))}
     rates = {k: _rates(v) for k, v in probs.items()}
     head, cls = concept_rate_label(target)
     score = {k: v[head][:, cls].numpy() for k, v in probs.items()}

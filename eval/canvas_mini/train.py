@@ -11,18 +11,18 @@ measured quality (from ``eval.canvas_mini.check``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, replace_dir, seed_all
 
 from .assets import ASSETS_DIR, save_classifier
 from .data import AugmentConfig, RenderSet, augment, render_set
@@ -63,49 +63,12 @@ class Recipe:
     exclude_styles: tuple = ()
 
 
-def _seed_all(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+class Builder(StagedBuild):
+    command = "python -m eval.canvas_mini.train"
 
-
-def _cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.1) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished artefact folder into place (old one removed only after the new one is complete)."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-class Builder:
     def __init__(self, recipe: Recipe, out: Path, work: Path, device: str):
-        self.r, self.out, self.work, self.device = recipe, out, work, torch.device(device)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.times_path = self.work / "stage_seconds.json"
-        self.times = json.loads(self.times_path.read_text()) if self.times_path.exists() else {}
+        super().__init__(recipe, out, work, device)
         self._cache: dict[str, object] = {}
-
-    # -- helpers -----------------------------------------------------------
-    def timed(self, name: str, fn) -> None:
-        if name in self.times:
-            print(f"[skip] {name} (done in {self.times[name]:.0f}s)")
-            return
-        t0 = time.time()
-        fn()
-        self.times[name] = round(time.time() - t0, 1)
-        self.times_path.write_text(json.dumps(self.times, indent=2))
-        print(f"[done] {name}: {self.times[name]:.0f}s")
 
     def renders(self, use: str, per_pair: int) -> RenderSet:
         from safetensors.torch import load_file, save_file
@@ -159,14 +122,14 @@ class Builder:
         tok.save_pretrained(str(self.work / "tokenizer"))
 
     def stage_vae(self) -> None:
-        g = _seed_all(self.r.seed + 1)
+        g = seed_all(self.r.seed + 1)
         rs = self.renders("generator", self.r.generator_renders_per_pair)
         vae = make_vae().to(self.device).train()
         opt = torch.optim.AdamW(vae.parameters(), lr=self.r.vae_lr, weight_decay=0.0)
         bar = tqdm(range(self.r.vae_steps), desc="vae", mininterval=2)
         for step in bar:
             for group in opt.param_groups:
-                group["lr"] = _cosine_lr(step, self.r.vae_steps, 100, self.r.vae_lr)
+                group["lr"] = cosine_lr(step, self.r.vae_steps, 100, self.r.vae_lr)
             idx = torch.randint(0, len(rs), (self.r.vae_batch,), generator=g)
             x = rs.float_images(idx).to(self.device) * 2 - 1
             post = vae.encode(x).latent_dist
@@ -185,7 +148,7 @@ class Builder:
         vae.save_pretrained(str(self.work / "vae"))
 
     def _train_classifier(self, kind: str, aug: AugmentConfig, channels, seed: int, use: str, folder: Path) -> None:
-        g = _seed_all(seed)
+        g = seed_all(seed)
         rs = self.renders(use, self.r.classifier_renders_per_pair)
         recon = self.vae_roundtrip(rs, use)
         classes = STYLES if kind == "style" else OBJECTS
@@ -196,7 +159,7 @@ class Builder:
         bar = tqdm(range(steps), desc=f"classifier {kind} ({folder.name})", mininterval=2)
         for step in bar:
             for group in opt.param_groups:
-                group["lr"] = _cosine_lr(step, steps, 100, self.r.classifier_lr, floor=0.02)
+                group["lr"] = cosine_lr(step, steps, 100, self.r.classifier_lr, floor=0.02)
             idx = torch.randint(0, len(rs), (self.r.classifier_batch,), generator=g)
             x = augment(rs.float_images(idx), recon[idx].float() / 255.0, aug, g).to(self.device)
             loss = F.cross_entropy(model(x), labels[idx].to(self.device), label_smoothing=0.05)
@@ -220,7 +183,7 @@ class Builder:
         import open_clip
         from safetensors.torch import save_file
 
-        g = _seed_all(self.r.seed + 30)
+        g = seed_all(self.r.seed + 30)
         rs = self.renders("clip", self.r.classifier_renders_per_pair)
         recon = self.vae_roundtrip(rs, "clip")
         cfg_dir = self.work / "clip_cfg"
@@ -240,7 +203,7 @@ class Builder:
         bar = tqdm(range(self.r.clip_steps), desc="clip", mininterval=2)
         for step in bar:
             for group in opt.param_groups:
-                group["lr"] = _cosine_lr(step, self.r.clip_steps, 100, self.r.clip_lr, floor=0.02)
+                group["lr"] = cosine_lr(step, self.r.clip_steps, 100, self.r.clip_lr, floor=0.02)
             idx = torch.randint(0, len(rs), (self.r.clip_batch,), generator=g)
             x = augment(rs.float_images(idx), recon[idx].float() / 255.0, aug, g)
             img = F.normalize(model.encode_image(((x - mean) / std).to(self.device)), dim=-1)
@@ -266,12 +229,12 @@ class Builder:
         tmp.mkdir(parents=True)
         (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CONFIG, "preprocess_cfg": {}}, indent=2))
         save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
-        _replace_dir(tmp, self.out / "clip")
+        replace_dir(tmp, self.out / "clip")
 
     def stage_unet(self) -> None:
         from diffusers import StableDiffusionPipeline
 
-        g = _seed_all(self.r.seed + 40)
+        g = seed_all(self.r.seed + 40)
         tok = self.tokenizer()
         vae = self.vae()
         rs = self.renders("generator", self.r.generator_renders_per_pair)
@@ -308,7 +271,7 @@ class Builder:
         log = open(self.work / "unet_log.jsonl", "a")
         bar = tqdm(range(start, self.r.unet_steps), initial=start, total=self.r.unet_steps, desc="unet+text encoder", mininterval=2)
         for step in bar:
-            lr = _cosine_lr(step, self.r.unet_steps, self.r.unet_warmup, self.r.unet_lr)
+            lr = cosine_lr(step, self.r.unet_steps, self.r.unet_warmup, self.r.unet_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = torch.randint(0, len(rs), (self.r.unet_batch,), generator=g)
@@ -352,44 +315,22 @@ class Builder:
         tmp = self.out / ".pipeline.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         pipe.save_pretrained(str(tmp), safe_serialization=True)
-        _replace_dir(tmp, self.out / "pipeline")
+        replace_dir(tmp, self.out / "pipeline")
 
     def stage_check(self) -> None:
         from .check import run_check
 
         run_check(self.out, progress=True)  # writes quality.json, which write_recipe folds in
 
-    def write_recipe(self) -> None:
-        quality_path = self.out / "quality.json"
-        recipe = {
-            "recipe": asdict(self.r),
-            "device": str(self.device),
-            "torch_threads": torch.get_num_threads(),
-            "stage_seconds": self.times,
-            "total_minutes": round(sum(self.times.values()) / 60, 1),
-            "quality": json.loads(quality_path.read_text()) if quality_path.exists() else None,
-            "command": "python -m eval.canvas_mini.train",
-        }
-        tmp = self.out / ".recipe.json.tmp"
-        tmp.write_text(json.dumps(recipe, indent=2))
-        os.replace(tmp, self.out / "recipe.json")
-
-
 STAGES = ["tokenizer", "vae", "classifiers", "clip", "unet", "classifiers_b", "check"]
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Rebuild the canvas-mini artefacts (tiny SD pipeline, classifiers, tiny CLIP).")
-    p.add_argument("--out", default=str(ASSETS_DIR), help="where finished artefacts go (default: the shipped assets folder)")
-    p.add_argument("--work", default="runs/canvas-mini-build", help="cache + checkpoints; rerun with the same folder to resume")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads (2 is fastest on a 2-core machine)")
+    p = build_parser("Rebuild the canvas-mini artefacts (tiny SD pipeline, classifiers, tiny CLIP).", ASSETS_DIR, "runs/canvas-mini-build", STAGES)
     p.add_argument("--unet-steps", type=int, default=None, help="override the recipe's UNet steps")
     p.add_argument("--exclude-style", action="append", default=[], metavar="STYLE",
                    help="train the generator without this style's images (repeatable): the gold retrained reference; "
                         "use with --stages tokenizer,vae,unet and an --out of its own, e.g. assets/canvas-mini/gold-Watercolor")
-    p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few renders: checks the plumbing, not the quality")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = Recipe()
@@ -407,14 +348,8 @@ def main(argv=None) -> None:
         recipe.exclude_styles = tuple(args.exclude_style)
     if args.unet_steps is not None:
         recipe.unet_steps = args.unet_steps
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        p.error(f"unknown stage(s) {unknown}; choose from {STAGES}")
-    b = Builder(recipe, Path(args.out), Path(args.work), args.device)
-    for name in stages:
-        b.timed(name, getattr(b, f"stage_{name}"))
-    b.write_recipe()
+    stages = chosen_stages(p, args.stages, STAGES)
+    Builder(recipe, Path(args.out), Path(args.work), args.device).run(stages)
 
 
 if __name__ == "__main__":

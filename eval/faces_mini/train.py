@@ -12,14 +12,11 @@ classifier; writes quality.json). ``recipe.json`` records seeds, steps, wall tim
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import random
 import shutil
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval.canvas_mini.data import AugmentConfig, augment
+from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, replace_dir, seed_all
 
 from .models import CLIP_MODELS, AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
 from .world import HEADS, IDENTITY_NAMES, SEED_BASE, caption, sample_spec
@@ -62,45 +60,8 @@ class Recipe:
     check_samples: int = 1000
 
 
-def _seed_all(seed: int) -> torch.Generator:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def _cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.02) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def _atomic_folder(tmp: Path, final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-class Builder:
-    def __init__(self, recipe: Recipe, out: Path, work: Path, device: str):
-        self.r, self.out, self.work, self.device = recipe, out, work, torch.device(device)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.times_path = self.work / "stage_seconds.json"
-        self.times = json.loads(self.times_path.read_text()) if self.times_path.exists() else {}
-
-    def timed(self, name: str, fn) -> None:
-        if name in self.times:
-            print(f"[skip] {name} (done in {self.times[name]:.0f}s)")
-            return
-        t0 = time.time()
-        fn()
-        self.times[name] = round(time.time() - t0, 1)
-        self.times_path.write_text(json.dumps(self.times, indent=2))
-        print(f"[done] {name}: {self.times[name]:.0f}s")
+class Builder(StagedBuild):
+    command = "python -m eval.faces_mini.train"
 
     def renders(self, use: str, n: int):
         """(uint8 images, labels, seeds) of ``n`` renders from ``use``'s seed range, cached in the work folder."""
@@ -121,14 +82,14 @@ class Builder:
     def _train_classifier(self, name: str, aug: AugmentConfig, channels, seed: int, use: str) -> None:
         from .assets import save_module
 
-        g = _seed_all(seed)
+        g = seed_all(seed)
         images, labels, _ = self.renders(use, self.r.judge_renders)
         model = AttributeClassifier(AttributeClassifierConfig(channels=list(channels))).to(self.device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=self.r.judge_lr, weight_decay=1e-4)
         bar = tqdm(range(self.r.judge_steps), desc=name, mininterval=2)
         for step in bar:
             for group in opt.param_groups:
-                group["lr"] = _cosine_lr(step, self.r.judge_steps, 100, self.r.judge_lr)
+                group["lr"] = cosine_lr(step, self.r.judge_steps, 100, self.r.judge_lr, floor=0.02)
             idx = torch.randint(0, len(images), (self.r.judge_batch,), generator=g)
             x = augment(images[idx].float() / 255, None, aug, g).to(self.device)
             logits = model(x)
@@ -150,7 +111,7 @@ class Builder:
         from .assets import save_module
         from .world import geometry_vector
 
-        g = _seed_all(self.r.seed + 30)
+        g = seed_all(self.r.seed + 30)
         images, labels, seeds = self.renders("identity", self.r.judge_renders)
         geometry = torch.tensor([geometry_vector(sample_spec(s)) for s in seeds], dtype=torch.float32)
         geometry = (geometry - geometry.mean(0)) / geometry.std(0).clamp_min(1e-6)
@@ -160,7 +121,7 @@ class Builder:
         bar = tqdm(range(self.r.judge_steps), desc="identity", mininterval=2)
         for step in bar:
             for group in opt.param_groups:
-                group["lr"] = _cosine_lr(step, self.r.judge_steps, 100, self.r.judge_lr)
+                group["lr"] = cosine_lr(step, self.r.judge_steps, 100, self.r.judge_lr, floor=0.02)
             idx = torch.randint(0, len(images), (self.r.judge_batch,), generator=g)
             x = augment(images[idx].float() / 255, None, self.r.classifier, g).to(self.device)
             e = model.raw(x)
@@ -177,7 +138,7 @@ class Builder:
         import open_clip
         from safetensors.torch import save_file
 
-        g = _seed_all(seed)
+        g = seed_all(seed)
         rng = random.Random(seed)
         images, _, seeds = self.renders(use, self.r.clip_renders)
         specs = [sample_spec(s) for s in seeds]
@@ -193,7 +154,7 @@ class Builder:
         bar = tqdm(range(self.r.clip_steps), desc=name, mininterval=2)
         for step in bar:
             for group in opt.param_groups:
-                group["lr"] = _cosine_lr(step, self.r.clip_steps, 100, self.r.clip_lr)
+                group["lr"] = cosine_lr(step, self.r.clip_steps, 100, self.r.clip_lr, floor=0.02)
             idx = torch.randint(0, len(images), (self.r.clip_batch,), generator=g)
             x = augment(images[idx].float() / 255, None, self.r.classifier, g)
             texts = tokenizer([caption(specs[i], rng) for i in idx.tolist()]).to(self.device)
@@ -215,7 +176,7 @@ class Builder:
         tmp.mkdir(parents=True)
         (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_MODELS[name], "preprocess_cfg": {}}, indent=2))
         save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
-        _atomic_folder(tmp, self.out / name.replace("faces-mini-", ""))
+        replace_dir(tmp, self.out / name.replace("faces-mini-", ""))
 
     def stage_clip_guide(self) -> None:
         self._train_clip("faces-mini-clip-guide", self.r.seed + 40, "clip")
@@ -235,15 +196,8 @@ class Builder:
 
         run_check(self.out, self.work, self.r, progress=True)
 
-    def write_recipe(self) -> None:
-        quality_path = self.out / "quality.json"
-        recipe = {"recipe": asdict(self.r), "device": str(self.device), "torch_threads": torch.get_num_threads(),
-                  "stage_seconds": self.times, "total_minutes": round(sum(self.times.values()) / 60, 1),
-                  "identities": IDENTITY_NAMES, "quality": json.loads(quality_path.read_text()) if quality_path.exists() else None,
-                  "command": "python -m eval.faces_mini.train"}
-        tmp = self.out / ".recipe.json.tmp"
-        tmp.write_text(json.dumps(recipe, indent=2))
-        os.replace(tmp, self.out / "recipe.json")
+    def recipe_extra(self) -> dict:
+        return {"identities": IDENTITY_NAMES}
 
 
 STAGES = ["classifier", "classifier_b", "identity", "clip_guide", "clip_judge", "generator", "check"]
@@ -252,14 +206,8 @@ STAGES = ["classifier", "classifier_b", "identity", "clip_guide", "clip_judge", 
 def main(argv=None) -> None:
     from .assets import ASSETS_DIR
 
-    p = argparse.ArgumentParser(description="Rebuild the faces-mini artefacts (StyleGAN2 generator, judges, two tiny CLIPs).")
-    p.add_argument("--out", default=str(ASSETS_DIR), help="where finished artefacts go (default: the shipped assets folder)")
-    p.add_argument("--work", default="runs/faces-mini-build", help="cache + checkpoints; rerun with the same folder to resume")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads (2 is fastest on a 2-core machine)")
+    p = build_parser("Rebuild the faces-mini artefacts (StyleGAN2 generator, judges, two tiny CLIPs).", ASSETS_DIR, "runs/faces-mini-build", STAGES)
     p.add_argument("--gan-iterations", type=int, default=None, help="override the recipe's generator iterations")
-    p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few renders: checks the plumbing, not the quality")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = Recipe()
@@ -268,14 +216,8 @@ def main(argv=None) -> None:
                         checkpoint_every=2, check_samples=64, r1_every=2)
     if args.gan_iterations is not None:
         recipe.gan_iterations = args.gan_iterations
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        p.error(f"unknown stage(s) {unknown}; choose from {STAGES}")
-    b = Builder(recipe, Path(args.out), Path(args.work), args.device)
-    for name in stages:
-        b.timed(name, getattr(b, f"stage_{name}"))
-    b.write_recipe()
+    stages = chosen_stages(p, args.stages, STAGES)
+    Builder(recipe, Path(args.out), Path(args.work), args.device).run(stages)
 
 
 if __name__ == "__main__":

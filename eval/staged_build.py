@@ -1,0 +1,102 @@
+"""What the mini worlds' trainers share: seeding, the cosine learning-rate schedule, moving a finished artefact
+folder into place, and stages that are timed and skipped once done (so an interrupted build resumes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+
+def seed_all(seed: int) -> torch.Generator:
+    """Seed Python's and torch's global generators; return a CPU generator of the same seed for data sampling."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.1) -> float:
+    """Linear warm-up to ``peak``, then a cosine decay to ``floor * peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished artefact folder into place (the old one removed only after the new one is complete)."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class StagedBuild:
+    """Stages ``stage_<name>`` run in order through ``timed``; their wall times go to the work folder and the recipe."""
+
+    command = "python -m ..."
+
+    def __init__(self, recipe, out: Path, work: Path, device: str):
+        self.r, self.out, self.work, self.device = recipe, out, work, torch.device(device)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.times_path = self.work / "stage_seconds.json"
+        self.times = json.loads(self.times_path.read_text()) if self.times_path.exists() else {}
+
+    def timed(self, name: str, fn) -> None:
+        if name in self.times:
+            print(f"[skip] {name} (done in {self.times[name]:.0f}s)")
+            return
+        t0 = time.time()
+        fn()
+        self.times[name] = round(time.time() - t0, 1)
+        self.times_path.write_text(json.dumps(self.times, indent=2))
+        print(f"[done] {name}: {self.times[name]:.0f}s")
+
+    def run(self, stages: list[str]) -> None:
+        for name in stages:
+            self.timed(name, getattr(self, f"stage_{name}"))
+        self.write_recipe()
+
+    def recipe_extra(self) -> dict:
+        return {}
+
+    def write_recipe(self) -> None:
+        """``recipe.json``: the recipe, device, threads, stage times and the measured quality (``quality.json``)."""
+        quality_path = self.out / "quality.json"
+        recipe = {"recipe": asdict(self.r), "device": str(self.device), "torch_threads": torch.get_num_threads(), "stage_seconds": self.times,
+                  "total_minutes": round(sum(self.times.values()) / 60, 1), **self.recipe_extra(),
+                  "quality": json.loads(quality_path.read_text()) if quality_path.exists() else None, "command": self.command}
+        tmp = self.out / ".recipe.json.tmp"
+        tmp.write_text(json.dumps(recipe, indent=2))
+        os.replace(tmp, self.out / "recipe.json")
+
+
+def build_parser(description: str, out: Path, work: str, stages: list[str]) -> argparse.ArgumentParser:
+    """The options every mini-world trainer takes (a trainer adds its own overrides)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=str(out), help="where finished artefacts go (default: the shipped assets folder)")
+    p.add_argument("--work", default=work, help="cache + checkpoints; rerun with the same folder to resume")
+    p.add_argument("--stages", default=",".join(stages), help=f"comma-separated subset of {stages}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads (2 is fastest on a 2-core machine)")
+    p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few renders: checks the plumbing, not the quality")
+    return p
+
+
+def chosen_stages(p: argparse.ArgumentParser, spec: str, stages: list[str]) -> list[str]:
+    chosen = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in stages]
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; choose from {stages}")
+    return chosen
