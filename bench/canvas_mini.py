@@ -1,4 +1,4 @@
-"""The canvas-mini benchmark: every registered method on the 10 styles and 3 objects, against retraining.
+"""The canvas-mini benchmark: every registered Stable Diffusion method on the 10 styles and 3 objects, against retraining.
 
     python -m bench.canvas_mini [--methods all] [--workers 2] [--out runs/bench/canvas-mini] [--readme]
 
@@ -371,7 +371,7 @@ def update_readme(table: str, readme: Path = ROOT / "README.md") -> bool:
 def main(argv=None) -> int:
     from erase.registry import list_methods
 
-    p = argparse.ArgumentParser(description="canvas-mini benchmark of every registered method against the gold retrained model")
+    p = argparse.ArgumentParser(description="canvas-mini benchmark of every registered Stable Diffusion method against the gold retrained model")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (every registered method)")
     p.add_argument("--out", default="runs/bench/canvas-mini", help="work folder; rerun with the same folder to resume")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (one job each)")
@@ -389,10 +389,10 @@ def main(argv=None) -> int:
             method, kind = args.job.split(":")
             job_method(method, kind, out, args.threads)
         return 0
-    methods = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-    unknown = [m for m in methods if m not in list_methods()]
+    methods = list_methods("stable_diffusion") if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in methods if m not in list_methods("stable_diffusion")]
     if unknown:
-        p.error(f"unknown method(s) {unknown}; registered: {list_methods()}")
+        p.error(f"unknown method(s) {unknown}; the Stable Diffusion methods are: {list_methods('stable_diffusion')}")
     t0 = time.time()
     refs = ["original"] + (["gold"] if (gold_dir() / "pipeline").exists() else [])
     if "gold" not in refs:

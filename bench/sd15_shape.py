@@ -195,7 +195,7 @@ def main(argv=None) -> int:
                     sample_steps=args.sample_steps, device=args.device, dtype=args.dtype, xformers=args.xformers)
         Path(args.result).write_text(json.dumps(r))
         return 0
-    methods = list_methods() if args.methods == "all" else args.methods.split(",")
+    methods = list_methods("stable_diffusion") if args.methods == "all" else args.methods.split(",")
     rows = []
     for m in methods:
         r = run_isolated(m, args)
@@ -205,9 +205,15 @@ def main(argv=None) -> int:
     out = Path(args.out or ROOT / "bench" / "results" / f"sd15_shape-{args.shape}-{args.device.split(':')[0]}-{args.dtype}.json")
     from erase.files import write_json_atomic
 
-    write_json_atomic(out, {"shape": args.shape, "resolution": args.resolution, "steps": args.steps, "batch": args.batch,
-                            "sample_steps": args.sample_steps, "device": args.device, "dtype": args.dtype, "threads": args.threads,
-                            "torch": torch.__version__, "rows": rows})
+    settings = {"shape": args.shape, "resolution": args.resolution, "steps": args.steps, "batch": args.batch, "sample_steps": args.sample_steps,
+                "device": args.device, "dtype": args.dtype}
+    if out.exists():  # the same settings measured before: keep the rows of methods not re-run now
+        prev = json.loads(out.read_text())
+        if {k: prev.get(k) for k in settings} == settings:
+            ran = {r["method"] for r in rows}
+            rows = [r for r in prev["rows"] if r["method"] not in ran and r["method"] in list_methods("stable_diffusion")] + rows
+            rows.sort(key=lambda r: r["method"])
+    write_json_atomic(out, {**settings, "max_rss_gb": args.max_rss_gb, "threads": args.threads, "torch": torch.__version__, "rows": rows})
     print(f"results: {out}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

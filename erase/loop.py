@@ -50,6 +50,7 @@ class Eraser:
     """Base class for methods: ``setup`` and ``step`` are theirs; the loop owns everything else."""
 
     name = "eraser"
+    model_family = "stable_diffusion"  # the kind of model the method erases from ("stylegan" for GAN methods)
 
     def __init__(self, config, request):
         self.config, self.request = config, request

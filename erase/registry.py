@@ -61,9 +61,10 @@ def _load_builtins() -> None:
     _loaded = True
 
 
-def list_methods() -> list[str]:
+def list_methods(family: str | None = None) -> list[str]:
+    """Registered method names, optionally only those for one model family ("stable_diffusion", "stylegan")."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(n for n, spec in _REGISTRY.items() if family is None or spec.eraser_cls.model_family == family)
 
 
 def canonical_method(name: str) -> str:

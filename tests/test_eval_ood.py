@@ -90,7 +90,7 @@ def test_no_method_reads_the_ood_templates(tiny_pipe, tmp_path, monkeypatch):
 
     from erase.registry import get_method
 
-    for name in list_methods():
+    for name in list_methods("stable_diffusion"):
         options = {f.name for f in fields(get_method(name).config_cls)}
         common = {"steps": 2, "data_steps": 2, "batch_size": 2, "retain_batch_size": 2, "sample_steps": 2}
         over = {k: v for k, v in {**common, **tiny.get(name, {})}.items() if k in options and not (name == "uce" and k == "steps")}

@@ -170,7 +170,7 @@ def _methods(p):
             for name in list_methods():
                 spec = get_method(name)
                 presets = ", ".join(list_presets(name)) or "-"
-                print(f"{name:10s} {spec.summary}\n{'':10s} presets: {presets}")
+                print(f"{name:10s} {spec.summary}\n{'':10s} model: {spec.eraser_cls.model_family}; presets: {presets}")
             return
         spec = get_method(args.method)
         values = asdict(resolve_config(args.method, args.preset))

@@ -82,6 +82,7 @@ class TextToUnlearn(Eraser):
     """Text-to-Unlearn: fine-tune StyleGAN2 so the prompt's edit direction no longer changes its images."""
 
     name = "text_to_unlearn"
+    model_family = "stylegan"
     needs_guides = True
     guides: Guides | None = None  # set by the caller before the loop runs (erase_concept(..., guides=...))
 
