@@ -179,7 +179,8 @@ def _bars(err: str, desc: str) -> list[tuple[int, int]]:
     return [(int(n), int(t)) for n, t in re.findall(re.escape(desc) + r":[^\r\n]*?\| *(\d+)/(\d+) \[", err)]
 
 
-def test_one_progress_bar_per_job_with_the_real_total(small, canvas_pipe, tmp_path, capfd):
+def test_one_progress_bar_per_job_with_the_real_total(small, canvas_pipe, tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))  # an empty cache: every image is generated, none reused
     capfd.readouterr()
     evaluate(canvas_pipe, small_protocol(), TARGETS[:1], tmp_path / "p", model_id=str(PIPELINE_DIR),
              options=EvalOptions(batch_size=16, fid=False, grid=False))

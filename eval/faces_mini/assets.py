@@ -47,7 +47,7 @@ def load_judge(name: str, folder: str | Path | None = None, device: str | torch.
     folder = Path(folder) if folder is not None else ASSETS_DIR / name
     for f in ("config.json", "model.safetensors"):
         if not (folder / f).is_file():
-            raise FacesAssetError(f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m eval.faces_mini.train --stages {name}`")
+            raise FacesAssetError(f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m eval.faces_mini.train` (stage {name})")
     cls, cfg_cls = JUDGES[name]
     model = cls(cfg_cls(**json.loads((folder / "config.json").read_text())["config"]))
     try:
