@@ -307,7 +307,8 @@ def markdown(results: dict) -> str:
             rows.append([m, kind, f"{100 * s['ua']:.1f}", f"{s['d_ira_points']:+.1f}", f"{s['d_cra_points']:+.1f}",
                          f"{w['concept']} {100 * w['accuracy']:.0f} ({w['erased']})", f"{s['retained_psnr']:.1f} dB ({s['retained_perceptual']:.3f})",
                          f"{s['fid']:.2f} / {s['fid_clip']:.2f}", f"{s['clip_score']:.3f}", f"{100 * s['ood_ua']:.1f}",
-                         f"{s['erase_seconds']:.0f} s" + (f" ({s['erase_seconds'] / retrain:.1%})" if retrain else ""),
+                         f"{s['erase_seconds']:.{0 if s['erase_seconds'] >= 10 else 1}f} s"
+                         + (f" ({s['erase_seconds'] / retrain:.{1 if s['erase_seconds'] / retrain >= 0.001 else 3}%})" if retrain else ""),
                          f"{s['peak_memory_bytes'] / 2**30:.2f} GB", f"{s['patch_bytes'] / 1e6:.2f} MB",
                          f"{fd[m]:.1f}" if kind == "style" and m in fd else ""])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
@@ -333,13 +334,14 @@ def bar_chart(results: dict, path: Path) -> None:
     panels = [("UA (%)", lambda s: 100 * s["ua"], 100), ("CRA change (points)", lambda s: s["d_cra_points"], None),
               ("IRA change (points)", lambda s: s["d_ira_points"], None), ("OOD UA (%)", lambda s: 100 * s["ood_ua"], 100),
               ("retained PSNR (dB)", lambda s: s["retained_psnr"], None), ("erase time (s)", lambda s: s["erase_seconds"], None)]
-    font, bar_h, label_w, width = _font(), 16, 130, 260
+    font, bar_h, label_w, width, value_w = _font(), 16, 130, 220, 60
+    stride = label_w + width + value_w  # room for each bar's value before the next panel
     panel_h = 24 + bar_h * len(methods) * 2 + 10
-    img = Image.new("RGB", (len(panels) * (label_w + width + 20) // 2 + 20, panel_h * 2 + 30), "white")
+    img = Image.new("RGB", (3 * stride + 20, panel_h * 2 + 30), "white")
     draw = ImageDraw.Draw(img)
     draw.text((10, 4), "canvas-mini benchmark: blue = styles, orange = objects (means over targets)", fill="black", font=font)
     for i, (title, fn, top) in enumerate(panels):
-        x0, y0 = 10 + (i % 3) * (label_w + width + 20), 24 + (i // 3) * panel_h
+        x0, y0 = 10 + (i % 3) * stride, 24 + (i // 3) * panel_h
         values = [fn(results["methods"][m][k]["mean"]) for m in methods for k in ("style", "object")]
         lo, hi = min(0.0, *values), max(top or 0.0, *values, 1e-9)
         zero = x0 + label_w + int(width * (0 - lo) / (hi - lo))
