@@ -42,10 +42,10 @@ def check_model_path(model: str) -> None:
     path = Path(model)
     looks_local = model.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".ckpt") or "/" not in model or path.exists()
     if path.suffix.lower() == ".pkl":  # refused before anything opens it: unpickling an NVIDIA generator runs its code
-        from pipelines.stylegan import StyleGANLoadError, load_rosinality
+        from pipelines.stylegan import StyleGANLoadError, refuse_pickle
 
         try:
-            load_rosinality(path)
+            refuse_pickle(path)
         except StyleGANLoadError as e:
             raise UsageError(str(e)) from None
     if looks_local and not path.exists():

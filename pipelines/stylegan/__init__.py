@@ -37,9 +37,9 @@ from .config import StyleGANLoadError, rosinality_channels, StyleGANConfig, CONF
 from .layers import make_kernel, upfirdn2d, fused_leaky_relu, PixelNorm, EqualLinear, EqualConv2d, ModulatedConv2d, NoiseInjection, StyledConv, ToRGB, ConstantInput
 from .networks import MappingNetwork, SynthesisNetwork, Generator, ConvLayer, DiscriminatorBlock, Discriminator, NOISE_MODES
 from .pipeline import StyleGANPipeline, OUTPUT_TYPES
-from .rosinality import convert_rosinality_state_dict, infer_rosinality_config, load_rosinality
+from .rosinality import convert_rosinality_state_dict, infer_rosinality_config, load_rosinality, refuse_pickle
 
 __all__ = ["StyleGANConfig", "Generator", "Discriminator", "StyleGANPipeline", "StyleGANLoadError", "MappingNetwork",
            "SynthesisNetwork", "ModulatedConv2d", "StyledConv", "ToRGB", "EqualLinear", "EqualConv2d", "NoiseInjection",
            "ConstantInput", "PixelNorm", "upfirdn2d", "fused_leaky_relu", "make_kernel", "rosinality_channels",
-           "convert_rosinality_state_dict", "infer_rosinality_config", "load_rosinality"]
+           "convert_rosinality_state_dict", "infer_rosinality_config", "load_rosinality", "refuse_pickle"]

@@ -120,6 +120,15 @@ def infer_rosinality_config(sd: dict[str, torch.Tensor]) -> StyleGANConfig:
                           channels={k: int(v) for k, v in channels.items()})
 
 
+def refuse_pickle(path: str | os.PathLike) -> None:
+    """NVIDIA ``.pkl`` generators are refused without being opened: unpickling one runs the code it embeds."""
+    path = Path(path)
+    if path.suffix.lower() == ".pkl":
+        raise StyleGANLoadError(f"{path}: NVIDIA .pkl generators are refused unread, because loading one executes Python code embedded in the "
+                                "pickle; convert it elsewhere, in a sandbox and only if you trust it, to a rosinality-layout state dict "
+                                "(torch.save(state_dict, 'g_ema.pt')) and load that")
+
+
 def load_rosinality(path: str | os.PathLike, config: StyleGANConfig | None = None, device: str | torch.device = "cpu",
                     w_avg_samples: int = 4096) -> StyleGANPipeline:
     """A StyleGANPipeline from a rosinality/stylegan2-pytorch checkpoint (a dict with "g_ema", or a bare
@@ -133,10 +142,7 @@ def load_rosinality(path: str | os.PathLike, config: StyleGANConfig | None = Non
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".pkl":
-        raise StyleGANLoadError(f"{path}: NVIDIA .pkl generators are refused unread, because loading one executes Python code embedded in the "
-                                "pickle; convert it elsewhere, in a sandbox and only if you trust it, to a rosinality-layout state dict "
-                                "(torch.save(state_dict, 'g_ema.pt')) and load that")
+    refuse_pickle(path)
     if suffix not in (".pt", ".pth", ".safetensors"):
         raise StyleGANLoadError(f"{path}: expected a rosinality checkpoint (.pt / .pth) or a .safetensors g_ema state dict")
     if not path.is_file():
