@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from erase.files import write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 OBJECT_TARGETS = ["Birds", "Fishes", "Towers"]
@@ -98,12 +100,6 @@ def _done(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write(path: Path, data: dict) -> None:
-    from erase.files import write_json_atomic
-
-    write_json_atomic(path, data)
-
-
 def job_reference(name: str, out: Path) -> dict:
     """The original (all targets) or the gold model (its style): protocol evaluation, OOD UA, probe images."""
     from eval.canvas_mini import PIPELINE_DIR
@@ -130,7 +126,7 @@ def job_reference(name: str, out: Path) -> dict:
     generate_probe(pipe, protocol, folder / "probe")
     result = {"model": str(model), "rows": rows, "fid": r["fid"]["value"], "fid_clip": r["fid_clip"]["value"],
               "clip_score": r["clip_score"]["value"], "per_concept": r["per_concept"], "seconds": round(time.time() - t0, 1)}
-    _write(folder / "result.json", result)
+    write_json_atomic(folder / "result.json", result)
     return result
 
 
@@ -151,7 +147,7 @@ def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
     concepts = targets(protocol)[kind]
     listing = out / f"{kind}-targets.txt"
     if not listing.exists():
-        _write_text(listing, "\n".join(concepts) + "\n")
+        write_text_atomic(listing, "\n".join(concepts) + "\n")
     t0 = time.time()
     args = ["batch", "--model", str(PIPELINE_DIR), "--method", method, "--preset", "canvas-mini", "--concepts", str(listing),
             "--kind", kind, "--out", str(folder / "batch"), "--eval", "--threads", str(threads), "--quiet"]
@@ -182,15 +178,8 @@ def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
                          "ood_ua": ood, "erase_seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"],
                          "patch_bytes": eff["patch_bytes"], "eval_seconds": m["eval_seconds"]}
     result = {"method": method, "kind": kind, "rows": rows, "seconds": round(time.time() - t0, 1), "batch_seconds": round(batch_seconds, 1)}
-    _write(folder / "result.json", result)
+    write_json_atomic(folder / "result.json", result)
     return result
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- the pool of workers --------------------------------------------------------------------------------------
@@ -366,7 +355,7 @@ def update_readme(table: str, readme: Path = ROOT / "README.md") -> bool:
         return False
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
-    _write_text(readme, f"{head}{start}\n{table}\n{end}{tail}")
+    write_text_atomic(readme, f"{head}{start}\n{table}\n{end}{tail}")
     return True
 
 
@@ -409,9 +398,9 @@ def main(argv=None) -> int:
     results = collect(out, methods, time.time() - t0, args.workers)
     folder = Path(args.results)
     folder.mkdir(parents=True, exist_ok=True)
-    _write(folder / "canvas-mini.json", results)
+    write_json_atomic(folder / "canvas-mini.json", results)
     table = markdown(results)
-    _write_text(folder / "canvas-mini.md", table + "\n")
+    write_text_atomic(folder / "canvas-mini.md", table + "\n")
     bar_chart(results, folder / "canvas-mini.png")
     print(table)
     if args.readme and not update_readme(table):

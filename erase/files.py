@@ -39,9 +39,14 @@ def check_writable(option: str, path: str | Path, *, folder: bool) -> Path:
     return path
 
 
-def write_json_atomic(path: str | Path, data, **kw) -> None:
-    """Write JSON to a temp file next to ``path``, then rename it over ``path``."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temp file next to ``path``, then rename it over ``path`` (never a half-written file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str, **kw))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, data, **kw) -> None:
+    """Write JSON to a temp file next to ``path``, then rename it over ``path``."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str, **kw))

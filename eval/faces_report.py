@@ -17,14 +17,13 @@ perceptual distance to the original, over every seed and over the seeds whose or
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from erase.files import write_json_atomic, write_text_atomic
 from erase.latent_mapper import MapperSettings, edit, to_images, train_mapper
 
 from .fidelity import psnr
@@ -147,15 +146,9 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
                                      "n": len(psnr_each), "n_without_target": int(lacks.sum())}
     report["seconds"] = {"render": round(t_render, 1), "total": round(time.time() - t0, 1)}
     report["grid"] = _grid(orig, model, orig_edit, model_edit, out_dir / "grid.png")
-    _write(out_dir / "report.json", json.dumps(report, indent=2))
-    _write(out_dir / "report.md", render_markdown(report))
+    write_json_atomic(out_dir / "report.json", report)
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
     return report
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _grid(orig, model, orig_edit, model_edit, path: Path, n: int = 12) -> str:

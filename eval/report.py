@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from erase.errors import EraseError
+from erase.files import write_json_atomic, write_text_atomic
 
 from .answer_set import check_answer_set, generate_answer_set, read_images
 from .concept_accuracy import macro_average, null_class_rule
@@ -142,12 +143,6 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     return file_sha256(path)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def evaluate(
     pipe,
     protocol: Protocol,
@@ -197,10 +192,8 @@ def evaluate(
         report["grid"] = _write_grid(protocol, out_dir, model_id)
     if opt.templates:
         report["ood"] = evaluate_templates(pipe, protocol, targets, out_dir / "ood", opt.templates, model_id=model_id, patch=patch, options=opt)
-    _write_json(out_dir / "report.json", report)
-    tmp = out_dir / ".report.md.tmp"
-    tmp.write_text(render_markdown(report))
-    os.replace(tmp, out_dir / "report.md")
+    write_json_atomic(out_dir / "report.json", report)
+    write_text_atomic(out_dir / "report.md", render_markdown(report))
     return report
 
 

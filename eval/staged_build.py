@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from erase.files import write_json_atomic
+
 
 def seed_all(seed: int) -> torch.Generator:
     """Seed Python's and torch's global generators; return a CPU generator of the same seed for data sampling."""
@@ -82,9 +84,7 @@ class StagedBuild:
         recipe = {"recipe": asdict(self.r), "device": str(self.device), "torch_threads": torch.get_num_threads(), "stage_seconds": self.times,
                   "stage_cpu_seconds": self.cpu_times, "total_minutes": round(sum(self.times.values()) / 60, 1), **self.recipe_extra(),
                   "quality": json.loads(quality_path.read_text()) if quality_path.exists() else None, "command": self.command}
-        tmp = self.out / ".recipe.json.tmp"
-        tmp.write_text(json.dumps(recipe, indent=2))
-        os.replace(tmp, self.out / "recipe.json")
+        write_json_atomic(self.out / "recipe.json", recipe)
 
 
 def build_parser(description: str, out: Path, work: str, stages: list[str]) -> argparse.ArgumentParser:

@@ -9,13 +9,14 @@ exits 1 when a bar is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from erase.files import write_json_atomic
 
 from .assets import ASSETS_DIR, load_classifier, load_clip
 from .data import SEED_BASE, render_set
@@ -106,9 +107,7 @@ def run_check(assets: str | Path = ASSETS_DIR, seeds: int = GENERATION["seeds"],
     q["passed"] = {k: q[k] >= bar for k, bar in BARS.items() if k in q}
     q["check_seconds"] = round(time.time() - t0, 1)
     if write:
-        tmp = assets / ".quality.json.tmp"
-        tmp.write_text(json.dumps(q, indent=2))
-        os.replace(tmp, assets / "quality.json")
+        write_json_atomic(assets / "quality.json", q)
     return q
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from erase.files import write_json_atomic
+
 from .world import BINARY, HEADS, SEED_BASE
 
 CHECK_RENDERS = 4000
@@ -116,9 +118,7 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
                 "agreement": min(agreement[h] for h in HEADS if h != "identity") >= BARS["agreement"]}}
     if all((out / c / "open_clip_config.json").exists() for c in ("clip-guide", "clip-judge")):
         quality["clip_zero_shot"] = {c: clip_zero_shot(c, out / c, x_real[:1000], {h: labels[h][:1000] for h in BINARY}) for c in ("clip-guide", "clip-judge")}
-    tmp = out / ".quality.json.tmp"
-    tmp.write_text(json.dumps(quality, indent=2))
-    os.replace(tmp, out / "quality.json")
+    write_json_atomic(out / "quality.json", quality)
     return quality
 
 
