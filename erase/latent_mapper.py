@@ -78,13 +78,16 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(-1, 1) + 1) / 2
 
 
+def to_wplus(generator, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
+    """W+ codes of z: the mapping's w, truncated towards w_avg, on every row (differentiable; callers choose no_grad)."""
+    w = generator.truncate(generator.mapping(z.to(next(generator.parameters()).device)), truncation)
+    return w.unsqueeze(1).expand(-1, generator.n_latent, -1).contiguous()
+
+
 def sample_wplus(generator, n: int, rng: torch.Generator, truncation: float) -> torch.Tensor:
     """W+ codes of random z (every row the same w, truncated towards w_avg)."""
-    dev = next(generator.parameters()).device
-    z = torch.randn(n, generator.config.z_dim, generator=rng).to(dev)
     with torch.no_grad():
-        w = generator.truncate(generator.mapping(z), truncation)
-    return w.unsqueeze(1).expand(-1, generator.n_latent, -1).contiguous()
+        return to_wplus(generator, torch.randn(n, generator.config.z_dim, generator=rng), truncation)
 
 
 def edit(mapper: LevelsMapper, wplus: torch.Tensor, scale: float) -> torch.Tensor:

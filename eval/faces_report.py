@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from erase.files import write_json_atomic, write_text_atomic
-from erase.latent_mapper import MapperSettings, edit, to_images, train_mapper
+from erase.latent_mapper import MapperSettings, edit, to_images, to_wplus, train_mapper
 
 from .fidelity import psnr
 from .protocols import Protocol
@@ -33,14 +33,6 @@ from .report import claim_output_folder, run_identity, versions
 EDIT_SCALE = 0.1
 MAPPER = MapperSettings(steps=1500, batch_size=16, l2=0.8, identity=0.1, scale=EDIT_SCALE, seed=7)
 FD_RENDERS = 4000
-
-
-def _wplus(generator, seeds: list[int]) -> torch.Tensor:
-    from pipelines.stylegan import StyleGANPipeline
-
-    z = StyleGANPipeline(generator).seed_latents(seeds).to(next(generator.parameters()).device)
-    with torch.no_grad():
-        return generator.mapping(z).unsqueeze(1).expand(-1, generator.n_latent, -1).contiguous()
 
 
 @torch.no_grad()
@@ -103,7 +95,8 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     patched = bool(applied_patches(pipe))
     with patches_disabled(pipe):  # the original: its mapper, its renders at the same seeds
         mapper = train_mapper(G, phrase, guides, mapper_settings, progress=progress, use_identity=kind != "identity")
-        w = _wplus(G, protocol.seeds)
+        with torch.no_grad():
+            w = to_wplus(G, pipe.seed_latents(protocol.seeds))
         w_hat = edit(mapper, w, EDIT_SCALE).detach()
         orig, orig_edit = _render(G, w), _render(G, w_hat)
     model, model_edit = (_render(G, w), _render(G, w_hat)) if patched else (orig, orig_edit)

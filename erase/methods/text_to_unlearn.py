@@ -34,7 +34,7 @@ import torch
 
 from ..errors import EraseError
 from ..guides import Guides, unit
-from ..latent_mapper import MapperSettings, check_gate, edit, image_direction, sample_wplus, to_images, train_mapper
+from ..latent_mapper import MapperSettings, check_gate, edit, image_direction, sample_wplus, to_images, to_wplus, train_mapper
 from ..loop import Eraser
 from ..patch import PATCH_DTYPES
 from ..registry import check_options, option, register_method
@@ -157,8 +157,7 @@ class TextToUnlearn(Eraser):
         """W+ codes for this step (from the mapping being trained when it is trainable) and their edits."""
         cfg = self.config
         if cfg.layers == "mapping":
-            z = torch.randn(cfg.batch_size, self.G.config.z_dim, generator=self.rng).to(self.dev)
-            w = self.G.truncate(self.G.mapping(z), cfg.truncation).unsqueeze(1).expand(-1, self.G.n_latent, -1)
+            w = to_wplus(self.G, torch.randn(cfg.batch_size, self.G.config.z_dim, generator=self.rng), cfg.truncation)
         else:
             w = sample_wplus(self.frozen, cfg.batch_size, self.rng, cfg.truncation)
         w_hat = edit(self.mapper, w, cfg.edit_scale) if cfg.mode == "directional" else None
