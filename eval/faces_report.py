@@ -32,7 +32,6 @@ from .report import claim_output_folder, run_identity, versions
 
 EDIT_SCALE = 0.1
 MAPPER = MapperSettings(steps=1500, batch_size=16, l2=0.8, identity=0.1, scale=EDIT_SCALE, seed=7)
-FD_RENDERS = 4000
 
 
 @torch.no_grad()
@@ -42,23 +41,16 @@ def _render(generator, wplus: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """{head: {class name: rate in [0, 1]}} from argmax predictions."""
-    from .faces_mini.world import HAIR_COLOURS, IDENTITY_NAMES, SKIN_TONES
+    from .faces_mini.world import HEAD_CLASSES
 
-    names = {"hair_colour": HAIR_COLOURS, "skin": SKIN_TONES, "identity": [*IDENTITY_NAMES, "anonymous"]}
-    out = {}
-    for head, p in probs.items():
-        pred = p.argmax(1)
-        labels = names.get(head, ["no", "yes"])
-        out[head] = {label: float(pred.eq(k).float().mean()) for k, label in enumerate(labels)}
-    return out
+    return {head: {label: float(p.argmax(1).eq(k).float().mean()) for k, label in enumerate(HEAD_CLASSES[head])} for head, p in probs.items()}
 
 
 def _target_rate(rates: dict, target: str) -> float:
-    from .faces_mini.world import IDENTITY_NAMES, concept_rate_label
+    from .faces_mini.world import HEAD_CLASSES, concept_rate_label
 
     head, cls = concept_rate_label(target)
-    label = "yes" if head != "identity" else [*IDENTITY_NAMES, "anonymous"][cls]
-    return rates[head][label]
+    return rates[head][HEAD_CLASSES[head][cls]]
 
 
 def _gamma(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
@@ -76,12 +68,10 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     from erase.patch import applied_patches, patches_disabled
 
     from .faces_mini.assets import ASSETS_DIR, load_judge
-    from .faces_mini.check import features, judge_all
+    from .faces_mini.check import CHECK_RENDERS, fd_reference, judge_all
     from .faces_mini.guides import faces_mini_guides
     from .faces_mini.models import perceptual_distance
-    from .faces_mini.render import render_set
-    from .faces_mini.world import SEED_BASE, concept_rate_label
-    from .fid import frechet_distance_numpy
+    from .faces_mini.world import concept_rate_label
 
     protocol.check_target(target, kind)
     root = Path(assets) if assets is not None else ASSETS_DIR
@@ -101,16 +91,16 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
         orig, orig_edit = _render(G, w), _render(G, w_hat)
     model, model_edit = (_render(G, w), _render(G, w_hat)) if patched else (orig, orig_edit)
     t_render = time.time() - t0
-    probs = {k: judge_all(judge, x) for k, x in (("model", model), ("model_edit", model_edit), ("orig", orig), ("orig_edit", orig_edit))}
+    probs = {"orig": judge_all(judge, orig), "orig_edit": judge_all(judge, orig_edit)}
+    probs["model"], probs["model_edit"] = (judge_all(judge, model), judge_all(judge, model_edit)) if patched else (probs["orig"], probs["orig_edit"])
     rates = {k: _rates(v) for k, v in probs.items()}
     head, cls = concept_rate_label(target)
     score = {k: v[head][:, cls].numpy() for k, v in probs.items()}
     text = guides.clip_text([phrase])
     clip = {k: (guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for k, x in
             (("model", model), ("model_edit", model_edit), ("orig", orig), ("orig_edit", orig_edit))}
-    renders, _ = render_set(FD_RENDERS, SEED_BASE["check"])
-    real = features(judge, renders.float() / 255)
-    fd_floor_renders, _ = render_set(len(protocol.seeds), SEED_BASE["fd"])
+    fd_of, fd_floor = fd_reference(judge, len(protocol.seeds))
+    fd_orig = fd_of(orig)
     report = {
         "protocol": protocol.to_dict(), "target": target, "kind": kind, "phrase": phrase, "model": model_id, "patch": patch,
         "versions": versions(), "deviations": list(protocol.deviations),
@@ -118,9 +108,8 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
         "original": {"attribute_rates": rates["orig"], "edited_attribute_rates": rates["orig_edit"]},
         "target_rate": {"plain": _target_rate(rates["model"], target), "edited": _target_rate(rates["model_edit"], target),
                         "original_plain": _target_rate(rates["orig"], target), "original_edited": _target_rate(rates["orig_edit"], target)},
-        "fd": {"value": frechet_distance_numpy(features(judge, model), real), "original": frechet_distance_numpy(features(judge, orig), real),
-               "floor_renders": frechet_distance_numpy(features(judge, fd_floor_renders.float() / 255), real),
-               "space": "faces-mini attribute classifier features", "reference_renders": FD_RENDERS},
+        "fd": {"value": fd_of(model) if patched else fd_orig, "original": fd_orig, "floor_renders": fd_floor,
+               "space": "faces-mini attribute classifier features", "reference_renders": CHECK_RENDERS},
         "clip_similarity": {"judge": "faces-mini clip-judge (held out from the method)", **{k: float(v.mean()) for k, v in clip.items()}},
         "gamma": {"classifier": _gamma(score["model_edit"], score["orig_edit"], score["orig"]),
                   "clip": _gamma(clip["model_edit"], clip["orig_edit"], clip["orig"])},

@@ -286,11 +286,11 @@ def unlearncanvas() -> Protocol:
 
 def faces_mini() -> Protocol:
     """Latent-seeded: seed k is the StyleGAN's z of seed k at truncation 1; concepts are attributes and identities."""
-    from eval.faces_mini.world import BINARY, CONCEPTS, IDENTITY_NAMES, RESOLUTION
+    from eval.faces_mini.world import BINARY, CONCEPTS, HEAD_CLASSES, RESOLUTION
 
     return Protocol(
         name="faces-mini",
-        axes=[Axis("attribute", list(BINARY)), Axis("identity", [*IDENTITY_NAMES, "anonymous"], null_class="anonymous")],
+        axes=[Axis("attribute", list(BINARY)), Axis("identity", HEAD_CLASSES["identity"], null_class="anonymous")],
         template=None,
         seeds=list(range(1000)),
         resolution=RESOLUTION,

@@ -167,9 +167,10 @@ class TextToUnlearn(Eraser):
         cfg, g = self.config, self.guides
         w, w_hat = self._codes()
         losses: dict[str, torch.Tensor] = {}
+        x_plain_t = None  # G_t(w), rendered at most once per step
         if cfg.mode == "clip_distance":
-            x_t = to_images(self.G.synthesis(w))
-            losses["clip"] = (g.clip_image(x_t) * self.text).sum(-1).mean()
+            x_plain_t = to_images(self.G.synthesis(w))
+            losses["clip"] = (g.clip_image(x_plain_t) * self.text).sum(-1).mean()
         else:
             with torch.no_grad():
                 x_f = to_images(self.frozen.synthesis(w_hat))
@@ -179,8 +180,8 @@ class TextToUnlearn(Eraser):
             if cfg.direction_loss == "frozen_pair":
                 losses["direction"] = (1 - (unit(e_f - e_t) * self.direction).sum(-1)).mean()
             else:
-                e_plain = g.clip_image(to_images(self.G.synthesis(w)))
-                losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
+                x_plain_t = to_images(self.G.synthesis(w))
+                losses["direction"] = (unit(e_t - g.clip_image(x_plain_t)) * self.direction).sum(-1).mean()
             if cfg.lambda_perceptual > 0:
                 losses["perceptual"] = cfg.lambda_perceptual * g.perceptual(x_t, x_f).mean()
             if self.lambda_identity > 0:
@@ -188,7 +189,9 @@ class TextToUnlearn(Eraser):
         if cfg.preserve_unedited > 0:
             with torch.no_grad():
                 x_plain_f = to_images(self.frozen.synthesis(w))
-            losses["unedited"] = cfg.preserve_unedited * g.perceptual(to_images(self.G.synthesis(w)), x_plain_f).mean()
+            if x_plain_t is None:
+                x_plain_t = to_images(self.G.synthesis(w))
+            losses["unedited"] = cfg.preserve_unedited * g.perceptual(x_plain_t, x_plain_f).mean()
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

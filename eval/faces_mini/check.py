@@ -43,12 +43,36 @@ def features(judge, x: torch.Tensor, batch: int = 500) -> np.ndarray:
     return torch.cat([judge.features(x[i : i + batch]) for i in range(0, len(x), batch)]).double().numpy()
 
 
+def confident_mask(probs: dict[str, torch.Tensor], threshold: float = 0.9) -> torch.Tensor:
+    """Samples whose every head's max softmax exceeds ``threshold``."""
+    return torch.stack([p.max(1).values > threshold for p in probs.values()]).all(0)
+
+
 def rates(pred: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> dict[str, float]:
     """Binary attributes' and hair colours' rates (in [0, 1]) among the images where ``mask`` holds."""
     sel = (lambda t: t[mask]) if mask is not None else (lambda t: t)
     out = {h: float(sel(pred[h]).eq(1).float().mean()) for h in BINARY}
     out.update({f"hair_colour={k}": float(sel(pred["hair_colour"]).eq(k).float().mean()) for k in range(HEADS["hair_colour"])})
     return out
+
+
+def fd_reference(judge, n_floor: int, real: torch.Tensor | None = None, progress: bool = False):
+    """(fd, floor): ``fd(x)`` is the Frechet distance of images ``x`` to ``CHECK_RENDERS`` held-out renders in
+    ``judge``'s feature space; ``floor`` is the same distance for ``n_floor`` other renders (what a perfect
+    generator would score with that many samples)."""
+    from eval.fid import frechet_distance_numpy
+
+    from .render import render_set
+
+    if real is None:
+        real = render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)[0].float() / 255
+    real_features = features(judge, real)
+    floor_images, _ = render_set(n_floor, SEED_BASE["fd"], progress=progress)
+
+    def fd(x: torch.Tensor) -> float:
+        return frechet_distance_numpy(features(judge, x), real_features)
+
+    return fd, fd(floor_images.float() / 255)
 
 
 def generator_samples(out: Path, n: int) -> torch.Tensor:
@@ -77,15 +101,12 @@ def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> d
 
 
 def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool = False) -> dict:
-    from eval.fid import frechet_distance_numpy
-
     from .assets import load_judge
     from .render import render_set
 
     n = recipe.check_samples if recipe is not None else 1000
     images, labels = render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)
     x_real = images.float() / 255
-    floor_images, _ = render_set(n, SEED_BASE["fd"], progress=progress)
     clf, clf_b, ident = (load_judge(k, out / k) for k in ("classifier", "classifier_b", "identity"))
     quality: dict = {"judges": {}}
     for name, judge in (("classifier", clf), ("classifier_b", clf_b)):
@@ -99,12 +120,12 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
         x = generator_samples(out, n)
         probs = judge_all(clf, x)
         pred = {h: p.argmax(1) for h, p in probs.items()}
-        confident = torch.stack([p.max(1).values > 0.9 for p in probs.values()]).all(0)
+        confident = confident_mask(probs)
         gen = rates(pred)
         conf_rates = rates(pred, confident)
         pred_b = {h: p.argmax(1) for h, p in judge_all(clf_b, x).items()}
-        fd = frechet_distance_numpy(features(clf, x), features(clf, x_real))
-        floor = frechet_distance_numpy(features(clf, floor_images.float() / 255), features(clf, x_real))
+        fd_of, floor = fd_reference(clf, n, x_real, progress)
+        fd = fd_of(x)
         dev = {k: round(100 * abs(gen[k] - data[k]), 1) for k in gen}
         conf_dev = {k: round(100 * abs(conf_rates[k] - data[k]), 1) for k in gen}
         agreement = {h: float(pred[h].eq(pred_b[h]).float().mean()) for h in HEADS}

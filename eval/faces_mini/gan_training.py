@@ -41,34 +41,24 @@ def _reals(images: torch.Tensor, idx: torch.Tensor, g: torch.Generator, device) 
     return torch.where(flip, x.flip(3), x).to(device)
 
 
-@torch.no_grad()
-def attribute_probe(generator, judge, data_rates: dict, n: int = 500, seed: int = 123_456) -> dict:
+def attribute_probe(generator, judge, target_rates: dict, n: int = 500, seed: int = 123_456) -> dict:
     """Rates of the binary attributes and hair colours on ``n`` samples at truncation 1 vs the data's."""
-    from .world import BINARY
+    from .check import confident_mask, judge_all, rates
 
-    z = torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(seed))
-    x = (generator(z.to(next(generator.parameters()).device), noise_mode="const").float().cpu().clamp(-1, 1) + 1) / 2
-    logits = judge(x)
-    probs = {h: v.softmax(1) for h, v in logits.items()}
-    confident = torch.stack([p.max(1).values > 0.9 for p in probs.values()]).all(0)
-    rates = {h: float(probs[h].argmax(1).eq(1).float().mean()) for h in BINARY}
-    rates.update({f"hair_colour={k}": float(probs["hair_colour"].argmax(1).eq(k).float().mean()) for k in range(probs["hair_colour"].shape[1])})
-    maxdev = max(abs(rates[k] - data_rates[k]) for k in rates)
-    return {"rates": rates, "max_deviation_points": round(100 * maxdev, 1), "confident": float(confident.float().mean())}
-
-
-def data_rates(labels: dict) -> dict:
-    from .world import BINARY
-
-    rates = {h: float(labels[h].float().mean()) for h in BINARY}
-    rates.update({f"hair_colour={k}": float(labels["hair_colour"].eq(k).float().mean()) for k in range(int(labels["hair_colour"].max()) + 1)})
-    return rates
+    with torch.no_grad():
+        z = torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(seed))
+        x = (generator(z.to(next(generator.parameters()).device), noise_mode="const").float().cpu().clamp(-1, 1) + 1) / 2
+    probs = judge_all(judge, x)
+    got = rates({h: p.argmax(1) for h, p in probs.items()})
+    maxdev = max(abs(got[k] - target_rates[k]) for k in got)
+    return {"rates": got, "max_deviation_points": round(100 * maxdev, 1), "confident": float(confident_mask(probs).float().mean())}
 
 
 def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out: Path, device: torch.device) -> None:
     from pipelines.stylegan import Discriminator, Generator, StyleGANPipeline
 
     from .assets import load_judge
+    from .check import rates
 
     g = torch.Generator().manual_seed(recipe.seed + 60)
     torch.manual_seed(recipe.seed + 60)
@@ -89,7 +79,7 @@ def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out:
         print(f"resuming generator training at iteration {start}")
     judge_dir = Path(os.environ.get("ERASEKIT_FACES_PROBE_JUDGE", out.parent / "classifier"))
     judge = load_judge("classifier", judge_dir) if (judge_dir / "model.safetensors").exists() else None
-    target_rates = data_rates(labels)
+    target_rates = rates(labels)
     log = open(work / "gan_log.jsonl", "a")
     B = recipe.gan_batch
     bar = tqdm(range(start, recipe.gan_iterations), initial=start, total=recipe.gan_iterations, desc="stylegan2", mininterval=2)

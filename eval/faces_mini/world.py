@@ -139,6 +139,15 @@ HEADS = {
     "identity": len(IDENTITIES) + 1,
 }
 
+# The class names of every head, in the heads' class order (binary heads: "no", "yes").
+HEAD_CLASSES = {
+    **{h: ["no", "yes"] for h in BINARY},
+    "hair_colour": HAIR_COLOURS,
+    "skin": SKIN_TONES,
+    "identity": [*IDENTITY_NAMES, "anonymous"],
+}
+assert all(len(HEAD_CLASSES[h]) == n for h, n in HEADS.items())
+
 
 @dataclass(frozen=True)
 class FaceSpec:
