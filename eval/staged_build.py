@@ -43,6 +43,32 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def new_open_clip(name: str, model_cfg: dict, work: Path, device):
+    """A freshly initialised open_clip model of a custom config: (model in train mode, tokenizer, mean, std)."""
+    import open_clip
+
+    cfg_dir = work / "clip_cfg"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / f"{name}.json").write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(str(cfg_dir / f"{name}.json"))
+    model = open_clip.create_model(name, pretrained=None).to(device).train()
+    mean = torch.tensor(model.visual.image_mean or open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.image_std or open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return model, open_clip.get_tokenizer(name), mean, std
+
+
+def save_open_clip(model, model_cfg: dict, final: Path) -> None:
+    """An open_clip folder that ``local-dir:`` loads (config + fp16 safetensors), moved into place when complete."""
+    from safetensors.torch import save_file
+
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}, indent=2))
+    save_file({k: v.detach().half().contiguous() for k, v in model.eval().cpu().state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
+    replace_dir(tmp, final)
+
+
 class StagedBuild:
     """Stages ``stage_<name>`` run in order through ``timed``; their wall times go to the work folder and the recipe."""
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, replace_dir, seed_all
+from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, replace_dir, save_open_clip, seed_all
 
 from .assets import ASSETS_DIR, save_classifier
 from .data import AugmentConfig, RenderSet, augment, render_set
@@ -180,20 +180,10 @@ class Builder(StagedBuild):
             self._train_classifier(kind, self.r.classifier_b, self.r.classifier_b_channels, self.r.seed + 20 + i, "classifier_b", self.out / "classifiers_b")
 
     def stage_clip(self) -> None:
-        import open_clip
-        from safetensors.torch import save_file
-
         g = seed_all(self.r.seed + 30)
         rs = self.renders("clip", self.r.classifier_renders_per_pair)
         recon = self.vae_roundtrip(rs, "clip")
-        cfg_dir = self.work / "clip_cfg"
-        cfg_dir.mkdir(exist_ok=True)
-        (cfg_dir / f"{CLIP_MODEL_NAME}.json").write_text(json.dumps(CLIP_CONFIG))
-        open_clip.add_model_config(str(cfg_dir / f"{CLIP_MODEL_NAME}.json"))
-        model = open_clip.create_model(CLIP_MODEL_NAME, pretrained=None).to(self.device).train()
-        tokenizer = open_clip.get_tokenizer(CLIP_MODEL_NAME)
-        mean = torch.tensor(model.visual.image_mean or open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(model.visual.image_std or open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+        model, tokenizer, mean, std = new_open_clip(CLIP_MODEL_NAME, CLIP_CONFIG, self.work, self.device)
         # Three caption families: full captions, style-only and object-only texts.
         full = tokenizer([caption(s, o) for s in STYLES for o in OBJECTS]).to(self.device)
         style_txt = tokenizer([f"An image in {s.replace('_', ' ')} style." for s in STYLES]).to(self.device)
@@ -223,13 +213,7 @@ class Builder(StagedBuild):
                 model.logit_scale.clamp_(0, math.log(100))
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        model.eval().cpu()
-        tmp = self.out / ".clip.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CONFIG, "preprocess_cfg": {}}, indent=2))
-        save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
-        replace_dir(tmp, self.out / "clip")
+        save_open_clip(model, CLIP_CONFIG, self.out / "clip")
 
     def stage_unet(self) -> None:
         from diffusers import StableDiffusionPipeline

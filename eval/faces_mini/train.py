@@ -12,10 +12,8 @@ classifier; writes quality.json). ``recipe.json`` records seeds, steps, wall tim
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval.canvas_mini.data import AugmentConfig, augment
-from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, replace_dir, seed_all
+from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, save_open_clip, seed_all
 
 from .models import CLIP_MODELS, AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
 from .world import HEADS, IDENTITY_NAMES, SEED_BASE, caption, sample_spec
@@ -135,21 +133,11 @@ class Builder(StagedBuild):
         save_module(model.eval().cpu(), self.out / "identity", {"seed": self.r.seed + 30, "steps": self.r.judge_steps, "renders": "identity"})
 
     def _train_clip(self, name: str, seed: int, use: str) -> None:
-        import open_clip
-        from safetensors.torch import save_file
-
         g = seed_all(seed)
         rng = random.Random(seed)
         images, _, seeds = self.renders(use, self.r.clip_renders)
         specs = [sample_spec(s) for s in seeds]
-        cfg_dir = self.work / "clip_cfg"
-        cfg_dir.mkdir(exist_ok=True)
-        (cfg_dir / f"{name}.json").write_text(json.dumps(CLIP_MODELS[name]))
-        open_clip.add_model_config(str(cfg_dir / f"{name}.json"))
-        model = open_clip.create_model(name, pretrained=None).to(self.device).train()
-        tokenizer = open_clip.get_tokenizer(name)
-        mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+        model, tokenizer, mean, std = new_open_clip(name, CLIP_MODELS[name], self.work, self.device)
         opt = torch.optim.AdamW(model.parameters(), lr=self.r.clip_lr, weight_decay=0.01)
         bar = tqdm(range(self.r.clip_steps), desc=name, mininterval=2)
         for step in bar:
@@ -170,13 +158,7 @@ class Builder(StagedBuild):
                 model.logit_scale.clamp_(0, math.log(100))
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        model.eval().cpu()
-        tmp = self.out / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_MODELS[name], "preprocess_cfg": {}}, indent=2))
-        save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
-        replace_dir(tmp, self.out / name.replace("faces-mini-", ""))
+        save_open_clip(model, CLIP_MODELS[name], self.out / name.replace("faces-mini-", ""))
 
     def stage_clip_guide(self) -> None:
         self._train_clip("faces-mini-clip-guide", self.r.seed + 40, "clip")
