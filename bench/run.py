@@ -270,19 +270,13 @@ def _scoring_peak_in_child(folder: Path, n_seeds: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _proc_status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field} (this bench needs Linux)")
-
-
 def _score_and_report(folder: str, n_seeds: int, threads: int) -> None:
     """Child process: load the judges, reset the peak-RSS counter, score the answer set, print one JSON line."""
     import gc
 
     torch.set_num_threads(threads)
     os.environ["ERASEKIT_CACHE"] = tempfile.mkdtemp(prefix="bench-evalmem-cache-")  # reference computed (streamed) every time
+    from erase.memory import proc_status_bytes
     from eval.protocols import load_protocol
     from eval.report import EvalOptions
     from eval.scoring import prepare_judging, score_answer_set
@@ -290,14 +284,14 @@ def _score_and_report(folder: str, n_seeds: int, threads: int) -> None:
     protocol = load_protocol("canvas-mini").with_overrides(seeds=list(range(n_seeds)))
     judging = prepare_judging(protocol, [("Watercolor", "style")], EvalOptions(progress=False))
     gc.collect()
-    before = _proc_status_mb("VmRSS")
+    before = proc_status_bytes("VmRSS") / 2**20
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
     t0 = time.time()
     score_answer_set(judging, folder, batch_size=64, progress=False)
     seconds = time.time() - t0
     shutil.rmtree(os.environ["ERASEKIT_CACHE"])
     print(json.dumps({"images": len(protocol.answer_set()), "rss_before_mb": round(before, 1),
-                      "peak_rss_mb": round(_proc_status_mb("VmHWM"), 1), "seconds": round(seconds, 1)}))
+                      "peak_rss_mb": round(proc_status_bytes("VmHWM") / 2**20, 1), "seconds": round(seconds, 1)}))
 
 
 BENCHES = {"eval": bench_eval, "classify": bench_classify, "classify_vit": bench_classify_vit, "erase": bench_erase, "eval_memory": bench_eval_memory,

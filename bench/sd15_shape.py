@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -100,14 +99,11 @@ def preset_of(method: str) -> str | None:
     return next((p for p in PRESETS if p in shipped), None)
 
 
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def run_one(method: str, *, shape: str, resolution: int, steps: int, batch: int, sample_steps: int, device: str, dtype: str,
             xformers: bool = False) -> dict:
     """One erasure in this process; returns time per step, peak memory and patch size."""
     from erase.api import erase_concept
+    from erase.memory import peak_memory_bytes
 
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     t0 = time.time()
@@ -129,23 +125,15 @@ def run_one(method: str, *, shape: str, resolution: int, steps: int, batch: int,
             "device": device, "xformers": xformers, "build_seconds": round(build_seconds, 1),
             "setup_seconds": timing.get("setup_seconds"), "train_seconds": train,
             "seconds_per_step": round(train / steps, 3) if train is not None and steps else None,
-            "erase_seconds": patch.config["efficiency"]["erase_seconds"], "peak_rss_bytes": peak_rss_bytes(),
+            "erase_seconds": patch.config["efficiency"]["erase_seconds"], "peak_rss_bytes": peak_memory_bytes(torch.device("cpu"))[0],
             "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
             "patch_bytes": patch.nbytes(), "patched_values": int(sum(d.numel() for d in patch.deltas.values()))}
 
 
-def _rss_of(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_isolated(method: str, args) -> dict:
     """``run_one`` in a child process, stopped when its RSS passes ``--max-rss-gb``."""
+    from erase.memory import proc_status_bytes
+
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "bench.sd15_shape", "--one", method, "--result", str(result), "--shape", args.shape,
@@ -157,7 +145,7 @@ def run_isolated(method: str, args) -> dict:
         t0, peak, limit = time.time(), 0, int(args.max_rss_gb * 2**30)
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while proc.poll() is None:
-            peak = max(peak, _rss_of(proc.pid))
+            peak = max(peak, proc_status_bytes("VmRSS", proc.pid))
             if peak > limit:
                 proc.kill()
                 proc.wait()

@@ -13,9 +13,7 @@ leaves nothing behind.
 from __future__ import annotations
 
 import json
-import resource
 import shutil
-import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -26,6 +24,7 @@ from . import __version__
 from .components import model_device
 from .errors import EraseError
 from .files import check_writable, write_json_atomic
+from .memory import peak_memory_bytes
 from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
 from .patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
 from .registry import coerce_value, get_method
@@ -71,13 +70,6 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
-
-
-def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda max allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (rss if sys.platform == "darwin" else rss * 1024), "peak RSS of the process"
 
 
 def run_identity(method: str, cfg, request: EraseRequest, model_id: str | None, guides=None) -> dict:
