@@ -83,14 +83,18 @@ def generate_probe(pipe, protocol, folder: Path) -> None:
     generate_answer_set(pipe, protocol.with_overrides(seeds=PROBE_SEEDS), folder, entries=probe_entries(protocol), progress=False)
 
 
-def features(folder: Path, entries: list[tuple], resolution: int) -> np.ndarray:
+def feature_space():
     """canvas-mini classifier features (style + object penultimate), the FID feature space."""
-    from eval.answer_set import read_images
     from eval.canvas_mini import load_classifier
     from eval.fid import ClassifierFeatures
+
+    return ClassifierFeatures(load_classifier("style").for_inference(), load_classifier("object").for_inference())
+
+
+def features(space, folder: Path, entries: list[tuple], resolution: int) -> np.ndarray:
+    from eval.answer_set import read_images
     from eval.generate import to_tensor
 
-    space = ClassifierFeatures(load_classifier("style").for_inference(), load_classifier("object").for_inference())
     x = to_tensor(np.stack(read_images(folder, entries, resolution)))
     return torch.cat([space(x[i : i + 256]) for i in range(0, len(x), 256)]).double().numpy()
 
@@ -132,6 +136,7 @@ def job_reference(name: str, out: Path) -> dict:
 
 def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
     """``erase batch --eval --resume`` of one method on one kind's targets, then OOD UA and the gold probe per patch."""
+    from erase.batch import read_manifest
     from erase.cli import main as erase_main
     from erase.patch import ErasurePatch
     from eval.canvas_mini import PIPELINE_DIR
@@ -158,8 +163,7 @@ def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
     batch_seconds = time.time() - t0
     pipe, judges = load_pipeline(PIPELINE_DIR), load_judges(protocol)
     rows = {}
-    manifest = [json.loads(line) for line in (folder / "batch" / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    for record in manifest:
+    for record in read_manifest(folder / "batch"):
         concept, m = record["concept"], record["metrics"]
         job = folder / "batch" / concept
         patch = ErasurePatch.from_pretrained(job)
@@ -227,10 +231,10 @@ def summarise(method_rows: dict[str, dict], base_rows: dict[str, dict]) -> dict:
 def frechet_to_gold(out: Path, methods: list[str], protocol) -> dict:
     from eval.fid import frechet_distance_numpy
 
-    entries = probe_entries(protocol)
-    gold = features(out / "gold" / "probe", entries, protocol.resolution)
+    entries, space = probe_entries(protocol), feature_space()
+    gold = features(space, out / "gold" / "probe", entries, protocol.resolution)
     folders = {"original": out / "original" / "probe", **{m: out / m / "style" / "probe" for m in methods}}
-    return {name: frechet_distance_numpy(features(f, entries, protocol.resolution), gold) for name, f in folders.items()}
+    return {name: frechet_distance_numpy(features(space, f, entries, protocol.resolution), gold) for name, f in folders.items()}
 
 
 def retrain_seconds() -> dict:
