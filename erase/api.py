@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .components import model_device
 from .errors import EraseError
-from .files import check_writable, write_json_atomic
+from .files import check_writable, read_json_object, write_json_atomic
 from .memory import peak_memory_bytes
 from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
 from .patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
@@ -48,12 +48,7 @@ def load_preset(method: str, preset: str | None) -> dict:
         path = PRESET_DIR / method / f"{preset}.json"
     if not path.is_file():
         raise EraseError(f"unknown preset {preset!r} for {method}; known presets: {', '.join(list_presets(method)) or 'none'}, or a JSON file")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EraseError(f"preset {path} is not valid JSON ({str(e).splitlines()[0]}); fix the file or pass another --preset") from e
-    if not isinstance(data, dict):
-        raise EraseError(f"preset {path} must hold a JSON object of {method} options, got a {type(data).__name__}")
+    data = read_json_object(path, holds=f"{method} options", fix="fix the preset file or pass another --preset")
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 

@@ -1,4 +1,4 @@
-"""Small file helpers every writer shares: output-folder checks and atomic JSON writes."""
+"""Small file helpers every reader and writer shares: output-folder checks, JSON objects read with clear errors, atomic writes."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ def check_writable(option: str, path: str | Path, *, folder: bool) -> Path:
     if not os.access(target, os.W_OK | os.X_OK):
         raise EraseError(f"{option} {path}: cannot write in {target} (permission denied); choose another {option}")
     return path
+
+
+def read_json_object(path: str | Path, *, holds: str, fix: str, error: type[Exception] = EraseError) -> dict:
+    """A JSON file that must hold an object (a preset, a model config): else ``error`` saying what is wrong and ``fix``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({str(e).splitlines()[0]}); {fix}") from e
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object of {holds}, got a {type(data).__name__}; {fix}")
+    return data
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from erase.errors import EraseError
-from erase.files import check_writable
+from erase.files import check_writable, read_json_object
 
 from .config import CONFIG_FILE, MODEL_TYPE, StyleGANConfig, StyleGANLoadError, WEIGHTS_FILE
 from .networks import Generator
@@ -87,12 +84,7 @@ class StyleGANPipeline:
         if not cfg_path.is_file():
             raise StyleGANLoadError(f"{folder} has no {CONFIG_FILE}; pass a folder written by StyleGANPipeline.save_pretrained "
                                     "(a rosinality .pt loads with load_rosinality)")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StyleGANLoadError(f"{cfg_path} is not valid JSON ({str(e).splitlines()[0]}); re-save the model with save_pretrained") from e
-        if not isinstance(raw, dict):
-            raise StyleGANLoadError(f"{cfg_path} must hold a JSON object of StyleGAN config fields")
+        raw = read_json_object(cfg_path, holds="StyleGAN config fields", fix="re-save the model with save_pretrained", error=StyleGANLoadError)
         try:
             config = StyleGANConfig.from_dict(raw)
         except EraseError as e:
