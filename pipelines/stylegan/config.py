@@ -5,9 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import InitVar, asdict, dataclass, fields
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 
 from erase.errors import EraseError
 
