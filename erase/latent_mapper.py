@@ -71,6 +71,23 @@ class MapperSettings:
     scale: float = 0.1
     truncation: float = 1.0
     seed: int = 0
+    views: int = 0  # CLIP sees this many randomly shifted / flipped views of each edit (0: the image itself)
+
+
+def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2) -> torch.Tensor:
+    """``views`` random views of every image (a shift of up to ``shift`` pixels through reflect padding, and a
+    horizontal flip half the time), stacked view-major: a CLIP-guided edit then has to hold under small
+    translations instead of fooling the CLIP with a pixel pattern it alone reads as the concept."""
+    if views <= 0:
+        return x
+    size = x.shape[-1]
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift), mode="reflect")
+    out = []
+    for _ in range(views):
+        dy, dx = (int(v) for v in torch.randint(0, 2 * shift + 1, (2,), generator=rng))
+        view = padded[..., dy : dy + size, dx : dx + size]
+        out.append(view.flip(-1) if torch.rand((), generator=rng) < 0.5 else view)
+    return torch.cat(out)
 
 
 def to_images(x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +145,7 @@ def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSetting
             w = sample_wplus(generator, settings.batch_size, rng, settings.truncation)
             w_hat = edit(mapper, w, settings.scale)
             x_hat = to_images(generator.synthesis(w_hat))
-            loss = (1 - (guides.clip_image(x_hat) * text).sum(-1)).mean() + settings.l2 * (w_hat - w).pow(2).mean()
+            loss = (1 - (guides.clip_image(clip_views(x_hat, settings.views, rng)) * text).sum(-1)).mean() + settings.l2 * (w_hat - w).pow(2).mean()
             if identity is not None:
                 with torch.no_grad():
                     id_w = identity(to_images(generator.synthesis(w)))

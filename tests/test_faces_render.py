@@ -18,6 +18,7 @@ from eval.faces_mini import (
     SKIN_TONES,
     caption,
     concept_rate_label,
+    hard_negative_captions,
     labels,
     render_array,
     render_set,
@@ -204,6 +205,30 @@ def test_protocol_phrases_are_captions():
         else:
             spec = dataclasses.replace(_plain(0), identity=-1, **{concept: True})
         assert any(caption(spec, rng) == phrase for _ in range(6000)), concept
+
+
+def test_hard_negatives_flip_one_stated_attribute(specs):
+    from collections import Counter
+
+    from eval.faces_mini.world import PHRASES
+
+    def words(text):
+        return Counter(text.replace(",", " ").replace(".", " ").split())
+
+    seen = set()
+    for k, spec in enumerate(specs[:400]):
+        positive, negative = hard_negative_captions(spec, random.Random(k))
+        pos, neg = words(positive), words(negative)
+        diff = set((pos - neg) + (neg - pos))
+        assert diff, (positive, negative)
+        # the two differ only in one attribute's phrase: stated truly in the positive, flipped in the negative
+        flipped = [name for name in BINARY
+                   if diff <= {"and"} | {w for value in (True, False) for _, phrase in PHRASES[name][value] for w in phrase.split()}
+                   and any(p in positive for _, p in PHRASES[name][getattr(spec, name)])
+                   and any(p in negative for _, p in PHRASES[name][not getattr(spec, name)])]
+        assert len(flipped) == 1, (positive, negative, flipped)
+        seen.add(flipped[0])
+    assert seen == set(BINARY)
 
 
 def test_concept_rate_labels():

@@ -62,6 +62,7 @@ class TextToUnlearnConfig:
     mapper_batch: int = option(16, "latent-mapper batch")
     mapper_l2: float = option(0.8, "latent-mapper L2 weight on the edit (StyleCLIP 0.8)")
     mapper_identity: float = option(0.1, "latent-mapper identity weight (StyleCLIP 0.1; off for identity concepts)")
+    mapper_views: int = option(0, "latent mapper: CLIP judges this many randomly shifted / flipped views of each edit (0: the image itself)")
     edit_scale: float = option(0.1, "w_hat = w + edit_scale * M(w) (StyleCLIP 0.1)")
     direction_samples: int = option(256, "latent pairs that define the reference direction i")
     gate_points: float = option(30.0, "the mapper's edit must raise the judged rate of the concept by this many points")
@@ -73,7 +74,7 @@ class TextToUnlearnConfig:
         check_options(self, "text_to_unlearn", choices={"mode": ("directional", "clip_distance"), "direction_loss": ("frozen_pair", "self_pair"),
                                                         "layers": tuple(LAYERS), "patch_dtype": PATCH_DTYPES},
                       at_least_one=("steps", "batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples", "checkpoint_every"),
-                      non_negative=("lambda_perceptual", "lambda_identity", "preserve_unedited", "mapper_steps", "mapper_l2", "mapper_identity",
+                      non_negative=("lambda_perceptual", "lambda_identity", "preserve_unedited", "mapper_steps", "mapper_l2", "mapper_identity", "mapper_views",
                                     "gate_points"),
                       positive=("lr", "mapper_lr", "edit_scale", "truncation"))
 
@@ -112,7 +113,7 @@ class TextToUnlearn(Eraser):
         self.lambda_identity = 0.0 if is_identity else cfg.lambda_identity
         settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=cfg.mapper_l2,
                                   identity=0.0 if is_identity else cfg.mapper_identity, scale=cfg.edit_scale, truncation=cfg.truncation,
-                                  seed=req.seed)
+                                  seed=req.seed, views=cfg.mapper_views)
         if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0:
             g.require("perceptual", self.name, "lambda_perceptual / preserve_unedited > 0")
         if self.lambda_identity > 0 or settings.identity > 0:

@@ -3,7 +3,7 @@
 Public API: the world's factors and labels (BINARY, HAIR_COLOURS, SKIN_TONES,
 IDENTITIES, HEADS, FaceSpec, sample_spec, labels, geometry_vector), its
 erasable concepts (CONCEPTS, concept_rate_label), captions for tiny-CLIP
-training (caption), the per-trainer seed ranges (SEED_BASE) and the renderer
+training (caption, hard_negative_captions), the per-trainer seed ranges (SEED_BASE) and the renderer
 (render_image, render_array, render_set, render_spec_grid).
 """
 
@@ -22,6 +22,7 @@ from .world import (
     Geometry,
     Identity,
     caption,
+    hard_negative_captions,
     concept_rate_label,
     geometry_vector,
     labels,
@@ -30,6 +31,6 @@ from .world import (
 
 __all__ = [
     "BINARY", "CONCEPTS", "HAIR_COLOURS", "HEADS", "IDENTITIES", "IDENTITY_NAMES", "RESOLUTION", "SEED_BASE",
-    "SKIN_TONES", "FaceSpec", "Geometry", "Identity", "caption", "concept_rate_label", "geometry_vector", "labels",
+    "SKIN_TONES", "FaceSpec", "Geometry", "Identity", "caption", "hard_negative_captions", "concept_rate_label", "geometry_vector", "labels",
     "sample_spec", "render_array", "render_image", "render_set", "render_spec_grid",
 ]

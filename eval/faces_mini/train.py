@@ -25,7 +25,7 @@ from eval.canvas_mini.data import AugmentConfig, augment
 from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, save_open_clip, seed_all
 
 from .models import CLIP_MODELS, AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
-from .world import HEADS, IDENTITY_NAMES, SEED_BASE, caption, sample_spec
+from .world import HEADS, IDENTITY_NAMES, SEED_BASE, hard_negative_captions, sample_spec
 
 
 @dataclass
@@ -145,12 +145,13 @@ class Builder(StagedBuild):
                 group["lr"] = cosine_lr(step, self.r.clip_steps, 100, self.r.clip_lr, floor=0.02)
             idx = torch.randint(0, len(images), (self.r.clip_batch,), generator=g)
             x = augment(images[idx].float() / 255, None, self.r.classifier, g)
-            texts = tokenizer([caption(specs[i], rng) for i in idx.tolist()]).to(self.device)
+            pairs = [hard_negative_captions(specs[i], rng) for i in idx.tolist()]
+            texts = tokenizer([p for p, _ in pairs] + [n for _, n in pairs]).to(self.device)
             img = F.normalize(model.encode_image(((x - mean) / std).to(self.device)), dim=-1)
             txt = F.normalize(model.encode_text(texts), dim=-1)
-            logits = model.logit_scale.exp() * img @ txt.T
+            logits = model.logit_scale.exp() * img @ txt.T  # (B, 2B): each image against every caption and hard negative
             target = torch.arange(len(idx), device=self.device)
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(idx)].T, target)) / 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

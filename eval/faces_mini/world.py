@@ -21,6 +21,7 @@ survive.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import random
@@ -309,14 +310,19 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def caption(spec: FaceSpec, rng: random.Random) -> str:
-    """A paraphrased caption of `spec`: a random subset of its factors, in random words and order."""
+def caption(spec: FaceSpec, rng: random.Random, force: str | None = None) -> str:
+    """A paraphrased caption of `spec`: a random subset of its factors, in random words and order; the binary
+    attribute `force` is always stated (truly), which is how hard-negative captions pin one attribute."""
     mentions = []
     for name in BINARY:
         present = getattr(spec, name)
-        if rng.random() < (P_MENTION_PRESENT if present else P_MENTION_ABSENT):
-            said = present != (rng.random() < P_WRONG)
-            mentions.append(rng.choice(PHRASES[name][said]))
+        mentioned = rng.random() < (P_MENTION_PRESENT if present else P_MENTION_ABSENT)
+        wrong = rng.random() < P_WRONG
+        if name == force:  # one draw whatever the list's length, so a flipped twin consumes the same randomness
+            options = PHRASES[name][present]
+            mentions.append(options[min(int(rng.random() * len(options)), len(options) - 1)])
+        elif mentioned:
+            mentions.append(rng.choice(PHRASES[name][present != wrong]))
     if rng.random() < P_MENTION_HAIR:
         mentions.append(_hair_phrase(spec, rng))
     if rng.random() < P_MENTION_SKIN:
@@ -337,3 +343,14 @@ def caption(spec: FaceSpec, rng: random.Random) -> str:
         if trailing:
             body += " " + _join(trailing)
     return rng.choice(WRAPPERS).format(body)
+
+
+def hard_negative_captions(spec: FaceSpec, rng: random.Random) -> tuple[str, str]:
+    """(caption, hard negative): both state one random binary attribute, the negative with its value flipped and
+    everything else drawn identically (NegCLIP-style: the CLIP must see every attribute, not just the easy ones)."""
+    name = rng.choice(BINARY)
+    state = rng.getstate()
+    positive = caption(spec, rng, force=name)
+    rng.setstate(state)
+    negative = caption(dataclasses.replace(spec, **{name: not getattr(spec, name)}), rng, force=name)
+    return positive, negative
