@@ -207,6 +207,15 @@ def test_protocol_phrases_are_captions():
         assert any(caption(spec, rng) == phrase for _ in range(6000)), concept
 
 
+def test_negated_phrases_are_captions():
+    from eval.faces_mini.world import NEGATED_PHRASES
+
+    rng = random.Random(0)
+    for name, phrase in NEGATED_PHRASES.items():
+        spec = dataclasses.replace(_plain(0), identity=-1, **{name: False})
+        assert any(caption(spec, rng) == phrase for _ in range(20000)), name
+
+
 def test_hard_negatives_flip_one_stated_attribute(specs):
     from collections import Counter
 

@@ -7,7 +7,8 @@
   attribute's and hair colour's rate against the renders', the share of samples confident (max softmax > 0.9)
   on every head, the rates among confident samples, the two classifiers' agreement on the samples, and the
   Frechet distance in the classifier's feature space against renders next to its renders-vs-renders floor;
-* both tiny CLIPs: zero-shot accuracy on each binary attribute ("a face with X" vs "a face without X").
+* both tiny CLIPs: zero-shot accuracy on each binary attribute (the protocol's phrase vs its negation, e.g.
+  "a smiling face" vs "a serious face").
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> d
     from eval.clip_alignment import CLIPAlignment
 
     from .assets import load_faces_clip
-    from .world import CONCEPTS
+    from .world import CONCEPTS, NEGATED_PHRASES
 
     model, tokenizer = load_faces_clip(which, folder)
     scorer = CLIPAlignment(model, tokenizer)
@@ -94,7 +95,7 @@ def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> d
     out = {}
     for h in BINARY:
         phrase = CONCEPTS[h][1]
-        txt = scorer.text_features([phrase, "a face"])
+        txt = scorer.text_features([phrase, NEGATED_PHRASES[h]])
         pred = (img @ txt.T).argmax(1).eq(0).long()
         out[h] = float(pred.eq(labels[h]).float().mean())
     return out

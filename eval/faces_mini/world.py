@@ -244,6 +244,15 @@ CONCEPTS = {
 }
 
 
+# Each binary attribute's negation, as the CLIPs saw it in captions: zero-shot checks ask "phrase or negation?".
+NEGATED_PHRASES = {
+    "eyeglasses": "a face without eyeglasses",
+    "smile": "a serious face",
+    "hat": "a face without a hat",
+    "beard": "a clean-shaven face",
+}
+
+
 def concept_rate_label(concept: str) -> tuple[str, int]:
     """The (head, class) whose rate says how much of `concept` a generator still produces."""
     if concept not in CONCEPTS:
