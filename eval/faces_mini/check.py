@@ -144,14 +144,32 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
     return quality
 
 
+def sample_grid(out: Path, path: Path, n: int = 48, per_row: int = 16) -> Path:
+    """Generator samples (seeds 0..n-1, truncation 1) above a row of renders, 3x nearest-neighbour upscaled."""
+    from PIL import Image
+
+    from eval.grid import save_png
+
+    from .render import render_set
+
+    fake = generator_samples(out, n)
+    real = render_set(per_row, SEED_BASE["check"])[0].float() / 255
+    rows = [torch.cat(list(x.permute(0, 2, 3, 1)), dim=1) for x in (*fake.split(per_row), real)]
+    arr = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    return save_png(Image.fromarray(arr).resize((arr.shape[1] * 3, arr.shape[0] * 3), Image.NEAREST), path)
+
+
 def main(argv=None) -> None:
     from .assets import ASSETS_DIR
 
     p = argparse.ArgumentParser(description="measure the faces-mini artefacts (writes quality.json)")
     p.add_argument("--out", default=str(ASSETS_DIR))
+    p.add_argument("--grid", default=None, help="also write a PNG of generator samples above a row of renders")
     args = p.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     print(json.dumps(run_check(Path(args.out), progress=True), indent=2))
+    if args.grid:
+        print(f"sample grid: {sample_grid(Path(args.out), Path(args.grid))}")
 
 
 if __name__ == "__main__":
