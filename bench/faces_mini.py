@@ -112,6 +112,7 @@ def main(argv=None) -> int:
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     from erase.files import write_json_atomic
 
+    Path(args.results).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(args.results) / "faces-mini.json", {"bars": BARS, "rows": rows, "threads": args.threads})
     (Path(args.results) / "faces-mini.md").write_text(markdown(rows) + "\n")
     print(markdown(rows))

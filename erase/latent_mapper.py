@@ -119,8 +119,7 @@ def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings
     return cache_dir() / "mappers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
 
-def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSettings, *, progress: bool = False,
-                 use_identity: bool = True) -> LevelsMapper:
+def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSettings, *, progress: bool = False) -> LevelsMapper:
     """The mapper that adds ``prompt`` to ``generator``'s images (trained once, then read from the cache)."""
     from safetensors.torch import load_file, save_file
 
@@ -136,7 +135,7 @@ def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSetting
     mapper = LevelsMapper(generator.n_latent, generator.config.style_dim).to(dev)
     rng = torch.Generator().manual_seed(settings.seed)
     text = guides.clip_text([prompt]).detach()
-    identity = guides.identity if use_identity and settings.identity > 0 else None
+    identity = guides.identity if settings.identity > 0 else None
     opt = torch.optim.Adam(mapper.parameters(), lr=settings.lr)
     was = generator.training
     generator.eval().requires_grad_(False)

@@ -17,6 +17,7 @@ perceptual distance to the original, over every seed and over the seeds whose or
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,11 +32,10 @@ from .protocols import Protocol
 from .report import claim_output_folder, run_identity, versions
 
 EDIT_SCALE = 0.1
-# StyleCLIP's L2 weight (0.8) keeps the edit too small to change an identity (measured on faces-mini: Alice's rate rose
-# by 2-9 points at l2 0.8 or 0.3, with or without views); without it, two shifted / flipped views per edit keep the
-# mapper from fooling the CLIP with pixel patterns (Alice 5% -> 100%, eyeglasses 36% -> 100%; at l2 0.1 without
-# views the edit made eyeglasses rarer).
-MAPPER = MapperSettings(steps=1500, batch_size=16, l2=0.0, identity=0.1, scale=EDIT_SCALE, seed=7, views=2)
+# StyleCLIP's settings, with two shifted / flipped views per edit so that the mapper cannot fool the CLIP with pixel
+# patterns; for an identity the L2 (and identity) terms are off, as in the method: at l2 0.8 or 0.3 the edit stayed
+# too small to change who the face is (Alice's rate rose by 2-9 points), without L2 and with views it reached 100%.
+MAPPER = MapperSettings(steps=1500, batch_size=16, l2=0.8, identity=0.1, scale=EDIT_SCALE, seed=7, views=2)
 
 
 @torch.no_grad()
@@ -88,7 +88,9 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     phrase = protocol.phrases[target]
     patched = bool(applied_patches(pipe))
     with patches_disabled(pipe):  # the original: its mapper, its renders at the same seeds
-        mapper = train_mapper(G, phrase, guides, mapper_settings, progress=progress, use_identity=kind != "identity")
+        if kind == "identity":
+            mapper_settings = dataclasses.replace(mapper_settings, l2=0.0, identity=0.0)
+        mapper = train_mapper(G, phrase, guides, mapper_settings, progress=progress)
         with torch.no_grad():
             w = to_wplus(G, pipe.seed_latents(protocol.seeds))
         w_hat = edit(mapper, w, EDIT_SCALE).detach()

@@ -56,7 +56,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("over", [{}, {"direction_loss": "self_pair", "preserve_unedited": 1.0}, {"mode": "clip_distance"},
-                                  {"layers": "adaptive", "top_k": 2}, {"layers": "mapping"}])
+                                  {"layers": "adaptive", "top_k": 2}, {"layers": "mapping"}, {"mapper_views": 2}])
 def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
     from erase.api import erase_concept
     from erase.patch import apply_patch, remove_patch
@@ -88,11 +88,12 @@ def test_the_gate_stops_a_mapper_that_does_not_add_the_concept(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_mapper_adds_what_the_guide_clip_reads_as_the_prompt_and_is_cached(tmp_path):
+@pytest.mark.parametrize("loss", [{}, {"views": 2}])
+def test_the_mapper_adds_what_the_guide_clip_reads_as_the_prompt_and_is_cached(tmp_path, loss):
     from erase.latent_mapper import MapperSettings, concept_rates, train_mapper
 
     pipe, guides = tiny_pipe(), toy_guides()
-    settings = MapperSettings(steps=60, batch_size=8, l2=0.0, identity=0.0, scale=0.5)
+    settings = MapperSettings(steps=60, batch_size=8, l2=0.0, identity=0.0, scale=0.5, **loss)
     mapper = train_mapper(pipe.generator, "a face with eyeglasses", guides, settings)
     plain, edited = concept_rates(pipe.generator, mapper, guides, "eyeglasses", 64, seed=5, scale=0.5)
     assert edited > plain + 0.2
@@ -118,3 +119,20 @@ def test_without_guides_or_on_a_diffusion_model_it_says_what_is_missing(tmp_path
         erase_concept(StyleGANPipeline(Generator(TINY)), "text_to_unlearn", request(), tmp_path / "a", overrides=QUICK, progress=False)
     with pytest.raises(EraseError, match="StyleGAN pipeline"):
         erase_concept(tiny_pipe, "text_to_unlearn", request(), tmp_path / "b", overrides=QUICK, progress=False, guides=toy_guides())
+
+
+def test_clip_views_are_small_shifts_and_flips_of_each_image():
+    from erase.latent_mapper import clip_views
+
+    x = torch.rand(3, 3, 16, 16)
+    assert clip_views(x, 0, torch.Generator()) is x
+    views = clip_views(x, 6, torch.Generator().manual_seed(0), shift=2).view(6, 3, 3, 16, 16)
+    assert not all(torch.equal(v, x) for v in views)  # not the image itself
+    for v in views:  # each view is the batch shifted by at most 2 pixels (and maybe mirrored): its centre is in the original
+        found = False
+        for flip in (False, True):
+            u = v.flip(-1) if flip else v
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    found |= torch.equal(u[..., 4:12, 4:12], x[..., 4 + dy : 12 + dy, 4 + dx : 12 + dx])
+        assert found

@@ -60,7 +60,7 @@ class TextToUnlearnConfig:
     mapper_steps: int = option(1500, "latent-mapper training steps (cached per generator, prompt and guides)")
     mapper_lr: float = option(1e-3, "latent-mapper learning rate (Adam)")
     mapper_batch: int = option(16, "latent-mapper batch")
-    mapper_l2: float = option(0.8, "latent-mapper L2 weight on the edit (StyleCLIP 0.8)")
+    mapper_l2: float = option(0.8, "latent-mapper L2 weight on the edit (StyleCLIP 0.8; off for identity concepts)")
     mapper_identity: float = option(0.1, "latent-mapper identity weight (StyleCLIP 0.1; off for identity concepts)")
     mapper_views: int = option(0, "latent mapper: CLIP judges this many randomly shifted / flipped views of each edit (0: the image itself)")
     edit_scale: float = option(0.1, "w_hat = w + edit_scale * M(w) (StyleCLIP 0.1)")
@@ -111,7 +111,8 @@ class TextToUnlearn(Eraser):
         self.rng = torch.Generator().manual_seed(req.seed)
         is_identity = req.kind == "identity"
         self.lambda_identity = 0.0 if is_identity else cfg.lambda_identity
-        settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=cfg.mapper_l2,
+        # for an identity the mapper's identity and L2 terms are off: both keep the edit from changing who it is
+        settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=0.0 if is_identity else cfg.mapper_l2,
                                   identity=0.0 if is_identity else cfg.mapper_identity, scale=cfg.edit_scale, truncation=cfg.truncation,
                                   seed=req.seed, views=cfg.mapper_views)
         if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0:
