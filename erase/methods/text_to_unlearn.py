@@ -40,6 +40,8 @@ from ..patch import PATCH_DTYPES
 from ..registry import check_options, option, register_method
 from ..selection import ParamSelection
 
+DIRECTION_FLOOR = 0.02  # the smallest CLIP-embedding change (unit embeddings) the frozen-pair cosine divides by
+
 LAYERS = {"synthesis": r"^generator\.synthesis\.(input|conv1|convs)\.", "mapping": r"^generator\.mapping\.", "adaptive": None}
 
 
@@ -180,7 +182,10 @@ class TextToUnlearn(Eraser):
             x_t = to_images(self.G.synthesis(w_hat))
             e_t = g.clip_image(x_t)
             if cfg.direction_loss == "frozen_pair":
-                losses["direction"] = (1 - (unit(e_f - e_t) * self.direction).sum(-1)).mean()
+                # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
+                # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
+                d = e_f - e_t
+                losses["direction"] = (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean()
             else:
                 x_plain_t = to_images(self.G.synthesis(w))
                 losses["direction"] = (unit(e_t - g.clip_image(x_plain_t)) * self.direction).sum(-1).mean()
