@@ -56,7 +56,8 @@ def _cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("over", [{}, {"direction_loss": "self_pair", "preserve_unedited": 1.0}, {"mode": "clip_distance"},
-                                  {"layers": "adaptive", "top_k": 2}, {"layers": "mapping"}, {"mapper_views": 2}])
+                                  {"layers": "adaptive", "top_k": 2}, {"layers": "mapping"}, {"mapper_views": 2, "views": 2},
+                                  {"direction_loss": "self_pair", "views": 2}, {"mode": "clip_distance", "views": 2}])
 def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
     from erase.api import erase_concept
     from erase.patch import apply_patch, remove_patch

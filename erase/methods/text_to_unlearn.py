@@ -34,7 +34,7 @@ import torch
 
 from ..errors import EraseError
 from ..guides import Guides, unit
-from ..latent_mapper import MapperSettings, check_gate, edit, image_direction, sample_wplus, to_images, to_wplus, train_mapper
+from ..latent_mapper import MapperSettings, check_gate, clip_views, edit, image_direction, sample_wplus, to_images, to_wplus, train_mapper
 from ..loop import Eraser
 from ..patch import PATCH_DTYPES
 from ..registry import check_options, option, register_method
@@ -64,6 +64,7 @@ class TextToUnlearnConfig:
     mapper_batch: int = option(16, "latent-mapper batch")
     mapper_l2: float = option(0.8, "latent-mapper L2 weight on the edit (StyleCLIP 0.8; off for identity concepts)")
     mapper_identity: float = option(0.1, "latent-mapper identity weight (StyleCLIP 0.1; off for identity concepts)")
+    views: int = option(0, "fine-tuning: the CLIP judges this many shifted / flipped views of each image pair (0: the images themselves)")
     mapper_views: int = option(0, "latent mapper: CLIP judges this many randomly shifted / flipped views of each edit (0: the image itself)")
     edit_scale: float = option(0.1, "w_hat = w + edit_scale * M(w) (StyleCLIP 0.1)")
     direction_samples: int = option(256, "latent pairs that define the reference direction i")
@@ -76,7 +77,7 @@ class TextToUnlearnConfig:
         check_options(self, "text_to_unlearn", choices={"mode": ("directional", "clip_distance"), "direction_loss": ("frozen_pair", "self_pair"),
                                                         "layers": tuple(LAYERS), "patch_dtype": PATCH_DTYPES},
                       at_least_one=("steps", "batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples", "checkpoint_every"),
-                      non_negative=("lambda_perceptual", "lambda_identity", "preserve_unedited", "mapper_steps", "mapper_l2", "mapper_identity", "mapper_views",
+                      non_negative=("lambda_perceptual", "lambda_identity", "preserve_unedited", "mapper_steps", "mapper_l2", "mapper_identity", "mapper_views", "views",
                                     "gate_points"),
                       positive=("lr", "mapper_lr", "edit_scale", "truncation"))
 
@@ -174,13 +175,14 @@ class TextToUnlearn(Eraser):
         x_plain_t = None  # G_t(w), rendered at most once per step
         if cfg.mode == "clip_distance":
             x_plain_t = to_images(self.G.synthesis(w))
-            losses["clip"] = (g.clip_image(x_plain_t) * self.text).sum(-1).mean()
+            losses["clip"] = (g.clip_image(clip_views(x_plain_t, cfg.views, self.rng)) * self.text).sum(-1).mean()
         else:
             with torch.no_grad():
                 x_f = to_images(self.frozen.synthesis(w_hat))
-                e_f = g.clip_image(x_f)
             x_t = to_images(self.G.synthesis(w_hat))
-            e_t = g.clip_image(x_t)
+            # the same views of both images, so that their difference is G_t's change alone
+            e_f, e_t = g.clip_image(clip_views(torch.cat([x_f, x_t]), cfg.views, self.rng)).view(-1, 2, len(w), self.text.shape[-1]).unbind(1)
+            e_f, e_t = e_f.detach(), e_t
             if cfg.direction_loss == "frozen_pair":
                 # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
                 # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
@@ -188,7 +190,8 @@ class TextToUnlearn(Eraser):
                 losses["direction"] = (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean()
             else:
                 x_plain_t = to_images(self.G.synthesis(w))
-                losses["direction"] = (unit(e_t - g.clip_image(x_plain_t)) * self.direction).sum(-1).mean()
+                e_plain = g.clip_image(clip_views(x_plain_t, cfg.views, self.rng)).view(-1, len(w), self.text.shape[-1])
+                losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
             if cfg.lambda_perceptual > 0:
                 losses["perceptual"] = cfg.lambda_perceptual * g.perceptual(x_t, x_f).mean()
             if self.lambda_identity > 0:
