@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -72,6 +72,10 @@ class MapperSettings:
     truncation: float = 1.0
     seed: int = 0
     views: int = 0  # CLIP sees this many randomly shifted / flipped views of each edit (0: the image itself)
+
+    def for_kind(self, kind: str) -> "MapperSettings":
+        """For an identity the L2 and identity terms are off: both keep the edit from changing who the face is."""
+        return replace(self, l2=0.0, identity=0.0) if kind == "identity" else self
 
 
 def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2) -> torch.Tensor:

@@ -17,7 +17,6 @@ perceptual distance to the original, over every seed and over the seeds whose or
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -88,8 +87,7 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     phrase = protocol.phrases[target]
     patched = bool(applied_patches(pipe))
     with patches_disabled(pipe):  # the original: its mapper, its renders at the same seeds
-        if kind == "identity":
-            mapper_settings = dataclasses.replace(mapper_settings, l2=0.0, identity=0.0)
+        mapper_settings = mapper_settings.for_kind(kind)
         mapper = train_mapper(G, phrase, guides, mapper_settings, progress=progress)
         with torch.no_grad():
             w = to_wplus(G, pipe.seed_latents(protocol.seeds))

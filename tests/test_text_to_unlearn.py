@@ -137,3 +137,11 @@ def test_clip_views_are_small_shifts_and_flips_of_each_image():
                 for dx in range(-2, 3):
                     found |= torch.equal(u[..., 4:12, 4:12], x[..., 4 + dy : 12 + dy, 4 + dx : 12 + dx])
         assert found
+
+
+def test_identity_mappers_drop_the_terms_that_keep_who_the_face_is():
+    from erase.latent_mapper import MapperSettings
+
+    s = MapperSettings(l2=0.8, identity=0.1, views=2)
+    assert s.for_kind("attribute") == s
+    assert (s.for_kind("identity").l2, s.for_kind("identity").identity, s.for_kind("identity").views) == (0.0, 0.0, 2)

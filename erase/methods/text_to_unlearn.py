@@ -114,10 +114,8 @@ class TextToUnlearn(Eraser):
         self.rng = torch.Generator().manual_seed(req.seed)
         is_identity = req.kind == "identity"
         self.lambda_identity = 0.0 if is_identity else cfg.lambda_identity
-        # for an identity the mapper's identity and L2 terms are off: both keep the edit from changing who it is
-        settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=0.0 if is_identity else cfg.mapper_l2,
-                                  identity=0.0 if is_identity else cfg.mapper_identity, scale=cfg.edit_scale, truncation=cfg.truncation,
-                                  seed=req.seed, views=cfg.mapper_views)
+        settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=cfg.mapper_l2, identity=cfg.mapper_identity,
+                                  scale=cfg.edit_scale, truncation=cfg.truncation, seed=req.seed, views=cfg.mapper_views).for_kind(req.kind)
         if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0:
             g.require("perceptual", self.name, "lambda_perceptual / preserve_unedited > 0")
         if self.lambda_identity > 0 or settings.identity > 0:
@@ -182,7 +180,7 @@ class TextToUnlearn(Eraser):
             x_t = to_images(self.G.synthesis(w_hat))
             # the same views of both images, so that their difference is G_t's change alone
             e_f, e_t = g.clip_image(clip_views(torch.cat([x_f, x_t]), cfg.views, self.rng)).view(-1, 2, len(w), self.text.shape[-1]).unbind(1)
-            e_f, e_t = e_f.detach(), e_t
+            e_f = e_f.detach()
             if cfg.direction_loss == "frozen_pair":
                 # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
                 # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
