@@ -101,8 +101,9 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     head, cls = concept_rate_label(target)
     score = {k: v[head][:, cls].numpy() for k, v in probs.items()}
     text = guides.clip_text([phrase])
-    clip = {k: (guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for k, x in
-            (("model", model), ("model_edit", model_edit), ("orig", orig), ("orig_edit", orig_edit))}
+    clip = {k: (guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for k, x in (("orig", orig), ("orig_edit", orig_edit))}
+    clip["model"], clip["model_edit"] = ((guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for x in (model, model_edit)) if patched \
+        else (clip["orig"], clip["orig_edit"])
     fd_of, fd_floor = fd_reference(judge, len(protocol.seeds))
     fd_orig = fd_of(orig)
     report = {
