@@ -94,6 +94,13 @@ def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2
     return torch.cat(out)
 
 
+def embed_pair(clip_image, a: torch.Tensor, b: torch.Tensor, views: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP embeddings of two image batches under the same random views (views, images, dim), so that
+    their difference is the images' difference alone and not that of two different shifts."""
+    e = clip_image(clip_views(torch.cat([a, b]), views, rng))
+    return e.view(-1, 2, len(a), e.shape[-1]).unbind(1)
+
+
 def to_images(x: torch.Tensor) -> torch.Tensor:
     """Generator output in [-1, 1] -> images in [0, 1] (what the guides take)."""
     return (x.clamp(-1, 1) + 1) / 2

@@ -145,3 +145,16 @@ def test_identity_mappers_drop_the_terms_that_keep_who_the_face_is():
     s = MapperSettings(l2=0.8, identity=0.1, views=2)
     assert s.for_kind("attribute") == s
     assert (s.for_kind("identity").l2, s.for_kind("identity").identity, s.for_kind("identity").views) == (0.0, 0.0, 2)
+
+
+@pytest.mark.parametrize("views", [0, 3])
+def test_a_pair_is_embedded_under_the_same_views(views):
+    from erase.latent_mapper import embed_pair
+
+    x = torch.rand(4, 3, 16, 16)
+    clip_image = lambda im: im.flatten(1)  # noqa: E731 - an embedding that sees every pixel
+    a, b = embed_pair(clip_image, x, x.clone(), views, torch.Generator().manual_seed(0))
+    assert a.shape == b.shape == (max(views, 1), 4, 3 * 16 * 16)
+    assert torch.equal(a, b)  # the same images under the same views: no difference at all
+    a, b = embed_pair(clip_image, x, x.flip(-2), views, torch.Generator().manual_seed(0))
+    assert not torch.equal(a, b)

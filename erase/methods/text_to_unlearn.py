@@ -34,7 +34,7 @@ import torch
 
 from ..errors import EraseError
 from ..guides import Guides, unit
-from ..latent_mapper import MapperSettings, check_gate, clip_views, edit, image_direction, sample_wplus, to_images, to_wplus, train_mapper
+from ..latent_mapper import MapperSettings, check_gate, clip_views, edit, embed_pair, image_direction, sample_wplus, to_images, to_wplus, train_mapper
 from ..loop import Eraser
 from ..patch import PATCH_DTYPES
 from ..registry import check_options, option, register_method
@@ -178,17 +178,15 @@ class TextToUnlearn(Eraser):
             with torch.no_grad():
                 x_f = to_images(self.frozen.synthesis(w_hat))
             x_t = to_images(self.G.synthesis(w_hat))
-            # the same views of both images, so that their difference is G_t's change alone
-            e_f, e_t = g.clip_image(clip_views(torch.cat([x_f, x_t]), cfg.views, self.rng)).view(-1, 2, len(w), self.text.shape[-1]).unbind(1)
-            e_f = e_f.detach()
             if cfg.direction_loss == "frozen_pair":
+                e_f, e_t = embed_pair(g.clip_image, x_f, x_t, cfg.views, self.rng)
                 # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
                 # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
-                d = e_f - e_t
+                d = e_f.detach() - e_t
                 losses["direction"] = (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean()
             else:
                 x_plain_t = to_images(self.G.synthesis(w))
-                e_plain = g.clip_image(clip_views(x_plain_t, cfg.views, self.rng)).view(-1, len(w), self.text.shape[-1])
+                e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng)
                 losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
             if cfg.lambda_perceptual > 0:
                 losses["perceptual"] = cfg.lambda_perceptual * g.perceptual(x_t, x_f).mean()
