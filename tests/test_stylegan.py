@@ -337,6 +337,15 @@ def test_save_load_round_trip_bit_identical(pipe, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gan"]  # no temp folder left
 
 
+def test_half_precision_files_load_back_as_the_generator_dtype(pipe, tmp_path):
+    out = pipe.save_pretrained(tmp_path / "gan", dtype=torch.float16)
+    full = pipe.save_pretrained(tmp_path / "full")
+    assert (out / "generator.safetensors").stat().st_size < 0.6 * (full / "generator.safetensors").stat().st_size
+    loaded = StyleGANPipeline.from_pretrained(out).generator.state_dict()
+    for k, v in pipe.generator.state_dict().items():
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v.half().to(v.dtype)), k
+
+
 def test_save_is_atomic_and_never_clobbers(pipe, tmp_path, monkeypatch):
     target = tmp_path / "gan"
     target.mkdir()

@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
-def gan_config(recipe):
+def gan_config(recipe, part: str = "generator"):
+    """The StyleGAN config of the generator, or of the discriminator (the generator's but for its own widths)."""
     from pipelines.stylegan import StyleGANConfig
 
     cfg = dict(recipe.gan)
-    cfg["channels"] = {int(k): int(v) for k, v in cfg["channels"].items()}
+    channels = recipe.gan_d_channels if part == "discriminator" and recipe.gan_d_channels else cfg["channels"]
+    cfg["channels"] = {int(k): int(v) for k, v in channels.items()}
     return StyleGANConfig(**cfg)
 
 
@@ -63,7 +65,7 @@ def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out:
     g = torch.Generator().manual_seed(recipe.seed + 60)
     torch.manual_seed(recipe.seed + 60)
     cfg = gan_config(recipe)
-    G, D = Generator(cfg).to(device).train(), Discriminator(cfg).to(device).train()
+    G, D = Generator(cfg).to(device).train(), Discriminator(gan_config(recipe, "discriminator")).to(device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     c = recipe.r1_every / (recipe.r1_every + 1)  # lazy regularisation: the D optimiser's lr and betas are corrected
     g_opt = torch.optim.Adam(G.parameters(), lr=recipe.gan_lr, betas=(0.0, 0.99))
@@ -131,7 +133,7 @@ def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out:
     pipe = StyleGANPipeline(G_ema.cpu())
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
+    pipe.save_pretrained(tmp, dtype=getattr(torch, recipe.gan_save_dtype))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -47,6 +47,8 @@ class Recipe:
     gan_renders: int = 50_000
     gan: dict = field(default_factory=lambda: {
         "resolution": 32, "z_dim": 128, "style_dim": 128, "n_mlp": 4, "channels": {"4": 128, "8": 64, "16": 32, "32": 16}})
+    gan_d_channels: dict | None = None  # the discriminator's widths per resolution; None: the generator's
+    gan_save_dtype: str = "float16"  # the shipped generator's weights (loading casts them back to float32)
     gan_iterations: int = 36_000
     gan_batch: int = 16
     gan_lr: float = 0.0025

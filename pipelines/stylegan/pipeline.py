@@ -102,10 +102,12 @@ class StyleGANPipeline:
                    f"{CONFIG_FILE} and {WEIGHTS_FILE} come from different models; re-save them together with save_pretrained")
         return cls(generator.eval(), name_or_path=str(folder)).to(device)
 
-    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` + ``generator.safetensors`` into a temp folder next to ``folder``, then rename it
         into place, so ``folder`` is never half-written. An existing non-empty ``folder`` is replaced only with
-        ``overwrite=True`` (moved aside, then deleted once the new one is in place)."""
+        ``overwrite=True`` (moved aside, then deleted once the new one is in place). ``dtype`` (e.g.
+        ``torch.float16``) stores the floating-point weights in that precision, half the file; ``from_pretrained``
+        casts them back to the generator's own dtype."""
         from safetensors.torch import save_file
 
         out = Path(os.path.abspath(check_writable("output folder", folder, folder=True)))  # "." and "x/" have a usable name
@@ -117,7 +119,8 @@ class StyleGANPipeline:
             shutil.rmtree(p, ignore_errors=True)
         try:
             tmp.mkdir()
-            state = {k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
+            state = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+                     for k, v in self.generator.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
             (tmp / CONFIG_FILE).write_text(json.dumps({"model_type": MODEL_TYPE, **self.config.to_dict()}, indent=2) + "\n")
             if out.exists():
