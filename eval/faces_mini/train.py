@@ -46,10 +46,12 @@ class Recipe:
     clip_lr: float = 2e-3
     gan_renders: int = 50_000
     gan: dict = field(default_factory=lambda: {
-        "resolution": 32, "z_dim": 128, "style_dim": 128, "n_mlp": 4, "channels": {"4": 128, "8": 64, "16": 32, "32": 16}})
-    gan_d_channels: dict | None = None  # the discriminator's widths per resolution; None: the generator's
+        "resolution": 32, "z_dim": 128, "style_dim": 128, "n_mlp": 4, "channels": {"4": 128, "8": 128, "16": 64, "32": 32}})
+    # the discriminator's widths per resolution (None: the generator's). A generator twice as wide at 16 and 32 px
+    # against the narrow discriminator: 133 ms per iteration on 2 threads (both wide: 220; both narrow: 93)
+    gan_d_channels: dict | None = field(default_factory=lambda: {"4": 128, "8": 64, "16": 32, "32": 16})
     gan_save_dtype: str = "float16"  # the shipped generator's weights (loading casts them back to float32)
-    gan_iterations: int = 36_000
+    gan_iterations: int = 40_000
     gan_batch: int = 16
     gan_lr: float = 0.0025
     r1_gamma: float = 0.1
