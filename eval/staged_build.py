@@ -122,7 +122,51 @@ def build_parser(description: str, out: Path, work: str, stages: list[str]) -> a
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads (2 is fastest on a 2-core machine)")
     p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few renders: checks the plumbing, not the quality")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one recipe field (a JSON value; dotted keys reach inside, e.g. gan.n_mlp=8); repeatable")
     return p
+
+
+def set_recipe_fields(recipe, overrides: list[str]) -> None:
+    """Apply ``KEY=VALUE`` overrides to a recipe dataclass in place. VALUE is JSON (a bare word is a string);
+    ``a.b=v`` sets key ``b`` of the dict (or field of the dataclass) ``a``. Unknown keys and values of another
+    type raise ValueError naming what exists."""
+    import dataclasses
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r} is not KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *path, last = key.split(".")
+        target = recipe
+        for part in path:
+            target = target[part] if isinstance(target, dict) else getattr(target, part, None)
+            if target is None:
+                raise ValueError(f"--set {key}: the recipe has no {part!r}")
+        names = list(target) if isinstance(target, dict) else [f.name for f in dataclasses.fields(target)]
+        if last not in names:
+            raise ValueError(f"--set {key}: unknown key {last!r}; choose one of: {', '.join(names)}")
+        old = target[last] if isinstance(target, dict) else getattr(target, last)
+        optional = not isinstance(target, dict) and "None" in str(next(f.type for f in dataclasses.fields(target) if f.name == last))
+        fits = isinstance(value, type(old)) or (isinstance(old, float) and type(value) is int) or (value is None and optional)
+        if old is not None and not fits:
+            raise ValueError(f"--set {key}: expected a {type(old).__name__} like {json.dumps(old)}, got {raw!r}")
+        if isinstance(target, dict):
+            target[last] = value
+        else:
+            setattr(target, last, value)
+
+
+def set_recipe_fields_or_exit(p: argparse.ArgumentParser, recipe, overrides: list[str]) -> None:
+    """``set_recipe_fields`` for a trainer's ``--set``: a bad override is a one-line usage error (exit 2)."""
+    try:
+        set_recipe_fields(recipe, overrides)
+    except ValueError as e:
+        p.error(str(e))
 
 
 def chosen_stages(p: argparse.ArgumentParser, spec: str, stages: list[str]) -> list[str]:

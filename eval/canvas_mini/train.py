@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, replace_dir, save_open_clip, seed_all
+from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, replace_dir, save_open_clip, seed_all, set_recipe_fields_or_exit
 
 from .assets import ASSETS_DIR, save_classifier
 from .data import AugmentConfig, RenderSet, augment, render_set
@@ -332,6 +332,7 @@ def main(argv=None) -> None:
         recipe.exclude_styles = tuple(args.exclude_style)
     if args.unet_steps is not None:
         recipe.unet_steps = args.unet_steps
+    set_recipe_fields_or_exit(p, recipe, args.overrides)
     stages = chosen_stages(p, args.stages, STAGES)
     Builder(recipe, Path(args.out), Path(args.work), args.device).run(stages)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eval.canvas_mini.data import AugmentConfig, augment
-from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, save_open_clip, seed_all
+from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, save_open_clip, seed_all, set_recipe_fields_or_exit
 
 from .models import CLIP_MODELS, AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
 from .world import HEADS, IDENTITY_NAMES, SEED_BASE, hard_negative_captions, sample_spec
@@ -203,6 +203,7 @@ def main(argv=None) -> None:
                         checkpoint_every=2, check_samples=64, r1_every=2)
     if args.gan_iterations is not None:
         recipe.gan_iterations = args.gan_iterations
+    set_recipe_fields_or_exit(p, recipe, args.overrides)
     stages = chosen_stages(p, args.stages, STAGES)
     Builder(recipe, Path(args.out), Path(args.work), args.device).run(stages)
 
