@@ -147,11 +147,12 @@ def set_recipe_fields(recipe, overrides: list[str]) -> None:
             target = target[part] if isinstance(target, dict) else getattr(target, part, None)
             if target is None:
                 raise ValueError(f"--set {key}: the recipe has no {part!r}")
-        names = list(target) if isinstance(target, dict) else [f.name for f in dataclasses.fields(target)]
+        fields = {} if isinstance(target, dict) else {f.name: f for f in dataclasses.fields(target)}
+        names = list(target) if isinstance(target, dict) else list(fields)
         if last not in names:
             raise ValueError(f"--set {key}: unknown key {last!r}; choose one of: {', '.join(names)}")
         old = target[last] if isinstance(target, dict) else getattr(target, last)
-        optional = not isinstance(target, dict) and "None" in str(next(f.type for f in dataclasses.fields(target) if f.name == last))
+        optional = last in fields and "None" in str(fields[last].type)
         fits = isinstance(value, type(old)) or (isinstance(old, float) and type(value) is int) or (value is None and optional)
         if old is not None and not fits:
             raise ValueError(f"--set {key}: expected a {type(old).__name__} like {json.dumps(old)}, got {raw!r}")
