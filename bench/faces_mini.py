@@ -41,7 +41,7 @@ def other_moves(report: dict, target: str) -> dict[str, float]:
     return moves
 
 
-def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None) -> dict:
+def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, overrides: dict | None = None) -> dict:
     from erase.api import erase_concept
     from erase.patch import apply_patch
     from erase.request import EraseRequest
@@ -57,7 +57,7 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None) ->
     protocol = load_protocol("faces-mini")
     pipe = StyleGANPipeline.from_pretrained(GENERATOR_DIR)
     request = EraseRequest.from_protocol(protocol, target, kind)
-    overrides = {"mode": mode} if mode != "directional" else {}
+    overrides = {**(overrides or {}), **({"mode": mode} if mode != "directional" else {})}
     t0 = time.time()
     patch = erase_concept(pipe, "text_to_unlearn", request, out / "patch", preset=preset, overrides=overrides, progress=False,
                           model_id=str(GENERATOR_DIR), guides=faces_mini_guides(), resume=True)
@@ -68,7 +68,7 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None) ->
     moves = other_moves(r, target)
     worst = max(moves, key=moves.get)
     eff = patch.config["efficiency"]
-    row = {"target": target, "kind": kind, "mode": mode, "target_rate": t,
+    row = {"target": target, "kind": kind, "mode": mode, "preset": preset, "overrides": overrides, "target_rate": t,
            "relative_drop_plain": 1 - t["plain"] / t["original_plain"] if t["original_plain"] else None,
            "relative_drop_edited": 1 - t["edited"] / t["original_edited"] if t["original_edited"] else None,
            "worst_other": {"class": worst, "points": moves[worst]}, "fd": r["fd"], "fd_rise": r["fd"]["value"] / r["fd"]["original"] - 1,
@@ -98,17 +98,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Text-to-Unlearn on faces-mini: directional vs CLIP-distance baseline")
     p.add_argument("--targets", default=TARGETS)
     p.add_argument("--modes", default="directional,clip_distance")
-    p.add_argument("--preset", default="faces-mini")
+    p.add_argument("--preset", default="faces-mini", help="a preset name, or 'none' for the method's defaults")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one method option (repeatable)")
     p.add_argument("--out", default="runs/bench/faces-mini")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from erase.cli.erasing import _parse_set
+
+    overrides = _parse_set(args.set)
     rows = []
     for spec in args.targets.split(","):
         kind, target = spec.split(":", 1)
         for mode in args.modes.split(","):
-            rows.append(run_one(kind, target, mode, Path(args.out) / f"{target}-{mode}", None if args.preset == "none" else args.preset))
+            tag = "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
+            rows.append(run_one(kind, target, mode, Path(args.out) / f"{target}-{mode}{tag}", None if args.preset == "none" else args.preset, overrides))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     from erase.files import write_json_atomic
 

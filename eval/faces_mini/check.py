@@ -27,6 +27,10 @@ from .world import BINARY, HEADS, SEED_BASE
 
 CHECK_RENDERS = 4000
 BARS = {"rate_points": 8.0, "confident": 0.60, "confident_rate_points": 10.0, "agreement": 0.95}
+# each tiny CLIP must tell every binary attribute from its negation zero-shot this often (a guide blind to smile
+# cannot erase it); the judges must name every head on held-out renders this often
+CLIP_ZERO_SHOT_BAR = 0.85
+JUDGE_ACCURACY_BAR = 0.98
 
 
 @torch.no_grad()
@@ -139,7 +143,8 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
                 "confident_rates": max(conf_dev.values()) <= BARS["confident_rate_points"],
                 "agreement": min(agreement[h] for h in HEADS if h != "identity") >= BARS["agreement"]}}
     if all((out / c / "open_clip_config.json").exists() for c in ("clip-guide", "clip-judge")):
-        quality["clip_zero_shot"] = {c: clip_zero_shot(c, out / c, x_real[:1000], {h: labels[h][:1000] for h in BINARY}) for c in ("clip-guide", "clip-judge")}
+        zs = {c: clip_zero_shot(c, out / c, x_real[:1000], {h: labels[h][:1000] for h in BINARY}) for c in ("clip-guide", "clip-judge")}
+        quality["clip_zero_shot"] = {**zs, "bar": CLIP_ZERO_SHOT_BAR, "meets": min(min(v.values()) for v in zs.values()) >= CLIP_ZERO_SHOT_BAR}
     write_json_atomic(out / "quality.json", quality)
     return quality
 

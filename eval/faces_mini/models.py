@@ -131,7 +131,7 @@ CLIP_MODELS = {
     },
     "faces-mini-clip-judge": {
         "embed_dim": 48,
-        "vision_cfg": {"image_size": RESOLUTION, "layers": 2, "width": 128, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 4},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+        "vision_cfg": {"image_size": RESOLUTION, "layers": 3, "width": 112, "head_width": 28, "mlp_ratio": 2.0, "patch_size": 4},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     },
 }

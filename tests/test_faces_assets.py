@@ -1,0 +1,47 @@
+"""The shipped faces-mini judges and tiny CLIPs, measured on renders none of them was trained on (the check range)."""
+
+import pytest
+
+from eval.faces_mini.assets import ASSETS_DIR, load_judge
+from eval.faces_mini.check import CLIP_ZERO_SHOT_BAR, JUDGE_ACCURACY_BAR, clip_zero_shot, judge_all
+from eval.faces_mini.render import render_set
+from eval.faces_mini.world import BINARY, HEADS, SEED_BASE
+
+
+def _built(name: str) -> bool:
+    return any((ASSETS_DIR / name / f).is_file() for f in ("config.json", "open_clip_config.json"))
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    images, labels = render_set(1000, SEED_BASE["check"])
+    return images.float() / 255, labels
+
+
+@pytest.mark.parametrize("name", ["classifier", "classifier_b"])
+def test_attribute_classifiers_name_every_head(fresh, name):
+    if not _built(name):
+        pytest.skip(f"faces-mini {name} not built")
+    x, labels = fresh
+    probs = judge_all(load_judge(name), x)
+    accuracy = {h: float(probs[h].argmax(1).eq(labels[h]).float().mean()) for h in HEADS}
+    assert min(accuracy.values()) >= JUDGE_ACCURACY_BAR, accuracy
+
+
+def test_identity_embedder_names_the_identities(fresh):
+    if not _built("identity"):
+        pytest.skip("faces-mini identity embedder not built")
+    x, labels = fresh
+    embedder = load_judge("identity")
+    accuracy = float(embedder.identity_head(embedder.raw(x)).argmax(1).eq(labels["identity"]).float().mean())
+    assert accuracy >= JUDGE_ACCURACY_BAR
+
+
+@pytest.mark.parametrize("which", ["clip-guide", "clip-judge"])
+def test_each_clip_tells_every_attribute_from_its_negation(fresh, which):
+    """Zero-shot "a smiling face" vs "a serious face" and so on; a guide blind to an attribute cannot erase it."""
+    if not _built(which):
+        pytest.skip(f"faces-mini {which} not built")
+    x, labels = fresh
+    accuracy = clip_zero_shot(which, ASSETS_DIR / which, x, {h: labels[h] for h in BINARY})
+    assert min(accuracy.values()) >= CLIP_ZERO_SHOT_BAR, accuracy
