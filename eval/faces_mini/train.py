@@ -47,8 +47,10 @@ class Recipe:
     # 1,450 steps: 5e-4 89%, 2e-4 71%, 5e-3 48%. The judge needed a third layer as well (see CLIP_MODELS)
     clip_lr: float = 1e-3
     gan_renders: int = 50_000
+    # n_mlp 8 (StyleGAN2's mapping depth) against 4: confident on 17.0 vs 13.8-14.8% of 500 probe samples at 26k
+    # iterations, 19.0% of 1,000 at 30k (FD 3.72) against 16.1% for the 4-layer generator at 36k (FD 4.71)
     gan: dict = field(default_factory=lambda: {
-        "resolution": 32, "z_dim": 128, "style_dim": 128, "n_mlp": 4, "channels": {"4": 128, "8": 128, "16": 64, "32": 32}})
+        "resolution": 32, "z_dim": 128, "style_dim": 128, "n_mlp": 8, "channels": {"4": 128, "8": 128, "16": 64, "32": 32}})
     # the discriminator's widths per resolution (None: the generator's). A generator twice as wide at 16 and 32 px
     # against the narrow discriminator: 133 ms per iteration on 2 threads (both wide: 220; both narrow: 93)
     gan_d_channels: dict | None = field(default_factory=lambda: {"4": 128, "8": 64, "16": 32, "32": 16})
