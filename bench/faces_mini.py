@@ -108,11 +108,11 @@ def main(argv=None) -> int:
     from erase.cli.erasing import _parse_set
 
     overrides = _parse_set(args.set)
+    tag = "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))  # runs with other overrides get their own folders
     rows = []
     for spec in args.targets.split(","):
         kind, target = spec.split(":", 1)
         for mode in args.modes.split(","):
-            tag = "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
             rows.append(run_one(kind, target, mode, Path(args.out) / f"{target}-{mode}{tag}", None if args.preset == "none" else args.preset, overrides))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     from erase.files import write_json_atomic

@@ -3,9 +3,9 @@
 import pytest
 
 from eval.faces_mini.assets import ASSETS_DIR, load_judge
-from eval.faces_mini.check import CLIP_ZERO_SHOT_BAR, JUDGE_ACCURACY_BAR, clip_zero_shot, judge_all
+from eval.faces_mini.check import CLIP_ZERO_SHOT_BAR, JUDGE_ACCURACY_BAR, clip_zero_shot, head_accuracy, identity_accuracy
 from eval.faces_mini.render import render_set
-from eval.faces_mini.world import BINARY, HEADS, SEED_BASE
+from eval.faces_mini.world import BINARY, SEED_BASE
 
 
 def _built(name: str) -> bool:
@@ -23,8 +23,7 @@ def test_attribute_classifiers_name_every_head(fresh, name):
     if not _built(name):
         pytest.skip(f"faces-mini {name} not built")
     x, labels = fresh
-    probs = judge_all(load_judge(name), x)
-    accuracy = {h: float(probs[h].argmax(1).eq(labels[h]).float().mean()) for h in HEADS}
+    accuracy = head_accuracy(load_judge(name), x, labels)
     assert min(accuracy.values()) >= JUDGE_ACCURACY_BAR, accuracy
 
 
@@ -32,9 +31,7 @@ def test_identity_embedder_names_the_identities(fresh):
     if not _built("identity"):
         pytest.skip("faces-mini identity embedder not built")
     x, labels = fresh
-    embedder = load_judge("identity")
-    accuracy = float(embedder.identity_head(embedder.raw(x)).argmax(1).eq(labels["identity"]).float().mean())
-    assert accuracy >= JUDGE_ACCURACY_BAR
+    assert identity_accuracy(load_judge("identity"), x, labels) >= JUDGE_ACCURACY_BAR
 
 
 @pytest.mark.parametrize("which", ["clip-guide", "clip-judge"])

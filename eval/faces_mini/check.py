@@ -44,6 +44,18 @@ def judge_all(judge, x: torch.Tensor, batch: int = 500) -> dict[str, torch.Tenso
 
 
 @torch.no_grad()
+def head_accuracy(judge, x: torch.Tensor, labels: dict) -> dict[str, float]:
+    """An attribute classifier's accuracy on every head of float images in [0, 1] against their labels."""
+    pred = judge_all(judge, x)
+    return {h: float(pred[h].argmax(1).eq(labels[h]).float().mean()) for h in HEADS}
+
+
+@torch.no_grad()
+def identity_accuracy(embedder, x: torch.Tensor, labels: dict) -> float:
+    """How often the identity embedder's own head names the identity (a named one or "anonymous")."""
+    return float(embedder.identity_head(embedder.raw(x)).argmax(1).eq(labels["identity"]).float().mean())
+
+
 def features(judge, x: torch.Tensor, batch: int = 500) -> np.ndarray:
     return torch.cat([judge.features(x[i : i + batch]) for i in range(0, len(x), batch)]).double().numpy()
 
@@ -115,10 +127,8 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
     clf, clf_b, ident = (load_judge(k, out / k) for k in ("classifier", "classifier_b", "identity"))
     quality: dict = {"judges": {}}
     for name, judge in (("classifier", clf), ("classifier_b", clf_b)):
-        pred = judge_all(judge, x_real)
-        quality["judges"][name] = {h: float(pred[h].argmax(1).eq(labels[h]).float().mean()) for h in HEADS}
-    with torch.no_grad():
-        quality["judges"]["identity"] = float(ident.identity_head(ident.raw(x_real)).argmax(1).eq(labels["identity"]).float().mean())
+        quality["judges"][name] = head_accuracy(judge, x_real, labels)
+    quality["judges"]["identity"] = identity_accuracy(ident, x_real, labels)
     data = rates({h: labels[h] for h in HEADS})
     quality["data_rates"] = data
     if (out / "generator" / "config.json").exists():
