@@ -158,3 +158,18 @@ def test_a_pair_is_embedded_under_the_same_views(views):
     assert torch.equal(a, b)  # the same images under the same views: no difference at all
     a, b = embed_pair(clip_image, x, x.flip(-2), views, torch.Generator().manual_seed(0))
     assert not torch.equal(a, b)
+
+
+def test_with_the_mapping_trained_the_frozen_half_of_each_pair_comes_from_the_frozen_mapping(tmp_path):
+    """layers mapping: G_f(w_hat) must render the frozen mapping's w of the same z, or both halves of the pair are the
+    same image at every step (the direction loss then stays at exactly 1 and the run learns nothing it can measure)."""
+    import json
+
+    from erase.api import erase_concept
+
+    erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "out", overrides={**QUICK, "steps": 3, "layers": "mapping", "lr": 0.05},
+                  progress=False, model_id="tiny", guides=toy_guides())
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    direction = [r["direction"] for r in rows if "direction" in r]
+    assert len(direction) >= 2 and direction[0] == 1.0  # G_t starts as G_f: no difference yet
+    assert direction[-1] < 0.999  # once the mapping has moved, the pair differs

@@ -132,9 +132,12 @@ class TextToUnlearn(Eraser):
         selection = ParamSelection.by_name(root, pattern)
         params = selection.parameters(root)
         selection.freeze_others_(root)
-        self.optimizer = torch.optim.Adam(params.values(), lr=cfg.lr, betas=(0.0, 0.99))
+        # the mapping's equalised-lr multiplier (lr_mlp, 0.01) slows its Adam steps 100-fold: undone here, so that lr
+        # means the same change of the effective weights whichever layers train
+        lr = cfg.lr / self.G.config.lr_mlp if cfg.layers == "mapping" else cfg.lr
+        self.optimizer = torch.optim.Adam(params.values(), lr=lr, betas=(0.0, 0.99))
         self.info.update({"prompt": self.prompt, "guides": g.describe(), "trainable": {"layers": cfg.layers, "pattern": pattern,
-                          "tensors": len(params), "weights": selection.count(root)}})
+                          "tensors": len(params), "weights": selection.count(root), "adam_lr": lr}})
         return selection
 
     def _adaptive_pattern(self) -> str:
@@ -156,28 +159,32 @@ class TextToUnlearn(Eraser):
             raise EraseError(f"the top {cfg.top_k} W+ rows feed only toRGB layers; raise --set top_k=...")
         return r"^generator\.(" + "|".join(n.replace(".", r"\.") for n in layers) + r")\."
 
-    def _codes(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """W+ codes for this step (from the mapping being trained when it is trainable) and their edits."""
+    def _codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """This step's W+ codes of the same z under the frozen mapping and under G_t's (they differ only when the mapping
+        is trained), and their edits: (w_f, w_t, w_hat_f, w_hat_t)."""
         cfg = self.config
-        if cfg.layers == "mapping":
-            w = to_wplus(self.G, torch.randn(cfg.batch_size, self.G.config.z_dim, generator=self.rng), cfg.truncation)
-        else:
-            w = sample_wplus(self.frozen, cfg.batch_size, self.rng, cfg.truncation)
-        w_hat = edit(self.mapper, w, cfg.edit_scale) if cfg.mode == "directional" else None
-        return w, w_hat
+        z = torch.randn(cfg.batch_size, self.G.config.z_dim, generator=self.rng)
+        with torch.no_grad():
+            w_f = to_wplus(self.frozen, z, cfg.truncation)
+        w_t = to_wplus(self.G, z, cfg.truncation) if cfg.layers == "mapping" else w_f
+        if cfg.mode != "directional":
+            return w_f, w_t, None, None
+        with torch.no_grad():
+            w_hat_f = edit(self.mapper, w_f, cfg.edit_scale)
+        return w_f, w_t, w_hat_f, edit(self.mapper, w_t, cfg.edit_scale) if cfg.layers == "mapping" else w_hat_f
 
     def step(self, i: int) -> dict[str, float]:
         cfg, g = self.config, self.guides
-        w, w_hat = self._codes()
+        w_f, w_t, w_hat_f, w_hat_t = self._codes()
         losses: dict[str, torch.Tensor] = {}
         x_plain_t = None  # G_t(w), rendered at most once per step
         if cfg.mode == "clip_distance":
-            x_plain_t = to_images(self.G.synthesis(w))
+            x_plain_t = to_images(self.G.synthesis(w_t))
             losses["clip"] = (g.clip_image(clip_views(x_plain_t, cfg.views, self.rng)) * self.text).sum(-1).mean()
         else:
             with torch.no_grad():
-                x_f = to_images(self.frozen.synthesis(w_hat))
-            x_t = to_images(self.G.synthesis(w_hat))
+                x_f = to_images(self.frozen.synthesis(w_hat_f))
+            x_t = to_images(self.G.synthesis(w_hat_t))
             if cfg.direction_loss == "frozen_pair":
                 e_f, e_t = embed_pair(g.clip_image, x_f, x_t, cfg.views, self.rng)
                 # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
@@ -185,7 +192,7 @@ class TextToUnlearn(Eraser):
                 d = e_f.detach() - e_t
                 losses["direction"] = (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean()
             else:
-                x_plain_t = to_images(self.G.synthesis(w))
+                x_plain_t = to_images(self.G.synthesis(w_t))
                 e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng)
                 losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
             if cfg.lambda_perceptual > 0:
@@ -194,9 +201,9 @@ class TextToUnlearn(Eraser):
                 losses["identity"] = self.lambda_identity * (1 - (g.identity(x_t) * g.identity(x_f)).sum(-1)).mean()
         if cfg.preserve_unedited > 0:
             with torch.no_grad():
-                x_plain_f = to_images(self.frozen.synthesis(w))
+                x_plain_f = to_images(self.frozen.synthesis(w_f))
             if x_plain_t is None:
-                x_plain_t = to_images(self.G.synthesis(w))
+                x_plain_t = to_images(self.G.synthesis(w_t))
             losses["unedited"] = cfg.preserve_unedited * g.perceptual(x_plain_t, x_plain_f).mean()
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
