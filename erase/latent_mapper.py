@@ -78,10 +78,12 @@ class MapperSettings:
         return replace(self, l2=0.0, identity=0.0) if kind == "identity" else self
 
 
-def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2) -> torch.Tensor:
+def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2, permute_colours: bool = False) -> torch.Tensor:
     """``views`` random views of every image (a shift of up to ``shift`` pixels through reflect padding, and a
     horizontal flip half the time), stacked view-major: a CLIP-guided edit then has to hold under small
-    translations instead of fooling the CLIP with a pixel pattern it alone reads as the concept."""
+    translations instead of fooling the CLIP with a pixel pattern it alone reads as the concept. With
+    ``permute_colours`` each view also reorders the RGB channels at random (one order for the whole view), so a
+    change that only recolours something reads differently in every view and a change of shape reads the same."""
     if views <= 0:
         return x
     size = x.shape[-1]
@@ -90,14 +92,16 @@ def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2
     for _ in range(views):
         dy, dx = (int(v) for v in torch.randint(0, 2 * shift + 1, (2,), generator=rng))
         view = padded[..., dy : dy + size, dx : dx + size]
-        out.append(view.flip(-1) if torch.rand((), generator=rng) < 0.5 else view)
+        view = view.flip(-1) if torch.rand((), generator=rng) < 0.5 else view
+        out.append(view[:, torch.randperm(3, generator=rng)] if permute_colours else view)
     return torch.cat(out)
 
 
-def embed_pair(clip_image, a: torch.Tensor, b: torch.Tensor, views: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_pair(clip_image, a: torch.Tensor, b: torch.Tensor, views: int, rng: torch.Generator, permute_colours: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP embeddings of two image batches under the same random views (views, images, dim), so that
     their difference is the images' difference alone and not that of two different shifts."""
-    e = clip_image(clip_views(torch.cat([a, b]), views, rng))
+    e = clip_image(clip_views(torch.cat([a, b]), views, rng, permute_colours=permute_colours))
     return e.view(-1, 2, len(a), e.shape[-1]).unbind(1)
 
 

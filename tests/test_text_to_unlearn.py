@@ -173,3 +173,22 @@ def test_with_the_mapping_trained_the_frozen_half_of_each_pair_comes_from_the_fr
     direction = [r["direction"] for r in rows if "direction" in r]
     assert len(direction) >= 2 and direction[0] == 1.0  # G_t starts as G_f: no difference yet
     assert direction[-1] < 0.999  # once the mapping has moved, the pair differs
+
+
+def test_colour_views_reorder_the_channels_of_the_whole_batch_and_keep_the_shapes():
+    from itertools import permutations
+
+    from erase.latent_mapper import clip_views, embed_pair
+
+    x = torch.rand(2, 3, 8, 8)
+    views = clip_views(x, 12, torch.Generator().manual_seed(0), shift=0, permute_colours=True).view(12, 2, 3, 8, 8)
+    orders = []
+    for v in views:  # each view is the batch, maybe mirrored, under one channel order
+        match = [p for p in permutations(range(3)) for u in (x, x.flip(-1)) if torch.equal(v, u[:, list(p)])]
+        assert match
+        orders.append(match[0])
+    assert len(set(orders)) > 1  # the order changes from view to view
+    assert torch.equal(clip_views(x, 3, torch.Generator().manual_seed(0), shift=0), clip_views(x, 3, torch.Generator().manual_seed(0), shift=0))
+    # a pair sees the same order: a pure recolouring of one channel differs, a copy does not
+    a, b = embed_pair(lambda im: im.flatten(1), x, x.clone(), 4, torch.Generator().manual_seed(1), permute_colours=True)
+    assert torch.equal(a, b)

@@ -65,6 +65,8 @@ class TextToUnlearnConfig:
     mapper_l2: float = option(0.8, "latent-mapper L2 weight on the edit (StyleCLIP 0.8; off for identity concepts)")
     mapper_identity: float = option(0.1, "latent-mapper identity weight (StyleCLIP 0.1; off for identity concepts)")
     views: int = option(0, "fine-tuning: the CLIP judges this many shifted / flipped views of each image pair (0: the images themselves)")
+    view_colours: bool = option(False, "with views > 0: each view also reorders the RGB channels (the same for both images of a pair), so "
+                                       "that recolouring the concept (e.g. the lenses) no longer reads as removing it")
     mapper_views: int = option(0, "latent mapper: CLIP judges this many randomly shifted / flipped views of each edit (0: the image itself)")
     edit_scale: float = option(0.1, "w_hat = w + edit_scale * M(w) (StyleCLIP 0.1)")
     direction_samples: int = option(256, "latent pairs that define the reference direction i")
@@ -180,20 +182,20 @@ class TextToUnlearn(Eraser):
         x_plain_t = None  # G_t(w), rendered at most once per step
         if cfg.mode == "clip_distance":
             x_plain_t = to_images(self.G.synthesis(w_t))
-            losses["clip"] = (g.clip_image(clip_views(x_plain_t, cfg.views, self.rng)) * self.text).sum(-1).mean()
+            losses["clip"] = (g.clip_image(clip_views(x_plain_t, cfg.views, self.rng, permute_colours=cfg.view_colours)) * self.text).sum(-1).mean()
         else:
             with torch.no_grad():
                 x_f = to_images(self.frozen.synthesis(w_hat_f))
             x_t = to_images(self.G.synthesis(w_hat_t))
             if cfg.direction_loss == "frozen_pair":
-                e_f, e_t = embed_pair(g.clip_image, x_f, x_t, cfg.views, self.rng)
+                e_f, e_t = embed_pair(g.clip_image, x_f, x_t, cfg.views, self.rng, cfg.view_colours)
                 # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
                 # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
                 d = e_f.detach() - e_t
                 losses["direction"] = (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean()
             else:
                 x_plain_t = to_images(self.G.synthesis(w_t))
-                e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng)
+                e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng, cfg.view_colours)
                 losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
             if cfg.lambda_perceptual > 0:
                 losses["perceptual"] = cfg.lambda_perceptual * g.perceptual(x_t, x_f).mean()

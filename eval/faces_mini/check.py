@@ -129,6 +129,8 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
     for name, judge in (("classifier", clf), ("classifier_b", clf_b)):
         quality["judges"][name] = head_accuracy(judge, x_real, labels)
     quality["judges"]["identity"] = identity_accuracy(ident, x_real, labels)
+    worst = min(min(v.values()) if isinstance(v, dict) else v for v in quality["judges"].values())
+    quality["judges"] = {**quality["judges"], "bar": JUDGE_ACCURACY_BAR, "meets": worst >= JUDGE_ACCURACY_BAR}
     data = rates({h: labels[h] for h in HEADS})
     quality["data_rates"] = data
     if (out / "generator" / "config.json").exists():

@@ -13,7 +13,9 @@ from erase.guides import Guides, unit
 
 
 def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> tuple:
-    """(image -> unit embedding, texts -> unit embedding) of one of the faces-mini CLIPs, differentiable in the images."""
+    """(image -> unit embedding, texts -> unit embedding, content digest) of one of the faces-mini CLIPs, differentiable
+    in the images."""
+    from erase.data import model_identity
     from eval.clip_alignment import clip_preprocess
 
     from .assets import load_faces_clip
@@ -28,7 +30,7 @@ def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> 
     def text(texts: list[str]) -> torch.Tensor:
         return unit(model.encode_text(tokenizer(texts).to(device)).float())
 
-    return image, text
+    return image, text, model_identity(model)[:16]
 
 
 def faces_mini_guides(which_clip: str = "clip-guide", assets: Path | None = None, device: str = "cpu") -> Guides:
@@ -37,7 +39,9 @@ def faces_mini_guides(which_clip: str = "clip-guide", assets: Path | None = None
     from .world import concept_rate_label
 
     root = Path(assets) if assets is not None else ASSETS_DIR
-    image, text = clip_guides(which_clip, root / which_clip, device)
+    from erase.data import model_identity
+
+    image, text, clip_digest = clip_guides(which_clip, root / which_clip, device)
     classifier = load_judge("classifier", root / "classifier", device)
     embedder = load_judge("identity", root / "identity", device)
 
@@ -53,5 +57,9 @@ def faces_mini_guides(which_clip: str = "clip-guide", assets: Path | None = None
         return classifier(x)[head].softmax(1)[:, cls]
 
     return Guides(clip_image=image, clip_text=text, perceptual=perceptual, identity=identity, concept_probability=concept_probability,
-                  names={"clip": f"faces-mini {which_clip}", "perceptual": "faces-mini attribute classifier feature maps (LPIPS-style)",
-                         "identity": "faces-mini identity embedder", "gate_judge": "faces-mini attribute classifier"})
+                  # each name carries its network's content digest: a rebuilt CLIP or judge is another guide, so mappers cached
+                  # for the old one are not reused and a resumed run refuses to mix them
+                  names={"clip": f"faces-mini {which_clip} {clip_digest}",
+                         "perceptual": f"faces-mini attribute classifier feature maps (LPIPS-style) {model_identity(classifier)[:16]}",
+                         "identity": f"faces-mini identity embedder {model_identity(embedder)[:16]}",
+                         "gate_judge": f"faces-mini attribute classifier {model_identity(classifier)[:16]}"})

@@ -73,9 +73,9 @@ class Builder(StagedBuild):
         """(uint8 images, labels, seeds) of ``n`` renders from ``use``'s seed range, cached in the work folder."""
         from safetensors.torch import load_file, save_file
 
-        from .render import render_set
+        from .render import render_set, world_digest
 
-        path = self.work / f"renders_{use}_{n}.safetensors"
+        path = self.work / f"renders_{use}_{n}_{world_digest()}.safetensors"  # a changed world renders afresh
         if path.exists():
             d = load_file(str(path))
         else:
