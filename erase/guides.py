@@ -26,6 +26,8 @@ class Guides:
     identity: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> unit identity embeddings, differentiable
     concept_probability: Callable[[torch.Tensor, str], torch.Tensor] | None = None  # (images, concept) -> P(concept) per image
     names: dict[str, str] = field(default_factory=dict)  # what each guide is: part of the run's identity
+    # other perceptual distances a method may pick by name instead of ``perceptual`` (names["perceptual:NAME"] says what each is)
+    perceptual_choices: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, str]:
         return dict(sorted(self.names.items()))
@@ -35,6 +37,16 @@ class Guides:
         if value is None:
             raise EraseError(f"{method} needs a {what.replace('_', ' ')} guide ({why}); pass it in Guides or set its weight to 0")
         return value
+
+    def perceptual_named(self, choice: str, method: str):
+        """The perceptual distance called ``choice`` ('' is the default ``perceptual``)."""
+        if not choice:
+            return self.require("perceptual", method, "a perceptual weight > 0")
+        if choice not in self.perceptual_choices:
+            known = ", ".join(sorted(self.perceptual_choices)) or "none"
+            raise EraseError(f"{method}: no perceptual network {choice!r} among the guides (these have: {known}); "
+                             "leave perceptual_net empty for the default")
+        return self.perceptual_choices[choice]
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

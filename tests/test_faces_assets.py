@@ -42,3 +42,21 @@ def test_each_clip_tells_every_attribute_from_its_negation(fresh, which):
     x, labels = fresh
     accuracy = clip_zero_shot(which, ASSETS_DIR / which, x, {h: labels[h] for h in BINARY})
     assert min(accuracy.values()) >= CLIP_ZERO_SHOT_BAR, accuracy
+
+
+def test_the_guides_offer_three_perceptual_distances_that_see_a_change(fresh):
+    if not all(_built(n) for n in ("clip-guide", "classifier", "identity")):
+        pytest.skip("faces-mini guides not built")
+    from eval.faces_mini.guides import faces_mini_guides
+
+    guides = faces_mini_guides()
+    x = fresh[0][:16]
+    assert set(guides.perceptual_choices) == {"classifier", "identity", "random"}
+    assert {f"perceptual:{k}" for k in guides.perceptual_choices} <= set(guides.describe())
+    seen = []
+    for name, distance in guides.perceptual_choices.items():
+        same, other = distance(x, x), distance(x, x.flip(0))
+        assert same.abs().max() < 1e-6 and other.min() > 0, name
+        seen.append(other)
+    assert not any(a.allclose(b) for i, a in enumerate(seen) for b in seen[i + 1:])  # three different networks
+    assert guides.perceptual(x, x.flip(0)).allclose(guides.perceptual_choices["classifier"](x, x.flip(0)))

@@ -113,6 +113,31 @@ def test_guides_are_part_of_the_run_identity(tmp_path):
         erase_concept(tiny_pipe(), "text_to_unlearn", request(), out, overrides=QUICK, progress=False, model_id="tiny", guides=other, resume=True)
 
 
+def test_perceptual_net_picks_the_named_distance_and_refuses_an_unknown_one(tmp_path):
+    from erase.api import erase_concept
+
+    calls = {"default": 0, "other": 0}
+    guides = toy_guides()
+    default = guides.perceptual
+
+    def counted(name, fn):
+        def distance(a, b):
+            calls[name] += 1
+            return fn(a, b)
+        return distance
+
+    guides.perceptual = counted("default", default)
+    guides.perceptual_choices = {"other": counted("other", lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)))}
+    erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "a", overrides={**QUICK, "perceptual_net": "other"}, progress=False,
+                  model_id="tiny", guides=guides)
+    assert calls == {"default": 0, "other": QUICK["steps"]}
+    erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "b", overrides=QUICK, progress=False, model_id="tiny", guides=guides)
+    assert calls == {"default": QUICK["steps"], "other": QUICK["steps"]}
+    with pytest.raises(EraseError, match="no perceptual network 'lpips'.*these have: other"):
+        erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "c", overrides={**QUICK, "perceptual_net": "lpips"}, progress=False,
+                      model_id="tiny", guides=guides)
+
+
 def test_without_guides_or_on_a_diffusion_model_it_says_what_is_missing(tmp_path, tiny_pipe):
     from erase.api import erase_concept
 

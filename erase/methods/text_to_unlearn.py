@@ -57,6 +57,7 @@ class TextToUnlearnConfig:
     batch_size: int = option(8, "latents per step")
     truncation: float = option(1.0, "truncation psi of the sampled latents (1 = the whole distribution)")
     lambda_perceptual: float = option(1.0, "weight of the perceptual distance G_t(w_hat) vs G_f(w_hat)")
+    perceptual_net: str = option("", "which of the guides' perceptual networks (faces-mini: classifier, identity, random); '' = the default")
     lambda_identity: float = option(1.0, "weight of the identity distance G_t(w_hat) vs G_f(w_hat) (off for identity concepts)")
     preserve_unedited: float = option(0.0, "weight of the perceptual distance G_t(w) vs G_f(w) on unedited latents")
     mapper_steps: int = option(1500, "latent-mapper training steps (cached per generator, prompt and guides)")
@@ -118,8 +119,7 @@ class TextToUnlearn(Eraser):
         self.lambda_identity = 0.0 if is_identity else cfg.lambda_identity
         settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=cfg.mapper_l2, identity=cfg.mapper_identity,
                                   scale=cfg.edit_scale, truncation=cfg.truncation, seed=req.seed, views=cfg.mapper_views).for_kind(req.kind)
-        if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0:
-            g.require("perceptual", self.name, "lambda_perceptual / preserve_unedited > 0")
+        self.perceptual = g.perceptual_named(cfg.perceptual_net, self.name) if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0 else None
         if self.lambda_identity > 0 or settings.identity > 0:
             g.require("identity", self.name, "lambda_identity / mapper_identity > 0")
         self.text = g.clip_text([self.prompt]).detach()
@@ -198,7 +198,7 @@ class TextToUnlearn(Eraser):
                 e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng, cfg.view_colours)
                 losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
             if cfg.lambda_perceptual > 0:
-                losses["perceptual"] = cfg.lambda_perceptual * g.perceptual(x_t, x_f).mean()
+                losses["perceptual"] = cfg.lambda_perceptual * self.perceptual(x_t, x_f).mean()
             if self.lambda_identity > 0:
                 losses["identity"] = self.lambda_identity * (1 - (g.identity(x_t) * g.identity(x_f)).sum(-1)).mean()
         if cfg.preserve_unedited > 0:
@@ -206,7 +206,7 @@ class TextToUnlearn(Eraser):
                 x_plain_f = to_images(self.frozen.synthesis(w_f))
             if x_plain_t is None:
                 x_plain_t = to_images(self.G.synthesis(w_t))
-            losses["unedited"] = cfg.preserve_unedited * g.perceptual(x_plain_t, x_plain_f).mean()
+            losses["unedited"] = cfg.preserve_unedited * self.perceptual(x_plain_t, x_plain_f).mean()
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -29,6 +29,15 @@ def conv_trunk(channels: list[int]) -> tuple[nn.ModuleList, int]:
     return stages, c_in
 
 
+def trunk_feature_maps(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every stage of a ``conv_trunk`` on float images in [0, 1]."""
+    h, maps = (x - 0.5) / 0.5, []
+    for stage in stages:
+        h = stage(h)
+        maps.append(h)
+    return maps
+
+
 def _check_images(x: torch.Tensor, resolution: int, what: str) -> None:
     if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != resolution or x.shape[3] != resolution:
         raise ValueError(f"the faces-mini {what} expects images of shape (N, 3, {resolution}, {resolution}) in [0, 1], "
@@ -58,11 +67,7 @@ class AttributeClassifier(nn.Module):
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of every stage (the perceptual distance's layers)."""
         _check_images(x, self.config.resolution, "attribute classifier")
-        h, maps = (x - 0.5) / 0.5, []
-        for stage in self.stages:
-            h = stage(h)
-            maps.append(h)
-        return maps
+        return trunk_feature_maps(self.stages, x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled last-stage features: the Frechet-distance feature space."""
@@ -73,13 +78,14 @@ class AttributeClassifier(nn.Module):
         return {name: head(f) for name, head in self.heads.items()}
 
 
-def perceptual_distance(judge: AttributeClassifier, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image LPIPS-style distance in ``judge``'s feature maps (differentiable in both inputs).
+def perceptual_distance(net: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image LPIPS-style distance in the feature maps of ``net`` (any module with ``feature_maps``; differentiable
+    in both inputs).
 
     Each stage's activations are unit-normalised over channels per pixel; the squared difference is averaged
     over pixels and summed over channels and stages, as LPIPS does with uniform layer weights."""
     total = torch.zeros(a.shape[0], device=a.device)
-    for fa, fb in zip(judge.feature_maps(a), judge.feature_maps(b)):
+    for fa, fb in zip(net.feature_maps(a), net.feature_maps(b)):
         total = total + (F.normalize(fa, dim=1) - F.normalize(fb, dim=1)).pow(2).sum(1).mean(dim=(1, 2))
     return total
 
@@ -110,12 +116,13 @@ class IdentityEmbedder(nn.Module):
         self.identity_head = nn.Linear(config.embed_dim, config.n_identities)
         self.geometry_head = nn.Linear(config.embed_dim, config.geometry_dim)
 
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every stage (a perceptual distance that is not the attribute judge's)."""
         _check_images(x, self.config.resolution, "identity embedder")
-        h = (x - 0.5) / 0.5
-        for stage in self.stages:
-            h = stage(h)
-        return self.project(h.mean(dim=(2, 3)))
+        return trunk_feature_maps(self.stages, x)
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.feature_maps(x)[-1].mean(dim=(2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.raw(x), dim=-1)
