@@ -163,6 +163,31 @@ def test_glasses_and_smile_do_not_touch_each_other():
         assert not np.any(smile - plain != 0, axis=2)[:14].any()
 
 
+LENS_TINTS = 5
+
+
+def test_lens_tints_are_uniform_and_change_only_the_lenses(specs):
+    tints = [spec.lens_tint for spec in specs]
+    for tint in range(LENS_TINTS):
+        assert abs(tints.count(tint) / len(tints) - 1 / LENS_TINTS) < 0.03, tint
+    for seed in TOGGLE_SEEDS:
+        spec = _plain(seed)
+        plain = render_array(spec).astype(int)
+        by_tint = [render_array(dataclasses.replace(spec, eyeglasses=True, lens_tint=t)).astype(int)
+                   for t in range(LENS_TINTS)]
+        glasses_area = np.zeros(plain.shape[:2], bool)
+        for image in by_tint:
+            glasses_area |= np.any(image != plain, axis=2)
+        for a, b in itertools.combinations(by_tint, 2):
+            assert not (np.any(a != b, axis=2) & ~glasses_area).any()  # a tint touches nothing but the glasses
+            assert np.any(a != b), seed  # and each tint looks different
+        # the frame is what every tint shares: pixels that differ from the plain face and are the same for all tints
+        shared = glasses_area & np.all([np.all(image == by_tint[0], axis=2) for image in by_tint], axis=0)
+        assert shared.sum() >= 8, (seed, int(shared.sum()))
+    with pytest.raises(IndexError):
+        render_array(dataclasses.replace(_plain(0), eyeglasses=True, lens_tint=LENS_TINTS))
+
+
 def test_identity_geometry_changes_the_face():
     for i, j in itertools.combinations(range(len(IDENTITIES)), 2):
         spec = dataclasses.replace(_plain(0), geometry=IDENTITIES[i].geometry)

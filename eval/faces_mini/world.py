@@ -35,6 +35,7 @@ HAIR_COLOURS = ["black", "brown", "blond", "red"]
 SKIN_TONES = ["light", "medium", "dark"]
 BACKGROUNDS = 4  # plain pastel colours, a nuisance factor
 HAT_COLOURS = 3  # a nuisance factor within "hat"
+LENS_TINTS = 5  # a nuisance factor within "eyeglasses"; see the renderer for why lenses are not all one colour
 
 # The deliberate correlation (anonymous faces only): P(short hair | beard).
 P_SHORT_HAIR = {True: 0.9, False: 0.4}
@@ -168,6 +169,7 @@ class FaceSpec:
     scale: float
     shift_x: float
     shift_y: float
+    lens_tint: int = 0  # index into the renderer's lens colours; drawn last so every other factor keeps its seed
 
 
 def _anonymous_geometry(rng: random.Random) -> Geometry:
@@ -210,6 +212,7 @@ def sample_spec(seed: int) -> FaceSpec:
         scale=rng.uniform(*SCALE_RANGE),
         shift_x=rng.uniform(-SHIFT_RANGE, SHIFT_RANGE),
         shift_y=rng.uniform(-SHIFT_RANGE, SHIFT_RANGE),
+        lens_tint=rng.randrange(LENS_TINTS),
     )
 
 
