@@ -38,10 +38,10 @@ class Guides:
             raise EraseError(f"{method} needs a {what.replace('_', ' ')} guide ({why}); pass it in Guides or set its weight to 0")
         return value
 
-    def perceptual_named(self, choice: str, method: str):
-        """The perceptual distance called ``choice`` ('' is the default ``perceptual``)."""
+    def perceptual_named(self, choice: str, method: str, why: str):
+        """The perceptual distance called ``choice`` ('' is the default ``perceptual``, required for ``why``)."""
         if not choice:
-            return self.require("perceptual", method, "a perceptual weight > 0")
+            return self.require("perceptual", method, why)
         if choice not in self.perceptual_choices:
             known = ", ".join(sorted(self.perceptual_choices)) or "none"
             raise EraseError(f"{method}: no perceptual network {choice!r} among the guides (these have: {known}); "

@@ -119,7 +119,8 @@ class TextToUnlearn(Eraser):
         self.lambda_identity = 0.0 if is_identity else cfg.lambda_identity
         settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=cfg.mapper_l2, identity=cfg.mapper_identity,
                                   scale=cfg.edit_scale, truncation=cfg.truncation, seed=req.seed, views=cfg.mapper_views).for_kind(req.kind)
-        self.perceptual = g.perceptual_named(cfg.perceptual_net, self.name) if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0 else None
+        self.perceptual = (g.perceptual_named(cfg.perceptual_net, self.name, "lambda_perceptual / preserve_unedited > 0")
+                           if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0 else None)
         if self.lambda_identity > 0 or settings.identity > 0:
             g.require("identity", self.name, "lambda_identity / mapper_identity > 0")
         self.text = g.clip_text([self.prompt]).detach()
