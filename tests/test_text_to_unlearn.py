@@ -133,6 +133,11 @@ def test_perceptual_net_picks_the_named_distance_and_refuses_an_unknown_one(tmp_
     assert calls == {"default": 0, "other": QUICK["steps"]}
     erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "b", overrides=QUICK, progress=False, model_id="tiny", guides=guides)
     assert calls == {"default": QUICK["steps"], "other": QUICK["steps"]}
+    guides.perceptual = None
+    with pytest.raises(EraseError, match=r"needs a perceptual guide \(lambda_perceptual / preserve_unedited > 0\)"):
+        erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "d", overrides=QUICK, progress=False, model_id="tiny", guides=guides)
+    erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "e", overrides={**QUICK, "lambda_perceptual": 0.0}, progress=False,
+                  model_id="tiny", guides=guides)  # no weight, no guide needed
     with pytest.raises(EraseError, match="no perceptual network 'lpips'.*these have: other"):
         erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "c", overrides={**QUICK, "perceptual_net": "lpips"}, progress=False,
                       model_id="tiny", guides=guides)
