@@ -43,6 +43,7 @@ def other_moves(report: dict, target: str) -> dict[str, float]:
 
 def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, overrides: dict | None = None) -> dict:
     from erase.api import erase_concept
+    from erase.errors import EraseError
     from erase.patch import apply_patch
     from erase.request import EraseRequest
     from eval.faces_mini.assets import GENERATOR_DIR
@@ -59,8 +60,14 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, ov
     request = EraseRequest.from_protocol(protocol, target, kind)
     overrides = {**(overrides or {}), **({"mode": mode} if mode != "directional" else {})}
     t0 = time.time()
-    patch = erase_concept(pipe, "text_to_unlearn", request, out / "patch", preset=preset, overrides=overrides, progress=False,
-                          model_id=str(GENERATOR_DIR), guides=faces_mini_guides(), resume=True)
+    try:
+        patch = erase_concept(pipe, "text_to_unlearn", request, out / "patch", preset=preset, overrides=overrides, progress=False,
+                              model_id=str(GENERATOR_DIR), guides=faces_mini_guides(), resume=True)
+    except EraseError as e:  # the method refused (its mapper gate): a row that meets no bar, with the reason
+        row = {"target": target, "kind": kind, "mode": mode, "preset": preset, "overrides": overrides, "refused": str(e),
+               "erase_seconds": round(time.time() - t0, 1), "meets": {k: False for k in ("drop_plain", "drop_edited", "others", "fd", "time")}}
+        done.write_text(json.dumps(row, indent=2))
+        return row
     seconds = time.time() - t0
     apply_patch(pipe, patch)
     r = evaluate_faces(pipe, protocol, target, kind, out / "eval", model_id=str(GENERATOR_DIR), patch=str(out / "patch"))
@@ -86,6 +93,9 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| target | mode | rate G(w): original -> erased | rate asked for it | worst other attribute | FD rise | identity sim. | "
              "PSNR (dB) | gamma | erase time | patch |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['target']} | {r['mode']} | refused: {r['refused']} |  |  |  |  |  |  | {r['erase_seconds']:.0f} s |  |")
+            continue
         t = r["target_rate"]
         lines.append(f"| {r['target']} | {r['mode']} | {100 * t['original_plain']:.1f} -> {100 * t['plain']:.1f} | "
                      f"{100 * t['original_edited']:.1f} -> {100 * t['edited']:.1f} | {r['worst_other']['class']} {r['worst_other']['points']:.1f} pts | "
