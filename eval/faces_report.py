@@ -3,7 +3,8 @@
 For the protocol's seeds (z of seed k, truncation 1) it renders G(w), and G(w_hat) where w_hat is w edited
 by a latent mapper that *asks for the target*, trained on the original generator through the held-out CLIP
 (``clip-judge``, never the method's), so the erased model is questioned with an edit it never saw. When a
-patch is applied, the original is rendered at the same seeds with the patch taken off (bit-exact).
+patch is applied, the original is rendered at the same seeds with the patch taken off (bit-exact), and the
+model maps the same z with its own (possibly patched) mapping network; the edit is the same mapper's.
 
 report.json: ``attribute_rates`` / ``edited_attribute_rates`` (every head's classes, judged by the attribute
 classifier) for the model and the original; ``identity_similarity`` (identity-embedding cosine to the original
@@ -89,11 +90,15 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     with patches_disabled(pipe):  # the original: its mapper, its renders at the same seeds
         mapper_settings = mapper_settings.for_kind(kind)
         mapper = train_mapper(G, phrase, guides, mapper_settings, progress=progress)
+        z = pipe.seed_latents(protocol.seeds)
         with torch.no_grad():
-            w = to_wplus(G, pipe.seed_latents(protocol.seeds))
-        w_hat = edit(mapper, w, EDIT_SCALE).detach()
-        orig, orig_edit = _render(G, w), _render(G, w_hat)
-    model, model_edit = (_render(G, w), _render(G, w_hat)) if patched else (orig, orig_edit)
+            w = to_wplus(G, z)
+        orig, orig_edit = _render(G, w), _render(G, edit(mapper, w, EDIT_SCALE).detach())
+    model, model_edit = orig, orig_edit
+    if patched:  # the erased model maps z with its own mapping network, so that a patch on the mapping shows
+        with torch.no_grad():
+            w_model = to_wplus(G, z)
+        model, model_edit = _render(G, w_model), _render(G, edit(mapper, w_model, EDIT_SCALE).detach())
     t_render = time.time() - t0
     probs = {"orig": judge_all(judge, orig), "orig_edit": judge_all(judge, orig_edit)}
     probs["model"], probs["model_edit"] = (judge_all(judge, model), judge_all(judge, model_edit)) if patched else (probs["orig"], probs["orig_edit"])

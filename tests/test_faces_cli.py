@@ -54,6 +54,19 @@ def test_run_then_eval_writes_a_generator_patch_and_the_faces_report(assets, tmp
     assert (tmp_path / "eval" / "grid.png").exists()
 
 
+def test_a_patch_on_the_mapping_network_shows_in_the_evaluation(assets, tmp_path):
+    """`layers mapping` changes only z -> w: the evaluation must map the seeds through the patched mapping (it once
+    reused the original's w, so such a patch scored as bit-identical: PSNR 100 dB)."""
+    out = tmp_path / "patch"
+    r = erase(assets, *run_args(assets, out, *QUICK, "--set", "layers=mapping"))
+    assert r.returncode == 0, r.stderr
+    r = erase(assets, "eval", "--model", str(assets / "assets" / "generator"), "--patch", str(out), "--protocol", "faces-mini",
+              "--target", "eyeglasses", "--kind", "attribute", "--out", str(tmp_path / "eval"), "--seeds", "16", "--threads", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert rep["retain_fidelity"]["psnr"] < 80, rep["retain_fidelity"]
+
+
 @pytest.mark.parametrize("case,message", [
     ("unknown attribute", "attribute 'monocle' is not in protocol 'faces-mini'"),
     ("gate", "the gate needs +101"),
