@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = "attribute:eyeglasses,attribute:smile,identity:Alice"
 BARS = {"relative_drop": 0.80, "other_points": 5.0, "fd_rise": 0.20, "seconds": 600}
+CHECKS = ("drop_plain", "drop_edited", "others", "fd", "time")  # the keys of a row's "meets", one per bar
 
 
 def other_moves(report: dict, target: str) -> dict[str, float]:
@@ -60,14 +61,12 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, ov
     request = EraseRequest.from_protocol(protocol, target, kind)
     overrides = {**(overrides or {}), **({"mode": mode} if mode != "directional" else {})}
     t0 = time.time()
+    head = {"target": target, "kind": kind, "mode": mode, "preset": preset, "overrides": overrides}
     try:
         patch = erase_concept(pipe, "text_to_unlearn", request, out / "patch", preset=preset, overrides=overrides, progress=False,
                               model_id=str(GENERATOR_DIR), guides=faces_mini_guides(), resume=True)
     except EraseError as e:  # the method refused (its mapper gate): a row that meets no bar, with the reason
-        row = {"target": target, "kind": kind, "mode": mode, "preset": preset, "overrides": overrides, "refused": str(e),
-               "erase_seconds": round(time.time() - t0, 1), "meets": {k: False for k in ("drop_plain", "drop_edited", "others", "fd", "time")}}
-        done.write_text(json.dumps(row, indent=2))
-        return row
+        return _saved(done, {**head, "refused": str(e), "erase_seconds": round(time.time() - t0, 1), "meets": dict.fromkeys(CHECKS, False)})
     seconds = time.time() - t0
     apply_patch(pipe, patch)
     r = evaluate_faces(pipe, protocol, target, kind, out / "eval", model_id=str(GENERATOR_DIR), patch=str(out / "patch"))
@@ -75,17 +74,23 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, ov
     moves = other_moves(r, target)
     worst = max(moves, key=moves.get)
     eff = patch.config["efficiency"]
-    row = {"target": target, "kind": kind, "mode": mode, "preset": preset, "overrides": overrides, "target_rate": t,
+    row = {**head, "target_rate": t,
            "relative_drop_plain": 1 - t["plain"] / t["original_plain"] if t["original_plain"] else None,
            "relative_drop_edited": 1 - t["edited"] / t["original_edited"] if t["original_edited"] else None,
            "worst_other": {"class": worst, "points": moves[worst]}, "fd": r["fd"], "fd_rise": r["fd"]["value"] / r["fd"]["original"] - 1,
            "identity_similarity": r["identity_similarity"]["mean"], "retain_fidelity": r["retain_fidelity"], "gamma": r["gamma"],
            "clip_similarity": r["clip_similarity"], "erase_seconds": round(seconds, 1), "total_seconds": eff["erase_seconds"],
            "peak_memory_bytes": eff["peak_memory_bytes"], "patch_bytes": eff["patch_bytes"], "gate": patch.config.get("info", {}).get("gate")}
-    row["meets"] = {"drop_plain": (row["relative_drop_plain"] or 0) >= BARS["relative_drop"],
-                    "drop_edited": (row["relative_drop_edited"] or 0) >= BARS["relative_drop"],
-                    "others": moves[worst] <= BARS["other_points"], "fd": row["fd_rise"] <= BARS["fd_rise"], "time": seconds <= BARS["seconds"]}
-    done.write_text(json.dumps(row, indent=2))
+    row["meets"] = dict(zip(CHECKS, ((row["relative_drop_plain"] or 0) >= BARS["relative_drop"],
+                                     (row["relative_drop_edited"] or 0) >= BARS["relative_drop"],
+                                     moves[worst] <= BARS["other_points"], row["fd_rise"] <= BARS["fd_rise"], seconds <= BARS["seconds"]), strict=True))
+    return _saved(done, row)
+
+
+def _saved(path: Path, row: dict) -> dict:
+    from erase.files import write_json_atomic
+
+    write_json_atomic(path, row)
     return row
 
 

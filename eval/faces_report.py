@@ -91,14 +91,15 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
         mapper_settings = mapper_settings.for_kind(kind)
         mapper = train_mapper(G, phrase, guides, mapper_settings, progress=progress)
         z = pipe.seed_latents(protocol.seeds)
-        with torch.no_grad():
-            w = to_wplus(G, z)
-        orig, orig_edit = _render(G, w), _render(G, edit(mapper, w, EDIT_SCALE).detach())
-    model, model_edit = orig, orig_edit
-    if patched:  # the erased model maps z with its own mapping network, so that a patch on the mapping shows
-        with torch.no_grad():
-            w_model = to_wplus(G, z)
-        model, model_edit = _render(G, w_model), _render(G, edit(mapper, w_model, EDIT_SCALE).detach())
+
+        def plain_and_edited() -> tuple[torch.Tensor, torch.Tensor]:  # G's renders of z, as it is and asked for the target
+            with torch.no_grad():
+                w = to_wplus(G, z)
+            return _render(G, w), _render(G, edit(mapper, w, EDIT_SCALE).detach())
+
+        orig, orig_edit = plain_and_edited()
+    # the erased model maps z with its own mapping network, so that a patch on the mapping shows
+    model, model_edit = plain_and_edited() if patched else (orig, orig_edit)
     t_render = time.time() - t0
     probs = {"orig": judge_all(judge, orig), "orig_edit": judge_all(judge, orig_edit)}
     probs["model"], probs["model_edit"] = (judge_all(judge, model), judge_all(judge, model_edit)) if patched else (probs["orig"], probs["orig_edit"])

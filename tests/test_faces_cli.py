@@ -35,6 +35,11 @@ def run_args(assets, out, *extra, concept="eyeglasses", kind="attribute"):
     return ["run", "text-to-unlearn", "--model", str(assets / "assets" / "generator"), "--concept", concept, "--kind", kind, "--out", str(out), *extra]
 
 
+def eval_args(assets, patch, out, seeds):
+    return ["eval", "--model", str(assets / "assets" / "generator"), "--patch", str(patch), "--protocol", "faces-mini", "--target", "eyeglasses",
+            "--kind", "attribute", "--out", str(out), "--seeds", str(seeds), "--threads", "1", "--quiet"]
+
+
 def test_run_then_eval_writes_a_generator_patch_and_the_faces_report(assets, tmp_path):
     out = tmp_path / "patch"
     r = erase(assets, *run_args(assets, out, *QUICK))
@@ -42,8 +47,7 @@ def test_run_then_eval_writes_a_generator_patch_and_the_faces_report(assets, tmp
     cfg = json.loads((out / "erasure_config.json").read_text())
     assert cfg["method"] == "text_to_unlearn" and cfg["request"]["forget_prompts"] == ["a face with eyeglasses"]
     assert cfg["guides"]["clip"].startswith("faces-mini clip-guide ") and "gate" in cfg["info"]  # the name, then a digest of its weights
-    r = erase(assets, "eval", "--model", str(assets / "assets" / "generator"), "--patch", str(out), "--protocol", "faces-mini",
-              "--target", "eyeglasses", "--kind", "attribute", "--out", str(tmp_path / "eval"), "--seeds", "32", "--threads", "1", "--quiet")
+    r = erase(assets, *eval_args(assets, out, tmp_path / "eval", seeds=32))
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "eval" / "report.json").read_text())
     for key in ("attribute_rates", "edited_attribute_rates", "identity_similarity", "fd", "clip_similarity", "gamma", "retain_fidelity", "seconds"):
@@ -60,8 +64,7 @@ def test_a_patch_on_the_mapping_network_shows_in_the_evaluation(assets, tmp_path
     out = tmp_path / "patch"
     r = erase(assets, *run_args(assets, out, *QUICK, "--set", "layers=mapping"))
     assert r.returncode == 0, r.stderr
-    r = erase(assets, "eval", "--model", str(assets / "assets" / "generator"), "--patch", str(out), "--protocol", "faces-mini",
-              "--target", "eyeglasses", "--kind", "attribute", "--out", str(tmp_path / "eval"), "--seeds", "16", "--threads", "1", "--quiet")
+    r = erase(assets, *eval_args(assets, out, tmp_path / "eval", seeds=16))
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert rep["retain_fidelity"]["psnr"] < 80, rep["retain_fidelity"]
