@@ -24,8 +24,13 @@ def generate(
     width: int | None = None,
     eta: float = 0.0,
     progress: bool = True,
+    prompt_embeds: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Generate one image per (prompt, seed): uint8 array (N, H, W, 3)."""
+    """Generate one image per (prompt, seed): uint8 array (N, H, W, 3).
+
+    With ``prompt_embeds`` (N, L, D) the text encoder is skipped: each image is conditioned on its row (an
+    attack's prompt with learned token embeddings); ``prompts`` then only counts the images.
+    """
     from tqdm.auto import tqdm
 
     if len(prompts) != len(seeds):
@@ -38,9 +43,13 @@ def generate(
     for i in range(0, len(prompts), batch_size):
         chunk_p, chunk_s = prompts[i : i + batch_size], seeds[i : i + batch_size]
         gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in chunk_s]
+        text = {"prompt": chunk_p, "negative_prompt": [negative_prompt] * len(chunk_p) if guidance > 1 else None}
+        if prompt_embeds is not None:
+            rows = prompt_embeds[i : i + batch_size].to(device, pipe.text_encoder.dtype)
+            negative = pipe.encode_prompt([negative_prompt] * len(rows), device, 1, False)[0] if guidance > 1 else None
+            text = {"prompt_embeds": rows, "negative_prompt_embeds": negative}
         images = pipe(
-            prompt=chunk_p,
-            negative_prompt=[negative_prompt] * len(chunk_p) if guidance > 1 else None,
+            **text,
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=gens,

@@ -4,6 +4,7 @@
     erase grid --model PATH --out grid.png
     erase run salun --model PATH --concept Watercolor --kind style --out DIR
     erase methods
+    erase attack --model PATH --patch DIR --target Watercolor --kind style --attack unlearndiffatk --out DIR
 
 Errors the user can fix (every subclass of ``erase.errors.EraseError``) are one line on stderr
 and exit code 2; nothing is written on bad input. Ctrl-C is one line and exit code 130.
@@ -15,7 +16,7 @@ import argparse
 import sys
 
 from ..errors import EraseError
-from . import batch, erasing, evaluate  # noqa: F401  (each module registers its subcommands)
+from . import attack, batch, erasing, evaluate  # noqa: F401  (each module registers its subcommands)
 from .common import COMMANDS
 
 

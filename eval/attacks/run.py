@@ -1,0 +1,220 @@
+"""Attack one target of a protocol and write attack.json, attack.md and a grid.
+
+    task = attack_task(protocol, "Watercolor", "style", judges)
+    result = run_attack(pipe, task, make_attack("unlearndiffatk"), "runs/attack-wc", identity={...})
+
+1. **Pre-attack**: every prompt is generated once by the attacked model at its seed and judged; prompts
+   already judged as the concept count as successes and are not attacked (UnlearnDiffAtk's Pre-ASR).
+2. **Targets**: the original model's image of the concept's prompt at the same seed (patches taken off).
+3. **Blocks**: the attack optimises for every still-unbroken prompt, then each candidate is generated at
+   its prompt's seed and judged; a prompt stops at its first success. Steps and judge queries to success
+   are recorded per prompt.
+4. ASR = (pre-attack successes + new successes) / attacked prompts, reported beside the pre-attack rate.
+
+The run checkpoints after every block (atomically; ``torch.load(weights_only=True)`` on resume), so Ctrl-C
+or SIGKILL loses at most one block and ``resume`` finishes bit-identically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from erase.errors import EraseError
+from erase.files import write_json_atomic, write_text_atomic
+
+from .base import Attack, AttackTask, check_prompts_fit, latents_of, original_images
+from .prompts import MARKER, encode_slots, eos_states, slot_prompts
+from .report import attack_markdown, attack_summary, save_attack_grid
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "attack.json"
+
+
+@dataclass
+class AttackOptions:
+    prompts: int | None = None  # attack only the first N prompts (seed-major order); recorded as a deviation
+    without_concept: bool = False  # start from the prompts with the concept's word removed (the sanity check on the original)
+    batch_size: int = 64
+    progress: bool = True
+
+
+def _prompt_text(protocol, values: dict) -> str:
+    return " ".join(protocol.prompt(**values).split())
+
+
+def attack_task(protocol, target: str, kind: str, judges: dict, options: AttackOptions | None = None) -> AttackTask:
+    """The target's prompts on ``protocol`` (every concept of the other axes x every seed, seed-major), and its judge."""
+    options = options or AttackOptions()
+    if protocol.template is None:
+        raise EraseError(f"protocol {protocol.name!r} has no text prompts (its generator is latent-seeded); attacks search the text prompt")
+    protocol.check_target(target, kind)
+    names = protocol.axis_names
+    at = names.index(kind)
+    entries = [e for e in protocol.answer_set() if e[at] == target]
+    entries.sort(key=lambda e: protocol.seeds.index(e[-1]))  # stable: within a seed, the other axes in label order
+    if options.prompts is not None:
+        if options.prompts < 1:
+            raise EraseError(f"--prompts must be at least 1, got {options.prompts}")
+        entries = entries[: options.prompts]
+    values = [dict(zip(names, e[:-1])) for e in entries]
+    concept = [_prompt_text(protocol, v) for v in values]
+    slots = [protocol.prompt(**{**v, kind: MARKER}) for v in values]
+    plain = [_prompt_text(protocol, {**v, kind: ""}) for v in values] if options.without_concept else list(concept)
+    classes = protocol.concepts(kind)
+    total = sum(1 for e in protocol.answer_set() if e[at] == target)
+    info = {"prompts_available": total, "order": "seed-major: every prompt at the first seed, then the next seed"}
+    return AttackTask(protocol, target, kind, plain, concept, [e[-1] for e in entries], judges[kind], classes.index(target), list(classes),
+                      slot_prompts=slots, info=info)
+
+
+@torch.no_grad()
+def judge_images(task: AttackTask, images: np.ndarray) -> list[dict]:
+    """Each image's judged class, its probability, the target's probability, and success (judged as the target)."""
+    from eval.generate import to_tensor
+
+    device = next(task.judge.parameters()).device
+    probs = torch.cat([torch.softmax(task.judge(to_tensor(images[i : i + 64]).to(device)).float(), -1).cpu()
+                       for i in range(0, len(images), 64)])
+    top = probs.argmax(-1)
+    return [{"class": task.classes[int(c)], "prob": float(probs[i, c]), "target_prob": float(probs[i, task.label]),
+             "success": int(c) == task.label} for i, c in enumerate(top)]
+
+
+def _generate(pipe, task: AttackTask, index: list[int], *, embeds: torch.Tensor | None = None, batch_size: int = 64) -> np.ndarray:
+    from eval.generate import generate
+    from eval.samplers import protocol_scheduler
+
+    p = task.protocol
+    with protocol_scheduler(pipe, p.sampler):
+        return generate(pipe, [task.prompts[i] for i in index], [task.seeds[i] for i in index], steps=p.steps, guidance=p.guidance,
+                        negative_prompt=p.negative_prompt, height=p.resolution, width=p.resolution, eta=p.eta,
+                        batch_size=batch_size, progress=False, prompt_embeds=embeds)
+
+
+class frozen_model:
+    """No gradients into the model's weights for the duration (the attack's variables are the only leaves), eval mode."""
+
+    def __init__(self, pipe):
+        self.modules = [m for m in (pipe.unet, pipe.text_encoder, pipe.vae) if m is not None]
+
+    def __enter__(self):
+        self.saved = [[p.requires_grad for p in m.parameters()] for m in self.modules]
+        for m in self.modules:
+            m.eval().requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for m, flags in zip(self.modules, self.saved):
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(out: Path, state: dict) -> None:
+    tmp = out / f".{CHECKPOINT}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def _load_checkpoint(out: Path) -> dict | None:
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint is one line, never a traceback
+        raise EraseError(f"{path} cannot be read ({type(e).__name__}); delete it to restart the attack, or choose a new --out") from e
+
+
+def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, identity: dict, resume: bool = False,
+               options: AttackOptions | None = None) -> dict:
+    """Attack every prompt of ``task`` on ``pipe`` (the model under attack, patch applied) and write the results."""
+    from eval.answer_set import progress_bar
+    from eval.report import claim_output_folder
+
+    options = options or AttackOptions()
+    out = Path(out_dir)
+    if (out / RESULT).is_file() and resume:
+        claim_output_folder(out, identity)
+        import json
+
+        return json.loads((out / RESULT).read_text())
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise EraseError(f"output folder {out} is not empty; pass --resume to continue an interrupted attack there, or choose a new --out")
+    claim_output_folder(out, identity)
+    images_dir = out / "images"
+    images_dir.mkdir(exist_ok=True)
+    n = len(task)
+    prompts = check_prompts_fit(pipe.tokenizer, attack.slot_texts(task), attack.n_slots)
+    state = _load_checkpoint(out) if resume else None
+    started = time.time()
+    with frozen_model(pipe):
+        rng = torch.Generator().manual_seed(attack.config.seed)
+        if state is None:
+            targets = original_images(pipe, task.protocol, task.concept_prompts, task.seeds, batch_size=options.batch_size)
+            plain = _generate(pipe, task, list(range(n)), batch_size=options.batch_size)
+            pre = judge_images(task, plain)
+            for i in range(n):
+                _save_png(images_dir / f"{i:03d}_original.png", targets[i])
+                _save_png(images_dir / f"{i:03d}_plain.png", plain[i])
+            records = [{"prompt": task.prompts[i], "seed": task.seeds[i], "pre_attack": pre[i], "success": pre[i]["success"],
+                        "broken_at": "pre-attack" if pre[i]["success"] else None, "steps": 0, "judge_queries": 0,
+                        "adversarial_prompt": None, "judged": None, "text_similarity": None} for i in range(n)]
+            state = {"block": 0, "records": records, "elapsed": 0.0,
+                     "target_latents": latents_of(pipe, targets) if attack.needs_target_latents else torch.zeros(0)}
+        task.target_latents = state["target_latents"]
+        attack.setup(pipe, task, prompts, rng)
+        if "attack" in state:
+            attack.load_state_dict(state["attack"])
+            rng.set_state(state["rng"])
+        records = state["records"]
+        plain_states = eos_states(pipe.text_encoder, slot_prompts(pipe.tokenizer, [MARKER + " " + p for p in task.prompts], 0))
+        bar = progress_bar(attack.blocks, f"{attack.name} {task.target}", initial=state["block"], enabled=options.progress)
+        bar.unit = "block"
+        for block in range(state["block"], attack.blocks):
+            active = [i for i in range(n) if not records[i]["success"]]
+            if not active:
+                break
+            losses = attack.train_block(pipe, task, block, active, rng)
+            rows = attack.candidate_rows(active)
+            cond = _encode_candidates(pipe, prompts.subset(active), rows)
+            adv = _generate(pipe, task, active, embeds=cond, batch_size=options.batch_size)
+            verdicts = judge_images(task, adv)
+            texts = attack.candidate_texts(pipe, task, active)
+            similarity = torch.cosine_similarity(eos_states(pipe.text_encoder, prompts.subset(active), rows), plain_states[active], dim=-1)
+            for j, i in enumerate(active):
+                r = records[i]
+                r.update(steps=r["steps"] + int(losses.get("steps", 0)), judge_queries=r["judge_queries"] + 1, adversarial_prompt=texts[j],
+                         judged=verdicts[j], text_similarity=float(similarity[j]), success=verdicts[j]["success"],
+                         broken_at=block if verdicts[j]["success"] else None)
+                _save_png(images_dir / f"{i:03d}_adversarial.png", adv[j])
+            state.update(block=block + 1, records=records, attack=attack.state_dict(), rng=rng.get_state(),
+                         elapsed=state["elapsed"] + time.time() - started)
+            started = time.time()
+            _save_checkpoint(out, state)
+            bar.update(1)
+            bar.set_postfix(broken=f"{sum(r['success'] for r in records)}/{n}", loss=f"{losses.get('loss', float('nan')):.4f}")
+        bar.close()
+    seconds = state["elapsed"] + time.time() - started
+    result = attack_summary(task, attack, records, seconds, identity, options)
+    write_json_atomic(out / RESULT, result)
+    write_text_atomic(out / "attack.md", attack_markdown(result))
+    save_attack_grid(out, result)
+    return result
+
+
+def _encode_candidates(pipe, prompts, rows: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return encode_slots(pipe.text_encoder, prompts, rows)
