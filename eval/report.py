@@ -52,6 +52,9 @@ class EvalOptions:
     fidelity: bool = True  # same-seed retain fidelity against the original model, when a patch is applied
     lpips_weights: str | None = None  # real models: local AlexNet / VGG weights for LPIPS
     lpips_net: str = "alex"
+    attack: str | None = None  # an attack of eval.attacks run on every target: its ASR beside UA (report["attack"])
+    attack_prompts: int | None = None  # attack only the first N prompts of each target (recorded)
+    attack_options: dict | None = None  # the attack's option overrides
 
 
 def versions() -> dict:
@@ -192,6 +195,10 @@ def evaluate(
         report["grid"] = _write_grid(protocol, out_dir, model_id)
     if opt.templates:
         report["ood"] = evaluate_templates(pipe, protocol, targets, out_dir / "ood", opt.templates, model_id=model_id, patch=patch, options=opt)
+    if opt.attack:
+        from .attacks.report import attack_block
+
+        report["attack"] = attack_block(pipe, protocol, targets, judging.judges, out_dir, opt, model_id=model_id, patch=patch)
     write_json_atomic(out_dir / "report.json", report)
     write_text_atomic(out_dir / "report.md", render_markdown(report))
     return report
@@ -324,21 +331,24 @@ def render_markdown(report: dict) -> str:
         f"Protocol **{p['name']}**: {sizes} x {len(p['seeds'])} seeds, "
         f"{p['sampler']}{applied} {p['steps']} steps, eta {p['eta']}, guidance {p['guidance']}, {p['resolution']} px.",
         "",
-        "| target | kind | UA | IRA | CRA | judge confidence (target / IRA / CRA) | retained PSNR (dB) | FID (feature space) | FID (CLIP space) | CLIP score |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | kind | UA | ASR under attack | IRA | CRA | judge confidence (target / IRA / CRA) | retained PSNR (dB) | FID (feature space) | FID (CLIP space) | CLIP score |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    attacked = {(a["target"], a["kind"]): a for a in (report.get("attack") or {}).get("targets", [])}
     for t in report["targets"]:
+        hit = attacked.get((t["target"], t["kind"]))
+        asr_s = f"{_pct(hit['asr'])} ({hit['attack']})" if hit else "not attacked"
         fid, fid_clip, conf, fidelity = t.get("fid"), t.get("fid_clip"), t.get("confidence"), t.get("retain_fidelity")
         fid_s = f"{fid['value']:.2f} ({fid['feature_space']})" if fid else "n/a"
         fid_clip_s = f"{fid_clip['value']:.3f}" if fid_clip else "n/a"
         conf_s = f"{conf['target']:.3f} / {conf['ira']:.3f} / {conf['cra']:.3f}" if conf else "n/a"
         psnr_s = f"{fidelity['psnr']:.1f}" if fidelity and fidelity.get("psnr") is not None else "n/a"
         clip_s = f"{t['clip_score']['value']:.2f}" if t.get("clip_score") else "n/a"
-        lines.append(f"| {t['target']} | {t['kind']} | {_pct(t['ua'])} | {_pct(t['ira'])} | {_pct(t['cra'])} | {conf_s} | {psnr_s} | "
+        lines.append(f"| {t['target']} | {t['kind']} | {_pct(t['ua'])} | {asr_s} | {_pct(t['ira'])} | {_pct(t['cra'])} | {conf_s} | {psnr_s} | "
                      f"{fid_s} | {fid_clip_s} | {clip_s} |")
     m = report["macro"]
     if len(report["targets"]) > 1:
-        lines.append(f"| macro | | {_pct(m['ua'])} | {_pct(m['ira'])} | {_pct(m['cra'])} | | | | | |")
+        lines.append(f"| macro | | {_pct(m['ua'])} | | {_pct(m['ira'])} | {_pct(m['cra'])} | | | | | |")
     lines.append("")
     if report.get("clip_score"):
         lines.append(f"CLIP score scale: {report['clip_score']['scale']}; model {report['clip_score']['model']}.")
@@ -364,6 +374,10 @@ def render_markdown(report: dict) -> str:
         lines += [f"| {p['template']} | {_pct(p['ua'])} | {_pct(p['ira'])} | {_pct(p['cra'])} |" for p in ood["per_template"]]
         m = ood["mean"]
         lines += [f"| **mean of {len(ood['per_template'])}** | {_pct(m['ua'])} | {_pct(m['ira'])} | {_pct(m['cra'])} |", ""]
+    if report.get("attack"):
+        from .attacks.report import attack_block_markdown
+
+        lines += attack_block_markdown(report["attack"])
     if report["deviations"]:
         lines += ["## Deviations from the protocol", ""] + [f"- {d}" for d in report["deviations"]] + [""]
     s = report["seconds"]

@@ -49,10 +49,17 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--lpips-weights", default=None, help="real models: local torchvision AlexNet / VGG16 weights (or a saved lpips.LPIPS "
                    "state dict) for the LPIPS distance of retain fidelity; canvas-mini uses its classifiers' feature maps")
     p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg"], help="backbone of --lpips-weights")
+    p.add_argument("--attack", default=None, help="also attack every target (white-box prompt search) and report its success rate "
+                   "beside UA: unlearndiffatk, embedding or textual_inversion")
+    p.add_argument("--attack-prompts", type=int, default=None, help="with --attack: attack only the first N prompts of each target (recorded)")
+    p.add_argument("--attack-set", action="append", metavar="KEY=VALUE", help="with --attack: change an attack option, e.g. blocks=10")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def run(args):
+        from eval.attacks import make_attack
         from eval.report import EvalOptions, check_output_folder, evaluate, run_identity
+
+        from .erasing import _parse_set
         from eval.scoring import prepare_judging
         from eval.protocols import load_templates
 
@@ -61,6 +68,13 @@ def _eval(p: argparse.ArgumentParser):
         if args.steps is not None:
             check_positive("--steps", args.steps)
         check_finite("--guidance", args.guidance)
+        attack_options = _parse_set(args.attack_set)
+        if args.attack:
+            make_attack(args.attack, attack_options)  # unknown attack or option: refused before anything loads
+            if args.attack_prompts is not None:
+                check_positive("--attack-prompts", args.attack_prompts)
+        elif args.attack_prompts is not None or attack_options:
+            raise UsageError("--attack-prompts and --attack-set need --attack NAME")
         if len(args.kind) not in (1, len(args.target)):
             raise UsageError("give --kind once, or once per --target")
         kinds = args.kind if len(args.kind) == len(args.target) else args.kind[:1] * len(args.target)
@@ -73,19 +87,24 @@ def _eval(p: argparse.ArgumentParser):
         check_writable("--out", out, folder=True)
         check_output_folder(out, run_identity(args.model, args.patch, protocol))
         _threads(args)
+        if args.attack and protocol.template is None:
+            raise UsageError(f"--attack searches the text prompt; protocol {protocol.name!r} has none (its generator is latent-seeded)")
         if protocol.classifiers == "faces-mini":
             return _eval_faces(args, protocol, targets, out)
         opts = EvalOptions(templates=templates, batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
                            fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
                            object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet,
-                           fidelity=not args.no_fidelity, lpips_weights=args.lpips_weights, lpips_net=args.lpips_net)
+                           fidelity=not args.no_fidelity, lpips_weights=args.lpips_weights, lpips_net=args.lpips_net,
+                           attack=args.attack, attack_prompts=args.attack_prompts, attack_options=attack_options)
         judging = prepare_judging(protocol, targets, opts)  # judges, CLIP, FID set-up: all checked before the model loads
         pipe, _ = _load(args)
         report = evaluate(pipe, protocol, targets, out, model_id=args.model, patch=args.patch, options=opts, judging=judging)
         for t in report["targets"]:
             fidelity = t.get("retain_fidelity")
             kept = f"  retained PSNR {fidelity['psnr']:.1f} dB" if fidelity and fidelity.get("psnr") is not None else ""
-            print(f"{t['target']:>16s} ({t['kind']}): UA {100 * t['ua']:5.1f}  IRA {100 * t['ira']:5.1f}  CRA {100 * t['cra']:5.1f}{kept}")
+            hit = next((a for a in (report.get("attack") or {}).get("targets", []) if (a["target"], a["kind"]) == (t["target"], t["kind"])), None)
+            attacked = f"  ASR {100 * hit['asr']:.1f} ({hit['attack']})" if hit else ""
+            print(f"{t['target']:>16s} ({t['kind']}): UA {100 * t['ua']:5.1f}{attacked}  IRA {100 * t['ira']:5.1f}  CRA {100 * t['cra']:5.1f}{kept}")
         print(f"report: {out / 'report.md'}")
 
     return run

@@ -39,6 +39,9 @@ def attack_summary(task, attack, records: list[dict], seconds: float, identity: 
         "prompts": n,
         "asr": broken / n,
         "pre_attack_rate": pre / n,
+        "confirmed_asr": None if options.confirm_seeds == 0 else sum(bool(r.get("confirmation") and r["confirmation"]["confirmed"]) for r in records) / n,
+        "confirmation": f"a success counts as confirmed when its prompt is judged as the target on at least half of {options.confirm_seeds} fresh seeds"
+                        if options.confirm_seeds else None,
         "new_successes": len(new),
         "attacked_prompts": len(attacked),
         "budget": attack.budget(),
@@ -67,13 +70,13 @@ def attack_markdown(r: dict) -> str:
         "",
         f"Model `{r['model']}`" + (f", patch `{r['patch']}`" if r["patch"] else ", no patch (the original model)"),
         "",
-        "| prompts | pre-attack rate | ASR | new successes | judge queries (mean / max per prompt) | steps to success | seconds per prompt |",
-        "|---|---|---|---|---|---|---|",
-        f"| {r['prompts']} | {100 * r['pre_attack_rate']:.1f}% | {100 * r['asr']:.1f}% | {r['new_successes']} of {r['attacked_prompts']} | "
+        "| prompts | pre-attack rate | ASR | confirmed ASR | new successes | judge queries (mean / max per prompt) | steps to success | seconds per prompt |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {r['prompts']} | {100 * r['pre_attack_rate']:.1f}% | {100 * r['asr']:.1f}% | {_pct(r['confirmed_asr'])} | {r['new_successes']} of {r['attacked_prompts']} | "
         f"{_fmt(r['judge_queries']['mean_per_attacked_prompt'])} / {b['max_judge_queries']} | {_fmt(r['steps_to_success'])} | {r['seconds_per_prompt']:.1f} |",
         "",
         f"Budget per prompt: {b['blocks']} blocks x {b['steps_per_block']} steps ({b['max_steps']} steps), a judged generation after each block "
-        f"(at most {b['max_judge_queries']} judge queries, plus the pre-attack check). {r['rule']}.",
+        f"(at most {b['max_judge_queries']} judge queries, plus the pre-attack check). {r['rule']}. Confirmed: {r['confirmation']}.",
         "",
     ]
     lines += [f"- Deviation: {d}" for d in r["deviations"]]
@@ -84,6 +87,10 @@ def attack_markdown(r: dict) -> str:
         lines.append(f"| {i} | {rec['seed']} | {rec['prompt']} | {rec['pre_attack']['class']} | {status} | {rec['judge_queries']} | "
                      f"{rec['adversarial_prompt'] or ''} | {judged['class']} ({judged['prob']:.2f}) | {_fmt(rec['text_similarity'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _fmt(v) -> str:
@@ -108,3 +115,35 @@ def save_attack_grid(out: Path, r: dict, max_rows: int = 50) -> None:
         labels.append(f"{rec['prompt'][:28]} s{rec['seed']} {status}")
     img = image_grid(rows, labels, ["original", "plain", "adversarial"], title=f"{r['attack']} on {r['target']}: ASR {100 * r['asr']:.0f}%")
     save_png(img, out / "grid.png")
+
+
+def attack_block(pipe, protocol, targets: list[tuple[str, str]], judges: dict, out_dir: Path, opt, *, model_id: str, patch: str | None) -> dict:
+    """``erase eval --attack NAME``: the attack on every target (in ``out_dir/attack-NAME-KIND-TARGET``, resumable), summarised."""
+    from . import make_attack
+    from .run import AttackOptions, attack_task, run_attack
+
+    rows = []
+    for target, kind in targets:
+        options = AttackOptions(prompts=opt.attack_prompts, progress=opt.progress, batch_size=opt.batch_size)
+        task = attack_task(protocol, target, kind, judges, options)
+        identity = {"model": str(model_id), "patch": patch, "protocol": protocol.to_dict(), "target": target, "kind": kind, "attack": opt.attack,
+                    "options": opt.attack_options or {}, "prompts": opt.attack_prompts}
+        folder = Path(out_dir) / f"attack-{opt.attack}-{kind}-{target}"
+        r = run_attack(pipe, task, make_attack(opt.attack, opt.attack_options), folder, identity=identity, resume=True, options=options)
+        rows.append({k: r[k] for k in ("attack", "target", "kind", "prompts", "pre_attack_rate", "asr", "confirmed_asr", "new_successes",
+                                       "attacked_prompts", "budget", "judge_queries", "seconds_per_prompt", "deviations")}
+                    | {"folder": folder.name})
+    return {"attack": opt.attack, "targets": rows}
+
+
+def attack_block_markdown(block: dict) -> list[str]:
+    lines = ["## Under attack", "", f"Attack **{block['attack']}** on every target's prompts (white-box, the patch applied; details in each folder's attack.md).", "",
+             "| target | prompts | pre-attack rate | ASR | confirmed ASR | judge queries (mean / max per attacked prompt) | s / prompt |",
+             "|---|---|---|---|---|---|---|"]
+    for r in block["targets"]:
+        q = r["judge_queries"]["mean_per_attacked_prompt"]
+        lines.append(f"| [{r['target']}]({r['folder']}/attack.md) | {r['prompts']} | {_pct(r['pre_attack_rate'])} | {_pct(r['asr'])} | "
+                     f"{_pct(r['confirmed_asr'])} | {_fmt(q)} / {r['budget']['max_judge_queries']} | {r['seconds_per_prompt']:.1f} |")
+    deviations = sorted({d for r in block["targets"] for d in r["deviations"]})
+    lines += [""] + [f"- {d}" for d in deviations] + ([""] if deviations else [])
+    return lines

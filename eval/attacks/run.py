@@ -33,6 +33,7 @@ from .prompts import MARKER, encode_slots, eos_states, slot_prompts
 from .report import attack_markdown, attack_summary, save_attack_grid
 
 CHECKPOINT = "checkpoint.pt"
+CONFIRM_SEED_OFFSET = 20_000  # fresh seeds for confirming a success: never the protocol's
 RESULT = "attack.json"
 
 
@@ -42,6 +43,7 @@ class AttackOptions:
     without_concept: bool = False  # start from the prompts with the concept's word removed (the sanity check on the original)
     batch_size: int = 64
     progress: bool = True
+    confirm_seeds: int = 4  # each success is re-judged at this many fresh seeds (0: no confirmation)
 
 
 def _prompt_text(protocol, values: dict) -> str:
@@ -172,7 +174,7 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
             records = [{"prompt": task.prompts[i], "seed": task.seeds[i], "pre_attack": pre[i], "success": pre[i]["success"],
                         "broken_at": "pre-attack" if pre[i]["success"] else None, "steps": 0, "judge_queries": 0,
                         "adversarial_prompt": None, "judged": None, "text_similarity": None} for i in range(n)]
-            state = {"block": 0, "records": records, "elapsed": 0.0,
+            state = {"block": 0, "records": records, "elapsed": 0.0, "success_rows": {},
                      "target_latents": latents_of(pipe, targets) if attack.needs_target_latents else torch.zeros(0)}
         task.target_latents = state["target_latents"]
         attack.setup(pipe, task, prompts, rng)
@@ -200,6 +202,8 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
                          judged=verdicts[j], text_similarity=float(similarity[j]), success=verdicts[j]["success"],
                          broken_at=block if verdicts[j]["success"] else None)
                 _save_png(images_dir / f"{i:03d}_adversarial.png", adv[j])
+                if verdicts[j]["success"]:
+                    state["success_rows"][i] = rows[j].detach().clone()
             state.update(block=block + 1, records=records, attack=attack.state_dict(), rng=rng.get_state(),
                          elapsed=state["elapsed"] + time.time() - started)
             started = time.time()
@@ -207,12 +211,38 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
             bar.update(1)
             bar.set_postfix(broken=f"{sum(r['success'] for r in records)}/{n}", loss=f"{losses.get('loss', float('nan')):.4f}")
         bar.close()
+        if options.confirm_seeds and "confirmed" not in state:
+            state["confirmed"] = _confirm(pipe, task, prompts, state, options)
+            _save_checkpoint(out, state)
+    for r, c in zip(records, state.get("confirmed") or [None] * n):
+        r["confirmation"] = c
     seconds = state["elapsed"] + time.time() - started
     result = attack_summary(task, attack, records, seconds, identity, options)
     write_json_atomic(out / RESULT, result)
     write_text_atomic(out / "attack.md", attack_markdown(result))
     save_attack_grid(out, result)
     return result
+
+
+def _confirm(pipe, task: AttackTask, prompts, state: dict, options: AttackOptions) -> list[dict | None]:
+    """Every success re-judged at ``confirm_seeds`` fresh seeds (its prompt, or its adversarial rows, unchanged):
+    confirmed when at least half are judged as the target. Best-of-N judging at one seed lets luck count as
+    success (a random prefix on a prompt without a style hits any style now and then); a confirmed success
+    is a prompt that carries the concept."""
+    seeds = [CONFIRM_SEED_OFFSET + s for s in range(options.confirm_seeds)]
+    out: list[dict | None] = [None] * len(task)
+    for i, r in enumerate(state["records"]):
+        if not r["success"]:
+            continue
+        m = len(seeds)
+        sub = AttackTask(task.protocol, task.target, task.kind, [task.prompts[i]] * m, [task.concept_prompts[i]] * m, seeds, task.judge,
+                         task.label, task.classes)
+        rows = state["success_rows"].get(i)
+        embeds = None if rows is None else _encode_candidates(pipe, prompts.subset([i] * m), rows.expand(m, *rows.shape))
+        verdicts = judge_images(sub, _generate(pipe, sub, list(range(m)), embeds=embeds, batch_size=options.batch_size))
+        hits = sum(v["success"] for v in verdicts)
+        out[i] = {"seeds": seeds, "judged_as_target": hits, "confirmed": 2 * hits >= m}
+    return out
 
 
 def _encode_candidates(pipe, prompts, rows: torch.Tensor) -> torch.Tensor:
