@@ -22,6 +22,7 @@ turns the change into a dense K/V patch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -47,13 +48,16 @@ class UCEConfig:
     patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
     checkpoint_every: int = option(100, "unused (no training steps)")
 
+    method: ClassVar[str] = "uce"  # the name option errors give (a method built on UCE's options sets its own)
+
     def validate(self) -> None:
-        check_options(self, "uce", choices={"tokens": ("suffix", "last"), "parameter_group": ("cross_attention_kv",), "patch_dtype": PATCH_DTYPES},
+        m = self.method
+        check_options(self, m, choices={"tokens": ("suffix", "last"), "parameter_group": ("cross_attention_kv",), "patch_dtype": PATCH_DTYPES},
                       non_negative=("erase_scale",), positive=("lam",))
         if self.preserve_scale is not None and not self.preserve_scale >= 0:
-            raise EraseError(f"uce option preserve_scale must be >= 0 or null, got {self.preserve_scale}")
+            raise EraseError(f"{m} option preserve_scale must be >= 0 or null, got {self.preserve_scale}")
         if self.steps != 0:
-            raise EraseError("uce is closed-form: it has no training steps; drop --steps (or --set steps=0)")
+            raise EraseError(f"{m} is closed-form: it has no training steps; drop --steps (or --set steps=0)")
 
 
 def _tokens(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
@@ -102,6 +106,49 @@ def uce_solve(w: torch.Tensor, c_erase: torch.Tensor, c_target: torch.Tensor, c_
     return torch.linalg.solve(lhs, rhs.T).T
 
 
+@dataclass
+class UCEData:
+    """UCE's text-side inputs: erase rows and their anchor targets (row-aligned), preserve rows and their weights."""
+
+    c_erase: torch.Tensor
+    c_target: torch.Tensor
+    c_keep: torch.Tensor
+    keep_weights: torch.Tensor
+    keep_prompts: list[str]
+    per_prompt: float
+
+    def describe(self) -> dict:
+        return {"erase_tokens": len(self.c_erase), "preserve_prompts": len(self.keep_prompts), "preserve_tokens": len(self.c_keep),
+                "preserve_scale_per_prompt": self.per_prompt}
+
+
+def uce_data(pipe, req, cfg, method: str = "uce") -> UCEData:
+    """Encode the request's forget / anchor / retain prompts (and "" if ``cfg.preserve_empty``) into UCE's rows."""
+    keep_prompts = list(req.retain_prompts) + ([""] if cfg.preserve_empty else [])
+    if not keep_prompts:
+        raise EraseError(f"{method} needs something to preserve: give retain concepts or keep preserve_empty on")
+    (ids_f, len_f), (ids_a, len_a) = _tokens(pipe, req.forget_prompts), _tokens(pipe, req.anchor_prompts)
+    with torch.no_grad():
+        emb_f, emb_a = encode_prompts(pipe, req.forget_prompts).float().cpu(), encode_prompts(pipe, req.anchor_prompts).float().cpu()
+        emb_k = torch.cat([encode_prompts(pipe, keep_prompts[i : i + 64]).float().cpu() for i in range(0, len(keep_prompts), 64)])
+    c_erase, c_target = erase_pairs(ids_f, ids_a, emb_f, emb_a, cfg.tokens, len_f, len_a)
+    c_keep = emb_k.reshape(-1, emb_k.shape[-1])
+    per_prompt = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1.0 / len(keep_prompts))
+    return UCEData(c_erase, c_target, c_keep, torch.full((len(c_keep),), per_prompt), keep_prompts, per_prompt)
+
+
+def kv_parameters(pipe, scope: str, text_dim: int) -> tuple[ParamSelection, dict[str, torch.Tensor]]:
+    """The selection of the projections in ``scope`` (everything else frozen) and those parameters, checked to take ``text_dim``-d inputs."""
+    root = model_root(pipe)
+    selection = ParamSelection.by_name(root, scope)
+    params = selection.parameters(root)
+    selection.freeze_others_(root)
+    for p in params.values():
+        if p.shape[1] != text_dim:
+            raise EraseError(f"a cross-attention projection takes {p.shape[1]}-d inputs but the text encoder gives {text_dim}-d")
+    return selection, params
+
+
 class UCE(Eraser):
     """UCE: closed-form edit of cross-attention K/V mapping the concept's tokens onto the anchor's, preserving the retain prompts."""
 
@@ -111,35 +158,20 @@ class UCE(Eraser):
         return unet_weights(self.config.parameter_group)
 
     def setup(self, pipe) -> ParamSelection:
-        cfg, req = self.config, self.request
+        cfg = self.config
         cfg.validate()
-        keep_prompts = list(req.retain_prompts) + ([""] if cfg.preserve_empty else [])
-        if not keep_prompts:
-            raise EraseError("uce needs something to preserve: give retain concepts or keep preserve_empty on")
-        (ids_f, len_f), (ids_a, len_a) = _tokens(pipe, req.forget_prompts), _tokens(pipe, req.anchor_prompts)
-        with torch.no_grad():
-            emb_f, emb_a = encode_prompts(pipe, req.forget_prompts).float().cpu(), encode_prompts(pipe, req.anchor_prompts).float().cpu()
-            emb_k = torch.cat([encode_prompts(pipe, keep_prompts[i : i + 64]).float().cpu() for i in range(0, len(keep_prompts), 64)])
-        c_erase, c_target = erase_pairs(ids_f, ids_a, emb_f, emb_a, cfg.tokens, len_f, len_a)
-        c_keep = emb_k.reshape(-1, emb_k.shape[-1])
-        per_prompt = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1.0 / len(keep_prompts))
-        keep_weights = torch.full((len(c_keep),), per_prompt)
-        root = model_root(pipe)
-        selection = ParamSelection.by_name(root, self.scope(pipe))
-        params = selection.parameters(root)
-        selection.freeze_others_(root)
+        data = uce_data(pipe, self.request, cfg, self.name)
+        selection, params = kv_parameters(pipe, self.scope(pipe), data.c_keep.shape[1])
         with torch.no_grad():
             for p in params.values():
-                if p.shape[1] != c_keep.shape[1]:
-                    raise EraseError(f"a cross-attention projection takes {p.shape[1]}-d inputs but the text encoder gives {c_keep.shape[1]}-d")
-                p.copy_(uce_solve(p.detach().cpu(), c_erase, c_target, c_keep, keep_weights, cfg.lam, cfg.erase_scale).to(p.device, p.dtype))
-        self.info["data"] = {"erase_tokens": len(c_erase), "preserve_prompts": len(keep_prompts), "preserve_tokens": len(c_keep),
-                             "preserve_scale_per_prompt": per_prompt}
-        self.info["trainable"] = {"group": cfg.parameter_group, "tensors": len(params), "weights": selection.count(root)}
+                w = uce_solve(p.detach().cpu(), data.c_erase, data.c_target, data.c_keep, data.keep_weights, cfg.lam, cfg.erase_scale)
+                p.copy_(w.to(p.device, p.dtype))
+        self.info["data"] = data.describe()
+        self.info["trainable"] = {"group": cfg.parameter_group, "tensors": len(params), "weights": selection.count(model_root(pipe))}
         return selection
 
     def step(self, i: int) -> dict[str, float]:  # pragma: no cover - steps is always 0
-        raise EraseError("uce has no training steps")
+        raise EraseError(f"{self.name} has no training steps")
 
 
 register_method("uce", UCEConfig, UCE, "UCE: closed-form edit of cross-attention K/V (concept tokens -> anchor tokens, retain prompts kept)")
