@@ -207,3 +207,18 @@ def test_a_resume_with_other_settings_is_refused(canvas_pipe, tmp_path):
     with pytest.raises(EraseError, match="another run"):
         run_attack(canvas_pipe, task_for(protocol, n=1), make_attack("embedding", {"blocks": 2, "iters": 1}), tmp_path / "a",
                    identity={"blocks": 2}, options=opts, resume=True)
+
+
+# -- sanity on canvas-mini -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["embedding", "textual_inversion"])
+def test_on_the_original_model_the_attack_brings_the_concept_back_without_its_word(canvas_pipe, tmp_path, name):
+    """The issue's sanity bar (>= 95% of prompts), on the first 4 prompts with the default budget: the prompts start
+    without 'Watercolor' (pre-attack: the model draws some other style) and the attack must find it again,
+    confirmed at 4 fresh seeds. (UnlearnDiffAtk reaches 70% here on 10 prompts; see the README.)"""
+    protocol = load_protocol("canvas-mini")
+    task = task_for(protocol, n=4, without_concept=True)
+    r = run_attack(canvas_pipe, task, make_attack(name), tmp_path / name, identity={"t": name},
+                   options=AttackOptions(prompts=4, without_concept=True, progress=False))
+    assert r["asr"] >= 0.95 and r["confirmed_asr"] >= 0.95, r
