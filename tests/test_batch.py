@@ -127,6 +127,23 @@ def test_eval_summary_and_heatmap(tmp_path, concepts, capsys):
     assert (out / "heatmap.png").stat().st_size > 1000 and "| Watercolor |" in (out / "summary.md").read_text()
 
 
+def test_eval_with_an_attack_puts_its_success_rate_in_the_summary_and_heatmap(tmp_path, concepts, capsys):
+    out = tmp_path / "out"
+    argv = batch_args(concepts, out, "--eval", "--eval-seeds", "1", "--attack", "embedding", "--attack-prompts", "1", "--attack-set", "blocks=1",
+                      "--attack-set", "iters=2")
+    assert main(argv) == 0, capsys.readouterr().err
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    for r in rows:
+        a = r["metrics"]["attack"]
+        assert a["name"] == "embedding" and a["prompts"] == 1 and 0 <= a["asr"] <= 1
+        assert (out / r["concept"] / "eval" / f"attack-embedding-style-{r['concept']}" / "attack.json").is_file()
+    assert "ASR (embedding, confirmed)" in (out / "summary.md").read_text()
+
+
+def test_attack_without_eval_is_refused(tmp_path, concepts, capsys):
+    refused(batch_args(concepts, tmp_path / "out", "--attack", "embedding"), capsys, "--attack needs --eval")
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_same_patches_as_one(tmp_path, concepts):
     """`accelerate launch --multi_gpu --num_processes 2 -m erase batch` on CPU (two gloo processes, each half the concepts)."""

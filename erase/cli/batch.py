@@ -30,6 +30,10 @@ def _batch(p):
     p.add_argument("--resume", action="store_true", help="continue the batch in --out: finished jobs whose patches verify are kept")
     p.add_argument("--eval", action="store_true", help="evaluate each patch on the protocol; summary.md / summary.json / heatmap.png")
     p.add_argument("--eval-seeds", type=int, default=None, help="with --eval: only the first N protocol seeds")
+    p.add_argument("--attack", default=None, help="with --eval: also attack each erased concept (unlearndiffatk, embedding, textual_inversion); "
+                   "its success rate goes beside UA in the summary and the heat map")
+    p.add_argument("--attack-prompts", type=int, default=None, help="with --attack: attack only the first N prompts of each concept")
+    p.add_argument("--attack-set", action="append", metavar="KEY=VALUE", help="with --attack: change an attack option")
     p.add_argument("--save-pipelines", action="store_true", help="also save each erased pipeline (plain diffusers folder with a model card)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -49,6 +53,17 @@ def _batch(p):
             raise UsageError("--patch is for eval and grid; erase batch starts from the model itself")
         if args.eval_seeds is not None and args.eval_seeds < 1:
             raise UsageError(f"--eval-seeds must be at least 1, got {args.eval_seeds}")
+        attack_options = _parse_set(args.attack_set)
+        if args.attack:
+            from eval.attacks import make_attack
+
+            if not args.eval:
+                raise UsageError("--attack needs --eval (the attack runs on each evaluated patch)")
+            make_attack(args.attack, attack_options)
+            if args.attack_prompts is not None and args.attack_prompts < 1:
+                raise UsageError(f"--attack-prompts must be at least 1, got {args.attack_prompts}")
+        elif args.attack_prompts is not None or attack_options:
+            raise UsageError("--attack-prompts and --attack-set need --attack NAME")
         protocol = load_protocol(args.protocol)
         if args.kind not in protocol.axis_names:
             raise UsageError(f"protocol {protocol.name!r} has no {args.kind!r} axis; its concept kinds are: {', '.join(protocol.axis_names)}")
@@ -105,10 +120,13 @@ def _evaluator(pipe, protocol, args, out: Path):
 
     from ..batch import process_rank
     from ..files import write_json_atomic
+    from .erasing import _parse_set
 
     if args.eval_seeds:
         protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
     opts = EvalOptions(progress=not args.quiet, grid=False, device=default_device(args))
+    attacked = EvalOptions(progress=not args.quiet, grid=False, device=default_device(args), attack=args.attack, attack_prompts=args.attack_prompts,
+                           attack_options=_parse_set(args.attack_set))
     rank = process_rank()[0]  # each process evaluates the original in its own folder; the answer-set cache is shared
     original = evaluate(pipe, protocol, [(protocol.concepts(args.kind)[0], args.kind)], out / f".original-eval-rank{rank}", model_id=args.model,
                         options=opts)
@@ -119,7 +137,7 @@ def _evaluator(pipe, protocol, args, out: Path):
         targets = [(c, args.kind) for c in (patch.config["request"]["concept"].split("+") if concept == "joint" else [concept])]
         apply_patch(pipe, patch)
         try:
-            r = evaluate(pipe, protocol, targets, folder / "eval", model_id=args.model, patch=str(folder), options=opts)
+            r = evaluate(pipe, protocol, targets, folder / "eval", model_id=args.model, patch=str(folder), options=attacked)
         finally:
             remove_patch(pipe)
         names = [t[0] for t in targets]
@@ -130,9 +148,21 @@ def _evaluator(pipe, protocol, args, out: Path):
                 "worst_kept": {"concept": worst, "accuracy": kept.get(worst)} if worst else None,
                 "retained_psnr": fidelity.get("psnr"), "retained_perceptual": fidelity.get("perceptual"),
                 "fid": (r.get("fid") or {}).get("value"), "accuracy": {c: v["accuracy"] for c, v in r["per_concept"][args.kind].items()},
-                "eval_seconds": r["seconds"]["total"]}
+                "eval_seconds": r["seconds"]["total"], **_attack_metrics(r)}
 
     return fn
+
+
+def _attack_metrics(report: dict) -> dict:
+    """The attack's mean success rates over the targets of one evaluation (empty without --attack)."""
+    block = report.get("attack")
+    if not block:
+        return {}
+    rows = block["targets"]
+    confirmed = [t["confirmed_asr"] for t in rows if t["confirmed_asr"] is not None]
+    return {"attack": {"name": block["attack"], "asr": sum(t["asr"] for t in rows) / len(rows),
+                       "confirmed_asr": sum(confirmed) / len(confirmed) if confirmed else None,
+                       "pre_attack_rate": sum(t["pre_attack_rate"] for t in rows) / len(rows), "prompts": rows[0]["prompts"]}}
 
 
 def _save_pipelines(pipe, out: Path, jobs: dict, args, records: list[dict]) -> None:
@@ -164,21 +194,28 @@ def _write_summary(out: Path, protocol, kind: str, concepts: list[str]) -> None:
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}"
 
+    attack = next((r["metrics"]["attack"]["name"] for r in rows if r["metrics"].get("attack")), None)
+    asr_head = f" ASR ({attack}, confirmed) |" if attack else ""
     lines = [f"# Batch erasure summary ({len(rows)} of {len(concepts)} concepts)", "",
-             "| concept | UA | IRA | CRA | worst kept | retained PSNR (dB) | FID | seconds |", "|---|---|---|---|---|---|---|---|"]
+             f"| concept | UA |{asr_head} IRA | CRA | worst kept | retained PSNR (dB) | FID | seconds |", "|---|---|---|---|---|---|---|---|" + ("---|" if attack else "")]
     for r in rows:
         m = r["metrics"]
+        a = m.get("attack")
+        asr = (f" {pct(a['asr'])} ({pct(a['confirmed_asr'])}) |" if a else " not attacked |") if attack else ""
         worst = f"{m['worst_kept']['concept']} {pct(m['worst_kept']['accuracy'])}" if m.get("worst_kept") else "n/a"
         psnr = f"{m['retained_psnr']:.1f}" if m.get("retained_psnr") is not None else "n/a"
         fid = f"{m['fid']:.2f}" if m.get("fid") is not None else "n/a"
-        lines.append(f"| {r['concept']} | {pct(m['ua'])} | {pct(m['ira'])} | {pct(m['cra'])} | {worst} | {psnr} | {fid} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['concept']} | {pct(m['ua'])} |{asr} {pct(m['ira'])} | {pct(m['cra'])} | {worst} | {psnr} | {fid} | {r['seconds']:.0f} |")
     lines += ["", "![accuracy per erased and judged concept](heatmap.png)", ""]
     tmp = out / ".summary.md.tmp"
     tmp.write_text("\n".join(lines))
     tmp.replace(out / "summary.md")
     judged = protocol.concepts(kind)
-    heatmap([r["concept"] for r in rows], judged, [[r["metrics"]["accuracy"].get(c, float("nan")) for c in judged] for r in rows],
-            out / "heatmap.png")
+    values = [[r["metrics"]["accuracy"].get(c, float("nan")) for c in judged] for r in rows]
+    if attack:  # one more column: the attack's success rate on that row's erased concept
+        judged = judged + [f"ASR {attack}"]
+        values = [v + [(r["metrics"].get("attack") or {}).get("asr", float("nan"))] for v, r in zip(values, rows)]
+    heatmap([r["concept"] for r in rows], judged, values, out / "heatmap.png")
 
 
 def heatmap(row_labels: list[str], col_labels: list[str], values: list[list[float]], path: Path) -> None:
@@ -204,5 +241,5 @@ def heatmap(row_labels: list[str], col_labels: list[str], values: list[list[floa
             shade = (200, 200, 200) if v != v else (int(255 - 215 * v), int(255 - 155 * v), 255)
             draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=shade)
             draw.text((x + 4, y + cell // 2 - 6), "-" if v != v else f"{100 * v:.0f}", fill="black" if v < 0.6 or v != v else "white", font=font)
-    draw.text((4, img.height - 16), "rows: erased concept; columns: judged concept; cells: accuracy (%)", fill="black", font=font)
+    draw.text((4, img.height - 16), "rows: erased concept; columns: judged concept; cells: accuracy (%), or attack success (%)", fill="black", font=font)
     save_png(img, path)
