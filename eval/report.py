@@ -12,27 +12,20 @@ different experiment.
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from erase.errors import EraseError
 from erase.files import write_json_atomic, write_text_atomic
 
 from .answer_set import check_answer_set, generate_answer_set, read_images
 from .concept_accuracy import macro_average, null_class_rule
 from .protocols import Protocol, ProtocolError
+from .run_folder import OutputFolderError, check_output_folder, claim_output_folder, run_identity  # noqa: F401 (re-exported)
 from .scoring import Judging, prepare_judging, score_answer_set
-
-
-class OutputFolderError(EraseError):
-    """The output folder belongs to another run."""
 
 
 @dataclass
@@ -72,78 +65,6 @@ def versions() -> dict:
         "torchmetrics": torchmetrics.__version__,
         "python": platform.python_version(),
     }
-
-
-def check_output_folder(out_dir: Path, identity: dict) -> None:
-    """Raise unless ``out_dir`` is new, empty, or holds this very run (same run.json): another run's results
-    and files an evaluation did not write (a user's grid.png, notes) are never overwritten."""
-    run_file = out_dir / "run.json"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputFolderError(f"--out {out_dir} is a file; erase eval writes a folder there: choose a new --out folder")
-    if run_file.exists():
-        try:
-            existing = json.loads(run_file.read_text())
-        except (json.JSONDecodeError, OSError):
-            existing = None
-        if _normalised(existing) != _normalised(identity):
-            raise OutputFolderError(f"output folder {out_dir} holds another run's results; choose a new --out folder")
-    elif (out_dir / "report.json").exists():
-        raise OutputFolderError(f"output folder {out_dir} holds a report from another run; choose a new --out folder")
-    elif out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir() if not _is_own_temp(p.name))
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise OutputFolderError(f"output folder {out_dir} holds files erase eval did not write ({shown}); "
-                                    "choose a new --out folder or an empty one")
-
-
-def _is_own_temp(name: str) -> bool:
-    """The temp files an interrupted evaluation can leave (e.g. .run.json.tmp): safe to write over."""
-    return name.startswith(".") and name.endswith(".tmp")
-
-
-def _normalised(identity) -> object:
-    """A run identity with its protocol in today's shape, so folders written before axes existed still match."""
-    if not isinstance(identity, dict) or not isinstance(identity.get("protocol"), dict):
-        return identity
-    try:
-        return {**identity, "protocol": Protocol.from_dict(identity["protocol"]).to_dict()}
-    except EraseError:
-        return identity
-
-
-def claim_output_folder(out_dir: Path, identity: dict) -> None:
-    """Refuse a folder of another run; otherwise (re)claim it by writing run.json."""
-    check_output_folder(out_dir, identity)
-    if (out_dir / "run.json").exists():
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".run.json.tmp"
-    tmp.write_text(json.dumps(identity, indent=2))
-    os.replace(tmp, out_dir / "run.json")
-
-
-def run_identity(model_id: str, patch: str | None, protocol: Protocol) -> dict:
-    return {"model": str(model_id), "patch": patch, "patch_sha256": _patch_sha(patch), "protocol": protocol.to_dict()}
-
-
-def _patch_sha(patch: str | None) -> str | None:
-    """Hash of the patch file, so a folder evaluated with one patch is never reused for another."""
-    if patch is None:
-        return None
-    f = Path(patch) / "erasure_patch.safetensors"
-    if not f.exists():
-        return None
-    st = f.stat()
-    return _file_sha256(str(f.resolve()), st.st_mtime_ns, st.st_size)
-
-
-@lru_cache(maxsize=16)
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    """SHA-256 of a file, computed once per (path, modification time, size): the CLI pre-check and the run share it."""
-    from erase.files import file_sha256
-
-    return file_sha256(path)
 
 
 def evaluate(
@@ -196,7 +117,7 @@ def evaluate(
     if opt.templates:
         report["ood"] = evaluate_templates(pipe, protocol, targets, out_dir / "ood", opt.templates, model_id=model_id, patch=patch, options=opt)
     if opt.attack:
-        from .attacks.report import attack_block
+        from .attacks.run import attack_block
 
         report["attack"] = attack_block(pipe, protocol, targets, judging.judges, out_dir, opt, model_id=model_id, patch=patch)
     write_json_atomic(out_dir / "report.json", report)

@@ -11,7 +11,7 @@ import torch
 from erase.errors import EraseError
 from eval.attacks import list_attacks, make_attack
 from eval.attacks.base import block_timestep, original_images
-from eval.attacks.prompts import encode_slots, project_simplex, sampled_one_hot, slot_prompts
+from erase.prompt_slots import encode_slots, project_simplex, sampled_one_hot, slot_prompts
 from eval.attacks.run import AttackOptions, attack_task, run_attack
 from eval.classifiers import load_judges
 from eval.protocols import load_protocol

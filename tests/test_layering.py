@@ -79,7 +79,7 @@ def test_no_import_cycles():
 
 
 CORE = {"erase.errors", "erase.components", "erase.files", "erase.patch", "erase.selection", "erase.surgery", "erase.request",
-        "erase.registry", "erase.data", "erase.diffusion", "erase.loop"}
+        "erase.registry", "erase.data", "erase.diffusion", "erase.loop", "erase.prompt_slots", "erase.adversarial"}
 
 
 def _forbidden(module: str) -> tuple[str, ...]:

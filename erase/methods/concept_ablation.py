@@ -8,7 +8,12 @@
    (``"frozen"``). L_retain is the shared retain loss: ``diffusion`` (upstream's prior preservation on the
    retain images) or ``distill`` (the frozen original's prediction on retain prompts); a probe found the
    distilled term keeps same-seed fidelity of the other concepts near 30 dB on canvas-mini.
-3. Trainable: the cross-attention K/V projections (``attn2.to_k`` / ``attn2.to_v``, upstream's default:
+3. Adversarial training (``adversarial_steps`` > 0, AdvUnlearn's inner loop, ``erase.adversarial``): before
+   each step a few Adam steps of a soft-prompt attack (k vectors prepended to each forget prompt, warm-started)
+   search for prompts that make the model being trained draw the concept again (the original's own images of
+   the forget prompts); the same ablation loss is then applied at those adversarial prompts, weighted by
+   ``adversarial_weight``.
+4. Trainable: the cross-attention K/V projections (``attn2.to_k`` / ``attn2.to_v``, upstream's default:
    they are the only weights that read the text, so the edit stays on the prompt side) or the whole UNet.
 """
 
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..adversarial import AdversarialPrefixes
 from ..components import model_device, model_root
 from ..data import GenerationSets
 from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, prediction_type, retain_loss
@@ -47,6 +53,11 @@ class ConceptAblationConfig:
     data_steps: int = option(25, "sampler steps for the generated data")
     data_guidance: float = option(7.5, "CFG weight of the sampler that generates the data")
     data_seed: int = option(10_000, "first seed of the generated data (disjoint from evaluation seeds)")
+    adversarial_steps: int = option(0, "inner soft-prompt attack steps before each training step (AdvUnlearn-style adversarial training; 0 = off)")
+    adversarial_tokens: int = option(3, "soft-prompt vectors the inner attack prepends to each forget prompt")
+    adversarial_lr: float = option(0.01, "Adam learning rate of the inner attack")
+    adversarial_weight: float = option(1.0, "weight of the ablation loss at the adversarial prompts")
+    forget_seeds: int = option(2, "with adversarial training: the original's images per forget prompt that the inner attack tries to bring back")
     patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
     checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
@@ -54,8 +65,9 @@ class ConceptAblationConfig:
         check_options(self, "concept_ablation",
                       choices={"retain_loss": RETAIN_LOSSES, "parameter_group": tuple(UNET_GROUPS), "target": ("model", "frozen"),
                                "patch_dtype": PATCH_DTYPES},
-                      at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every"),
-                      non_negative=("retain_seeds", "alpha"), positive=("lr",))
+                      at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every",
+                                    "adversarial_tokens", "forget_seeds"),
+                      non_negative=("retain_seeds", "alpha", "adversarial_steps", "adversarial_weight"), positive=("lr", "adversarial_lr"))
         unet_weights(self.parameter_group, self.trainable)
 
 
@@ -83,7 +95,13 @@ class ConceptAblation(Eraser):
             self.e_retain = encode_prompts(pipe, req.retain_prompts)
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
+        self.adversary = None
+        if cfg.adversarial_steps > 0:  # the original's images of the concept, for the inner attack to bring back
+            self.z_forget, self.forget_idx = data(req.forget_prompts, cfg.forget_seeds, cfg.data_seed + 100_000)
+            self.adversary = AdversarialPrefixes(pipe, req.forget_prompts, cfg.adversarial_tokens, cfg.adversarial_steps, cfg.adversarial_lr)
         self.info["data"] = {"anchor_images": len(self.z_anchor), "retain_images": len(self.z_retain) if cfg.alpha > 0 else 0}
+        if self.adversary is not None:
+            self.info["data"]["forget_images"] = len(self.z_forget)
 
         root = model_root(pipe)
         selection = ParamSelection.by_name(root, self.scope(pipe))
@@ -94,6 +112,16 @@ class ConceptAblation(Eraser):
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0)
         self.info["trainable"] = {"group": cfg.trainable or cfg.parameter_group, "tensors": len(params), "weights": selection.count(root)}
         return selection
+
+    def training_state(self) -> dict[str, object]:
+        return {**super().training_state(), **({"adversary": self.adversary} if self.adversary is not None else {})}
+
+    def _adversarial(self, prompt_idx: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The inner attack on the prompts of this batch; returns their adversarial conditioning and the attack's last loss."""
+        per = self.config.forget_seeds
+        pick = prompt_idx * per + torch.randint(0, per, (len(prompt_idx),), generator=self.rng)
+        loss = self.adversary.attack(self.pipe, self.unet, prompt_idx, self.z_forget[pick].to(self.dev), t, self.acp, self.prediction, self.rng)
+        return self.adversary.condition(self.pipe, prompt_idx), loss
 
     def _batch(self, z: torch.Tensor, n: int):
         i = torch.randint(0, len(z), (n,), generator=self.rng)
@@ -110,18 +138,26 @@ class ConceptAblation(Eraser):
             teacher = self.frozen if cfg.target == "frozen" else self.unet
             target = teacher(zt, t, c_anchor).sample
         losses = {}
+        if self.adversary is not None:  # the ablation also at the prompts the inner attack found: one more block of the batch
+            c_adv, losses["attack"] = self._adversarial(self.anchor_idx[ai], t)
+            zt, t, c_target, target = torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([c_target, c_adv]), torch.cat([target, target])
+            weights = torch.cat([torch.ones(cfg.batch_size), torch.full((cfg.batch_size,), cfg.adversarial_weight)]).to(self.dev)
+        else:
+            weights = torch.ones(cfg.batch_size, device=self.dev)
+        n = len(zt)
         if cfg.alpha > 0:
             ri, z0_r, n_r, t_r, zt_r = self._batch(self.z_retain, cfg.retain_batch_size)
             c_r = self.e_retain[self.retain_idx[ri]]
             pred = self.unet(torch.cat([zt, zt_r]), torch.cat([t, t_r]), torch.cat([c_target, c_r])).sample
-            pred, pred_r = pred[: cfg.batch_size], pred[cfg.batch_size :]
+            pred, pred_r = pred[:n], pred[n:]
             retain = retain_loss(cfg.retain_loss, pred_r, prediction=self.prediction, z0=z0_r, noise=n_r, t=t_r, acp=self.acp,
                                  frozen=self.frozen, zt=zt_r, cond=c_r)
             losses["retain"] = retain.item()
         else:
             pred = self.unet(zt, t, c_target).sample
             retain = torch.zeros((), device=self.dev)
-        ablate = F.mse_loss(pred, target)
+        per_image = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
+        ablate = (weights * per_image).sum() / cfg.batch_size  # without adversarial training: the plain mean, as before
         loss = ablate + cfg.alpha * retain
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

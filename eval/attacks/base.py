@@ -24,7 +24,7 @@ from erase.diffusion import alphas_cumprod, noisy, training_target
 from erase.errors import EraseError
 from erase.registry import check_options, option
 
-from .prompts import SlotPrompts, encode_slots, slot_prompts
+from erase.prompt_slots import SlotPrompts, encode_slots, slot_prompts
 
 
 @dataclass

@@ -12,7 +12,7 @@ from erase.errors import EraseError
 from erase.registry import coerce_value
 
 PACKAGE = "eval.attacks"
-NOT_ATTACKS = {"base", "prompts", "registry", "run", "report"}
+NOT_ATTACKS = {"base", "registry", "run", "report"}
 
 
 @dataclass(frozen=True)

@@ -117,25 +117,6 @@ def save_attack_grid(out: Path, r: dict, max_rows: int = 50) -> None:
     save_png(img, out / "grid.png")
 
 
-def attack_block(pipe, protocol, targets: list[tuple[str, str]], judges: dict, out_dir: Path, opt, *, model_id: str, patch: str | None) -> dict:
-    """``erase eval --attack NAME``: the attack on every target (in ``out_dir/attack-NAME-KIND-TARGET``, resumable), summarised."""
-    from . import make_attack
-    from .run import AttackOptions, attack_task, run_attack
-
-    rows = []
-    for target, kind in targets:
-        options = AttackOptions(prompts=opt.attack_prompts, progress=opt.progress, batch_size=opt.batch_size)
-        task = attack_task(protocol, target, kind, judges, options)
-        identity = {"model": str(model_id), "patch": patch, "protocol": protocol.to_dict(), "target": target, "kind": kind, "attack": opt.attack,
-                    "options": opt.attack_options or {}, "prompts": opt.attack_prompts}
-        folder = Path(out_dir) / f"attack-{opt.attack}-{kind}-{target}"
-        r = run_attack(pipe, task, make_attack(opt.attack, opt.attack_options), folder, identity=identity, resume=True, options=options)
-        rows.append({k: r[k] for k in ("attack", "target", "kind", "prompts", "pre_attack_rate", "asr", "confirmed_asr", "new_successes",
-                                       "attacked_prompts", "budget", "judge_queries", "seconds_per_prompt", "deviations")}
-                    | {"folder": folder.name})
-    return {"attack": opt.attack, "targets": rows}
-
-
 def attack_block_markdown(block: dict) -> list[str]:
     lines = ["## Under attack", "", f"Attack **{block['attack']}** on every target's prompts (white-box, the patch applied; details in each folder's attack.md).", "",
              "| target | prompts | pre-attack rate | ASR | confirmed ASR | judge queries (mean / max per attacked prompt) | s / prompt |",

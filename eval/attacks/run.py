@@ -29,7 +29,7 @@ from erase.errors import EraseError
 from erase.files import write_json_atomic, write_text_atomic
 
 from .base import Attack, AttackTask, check_prompts_fit, latents_of, original_images
-from .prompts import MARKER, encode_slots, eos_states, slot_prompts
+from erase.prompt_slots import MARKER, encode_slots, eos_states, slot_prompts
 from .report import attack_markdown, attack_summary, save_attack_grid
 
 CHECKPOINT = "checkpoint.pt"
@@ -144,7 +144,7 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
                options: AttackOptions | None = None) -> dict:
     """Attack every prompt of ``task`` on ``pipe`` (the model under attack, patch applied) and write the results."""
     from eval.answer_set import progress_bar
-    from eval.report import claim_output_folder
+    from eval.run_folder import claim_output_folder
 
     options = options or AttackOptions()
     out = Path(out_dir)
@@ -248,3 +248,22 @@ def _confirm(pipe, task: AttackTask, prompts, state: dict, options: AttackOption
 def _encode_candidates(pipe, prompts, rows: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return encode_slots(pipe.text_encoder, prompts, rows)
+
+
+def attack_block(pipe, protocol, targets: list[tuple[str, str]], judges: dict, out_dir: Path, opt, *, model_id: str, patch: str | None) -> dict:
+    """``erase eval --attack NAME``: the attack on every target (in ``out_dir/attack-NAME-KIND-TARGET``, resumable), summarised."""
+    from .registry import make_attack
+
+    rows = []
+    for target, kind in targets:
+        options = AttackOptions(prompts=opt.attack_prompts, progress=opt.progress, batch_size=opt.batch_size)
+        task = attack_task(protocol, target, kind, judges, options)
+        identity = {"model": str(model_id), "patch": patch, "protocol": protocol.to_dict(), "target": target, "kind": kind, "attack": opt.attack,
+                    "options": opt.attack_options or {}, "prompts": opt.attack_prompts}
+        folder = Path(out_dir) / f"attack-{opt.attack}-{kind}-{target}"
+        r = run_attack(pipe, task, make_attack(opt.attack, opt.attack_options), folder, identity=identity, resume=True, options=options)
+        rows.append({k: r[k] for k in ("attack", "target", "kind", "prompts", "pre_attack_rate", "asr", "confirmed_asr", "new_successes",
+                                       "attacked_prompts", "budget", "judge_queries", "seconds_per_prompt", "deviations")}
+                    | {"folder": folder.name})
+    return {"attack": opt.attack, "targets": rows}
+

@@ -18,7 +18,7 @@ from erase.diffusion import alphas_cumprod, noisy, training_target
 from erase.registry import check_options, option
 
 from .base import Attack, original_latents
-from .prompts import encode_slots, slot_prompts
+from erase.prompt_slots import encode_slots, slot_prompts
 from .registry import register_attack
 
 TRAIN_SEED_OFFSET = 10_000  # training images use seeds 10000, 10001, ...: never the protocol's evaluation seeds

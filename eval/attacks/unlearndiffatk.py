@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import PrefixAttack, PrefixConfig
-from .prompts import project_simplex, sampled_one_hot
+from erase.prompt_slots import project_simplex, sampled_one_hot
 from .registry import register_attack
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from erase.errors import EraseError
+from .errors import EraseError
 
 MARKER = "{}"
 
