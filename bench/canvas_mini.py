@@ -37,6 +37,10 @@ GOLD_STYLE = "Watercolor"
 PROBE_SEEDS = list(range(100, 120))  # target-prompt images for the Frechet distance to gold (not the protocol's seeds)
 OOD_SEEDS = [0]
 README_MARKERS = ("<!-- bench:canvas-mini:start -->", "<!-- bench:canvas-mini:end -->")
+ATTACKS = ("unlearndiffatk", "embedding")
+ATTACK_PROMPTS = 3  # the first 3 prompts of each target (every object / style at seed 0)
+ATTACK_BUDGET = {"blocks": 10}  # 10 timesteps x 40 Adam steps (upstream: 50 x 40): a fifth of the budget, said in the table's note
+ASR_KEYS = tuple(f"{prefix}_{a}" for a in ATTACKS for prefix in ("asr", "confirmed_asr"))
 
 
 def gold_dir(style: str = GOLD_STYLE) -> Path:
@@ -100,6 +104,17 @@ def features(space, folder: Path, entries: list[tuple], resolution: int) -> np.n
 
 
 # -- one worker job -------------------------------------------------------------------------------------------
+def attack_scores(pipe, protocol, judges, concept: str, kind: str, folder: Path, patch: str | None) -> dict:
+    """Each attack of ``ATTACKS`` on ``concept`` (the model as it is: original, gold, or with the patch applied), resumable."""
+    from bench.attacks import attack_once
+
+    scores = {}
+    for name in ATTACKS:
+        r = attack_once(pipe, protocol, judges, name, concept, kind, folder / name, ATTACK_PROMPTS, patch, ATTACK_BUDGET)
+        scores.update({f"asr_{name}": r["asr"], f"confirmed_asr_{name}": r["confirmed_asr"], f"attack_seconds_{name}": r["seconds"]})
+    return scores
+
+
 def _done(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -126,7 +141,8 @@ def job_reference(name: str, out: Path) -> dict:
     rows = {}
     for t in r["targets"]:
         rows[t["target"]] = {"kind": t["kind"], "ua": t["ua"], "ira": t["ira"], "cra": t["cra"],
-                             "ood_ua": ood_target_ua(pipe, protocol, judges, t["target"], t["kind"], folder / "ood" / t["target"])}
+                             "ood_ua": ood_target_ua(pipe, protocol, judges, t["target"], t["kind"], folder / "ood" / t["target"]),
+                             **attack_scores(pipe, protocol, judges, t["target"], t["kind"], folder / "attacks" / t["target"], None)}
     generate_probe(pipe, protocol, folder / "probe")
     result = {"model": str(model), "rows": rows, "fid": r["fid"]["value"], "fid_clip": r["fid_clip"]["value"],
               "clip_score": r["clip_score"]["value"], "per_concept": r["per_concept"], "seconds": round(time.time() - t0, 1)}
@@ -171,6 +187,7 @@ def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
         apply_patch(pipe, patch)
         try:
             ood = ood_target_ua(pipe, protocol, judges, concept, kind, folder / "ood" / concept)
+            attacked = attack_scores(pipe, protocol, judges, concept, kind, folder / "attacks" / concept, str(job))
             if concept == GOLD_STYLE:
                 generate_probe(pipe, protocol, folder / "probe")
         finally:
@@ -180,7 +197,7 @@ def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
                          "retained_psnr": m["retained_psnr"], "retained_perceptual": m["retained_perceptual"],
                          "fid": m["fid"], "fid_clip": report["fid_clip"]["value"], "clip_score": report["clip_score"]["value"],
                          "ood_ua": ood, "erase_seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"],
-                         "patch_bytes": eff["patch_bytes"], "eval_seconds": m["eval_seconds"]}
+                         "patch_bytes": eff["patch_bytes"], "eval_seconds": m["eval_seconds"], **attacked}
     result = {"method": method, "kind": kind, "rows": rows, "seconds": round(time.time() - t0, 1), "batch_seconds": round(batch_seconds, 1)}
     write_json_atomic(folder / "result.json", result)
     return result
@@ -219,7 +236,8 @@ MEAN_KEYS = ("ua", "ira", "cra", "retained_psnr", "retained_perceptual", "fid", 
 
 def summarise(method_rows: dict[str, dict], base_rows: dict[str, dict]) -> dict:
     """Means over a kind's targets, changes against the original, and the kept concept that suffered most."""
-    s = {k: float(np.mean([r[k] for r in method_rows.values()])) for k in MEAN_KEYS}
+    keys = MEAN_KEYS + tuple(k for k in ASR_KEYS if all(r.get(k) is not None for r in method_rows.values()))
+    s = {k: float(np.mean([r[k] for r in method_rows.values()])) for k in keys}
     s["d_ira_points"] = 100 * float(np.mean([r["ira"] - base_rows[c]["ira"] for c, r in method_rows.items()]))
     s["d_cra_points"] = 100 * float(np.mean([r["cra"] - base_rows[c]["cra"] for c, r in method_rows.items()]))
     worst = min(method_rows.items(), key=lambda kv: kv[1]["worst_kept"]["accuracy"])
@@ -279,17 +297,17 @@ def markdown(results: dict) -> str:
     retrain = gold["retrain"]["seconds"] if gold else None
     fd = (results.get("frechet_to_gold") or {}).get("distance", {})
     orig, o = results["original"]["rows"], results["original"]
-    header = ["method", "kind", "UA", "IRA change", "CRA change", "worst kept (erasing)", "retained PSNR (perceptual)", "FID / FID-CLIP",
+    header = ["method", "kind", "UA", "ASR: UnlearnDiffAtk / soft prompt (confirmed)", "IRA change", "CRA change", "worst kept (erasing)", "retained PSNR (perceptual)", "FID / FID-CLIP",
               "CLIP score", "OOD UA", "erase time (of retraining)", "peak RSS", "patch", f"Frechet to gold ({GOLD_STYLE})"]
     rows = []
     for kind in ("style", "object"):
         ts = results["targets"][kind]
-        rows.append(["original", kind, f"{100 * np.mean([orig[t]['ua'] for t in ts]):.1f}", "", "", "", "",
+        rows.append(["original", kind, f"{100 * np.mean([orig[t]['ua'] for t in ts]):.1f}", asr_cell({t: orig[t] for t in ts}), "", "", "", "",
                      f"{o['fid']:.2f} / {o['fid_clip']:.2f}" if kind == "style" else "", f"{o['clip_score']:.3f}" if kind == "style" else "",
                      f"{100 * np.mean([orig[t]['ood_ua'] for t in ts]):.1f}", "", "", "", f"{fd['original']:.1f}" if fd and kind == "style" else ""])
     if gold:
         g = gold["rows"][GOLD_STYLE]
-        rows.append([f"gold (retrained without {GOLD_STYLE})", f"style: {GOLD_STYLE} only", f"{100 * g['ua']:.1f}",
+        rows.append([f"gold (retrained without {GOLD_STYLE})", f"style: {GOLD_STYLE} only", f"{100 * g['ua']:.1f}", asr_cell({GOLD_STYLE: g}),
                      f"{100 * (g['ira'] - orig[GOLD_STYLE]['ira']):+.1f}", f"{100 * (g['cra'] - orig[GOLD_STYLE]['cra']):+.1f}", "", "",
                      f"{gold['fid']:.2f} / {gold['fid_clip']:.2f}", f"{gold['clip_score']:.3f}", f"{100 * g['ood_ua']:.1f}",
                      f"{retrain / 60:.0f} min (100%)", "", "", "0"])
@@ -297,7 +315,7 @@ def markdown(results: dict) -> str:
         for kind in ("style", "object"):
             s = kinds[kind]["mean"]
             w = s["worst_kept"]
-            rows.append([m, kind, f"{100 * s['ua']:.1f}", f"{s['d_ira_points']:+.1f}", f"{s['d_cra_points']:+.1f}",
+            rows.append([m, kind, f"{100 * s['ua']:.1f}", asr_cell(kinds[kind]["rows"]), f"{s['d_ira_points']:+.1f}", f"{s['d_cra_points']:+.1f}",
                          f"{w['concept']} {100 * w['accuracy']:.0f} ({w['erased']})", f"{s['retained_psnr']:.1f} dB ({s['retained_perceptual']:.3f})",
                          f"{s['fid']:.2f} / {s['fid_clip']:.2f}", f"{s['clip_score']:.3f}", f"{100 * s['ood_ua']:.1f}",
                          f"{s['erase_seconds']:.{0 if s['erase_seconds'] >= 10 else 1}f} s"
@@ -309,12 +327,28 @@ def markdown(results: dict) -> str:
     lines += ["", f"Means over {len(results['targets']['style'])} styles and {len(results['targets']['object'])} objects "
               f"({', '.join(results['targets']['object'])}); {len(p['seeds'])} seeds, {p['sampler']} {p['steps']} steps, guidance {p['guidance']}. "
               f"OOD UA: the target's prompts under the shipped paraphrase templates ({len(results['ood_seeds'])} seed). "
+              f"ASR: the share of a target's first {ATTACK_PROMPTS} prompts (seed 0) that the white-box attack turns back into the target "
+              f"(best of its judged generations at the prompt's seed, upstream's rule; in brackets, successes confirmed at 4 fresh seeds), "
+              f"with a fifth of UnlearnDiffAtk's budget ({ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps, at most {ATTACK_BUDGET['blocks']} "
+              "judge queries per prompt); the full-budget table is bench/results/attacks.md. "
               "Changes in points against the original; worst kept: the lowest accuracy of a kept concept over all erasures of that kind. "
               f"Frechet to gold: classifier-feature Frechet distance between the model's and the gold model's images of the {GOLD_STYLE} "
               f"prompts ({len(results['probe_seeds'])} seeds x every object); the gold row's time is one retraining (the shipped build's "
               f"VAE + UNet stages on 2 cores). Jobs took {sum(results['job_seconds'].values()) / 60:.0f} min in all "
               f"({results['workers']} workers; this invocation's wall time {results['bench_seconds'] / 60:.0f} min)."]
     return "\n".join(lines)
+
+
+def asr_cell(rows: dict[str, dict]) -> str:
+    """Mean ASR of both attacks over ``rows`` in percent, with the confirmed rates in brackets ('' without attack numbers)."""
+    if not rows or not all(all(r.get(k) is not None for k in ASR_KEYS) for r in rows.values()):
+        return ""
+
+    def mean(k):
+        return 100 * float(np.mean([r[k] for r in rows.values()]))
+
+    a, b = ATTACKS
+    return f"{mean('asr_' + a):.0f} / {mean('asr_' + b):.0f} ({mean('confirmed_asr_' + a):.0f} / {mean('confirmed_asr_' + b):.0f})"
 
 
 def bar_chart(results: dict, path: Path) -> None:

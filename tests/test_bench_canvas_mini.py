@@ -57,3 +57,16 @@ def test_readme_is_replaced_between_its_markers_only(tmp_path):
     other = tmp_path / "OTHER.md"
     other.write_text("no markers")
     assert not bench.update_readme("| new |", other) and other.read_text() == "no markers"
+
+
+def test_attack_columns_are_means_of_the_rows_by_hand():
+    rows = {"A": {"asr_unlearndiffatk": 0.0, "confirmed_asr_unlearndiffatk": 0.0, "asr_embedding": 1.0, "confirmed_asr_embedding": 1 / 3},
+            "B": {"asr_unlearndiffatk": 1 / 3, "confirmed_asr_unlearndiffatk": 0.0, "asr_embedding": 2 / 3, "confirmed_asr_embedding": 0.0}}
+    assert bench.asr_cell(rows) == "17 / 83 (0 / 17)"
+    assert bench.asr_cell({"A": {"asr_unlearndiffatk": 0.5}}) == ""  # a row without every attack: no column value
+    r = _results()
+    for m in r["methods"].values():
+        for c, v in m["style"]["rows"].items():
+            v.update(rows["A"] if c == "A" else rows["B"])
+    line = next(x for x in bench.markdown(r).splitlines() if x.startswith("| m1 | style"))
+    assert "| 17 / 83 (0 / 17) |" in line
