@@ -38,15 +38,20 @@ def option(default, help: str, **kw) -> Field:
     return field(default=default, metadata={"help": help, **kw})
 
 
-def register_method(name: str, config_cls: type, eraser_cls: type, summary: str = "") -> None:
-    """Register a method under a lower-case name; names are unique."""
+def check_registration(what: str, name: str, config_cls: type, cls: type, registered: type | None) -> None:
+    """The rules of every registry (methods, attacks): lower-case unique names, every config field with its help."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"method names are lower-case identifiers, got {name!r}")
-    if name in _REGISTRY and _REGISTRY[name].eraser_cls is not eraser_cls:
-        raise ValueError(f"method {name!r} is already registered (by {_REGISTRY[name].eraser_cls.__module__})")
+        raise ValueError(f"{what} names are lower-case identifiers, got {name!r}")
+    if registered is not None and registered is not cls:
+        raise ValueError(f"{what} {name!r} is already registered (by {registered.__module__})")
     missing = [f.name for f in fields(config_cls) if not f.metadata.get("help")]
     if missing:
         raise ValueError(f"{config_cls.__name__} fields without help: {missing}; declare them with option(default, help)")
+
+
+def register_method(name: str, config_cls: type, eraser_cls: type, summary: str = "") -> None:
+    """Register a method under a lower-case name; names are unique."""
+    check_registration("method", name, config_cls, eraser_cls, _REGISTRY[name].eraser_cls if name in _REGISTRY else None)
     _REGISTRY[name] = MethodSpec(name, config_cls, eraser_cls, summary or (eraser_cls.__doc__ or "").strip().splitlines()[0])
 
 

@@ -94,21 +94,33 @@ class Attack:
         raise NotImplementedError
 
 
+@dataclass
+class BudgetConfig:
+    """What every attack's budget is made of: blocks of Adam steps, one judged generation after each block."""
+
+    blocks: int = option(50, "blocks of optimisation, one judged generation after each")
+    iters: int = option(40, "Adam steps per block")
+    lr: float = option(0.01, "Adam learning rate")
+    seed: int = option(0, "seed of the attack's noise and sampling")
+
+    def validate(self, name: str, at_least_one: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+        check_options(self, name, at_least_one=("blocks", *at_least_one), non_negative=("iters", *non_negative), positive=("lr",))
+
+
 # -- the prefix search shared by UnlearnDiffAtk (discrete) and the soft-prompt attack (continuous) ------------------
 
 
 @dataclass
-class PrefixConfig:
-    k: int = option(3, "attack tokens prepended to the prompt (UnlearnDiffAtk: 3 for styles and objects)")
+class PrefixConfig(BudgetConfig):
     blocks: int = option(50, "timesteps attacked in turn, ascending (t = 10, 30, ..., 990 of 1000); one judged generation after each")
     iters: int = option(40, "Adam steps per timestep (upstream 40)")
     lr: float = option(0.01, "Adam learning rate (upstream 0.01)")
+    k: int = option(3, "attack tokens prepended to the prompt (UnlearnDiffAtk: 3 for styles and objects)")
     weight_decay: float = option(0.1, "Adam L2 weight decay (upstream 0.1)")
-    seed: int = option(0, "seed of the attack's noise and token sampling")
     random_search: bool = option(False, "control: no optimisation, a fresh random candidate at every judged generation (same budget)")
 
     def validate(self, name: str) -> None:
-        check_options(self, name, at_least_one=("k", "blocks"), non_negative=("iters", "weight_decay"), positive=("lr",))
+        super().validate(name, at_least_one=("k",), non_negative=("weight_decay",))
 
 
 def block_timestep(block: int, blocks: int, num_train_timesteps: int) -> int:

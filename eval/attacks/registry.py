@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import re
 from dataclasses import dataclass, fields
 
 from erase.errors import EraseError
-from erase.registry import coerce_value
+from erase.registry import check_registration, coerce_value
 
 PACKAGE = "eval.attacks"
 NOT_ATTACKS = {"base", "registry", "run", "report"}
@@ -27,13 +26,7 @@ _REGISTRY: dict[str, AttackSpec] = {}
 
 
 def register_attack(name: str, config_cls: type, attack_cls: type, summary: str) -> None:
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"attack names are lower-case identifiers, got {name!r}")
-    if name in _REGISTRY and _REGISTRY[name].attack_cls is not attack_cls:
-        raise ValueError(f"attack {name!r} is already registered")
-    missing = [f.name for f in fields(config_cls) if not f.metadata.get("help")]
-    if missing:
-        raise ValueError(f"{config_cls.__name__} fields without help: {missing}")
+    check_registration("attack", name, config_cls, attack_cls, _REGISTRY[name].attack_cls if name in _REGISTRY else None)
     _REGISTRY[name] = AttackSpec(name, config_cls, attack_cls, summary)
 
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from erase.diffusion import alphas_cumprod, noisy, training_target
-from erase.registry import check_options, option
+from erase.registry import option
 
-from .base import Attack, original_latents
+from .base import Attack, BudgetConfig, original_latents
 from erase.prompt_slots import encode_slots, slot_prompts
 from .registry import register_attack
 
@@ -25,16 +25,15 @@ TRAIN_SEED_OFFSET = 10_000  # training images use seeds 10000, 10001, ...: never
 
 
 @dataclass
-class TextualInversionConfig:
-    images: int = option(20, "images of the concept the original model draws to learn from (its prompts in turn, seeds 10000 + i)")
+class TextualInversionConfig(BudgetConfig):
     blocks: int = option(1, "judged evaluations: after every iters steps (1 = once, at the end)")
     iters: int = option(400, "Adam steps per block")
-    batch_size: int = option(10, "training images per step")
     lr: float = option(5e-3, "Adam learning rate")
-    seed: int = option(0, "seed of the noise, timesteps and batches")
+    images: int = option(20, "images of the concept the original model draws to learn from (its prompts in turn, seeds 10000 + i)")
+    batch_size: int = option(10, "training images per step")
 
     def validate(self, name: str) -> None:
-        check_options(self, name, at_least_one=("images", "blocks", "batch_size"), non_negative=("iters",), positive=("lr",))
+        super().validate(name, at_least_one=("images", "batch_size"))
 
 
 class TextualInversion(Attack):
