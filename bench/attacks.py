@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["uce", "concept_ablation", "doco", "esd", "salun"]
+METHODS = ["uce", "rece", "concept_ablation", "doco", "esd", "salun"]
 
 
 def erase_once(pipe, protocol, method: str, target: str, kind: str, folder: Path, preset: str = "canvas-mini"):
@@ -109,6 +110,9 @@ def main(argv=None) -> int:
     results.parent.mkdir(parents=True, exist_ok=True)
     (results.with_suffix(".json")).write_text(json.dumps({"rows": rows, "wall_seconds": round(time.time() - started, 1), "threads": args.threads}, indent=2))
     (results.with_suffix(".md")).write_text(markdown(rows))
+    picture = out / "uce-style-Watercolor-embedding" / "grid.png"  # the README's picture of successful attacks
+    if picture.is_file():
+        shutil.copyfile(picture, results.parent / "attack-uce-embedding.png")
     print(markdown(rows))
     return 0
 
