@@ -1,0 +1,67 @@
+"""AdvUnlearn-style adversarial training (erase.adversarial, Concept Ablation's adversarial_steps): the inner attack
+moves only its own vectors and lowers its own loss, the outer step ablates at what it found, and a run resumes bit for bit."""
+
+import torch
+
+from erase.adversarial import AdversarialPrefixes
+from erase.api import erase_concept
+from erase.diffusion import alphas_cumprod, noisy
+from erase.methods.concept_ablation import ConceptAblation
+
+from erase.request import EraseRequest
+
+from test_concept_ablation import TINY
+
+
+def request():
+    """Short prompts: the tiny test tokenizer splits words into many tokens, and the adversarial prefix needs room."""
+    return EraseRequest(concept="red", kind="style", anchor="blue", forget_prompts=["a red cat", "a red dog"],
+                        anchor_prompts=["a blue cat", "a blue dog"], retain_prompts=["a green cat", "a green dog"])
+
+ADV = {**TINY, "adversarial_steps": 3, "adversarial_lr": 0.05, "forget_seeds": 1, "alpha": 1.0, "retain_loss": "distill", "target": "frozen"}
+
+
+def test_the_inner_attack_moves_only_its_vectors_and_lowers_its_loss(tiny_pipe):
+    prompts = request().forget_prompts
+    adversary = AdversarialPrefixes(tiny_pipe, prompts, k=2, steps=1, lr=0.05)
+    start = adversary.rows.clone()
+    for p in tiny_pipe.unet.parameters():
+        p.grad = None
+    torch.manual_seed(0)
+    z0, t = torch.randn(2, 4, 8, 8), torch.tensor([500, 500])
+    acp = alphas_cumprod(tiny_pipe)
+    idx = torch.tensor([0, 1])
+
+    def loss_now():
+        gen = torch.Generator().manual_seed(7)
+        noise = torch.randn(z0.shape, generator=gen)
+        with torch.no_grad():
+            pred = tiny_pipe.unet(noisy(z0, noise, t, acp), t, adversary.condition(tiny_pipe, idx)).sample
+        return float(((pred - noise) ** 2).mean())
+
+    before = loss_now()
+    adversary.steps = 30
+    adversary.attack(tiny_pipe, tiny_pipe.unet, idx, z0, t, acp, "epsilon", torch.Generator().manual_seed(1))
+    assert loss_now() < before  # the attack found prompts under which the model denoises the concept's images better
+    assert not torch.equal(adversary.rows, start) and adversary.rows.shape == (2, 2, start.shape[-1])
+    assert all(p.grad is None for p in tiny_pipe.unet.parameters())  # the model's gradients are never touched
+
+
+def test_adversarial_training_ablates_at_the_adversarial_prompts(tiny_pipe, tmp_path, monkeypatch):
+    seen = []
+    real = AdversarialPrefixes.attack
+    monkeypatch.setattr(AdversarialPrefixes, "attack", lambda self, *a, **k: seen.append(1) or real(self, *a, **k))
+    unweighted = erase_concept(tiny_pipe, "concept_ablation", request(), tmp_path / "w0", overrides={**ADV, "adversarial_weight": 0.0}, progress=False)
+    adv = erase_concept(tiny_pipe, "concept_ablation", request(), tmp_path / "adv", overrides=ADV, progress=False)
+    assert len(seen) == 2 * TINY["steps"]  # one inner attack per training step
+    assert adv.config["info"]["data"]["forget_images"] == 2
+    # same random stream, same attack: only the ablation at the adversarial prompts differs
+    assert adv.names() == unweighted.names() and any(not torch.equal(adv.deltas[n], unweighted.deltas[n]) for n in adv.names())
+
+
+def test_adversarial_training_resumes_bit_identically(tiny_pipe, tmp_path, monkeypatch):
+    from conftest import assert_resume_is_bit_identical
+
+    over = {**ADV, "steps": 4, "checkpoint_every": 2}
+    assert_resume_is_bit_identical(tiny_pipe, "concept_ablation", ConceptAblation, request(), over, tmp_path, monkeypatch, interrupt_at=3,
+                                   resumed_from=2)
