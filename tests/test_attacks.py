@@ -38,6 +38,9 @@ def test_the_registry_lists_the_three_attacks_and_refuses_unknown_ones():
         make_attack("embedding", {"steps": 3})
     with pytest.raises(EraseError, match="at least 1"):
         make_attack("unlearndiffatk", {"k": 0})
+    from erase.cli.attack import _attack_names
+
+    assert _attack_names() == list_attacks()  # the CLI's help lists the registry (found without importing torch)
 
 
 # -- the pieces, by hand -------------------------------------------------------------------------------------

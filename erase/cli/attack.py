@@ -12,9 +12,13 @@ from .erasing import _parse_set, check_model_path
 
 
 def _attack_names() -> list[str]:
-    from eval.attacks import list_attacks
+    """The attack files of eval/attacks (one attack each, named like its file), found without importing torch."""
+    import pkgutil
 
-    return list_attacks()
+    import eval.attacks.registry as registry
+
+    folder = [str(Path(registry.__file__).parent)]
+    return sorted(m.name for m in pkgutil.iter_modules(folder) if m.name not in registry.NOT_ATTACKS and not m.name.startswith("_"))
 
 
 @command("attack", "attack an erased model: search the prompt (UnlearnDiffAtk, soft prompt, textual inversion) until the judge "
