@@ -51,8 +51,9 @@ class AdversarialPrefixes(nn.Module):
                 self.rows[i] = rows[j].detach().cpu()
         return float(loss.detach())
 
-    @torch.no_grad()
-    def condition(self, pipe, prompt_idx: torch.Tensor) -> torch.Tensor:
-        """Text-encoder states of the adversarial prompts (the vectors as they are now)."""
+    def condition(self, pipe, prompt_idx: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Text-encoder states of the adversarial prompts (the vectors as they are now; with ``grad``, differentiable in the
+        text encoder's weights, for a method that trains it)."""
         idx = prompt_idx.tolist()
-        return encode_slots(pipe.text_encoder, self.slots.subset(idx), self.rows[idx])
+        with torch.set_grad_enabled(grad):
+            return encode_slots(pipe.text_encoder, self.slots.subset(idx), self.rows[idx])

@@ -32,11 +32,16 @@ def prediction_type(pipe) -> str:
     return kind
 
 
+def token_ids(pipe, prompts: list[str]) -> torch.Tensor:
+    """Padded token ids (N, L) of prompts, as the pipeline tokenizes them."""
+    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    return tok.input_ids
+
+
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """Text-encoder hidden states (N, L, D) for prompts, as the pipeline conditions its UNet."""
-    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    return pipe.text_encoder(tok.input_ids.to(model_device(pipe)))[0]
+    return pipe.text_encoder(token_ids(pipe, prompts).to(model_device(pipe)))[0]
 
 
 @torch.no_grad()

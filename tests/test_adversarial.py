@@ -65,3 +65,14 @@ def test_adversarial_training_resumes_bit_identically(tiny_pipe, tmp_path, monke
     over = {**ADV, "steps": 4, "checkpoint_every": 2}
     assert_resume_is_bit_identical(tiny_pipe, "concept_ablation", ConceptAblation, request(), over, tmp_path, monkeypatch, interrupt_at=3,
                                    resumed_from=2)
+
+
+def test_the_text_encoder_can_be_what_adversarial_training_changes(tiny_pipe, tmp_path):
+    from pipelines.stable_diffusion import named_parameters
+
+    patch = erase_concept(tiny_pipe, "concept_ablation", request(), tmp_path, overrides={**ADV, "text_encoder": True}, progress=False)
+    names = set(patch.names())
+    assert names and all(n.startswith("text_encoder.") for n in names)
+    moved = [n for n in names if float(patch.deltas[n].abs().max()) > 0]
+    assert len(moved) > len([n for n in named_parameters(tiny_pipe) if n.startswith("text_encoder.")]) // 2  # most of it trained
+    assert patch.config["info"]["trainable"]["group"] == "text_encoder"

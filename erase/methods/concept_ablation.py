@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..adversarial import AdversarialPrefixes
 from ..components import model_device, model_root
 from ..data import GenerationSets
-from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, prediction_type, retain_loss
+from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, prediction_type, retain_loss, token_ids
 from ..errors import EraseError
 from ..loop import Eraser
 from ..patch import PATCH_DTYPES
@@ -47,6 +47,8 @@ class ConceptAblationConfig:
     retain_loss: str = option("diffusion", "'diffusion' (upstream prior preservation) or 'distill' (the frozen original's prediction)")
     parameter_group: str = option("cross_attention_kv", "trainable weights: 'cross_attention_kv' (upstream), 'cross_attention' or 'unet'")
     trainable: str = option("", "a regex over the UNet's parameter names that replaces parameter_group (e.g. 'attn2\\.to_[kv]|^mid_block\\.')")
+    text_encoder: bool = option(False, "train the text encoder instead of UNet weights (AdvUnlearn's choice): forget and retain prompts, "
+                                       "and the adversarial ones, are re-encoded at every step")
     target: str = option("model", "eps*(x_t | c_anchor) from the trained 'model' under no_grad (upstream) or the 'frozen' original")
     anchor_seeds: int = option(5, "generated images per anchor prompt")
     retain_seeds: int = option(1, "generated images per retain prompt")
@@ -77,7 +79,7 @@ class ConceptAblation(Eraser):
     name = "concept_ablation"
 
     def scope(self, pipe) -> str:
-        return unet_weights(self.config.parameter_group, self.config.trainable)
+        return r"^text_encoder\." if self.config.text_encoder else unet_weights(self.config.parameter_group, self.config.trainable)
 
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
@@ -95,6 +97,9 @@ class ConceptAblation(Eraser):
             self.e_retain = encode_prompts(pipe, req.retain_prompts)
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
+        if cfg.text_encoder:  # token ids, re-encoded by the text encoder being trained
+            self.ids_forget = token_ids(pipe, req.forget_prompts)
+            self.ids_retain = token_ids(pipe, req.retain_prompts) if req.retain_prompts else None
         self.adversary = None
         if cfg.adversarial_steps > 0:  # the original's images of the concept, for the inner attack to bring back
             self.z_forget, self.forget_idx = data(req.forget_prompts, cfg.forget_seeds, cfg.data_seed + 100_000)
@@ -110,7 +115,7 @@ class ConceptAblation(Eraser):
         if cfg.target == "frozen" or (cfg.alpha > 0 and cfg.retain_loss == "distill"):
             self.frozen = copy.deepcopy(self.unet).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0)
-        self.info["trainable"] = {"group": cfg.trainable or cfg.parameter_group, "tensors": len(params), "weights": selection.count(root)}
+        self.info["trainable"] = {"group": "text_encoder" if cfg.text_encoder else cfg.trainable or cfg.parameter_group, "tensors": len(params), "weights": selection.count(root)}
         return selection
 
     def training_state(self) -> dict[str, object]:
@@ -121,7 +126,11 @@ class ConceptAblation(Eraser):
         per = self.config.forget_seeds
         pick = prompt_idx * per + torch.randint(0, per, (len(prompt_idx),), generator=self.rng)
         loss = self.adversary.attack(self.pipe, self.unet, prompt_idx, self.z_forget[pick].to(self.dev), t, self.acp, self.prediction, self.rng)
-        return self.adversary.condition(self.pipe, prompt_idx), loss
+        return self.adversary.condition(self.pipe, prompt_idx, grad=self.config.text_encoder), loss
+
+    def _encoded(self, ids: torch.Tensor, fixed: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Conditioning of prompts ``idx``: re-encoded with gradients when the text encoder trains, else the fixed encoding."""
+        return self.pipe.text_encoder(ids[idx].to(self.dev))[0] if self.config.text_encoder else fixed[idx]
 
     def _batch(self, z: torch.Tensor, n: int):
         i = torch.randint(0, len(z), (n,), generator=self.rng)
@@ -134,6 +143,8 @@ class ConceptAblation(Eraser):
         cfg = self.config
         ai, _, _, t, zt = self._batch(self.z_anchor, cfg.batch_size)
         c_target, c_anchor = self.e_forget[self.anchor_idx[ai]], self.e_anchor[self.anchor_idx[ai]]
+        if self.config.text_encoder:
+            c_target = self._encoded(self.ids_forget, self.e_forget, self.anchor_idx[ai])
         with torch.no_grad():
             teacher = self.frozen if cfg.target == "frozen" else self.unet
             target = teacher(zt, t, c_anchor).sample
@@ -147,8 +158,9 @@ class ConceptAblation(Eraser):
         n = len(zt)
         if cfg.alpha > 0:
             ri, z0_r, n_r, t_r, zt_r = self._batch(self.z_retain, cfg.retain_batch_size)
-            c_r = self.e_retain[self.retain_idx[ri]]
-            pred = self.unet(torch.cat([zt, zt_r]), torch.cat([t, t_r]), torch.cat([c_target, c_r])).sample
+            c_r = self.e_retain[self.retain_idx[ri]]  # the original's encoding: what the frozen teacher sees
+            c_student = self._encoded(self.ids_retain, self.e_retain, self.retain_idx[ri]) if cfg.text_encoder else c_r
+            pred = self.unet(torch.cat([zt, zt_r]), torch.cat([t, t_r]), torch.cat([c_target, c_student])).sample
             pred, pred_r = pred[:n], pred[n:]
             retain = retain_loss(cfg.retain_loss, pred_r, prediction=self.prediction, z0=z0_r, noise=n_r, t=t_r, acp=self.acp,
                                  frozen=self.frozen, zt=zt_r, cond=c_r)
