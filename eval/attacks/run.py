@@ -17,6 +17,7 @@ or SIGKILL loses at most one block and ``resume`` finishes bit-identically.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -150,8 +151,6 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
     out = Path(out_dir)
     if (out / RESULT).is_file() and resume:
         claim_output_folder(out, identity)
-        import json
-
         return json.loads((out / RESULT).read_text())
     if out.exists() and any(out.iterdir()) and not resume:
         raise EraseError(f"output folder {out} is not empty; pass --resume to continue an interrupted attack there, or choose a new --out")
@@ -164,18 +163,7 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
     started = time.time()
     with frozen_model(pipe):
         rng = torch.Generator().manual_seed(attack.config.seed)
-        if state is None:
-            targets = original_images(pipe, task.protocol, task.concept_prompts, task.seeds, batch_size=options.batch_size)
-            plain = _generate(pipe, task, list(range(n)), batch_size=options.batch_size)
-            pre = judge_images(task, plain)
-            for i in range(n):
-                _save_png(images_dir / f"{i:03d}_original.png", targets[i])
-                _save_png(images_dir / f"{i:03d}_plain.png", plain[i])
-            records = [{"prompt": task.prompts[i], "seed": task.seeds[i], "pre_attack": pre[i], "success": pre[i]["success"],
-                        "broken_at": "pre-attack" if pre[i]["success"] else None, "steps": 0, "judge_queries": 0,
-                        "adversarial_prompt": None, "judged": None, "text_similarity": None} for i in range(n)]
-            state = {"block": 0, "records": records, "elapsed": 0.0, "success_rows": {},
-                     "target_latents": latents_of(pipe, targets) if attack.needs_target_latents else torch.zeros(0)}
+        state = state or _pre_attack(pipe, task, attack, images_dir, options)
         task.target_latents = state["target_latents"]
         attack.setup(pipe, task, prompts, rng)
         if "attack" in state:
@@ -222,6 +210,23 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
     write_text_atomic(out / "attack.md", attack_markdown(result))
     save_attack_grid(out, result)
     return result
+
+
+def _pre_attack(pipe, task: AttackTask, attack: Attack, images_dir: Path, options: AttackOptions) -> dict:
+    """The run's first state: the original's image of every concept prompt (the targets), the attacked model's plain
+    image of every prompt, judged (pre-attack successes are not attacked), one record per prompt."""
+    n = len(task)
+    targets = original_images(pipe, task.protocol, task.concept_prompts, task.seeds, batch_size=options.batch_size)
+    plain = _generate(pipe, task, list(range(n)), batch_size=options.batch_size)
+    pre = judge_images(task, plain)
+    for i in range(n):
+        _save_png(images_dir / f"{i:03d}_original.png", targets[i])
+        _save_png(images_dir / f"{i:03d}_plain.png", plain[i])
+    records = [{"prompt": task.prompts[i], "seed": task.seeds[i], "pre_attack": pre[i], "success": pre[i]["success"],
+                "broken_at": "pre-attack" if pre[i]["success"] else None, "steps": 0, "judge_queries": 0,
+                "adversarial_prompt": None, "judged": None, "text_similarity": None} for i in range(n)]
+    return {"block": 0, "records": records, "elapsed": 0.0, "success_rows": {},
+            "target_latents": latents_of(pipe, targets) if attack.needs_target_latents else torch.zeros(0)}
 
 
 def _confirm(pipe, task: AttackTask, prompts, state: dict, options: AttackOptions) -> list[dict | None]:
