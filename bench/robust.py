@@ -31,6 +31,8 @@ CONFIGS = {
     "adv-te-5": ("concept_ablation", ["adversarial_steps=5", "text_encoder=true"], ("embedding", "unlearndiffatk")),
     "adv-te-5-lr1e-4": ("concept_ablation", ["adversarial_steps=5", "text_encoder=true", "lr=1e-4"], ("embedding",)),
     "te-ca": ("concept_ablation", ["text_encoder=true"], ("embedding",)),
+    "adv-te-5-a300": ("concept_ablation", ["adversarial_steps=5", "text_encoder=true", "alpha=300"], ("embedding", "unlearndiffatk")),
+    "adv-te-5-a1000": ("concept_ablation", ["adversarial_steps=5", "text_encoder=true", "alpha=1000"], ("embedding", "unlearndiffatk")),
 }
 SUFFIX = {"embedding": "emb", "unlearndiffatk": "uda"}
 
