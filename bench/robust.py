@@ -1,12 +1,19 @@
 """Robustness against retained fidelity: which erasure holds under attack on canvas-mini, and at what cost.
 
     python -m bench.robust [--run] [--only NAME,...]
+    python -m bench.robust --styles runs/robust-a,runs/robust-b     # the robust preset on every style (see below)
 
 Each row is one erasure of Watercolor (a method, its ``canvas-mini`` preset and overrides), evaluated on the full
 protocol (UA, IRA, CRA, same-seed retained PSNR) and attacked on its first 10 prompts with the default budget
 (``embedding``, and ``unlearndiffatk`` where listed). With ``--run`` the missing steps run through the CLI
 (the same commands a user types); without it the existing folders under ``runs/`` are collected. Writes
 bench/results/robust.md, .json and a scatter plot (ASR against retained PSNR, the trade-off curve).
+
+``--styles`` collects the preset's check on every style, made with the product's own commands (two halves of the
+ten styles side by side, each ``erase batch --method concept_ablation --preset canvas-mini-robust --concepts LIST
+--kind style --eval --attack embedding --attack-prompts 5 --out runs/robust-X``, then ``erase attack --patch
+runs/robust-X/STYLE --attack unlearndiffatk --prompts 5 --out runs/robust-X-uda-STYLE`` per style) into
+bench/results/robust-styles.md, with IRA / CRA changes against the original's rows of bench/results/canvas-mini.json.
 """
 
 from __future__ import annotations
@@ -127,12 +134,59 @@ def scatter(rows: list[dict], path: Path) -> None:
     save_png(img, path)
 
 
+def styles_table(folders: list[str]) -> str:
+    import statistics
+
+    original = json.loads((ROOT / "bench" / "results" / "canvas-mini.json").read_text())["original"]["rows"]
+    rows = []
+    for folder in folders:
+        manifest = ROOT / folder / "manifest.jsonl"
+        for line in manifest.read_text().splitlines() if manifest.is_file() else []:
+            r = json.loads(line)
+            if r.get("status") != "done" or not r.get("metrics"):
+                continue
+            m, c = r["metrics"], r["concept"]
+            uda = ROOT / f"{folder}-uda-{c}" / "attack.json"
+            u = json.loads(uda.read_text())["asr"] if uda.is_file() else None
+            erase = json.loads((ROOT / folder / c / "erasure_config.json").read_text())["efficiency"]["erase_seconds"]
+            rows.append({"style": c, "ua": 100 * m["ua"], "d_ira": 100 * (m["ira"] - original[c]["ira"]), "d_cra": 100 * (m["cra"] - original[c]["cra"]),
+                         "psnr": m["retained_psnr"], "soft": 100 * m["attack"]["asr"], "soft_confirmed": 100 * m["attack"]["confirmed_asr"],
+                         "uda": None if u is None else 100 * u, "erase": erase})
+    lines = ["| style | UA | IRA change | CRA change | retained PSNR | soft-prompt ASR (confirmed) | UnlearnDiffAtk ASR | erase time |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def line(name, r):
+        uda = r.get("uda_text") or ("-" if r["uda"] is None else f"{r['uda']:.0f}%")
+        return (f"| {name} | {r['ua']:.1f} | {r['d_ira']:+.1f} | {r['d_cra']:+.1f} | {r['psnr']:.1f} dB | {r['soft']:.0f}% ({r['soft_confirmed']:.0f}%) | "
+                f"{uda} | {r['erase']:.0f} s |")
+
+    lines += [line(r["style"], r) for r in rows]
+    if rows:
+        keys = ("ua", "d_ira", "d_cra", "psnr", "soft", "soft_confirmed", "erase")
+        mean = {k: statistics.mean(r[k] for r in rows) for k in keys}
+        done = [r["uda"] for r in rows if r["uda"] is not None]
+        mean["uda"] = statistics.mean(done) if done else None
+        if done and len(done) < len(rows):
+            mean["uda_text"] = f"{mean['uda']:.0f}% (of {len(done)} styles)"
+        lines.append(line(f"**mean of {len(rows)}**", mean))
+    lines += ["", "concept_ablation --preset canvas-mini-robust on every style; attacks on each style's first 5 prompts (seed 0) with the default "
+              "budget; changes in points against the original (bench/results/canvas-mini.json); erase times measured while 2-4 jobs shared "
+              "2 cores (upper bounds)."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", action="store_true", help="run the missing erasures, evaluations and attacks (through the CLI)")
     p.add_argument("--only", default=None, help="comma-separated erasure names (default: all)")
     p.add_argument("--results", default=str(ROOT / "bench" / "results" / "robust"))
+    p.add_argument("--styles", default=None, help="comma-separated batch folders of the robust preset on every style: collect them")
     args = p.parse_args(argv)
+    if args.styles:
+        table = styles_table(args.styles.split(","))
+        (ROOT / "bench" / "results" / "robust-styles.md").write_text(table)
+        print(table)
+        return 0
     names = args.only.split(",") if args.only else list(CONFIGS)
     if args.run:
         import os
