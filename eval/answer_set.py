@@ -24,7 +24,7 @@ from PIL import Image
 
 from erase.errors import EraseError
 
-from .generate import generate
+from .generate import generate, protocol_settings
 from .protocols import Protocol
 from .samplers import protocol_scheduler
 
@@ -63,19 +63,8 @@ def generate_answer_set(pipe, protocol: Protocol, folder: str | Path, *, batch_s
             progress_bar(len(entries), "erase eval: generating", initial=len(entries) - len(todo), enabled=progress) as bar:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            images = generate(
-                pipe,
-                [protocol.prompt(*e[:-1]) for e in chunk],
-                [e[-1] for e in chunk],
-                steps=protocol.steps,
-                guidance=protocol.guidance,
-                negative_prompt=protocol.negative_prompt,
-                batch_size=batch_size,
-                height=protocol.resolution,
-                width=protocol.resolution,
-                eta=protocol.eta,
-                progress=False,
-            )
+            images = generate(pipe, [protocol.prompt(*e[:-1]) for e in chunk], [e[-1] for e in chunk], **protocol_settings(protocol),
+                              batch_size=batch_size, progress=False)
             for e, img in zip(chunk, images):
                 path = folder / image_name(*e)
                 tmp = path.with_name("." + path.name + ".tmp")

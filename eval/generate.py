@@ -39,6 +39,9 @@ def generate(
     device = pipe.device
     gen_device = "cpu" if device.type == "mps" else device
     out = []
+    negative = None  # with prompt_embeds: the negative prompt's encoding, once for every batch
+    if prompt_embeds is not None and guidance > 1:
+        negative = pipe.encode_prompt([negative_prompt], device, 1, False)[0]
     bar = tqdm(total=len(prompts), desc="generate", unit="img", disable=not progress, mininterval=2)
     for i in range(0, len(prompts), batch_size):
         chunk_p, chunk_s = prompts[i : i + batch_size], seeds[i : i + batch_size]
@@ -46,8 +49,7 @@ def generate(
         text = {"prompt": chunk_p, "negative_prompt": [negative_prompt] * len(chunk_p) if guidance > 1 else None}
         if prompt_embeds is not None:
             rows = prompt_embeds[i : i + batch_size].to(device, pipe.text_encoder.dtype)
-            negative = pipe.encode_prompt([negative_prompt] * len(rows), device, 1, False)[0] if guidance > 1 else None
-            text = {"prompt_embeds": rows, "negative_prompt_embeds": negative}
+            text = {"prompt_embeds": rows, "negative_prompt_embeds": None if negative is None else negative.expand(len(rows), -1, -1)}
         images = pipe(
             **text,
             num_inference_steps=steps,
@@ -62,6 +64,21 @@ def generate(
         bar.update(len(chunk_p))
     bar.close()
     return np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def protocol_settings(protocol) -> dict:
+    """The sampler settings a protocol prescribes, as ``generate``'s keyword arguments (its scheduler is ``protocol_scheduler``'s)."""
+    return {"steps": protocol.steps, "guidance": protocol.guidance, "negative_prompt": protocol.negative_prompt,
+            "height": protocol.resolution, "width": protocol.resolution, "eta": protocol.eta}
+
+
+def protocol_images(pipe, protocol, prompts: list[str], seeds: list[int], *, batch_size: int = 64,
+                    prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
+    """One image per (prompt, seed) with the protocol's sampler and settings, no progress bar."""
+    from .samplers import protocol_scheduler
+
+    with protocol_scheduler(pipe, protocol.sampler):
+        return generate(pipe, prompts, seeds, **protocol_settings(protocol), batch_size=batch_size, progress=False, prompt_embeds=prompt_embeds)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -215,12 +215,8 @@ def _grid_axes(protocol):
 
 def _grid_rows(pipe, protocol, rows: list[str], cols: list[str], seed: int) -> list[list]:
     """One generated image per (row concept, column concept), all with ``seed``, using the protocol's sampler."""
-    from eval.generate import generate
-    from eval.samplers import protocol_scheduler
+    from eval.generate import protocol_images
 
     prompts = [protocol.prompt(r, c) for r in rows for c in cols]
-    with protocol_scheduler(pipe, protocol.sampler):
-        imgs = generate(pipe, prompts, [seed] * len(prompts), steps=protocol.steps, guidance=protocol.guidance,
-                        negative_prompt=protocol.negative_prompt, height=protocol.resolution, width=protocol.resolution,
-                        eta=protocol.eta, progress=False)
+    imgs = protocol_images(pipe, protocol, prompts, [seed] * len(prompts))
     return [list(imgs[i * len(cols) : (i + 1) * len(cols)]) for i in range(len(rows))]

@@ -213,12 +213,10 @@ def original_images(pipe, protocol, prompts: list[str], seeds: list[int], *, bat
     """The original model's images (uint8 N x H x W x 3) of ``prompts`` at ``seeds``, with the protocol's sampler:
     every applied patch is taken off for the duration (bit-exactly) and put back."""
     from erase.patch import patches_disabled
-    from eval.generate import generate
-    from eval.samplers import protocol_scheduler
+    from eval.generate import protocol_images
 
-    with patches_disabled(pipe), protocol_scheduler(pipe, protocol.sampler):
-        return generate(pipe, prompts, seeds, steps=protocol.steps, guidance=protocol.guidance, negative_prompt=protocol.negative_prompt,
-                        height=protocol.resolution, width=protocol.resolution, eta=protocol.eta, batch_size=batch_size, progress=False)
+    with patches_disabled(pipe):
+        return protocol_images(pipe, protocol, prompts, seeds, batch_size=batch_size)
 
 
 def latents_of(pipe, images) -> torch.Tensor:

@@ -90,14 +90,11 @@ def judge_images(task: AttackTask, images: np.ndarray) -> list[dict]:
 
 
 def _generate(pipe, task: AttackTask, index: list[int], *, embeds: torch.Tensor | None = None, batch_size: int = 64) -> np.ndarray:
-    from eval.generate import generate
-    from eval.samplers import protocol_scheduler
+    """The attacked model's images of prompts ``index`` at their own seeds (conditioned on ``embeds`` when given)."""
+    from eval.generate import protocol_images
 
-    p = task.protocol
-    with protocol_scheduler(pipe, p.sampler):
-        return generate(pipe, [task.prompts[i] for i in index], [task.seeds[i] for i in index], steps=p.steps, guidance=p.guidance,
-                        negative_prompt=p.negative_prompt, height=p.resolution, width=p.resolution, eta=p.eta,
-                        batch_size=batch_size, progress=False, prompt_embeds=embeds)
+    return protocol_images(pipe, task.protocol, [task.prompts[i] for i in index], [task.seeds[i] for i in index], batch_size=batch_size,
+                           prompt_embeds=embeds)
 
 
 class frozen_model:
@@ -234,17 +231,18 @@ def _confirm(pipe, task: AttackTask, prompts, state: dict, options: AttackOption
     confirmed when at least half are judged as the target. Best-of-N judging at one seed lets luck count as
     success (a random prefix on a prompt without a style hits any style now and then); a confirmed success
     is a prompt that carries the concept."""
+    from eval.generate import protocol_images
+
     seeds = [CONFIRM_SEED_OFFSET + s for s in range(options.confirm_seeds)]
     out: list[dict | None] = [None] * len(task)
     for i, r in enumerate(state["records"]):
         if not r["success"]:
             continue
         m = len(seeds)
-        sub = AttackTask(task.protocol, task.target, task.kind, [task.prompts[i]] * m, [task.concept_prompts[i]] * m, seeds, task.judge,
-                         task.label, task.classes)
         rows = state["success_rows"].get(i)
         embeds = None if rows is None else _encode_candidates(pipe, prompts.subset([i] * m), rows.expand(m, *rows.shape))
-        verdicts = judge_images(sub, _generate(pipe, sub, list(range(m)), embeds=embeds, batch_size=options.batch_size))
+        images = protocol_images(pipe, task.protocol, [task.prompts[i]] * m, seeds, batch_size=options.batch_size, prompt_embeds=embeds)
+        verdicts = judge_images(task, images)
         hits = sum(v["success"] for v in verdicts)
         out[i] = {"seeds": seeds, "judged_as_target": hits, "confirmed": 2 * hits >= m}
     return out
