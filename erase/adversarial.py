@@ -11,10 +11,9 @@ attack are taken with ``torch.autograd.grad`` on the vectors only, so the model'
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .diffusion import noisy, training_target
+from .diffusion import denoising_error
 from .prompt_slots import encode_slots, slot_prompts
 
 
@@ -39,12 +38,8 @@ class AdversarialPrefixes(nn.Module):
         loss = torch.zeros(())
         for _ in range(self.steps):
             noise = torch.randn(z0.shape, generator=rng).to(z0.device)
-            cond = encode_slots(pipe.text_encoder, slots, rows)
-            pred = unet(noisy(z0, noise, t, acp), t, cond).sample
-            loss = F.mse_loss(pred, training_target(prediction, z0, noise, t, acp))
-            (grad,) = torch.autograd.grad(loss, rows)
-            opt.zero_grad(set_to_none=True)
-            rows.grad = grad
+            loss = denoising_error(unet, z0, noise, t, encode_slots(pipe.text_encoder, slots, rows), acp, prediction).mean()
+            rows.grad = torch.autograd.grad(loss, rows)[0]  # the model's own .grad stays untouched
             opt.step()
         with torch.no_grad():
             for j, i in enumerate(idx):  # warm start for the next time this prompt is drawn

@@ -90,6 +90,15 @@ def training_target(kind: str, z0: torch.Tensor, noise: torch.Tensor, t: torch.T
     raise EraseError(f"unsupported prediction type {kind!r}; use one of {PREDICTION_TYPES}")
 
 
+def denoising_error(unet, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, acp: torch.Tensor,
+                    prediction: str) -> torch.Tensor:
+    """Per-image MSE of the UNet's output at x_t = noisy(z0, noise, t) under ``cond`` against its training target:
+    the plain denoising loss, run in the UNet's dtype and measured in float32 (differentiable in ``cond``)."""
+    dtype = unet.dtype
+    pred = unet(noisy(z0, noise, t, acp).to(dtype), t, cond.to(dtype)).sample.float()
+    return F.mse_loss(pred, training_target(prediction, z0, noise, t, acp), reduction="none").flatten(1).mean(1)
+
+
 def predicted_x0(kind: str, x_t: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
     """x0-hat from the model's output at x_t (the scheduler's ``pred_original_sample``, unclipped)."""
     a = _a(acp, t, x_t.ndim)

@@ -18,13 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from erase.diffusion import alphas_cumprod, noisy, training_target
+from erase.diffusion import alphas_cumprod, denoising_error, prediction_type
 from erase.errors import EraseError
-from erase.registry import check_options, option
-
 from erase.prompt_slots import SlotPrompts, encode_slots, slot_prompts
+from erase.registry import check_options, option
 
 
 @dataclass
@@ -168,9 +166,7 @@ class PrefixAttack(Attack):
             self.random_candidates(active, rng)
             return {"steps": 0}
         t_value = block_timestep(block, self.blocks, self.num_train_timesteps)
-        acp = alphas_cumprod(pipe)
-        kind = pipe.scheduler.config.get("prediction_type", "epsilon")
-        device, dtype = pipe.unet.device, pipe.unet.dtype
+        acp, kind, device = alphas_cumprod(pipe), prediction_type(pipe), pipe.unet.device
         x0_all = task.target_latents
         loss_value = float("nan")
         for _ in range(self.iters):
@@ -178,11 +174,8 @@ class PrefixAttack(Attack):
             rows = self.rows(list(range(len(self.prompts))), rng, train=True)[active]
             x0, noise = x0_all[active].to(device), noise_all[active].to(device)
             t = torch.full((len(active),), t_value, device=device, dtype=torch.long)
-            x_t = noisy(x0, noise, t, acp)
             cond = encode_slots(pipe.text_encoder, self.prompts.subset(active), rows)
-            pred = pipe.unet(x_t.to(dtype), t, cond.to(dtype)).sample.float()
-            target = training_target(kind, x0, noise, t, acp)
-            loss = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1).sum()
+            loss = denoising_error(pipe.unet, x0, noise, t, cond, acp, kind).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

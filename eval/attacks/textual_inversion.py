@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from erase.diffusion import alphas_cumprod, noisy, training_target
+from erase.diffusion import alphas_cumprod, denoising_error, prediction_type
+from erase.prompt_slots import encode_slots, slot_prompts
 from erase.registry import option
 
 from .base import Attack, BudgetConfig, original_latents
-from erase.prompt_slots import encode_slots, slot_prompts
 from .registry import register_attack
 
 TRAIN_SEED_OFFSET = 10_000  # training images use seeds 10000, 10001, ...: never the protocol's evaluation seeds
@@ -60,9 +59,7 @@ class TextualInversion(Attack):
 
     def train_block(self, pipe, task, block, active, rng):
         cfg = self.config
-        acp = alphas_cumprod(pipe)
-        kind = pipe.scheduler.config.get("prediction_type", "epsilon")
-        device, dtype = pipe.unet.device, pipe.unet.dtype
+        acp, kind, device = alphas_cumprod(pipe), prediction_type(pipe), pipe.unet.device
         total = int(pipe.scheduler.config.num_train_timesteps)
         loss_value = float("nan")
         for _ in range(cfg.iters):
@@ -71,8 +68,7 @@ class TextualInversion(Attack):
             noise = torch.randn(x0.shape, generator=rng).to(device)
             t = torch.randint(0, total, (len(pick),), generator=rng).to(device)
             cond = encode_slots(pipe.text_encoder, self.train_prompts.subset(pick), self.var.expand(len(pick), 1, -1))
-            pred = pipe.unet(noisy(x0, noise, t, acp).to(dtype), t, cond.to(dtype)).sample.float()
-            loss = F.mse_loss(pred, training_target(kind, x0, noise, t, acp))
+            loss = denoising_error(pipe.unet, x0, noise, t, cond, acp, kind).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
