@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = "assets/canvas-mini/pipeline"  # as the user types it: run.json keeps paths relative to the repository
 METHODS = ["uce", "rece", "concept_ablation", "doco", "esd", "salun"]
 
 
@@ -37,13 +38,13 @@ def erase_once(pipe, protocol, method: str, target: str, kind: str, folder: Path
 def attack_once(pipe, protocol, judges, attack: str, target: str, kind: str, folder: Path, prompts: int, patch: str | None,
                 overrides: dict | None = None) -> dict:
     from eval.attacks import make_attack
-    from eval.attacks.run import AttackOptions, attack_task, run_attack
+    from eval.attacks.run import AttackOptions, attack_identity, attack_task, run_attack
 
     options = AttackOptions(prompts=prompts, progress=False)
     task = attack_task(protocol, target, kind, judges, options)
-    identity = {"model": "assets/canvas-mini/pipeline", "patch": patch, "target": target, "kind": kind, "attack": attack,
-                "options": overrides or {}, "prompts": prompts}
-    return run_attack(pipe, task, make_attack(attack, overrides), folder, identity=identity, resume=True, options=options)
+    made = make_attack(attack, overrides)
+    identity = attack_identity(MODEL, patch, protocol, target, kind, made, options)
+    return run_attack(pipe, task, made, folder, identity=identity, resume=True, options=options)
 
 
 def row(method: str, target: str, kind: str, r: dict) -> dict:

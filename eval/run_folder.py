@@ -18,12 +18,12 @@ class OutputFolderError(EraseError):
     """The output folder belongs to another run."""
 
 
-def check_output_folder(out_dir: Path, identity: dict) -> None:
+def check_output_folder(out_dir: Path, identity: dict, command: str = "erase eval") -> None:
     """Raise unless ``out_dir`` is new, empty, or holds this very run (same run.json): another run's results
-    and files an evaluation did not write (a user's grid.png, notes) are never overwritten."""
+    and files ``command`` did not write (a user's grid.png, notes) are never overwritten."""
     run_file = out_dir / "run.json"
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputFolderError(f"--out {out_dir} is a file; erase eval writes a folder there: choose a new --out folder")
+        raise OutputFolderError(f"--out {out_dir} is a file; {command} writes a folder there: choose a new --out folder")
     if run_file.exists():
         try:
             existing = json.loads(run_file.read_text())
@@ -37,7 +37,7 @@ def check_output_folder(out_dir: Path, identity: dict) -> None:
         foreign = sorted(p.name for p in out_dir.iterdir() if not _is_own_temp(p.name))
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise OutputFolderError(f"output folder {out_dir} holds files erase eval did not write ({shown}); "
+            raise OutputFolderError(f"output folder {out_dir} holds files {command} did not write ({shown}); "
                                     "choose a new --out folder or an empty one")
 
 
@@ -56,9 +56,9 @@ def _normalised(identity) -> object:
         return identity
 
 
-def claim_output_folder(out_dir: Path, identity: dict) -> None:
+def claim_output_folder(out_dir: Path, identity: dict, command: str = "erase eval") -> None:
     """Refuse a folder of another run; otherwise (re)claim it by writing run.json."""
-    check_output_folder(out_dir, identity)
+    check_output_folder(out_dir, identity, command)
     if (out_dir / "run.json").exists():
         return
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,14 @@ def test_target_on_the_wrong_axis(tmp_path, capfd):
 def test_an_occupied_output_folder_needs_resume(tmp_path, capfd):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    refused(attack_args(tmp_path / "out"), tmp_path, capfd, "output folder")
+    refused(attack_args(tmp_path / "out"), tmp_path, capfd, "holds files erase attack did not write (notes.txt)")
+
+
+def test_a_resume_with_another_attack_config_is_refused(tmp_path, capfd):
+    first = attack_args(tmp_path / "out", "--attack", "embedding", "--set", "blocks=1", "--set", "iters=1", "--prompts", "1", "--quiet")
+    assert main(first) == 0
+    refused(first + ["--set", "lr=0.5", "--resume"], tmp_path, capfd, "holds another run's results")
+    refused(first, tmp_path, capfd, "is not empty; pass --resume")
 
 
 def test_attack_end_to_end_writes_its_report(tmp_path, capfd):

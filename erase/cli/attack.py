@@ -44,9 +44,8 @@ def _attack(p: argparse.ArgumentParser):
 
     def run(args):
         from eval.attacks import make_attack
-        from eval.attacks.run import AttackOptions, attack_task, run_attack
+        from eval.attacks.run import AttackOptions, attack_identity, attack_task, check_attack_folder, run_attack
         from eval.classifiers import load_judges
-        from eval.report import check_output_folder, run_identity
         from pipelines import is_stylegan
 
         validate_common_args(args)
@@ -59,17 +58,13 @@ def _attack(p: argparse.ArgumentParser):
         if is_stylegan(args.model) or Path(args.model).suffix.lower() in (".pkl", ".pt", ".pth"):
             raise UsageError(f"--model {args.model} is a StyleGAN generator: it has no text encoder, and attacks search the text prompt; "
                              "attack a Stable Diffusion pipeline")
-        overrides = _parse_set(args.set)
-        attack = make_attack(args.attack, overrides)
+        attack = make_attack(args.attack, _parse_set(args.set))
         protocol = _protocol(args)
         options = AttackOptions(prompts=args.prompts, without_concept=args.without_concept, batch_size=args.batch_size, progress=not args.quiet)
         out = Path(args.out)
         check_writable("--out", out, folder=True)
-        identity = {**run_identity(args.model, args.patch, protocol), "scale": args.scale, "target": args.target, "kind": args.kind,
-                    "attack": args.attack, "options": overrides, "prompts": args.prompts, "without_concept": args.without_concept}
-        check_output_folder(out, identity)
-        if out.is_dir() and any(out.iterdir()) and not args.resume:
-            raise UsageError(f"output folder {out} is not empty; pass --resume to continue the attack there, or choose a new --out")
+        identity = attack_identity(args.model, args.patch, protocol, args.target, args.kind, attack, options, args.scale)
+        check_attack_folder(out, identity, args.resume)
         judges = load_judges(protocol, args.style_classifier, args.object_classifier, default_device(args))
         task = attack_task(protocol, args.target, args.kind, judges, options)
         _threads(args)

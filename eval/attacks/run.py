@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from .base import Attack, AttackTask, check_prompts_fit, latents_of, original_im
 from erase.prompt_slots import MARKER, encode_slots, eos_states, slot_prompts
 from .report import attack_markdown, attack_summary, save_attack_grid
 
+COMMAND = "erase attack"
 CHECKPOINT = "checkpoint.pt"
 CONFIRM_SEED_OFFSET = 20_000  # fresh seeds for confirming a success: never the protocol's
 RESULT = "attack.json"
@@ -138,6 +139,25 @@ def _load_checkpoint(out: Path) -> dict | None:
         raise EraseError(f"{path} cannot be read ({type(e).__name__}); delete it to restart the attack, or choose a new --out") from e
 
 
+def attack_identity(model_id, patch: str | None, protocol, target: str, kind: str, attack: Attack, options: AttackOptions,
+                    scale: float | None = None) -> dict:
+    """What makes two attack runs the same (the run.json of their folder): the model, the patch and its SHA-256, the
+    protocol, the target, the attack with its whole config, the prompts attacked and how they start."""
+    from eval.run_folder import run_identity
+
+    return {**run_identity(str(model_id), patch, protocol), "scale": scale, "target": target, "kind": kind, "attack": attack.name,
+            "config": asdict(attack.config), "prompts": options.prompts, "without_concept": options.without_concept}
+
+
+def check_attack_folder(out: Path, identity: dict, resume: bool) -> None:
+    """Refuse another run's folder, and this run's own folder without ``resume``; writes nothing."""
+    from eval.run_folder import check_output_folder
+
+    check_output_folder(out, identity, COMMAND)
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise EraseError(f"output folder {out} is not empty; pass --resume to continue an interrupted attack there, or choose a new --out")
+
+
 def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, identity: dict, resume: bool = False,
                options: AttackOptions | None = None) -> dict:
     """Attack every prompt of ``task`` on ``pipe`` (the model under attack, patch applied) and write the results."""
@@ -146,12 +166,10 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
 
     options = options or AttackOptions()
     out = Path(out_dir)
-    if (out / RESULT).is_file() and resume:
-        claim_output_folder(out, identity)
+    check_attack_folder(out, identity, resume)
+    if (out / RESULT).is_file():  # finished: resume returns it
         return json.loads((out / RESULT).read_text())
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise EraseError(f"output folder {out} is not empty; pass --resume to continue an interrupted attack there, or choose a new --out")
-    claim_output_folder(out, identity)
+    claim_output_folder(out, identity, COMMAND)
     images_dir = out / "images"
     images_dir.mkdir(exist_ok=True)
     n = len(task)
@@ -261,10 +279,10 @@ def attack_block(pipe, protocol, targets: list[tuple[str, str]], judges: dict, o
     for target, kind in targets:
         options = AttackOptions(prompts=opt.attack_prompts, progress=opt.progress, batch_size=opt.batch_size)
         task = attack_task(protocol, target, kind, judges, options)
-        identity = {"model": str(model_id), "patch": patch, "protocol": protocol.to_dict(), "target": target, "kind": kind, "attack": opt.attack,
-                    "options": opt.attack_options or {}, "prompts": opt.attack_prompts}
+        attack = make_attack(opt.attack, opt.attack_options)
+        identity = attack_identity(model_id, patch, protocol, target, kind, attack, options)
         folder = Path(out_dir) / f"attack-{opt.attack}-{kind}-{target}"
-        r = run_attack(pipe, task, make_attack(opt.attack, opt.attack_options), folder, identity=identity, resume=True, options=options)
+        r = run_attack(pipe, task, attack, folder, identity=identity, resume=True, options=options)
         rows.append({k: r[k] for k in ("attack", "target", "kind", "prompts", "pre_attack_rate", "asr", "confirmed_asr", "new_successes",
                                        "attacked_prompts", "budget", "judge_queries", "seconds_per_prompt", "deviations")}
                     | {"folder": folder.name})
