@@ -64,11 +64,6 @@ def slot_prompts(tokenizer, texts: list[str], n_slots: int) -> SlotPrompts:
     return SlotPrompts(torch.tensor(ids), torch.tensor(slots), lengths)
 
 
-def plain_ids(tokenizer, texts: list[str]) -> torch.Tensor:
-    tok = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    return tok.input_ids
-
-
 @contextmanager
 def injected(text_encoder, slots: torch.Tensor, rows: torch.Tensor):
     """Inside the block, the text encoder's input embeddings at ``slots`` (N, L) are ``rows`` (slots.sum(), D)."""

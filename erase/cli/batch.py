@@ -9,6 +9,7 @@ See ``erase.batch`` for the folder layout and what makes a job finished.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..files import check_writable
@@ -125,8 +126,8 @@ def _evaluator(pipe, protocol, args, out: Path):
     if args.eval_seeds:
         protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
     opts = EvalOptions(progress=not args.quiet, grid=False, device=default_device(args))
-    attacked = EvalOptions(progress=not args.quiet, grid=False, device=default_device(args), attack=args.attack, attack_prompts=args.attack_prompts,
-                           attack_options=_parse_set(args.attack_set))
+    # the original is only evaluated; each patch is also attacked when --attack asks for it
+    attacked = replace(opts, attack=args.attack, attack_prompts=args.attack_prompts, attack_options=_parse_set(args.attack_set))
     rank = process_rank()[0]  # each process evaluates the original in its own folder; the answer-set cache is shared
     original = evaluate(pipe, protocol, [(protocol.concepts(args.kind)[0], args.kind)], out / f".original-eval-rank{rank}", model_id=args.model,
                         options=opts)

@@ -97,7 +97,8 @@ class ConceptAblation(Eraser):
             self.e_retain = encode_prompts(pipe, req.retain_prompts)
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
-        if cfg.text_encoder:  # token ids, re-encoded by the text encoder being trained
+        self.ids_forget = self.ids_retain = None  # token ids, re-encoded by the text encoder when it is what trains
+        if cfg.text_encoder:
             self.ids_forget = token_ids(pipe, req.forget_prompts)
             self.ids_retain = token_ids(pipe, req.retain_prompts) if req.retain_prompts else None
         self.adversary = None
@@ -142,9 +143,7 @@ class ConceptAblation(Eraser):
     def step(self, i: int) -> dict[str, float]:
         cfg = self.config
         ai, _, _, t, zt = self._batch(self.z_anchor, cfg.batch_size)
-        c_target, c_anchor = self.e_forget[self.anchor_idx[ai]], self.e_anchor[self.anchor_idx[ai]]
-        if self.config.text_encoder:
-            c_target = self._encoded(self.ids_forget, self.e_forget, self.anchor_idx[ai])
+        c_target, c_anchor = self._encoded(self.ids_forget, self.e_forget, self.anchor_idx[ai]), self.e_anchor[self.anchor_idx[ai]]
         with torch.no_grad():
             teacher = self.frozen if cfg.target == "frozen" else self.unet
             target = teacher(zt, t, c_anchor).sample
@@ -159,7 +158,7 @@ class ConceptAblation(Eraser):
         if cfg.alpha > 0:
             ri, z0_r, n_r, t_r, zt_r = self._batch(self.z_retain, cfg.retain_batch_size)
             c_r = self.e_retain[self.retain_idx[ri]]  # the original's encoding: what the frozen teacher sees
-            c_student = self._encoded(self.ids_retain, self.e_retain, self.retain_idx[ri]) if cfg.text_encoder else c_r
+            c_student = self._encoded(self.ids_retain, self.e_retain, self.retain_idx[ri])
             pred = self.unet(torch.cat([zt, zt_r]), torch.cat([t, t_r]), torch.cat([c_target, c_student])).sample
             pred, pred_r = pred[:n], pred[n:]
             retain = retain_loss(cfg.retain_loss, pred_r, prediction=self.prediction, z0=z0_r, noise=n_r, t=t_r, acp=self.acp,
