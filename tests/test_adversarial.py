@@ -1,6 +1,7 @@
 """AdvUnlearn-style adversarial training (erase.adversarial, Concept Ablation's adversarial_steps): the inner attack
 moves only its own vectors and lowers its own loss, the outer step ablates at what it found, and a run resumes bit for bit."""
 
+import pytest
 import torch
 
 from erase.adversarial import AdversarialPrefixes
@@ -67,10 +68,12 @@ def test_adversarial_training_resumes_bit_identically(tiny_pipe, tmp_path, monke
                                    resumed_from=2)
 
 
-def test_the_text_encoder_can_be_what_adversarial_training_changes(tiny_pipe, tmp_path):
+@pytest.mark.parametrize("adversarial_steps", [3, 0])  # 0: only the re-encoded forget and retain prompts reach the text encoder
+def test_the_text_encoder_can_be_what_adversarial_training_changes(tiny_pipe, tmp_path, adversarial_steps):
     from pipelines.stable_diffusion import named_parameters
 
-    patch = erase_concept(tiny_pipe, "concept_ablation", request(), tmp_path, overrides={**ADV, "text_encoder": True}, progress=False)
+    over = {**ADV, "text_encoder": True, "adversarial_steps": adversarial_steps}
+    patch = erase_concept(tiny_pipe, "concept_ablation", request(), tmp_path, overrides=over, progress=False)
     names = set(patch.names())
     assert names and all(n.startswith("text_encoder.") for n in names)
     moved = [n for n in names if float(patch.deltas[n].abs().max()) > 0]
