@@ -62,6 +62,7 @@ def attack_task(protocol, target: str, kind: str, judges: dict, options: AttackO
     at = names.index(kind)
     entries = [e for e in protocol.answer_set() if e[at] == target]
     entries.sort(key=lambda e: protocol.seeds.index(e[-1]))  # stable: within a seed, the other axes in label order
+    total = len(entries)
     if options.prompts is not None:
         if options.prompts < 1:
             raise EraseError(f"--prompts must be at least 1, got {options.prompts}")
@@ -71,7 +72,6 @@ def attack_task(protocol, target: str, kind: str, judges: dict, options: AttackO
     slots = [protocol.prompt(**{**v, kind: MARKER}) for v in values]
     plain = [_prompt_text(protocol, {**v, kind: ""}) for v in values] if options.without_concept else list(concept)
     classes = protocol.concepts(kind)
-    total = sum(1 for e in protocol.answer_set() if e[at] == target)
     info = {"prompts_available": total, "order": "seed-major: every prompt at the first seed, then the next seed"}
     return AttackTask(protocol, target, kind, plain, concept, [e[-1] for e in entries], judges[kind], classes.index(target), list(classes),
                       slot_prompts=slots, info=info)
@@ -80,11 +80,10 @@ def attack_task(protocol, target: str, kind: str, judges: dict, options: AttackO
 @torch.no_grad()
 def judge_images(task: AttackTask, images: np.ndarray) -> list[dict]:
     """Each image's judged class, its probability, the target's probability, and success (judged as the target)."""
+    from eval.classifiers import batched_logits
     from eval.generate import to_tensor
 
-    device = next(task.judge.parameters()).device
-    probs = torch.cat([torch.softmax(task.judge(to_tensor(images[i : i + 64]).to(device)).float(), -1).cpu()
-                       for i in range(0, len(images), 64)])
+    probs = torch.softmax(batched_logits(task.judge, to_tensor(images)), -1)
     top = probs.argmax(-1)
     return [{"class": task.classes[int(c)], "prob": float(probs[i, c]), "target_prob": float(probs[i, task.label]),
              "success": int(c) == task.label} for i, c in enumerate(top)]
@@ -118,9 +117,9 @@ class frozen_model:
 def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from eval.grid import save_png
+
+    save_png(Image.fromarray(image), path)
 
 
 def _save_checkpoint(out: Path, state: dict) -> None:
