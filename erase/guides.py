@@ -25,6 +25,9 @@ class Guides:
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # per-image distance, differentiable
     identity: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> unit identity embeddings, differentiable
     concept_probability: Callable[[torch.Tensor, str], torch.Tensor] | None = None  # (images, concept) -> P(concept) per image
+    # (images, concept) -> log-probabilities of every attribute but the concept's, concatenated (differentiable): what an
+    # edit or an erasure of the concept should leave alone
+    other_attributes: Callable[[torch.Tensor, str], torch.Tensor] | None = None
     names: dict[str, str] = field(default_factory=dict)  # what each guide is: part of the run's identity
     # other perceptual distances a method may pick by name instead of ``perceptual`` (names["perceptual:NAME"] says what each is)
     perceptual_choices: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = field(default_factory=dict)

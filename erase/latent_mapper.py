@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import EraseError
 from .guides import Guides, unit
+from .image_views import clip_views, embed_pair
 
 
 def level_splits(n_latent: int) -> tuple[int, int, int]:
@@ -72,37 +73,11 @@ class MapperSettings:
     truncation: float = 1.0
     seed: int = 0
     views: int = 0  # CLIP sees this many randomly shifted / flipped views of each edit (0: the image itself)
+    attributes: float = 0.0  # weight of keeping the guides' other attributes (KL of G(w_hat)'s from G(w)'s): a cleaner edit
 
     def for_kind(self, kind: str) -> "MapperSettings":
         """For an identity the L2 and identity terms are off: both keep the edit from changing who the face is."""
         return replace(self, l2=0.0, identity=0.0) if kind == "identity" else self
-
-
-def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2, permute_colours: bool = False) -> torch.Tensor:
-    """``views`` random views of every image (a shift of up to ``shift`` pixels through reflect padding, and a
-    horizontal flip half the time), stacked view-major: a CLIP-guided edit then has to hold under small
-    translations instead of fooling the CLIP with a pixel pattern it alone reads as the concept. With
-    ``permute_colours`` each view also reorders the RGB channels at random (one order for the whole view), so a
-    change that only recolours something reads differently in every view and a change of shape reads the same."""
-    if views <= 0:
-        return x
-    size = x.shape[-1]
-    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift), mode="reflect")
-    out = []
-    for _ in range(views):
-        dy, dx = (int(v) for v in torch.randint(0, 2 * shift + 1, (2,), generator=rng))
-        view = padded[..., dy : dy + size, dx : dx + size]
-        view = view.flip(-1) if torch.rand((), generator=rng) < 0.5 else view
-        out.append(view[:, torch.randperm(3, generator=rng)] if permute_colours else view)
-    return torch.cat(out)
-
-
-def embed_pair(clip_image, a: torch.Tensor, b: torch.Tensor, views: int, rng: torch.Generator, permute_colours: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP embeddings of two image batches under the same random views (views, images, dim), so that
-    their difference is the images' difference alone and not that of two different shifts."""
-    e = clip_image(clip_views(torch.cat([a, b]), views, rng, permute_colours=permute_colours))
-    return e.view(-1, 2, len(a), e.shape[-1]).unbind(1)
 
 
 def to_images(x: torch.Tensor) -> torch.Tensor:
@@ -126,21 +101,25 @@ def edit(mapper: LevelsMapper, wplus: torch.Tensor, scale: float) -> torch.Tenso
     return wplus + scale * mapper(wplus)
 
 
-def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings):
+def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings, concept: str | None):
     from .data import cache_dir, model_identity
 
-    key = json.dumps({"generator": model_identity(generator), "prompt": prompt, "guides": guides.describe(), "settings": asdict(settings)},
-                     sort_keys=True)
+    ident = {"generator": model_identity(generator), "prompt": prompt, "guides": guides.describe(), "settings": asdict(settings)}
+    if settings.attributes > 0:  # which attributes are kept depends on the concept
+        ident["concept"] = concept
+    key = json.dumps(ident, sort_keys=True)
     return cache_dir() / "mappers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
 
-def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSettings, *, progress: bool = False) -> LevelsMapper:
+def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSettings, *, progress: bool = False, concept: str | None = None) -> LevelsMapper:
     """The mapper that adds ``prompt`` to ``generator``'s images (trained once, then read from the cache)."""
     from safetensors.torch import load_file, save_file
 
     dev = next(generator.parameters()).device
     mapper = LevelsMapper(generator.n_latent, generator.config.style_dim).to(dev)
-    path = _cache_path(generator, prompt, guides, settings)
+    if settings.attributes > 0 and concept is None:
+        raise EraseError("a latent mapper that keeps the other attributes needs the concept it adds (train_mapper(..., concept=...))")
+    path = _cache_path(generator, prompt, guides, settings, concept)
     if path.exists():
         mapper.load_state_dict(load_file(str(path)))
         return mapper.eval().requires_grad_(False)
@@ -151,6 +130,7 @@ def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSetting
     rng = torch.Generator().manual_seed(settings.seed)
     text = guides.clip_text([prompt]).detach()
     identity = guides.identity if settings.identity > 0 else None
+    others = guides.require("other_attributes", "the latent mapper", "attributes > 0") if settings.attributes > 0 else None
     opt = torch.optim.Adam(mapper.parameters(), lr=settings.lr)
     was = generator.training
     generator.eval().requires_grad_(False)
@@ -160,10 +140,14 @@ def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSetting
             w_hat = edit(mapper, w, settings.scale)
             x_hat = to_images(generator.synthesis(w_hat))
             loss = (1 - (guides.clip_image(clip_views(x_hat, settings.views, rng)) * text).sum(-1)).mean() + settings.l2 * (w_hat - w).pow(2).mean()
-            if identity is not None:
+            if identity is not None or others is not None:
                 with torch.no_grad():
-                    id_w = identity(to_images(generator.synthesis(w)))
-                loss = loss + settings.identity * (1 - (identity(x_hat) * id_w).sum(-1)).mean()
+                    x = to_images(generator.synthesis(w))
+            if identity is not None:
+                loss = loss + settings.identity * (1 - (identity(x_hat) * identity(x).detach()).sum(-1)).mean()
+            if others is not None:  # KL(p(G(w)) || p(G(w_hat))) summed over the other heads: the edit changes the concept only
+                keep = others(x, concept).detach()
+                loss = loss + settings.attributes * (keep.exp() * (keep - others(x_hat, concept))).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -205,12 +189,16 @@ def check_gate(generator, mapper, guides: Guides, concept: str, prompt: str, *, 
 
 
 @torch.no_grad()
-def image_direction(generator, mapper, guides: Guides, *, n: int, seed: int, scale: float, truncation: float = 1.0, batch: int = 64) -> torch.Tensor:
-    """i = unit(mean(unit(E(G(w_hat))) - unit(E(G(w))))): the concept's direction in CLIP image space."""
+def image_direction(generator, mapper, guides: Guides, *, n: int, seed: int, scale: float, truncation: float = 1.0, batch: int = 64,
+                    views: int = 0, colour: bool = False) -> torch.Tensor:
+    """i = unit(mean(unit(E(G(w_hat))) - unit(E(G(w))))): the concept's direction in CLIP image space, averaged over
+    ``views`` random views (and colour maps) of each pair when views > 0."""
     rng = torch.Generator().manual_seed(seed)
     total = None
     for k in range(0, n, batch):
         w = sample_wplus(generator, min(batch, n - k), rng, truncation)
-        d = (guides.clip_image(to_images(generator.synthesis(edit(mapper, w, scale)))) - guides.clip_image(to_images(generator.synthesis(w)))).sum(0)
+        e_hat, e = embed_pair(guides.clip_image, to_images(generator.synthesis(edit(mapper, w, scale))), to_images(generator.synthesis(w)),
+                              views, rng, colour)
+        d = (e_hat - e).sum(dim=(0, 1))
         total = d if total is None else total + d
     return unit(total / n)

@@ -8,8 +8,10 @@ model maps the same z with its own (possibly patched) mapping network; the edit 
 
 report.json: ``attribute_rates`` / ``edited_attribute_rates`` (every head's classes, judged by the attribute
 classifier) for the model and the original; ``identity_similarity`` (identity-embedding cosine to the original
-at the same seeds); ``fd`` (Frechet distance in the classifier's feature space against renders, with the
-renders-vs-renders floor); ``clip_similarity`` (held-out CLIP cosine to the target's phrase, plain and edited);
+at the same seeds, and over the seeds whose original lacks the target); ``fd`` (Frechet distance in the classifier's
+feature space against renders WITHOUT the target, with the renders-vs-renders floor); ``palette_drift`` (share of
+pixels far from every colour the world renders, ``eval.faces_mini.palette``, for the model and the original, plain
+and asked for the target); ``clip_similarity`` (held-out CLIP cosine to the target's phrase, plain and edited);
 ``gamma`` (Wasserstein-1 between score distributions: W1(U, A) / W1(B, A) clipped to [0, 1], with A = scores of
 the original's edits, B = of the original's plain samples, U = of the model's edits; scores = the classifier's
 probability of the target, and the held-out CLIP's similarity); ``retain_fidelity`` (same-seed PSNR and
@@ -73,14 +75,15 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
 
     from .faces_mini.assets import ASSETS_DIR, load_judge
     from .faces_mini.check import CHECK_RENDERS, fd_reference, judge_all
-    from .faces_mini.guides import faces_mini_guides
+    from .faces_mini.guides import evaluation_guides
     from .faces_mini.models import perceptual_distance
+    from .faces_mini.palette import palette_drift
     from .faces_mini.world import concept_rate_label
 
     protocol.check_target(target, kind)
     root = Path(assets) if assets is not None else ASSETS_DIR
     judge, embedder = load_judge("classifier", root / "classifier"), load_judge("identity", root / "identity")
-    guides = faces_mini_guides("clip-judge", root)
+    guides = evaluation_guides(root)
     out_dir = Path(out_dir)
     claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
     t0 = time.time()
@@ -110,7 +113,9 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     clip = {k: (guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for k, x in (("orig", orig), ("orig_edit", orig_edit))}
     clip["model"], clip["model_edit"] = ((guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for x in (model, model_edit)) if patched \
         else (clip["orig"], clip["orig_edit"])
-    fd_of, fd_floor = fd_reference(judge, len(protocol.seeds))
+    # FD against renders WITHOUT the target (as canvas-mini's FID leaves the target out): removing a concept that a
+    # third of the faces have must not count against the erasure
+    fd_of, fd_floor = fd_reference(judge, len(protocol.seeds), without=target)
     fd_orig = fd_of(orig)
     report = {
         "protocol": protocol.to_dict(), "target": target, "kind": kind, "phrase": phrase, "model": model_id, "patch": patch,
@@ -120,19 +125,22 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
         "target_rate": {"plain": _target_rate(rates["model"], target), "edited": _target_rate(rates["model_edit"], target),
                         "original_plain": _target_rate(rates["orig"], target), "original_edited": _target_rate(rates["orig_edit"], target)},
         "fd": {"value": fd_of(model) if patched else fd_orig, "original": fd_orig, "floor_renders": fd_floor,
-               "space": "faces-mini attribute classifier features", "reference_renders": CHECK_RENDERS},
+               "space": "faces-mini attribute classifier features", "reference_renders": CHECK_RENDERS, "reference": f"renders without {target}"},
+        "palette_drift": {"plain": palette_drift(model), "edited": palette_drift(model_edit), "original_plain": palette_drift(orig),
+                          "original_edited": palette_drift(orig_edit)},
         "clip_similarity": {"judge": "faces-mini clip-judge (held out from the method)", **{k: float(v.mean()) for k, v in clip.items()}},
         "gamma": {"classifier": _gamma(score["model_edit"], score["orig_edit"], score["orig"]),
                   "clip": _gamma(clip["model_edit"], clip["orig_edit"], clip["orig"])},
         "edit": {"mapper": "levels mapper through clip-judge, trained on the original", "scale": EDIT_SCALE, "settings": dict(mapper_settings.__dict__)},
     }
+    lacks = torch.from_numpy(score["orig"] < 0.5)  # the seeds whose original image lacks the target
     if patched:
         with torch.no_grad():
             sim = (embedder(model) * embedder(orig)).sum(-1)
             psnr_each = psnr(orig, model)
             perc = perceptual_distance(judge, model, orig)
-        lacks = torch.from_numpy(score["orig"] < 0.5)
-        report["identity_similarity"] = {"mean": float(sim.mean()), "min": float(sim.min()), "embedder": "faces-mini identity embedder"}
+        report["identity_similarity"] = {"mean": float(sim.mean()), "min": float(sim.min()), "embedder": "faces-mini identity embedder",
+                                         "without_target": float(sim[lacks].mean()) if lacks.any() else None}
         report["retain_fidelity"] = {"psnr": float(psnr_each.mean()), "perceptual": float(perc.mean()),
                                      "psnr_without_target": float(psnr_each[lacks].mean()) if lacks.any() else None,
                                      "perceptual_without_target": float(perc[lacks].mean()) if lacks.any() else None,
@@ -174,12 +182,17 @@ def render_markdown(r: dict) -> str:
             before = r["original"]["attribute_rates"][head][label]
             lines.append(f"| {head}={label} | {pct(before)} | {pct(rate)} | {100 * (rate - before):+.1f} |")
     fd = r["fd"]
-    lines += ["", f"FD (classifier features vs {fd['reference_renders']} renders): {fd['value']:.3f} (original {fd['original']:.3f}, "
-              f"renders floor {fd['floor_renders']:.3f})",
+    pd = r["palette_drift"]
+    lines += ["", f"FD (classifier features vs {fd['reference_renders']} {fd.get('reference', 'renders')}): {fd['value']:.3f} "
+              f"(original {fd['original']:.3f}, renders floor {fd['floor_renders']:.3f})",
+              f"palette drift (share of pixels far from every rendered colour): {100 * pd['plain']:.2f}% plain, {100 * pd['edited']:.2f}% asked for "
+              f"the target (original {100 * pd['original_plain']:.2f}% / {100 * pd['original_edited']:.2f}%)",
               f"gamma: classifier {r['gamma']['classifier']['value']:.3f}, held-out CLIP {r['gamma']['clip']['value']:.3f}"]
     if "identity_similarity" in r:
         f = r["retain_fidelity"]
-        lines += [f"identity similarity to the original: {r['identity_similarity']['mean']:.3f} (min {r['identity_similarity']['min']:.3f})",
+        ident = r["identity_similarity"]
+        lines += [f"identity similarity to the original: {ident['mean']:.3f} (min {ident['min']:.3f})"
+                  + (f"; {ident['without_target']:.3f} on the seeds without the target" if ident.get("without_target") is not None else ""),
                   f"same-seed fidelity: PSNR {f['psnr']:.1f} dB, perceptual {f['perceptual']:.3f}"
                   + (f"; on the {f['n_without_target']} seeds without the target: PSNR {f['psnr_without_target']:.1f} dB" if f["psnr_without_target"] else "")]
     lines += ["", "![original / this model / original asked for the target / this model asked for it](grid.png)", ""]

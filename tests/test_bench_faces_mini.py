@@ -5,8 +5,9 @@ from bench.faces_mini import markdown
 
 def _row(**extra):
     return {"target": "eyeglasses", "mode": "directional", "target_rate": {"original_plain": 0.4, "plain": 0.1, "original_edited": 0.99, "edited": 0.2},
-            "worst_other": {"class": "smile=yes", "points": 3.0}, "fd_rise": 0.1, "identity_similarity": 0.98,
-            "retain_fidelity": {"psnr": 30.0}, "gamma": {"classifier": {"value": 0.5}}, "erase_seconds": 40.0, "patch_bytes": 2e6, **extra}
+            "worst_other": {"class": "smile=yes", "points": 3.0}, "fd_ratio": 0.9, "identity_similarity": 0.98, "identity_similarity_without_target": 0.97,
+            "palette_drift": {"plain": 0.01, "original_plain": 0.005}, "retain_fidelity": {"psnr": 30.0}, "gamma": {"classifier": {"value": 0.5}},
+            "erase_seconds": 40.0, "peak_memory_bytes": 2**30, "patch_bytes": 2e6, "meets": {"drop_plain": True, "fd": False}, **extra}
 
 
 def test_a_refused_run_is_a_row_with_its_reason():
@@ -14,5 +15,6 @@ def test_a_refused_run_is_a_row_with_its_reason():
     lines = markdown([_row(), refused]).splitlines()
     assert len(lines) == 4
     assert "40.0 -> 10.0" in lines[2] and "99.0 -> 20.0" in lines[2] and "smile=yes 3.0 pts" in lines[2]
+    assert "0.90x" in lines[2] and "1.00% (0.50%)" in lines[2] and "1024 MiB" in lines[2] and "| 1/2 |" in lines[2]
     assert lines[3].startswith("| Alice | directional | refused: the latent mapper") and "120 s" in lines[3]
     assert lines[3].count("|") == lines[0].count("|")

@@ -45,13 +45,13 @@ def test_each_clip_tells_every_attribute_from_its_negation(fresh, which):
 
 
 def test_the_guides_offer_three_perceptual_distances_that_see_a_change(fresh):
-    if not all(_built(n) for n in ("clip-guide", "classifier", "identity")):
+    if not all(_built(n) for n in ("clip-guide", "guide-classifier", "guide-identity")):
         pytest.skip("faces-mini guides not built")
     from eval.faces_mini.guides import faces_mini_guides
 
     guides = faces_mini_guides()
     x = fresh[0][:16]
-    assert set(guides.perceptual_choices) == {"classifier", "identity", "random"}
+    assert set(guides.perceptual_choices) == {"guide-classifier", "guide-identity", "random"}
     assert {f"perceptual:{k}" for k in guides.perceptual_choices} <= set(guides.describe())
     seen = []
     for name, distance in guides.perceptual_choices.items():
@@ -59,7 +59,7 @@ def test_the_guides_offer_three_perceptual_distances_that_see_a_change(fresh):
         assert same.abs().max() < 1e-6 and other.min() > 0, name
         seen.append(other)
     assert not any(a.allclose(b) for i, a in enumerate(seen) for b in seen[i + 1:])  # three different networks
-    assert guides.perceptual(x, x.flip(0)).allclose(guides.perceptual_choices["classifier"](x, x.flip(0)))
+    assert guides.perceptual(x, x.flip(0)).allclose(guides.perceptual_choices["random"](x, x.flip(0)))
 
 
 def test_the_shipped_generator_has_the_recipes_layout_and_draws_the_worlds_attributes(fresh):

@@ -11,7 +11,10 @@ from erase.request import EraseRequest
 from pipelines.stylegan import Generator, StyleGANConfig, StyleGANPipeline
 
 TINY = StyleGANConfig(resolution=16, style_dim=32, n_mlp=2, channels={4: 32, 8: 16, 16: 16})
-QUICK = {"steps": 2, "batch_size": 2, "mapper_steps": 10, "mapper_batch": 4, "direction_samples": 8, "gate_samples": 32, "gate_points": 0.0}
+# a few steps of everything; the views, colour maps, keep-plain term and mapper views the defaults add are switched
+# off here (each has its own parameter set below), so the calls of every guide can be counted
+QUICK = {"steps": 2, "batch_size": 2, "mapper_steps": 10, "mapper_batch": 4, "direction_samples": 8, "gate_samples": 32, "gate_points": 0.0,
+         "views": 0, "colour_augment": False, "preserve_unedited": 0.0, "mapper_views": 0}
 
 
 def tiny_pipe(seed: int = 0) -> StyleGANPipeline:
@@ -42,8 +45,11 @@ def toy_guides() -> Guides:
     with torch.no_grad():  # centre the judge on the untouched generator: about half the samples "have" the concept
         x = (tiny_pipe().generator(torch.randn(64, TINY.z_dim, generator=torch.Generator().manual_seed(0))).clamp(-1, 1) + 1) / 2
         base[0] = float((clip_image(x) * clip_text(["a face with eyeglasses"])).sum(-1).median())
+    def other_attributes(x, concept):
+        return net(x)[:, :4].log_softmax(1)
+
     return Guides(clip_image=clip_image, clip_text=clip_text, perceptual=perceptual, identity=clip_image, concept_probability=concept_probability,
-                  names={"clip": "toy", "perceptual": "toy", "identity": "toy", "gate_judge": "toy"})
+                  other_attributes=other_attributes, names={"clip": "toy", "perceptual": "toy", "identity": "toy", "gate_judge": "toy"})
 
 
 def request(kind="attribute", concept="eyeglasses"):
@@ -57,7 +63,10 @@ def _cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("over", [{}, {"direction_loss": "self_pair", "preserve_unedited": 1.0}, {"mode": "clip_distance"},
                                   {"layers": "adaptive", "top_k": 2}, {"layers": "mapping"}, {"mapper_views": 2, "views": 2},
-                                  {"direction_loss": "self_pair", "views": 2}, {"mode": "clip_distance", "views": 2}])
+                                  {"direction_loss": "self_pair", "views": 2}, {"mode": "clip_distance", "views": 2},
+                                  {"views": 2, "colour_augment": True, "preserve_unedited": 1.0}, {"anchor": "edited", "lambda_pixels": 1.0},
+                                  {"preserve_unedited": 1.0, "preserve_where": "without_concept"}, {"mapper_attributes": 1.0, "lambda_attributes": 1.0},
+                                  {"layers": "adaptive", "top_k": 2, "adaptive_every": 1, "steps": 3}])
 def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
     from erase.api import erase_concept
     from erase.patch import apply_patch, remove_patch
@@ -153,7 +162,7 @@ def test_without_guides_or_on_a_diffusion_model_it_says_what_is_missing(tmp_path
 
 
 def test_clip_views_are_small_shifts_and_flips_of_each_image():
-    from erase.latent_mapper import clip_views
+    from erase.image_views import clip_views
 
     x = torch.rand(3, 3, 16, 16)
     assert clip_views(x, 0, torch.Generator()) is x
@@ -179,7 +188,7 @@ def test_identity_mappers_drop_the_terms_that_keep_who_the_face_is():
 
 @pytest.mark.parametrize("views", [0, 3])
 def test_a_pair_is_embedded_under_the_same_views(views):
-    from erase.latent_mapper import embed_pair
+    from erase.image_views import embed_pair
 
     x = torch.rand(4, 3, 16, 16)
     clip_image = lambda im: im.flatten(1)  # noqa: E731 - an embedding that sees every pixel
@@ -205,20 +214,3 @@ def test_with_the_mapping_trained_the_frozen_half_of_each_pair_comes_from_the_fr
     assert direction[-1] < 0.999  # once the mapping has moved, the pair differs
 
 
-def test_colour_views_reorder_the_channels_of_the_whole_batch_and_keep_the_shapes():
-    from itertools import permutations
-
-    from erase.latent_mapper import clip_views, embed_pair
-
-    x = torch.rand(2, 3, 8, 8)
-    views = clip_views(x, 12, torch.Generator().manual_seed(0), shift=0, permute_colours=True).view(12, 2, 3, 8, 8)
-    orders = []
-    for v in views:  # each view is the batch, maybe mirrored, under one channel order
-        match = [p for p in permutations(range(3)) for u in (x, x.flip(-1)) if torch.equal(v, u[:, list(p)])]
-        assert match
-        orders.append(match[0])
-    assert len(set(orders)) > 1  # the order changes from view to view
-    assert torch.equal(clip_views(x, 3, torch.Generator().manual_seed(0), shift=0), clip_views(x, 3, torch.Generator().manual_seed(0), shift=0))
-    # a pair sees the same order: a pure recolouring of one channel differs, a copy does not
-    a, b = embed_pair(lambda im: im.flatten(1), x, x.clone(), 4, torch.Generator().manual_seed(1), permute_colours=True)
-    assert torch.equal(a, b)

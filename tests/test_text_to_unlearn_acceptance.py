@@ -1,7 +1,9 @@
 """Text-to-Unlearn acceptance on faces-mini (`-m slow`, the shipped generator): eyeglasses, smile and one identity, each
-erased separately with the `faces-mini` preset: the target's rate drops by >= 80% relative to the original's on G(w) and
-on latents a held-out-CLIP mapper edits to ask for it; every other attribute moves by <= 5 points; FD rises by <= 20%;
-under 10 CPU minutes per concept. The directional method must beat the CLIP-distance baseline on the trade-off."""
+erased separately with the `faces-mini` preset: the target's rate drops by >= 80% relative to the original's (60% for
+the identity) on G(w) and on latents a held-out-CLIP mapper edits to ask for it; every other attribute moves by <= 5
+points; FD against concept-free renders <= 1.2x the original's; identity similarity >= 0.95 where the original lacks the
+concept; palette drift <= 2x the original's; under 10 CPU minutes per concept. The directional method must beat the
+CLIP-distance baseline on the trade-off."""
 
 import pytest
 
@@ -30,10 +32,13 @@ def run(tmp_path_factory):
 def test_concept_is_gone_and_the_rest_is_kept(kind, target, run):
     row = run(kind, target, "directional")
     assert "refused" not in row, row.get("refused")
-    assert row["relative_drop_plain"] >= BARS["relative_drop"], row["target_rate"]
-    assert row["relative_drop_edited"] >= BARS["relative_drop"], row["target_rate"]
+    drop = BARS["relative_drop_identity"] if kind == "identity" else BARS["relative_drop"]
+    assert row["relative_drop_plain"] >= drop, row["target_rate"]
+    assert row["relative_drop_edited"] >= drop, row["target_rate"]
     assert row["worst_other"]["points"] <= BARS["other_points"], row["worst_other"]
-    assert row["fd_rise"] <= BARS["fd_rise"], row["fd"]
+    assert row["fd_ratio"] <= BARS["fd_ratio"], row["fd"]
+    assert row["identity_similarity_without_target"] >= BARS["identity_similarity"]
+    assert row["palette_ratio"] <= BARS["palette_ratio"], row["palette_drift"]
     assert row["erase_seconds"] <= BARS["seconds"]
 
 
@@ -43,4 +48,4 @@ def test_directional_beats_the_clip_distance_baseline(kind, target, run):
     assert "refused" not in ours and "refused" not in base, (ours.get("refused"), base.get("refused"))
     # the trade-off: at least as much erased, with less collateral damage (other attributes and FD)
     assert ours["relative_drop_plain"] >= base["relative_drop_plain"] - 0.05
-    assert ours["worst_other"]["points"] + 100 * ours["fd_rise"] < base["worst_other"]["points"] + 100 * base["fd_rise"]
+    assert ours["worst_other"]["points"] + 100 * ours["fd_ratio"] < base["worst_other"]["points"] + 100 * base["fd_ratio"]

@@ -1,28 +1,32 @@
 """Text-to-Unlearn: remove a visual concept from a StyleGAN2 generator given only a text prompt.
 
-Reconstructed from the paper's descriptions (arXiv 2504.01218; no official code), in the StyleGAN-NADA lineage:
+Reconstructed from the paper's descriptions (arXiv 2504.01218; no official code), in the StyleGAN-NADA lineage,
+and redesigned where the paper's losses are fooled on faces-mini (README, "Text-to-Unlearn that erases"):
 
 1. a latent mapper M_p is trained through the method's CLIP to *add* the prompt's concept to W+ codes
-   (``erase.latent_mapper``); a gate refuses a mapper whose edit does not raise the judged rate of the
-   concept by ``gate_points`` (then everything below would chase noise);
+   (``erase.latent_mapper``), with identity and other-attribute preservation through the guides so that the edit
+   adds the concept and nothing else; a gate refuses a mapper whose edit does not raise the guide classifier's
+   rate of the concept by ``gate_points`` (then everything below would chase noise);
 2. the reference direction i = unit(mean(unit(E(G_f(w_hat))) - unit(E(G_f(w))))) in CLIP image space, from
-   pairs rendered by the frozen generator G_f, computed once;
+   pairs rendered by the frozen generator G_f (averaged over colour-mapped views of each pair), computed once;
 3. a copy G_t is fine-tuned so that, on edited codes w_hat, the change from G_f(w_hat) to G_t(w_hat) points
    along i: L_dir = 1 - cos(unit(unit(E(G_f(w_hat))) - unit(E(G_t(w_hat)))), i) (``direction_loss
-   frozen_pair``; ``self_pair`` instead minimises cos(unit(E(G_t(w_hat))) - unit(E(G_t(w))), i): the edit no
-   longer moves along i), plus a perceptual distance (an LPIPS-style distance: on faces-mini the attribute
-   classifier's feature maps) and an identity distance (an ArcFace-style embedding) between G_t(w_hat) and
-   G_f(w_hat), and optionally a perceptual anchor of G_t(w) on G_f(w) (``preserve_unedited``). For identity
-   concepts the identity term is off (the identity is what is being removed).
+   frozen_pair``; ``self_pair`` instead minimises cos(unit(E(G_t(w_hat))) - unit(E(G_t(w))), i)). Both images
+   of a pair go through the same random views and colour maps (``colour_augment``), so recolouring the concept
+   no longer reads as removing it. A perceptual and an identity distance hold G_t(w_hat) to the ``anchor``:
+   ``edited`` = G_f(w_hat) (the paper: it holds the concept in place), ``unedited`` = G_f(w) (the face without
+   the edit: what the erased image should look like); optionally a pixel distance to it (``lambda_pixels``).
+   ``preserve_unedited`` holds G_t(w) to G_f(w) on plain codes (keep plain faces), on every code or only where the
+   guide classifier finds the concept absent (``preserve_where``). For identity concepts the identity term is off.
 
 ``mode clip_distance`` is the paper's baseline (its Eq. 11): minimise cos(E(G_t(w)), E_T(prompt)), with the
-same optional perceptual anchor on unedited codes. Trainable layers (``layers``): every synthesis conv and the
-constant input (NADA's set, the default), the mapping network only, or ``adaptive``: the conv layers fed by
-the ``top_k`` W+ rows that a CLIP-guided edit of W+ towards the prompt moves most (chosen once at set-up;
-NADA re-chooses every step).
+same optional anchor on unedited codes. Trainable layers (``layers``): every synthesis conv and the constant
+input (NADA's set, the default), the mapping network only, or ``adaptive``: the conv layers fed by the ``top_k``
+W+ rows that a CLIP-guided edit of W+ towards the prompt moves most, chosen once at set-up or, with
+``adaptive_every`` > 0, re-chosen on G_t every that many steps as NADA does.
 
-The networks the method consults (CLIP, perceptual, identity, the gate's judge) come in as ``Guides``; on
-faces-mini ``eval.faces_mini.guides`` builds them from the shipped artefacts.
+The networks the method consults (CLIP, perceptual, identity, the gate's classifier) come in as ``Guides``; on
+faces-mini ``eval.faces_mini.guides`` builds them from guide-only artefacts the evaluation never reads.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import torch
 
 from ..errors import EraseError
 from ..guides import Guides, unit
-from ..latent_mapper import MapperSettings, check_gate, clip_views, edit, embed_pair, image_direction, sample_wplus, to_images, to_wplus, train_mapper
+from ..image_views import clip_views, embed_pair
+from ..latent_mapper import MapperSettings, check_gate, edit, image_direction, sample_wplus, to_images, to_wplus, train_mapper
 from ..loop import Eraser
 from ..patch import PATCH_DTYPES
 from ..registry import check_options, option, register_method
@@ -52,37 +57,65 @@ class TextToUnlearnConfig:
     direction_loss: str = option("frozen_pair", "'frozen_pair' (G_f(w_hat) -> G_t(w_hat) along i) or 'self_pair' (G_t's own edit no longer along i)")
     layers: str = option("synthesis", "trained weights: 'synthesis' (every synthesis conv + constant input), 'mapping', or 'adaptive' (top_k W+ rows' convs)")
     top_k: int = option(3, "with layers adaptive: how many W+ rows' layers are trained")
+    adaptive_every: int = option(0, "with layers adaptive: re-choose the layers on G_t every this many steps (NADA); 0 = once at set-up")
     lr: float = option(0.002, "learning rate (Adam, betas (0, 0.99) as StyleGAN-NADA)")
     steps: int = option(300, "fine-tuning steps")
     batch_size: int = option(8, "latents per step")
     truncation: float = option(1.0, "truncation psi of the sampled latents (1 = the whole distribution)")
-    lambda_perceptual: float = option(1.0, "weight of the perceptual distance G_t(w_hat) vs G_f(w_hat)")
-    perceptual_net: str = option("", "which of the guides' perceptual networks (faces-mini: classifier, identity, random); '' = the default")
-    lambda_identity: float = option(1.0, "weight of the identity distance G_t(w_hat) vs G_f(w_hat) (off for identity concepts)")
-    preserve_unedited: float = option(0.0, "weight of the perceptual distance G_t(w) vs G_f(w) on unedited latents")
+    anchor: str = option("unedited", "what G_t(w_hat) is held to: 'unedited' = G_f(w), the face without the edit, or 'edited' = G_f(w_hat) (the paper)")
+    lambda_perceptual: float = option(1.0, "weight of the perceptual distance G_t(w_hat) vs the anchor")
+    perceptual_net: str = option("", "which of the guides' perceptual networks (faces-mini: random, guide-classifier, guide-identity); '' = the default")
+    lambda_identity: float = option(1.0, "weight of the identity distance G_t(w_hat) vs the anchor (off for identity concepts)")
+    lambda_pixels: float = option(0.0, "weight of the mean squared pixel distance G_t(w_hat) vs the anchor, and G_t(w) vs G_f(w) where plain "
+                                       "faces are kept")
+    lambda_attributes: float = option(0.0, "weight of keeping the guides' other attributes (KL, identity head included): G_t(w_hat) vs the "
+                                           "anchor and G_t(w) vs G_f(w)")
+    preserve_unedited: float = option(1.0, "weight of the perceptual distance G_t(w) vs G_f(w) on plain latents (keep plain faces)")
+    preserve_where: str = option("all", "which plain latents are kept: 'all', or 'without_concept' (where the guides' classifier finds no concept)")
+    colour_augment: bool = option(True, "both images of every CLIP pair under the same random colour map (needs views > 0), and i averaged over "
+                                        "colour-mapped views: recolouring the concept no longer reads as removing it")
+    views: int = option(4, "the CLIP judges this many shifted / flipped views of each image pair (0: the images themselves)")
     mapper_steps: int = option(1500, "latent-mapper training steps (cached per generator, prompt and guides)")
     mapper_lr: float = option(1e-3, "latent-mapper learning rate (Adam)")
     mapper_batch: int = option(16, "latent-mapper batch")
     mapper_l2: float = option(0.8, "latent-mapper L2 weight on the edit (StyleCLIP 0.8; off for identity concepts)")
-    mapper_identity: float = option(0.1, "latent-mapper identity weight (StyleCLIP 0.1; off for identity concepts)")
-    views: int = option(0, "fine-tuning: the CLIP judges this many shifted / flipped views of each image pair (0: the images themselves)")
-    view_colours: bool = option(False, "with views > 0: each view also reorders the RGB channels (the same for both images of a pair), so "
-                                       "that recolouring the concept (e.g. the lenses) no longer reads as removing it")
-    mapper_views: int = option(0, "latent mapper: CLIP judges this many randomly shifted / flipped views of each edit (0: the image itself)")
+    mapper_identity: float = option(1.0, "latent-mapper identity weight (StyleCLIP 0.1; 1.0 keeps the edit to the concept; off for identity concepts)")
+    mapper_attributes: float = option(0.0, "latent-mapper weight of keeping the guides' other attributes (KL): an edit that adds the concept only")
+    mapper_views: int = option(2, "latent mapper: CLIP judges this many randomly shifted / flipped views of each edit (0: the image itself)")
     edit_scale: float = option(0.1, "w_hat = w + edit_scale * M(w) (StyleCLIP 0.1)")
     direction_samples: int = option(256, "latent pairs that define the reference direction i")
-    gate_points: float = option(30.0, "the mapper's edit must raise the judged rate of the concept by this many points")
+    gate_points: float = option(30.0, "the mapper's edit must raise the guides' judged rate of the concept by this many points")
     gate_samples: int = option(256, "latents the gate judges")
     patch_dtype: str = option("float32", "storage dtype of the patch values (float16, bfloat16 or float32)")
     checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
     def validate(self) -> None:
         check_options(self, "text_to_unlearn", choices={"mode": ("directional", "clip_distance"), "direction_loss": ("frozen_pair", "self_pair"),
-                                                        "layers": tuple(LAYERS), "patch_dtype": PATCH_DTYPES},
+                                                        "layers": tuple(LAYERS), "anchor": ("unedited", "edited"),
+                                                        "preserve_where": ("all", "without_concept"), "patch_dtype": PATCH_DTYPES},
                       at_least_one=("steps", "batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples", "checkpoint_every"),
-                      non_negative=("lambda_perceptual", "lambda_identity", "preserve_unedited", "mapper_steps", "mapper_l2", "mapper_identity", "mapper_views", "views",
-                                    "gate_points"),
+                      non_negative=("lambda_perceptual", "lambda_identity", "lambda_pixels", "lambda_attributes", "preserve_unedited", "mapper_steps", "mapper_l2",
+                                    "mapper_identity", "mapper_attributes", "mapper_views", "views", "gate_points", "adaptive_every"),
                       positive=("lr", "mapper_lr", "edit_scale", "truncation"))
+        if self.colour_augment and self.views == 0:
+            raise EraseError("text_to_unlearn: colour_augment maps the CLIP's views, and views is 0; set views > 0 (e.g. --set views=4) "
+                             "or colour_augment=false")
+
+
+class _Chosen:
+    """The adaptive layers chosen last (a checkpointed part of the training state)."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.mask = names, torch.ones(len(names), dtype=torch.bool)
+
+    def chosen(self) -> set[str]:
+        return {n for n, m in zip(self.names, self.mask.tolist()) if m}
+
+    def state_dict(self) -> dict:
+        return {"mask": self.mask.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mask = state["mask"].clone()
 
 
 class TextToUnlearn(Eraser):
@@ -92,6 +125,7 @@ class TextToUnlearn(Eraser):
     model_family = "stylegan"
     needs_guides = True
     guides: Guides | None = None  # set by the caller before the loop runs (erase_concept(..., guides=...))
+    adaptive: _Chosen | None = None
 
     def scope(self, pipe) -> str:
         if "generator" not in (getattr(pipe, "components", None) or {}):
@@ -118,34 +152,54 @@ class TextToUnlearn(Eraser):
         is_identity = req.kind == "identity"
         self.lambda_identity = 0.0 if is_identity else cfg.lambda_identity
         settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=cfg.mapper_l2, identity=cfg.mapper_identity,
-                                  scale=cfg.edit_scale, truncation=cfg.truncation, seed=req.seed, views=cfg.mapper_views).for_kind(req.kind)
+                                  scale=cfg.edit_scale, truncation=cfg.truncation, seed=req.seed, views=cfg.mapper_views,
+                                  attributes=cfg.mapper_attributes).for_kind(req.kind)
         self.perceptual = (g.perceptual_named(cfg.perceptual_net, self.name, "lambda_perceptual / preserve_unedited > 0")
                            if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0 else None)
         if self.lambda_identity > 0 or settings.identity > 0:
             g.require("identity", self.name, "lambda_identity / mapper_identity > 0")
+        if cfg.lambda_attributes > 0 or settings.attributes > 0:
+            g.require("other_attributes", self.name, "lambda_attributes / mapper_attributes > 0")
+        if cfg.preserve_where == "without_concept" and cfg.preserve_unedited > 0:
+            g.require("concept_probability", self.name, "preserve_where without_concept")
         self.text = g.clip_text([self.prompt]).detach()
         if cfg.mode == "directional":
-            self.mapper = train_mapper(self.frozen, self.prompt, g, settings, progress=False)
+            self.mapper = train_mapper(self.frozen, self.prompt, g, settings, progress=False, concept=req.concept)
             self.info["gate"] = check_gate(self.frozen, self.mapper, g, req.concept, self.prompt, points=cfg.gate_points, n=cfg.gate_samples,
                                            seed=req.seed + 1, scale=cfg.edit_scale, truncation=cfg.truncation)
             self.direction = image_direction(self.frozen, self.mapper, g, n=cfg.direction_samples, seed=req.seed + 2, scale=cfg.edit_scale,
-                                             truncation=cfg.truncation)
+                                             truncation=cfg.truncation, views=cfg.views if cfg.colour_augment else 0, colour=cfg.colour_augment)
         root = model_root(pipe)
-        pattern = LAYERS[cfg.layers] or self._adaptive_pattern()
+        if cfg.layers != "adaptive":
+            pattern = LAYERS[cfg.layers]
+        elif cfg.adaptive_every > 0:  # every synthesis conv may be chosen: all are in the patch, the unchosen get no step
+            pattern = LAYERS["synthesis"]
+        else:
+            pattern = self._pattern(self._adaptive_layers(self.frozen))
         selection = ParamSelection.by_name(root, pattern)
         params = selection.parameters(root)
         selection.freeze_others_(root)
+        if cfg.layers == "adaptive" and cfg.adaptive_every > 0:
+            self.adaptive = _Chosen(list(params))
         # the mapping's equalised-lr multiplier (lr_mlp, 0.01) slows its Adam steps 100-fold: undone here, so that lr
         # means the same change of the effective weights whichever layers train
         lr = cfg.lr / self.G.config.lr_mlp if cfg.layers == "mapping" else cfg.lr
+        self.params = params
         self.optimizer = torch.optim.Adam(params.values(), lr=lr, betas=(0.0, 0.99))
         self.info.update({"prompt": self.prompt, "guides": g.describe(), "trainable": {"layers": cfg.layers, "pattern": pattern,
                           "tensors": len(params), "weights": selection.count(root), "adam_lr": lr}})
         return selection
 
-    def _adaptive_pattern(self) -> str:
+    def training_state(self) -> dict[str, object]:
+        return {**super().training_state(), **({"adaptive": self.adaptive} if self.adaptive is not None else {})}
+
+    @staticmethod
+    def _pattern(layers: list[str]) -> str:
+        return r"^generator\.(" + "|".join(n.replace(".", r"\.") for n in layers) + r")\."
+
+    def _adaptive_layers(self, G) -> list[str]:
         """The conv layers fed by the top_k W+ rows that a few CLIP-guided steps on W+ (towards the prompt) move most."""
-        cfg, G = self.config, self.frozen
+        cfg = self.config
         w0 = sample_wplus(G, 8, self.rng, cfg.truncation)
         w = w0.clone().requires_grad_(True)
         opt = torch.optim.SGD([w], lr=0.01)
@@ -154,13 +208,19 @@ class TextToUnlearn(Eraser):
             opt.zero_grad()
             loss.backward()
             opt.step()
+        G.zero_grad(set_to_none=True)
         moved = (w.detach() - w0).abs().mean(dim=(0, 2))
         rows = moved.topk(min(cfg.top_k, len(moved))).indices.tolist()
         layers = sorted({name for r in rows for name in G.layers_of_row(r) if "to_rgb" not in name})
-        self.info["adaptive_rows"] = sorted(rows)
+        self.info.setdefault("adaptive_rows", []).append(sorted(rows))
         if not layers:
             raise EraseError(f"the top {cfg.top_k} W+ rows feed only toRGB layers; raise --set top_k=...")
-        return r"^generator\.(" + "|".join(n.replace(".", r"\.") for n in layers) + r")\."
+        return layers
+
+    def _rechoose(self) -> None:
+        """NADA's per-step choice: the layers of the rows G_t's own W+ edit moves most now."""
+        layers = self._adaptive_layers(self.G)
+        self.adaptive.mask = torch.tensor([any(n.startswith(f"generator.{layer}.") for layer in layers) for n in self.adaptive.names])
 
     def _codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This step's W+ codes of the same z under the frozen mapping and under G_t's (they differ only when the mapping
@@ -178,41 +238,70 @@ class TextToUnlearn(Eraser):
 
     def step(self, i: int) -> dict[str, float]:
         cfg, g = self.config, self.guides
+        if self.adaptive is not None and i % cfg.adaptive_every == 0:
+            self._rechoose()
         w_f, w_t, w_hat_f, w_hat_t = self._codes()
         losses: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            x_plain_f = to_images(self.frozen.synthesis(w_f))
         x_plain_t = None  # G_t(w), rendered at most once per step
         if cfg.mode == "clip_distance":
             x_plain_t = to_images(self.G.synthesis(w_t))
-            losses["clip"] = (g.clip_image(clip_views(x_plain_t, cfg.views, self.rng, permute_colours=cfg.view_colours)) * self.text).sum(-1).mean()
+            losses["clip"] = (g.clip_image(clip_views(x_plain_t, cfg.views, self.rng, colour=cfg.colour_augment)) * self.text).sum(-1).mean()
         else:
             with torch.no_grad():
                 x_f = to_images(self.frozen.synthesis(w_hat_f))
             x_t = to_images(self.G.synthesis(w_hat_t))
             if cfg.direction_loss == "frozen_pair":
-                e_f, e_t = embed_pair(g.clip_image, x_f, x_t, cfg.views, self.rng, cfg.view_colours)
+                e_f, e_t = embed_pair(g.clip_image, x_f, x_t, cfg.views, self.rng, cfg.colour_augment)
                 # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
                 # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
                 d = e_f.detach() - e_t
                 losses["direction"] = (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean()
             else:
                 x_plain_t = to_images(self.G.synthesis(w_t))
-                e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng, cfg.view_colours)
+                e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng, cfg.colour_augment)
                 losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
+            anchor = self.anchor_images(x_f, x_plain_f)
             if cfg.lambda_perceptual > 0:
-                losses["perceptual"] = cfg.lambda_perceptual * self.perceptual(x_t, x_f).mean()
+                losses["perceptual"] = cfg.lambda_perceptual * self.perceptual(x_t, anchor).mean()
             if self.lambda_identity > 0:
-                losses["identity"] = self.lambda_identity * (1 - (g.identity(x_t) * g.identity(x_f)).sum(-1)).mean()
+                losses["identity"] = self.lambda_identity * (1 - (g.identity(x_t) * g.identity(anchor)).sum(-1)).mean()
+            if cfg.lambda_pixels > 0:
+                losses["pixels"] = cfg.lambda_pixels * (x_t - anchor).pow(2).mean()
+            if cfg.lambda_attributes > 0:
+                losses["attributes"] = cfg.lambda_attributes * self._attribute_kl(anchor, x_t)
         if cfg.preserve_unedited > 0:
-            with torch.no_grad():
-                x_plain_f = to_images(self.frozen.synthesis(w_f))
             if x_plain_t is None:
                 x_plain_t = to_images(self.G.synthesis(w_t))
-            losses["unedited"] = cfg.preserve_unedited * self.perceptual(x_plain_t, x_plain_f).mean()
+            keep = self.perceptual(x_plain_t, x_plain_f)
+            if cfg.lambda_pixels > 0:
+                keep = keep + cfg.lambda_pixels / cfg.preserve_unedited * (x_plain_t - x_plain_f).pow(2).mean(dim=(1, 2, 3))
+            if cfg.preserve_where == "without_concept":
+                keep = keep * (g.concept_probability(x_plain_f, self.request.concept) < 0.5).float()
+            losses["unedited"] = cfg.preserve_unedited * keep.mean()
+        if cfg.lambda_attributes > 0:
+            if x_plain_t is None:
+                x_plain_t = to_images(self.G.synthesis(w_t))
+            losses["attributes_plain"] = cfg.lambda_attributes * self._attribute_kl(x_plain_f, x_plain_t)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.adaptive is not None:  # the unchosen layers take no step (Adam skips a parameter without a gradient)
+            for (name, p), on in zip(self.params.items(), self.adaptive.mask.tolist()):
+                if not on:
+                    p.grad = None
         self.optimizer.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def _attribute_kl(self, reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """KL(p(reference) || p(x)) of the guides' other attributes, summed over heads, averaged over images."""
+        keep = self.guides.other_attributes(reference, self.request.concept).detach()
+        return (keep.exp() * (keep - self.guides.other_attributes(x, self.request.concept))).sum(-1).mean()
+
+    def anchor_images(self, edited_f: torch.Tensor, plain_f: torch.Tensor) -> torch.Tensor:
+        """What G_t(w_hat) is held to: G_f(w_hat) under ``anchor edited`` (the paper), G_f(w) under ``unedited``."""
+        return edited_f if self.config.anchor == "edited" else plain_f
 
 
 register_method("text_to_unlearn", TextToUnlearnConfig, TextToUnlearn,

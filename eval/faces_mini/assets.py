@@ -18,6 +18,9 @@ ASSETS_DIR = Path(os.environ.get("ERASEKIT_FACES_MINI", REPO_ROOT / "assets" / "
 GENERATOR_DIR = ASSETS_DIR / "generator"
 JUDGES = {"classifier": (AttributeClassifier, AttributeClassifierConfig), "classifier_b": (AttributeClassifier, AttributeClassifierConfig),
           "identity": (IdentityEmbedder, IdentityEmbedderConfig)}
+# networks only the method consults (Text-to-Unlearn's guides); the evaluation never loads them
+GUIDES = {"guide-classifier": (AttributeClassifier, AttributeClassifierConfig), "guide-identity": (IdentityEmbedder, IdentityEmbedderConfig)}
+TRAINED = {**JUDGES, **GUIDES}
 CLIPS = ("clip-guide", "clip-judge")
 
 
@@ -38,17 +41,18 @@ def save_module(model: nn.Module, folder: Path, extra: dict | None = None) -> No
 
 
 def load_judge(name: str, folder: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """A trained faces-mini judge (``classifier``, ``classifier_b`` or ``identity``) in eval mode, gradients off."""
+    """A trained faces-mini judge (``classifier``, ``classifier_b`` or ``identity``) or guide (``guide-classifier``,
+    ``guide-identity``) in eval mode, gradients off."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if name not in JUDGES:
-        raise FacesAssetError(f"unknown faces-mini judge {name!r}; choose one of: {', '.join(JUDGES)}")
+    if name not in TRAINED:
+        raise FacesAssetError(f"unknown faces-mini network {name!r}; choose one of: {', '.join(TRAINED)}")
     folder = Path(folder) if folder is not None else ASSETS_DIR / name
     for f in ("config.json", "model.safetensors"):
         if not (folder / f).is_file():
-            raise FacesAssetError(f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m eval.faces_mini.train` (stage {name})")
-    cls, cfg_cls = JUDGES[name]
+            raise FacesAssetError(f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m eval.faces_mini.train` (stage {name.replace('-', '_')})")
+    cls, cfg_cls = TRAINED[name]
     model = cls(cfg_cls(**json.loads((folder / "config.json").read_text())["config"]))
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")))

@@ -5,8 +5,10 @@
 * judges on held-out renders: accuracy per head (attribute classifier, the second one, the identity head);
 * the generator at truncation 1.0, judged by the attribute classifier on ``samples`` images: every binary
   attribute's and hair colour's rate against the renders', the share of samples confident (max softmax > 0.9)
-  on every head, the rates among confident samples, the two classifiers' agreement on the samples, and the
-  Frechet distance in the classifier's feature space against renders next to its renders-vs-renders floor;
+  on each head and on every head at once, the rates among all-heads-confident samples, the two classifiers'
+  agreement on the samples, and the Frechet distance in the classifier's feature space against renders next to
+  its renders-vs-renders floor; the bars (``BARS``) are the rates and the per-head confidence of the heads an
+  erasure is judged by;
 * both tiny CLIPs: zero-shot accuracy on each binary attribute (the protocol's phrase vs its negation, e.g.
   "a smiling face" vs "a serious face").
 """
@@ -23,10 +25,14 @@ import torch
 
 from erase.files import write_json_atomic
 
+from .render import render_set
 from .world import BINARY, HEADS, SEED_BASE
 
 CHECK_RENDERS = 4000
-BARS = {"rate_points": 8.0, "confident": 0.60, "confident_rate_points": 10.0, "agreement": 0.95}
+# the generator's bars (issue 25): every attribute's rate within 8 points of the data's, and confident samples (max
+# softmax > 0.9) on the heads an erasure is judged by. The all-heads share (compounding seven per-head shortfalls),
+# the rates among all-heads-confident samples and the second classifier's agreement are reported, not bars.
+BARS = {"rate_points": 8.0, "confident_heads": {"eyeglasses": 0.80, "smile": 0.80, "identity": 0.60}}
 # each tiny CLIP must tell every binary attribute from its negation zero-shot this often (a guide blind to smile
 # cannot erase it); the judges must name every head on held-out renders this often
 CLIP_ZERO_SHOT_BAR = 0.85
@@ -73,23 +79,37 @@ def rates(pred: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> di
     return out
 
 
-def fd_reference(judge, n_floor: int, real: torch.Tensor | None = None, progress: bool = False):
+def fd_reference(judge, n_floor: int, real: torch.Tensor | None = None, progress: bool = False, without: str | None = None):
     """(fd, floor): ``fd(x)`` is the Frechet distance of images ``x`` to ``CHECK_RENDERS`` held-out renders in
     ``judge``'s feature space; ``floor`` is the same distance for ``n_floor`` other renders (what a perfect
-    generator would score with that many samples)."""
+    generator would score with that many samples). With ``without`` (a concept) both sets hold only renders that
+    lack it, so that a generator which no longer draws the concept is compared with the world it should now be."""
     from eval.fid import frechet_distance_numpy
 
-    from .render import render_set
-
     if real is None:
-        real = render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)[0].float() / 255
+        real = renders_without(without, CHECK_RENDERS, SEED_BASE["check"], progress) if without else \
+            render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)[0].float() / 255
     real_features = features(judge, real)
-    floor_images, _ = render_set(n_floor, SEED_BASE["fd"], progress=progress)
+    floor_images = renders_without(without, n_floor, SEED_BASE["fd"]) if without else render_set(n_floor, SEED_BASE["fd"])[0].float() / 255
 
     def fd(x: torch.Tensor) -> float:
         return frechet_distance_numpy(features(judge, x), real_features)
 
-    return fd, fd(floor_images.float() / 255)
+    return fd, fd(floor_images)
+
+
+def renders_without(concept: str, n: int, first_seed: int, progress: bool = False) -> torch.Tensor:
+    """``n`` float renders in [0, 1] that lack ``concept``: the first such seeds from ``first_seed`` on."""
+    from .world import concept_rate_label
+
+    head, cls = concept_rate_label(concept)
+    kept, seed = [], first_seed
+    while sum(len(k) for k in kept) < n:
+        chunk = max(256, n)
+        images, labels = render_set(chunk, seed, progress=progress)
+        kept.append(images[labels[head] != cls])
+        seed += chunk
+    return torch.cat(kept)[:n].float() / 255
 
 
 def generator_samples(out: Path, n: int) -> torch.Tensor:
@@ -119,7 +139,6 @@ def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> d
 
 def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool = False) -> dict:
     from .assets import load_judge
-    from .render import render_set
 
     n = recipe.check_samples if recipe is not None else 1000
     images, labels = render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)
@@ -138,6 +157,7 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
         probs = judge_all(clf, x)
         pred = {h: p.argmax(1) for h, p in probs.items()}
         confident = confident_mask(probs)
+        per_head = {h: float((p.max(1).values > 0.9).float().mean()) for h, p in probs.items()}
         gen = rates(pred)
         conf_rates = rates(pred, confident)
         pred_b = {h: p.argmax(1) for h, p in judge_all(clf_b, x).items()}
@@ -148,12 +168,11 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
         agreement = {h: float(pred[h].eq(pred_b[h]).float().mean()) for h in HEADS}
         quality["generator"] = {
             "samples": n, "truncation_psi": 1.0, "rates": gen, "deviation_points": dev, "confident": float(confident.float().mean()),
-            "confident_rates": conf_rates, "confident_deviation_points": conf_dev, "judge_agreement": agreement,
+            "confident_per_head": per_head, "confident_rates": conf_rates, "confident_deviation_points": conf_dev, "judge_agreement": agreement,
             "fd": fd, "fd_floor_renders": floor,
             "bars": BARS, "meets": {
-                "rates": max(dev.values()) <= BARS["rate_points"], "confident": float(confident.float().mean()) >= BARS["confident"],
-                "confident_rates": max(conf_dev.values()) <= BARS["confident_rate_points"],
-                "agreement": min(agreement[h] for h in HEADS if h != "identity") >= BARS["agreement"]}}
+                "rates": max(dev.values()) <= BARS["rate_points"],
+                "confident_heads": all(per_head[h] >= bar for h, bar in BARS["confident_heads"].items())}}
     if all((out / c / "open_clip_config.json").exists() for c in ("clip-guide", "clip-judge")):
         zs = {c: clip_zero_shot(c, out / c, x_real[:1000], {h: labels[h][:1000] for h in BINARY}) for c in ("clip-guide", "clip-judge")}
         quality["clip_zero_shot"] = {**zs, "bar": CLIP_ZERO_SHOT_BAR, "meets": min(min(v.values()) for v in zs.values()) >= CLIP_ZERO_SHOT_BAR}
@@ -167,7 +186,6 @@ def sample_grid(out: Path, path: Path, n: int = 48, per_row: int = 16) -> Path:
 
     from eval.grid import save_png
 
-    from .render import render_set
 
     fake = generator_samples(out, n)
     real = render_set(per_row, SEED_BASE["check"])[0].float() / 255

@@ -1,12 +1,19 @@
-"""The faces-mini guides for Text-to-Unlearn, from the shipped artefacts: the method's tiny CLIP
-(``clip-guide``; evaluation uses the other one), the attribute classifier's feature maps as the perceptual
-distance (the LPIPS stand-in), the identity embedder (the ArcFace stand-in), and the attribute classifier's
-probability of a concept (only for the mapper's gate).
+"""The networks Text-to-Unlearn consults on faces-mini, and the evaluation's own, kept apart.
 
-The default perceptual distance looks through the attribute classifier, which is also the evaluation's judge. Two
-others are offered by name (``perceptual_net``), so that what keeps "the rest" need not be the judge: the identity
-embedder's feature maps and an untrained conv trunk of fixed seed. (Measured: the judge's distance is only mildly more
-tuned to glasses than theirs; README, "Which network measures the rest".)"""
+Guides are not judges: a method trained against the network that scores it learns to fool that network. So the
+method's guides (``faces_mini_guides``) are networks the evaluation never loads:
+
+* ``clip-guide``, the method's tiny CLIP (the evaluation asks with ``clip-judge``);
+* ``guide-classifier``, an attribute classifier of its own seed, widths and renders: the mapper's gate (does the
+  edit add the concept?) and the mapper's attribute preservation (the other attributes stay as they were);
+* ``guide-identity``, an identity embedder of its own seed, widths and renders (the ArcFace stand-in);
+* perceptual distances (LPIPS-style) through an untrained conv trunk of fixed seed (the default: the probe found
+  it worked as well as anything tried), or through either guide network's feature maps.
+
+``evaluation_guides`` builds what the evaluation's own mapper needs (``clip-judge`` and the evaluation's
+identity embedder); ``JUDGE_ASSETS`` names every asset only the evaluation may read (tests/test_text_to_unlearn_guides.py
+checks that training reads none of them).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +23,9 @@ import torch
 
 from erase.guides import Guides, unit
 
-
 RANDOM_TRUNK_SEED = 1234
+JUDGE_ASSETS = ("classifier", "classifier_b", "identity", "clip-judge")  # the evaluation's networks: never a guide
+GUIDE_ASSETS = ("clip-guide", "guide-classifier", "guide-identity")
 
 
 def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> tuple:
@@ -41,41 +49,60 @@ def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> 
     return image, text, model_identity(model)[:16]
 
 
-def faces_mini_guides(which_clip: str = "clip-guide", assets: Path | None = None, device: str = "cpu") -> Guides:
+def _digest(net) -> str:
     from erase.data import model_identity
 
+    return model_identity(net)[:16]
+
+
+def faces_mini_guides(assets: Path | None = None, device: str = "cpu") -> Guides:
+    """Text-to-Unlearn's guides on faces-mini: none of them is a network the evaluation uses."""
     from .assets import ASSETS_DIR, load_judge
     from .models import AttributeClassifier, AttributeClassifierConfig, perceptual_distance
-    from .world import concept_rate_label
+    from .world import HEADS, concept_rate_label
 
     root = Path(assets) if assets is not None else ASSETS_DIR
-
-    image, text, clip_digest = clip_guides(which_clip, root / which_clip, device)
-    classifier = load_judge("classifier", root / "classifier", device)
-    embedder = load_judge("identity", root / "identity", device)
-
+    image, text, clip_digest = clip_guides("clip-guide", root / "clip-guide", device)
+    classifier = load_judge("guide-classifier", root / "guide-classifier", device)
+    embedder = load_judge("guide-identity", root / "guide-identity", device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_TRUNK_SEED)
         random_trunk = AttributeClassifier(AttributeClassifierConfig()).to(device).eval().requires_grad_(False)
-    nets = {"classifier": classifier, "identity": embedder, "random": random_trunk}
+    nets = {"random": random_trunk, "guide-classifier": classifier, "guide-identity": embedder}
     choices = {name: (lambda a, b, net=net: perceptual_distance(net, a, b)) for name, net in nets.items()}
-    described = {"classifier": f"faces-mini attribute classifier feature maps (LPIPS-style) {model_identity(classifier)[:16]}",
-                 "identity": f"faces-mini identity embedder feature maps (LPIPS-style) {model_identity(embedder)[:16]}",
-                 "random": f"untrained conv trunk of seed {RANDOM_TRUNK_SEED} (LPIPS-style) {model_identity(random_trunk)[:16]}"}
-
-    def identity(x: torch.Tensor) -> torch.Tensor:
-        return embedder(x)
+    described = {"random": f"untrained conv trunk of seed {RANDOM_TRUNK_SEED} (LPIPS-style) {_digest(random_trunk)}",
+                 "guide-classifier": f"faces-mini guide attribute classifier feature maps (LPIPS-style) {_digest(classifier)}",
+                 "guide-identity": f"faces-mini guide identity embedder feature maps (LPIPS-style) {_digest(embedder)}"}
 
     @torch.no_grad()
     def concept_probability(x: torch.Tensor, concept: str) -> torch.Tensor:
         head, cls = concept_rate_label(concept)
         return classifier(x)[head].softmax(1)[:, cls]
 
-    return Guides(clip_image=image, clip_text=text, perceptual=choices["classifier"], identity=identity, concept_probability=concept_probability,
-                  perceptual_choices=choices,
-                  # each name carries its network's content digest: a rebuilt CLIP or judge is another guide, so mappers cached
+    def other_attributes(x: torch.Tensor, concept: str) -> torch.Tensor:
+        """Log-probabilities of every head but the concept's (identity included for attributes), concatenated."""
+        own, _ = concept_rate_label(concept)
+        logits = classifier(x)
+        return torch.cat([logits[h].log_softmax(1) for h in HEADS if h != own], dim=1)
+
+    return Guides(clip_image=image, clip_text=text, perceptual=choices["random"], identity=embedder, concept_probability=concept_probability,
+                  other_attributes=other_attributes, perceptual_choices=choices,
+                  # each name carries its network's content digest: a rebuilt guide is another guide, so mappers cached
                   # for the old one are not reused and a resumed run refuses to mix them
-                  names={"clip": f"faces-mini {which_clip} {clip_digest}",
-                         "perceptual": described["classifier"], **{f"perceptual:{k}": v for k, v in described.items()},
-                         "identity": f"faces-mini identity embedder {model_identity(embedder)[:16]}",
-                         "gate_judge": f"faces-mini attribute classifier {model_identity(classifier)[:16]}"})
+                  names={"clip": f"faces-mini clip-guide {clip_digest}", "perceptual": described["random"],
+                         **{f"perceptual:{k}": v for k, v in described.items()},
+                         "identity": f"faces-mini guide identity embedder {_digest(embedder)}",
+                         "gate_judge": f"faces-mini guide attribute classifier {_digest(classifier)}",
+                         "other_attributes": f"faces-mini guide attribute classifier {_digest(classifier)}"})
+
+
+def evaluation_guides(assets: Path | None = None, device: str = "cpu") -> Guides:
+    """What the evaluation's own mapper needs (it asks for the target with an edit the method never saw): the
+    held-out ``clip-judge`` and the evaluation's identity embedder. Never handed to a method."""
+    from .assets import ASSETS_DIR, load_judge
+
+    root = Path(assets) if assets is not None else ASSETS_DIR
+    image, text, clip_digest = clip_guides("clip-judge", root / "clip-judge", device)
+    embedder = load_judge("identity", root / "identity", device)
+    return Guides(clip_image=image, clip_text=text, identity=embedder,
+                  names={"clip": f"faces-mini clip-judge {clip_digest}", "identity": f"faces-mini identity embedder {_digest(embedder)}"})

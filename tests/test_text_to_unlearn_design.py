@@ -1,0 +1,162 @@
+"""Issue 25's design of Text-to-Unlearn, each part able to fail on its own: colour maps applied alike to both
+images of a pair, the anchor of the erased image, NADA's re-chosen layers, guides that are never judges, FD
+against concept-free renders, and palette drift."""
+
+import pytest
+import torch
+
+from tests.test_text_to_unlearn import QUICK, request, tiny_pipe, toy_guides
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
+
+
+def test_colour_maps_keep_grey_grey_and_change_colours():
+    from erase.image_views import apply_colour_maps, colour_maps
+
+    matrices, contrast, brightness = colour_maps(64, torch.Generator().manual_seed(0))
+    assert torch.allclose(matrices.sum(-1), torch.ones(64, 3), atol=1e-6)  # rows sum to 1: grey stays grey
+    grey = torch.full((64, 3, 2, 2), 0.4)
+    out = apply_colour_maps(grey, (matrices, torch.ones(64), torch.zeros(64)))
+    assert torch.allclose(out, grey, atol=1e-6)
+    red = torch.zeros(64, 3, 2, 2)
+    red[:, 0] = 1.0
+    seen = apply_colour_maps(red, (matrices, contrast, brightness))[:, :, 0, 0]
+    assert seen.std(0).min() > 0.1  # a coloured pixel comes out in many colours
+
+
+def test_both_images_of_a_pair_get_the_same_view_and_colour_map():
+    """A batch of pairs under one random stream: each half must be exactly what the same stream makes of that half
+    alone (the same shifts, flips and the same colour map per index); drawing maps for all 2n images would not."""
+    from erase.image_views import clip_views, embed_pair
+
+    a, b = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
+    both = clip_views(torch.cat([a, b]), 2, torch.Generator().manual_seed(5), colour=True, pairs=2).view(2, 2, 3, 3, 8, 8)
+    alone_a = clip_views(a, 2, torch.Generator().manual_seed(5), colour=True).view(2, 3, 3, 8, 8)
+    alone_b = clip_views(b, 2, torch.Generator().manual_seed(5), colour=True).view(2, 3, 3, 8, 8)
+    assert torch.equal(both[:, 0], alone_a) and torch.equal(both[:, 1], alone_b)
+    assert not torch.equal(alone_a, clip_views(a, 2, torch.Generator().manual_seed(5)).view(2, 3, 3, 8, 8))  # colour did something
+    ea, eb = embed_pair(lambda im: im.flatten(1), a, a.clone(), 3, torch.Generator().manual_seed(1), colour=True)
+    assert torch.equal(ea, eb)
+
+
+@pytest.mark.parametrize("anchor", ["unedited", "edited"])
+def test_the_anchor_is_the_frozen_face_without_the_edit_under_unedited(tmp_path, anchor):
+    """The perceptual and identity terms compare G_t(w_hat) with G_f(w) under ``unedited``, with G_f(w_hat) under
+    ``edited`` (the paper)."""
+    from erase.api import erase_concept
+    from erase.latent_mapper import to_images
+    from erase.methods.text_to_unlearn import TextToUnlearn
+
+    seen: list[tuple] = []
+    original_codes = TextToUnlearn._codes
+
+    def codes(self):
+        out = original_codes(self)
+        seen.append(("codes", self.frozen, out[0], out[2]))
+        return out
+
+    guides = toy_guides()
+    base = guides.perceptual
+    guides.perceptual = lambda x, y: (seen.append(("anchor", y.detach().clone())), base(x, y))[1]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(TextToUnlearn, "_codes", codes)
+    try:
+        erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "o", overrides={**QUICK, "anchor": anchor, "steps": 1},
+                      progress=False, model_id="tiny", guides=guides)
+    finally:
+        mp.undo()
+    (_, frozen, w, w_hat), (_, got) = seen
+    with torch.no_grad():
+        plain, edited = to_images(frozen.synthesis(w)), to_images(frozen.synthesis(w_hat))
+    assert torch.equal(got, plain if anchor == "unedited" else edited)
+    assert not torch.equal(plain, edited)
+
+
+def test_adaptive_layers_re_chosen_every_step_move_only_chosen_layers(tmp_path):
+    from erase.api import erase_concept
+
+    pipe = tiny_pipe()
+    before = {n: p.detach().clone() for n, p in pipe.generator.named_parameters()}
+    patch = erase_concept(pipe, "text_to_unlearn", request(), tmp_path / "o",
+                          overrides={**QUICK, "layers": "adaptive", "top_k": 1, "adaptive_every": 1, "steps": 3, "lr": 0.05},
+                          progress=False, model_id="tiny", guides=toy_guides())
+    rows = patch.config["info"]["adaptive_rows"]
+    assert len(rows) == 3 and all(len(r) == 1 for r in rows)  # chosen afresh at every step
+    allowed = {layer for r in rows for layer in pipe.generator.layers_of_row(r[0])}
+    from erase.patch import apply_patch
+
+    apply_patch(pipe, patch)
+    moved = {n for n, p in pipe.generator.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(any(n.startswith(f"synthesis.{layer}.") or n.startswith(f"{layer}.") for layer in allowed) for n in moved), (moved, allowed)
+
+
+def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
+    """Train with the evaluation's judges absent (an assets folder without them, an empty cache): if the method read
+    any of them, it would fail. The guides' descriptions name none of the judges' networks either."""
+    import shutil
+
+    from eval.faces_mini.assets import ASSETS_DIR
+    from eval.faces_mini.guides import GUIDE_ASSETS, JUDGE_ASSETS, faces_mini_guides
+
+    if not all((ASSETS_DIR / n).is_dir() for n in (*GUIDE_ASSETS, "generator")):
+        pytest.skip("faces-mini guides not built")
+    from erase.api import erase_concept
+    from erase.data import model_identity
+    from eval.faces_mini.assets import load_judge
+    from pipelines.stylegan import StyleGANPipeline
+
+    assets = tmp_path / "assets"
+    for name in (*GUIDE_ASSETS, "generator"):
+        shutil.copytree(ASSETS_DIR / name, assets / name)
+    monkeypatch.setenv("ERASEKIT_FACES_MINI", str(assets))
+    guides = faces_mini_guides(assets)
+    described = " ".join(guides.describe().values())
+    for judge in ("classifier", "classifier_b", "identity"):
+        assert model_identity(load_judge(judge))[:16] not in described
+    assert "clip-judge" not in described and set(JUDGE_ASSETS).isdisjoint(GUIDE_ASSETS)
+    pipe = StyleGANPipeline.from_pretrained(assets / "generator")
+    from erase.request import EraseRequest
+    from eval.protocols import load_protocol
+
+    req = EraseRequest.from_protocol(load_protocol("faces-mini"), "eyeglasses", "attribute")
+    patch = erase_concept(pipe, "text_to_unlearn", req, tmp_path / "o", overrides={**QUICK, "batch_size": 2, "views": 1, "colour_augment": True,
+                          "preserve_unedited": 1.0, "preserve_where": "without_concept", "mapper_attributes": 1.0, "mapper_steps": 2},
+                          progress=False, model_id="faces-mini", guides=guides)
+    assert patch.names()
+    assert not any(p.name in JUDGE_ASSETS for p in assets.iterdir())
+
+
+def test_fd_reference_holds_only_renders_without_the_concept(monkeypatch):
+    import eval.faces_mini.check as check
+    from eval.faces_mini.render import render_set
+    from eval.faces_mini.world import SEED_BASE
+
+    seen = []
+    monkeypatch.setattr(check, "CHECK_RENDERS", 40)
+    monkeypatch.setattr(check, "features", lambda judge, x: (seen.append(x), x.mean(dim=(2, 3)).double().numpy())[1])
+    check.fd_reference(None, 30, without="eyeglasses")
+    real, floor = seen
+    assert len(real) == 40 and len(floor) == 30
+    images, labels = render_set(400, SEED_BASE["check"])
+    expected = images[labels["eyeglasses"] == 0][:40].float() / 255
+    assert torch.equal(real, expected)  # the first concept-free renders of the check range, in order
+    seen.clear()
+    check.fd_reference(None, 30)
+    assert torch.equal(seen[0], images[:40].float() / 255)  # without ``without``: every render, glasses included
+
+
+def test_palette_drift_is_zero_on_renders_and_counts_recoloured_pixels():
+    from eval.faces_mini.palette import off_palette, palette_drift
+    from eval.faces_mini.render import render_set
+    from eval.faces_mini.world import SEED_BASE
+
+    images, labels = render_set(500, SEED_BASE["check"])
+    x = images.float() / 255
+    assert palette_drift(x) == 0.0  # renders the palette never saw
+    magenta = x.clone()
+    magenta[:, :, 10:14, 8:24] = torch.tensor([0.9, 0.0, 0.9]).view(1, 3, 1, 1)  # a band across the eyes
+    assert abs(palette_drift(magenta) - 4 * 16 / 32**2) < 1e-6
+    assert off_palette(magenta)[:, 10:14, 8:24].all()
