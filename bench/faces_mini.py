@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -43,6 +44,8 @@ VARIANTS = {
     "default": ("faces-mini", {}),
     "clip_distance": ("paper", {"mode": "clip_distance"}),
 }
+GRID_VARIANTS = ("default", "paper")
+EDIT_REALISES = 0.30  # the evaluation's edit must raise the original's rate of the target this much for its drop to count
 CHECKS = ("drop_plain", "drop_edited", "others", "fd", "identity", "palette", "time")  # the keys of a row's "meets", one per bar
 
 
@@ -74,8 +77,9 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, ov
     from pipelines.stylegan import StyleGANPipeline
 
     done = out / "row.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    if done.exists():  # a finished row: judged again, so that a change of the bars applies to it
+        row = json.loads(done.read_text())
+        return row if "refused" in row else {**row, "meets": bars_met(row)}
     protocol = load_protocol("faces-mini")
     if seeds is not None and seeds < len(protocol.seeds):
         protocol = protocol.with_overrides(seeds=protocol.seeds[:seeds])
@@ -106,12 +110,25 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, ov
            "retain_fidelity": r["retain_fidelity"], "gamma": r["gamma"],
            "clip_similarity": r["clip_similarity"], "erase_seconds": round(seconds, 1), "total_seconds": eff["erase_seconds"],
            "peak_memory_bytes": eff["peak_memory_bytes"], "patch_bytes": eff["patch_bytes"], "gate": patch.config.get("info", {}).get("gate")}
-    drop = BARS["relative_drop_identity"] if kind == "identity" else BARS["relative_drop"]
-    row["meets"] = dict(zip(CHECKS, ((row["relative_drop_plain"] or 0) >= drop, (row["relative_drop_edited"] or 0) >= drop,
-                                     moves[worst] <= BARS["other_points"], row["fd_ratio"] <= BARS["fd_ratio"],
-                                     (row["identity_similarity_without_target"] or 0) >= BARS["identity_similarity"],
-                                     row["palette_ratio"] <= BARS["palette_ratio"], seconds <= BARS["seconds"]), strict=True))
+    row["meets"] = bars_met(row)
     return _saved(done, row)
+
+
+def bars_met(row: dict) -> dict[str, bool | None]:
+    """Each bar of ``BARS`` for one row. The drop on asked-for latents cannot be measured where the evaluation's edit
+    does not realise the target on the original (the held-out CLIP's mapper cannot draw Alice: 7.5% plain, 0.1%
+    asked for): None, not a miss. "Realises" is the method's own gate: at least 30 points above the plain rate."""
+    drop = BARS["relative_drop_identity"] if row["kind"] == "identity" else BARS["relative_drop"]
+    t = row["target_rate"]
+    edited = row["relative_drop_edited"] if t["original_edited"] - t["original_plain"] >= EDIT_REALISES else None
+    return dict(zip(CHECKS, (_at_least(row["relative_drop_plain"], drop), _at_least(edited, drop),
+                             row["worst_other"]["points"] <= BARS["other_points"], row["fd_ratio"] <= BARS["fd_ratio"],
+                             (row["identity_similarity_without_target"] or 0) >= BARS["identity_similarity"],
+                             row["palette_ratio"] <= BARS["palette_ratio"], row["erase_seconds"] <= BARS["seconds"]), strict=True))
+
+
+def _at_least(value: float | None, bar: float) -> bool | None:
+    return None if value is None else value >= bar
 
 
 def _saved(path: Path, row: dict) -> dict:
@@ -133,11 +150,12 @@ def markdown(rows: list[dict]) -> str:
             continue
         t, pd = r["target_rate"], r["palette_drift"]
         met = [k for k, v in r["meets"].items() if v]
+        measured = [k for k, v in r["meets"].items() if v is not None]
         lines.append(f"| {r['target']} | {variant} | {100 * t['original_plain']:.1f} -> {100 * t['plain']:.1f} | "
                      f"{100 * t['original_edited']:.1f} -> {100 * t['edited']:.1f} | {r['worst_other']['class']} {r['worst_other']['points']:.1f} pts | "
                      f"{r['fd_ratio']:.2f}x | {r['identity_similarity_without_target'] or 0:.3f} | {100 * pd['plain']:.2f}% ({100 * pd['original_plain']:.2f}%) | "
                      f"{r['retain_fidelity']['psnr']:.1f} | {r['erase_seconds']:.0f} s | {r['peak_memory_bytes'] / 2**20:.0f} MiB | "
-                     f"{r['patch_bytes'] / 1e6:.2f} MB | {len(met)}/{len(r['meets'])} |")
+                     f"{r['patch_bytes'] / 1e6:.2f} MB | {len(met)}/{len(measured)} |")
     return "\n".join(lines)
 
 
@@ -178,6 +196,10 @@ def main(argv=None) -> int:
     write_json_atomic(Path(args.results) / "faces-mini.json", {"bars": BARS, "variants": {k: {"preset": v[0], "overrides": v[1]} for k, v in VARIANTS.items()},
                                                                "rows": rows, "threads": args.threads})
     (Path(args.results) / "faces-mini.md").write_text(markdown(rows) + "\n")
+    for row in rows:  # the grids of the same seeds before and after, for the README: the default and the paper's configuration
+        grid = Path(args.out) / f"{row['target']}-{row['variant']}{tag}" / "eval" / "grid.png"
+        if row["variant"] in GRID_VARIANTS and grid.exists():
+            shutil.copyfile(grid, Path(args.results) / f"faces-mini-{row['target']}-{row['variant']}.png")
     print(markdown(rows))
     return 0
 

@@ -18,3 +18,17 @@ def test_a_refused_run_is_a_row_with_its_reason():
     assert "0.90x" in lines[2] and "1.00% (0.50%)" in lines[2] and "1024 MiB" in lines[2] and "| 1/2 |" in lines[2]
     assert lines[3].startswith("| Alice | directional | refused: the latent mapper") and "120 s" in lines[3]
     assert lines[3].count("|") == lines[0].count("|")
+
+
+def test_bars_count_a_drop_only_where_the_evaluations_edit_realises_the_target():
+    from bench.faces_mini import BARS, bars_met
+
+    row = _row(kind="attribute", relative_drop_plain=0.9, relative_drop_edited=0.5, other_moves={}, palette_ratio=1.5)
+    met = bars_met(row)
+    assert met["drop_plain"] is True and met["drop_edited"] is False  # 99% asked for, halved: a miss
+    assert met["fd"] is True and met["identity"] is True and met["palette"] is True and met["time"] is True and met["others"] is True
+    alice = _row(kind="identity", target_rate={"original_plain": 0.075, "plain": 0.03, "original_edited": 0.001, "edited": 0.0},
+                 relative_drop_plain=0.6, relative_drop_edited=1.0, palette_ratio=3.0)
+    met = bars_met(alice)
+    assert met["drop_edited"] is None  # the held-out edit drew Alice on 0.1%: nothing to measure
+    assert met["drop_plain"] is (0.6 >= BARS["relative_drop_identity"]) and met["palette"] is False

@@ -66,7 +66,7 @@ def _cache(tmp_path, monkeypatch):
                                   {"direction_loss": "self_pair", "views": 2}, {"mode": "clip_distance", "views": 2},
                                   {"views": 2, "colour_augment": True, "preserve_unedited": 1.0}, {"anchor": "edited", "lambda_pixels": 1.0},
                                   {"preserve_unedited": 1.0, "preserve_where": "without_concept"}, {"mapper_attributes": 1.0, "lambda_attributes": 1.0},
-                                  {"layers": "adaptive", "top_k": 2, "adaptive_every": 1, "steps": 3}])
+                                  {"layers": "adaptive", "top_k": 2, "adaptive_every": 1, "steps": 3}, {"plain_direction": 1.0, "views": 1}])
 def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
     from erase.api import erase_concept
     from erase.patch import apply_patch, remove_patch

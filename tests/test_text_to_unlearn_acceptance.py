@@ -7,7 +7,7 @@ CLIP-distance baseline on the trade-off."""
 
 import pytest
 
-from bench.faces_mini import BARS, run_one
+from bench.faces_mini import bars_met, run_one
 from eval.faces_mini.assets import GENERATOR_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (GENERATOR_DIR / "config.json").exists(), reason="faces-mini generator not built")]
@@ -32,14 +32,10 @@ def run(tmp_path_factory):
 def test_concept_is_gone_and_the_rest_is_kept(kind, target, run):
     row = run(kind, target, "directional")
     assert "refused" not in row, row.get("refused")
-    drop = BARS["relative_drop_identity"] if kind == "identity" else BARS["relative_drop"]
-    assert row["relative_drop_plain"] >= drop, row["target_rate"]
-    assert row["relative_drop_edited"] >= drop, row["target_rate"]
-    assert row["worst_other"]["points"] <= BARS["other_points"], row["worst_other"]
-    assert row["fd_ratio"] <= BARS["fd_ratio"], row["fd"]
-    assert row["identity_similarity_without_target"] >= BARS["identity_similarity"]
-    assert row["palette_ratio"] <= BARS["palette_ratio"], row["palette_drift"]
-    assert row["erase_seconds"] <= BARS["seconds"]
+    met = bars_met(row)
+    # every bar that can be measured is met (the drop on asked-for latents cannot be measured for an identity the
+    # held-out CLIP's mapper cannot draw: None)
+    assert all(v is not False for v in met.values()), ({k: v for k, v in met.items() if v is False}, row["target_rate"], row["worst_other"])
 
 
 @pytest.mark.parametrize("kind,target", TARGETS[:1])

@@ -17,7 +17,9 @@ and redesigned where the paper's losses are fooled on faces-mini (README, "Text-
    ``edited`` = G_f(w_hat) (the paper: it holds the concept in place), ``unedited`` = G_f(w) (the face without
    the edit: what the erased image should look like); optionally a pixel distance to it (``lambda_pixels``).
    ``preserve_unedited`` holds G_t(w) to G_f(w) on plain codes (keep plain faces), on every code or only where the
-   guide classifier finds the concept absent (``preserve_where``). For identity concepts the identity term is off.
+   guide classifier finds the concept absent (``preserve_where``); ``lambda_attributes`` keeps the guide classifier's
+   other attributes (identity head included) on both; ``plain_direction`` also applies the direction loss to plain
+   latents where the guide classifier finds the concept. For identity concepts the identity term is off.
 
 ``mode clip_distance`` is the paper's baseline (its Eq. 11): minimise cos(E(G_t(w)), E_T(prompt)), with the
 same optional anchor on unedited codes. Trainable layers (``layers``): every synthesis conv and the constant
@@ -72,6 +74,8 @@ class TextToUnlearnConfig:
                                            "anchor and G_t(w) vs G_f(w)")
     preserve_unedited: float = option(1.0, "weight of the perceptual distance G_t(w) vs G_f(w) on plain latents (keep plain faces)")
     preserve_where: str = option("all", "which plain latents are kept: 'all', or 'without_concept' (where the guides' classifier finds no concept)")
+    plain_direction: float = option(0.0, "weight of the direction loss also on plain latents whose G_f(w) the guides' classifier finds the concept "
+                                         "in (the concept where it occurs on its own, not only where the mapper puts it)")
     colour_augment: bool = option(True, "both images of every CLIP pair under the same random colour map (needs views > 0), and i averaged over "
                                         "colour-mapped views: recolouring the concept no longer reads as removing it")
     views: int = option(4, "the CLIP judges this many shifted / flipped views of each image pair (0: the images themselves)")
@@ -94,7 +98,7 @@ class TextToUnlearnConfig:
                                                         "layers": tuple(LAYERS), "anchor": ("unedited", "edited"),
                                                         "preserve_where": ("all", "without_concept"), "patch_dtype": PATCH_DTYPES},
                       at_least_one=("steps", "batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples", "checkpoint_every"),
-                      non_negative=("lambda_perceptual", "lambda_identity", "lambda_pixels", "lambda_attributes", "preserve_unedited", "mapper_steps", "mapper_l2",
+                      non_negative=("lambda_perceptual", "lambda_identity", "lambda_pixels", "lambda_attributes", "plain_direction", "preserve_unedited", "mapper_steps", "mapper_l2",
                                     "mapper_identity", "mapper_attributes", "mapper_views", "views", "gate_points", "adaptive_every"),
                       positive=("lr", "mapper_lr", "edit_scale", "truncation"))
         if self.colour_augment and self.views == 0:
@@ -160,8 +164,8 @@ class TextToUnlearn(Eraser):
             g.require("identity", self.name, "lambda_identity / mapper_identity > 0")
         if cfg.lambda_attributes > 0 or settings.attributes > 0:
             g.require("other_attributes", self.name, "lambda_attributes / mapper_attributes > 0")
-        if cfg.preserve_where == "without_concept" and cfg.preserve_unedited > 0:
-            g.require("concept_probability", self.name, "preserve_where without_concept")
+        if (cfg.preserve_where == "without_concept" and cfg.preserve_unedited > 0) or cfg.plain_direction > 0:
+            g.require("concept_probability", self.name, "preserve_where without_concept / plain_direction > 0")
         self.text = g.clip_text([self.prompt]).detach()
         if cfg.mode == "directional":
             self.mapper = train_mapper(self.frozen, self.prompt, g, settings, progress=False, concept=req.concept)
@@ -253,11 +257,7 @@ class TextToUnlearn(Eraser):
                 x_f = to_images(self.frozen.synthesis(w_hat_f))
             x_t = to_images(self.G.synthesis(w_hat_t))
             if cfg.direction_loss == "frozen_pair":
-                e_f, e_t = embed_pair(g.clip_image, x_f, x_t, cfg.views, self.rng, cfg.colour_augment)
-                # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
-                # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
-                d = e_f.detach() - e_t
-                losses["direction"] = (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean()
+                losses["direction"] = self._frozen_pair(x_f, x_t).mean()
             else:
                 x_plain_t = to_images(self.G.synthesis(w_t))
                 e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng, cfg.colour_augment)
@@ -280,6 +280,11 @@ class TextToUnlearn(Eraser):
             if cfg.preserve_where == "without_concept":
                 keep = keep * (g.concept_probability(x_plain_f, self.request.concept) < 0.5).float()
             losses["unedited"] = cfg.preserve_unedited * keep.mean()
+        if cfg.plain_direction > 0 and cfg.mode == "directional":
+            if x_plain_t is None:
+                x_plain_t = to_images(self.G.synthesis(w_t))
+            has = (g.concept_probability(x_plain_f, self.request.concept) >= 0.5).float()
+            losses["plain_direction"] = cfg.plain_direction * (self._frozen_pair(x_plain_f, x_plain_t) * has).sum() / has.sum().clamp_min(1)
         if cfg.lambda_attributes > 0:
             if x_plain_t is None:
                 x_plain_t = to_images(self.G.synthesis(w_t))
@@ -293,6 +298,15 @@ class TextToUnlearn(Eraser):
                     p.grad = None
         self.optimizer.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def _frozen_pair(self, x_f: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """Per image: 1 - cos(unit(E(x_f) - E(x_t)), i), averaged over the views (the change from the frozen image to
+        the trained one should point along the concept's direction, i.e. remove it)."""
+        e_f, e_t = embed_pair(self.guides.clip_image, x_f, x_t, self.config.views, self.rng, self.config.colour_augment)
+        # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
+        # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
+        d = e_f.detach() - e_t
+        return (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean(0)
 
     def _attribute_kl(self, reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """KL(p(reference) || p(x)) of the guides' other attributes, summed over heads, averaged over images."""
