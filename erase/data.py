@@ -87,18 +87,15 @@ def generations(pipe, prompts: list[str], per_prompt: int, first_seed: int, *, s
            "sample_size": pipe.unet.config.sample_size}  # the pipeline's default size is the generations' size
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_dir() / "generations" / f"{digest}.safetensors"
-    if cache and path.exists():
-        from safetensors.torch import load_file
 
-        return load_file(str(path))["latents"], idx
-    z = sample_latents(pipe, [p for p in prompts for _ in range(per_prompt)], seeds, steps=steps, guidance=guidance)
-    if cache:
-        from safetensors.torch import save_file
+    def sample() -> dict[str, torch.Tensor]:
+        return {"latents": sample_latents(pipe, [p for p in prompts for _ in range(per_prompt)], seeds, steps=steps, guidance=guidance)}
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"latents": z.cpu().contiguous()}, str(tmp))
-        tmp.replace(path)
+    if not cache:
+        return sample()["latents"], idx
+    from .cache import cached_tensors
+
+    z = cached_tensors(path, sample)["latents"]
     return z, idx
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from .errors import EraseError
 
@@ -62,3 +67,58 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data, **kw) -> None:
     """Write JSON to a temp file next to ``path``, then rename it over ``path``."""
     write_text_atomic(path, json.dumps(data, indent=2, default=str, **kw))
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+# called between the two renames of ``swap_dir`` (tests use it to signal from inside the swap; None in normal use)
+swap_hook: Callable[[], None] | None = None
+
+
+@contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM until the block is done (the first one is delivered right after it): a Ctrl-C cannot
+    land in the middle of a multi-step file operation. Python runs signal handlers in the main thread only, so the
+    deferral is a handler there that records the signal (blocking the signal would not do: the kernel hands a
+    process-directed signal to any thread that has it unblocked, torch's included). Elsewhere a no-op: no
+    KeyboardInterrupt is raised in other threads."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.getsignal(s) for s in _DEFERRED}
+    for s in _DEFERRED:
+        signal.signal(s, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if received:
+            signal.raise_signal(received[0])
+
+
+def swap_dir(tmp: str | Path, final: str | Path) -> None:
+    """Put the finished folder ``tmp`` in the place of ``final`` (which may not exist): ``final`` becomes
+    ``final.old``, ``tmp`` becomes ``final``, then ``final.old`` goes. Signals wait until the swap is done, so a
+    folder is never left with neither the old nor the new version in place; a crash (SIGKILL) between the renames
+    leaves ``final.old``, which ``recover_swapped_dir`` puts back."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(final.name + ".old")
+    with signals_deferred():
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        if swap_hook is not None:
+            swap_hook()
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swapped_dir(final: str | Path) -> bool:
+    """After a crash inside ``swap_dir``: if ``final`` is missing and ``final.old`` is there, put it back. True if
+    ``final`` exists afterwards."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.exists():
+        old.rename(final)
+    return final.exists()

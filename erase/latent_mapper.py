@@ -113,18 +113,23 @@ def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings
 
 def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSettings, *, progress: bool = False, concept: str | None = None) -> LevelsMapper:
     """The mapper that adds ``prompt`` to ``generator``'s images (trained once, then read from the cache)."""
-    from safetensors.torch import load_file, save_file
 
     dev = next(generator.parameters()).device
     mapper = LevelsMapper(generator.n_latent, generator.config.style_dim).to(dev)
     if settings.attributes > 0 and concept is None:
         raise EraseError("a latent mapper that keeps the other attributes needs the concept it adds (train_mapper(..., concept=...))")
     path = _cache_path(generator, prompt, guides, settings, concept)
-    if path.exists():
-        mapper.load_state_dict(load_file(str(path)))
-        return mapper.eval().requires_grad_(False)
+    from .cache import cached_tensors
+
+    mapper.load_state_dict(cached_tensors(path, lambda: _train(generator, prompt, guides, settings, progress, concept)))
+    return mapper.eval().requires_grad_(False)
+
+
+def _train(generator, prompt: str, guides: Guides, settings: MapperSettings, progress: bool, concept: str | None) -> dict[str, torch.Tensor]:
+    """Train a mapper from scratch (seeded by the settings); its state dict."""
     from tqdm.auto import tqdm
 
+    dev = next(generator.parameters()).device
     torch.manual_seed(settings.seed)
     mapper = LevelsMapper(generator.n_latent, generator.config.style_dim).to(dev)
     rng = torch.Generator().manual_seed(settings.seed)
@@ -153,11 +158,7 @@ def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSetting
             opt.step()
     finally:
         generator.train(was)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    return mapper.eval().requires_grad_(False)
+    return mapper.state_dict()
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ import torch
 
 from .components import float32_master, model_device, named_parameters
 from .errors import EraseError, NonFiniteError
+from .files import recover_swapped_dir, swap_dir
 from .patch import ErasurePatch, PatchError, applied_patches, fingerprint
 from .selection import ParamSelection
 
@@ -106,12 +107,7 @@ def _save_checkpoint(folder: Path, step: int, params: dict[str, torch.Tensor], e
     save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "params.safetensors"))
     torch.save(eraser.state_dict(), tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step, "run": identity}, default=str))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_dir(tmp, folder)
 
 
 def _load_checkpoint(folder: Path, params: dict[str, torch.Tensor], eraser: Eraser) -> int:
@@ -128,7 +124,9 @@ def _load_checkpoint(folder: Path, params: dict[str, torch.Tensor], eraser: Eras
 
 
 def checkpoint_meta(out_dir: str | Path) -> dict | None:
-    """{"step", "run"} of the resumable checkpoint in ``out_dir``, or None."""
+    """{"step", "run"} of the resumable checkpoint in ``out_dir``, or None. A checkpoint that a crash left as
+    ``checkpoint.old`` in the middle of its replacement is put back first."""
+    recover_swapped_dir(Path(out_dir) / CKPT_DIR)
     meta = Path(out_dir) / CKPT_DIR / "meta.json"
     try:
         return json.loads(meta.read_text()) if meta.exists() else None
@@ -173,7 +171,7 @@ def run(eraser: Eraser, model, out_dir: str | Path, loop: LoopConfig, patch_conf
             if unknown:
                 raise EraseError(f"{eraser.name} selected {unknown[0]}, outside its declared scope {pattern!r}")
             params = {n: scoped[n] for n in selection.masks}
-            start = _load_checkpoint(ckpt, params, eraser) if loop.resume and (ckpt / "meta.json").exists() else 0
+            start = _load_checkpoint(ckpt, params, eraser) if loop.resume and recover_swapped_dir(ckpt) and (ckpt / "meta.json").exists() else 0
             log_path = out_dir / "train_log.jsonl"
             if start == 0 and log_path.exists():
                 log_path.unlink()

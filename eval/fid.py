@@ -15,7 +15,6 @@ concept was left out of them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -102,28 +101,26 @@ def load_or_compute_reference(fid, key: str, cache_dir: str | Path, images_fn, b
     ``images_fn`` returns float images in [0, 1]: one (N, 3, H, W) tensor, or an iterable of such batches
     (so a large reference set is never held in memory at once). Returns True on a cache hit.
     """
-    from safetensors.torch import load_file, save_file
+    from erase.cache import cached_tensors
 
     path = Path(cache_dir) / f"fid_ref_{key}.safetensors"
-    if path.exists():
-        stats = load_file(str(path))
+    built = []
+
+    def compute() -> dict[str, torch.Tensor]:
+        built.append(True)
+        images = images_fn()
+        batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)] if isinstance(images, torch.Tensor) else images
+        for batch in batches:
+            fid.update(batch, real=True)
+        return {name: getattr(fid, name).detach().cpu().reshape(getattr(fid, name).shape).contiguous() for name in REAL_STATES}
+
+    # one builder per entry across processes, verified before use, written whole (an unwritable cache costs a
+    # recomputation next time)
+    stats = cached_tensors(path, compute)
+    if not built:
         for name in REAL_STATES:
             setattr(fid, name, stats[name].to(getattr(fid, name).device))
-        return True
-    images = images_fn()
-    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)] if isinstance(images, torch.Tensor) else images
-    for batch in batches:
-        fid.update(batch, real=True)
-    stats = {name: getattr(fid, name).detach().cpu().reshape(getattr(fid, name).shape).contiguous() for name in REAL_STATES}
-    tmp = path.with_name("." + path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(stats, str(tmp))
-        tmp.replace(path)
-    except OSError:  # an unwritable cache only costs a recomputation next time
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    return False
+    return not built
 
 
 def frechet_distance_numpy(feats_a: np.ndarray, feats_b: np.ndarray) -> float:

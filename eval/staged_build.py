@@ -34,13 +34,11 @@ def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished artefact folder into place (the old one removed only after the new one is complete)."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    """Move a finished artefact folder into place (the old one removed only after the new one is complete; signals
+    wait until the swap is done: ``erase.files.swap_dir``)."""
+    from erase.files import swap_dir
+
+    swap_dir(tmp, final)
 
 
 def new_open_clip(name: str, model_cfg: dict, work: Path, device):

@@ -1,0 +1,109 @@
+"""Shared cache entries that several processes may build at once (an ``accelerate`` batch, a test run beside an
+evaluation): one builder per entry, never a half-written file, never a corrupted entry used.
+
+``cached_tensors(path, build)`` returns the tensors stored at ``path`` or builds them once:
+
+* a lock per entry (``<entry>.lock``, an advisory ``flock``): a second process that needs the same entry waits for
+  the first and then reads what it wrote, instead of building it again or renaming its own file over it;
+* the entry is written to a temp name unique to the process and renamed into place;
+* its size and SHA-256 go to ``<entry>.sha256`` after the rename; an entry whose record is missing or does not
+  match (truncated, corrupted, or left by a crash before the record) is rebuilt, never used;
+* a cache folder that cannot be written (read-only, vanished) is said once on stderr and the tensors are built
+  without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .files import file_sha256
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: entries are still verified, building is not serialised
+    fcntl = None
+
+_warned: set[str] = set()
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _verified(path: Path) -> bool:
+    """The entry exists and matches the size and SHA-256 recorded when it was written."""
+    try:
+        record = json.loads(_record_path(path).read_text())
+        return path.stat().st_size == record["size"] and file_sha256(path) == record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@contextmanager
+def _entry_lock(path: Path):
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _warn_once(folder: Path, error: OSError) -> None:
+    if str(folder) not in _warned:
+        _warned.add(str(folder))
+        print(f"erasekit: cache folder {folder} is not usable ({error.strerror or error}); going on without the cache "
+              "(set ERASEKIT_CACHE to a writable folder to keep results between runs)", file=sys.stderr)
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        record = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp)}
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record_tmp = _record_path(path).with_name(f".{_record_path(path).name}.{os.getpid()}.tmp")
+    record_tmp.write_text(json.dumps(record))
+    os.replace(record_tmp, _record_path(path))
+
+
+def cached_tensors(path: str | Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The tensors of the cache entry ``path``, built by ``build()`` once across processes (see the module doc)."""
+    path = Path(path)
+    if _verified(path):
+        return _load(path)
+    with ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(_entry_lock(path))
+        except OSError as e:  # no cache to share: build without one
+            _warn_once(path.parent, e)
+            return build()
+        if _verified(path):  # built by another process while this one waited
+            return _load(path)
+        tensors = build()
+        try:
+            _write(path, tensors)
+        except OSError as e:
+            _warn_once(path.parent, e)
+        return tensors

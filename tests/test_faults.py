@@ -1,0 +1,179 @@
+"""Faults (issue 26): an interrupt or a crash in the middle of replacing a checkpoint never loses the run.
+
+The window is hit deterministically through ``erase.files.swap_hook`` (called between the two renames of a
+folder swap), never by timing."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from tests.test_text_to_unlearn import QUICK, request, tiny_pipe, toy_guides
+
+STEPS = {**QUICK, "steps": 4, "checkpoint_every": 1}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
+
+
+def _erase(out, **kw):
+    from erase.api import erase_concept
+
+    return erase_concept(tiny_pipe(), "text_to_unlearn", request(), out, overrides=STEPS, progress=False, model_id="tiny", guides=toy_guides(), **kw)
+
+
+def _on_swap(monkeypatch, n: int, action):
+    """Run ``action`` inside the n-th folder swap, between its two renames."""
+    import erase.files
+
+    calls = [0]
+
+    def hook():
+        calls[0] += 1
+        if calls[0] == n:
+            action()
+
+    monkeypatch.setattr(erase.files, "swap_hook", hook)
+
+
+def test_ctrl_c_inside_a_checkpoint_swap_waits_until_the_swap_is_done(tmp_path, monkeypatch):
+    """SIGINT sent between the renames of the second checkpoint: it is delivered once the new checkpoint is in
+    place (step 2, no leftover .old), the run folder is kept, and --resume ends where an uninterrupted run ends."""
+    from erase.loop import checkpoint_meta
+
+    full = _erase(tmp_path / "full")
+    out = tmp_path / "out"
+    _on_swap(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        _erase(out)
+    assert (out / "checkpoint" / "meta.json").exists() and not (out / "checkpoint.old").exists()
+    assert checkpoint_meta(out)["step"] == 2
+    monkeypatch.setattr("erase.files.swap_hook", None)
+    resumed = _erase(out, resume=True)
+    assert resumed.config["timing"]["resumed_from"] == 2
+    assert all(torch.equal(resumed.deltas[n], full.deltas[n]) for n in full.names())
+
+
+def test_a_crash_between_the_renames_keeps_the_folder_and_resumes_from_the_old_checkpoint(tmp_path, monkeypatch):
+    """A crash (here an exception; in life SIGKILL or power loss) after the checkpoint became checkpoint.old and
+    before the new one took its place: the clean-up must not delete a folder that holds a checkpoint, and --resume
+    puts checkpoint.old back and continues from it."""
+    full = _erase(tmp_path / "full")
+    out = tmp_path / "out"
+
+    def crash():
+        raise RuntimeError("crash inside the swap")
+
+    _on_swap(monkeypatch, 3, crash)
+    with pytest.raises(RuntimeError, match="crash inside the swap"):
+        _erase(out)
+    from erase.loop import checkpoint_meta
+
+    assert out.exists() and checkpoint_meta(out)["step"] == 2  # the clean-up put checkpoint.old back instead of deleting
+    monkeypatch.setattr("erase.files.swap_hook", None)
+    resumed = _erase(out, resume=True)
+    assert resumed.config["timing"]["resumed_from"] == 2
+    assert all(torch.equal(resumed.deltas[n], full.deltas[n]) for n in full.names())
+    assert not (out / "checkpoint.old").exists()
+
+
+def test_swap_dir_replaces_a_folder_whole_and_recovers_an_interrupted_swap(tmp_path):
+    from erase.files import recover_swapped_dir, swap_dir
+
+    final, tmp = tmp_path / "a", tmp_path / "a.tmp"
+    final.mkdir()
+    (final / "x").write_text("old")
+    tmp.mkdir()
+    (tmp / "x").write_text("new")
+    swap_dir(tmp, final)
+    assert (final / "x").read_text() == "new" and not tmp.exists() and not (tmp_path / "a.old").exists()
+    final.rename(tmp_path / "a.old")  # what a crash between the renames leaves
+    assert recover_swapped_dir(final) and (final / "x").read_text() == "new"
+    assert not recover_swapped_dir(tmp_path / "never")
+
+
+# -- shared cache entries (erase/cache.py) ------------------------------------------------------------------------
+
+def _counted_build(calls: list, value: float = 1.0):
+    def build():
+        calls.append(1)
+        return {"x": torch.full((64,), value)}
+    return build
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "no_record"])
+def test_a_damaged_cache_entry_is_rebuilt_never_used(tmp_path, damage):
+    from erase.cache import cached_tensors
+
+    path, calls = tmp_path / "entry.safetensors", []
+    assert torch.equal(cached_tensors(path, _counted_build(calls))["x"], torch.ones(64))
+    assert torch.equal(cached_tensors(path, _counted_build(calls))["x"], torch.ones(64)) and len(calls) == 1  # read, not rebuilt
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[-3] ^= 0xFF  # a byte of the values: the file still parses, with a wrong number in it
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        path.with_name(path.name + ".sha256").unlink()  # a crash between the entry's rename and its record
+    assert torch.equal(cached_tensors(path, _counted_build(calls))["x"], torch.ones(64)) and len(calls) == 2
+    assert torch.equal(cached_tensors(path, _counted_build(calls))["x"], torch.ones(64)) and len(calls) == 2
+
+
+def test_two_processes_that_need_one_entry_build_it_once(tmp_path):
+    """The first process builds (and holds on until told to go on); the second starts once the first is building;
+    both end with the same tensors and the build ran once. Driven by files appearing, not by timing."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = f"""
+import sys, time, torch
+from pathlib import Path
+from erase.cache import cached_tensors
+tmp = Path({str(tmp_path)!r})
+name = sys.argv[1]
+def build():
+    with open(tmp / "builds", "a") as f:
+        f.write(name + "\\n")
+    (tmp / ("building-" + name)).touch()
+    while not (tmp / "go").exists():
+        time.sleep(0.01)
+    return {{"x": torch.arange(1000.0)}}
+(tmp / ("started-" + name)).touch()
+out = cached_tensors(tmp / "cache" / "entry.safetensors", build)
+assert torch.equal(out["x"], torch.arange(1000.0))
+"""
+
+    def wait_for(path: Path):
+        while not path.exists():  # an event, not a timeout: the children write these files
+            time.sleep(0.01)
+
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    a = subprocess.Popen([sys.executable, "-c", script, "a"], cwd=root, env=env)
+    wait_for(tmp_path / "building-a")
+    b = subprocess.Popen([sys.executable, "-c", script, "b"], cwd=root, env=env)
+    wait_for(tmp_path / "started-b")
+    (tmp_path / "go").touch()
+    assert a.wait(timeout=120) == 0 and b.wait(timeout=120) == 0
+    assert (tmp_path / "builds").read_text().split() == ["a"]
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_unusable_cache_folder_is_said_once_and_the_work_goes_on(tmp_path, capsys):
+    import erase.cache
+    from erase.cache import cached_tensors
+
+    erase.cache._warned.clear()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    calls = []
+    for _ in range(2):
+        assert torch.equal(cached_tensors(blocker / "entry.safetensors", _counted_build(calls))["x"], torch.ones(64))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(calls) == 2 and len(err) == 1 and "is not usable" in err[0] and "ERASEKIT_CACHE" in err[0]
