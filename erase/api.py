@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .components import model_device
 from .errors import EraseError
-from .files import check_writable, read_json_object, write_json_atomic
+from .files import check_writable, hold_folder, read_json_object, write_json_atomic
 from .memory import peak_memory_bytes
 from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
 from .patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
@@ -138,6 +138,14 @@ def erase_concept(pipe, method: str, request: EraseRequest, out_dir: str | Path,
     cfg = resolve_config(method, preset, overrides)
     request.validate()
     identity = run_identity(method, cfg, request, model_id, guides)
+    check_writable("--out", out_dir, folder=True)
+    with hold_folder(out_dir, "erase run"):  # two runs into one folder: the second is refused, none silently lost
+        return _erase_held(pipe, spec, method, cfg, request, out_dir, identity, preset=preset, resume=resume, overwrite=overwrite,
+                           progress=progress, guides=guides)
+
+
+def _erase_held(pipe, spec, method: str, cfg, request: EraseRequest, out_dir: Path, identity: dict, *, preset, resume: bool, overwrite: bool,
+                progress: bool, guides) -> ErasurePatch:
     mode = check_out_dir(out_dir, identity, resume=resume, overwrite=overwrite)
     if mode == "finished":
         return ErasurePatch.from_pretrained(out_dir)

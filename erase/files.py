@@ -122,3 +122,44 @@ def recover_swapped_dir(final: str | Path) -> bool:
     if not final.exists() and old.exists():
         old.rename(final)
     return final.exists()
+
+
+@contextmanager
+def hold_folder(folder: str | Path, command: str):
+    """Hold ``folder`` for this process while ``command`` writes into it: a second process that wants the same
+    folder is refused at once with one line naming the holder's pid. The lock is an advisory ``flock`` on
+    ``.<folder name>.lock`` beside the folder, so it dies with its process: a lock left by a killed run is simply
+    taken over. Where the platform has no ``flock`` the folder is not held (the rest still works)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.with_name(f".{folder.name}.lock")
+    while True:
+        handle = open(lock, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise EraseError(f"{folder} is in use by {holder}; wait for it to finish or choose another output folder") from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the file that is there
+            same = os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} ({command})")
+        handle.flush()
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()

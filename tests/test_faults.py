@@ -177,3 +177,39 @@ def test_an_unusable_cache_folder_is_said_once_and_the_work_goes_on(tmp_path, ca
         assert torch.equal(cached_tensors(blocker / "entry.safetensors", _counted_build(calls))["x"], torch.ones(64))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(calls) == 2 and len(err) == 1 and "is not usable" in err[0] and "ERASEKIT_CACHE" in err[0]
+
+
+def test_a_run_into_a_folder_in_use_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    """Tried on main before: two `erase run` into one --out both exited 0 and one erasure was silently lost."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from erase.errors import EraseError
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    script = f"""
+import time
+from pathlib import Path
+from erase.files import hold_folder
+with hold_folder(Path({str(out)!r}), "erase run"):
+    (Path({str(tmp_path)!r}) / "holding").touch()
+    while True:
+        time.sleep(1)
+"""
+    holder = subprocess.Popen([sys.executable, "-c", script], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        while not (tmp_path / "holding").exists():  # an event: the holder says it holds the folder
+            assert holder.poll() is None, "the holder died"
+            time.sleep(0.01)
+        with pytest.raises(EraseError, match=rf"out is in use by pid {holder.pid} \(erase run\); wait for it .* or choose another"):
+            _erase(out)
+        assert not out.exists()  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    patch = _erase(out)  # the dead holder's lock is taken over
+    assert patch.names() and (out / "erasure_patch.safetensors").exists()
+    assert not (tmp_path / ".out.lock").exists()  # released when the run ends
