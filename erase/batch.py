@@ -142,8 +142,11 @@ def rank_lock(out: Path, rank: int):
         os.close(fd)
 
 
-def job_record(out: Path, concept: str) -> dict | None:
-    """The job's record if it finished and its patch still verifies, else None (to be redone)."""
+def job_record(out: Path, concept: str, *, rehash: bool = True) -> dict | None:
+    """The job's record if it finished and its patch still verifies, else None (to be redone). With ``rehash``
+    the patch's SHA-256 is recomputed; without, a patch whose size and modification time are those recorded when it
+    was written is trusted (the manifest is rebuilt after every job: re-hashing every finished patch each time is
+    quadratic I/O at SD scale), and only a patch whose size or time differ is hashed again."""
     folder = out / concept
     try:
         record = json.loads((folder / JOB_FILE).read_text())
@@ -152,17 +155,21 @@ def job_record(out: Path, concept: str) -> dict | None:
     if record.get("status") != "done":
         return record
     patch = folder / "erasure_patch.safetensors"
-    if not patch.is_file() or file_sha256(patch) != record.get("sha256"):
+    if not patch.is_file():
         return None
-    return record
+    st = patch.stat()
+    if not rehash and record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns:
+        return record
+    return record if file_sha256(patch) == record.get("sha256") else None
 
 
-def write_manifest(out: Path, concepts: list[str]) -> list[dict]:
-    """Rebuild manifest.jsonl from the jobs' records (protocol order), under a lock, atomically."""
+def write_manifest(out: Path, concepts: list[str], *, rehash: bool = False) -> list[dict]:
+    """Rebuild manifest.jsonl from the jobs' records (protocol order), under a lock, atomically; patches are
+    re-hashed only where their size or time changed (``job_record``), or all with ``rehash``."""
     fd = os.open(out / ".manifest.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        records = [r for r in (job_record(out, c) for c in concepts) if r is not None]
+        records = [r for r in (job_record(out, c, rehash=rehash) for c in concepts) if r is not None]
         tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         os.replace(tmp, out / MANIFEST)
@@ -196,7 +203,9 @@ def run_jobs(pipe, *, method: str, preset: str | None, overrides: dict, requests
         t0 = time.time()
         patch = erase_concept(pipe, method, requests[concept], folder, preset=preset, overrides=overrides, resume=True, progress=progress,
                               model_id=model_id)
-        record = {"concept": concept, "status": "done", "patch": concept, "sha256": file_sha256(folder / "erasure_patch.safetensors"),
+        patch_file = folder / "erasure_patch.safetensors"
+        st = patch_file.stat()
+        record = {"concept": concept, "status": "done", "patch": concept, "sha256": file_sha256(patch_file), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                   "seconds": round(time.time() - t0, 1), "erase_seconds": patch.config.get("efficiency", {}).get("erase_seconds"),
                   "patch_bytes": patch.nbytes()}
         if evaluate_fn is not None:

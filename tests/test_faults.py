@@ -213,3 +213,31 @@ with hold_folder(Path({str(out)!r}), "erase run"):
     patch = _erase(out)  # the dead holder's lock is taken over
     assert patch.names() and (out / "erasure_patch.safetensors").exists()
     assert not (tmp_path / ".out.lock").exists()  # released when the run ends
+
+
+def test_the_manifest_after_each_job_hashes_only_patches_that_changed(tmp_path, monkeypatch):
+    """write_manifest runs after every job of a batch: it must not re-hash every finished patch each time (quadratic
+    I/O at SD scale). A patch whose size and time match its record is trusted; a changed one is hashed and dropped."""
+    import json
+
+    import erase.batch as batch
+    from erase.files import file_sha256
+
+    concepts = ["A", "B", "C"]
+    for c in concepts:
+        (tmp_path / c).mkdir()
+        patch = tmp_path / c / "erasure_patch.safetensors"
+        patch.write_bytes(c.encode() * 1000)
+        st = patch.stat()
+        (tmp_path / c / batch.JOB_FILE).write_text(json.dumps({"concept": c, "status": "done", "sha256": file_sha256(patch),
+                                                                "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    hashed = []
+    monkeypatch.setattr(batch, "file_sha256", lambda p: (hashed.append(p.parent.name), file_sha256(p))[1])
+    assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts)] == concepts and hashed == []
+    b = tmp_path / "B" / "erasure_patch.safetensors"
+    old = b.stat().st_mtime_ns
+    b.write_bytes(b"X" * 1000)  # rewritten: same size, a new time (set explicitly: some filesystems keep whole seconds)
+    os.utime(b, ns=(old + 10**9, old + 10**9))
+    assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts)] == ["A", "C"] and hashed == ["B"]
+    hashed.clear()
+    assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts, rehash=True)] == ["A", "C"] and sorted(hashed) == concepts
