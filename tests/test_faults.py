@@ -39,14 +39,24 @@ def _on_swap(monkeypatch, n: int, action):
     monkeypatch.setattr(erase.files, "swap_hook", hook)
 
 
-def test_ctrl_c_inside_a_checkpoint_swap_waits_until_the_swap_is_done(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C as Python sets it up (KeyboardInterrupt), whatever handler an earlier test left installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_a_checkpoint_swap_waits_until_the_swap_is_done(tmp_path, monkeypatch, ctrl_c_raises):
     """SIGINT sent between the renames of the second checkpoint: it is delivered once the new checkpoint is in
     place (step 2, no leftover .old), the run folder is kept, and --resume ends where an uninterrupted run ends."""
     from erase.loop import checkpoint_meta
 
     full = _erase(tmp_path / "full")
     out = tmp_path / "out"
-    _on_swap(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    # raise_signal directs SIGINT at this (the main) thread: delivered before it returns. os.kill(getpid()) may hand it
+    # to one of torch's threads, to be run whenever that thread is scheduled: on a loaded machine, after the run
+    _on_swap(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGINT))
     with pytest.raises(KeyboardInterrupt):
         _erase(out)
     assert (out / "checkpoint" / "meta.json").exists() and not (out / "checkpoint.old").exists()
