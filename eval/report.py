@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from erase.files import write_json_atomic, write_text_atomic
+from erase.files import hold_folder, write_json_atomic, write_text_atomic
 
 from .answer_set import check_answer_set, generate_answer_set, read_images
 from .concept_accuracy import macro_average, null_class_rule
@@ -90,7 +90,13 @@ def evaluate(
     if judging.protocol != protocol or judging.targets != list(targets):
         raise ProtocolError("the judging passed to evaluate() was prepared for another protocol or other targets")
     out_dir = Path(out_dir)
-    claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
+    with hold_folder(out_dir, "erase eval"):  # two evaluations into one folder: the second is refused, naming the first
+        claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
+        return _evaluate_claimed(pipe, protocol, targets, out_dir, model_id=model_id, patch=patch, opt=opt, judging=judging)
+
+
+def _evaluate_claimed(pipe, protocol: Protocol, targets, out_dir: Path, *, model_id: str, patch: str | None, opt: EvalOptions,
+                      judging: Judging) -> dict:
     t0 = time.time()
     original, fidelity_note = _original_for_fidelity(pipe, protocol, opt)
     t_original = time.time() - t0

@@ -5,6 +5,7 @@ folder swap), never by timing."""
 
 import os
 import signal
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -189,40 +190,57 @@ def test_an_unusable_cache_folder_is_said_once_and_the_work_goes_on(tmp_path, ca
     assert len(calls) == 2 and len(err) == 1 and "is not usable" in err[0] and "ERASEKIT_CACHE" in err[0]
 
 
-def test_a_run_into_a_folder_in_use_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
-    """Tried on main before: two `erase run` into one --out both exited 0 and one erasure was silently lost."""
+@contextmanager
+def _holder(tmp_path, folder, command="erase run"):
+    """Another process holding ``folder`` (erase.files.hold_folder) until the block ends; yields it (a Popen)."""
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    from erase.errors import EraseError
-
     root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "out"
+    ready = tmp_path / f"holding-{folder.name}"
     script = f"""
 import time
 from pathlib import Path
 from erase.files import hold_folder
-with hold_folder(Path({str(out)!r}), "erase run"):
-    (Path({str(tmp_path)!r}) / "holding").touch()
+with hold_folder(Path({str(folder)!r}), {command!r}):
+    Path({str(ready)!r}).touch()
     while True:
         time.sleep(1)
 """
-    holder = subprocess.Popen([sys.executable, "-c", script], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     try:
-        while not (tmp_path / "holding").exists():  # an event: the holder says it holds the folder
-            assert holder.poll() is None, "the holder died"
+        while not ready.exists():  # an event: the holder says it holds the folder
+            assert proc.poll() is None, "the holder died"
             time.sleep(0.01)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_run_into_a_folder_in_use_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    """Tried on main before: two `erase run` into one --out both exited 0 and one erasure was silently lost."""
+    from erase.errors import EraseError
+
+    out = tmp_path / "out"
+    with _holder(tmp_path, out) as holder:
         with pytest.raises(EraseError, match=rf"out is in use by pid {holder.pid} \(erase run\); wait for it .* or choose another"):
             _erase(out)
         assert not out.exists()  # the refused run wrote nothing
-    finally:
-        holder.kill()
-        holder.wait()
     patch = _erase(out)  # the dead holder's lock is taken over
     assert patch.names() and (out / "erasure_patch.safetensors").exists()
     assert not (tmp_path / ".out.lock").exists()  # released when the run ends
+
+
+def test_an_evaluation_into_a_folder_in_use_is_refused_in_one_line(tmp_path, capfd):
+    from tests.test_bad_input_eval import eval_args, refused
+
+    out = tmp_path / "eval"
+    with _holder(tmp_path, out, "erase eval") as holder:
+        line = refused(eval_args(out), tmp_path, capfd, f"in use by pid {holder.pid} (erase eval)")
+    assert line.startswith("erase eval:") and not out.exists()
 
 
 def test_the_manifest_after_each_job_hashes_only_patches_that_changed(tmp_path, monkeypatch):
