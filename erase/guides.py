@@ -41,6 +41,13 @@ class Guides:
             raise EraseError(f"{method} needs a {what.replace('_', ' ')} guide ({why}); pass it in Guides or set its weight to 0")
         return value
 
+    def other_attribute_kl(self, reference: torch.Tensor, x: torch.Tensor, concept: str) -> torch.Tensor:
+        """KL(p(reference) || p(x)) of the other attributes (``other_attributes``), summed over heads and averaged over
+        images: how far ``x`` moved what an edit or an erasure of ``concept`` should leave alone (no gradient through
+        ``reference``)."""
+        keep = self.other_attributes(reference, concept).detach()
+        return (keep.exp() * (keep - self.other_attributes(x, concept))).sum(-1).mean()
+
     def perceptual_named(self, choice: str, method: str, why: str):
         """The perceptual distance called ``choice`` ('' is the default ``perceptual``, required for ``why``)."""
         if not choice:

@@ -135,7 +135,8 @@ def _train(generator, prompt: str, guides: Guides, settings: MapperSettings, pro
     rng = torch.Generator().manual_seed(settings.seed)
     text = guides.clip_text([prompt]).detach()
     identity = guides.identity if settings.identity > 0 else None
-    others = guides.require("other_attributes", "the latent mapper", "attributes > 0") if settings.attributes > 0 else None
+    if settings.attributes > 0:
+        guides.require("other_attributes", "the latent mapper", "attributes > 0")
     opt = torch.optim.Adam(mapper.parameters(), lr=settings.lr)
     was = generator.training
     generator.eval().requires_grad_(False)
@@ -145,14 +146,13 @@ def _train(generator, prompt: str, guides: Guides, settings: MapperSettings, pro
             w_hat = edit(mapper, w, settings.scale)
             x_hat = to_images(generator.synthesis(w_hat))
             loss = (1 - (guides.clip_image(clip_views(x_hat, settings.views, rng)) * text).sum(-1)).mean() + settings.l2 * (w_hat - w).pow(2).mean()
-            if identity is not None or others is not None:
+            if identity is not None or settings.attributes > 0:
                 with torch.no_grad():
                     x = to_images(generator.synthesis(w))
             if identity is not None:
                 loss = loss + settings.identity * (1 - (identity(x_hat) * identity(x).detach()).sum(-1)).mean()
-            if others is not None:  # KL(p(G(w)) || p(G(w_hat))) summed over the other heads: the edit changes the concept only
-                keep = others(x, concept).detach()
-                loss = loss + settings.attributes * (keep.exp() * (keep - others(x_hat, concept))).sum(-1).mean()
+            if settings.attributes > 0:  # the edit changes the concept only
+                loss = loss + settings.attributes * guides.other_attribute_kl(x, x_hat, concept)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -160,3 +160,20 @@ def test_palette_drift_is_zero_on_renders_and_counts_recoloured_pixels():
     magenta[:, :, 10:14, 8:24] = torch.tensor([0.9, 0.0, 0.9]).view(1, 3, 1, 1)  # a band across the eyes
     assert abs(palette_drift(magenta) - 4 * 16 / 32**2) < 1e-6
     assert off_palette(magenta)[:, 10:14, 8:24].all()
+
+
+def test_the_other_attribute_kl_is_the_kl_of_the_kept_heads():
+    """Guides.other_attribute_kl (the mapper's and the fine-tune's attribute term) against torch's own KL."""
+    from erase.guides import Guides
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(12, 5)
+    guides = Guides(clip_image=None, clip_text=None, other_attributes=lambda x, concept: net(x.flatten(1)).log_softmax(1))
+    a, b = torch.rand(4, 3, 2, 2), torch.rand(4, 3, 2, 2)
+    assert guides.other_attribute_kl(a, a, "eyeglasses").abs() < 1e-6
+    p, q = net(a.flatten(1)).log_softmax(1), net(b.flatten(1)).log_softmax(1)
+    expected = torch.nn.functional.kl_div(q, p, log_target=True, reduction="batchmean")  # KL(p || q)
+    assert torch.allclose(guides.other_attribute_kl(a, b, "eyeglasses"), expected, atol=1e-6)
+    b.requires_grad_(True)
+    guides.other_attribute_kl(a, b, "eyeglasses").backward()
+    assert b.grad.abs().sum() > 0  # differentiable in the image being held, not in the reference

@@ -107,13 +107,11 @@ class TextToUnlearnConfig:
 
 
 class _Chosen:
-    """The adaptive layers chosen last (a checkpointed part of the training state)."""
+    """Which trained tensors the adaptive layers chosen last hold, in the order of the trained parameters (a
+    checkpointed part of the training state)."""
 
-    def __init__(self, names: list[str]):
-        self.names, self.mask = names, torch.ones(len(names), dtype=torch.bool)
-
-    def chosen(self) -> set[str]:
-        return {n for n, m in zip(self.names, self.mask.tolist()) if m}
+    def __init__(self, n: int):
+        self.mask = torch.ones(n, dtype=torch.bool)
 
     def state_dict(self) -> dict:
         return {"mask": self.mask.clone()}
@@ -184,7 +182,7 @@ class TextToUnlearn(Eraser):
         params = selection.parameters(root)
         selection.freeze_others_(root)
         if cfg.layers == "adaptive" and cfg.adaptive_every > 0:
-            self.adaptive = _Chosen(list(params))
+            self.adaptive = _Chosen(len(params))
         # the mapping's equalised-lr multiplier (lr_mlp, 0.01) slows its Adam steps 100-fold: undone here, so that lr
         # means the same change of the effective weights whichever layers train
         lr = cfg.lr / self.G.config.lr_mlp if cfg.layers == "mapping" else cfg.lr
@@ -224,7 +222,7 @@ class TextToUnlearn(Eraser):
     def _rechoose(self) -> None:
         """NADA's per-step choice: the layers of the rows G_t's own W+ edit moves most now."""
         layers = self._adaptive_layers(self.G)
-        self.adaptive.mask = torch.tensor([any(n.startswith(f"generator.{layer}.") for layer in layers) for n in self.adaptive.names])
+        self.adaptive.mask = torch.tensor([any(n.startswith(f"generator.{layer}.") for layer in layers) for n in self.params])
 
     def _codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This step's W+ codes of the same z under the frozen mapping and under G_t's (they differ only when the mapping
@@ -246,12 +244,21 @@ class TextToUnlearn(Eraser):
             self._rechoose()
         w_f, w_t, w_hat_f, w_hat_t = self._codes()
         losses: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            x_plain_f = to_images(self.frozen.synthesis(w_f))
-        x_plain_t = None  # G_t(w), rendered at most once per step
+        plain: dict[str, torch.Tensor] = {}  # G_f(w) and G_t(w), each rendered at most once per step, only if a term needs it
+
+        def plain_f() -> torch.Tensor:
+            if "f" not in plain:
+                with torch.no_grad():
+                    plain["f"] = to_images(self.frozen.synthesis(w_f))
+            return plain["f"]
+
+        def plain_t() -> torch.Tensor:
+            if "t" not in plain:
+                plain["t"] = to_images(self.G.synthesis(w_t))
+            return plain["t"]
+
         if cfg.mode == "clip_distance":
-            x_plain_t = to_images(self.G.synthesis(w_t))
-            losses["clip"] = (g.clip_image(clip_views(x_plain_t, cfg.views, self.rng, colour=cfg.colour_augment)) * self.text).sum(-1).mean()
+            losses["clip"] = (g.clip_image(clip_views(plain_t(), cfg.views, self.rng, colour=cfg.colour_augment)) * self.text).sum(-1).mean()
         else:
             with torch.no_grad():
                 x_f = to_images(self.frozen.synthesis(w_hat_f))
@@ -259,10 +266,10 @@ class TextToUnlearn(Eraser):
             if cfg.direction_loss == "frozen_pair":
                 losses["direction"] = self._frozen_pair(x_f, x_t).mean()
             else:
-                x_plain_t = to_images(self.G.synthesis(w_t))
-                e_plain, e_t = embed_pair(g.clip_image, x_plain_t, x_t, cfg.views, self.rng, cfg.colour_augment)
+                e_plain, e_t = embed_pair(g.clip_image, plain_t(), x_t, cfg.views, self.rng, cfg.colour_augment)
                 losses["direction"] = (unit(e_t - e_plain) * self.direction).sum(-1).mean()
-            anchor = self.anchor_images(x_f, x_plain_f)
+            # what G_t(w_hat) is held to: G_f(w_hat) under ``anchor edited`` (the paper), G_f(w) under ``unedited``
+            anchor = x_f if cfg.anchor == "edited" else plain_f()
             if cfg.lambda_perceptual > 0:
                 losses["perceptual"] = cfg.lambda_perceptual * self.perceptual(x_t, anchor).mean()
             if self.lambda_identity > 0:
@@ -270,30 +277,24 @@ class TextToUnlearn(Eraser):
             if cfg.lambda_pixels > 0:
                 losses["pixels"] = cfg.lambda_pixels * (x_t - anchor).pow(2).mean()
             if cfg.lambda_attributes > 0:
-                losses["attributes"] = cfg.lambda_attributes * self._attribute_kl(anchor, x_t)
+                losses["attributes"] = cfg.lambda_attributes * g.other_attribute_kl(anchor, x_t, self.request.concept)
         if cfg.preserve_unedited > 0:
-            if x_plain_t is None:
-                x_plain_t = to_images(self.G.synthesis(w_t))
-            keep = self.perceptual(x_plain_t, x_plain_f)
+            keep = self.perceptual(plain_t(), plain_f())
             if cfg.lambda_pixels > 0:
-                keep = keep + cfg.lambda_pixels / cfg.preserve_unedited * (x_plain_t - x_plain_f).pow(2).mean(dim=(1, 2, 3))
+                keep = keep + cfg.lambda_pixels / cfg.preserve_unedited * (plain_t() - plain_f()).pow(2).mean(dim=(1, 2, 3))
             if cfg.preserve_where == "without_concept":
-                keep = keep * (g.concept_probability(x_plain_f, self.request.concept) < 0.5).float()
+                keep = keep * (g.concept_probability(plain_f(), self.request.concept) < 0.5).float()
             losses["unedited"] = cfg.preserve_unedited * keep.mean()
         if cfg.plain_direction > 0 and cfg.mode == "directional":
-            if x_plain_t is None:
-                x_plain_t = to_images(self.G.synthesis(w_t))
-            has = (g.concept_probability(x_plain_f, self.request.concept) >= 0.5).float()
-            losses["plain_direction"] = cfg.plain_direction * (self._frozen_pair(x_plain_f, x_plain_t) * has).sum() / has.sum().clamp_min(1)
+            has = (g.concept_probability(plain_f(), self.request.concept) >= 0.5).float()
+            losses["plain_direction"] = cfg.plain_direction * (self._frozen_pair(plain_f(), plain_t()) * has).sum() / has.sum().clamp_min(1)
         if cfg.lambda_attributes > 0:
-            if x_plain_t is None:
-                x_plain_t = to_images(self.G.synthesis(w_t))
-            losses["attributes_plain"] = cfg.lambda_attributes * self._attribute_kl(x_plain_f, x_plain_t)
+            losses["attributes_plain"] = cfg.lambda_attributes * g.other_attribute_kl(plain_f(), plain_t(), self.request.concept)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.adaptive is not None:  # the unchosen layers take no step (Adam skips a parameter without a gradient)
-            for (name, p), on in zip(self.params.items(), self.adaptive.mask.tolist()):
+            for p, on in zip(self.params.values(), self.adaptive.mask.tolist()):
                 if not on:
                     p.grad = None
         self.optimizer.step()
@@ -307,15 +308,6 @@ class TextToUnlearn(Eraser):
         # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
         d = e_f.detach() - e_t
         return (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean(0)
-
-    def _attribute_kl(self, reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """KL(p(reference) || p(x)) of the guides' other attributes, summed over heads, averaged over images."""
-        keep = self.guides.other_attributes(reference, self.request.concept).detach()
-        return (keep.exp() * (keep - self.guides.other_attributes(x, self.request.concept))).sum(-1).mean()
-
-    def anchor_images(self, edited_f: torch.Tensor, plain_f: torch.Tensor) -> torch.Tensor:
-        """What G_t(w_hat) is held to: G_f(w_hat) under ``anchor edited`` (the paper), G_f(w) under ``unedited``."""
-        return edited_f if self.config.anchor == "edited" else plain_f
 
 
 register_method("text_to_unlearn", TextToUnlearnConfig, TextToUnlearn,
