@@ -14,6 +14,7 @@ evaluation): one builder per entry, never a half-written file, never a corrupted
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -23,8 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
-from .files import file_sha256
 
 try:
     import fcntl
@@ -38,13 +37,14 @@ def _record_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _verified(path: Path) -> bool:
-    """The entry exists and matches the size and SHA-256 recorded when it was written."""
+def _verified_bytes(path: Path) -> bytes | None:
+    """The entry's bytes, read once, if they match the size and SHA-256 recorded when it was written; else None."""
     try:
         record = json.loads(_record_path(path).read_text())
-        return path.stat().st_size == record["size"] and file_sha256(path) == record["sha256"]
+        data = path.read_bytes()
+        return data if len(data) == record["size"] and hashlib.sha256(data).hexdigest() == record["sha256"] else None
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
 
 
 @contextmanager
@@ -66,32 +66,33 @@ def _warn_once(folder: Path, error: OSError) -> None:
               "(set ERASEKIT_CACHE to a writable folder to keep results between runs)", file=sys.stderr)
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _load(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
 
-    return load_file(str(path))
+    return load(data)
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        record = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp)}
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     record_tmp = _record_path(path).with_name(f".{_record_path(path).name}.{os.getpid()}.tmp")
-    record_tmp.write_text(json.dumps(record))
+    record_tmp.write_text(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
     os.replace(record_tmp, _record_path(path))
 
 
 def cached_tensors(path: str | Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The tensors of the cache entry ``path``, built by ``build()`` once across processes (see the module doc)."""
     path = Path(path)
-    if _verified(path):
-        return _load(path)
+    data = _verified_bytes(path)
+    if data is not None:
+        return _load(data)
     with ExitStack() as stack:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +100,9 @@ def cached_tensors(path: str | Path, build: Callable[[], dict[str, torch.Tensor]
         except OSError as e:  # no cache to share: build without one
             _warn_once(path.parent, e)
             return build()
-        if _verified(path):  # built by another process while this one waited
-            return _load(path)
+        data = _verified_bytes(path)
+        if data is not None:  # built by another process while this one waited
+            return _load(data)
         tensors = build()
         try:
             _write(path, tensors)
