@@ -82,8 +82,8 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
 
     protocol.check_target(target, kind)
     root = Path(assets) if assets is not None else ASSETS_DIR
-    judge, embedder = load_judge("classifier", root / "classifier"), load_judge("identity", root / "identity")
-    guides = evaluation_guides(root)
+    judge, guides = load_judge("classifier", root / "classifier"), evaluation_guides(root)
+    embedder = guides.identity  # the evaluation's identity embedder, loaded once
     out_dir = Path(out_dir)
     claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
     t0 = time.time()

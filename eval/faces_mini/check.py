@@ -87,10 +87,9 @@ def fd_reference(judge, n_floor: int, real: torch.Tensor | None = None, progress
     from eval.fid import frechet_distance_numpy
 
     if real is None:
-        real = renders_without(without, CHECK_RENDERS, SEED_BASE["check"], progress) if without else \
-            render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)[0].float() / 255
+        real = renders_without(without, CHECK_RENDERS, SEED_BASE["check"], progress)
     real_features = features(judge, real)
-    floor_images = renders_without(without, n_floor, SEED_BASE["fd"]) if without else render_set(n_floor, SEED_BASE["fd"])[0].float() / 255
+    floor_images = renders_without(without, n_floor, SEED_BASE["fd"])
 
     def fd(x: torch.Tensor) -> float:
         return frechet_distance_numpy(features(judge, x), real_features)
@@ -98,10 +97,13 @@ def fd_reference(judge, n_floor: int, real: torch.Tensor | None = None, progress
     return fd, fd(floor_images)
 
 
-def renders_without(concept: str, n: int, first_seed: int, progress: bool = False) -> torch.Tensor:
-    """``n`` float renders in [0, 1] that lack ``concept``: the first such seeds from ``first_seed`` on."""
+def renders_without(concept: str | None, n: int, first_seed: int, progress: bool = False) -> torch.Tensor:
+    """``n`` float renders in [0, 1] that lack ``concept`` (the first such seeds from ``first_seed`` on); with no
+    concept, the renders of seeds first_seed .. first_seed + n - 1."""
     from .world import concept_rate_label
 
+    if concept is None:
+        return render_set(n, first_seed, progress=progress)[0].float() / 255
     head, cls = concept_rate_label(concept)
     kept, seed = [], first_seed
     while sum(len(k) for k in kept) < n:
@@ -185,7 +187,6 @@ def sample_grid(out: Path, path: Path, n: int = 48, per_row: int = 16) -> Path:
     from PIL import Image
 
     from eval.grid import save_png
-
 
     fake = generator_samples(out, n)
     real = render_set(per_row, SEED_BASE["check"])[0].float() / 255

@@ -31,7 +31,6 @@ GUIDE_ASSETS = ("clip-guide", "guide-classifier", "guide-identity")
 def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> tuple:
     """(image -> unit embedding, texts -> unit embedding, content digest) of one of the faces-mini CLIPs, differentiable
     in the images."""
-    from erase.data import model_identity
     from eval.clip_alignment import clip_preprocess
 
     from .assets import load_faces_clip
@@ -46,7 +45,7 @@ def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> 
     def text(texts: list[str]) -> torch.Tensor:
         return unit(model.encode_text(tokenizer(texts).to(device)).float())
 
-    return image, text, model_identity(model)[:16]
+    return image, text, _digest(model)
 
 
 def _digest(net) -> str:
