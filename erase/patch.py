@@ -388,15 +388,28 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 
-@torch.no_grad()
-def apply_patch(model, patch: ErasurePatch, scale: float = 1.0, verify: bool = True) -> None:
-    """Add ``scale`` x the patch's deltas to the model's weights (patches compose; ``remove_patch`` undoes all).
-
-    Refuses a non-finite scale or delta, a patch already applied, and (with ``verify``) a base model
-    whose weights are not the ones the patch was made on (see the module docstring).
-    """
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+def _check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise PatchError(f"patch scale must be a finite number, got {scale!r}")
+    return float(scale)
+
+
+def _default_name(state: dict) -> str:
+    taken = {a["name"] for a in state["applied"]}
+    return next(f"default_{i}" for i in range(len(taken) + 1) if f"default_{i}" not in taken)
+
+
+@torch.no_grad()
+def apply_patch(model, patch: ErasurePatch, scale: float = 1.0, verify: bool = True, adapter_name: str | None = None) -> str:
+    """Add ``scale`` x the patch's deltas to the model's weights; returns the name it is applied under.
+
+    Patches compose, each under a name like a diffusers adapter (``adapter_name``, default ``default_0``,
+    ``default_1``, ...): ``remove_patch(model, name)`` takes one off, ``set_patch_scale(model, {name: s})``
+    changes its strength, ``applied_patches(model)`` lists them. Refuses a non-finite scale or delta, a patch
+    or a name already applied, and (with ``verify``) a base model whose weights are not the ones the patch was
+    made on (see the module docstring).
+    """
+    scale = _check_scale(scale)
     params = named_parameters(model)
     missing = [n for n in patch.names() if n not in params]
     if missing:
@@ -406,11 +419,23 @@ def apply_patch(model, patch: ErasurePatch, scale: float = 1.0, verify: bool = T
             raise PatchError(f"patch delta for {n} has another shape than the model's tensor; it was made for another architecture")
     patch.check_finite()
     state = _state(model)
+    if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name.strip()):
+        raise PatchError(f"adapter_name must be a non-empty string, got {adapter_name!r}")
+    if adapter_name is not None and any(a["name"] == adapter_name for a in state["applied"]):
+        raise PatchError(f"a patch named {adapter_name!r} is already applied; remove_patch(model, {adapter_name!r}) first or choose another name")
     cid = patch.content_id()
     if any(a["content_id"] == cid for a in state["applied"]):
         raise PatchError("this patch is already applied to the model; remove_patch first, or change its strength with set_patch_scale")
     if verify:
         check_fingerprint(model, patch.config.get("base_fingerprint"))
+    name = adapter_name or _default_name(state)
+    state["applied"].append({"name": name, "config": patch.config, "scale": scale, "patch": patch, "content_id": cid,
+                             "restore": _add(params, patch, scale)})
+    return name
+
+
+def _add(params: dict, patch: ErasurePatch, scale: float) -> dict:
+    """Add the scaled deltas in place; returns what ``_undo`` needs to take them off bit-exactly."""
     restore = {}
     for name in patch.names():
         p = params[name].data
@@ -430,46 +455,73 @@ def apply_patch(model, patch: ErasurePatch, scale: float = 1.0, verify: bool = T
             p.copy_(new.view_as(p))
         else:
             p[pos] = new
-    state["applied"].append({"config": patch.config, "scale": float(scale), "patch": patch, "content_id": cid, "restore": restore})
+    return restore
+
+
+def _names(state: dict) -> list[str]:
+    return [a["name"] for a in state["applied"]]
 
 
 @torch.no_grad()
-def remove_patch(model) -> None:
-    """Undo every applied patch, newest first, restoring each touched tensor bit for bit."""
+def remove_patch(model, adapter_name: str | None = None) -> None:
+    """Undo every applied patch (newest first, bit for bit), or only the one named ``adapter_name``.
+
+    Removing one patch leaves the model bit-identical to the others applied in their order without it: the
+    newer ones are taken off, the named one undone, and the newer ones put back.
+    """
     state = _state(model)
     params = named_parameters(model)
-    for entry in reversed(state["applied"]):
+    if adapter_name is None:
+        keep, cut = [], 0
+    else:
+        names = _names(state)
+        if adapter_name not in names:
+            raise PatchError(f"no patch named {adapter_name!r} is applied; applied: {', '.join(names) or 'none'}")
+        cut = names.index(adapter_name)
+        keep = state["applied"][cut + 1:]
+    for entry in reversed(state["applied"][cut:]):
         for name, inexact in entry["restore"].items():
             _undo(params[name].data, entry["patch"], name, entry["scale"], inexact)
-    state["applied"].clear()
+    del state["applied"][cut:]
+    for entry in keep:
+        state["applied"].append({**entry, "restore": _add(params, entry["patch"], entry["scale"])})
 
 
-def set_patch_scale(model, scale: float) -> None:
-    """Re-apply the applied patches with a new common scale (like diffusers' set_adapters weights)."""
-    patches = [a["patch"] for a in _state(model)["applied"]]
-    if not patches:
+def set_patch_scale(model, scale: float | dict[str, float]) -> None:
+    """Re-apply the applied patches with new scales: one number for all, or ``{name: scale}`` for some (like
+    diffusers' ``set_adapters`` weights); the order of application is kept."""
+    state = _state(model)
+    if not state["applied"]:
         raise PatchError("no patch is applied to this model")
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise PatchError(f"patch scale must be a finite number, got {scale!r}")
+    names = _names(state)
+    if isinstance(scale, dict):
+        unknown = [n for n in scale if n not in names]
+        if unknown:
+            raise PatchError(f"no patch named {unknown[0]!r} is applied; applied: {', '.join(names)}")
+        scales = {n: _check_scale(s) for n, s in scale.items()}
+    else:
+        scales = dict.fromkeys(names, _check_scale(scale))
+    applied = [(a["patch"], scales.get(a["name"], a["scale"]), a["name"]) for a in state["applied"]]
     remove_patch(model)
-    for patch in patches:
-        apply_patch(model, patch, scale=scale, verify=False)
+    for patch, s, name in applied:
+        apply_patch(model, patch, scale=s, verify=False, adapter_name=name)
 
 
 @contextlib.contextmanager
 def patches_disabled(model):
     """Run a block on the base weights: every applied patch is removed (bit-exactly) and put back after it."""
-    applied = [(a["patch"], a["scale"]) for a in _state(model)["applied"]]
+    applied = [(a["patch"], a["scale"], a["name"]) for a in _state(model)["applied"]]
     remove_patch(model)
     try:
         yield model
     finally:
-        for patch, scale in applied:
-            apply_patch(model, patch, scale=scale, verify=False)
+        for patch, scale, name in applied:
+            apply_patch(model, patch, scale=scale, verify=False, adapter_name=name)
 
 
 def applied_patches(model) -> list[dict]:
-    return [{"config": a["config"], "scale": a["scale"]} for a in _state(model)["applied"]]
+    """The applied patches in the order they were applied: name, scale and config."""
+    return [{"name": a["name"], "scale": a["scale"], "config": a["config"]} for a in _state(model)["applied"]]
 
 
 def restore_bytes(model) -> int:

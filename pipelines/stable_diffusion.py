@@ -154,7 +154,7 @@ def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False, metrics: 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
-    history = [{"scale": a["scale"], **{k: a["config"].get(k) for k in ("method", "preset", "request", "base_model", "patch_sha256", "package_version")}}
+    history = [{"name": a["name"], "scale": a["scale"], **{k: a["config"].get(k) for k in ("method", "preset", "request", "base_model", "patch_sha256", "package_version")}}
                for a in applied_patches(pipe)]
     (tmp / "erasure_history.json").write_text(json.dumps(history, indent=2, default=str))
     base = next((h["base_model"] for h in history if h.get("base_model")), getattr(pipe, "name_or_path", None))

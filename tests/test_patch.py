@@ -214,3 +214,52 @@ def test_corrupt_patch_files(tmp_path, tiny_pipe):
     (folder / CONFIG_FILE).write_text(json.dumps(bad))
     with pytest.raises(PatchError, match="shape"):
         ErasurePatch.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_named_patches_remove_one_and_keep_the_others_bit_exact(dtype):
+    """remove_patch(model, name) leaves exactly the bits of the other patches applied, in order, without it."""
+    from conftest import build_tiny_pipe
+
+    pipe = build_tiny_pipe().to(dtype=dtype)
+    before = snapshot(pipe)
+    p1, p2, p3 = (make_patch(build_tiny_pipe(), seed=s, masked=s != 2)[0] for s in (1, 2, 3))
+    assert apply_patch(pipe, p1, adapter_name="watercolor") == "watercolor"
+    assert apply_patch(pipe, p2, scale=0.7) == "default_0"
+    apply_patch(pipe, p3, scale=-0.3, adapter_name="rust")
+    assert [(a["name"], a["scale"]) for a in applied_patches(pipe)] == [("watercolor", 1.0), ("default_0", 0.7), ("rust", -0.3)]
+    remove_patch(pipe, "watercolor")
+    without = snapshot(pipe)
+
+    reference = build_tiny_pipe().to(dtype=dtype)  # the other two applied from scratch, in their order
+    apply_patch(reference, p2, scale=0.7)
+    apply_patch(reference, p3, scale=-0.3)
+    assert all(torch.equal(without[n], p) for n, p in snapshot(reference).items())
+    assert [a["name"] for a in applied_patches(pipe)] == ["default_0", "rust"]
+
+    set_patch_scale(pipe, {"rust": 0.5})  # one strength changed, the other kept
+    assert [(a["name"], a["scale"]) for a in applied_patches(pipe)] == [("default_0", 0.7), ("rust", 0.5)]
+    n = p3.names()[0]
+    expected = before[n].float() + 0.7 * p2.dense_delta(n) + 0.5 * p3.dense_delta(n)
+    assert torch.allclose(named_parameters(pipe)[n].float(), expected, atol=1e-6 if dtype == torch.float32 else 2e-2)
+    remove_patch(pipe, "default_0")
+    remove_patch(pipe, "rust")
+    assert applied_patches(pipe) == []
+    assert all(torch.equal(before[k], p) for k, p in snapshot(pipe).items())
+
+
+def test_named_patch_errors(tiny_pipe):
+    p1, _ = make_patch(tiny_pipe, seed=1)
+    p2, _ = make_patch(tiny_pipe, seed=2)
+    apply_patch(tiny_pipe, p1, adapter_name="watercolor")
+    with pytest.raises(PatchError, match="'watercolor' is already applied"):
+        apply_patch(tiny_pipe, p2, adapter_name="watercolor")
+    with pytest.raises(PatchError, match="no patch named 'rust' is applied; applied: watercolor"):
+        remove_patch(tiny_pipe, "rust")
+    with pytest.raises(PatchError, match="no patch named 'rust'"):
+        set_patch_scale(tiny_pipe, {"rust": 1.0})
+    with pytest.raises(PatchError, match="finite number"):
+        set_patch_scale(tiny_pipe, {"watercolor": float("nan")})
+    with pytest.raises(PatchError, match="non-empty string"):
+        apply_patch(tiny_pipe, p2, adapter_name="")
+    assert [a["name"] for a in applied_patches(tiny_pipe)] == ["watercolor"]
