@@ -41,6 +41,19 @@ ATTACKS = ("unlearndiffatk", "embedding")
 ATTACK_PROMPTS = 3  # the first 3 prompts of each target (every object / style at seed 0)
 ATTACK_BUDGET = {"blocks": 10}  # 10 timesteps x 40 Adam steps (upstream: 50 x 40): a fifth of the budget, said in the table's note
 ASR_KEYS = tuple(f"{prefix}_{a}" for a in ATTACKS for prefix in ("asr", "confirmed_asr"))
+KINDS = ("style", "object")
+# entries beyond every registered method with its canvas-mini preset: "method@preset" -> the kinds it is measured on
+ROBUST_ENTRIES = {"concept_ablation@canvas-mini-robust": ("style",)}
+
+
+def entry(spec: str) -> tuple[str, str]:
+    """``method`` or ``method@preset`` -> (method, preset); the preset defaults to canvas-mini."""
+    method, _, preset = spec.partition("@")
+    return method, preset or "canvas-mini"
+
+
+def entry_kinds(spec: str) -> tuple[str, ...]:
+    return ROBUST_ENTRIES.get(spec, KINDS)
 
 
 def gold_dir(style: str = GOLD_STYLE) -> Path:
@@ -150,8 +163,9 @@ def job_reference(name: str, out: Path) -> dict:
     return result
 
 
-def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
-    """``erase batch --eval --resume`` of one method on one kind's targets, then OOD UA and the gold probe per patch."""
+def job_method(spec: str, kind: str, out: Path, threads: int) -> dict:
+    """``erase batch --eval --resume`` of one entry (``method`` or ``method@preset``) on one kind's targets, then OOD UA
+    and the gold probe per patch."""
     from erase.batch import read_manifest
     from erase.cli import main as erase_main
     from erase.patch import ErasurePatch
@@ -160,7 +174,7 @@ def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import apply_patch, load_pipeline, remove_patch
 
-    folder = out / method / kind
+    folder = out / spec / kind
     result = _done(folder / "result.json")
     if result:
         return result
@@ -170,12 +184,13 @@ def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
     if not listing.exists():
         write_text_atomic(listing, "\n".join(concepts) + "\n")
     t0 = time.time()
-    args = ["batch", "--model", str(PIPELINE_DIR), "--method", method, "--preset", "canvas-mini", "--concepts", str(listing),
+    method, preset = entry(spec)
+    args = ["batch", "--model", str(PIPELINE_DIR), "--method", method, "--preset", preset, "--concepts", str(listing),
             "--kind", kind, "--out", str(folder / "batch"), "--eval", "--threads", str(threads), "--quiet"]
     if (folder / "batch").exists():
         args.append("--resume")
     if erase_main(args) != 0:
-        raise SystemExit(f"erase batch failed for {method} {kind}s")
+        raise SystemExit(f"erase batch failed for {spec} {kind}s")
     batch_seconds = time.time() - t0
     pipe, judges = load_pipeline(PIPELINE_DIR), load_judges(protocol)
     rows = {}
@@ -198,7 +213,7 @@ def job_method(method: str, kind: str, out: Path, threads: int) -> dict:
                          "fid": m["fid"], "fid_clip": report["fid_clip"]["value"], "clip_score": report["clip_score"]["value"],
                          "ood_ua": ood, "erase_seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"],
                          "patch_bytes": eff["patch_bytes"], "eval_seconds": m["eval_seconds"], **attacked}
-    result = {"method": method, "kind": kind, "rows": rows, "seconds": round(time.time() - t0, 1), "batch_seconds": round(batch_seconds, 1)}
+    result = {"method": method, "preset": preset, "kind": kind, "rows": rows, "seconds": round(time.time() - t0, 1), "batch_seconds": round(batch_seconds, 1)}
     write_json_atomic(folder / "result.json", result)
     return result
 
@@ -275,7 +290,7 @@ def collect(out: Path, methods: list[str], seconds: float, workers: int) -> dict
     per_method, job_seconds = {}, {"original": original["seconds"]}
     for m in methods:
         per_method[m] = {}
-        for kind in ("style", "object"):
+        for kind in entry_kinds(m):
             job = json.loads((out / m / kind / "result.json").read_text())
             per_method[m][kind] = {"rows": job["rows"], "mean": summarise(job["rows"], original["rows"]), "job_seconds": job["seconds"]}
             job_seconds[f"{m}:{kind}"] = job["seconds"]
@@ -312,7 +327,7 @@ def markdown(results: dict) -> str:
                      f"{gold['fid']:.2f} / {gold['fid_clip']:.2f}", f"{gold['clip_score']:.3f}", f"{100 * g['ood_ua']:.1f}",
                      f"{retrain / 60:.0f} min (100%)", "", "", "0"])
     for m, kinds in results["methods"].items():
-        for kind in ("style", "object"):
+        for kind in (k for k in KINDS if k in kinds):
             s = kinds[kind]["mean"]
             w = s["worst_kept"]
             rows.append([m, kind, f"{100 * s['ua']:.1f}", asr_cell(kinds[kind]["rows"]), f"{s['d_ira_points']:+.1f}", f"{s['d_cra_points']:+.1f}",
@@ -360,27 +375,32 @@ def bar_chart(results: dict, path: Path) -> None:
     methods = list(results["methods"])
     panels = [("UA (%)", lambda s: 100 * s["ua"], 100), ("CRA change (points)", lambda s: s["d_cra_points"], None),
               ("IRA change (points)", lambda s: s["d_ira_points"], None), ("OOD UA (%)", lambda s: 100 * s["ood_ua"], 100),
-              ("retained PSNR (dB)", lambda s: s["retained_psnr"], None), ("erase time (s)", lambda s: s["erase_seconds"], None)]
+              ("retained PSNR (dB)", lambda s: s["retained_psnr"], None), ("erase time (s)", lambda s: s["erase_seconds"], None),
+              ("ASR UnlearnDiffAtk (%)", lambda s: 100 * s.get("asr_unlearndiffatk", 0.0), 100),
+              ("ASR soft prompt (%)", lambda s: 100 * s.get("asr_embedding", 0.0), 100)]
+    columns = 4
     font, bar_h, label_w, width, value_w = _font(), 16, 130, 220, 60
     stride = label_w + width + value_w  # room for each bar's value before the next panel
     panel_h = 24 + bar_h * len(methods) * 2 + 10
-    img = Image.new("RGB", (3 * stride + 20, panel_h * 2 + 30), "white")
+    img = Image.new("RGB", (columns * stride + 20, panel_h * 2 + 30), "white")
     draw = ImageDraw.Draw(img)
     draw.text((10, 4), "canvas-mini benchmark: blue = styles, orange = objects (means over targets)", fill="black", font=font)
     for i, (title, fn, top) in enumerate(panels):
-        x0, y0 = 10 + (i % 3) * stride, 24 + (i // 3) * panel_h
-        values = [fn(results["methods"][m][k]["mean"]) for m in methods for k in ("style", "object")]
+        x0, y0 = 10 + (i % columns) * stride, 24 + (i // columns) * panel_h
+        values = [fn(results["methods"][m][k]["mean"]) for m in methods for k in KINDS if k in results["methods"][m]]
         lo, hi = min(0.0, *values), max(top or 0.0, *values, 1e-9)
         zero = x0 + label_w + int(width * (0 - lo) / (hi - lo))
         draw.text((x0, y0), title, fill="black", font=font)
         for j, m in enumerate(methods):
             for k, (kind, colour) in enumerate((("style", (66, 114, 196)), ("object", (237, 125, 49)))):
+                if kind not in results["methods"][m]:
+                    continue
                 v = fn(results["methods"][m][kind]["mean"])
                 y = y0 + 18 + (2 * j + k) * bar_h
                 end = x0 + label_w + int(width * (v - lo) / (hi - lo))
                 draw.rectangle([min(zero, end), y + 2, max(zero, end), y + bar_h - 2], fill=colour)
                 if k == 0:
-                    draw.text((x0, y + 6), m, fill="black", font=font)
+                    draw.text((x0, y + 6), m.replace("@canvas-mini-", " "), fill="black", font=font)
                 draw.text((max(zero, end) + 3, y + 2), f"{v:.1f}", fill="black", font=font)
         draw.line([zero, y0 + 16, zero, y0 + 18 + 2 * len(methods) * bar_h], fill="black")
     save_png(img, path)
@@ -401,7 +421,8 @@ def main(argv=None) -> int:
     from erase.registry import list_methods
 
     p = argparse.ArgumentParser(description="canvas-mini benchmark of every registered Stable Diffusion method against the gold retrained model")
-    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (every registered method)")
+    p.add_argument("--methods", default="all", help="comma-separated method names (or method@preset), or 'all' (every registered method "
+                   "with its canvas-mini preset, and concept_ablation@canvas-mini-robust on the styles)")
     p.add_argument("--out", default="runs/bench/canvas-mini", help="work folder; rerun with the same folder to resume")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (one job each)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
@@ -418,8 +439,8 @@ def main(argv=None) -> int:
             method, kind = args.job.split(":")
             job_method(method, kind, out, args.threads)
         return 0
-    methods = list_methods("stable_diffusion") if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-    unknown = [m for m in methods if m not in list_methods("stable_diffusion")]
+    methods = [*list_methods("stable_diffusion"), *ROBUST_ENTRIES] if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in methods if entry(m)[0] not in list_methods("stable_diffusion")]
     if unknown:
         p.error(f"unknown method(s) {unknown}; the Stable Diffusion methods are: {list_methods('stable_diffusion')}")
     t0 = time.time()
@@ -428,7 +449,8 @@ def main(argv=None) -> int:
         print(f"no gold model in {gold_dir()} (train it: python -m eval.canvas_mini.train --exclude-style {GOLD_STYLE} "
               f"--stages tokenizer,vae,unet --out {gold_dir()}); the table will have no gold row")
     # the original first: its answer set is cached for every patched evaluation's retain fidelity
-    jobs = [f"{m}:{k}" for k in ("style", "object") for m in methods]
+    jobs = [f"{m}:{k}" for k in KINDS for m in methods if k in entry_kinds(m)]
+    jobs.sort(key=lambda job: job.split(":")[0] in ROBUST_ENTRIES)  # the long robust erasures last
     failed = run_pool(refs, out, args.workers, args.threads) or run_pool(jobs, out, args.workers, args.threads)
     if failed:
         print(f"failed: {', '.join(failed)}; rerun the same command to resume", file=sys.stderr)
