@@ -79,3 +79,32 @@ def test_the_text_encoder_can_be_what_adversarial_training_changes(tiny_pipe, tm
     moved = [n for n in names if float(patch.deltas[n].abs().max()) > 0]
     assert len(moved) > len([n for n in named_parameters(tiny_pipe) if n.startswith("text_encoder.")]) // 2  # most of it trained
     assert patch.config["info"]["trainable"]["group"] == "text_encoder"
+
+
+def test_retain_text_keeps_the_text_encoders_outputs_on_retain_prompts(tiny_pipe, tmp_path):
+    """With the text encoder trained, retain_text pulls its outputs on the retain prompts back to the original's."""
+    from erase.diffusion import encode_prompts
+    from pipelines.stable_diffusion import apply_patch, remove_patch
+
+    req = request()
+    original = encode_prompts(tiny_pipe, req.retain_prompts)
+    over = {**ADV, "text_encoder": True, "adversarial_steps": 0, "alpha": 0.0, "lr": 1e-3, "steps": 6}
+    drift = {}
+    for weight in (0.0, 1e4):
+        patch = erase_concept(tiny_pipe, "concept_ablation", req, tmp_path / str(weight), overrides={**over, "retain_text": weight}, progress=False)
+        apply_patch(tiny_pipe, patch)
+        drift[weight] = float((encode_prompts(tiny_pipe, req.retain_prompts) - original).pow(2).mean())
+        remove_patch(tiny_pipe)
+    assert drift[0.0] > 0 and drift[1e4] < 0.5 * drift[0.0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"retain_text": 1.0}, "retain_text keeps the text encoder's outputs and needs text_encoder=true"),
+    ({"retain_text": -1.0, "text_encoder": True}, "retain_text"),
+])
+def test_retain_text_bad_settings(tiny_pipe, tmp_path, overrides, message):
+    from erase.errors import EraseError
+
+    with pytest.raises(EraseError, match=message):
+        erase_concept(tiny_pipe, "concept_ablation", request(), tmp_path, overrides={**TINY, **overrides}, progress=False)
+    assert not (tmp_path / "erasure_patch.safetensors").exists()

@@ -49,6 +49,9 @@ class ConceptAblationConfig:
     trainable: str = option("", "a regex over the UNet's parameter names that replaces parameter_group (e.g. 'attn2\\.to_[kv]|^mid_block\\.')")
     text_encoder: bool = option(False, "train the text encoder instead of UNet weights (AdvUnlearn's choice): forget and retain prompts, "
                                        "and the adversarial ones, are re-encoded at every step")
+    retain_text: float = option(0.0, "with text_encoder: weight of the mean squared distance between the trained and the original text "
+                                     "encoder's outputs on retain prompts (keeps what the UNet reads for them; 0 = off)")
+    retain_text_batch: int = option(32, "retain prompts per step for retain_text")
     target: str = option("model", "eps*(x_t | c_anchor) from the trained 'model' under no_grad (upstream) or the 'frozen' original")
     anchor_seeds: int = option(5, "generated images per anchor prompt")
     retain_seeds: int = option(1, "generated images per retain prompt")
@@ -68,8 +71,8 @@ class ConceptAblationConfig:
                       choices={"retain_loss": RETAIN_LOSSES, "parameter_group": tuple(UNET_GROUPS), "target": ("model", "frozen"),
                                "patch_dtype": PATCH_DTYPES},
                       at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every",
-                                    "adversarial_tokens", "forget_seeds"),
-                      non_negative=("retain_seeds", "alpha", "adversarial_steps", "adversarial_weight"), positive=("lr", "adversarial_lr"))
+                                    "adversarial_tokens", "forget_seeds", "retain_text_batch"),
+                      non_negative=("retain_seeds", "alpha", "adversarial_steps", "adversarial_weight", "retain_text"), positive=("lr", "adversarial_lr"))
         unet_weights(self.parameter_group, self.trainable)
 
 
@@ -84,17 +87,20 @@ class ConceptAblation(Eraser):
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
         cfg.validate()
-        if cfg.alpha > 0 and not req.retain_prompts:
-            raise EraseError("the request has no retain prompts but alpha > 0; give retain concepts or set alpha 0")
+        if (cfg.alpha > 0 or cfg.retain_text > 0) and not req.retain_prompts:
+            raise EraseError("the request has no retain prompts but alpha or retain_text > 0; give retain concepts or set them to 0")
+        if cfg.retain_text > 0 and not cfg.text_encoder:
+            raise EraseError("retain_text keeps the text encoder's outputs and needs text_encoder=true; set retain_text=0 or train the text encoder")
         self.pipe, self.unet, self.dev = pipe, pipe.unet, model_device(pipe)
         self.prediction = prediction_type(pipe)
         self.rng = torch.Generator("cpu").manual_seed(req.seed)
         self.acp = alphas_cumprod(pipe)
         data = GenerationSets(pipe, steps=cfg.data_steps, guidance=cfg.data_guidance)
         self.z_anchor, self.anchor_idx = data(req.anchor_prompts, cfg.anchor_seeds, cfg.data_seed)
+        if cfg.alpha > 0 or cfg.retain_text > 0:
+            self.e_retain = encode_prompts(pipe, req.retain_prompts)
         if cfg.alpha > 0:
             self.z_retain, self.retain_idx = data(req.retain_prompts, cfg.retain_seeds, cfg.data_seed + 50_000)
-            self.e_retain = encode_prompts(pipe, req.retain_prompts)
         self.e_forget = encode_prompts(pipe, req.forget_prompts)
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
         self.ids_forget = self.ids_retain = None  # token ids, re-encoded by the text encoder when it is what trains
@@ -170,6 +176,11 @@ class ConceptAblation(Eraser):
         per_image = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
         ablate = (weights * per_image).sum() / cfg.batch_size  # without adversarial training: the plain mean, as before
         loss = ablate + cfg.alpha * retain
+        if cfg.retain_text > 0:  # what the UNet reads for retain prompts stays the original encoder's
+            pick = torch.randint(0, len(self.ids_retain), (min(cfg.retain_text_batch, len(self.ids_retain)),), generator=self.rng)
+            text = F.mse_loss(self._encoded(self.ids_retain, self.e_retain, pick), self.e_retain[pick])
+            loss = loss + cfg.retain_text * text
+            losses["retain_text"] = text.item()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
