@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.erasekit-installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
            HF_HOME=$(CURDIR)/.cache/hf TORCH_HOME=$(CURDIR)/.cache/torch
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow test-install bench clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q -m slow
+
+# a regular `pip install .` (the wheel, not this checkout) runs SalUn and the demo from another directory
+test-install: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -q -m slow tests/test_install.py
 
 # canvas-mini: every method vs the gold retrained model (README table, bench/results/canvas-mini.*), then the
 # evaluation / classification / erase micro-benchmarks (bench/results/run-cpu.json)

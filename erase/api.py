@@ -26,16 +26,16 @@ from .errors import EraseError
 from .files import check_writable, hold_folder, read_json_object, write_json_atomic
 from .memory import peak_memory_bytes
 from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
+from .locations import preset_dir
 from .patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
 from .registry import coerce_value, get_method
 from .request import EraseRequest
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "assets" / "presets"
 RESOLVED_FILE = "resolved_config.json"
 
 
 def list_presets(method: str) -> list[str]:
-    folder = PRESET_DIR / method
+    folder = preset_dir() / method
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
@@ -45,7 +45,7 @@ def load_preset(method: str, preset: str | None) -> dict:
         return {}
     path = Path(preset)
     if not path.is_file():
-        path = PRESET_DIR / method / f"{preset}.json"
+        path = preset_dir() / method / f"{preset}.json"
     if not path.is_file():
         raise EraseError(f"unknown preset {preset!r} for {method}; known presets: {', '.join(list_presets(method)) or 'none'}, or a JSON file")
     data = read_json_object(path, holds=f"{method} options", fix="fix the preset file or pass another --preset")

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+MODEL_NAME = "canvas-mini"  # recorded as the model: the shipped pipeline by name, wherever the package lives
+
 
 def _load_images(folder: Path, styles, objects, seed):
     from PIL import Image
@@ -101,15 +103,15 @@ def main(argv=None) -> int:
     pipe = load_pipeline(PIPELINE_DIR)
     targets = [(args.concept, args.kind)]
     print(f"[1/3] evaluating the original canvas-mini model ({len(protocol.answer_set())} images)")
-    original = evaluate(pipe, protocol, targets, out / "original", model_id=str(PIPELINE_DIR), options=EvalOptions())
+    original = evaluate(pipe, protocol, targets, out / "original", model_id=MODEL_NAME, options=EvalOptions())
 
     print(f"[2/3] erasing {args.kind} {args.concept!r} with SalUn (preset {args.preset}; anchor {request.anchor!r})")
-    patch = erase_concept(pipe, "salun", request, out / "patch", preset=args.preset, overwrite=True, model_id=str(PIPELINE_DIR))
+    patch = erase_concept(pipe, "salun", request, out / "patch", preset=args.preset, overwrite=True, model_id=MODEL_NAME)
 
     print("[3/3] evaluating the erased model on the same prompts and seeds")
     shutil.rmtree(out / "erased", ignore_errors=True)  # the demo's own earlier output
     apply_patch(pipe, patch)
-    erased = evaluate(pipe, protocol, targets, out / "erased", model_id=str(PIPELINE_DIR), patch=str(out / "patch"), options=EvalOptions())
+    erased = evaluate(pipe, protocol, targets, out / "erased", model_id=MODEL_NAME, patch=str(out / "patch"), options=EvalOptions())
 
     objects = protocol.objects[:5]
     seed = protocol.seeds[0]

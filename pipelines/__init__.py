@@ -16,7 +16,11 @@ def is_stylegan(model: str | Path) -> bool:
 
 
 def load_model(model: str | Path, *, device: str = "cpu", dtype=None, xformers: bool = False):
-    """A StyleGANPipeline for a StyleGAN folder, else a diffusers StableDiffusionPipeline (see ``load_pipeline``)."""
+    """A StyleGANPipeline for a StyleGAN folder, else a diffusers StableDiffusionPipeline (see ``load_pipeline``);
+    shipped models load by name (``canvas-mini``, ``faces-mini``)."""
+    from erase.locations import resolve_model
+
+    model = resolve_model(model)
     if Path(model).suffix.lower() in (".pkl", ".pt", ".pth"):  # rosinality checkpoints; NVIDIA pickles are refused unread
         from .stylegan import load_rosinality
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from erase.components import named_parameters
 from erase.errors import EraseError
+from erase.locations import resolve_model
 from erase.patch import applied_patches, apply_patch, remove_patch, set_patch_scale
 
 
@@ -24,7 +25,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype | str | None = None, local_files_only: bool = True,
                   xformers: bool = False):
-    """A ``StableDiffusionPipeline`` from a diffusers folder, a cached hub id, or a single-file checkpoint.
+    """A ``StableDiffusionPipeline`` from a diffusers folder, a shipped model's name (``canvas-mini``), a cached hub
+    id, or a single-file checkpoint.
 
     Nothing is downloaded unless ``local_files_only=False``. The safety checker is not loaded. Attention uses
     PyTorch SDPA (diffusers' default); ``xformers=True`` switches to xformers' memory-efficient attention (GPU only).
@@ -34,7 +36,7 @@ def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype 
         if dtype not in DTYPES:
             raise PipelineLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
         dtype = DTYPES[dtype]
-    model = str(model)
+    model = str(resolve_model(model))
     path = Path(model)
     kwargs = {"safety_checker": None, "requires_safety_checker": False}
     if dtype is not None:

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from ..errors import EraseError
-from . import attack, batch, erasing, evaluate  # noqa: F401  (each module registers its subcommands)
+from . import attack, batch, demo, erasing, evaluate  # noqa: F401  (each module registers its subcommands)
 from .common import COMMANDS
 
 
@@ -44,6 +44,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv=None) -> int:
     parser, runners = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "model", None) is not None:  # a shipped model's name -> its folder; reports keep the name as given
+        from ..locations import resolve_model
+
+        args.model_id, args.model = args.model, str(resolve_model(args.model))
     if not args.command:
         parser.print_help()
         return 2

@@ -56,21 +56,21 @@ def _attack(p: argparse.ArgumentParser):
         if args.steps is not None:
             check_positive("--steps", args.steps)
         if is_stylegan(args.model) or Path(args.model).suffix.lower() in (".pkl", ".pt", ".pth"):
-            raise UsageError(f"--model {args.model} is a StyleGAN generator: it has no text encoder, and attacks search the text prompt; "
+            raise UsageError(f"--model {args.model_id} is a StyleGAN generator: it has no text encoder, and attacks search the text prompt; "
                              "attack a Stable Diffusion pipeline")
         attack = make_attack(args.attack, _parse_set(args.set))
         protocol = _protocol(args)
         options = AttackOptions(prompts=args.prompts, without_concept=args.without_concept, batch_size=args.batch_size, progress=not args.quiet)
         out = Path(args.out)
         check_writable("--out", out, folder=True)
-        identity = attack_identity(args.model, args.patch, protocol, args.target, args.kind, attack, options, args.scale)
+        identity = attack_identity(args.model_id, args.patch, protocol, args.target, args.kind, attack, options, args.scale)
         check_attack_folder(out, identity, args.resume)
         judges = load_judges(protocol, args.style_classifier, args.object_classifier, default_device(args))
         task = attack_task(protocol, args.target, args.kind, judges, options)
         _threads(args)
         pipe, _ = _load(args)
         if getattr(pipe, "text_encoder", None) is None:
-            raise UsageError(f"--model {args.model} has no text encoder; attacks search the text prompt")
+            raise UsageError(f"--model {args.model_id} has no text encoder; attacks search the text prompt")
         r = run_attack(pipe, task, attack, out, identity=identity, resume=args.resume, options=options)
         q = r["judge_queries"]["mean_per_attacked_prompt"]
         print(f"{args.target} ({args.kind}), {r['attack']}: ASR {100 * r['asr']:.1f}% (pre-attack {100 * r['pre_attack_rate']:.1f}%, "

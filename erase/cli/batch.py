@@ -81,7 +81,7 @@ def _batch(p):
         rank, world = process_rank()
         from dataclasses import asdict
 
-        identity = {"model": str(args.model), "method": args.method, "preset": args.preset, "config": asdict(cfg), "kind": args.kind,
+        identity = {"model": str(args.model_id), "method": args.method, "preset": args.preset, "config": asdict(cfg), "kind": args.kind,
                     "protocol": protocol.name, "joint": args.joint, "seed": args.seed}
         claim_folder(out, {**identity, "concepts": concepts}, resume=args.resume, rank=rank)
         mine = {c: r for c, r in requests.items() if c in shard(list(requests), rank, world)}
@@ -90,7 +90,7 @@ def _batch(p):
             pipe = _load_pipe(args, rank)
             evaluate_fn = _evaluator(pipe, protocol, args, out) if args.eval else None
             records = run_jobs(pipe, method=args.method, preset=args.preset, overrides=overrides, requests=mine, out=out,
-                               concepts=list(requests), model_id=args.model, evaluate_fn=evaluate_fn, progress=not args.quiet,
+                               concepts=list(requests), model_id=args.model_id, evaluate_fn=evaluate_fn, progress=not args.quiet,
                                log=(lambda s: None) if args.quiet else (lambda s: print(f"[rank {rank}] {s}" if world > 1 else s)))
             if args.save_pipelines:
                 _save_pipelines(pipe, out, mine, args, records)
@@ -129,7 +129,7 @@ def _evaluator(pipe, protocol, args, out: Path):
     # the original is only evaluated; each patch is also attacked when --attack asks for it
     attacked = replace(opts, attack=args.attack, attack_prompts=args.attack_prompts, attack_options=_parse_set(args.attack_set))
     rank = process_rank()[0]  # each process evaluates the original in its own folder; the answer-set cache is shared
-    original = evaluate(pipe, protocol, [(protocol.concepts(args.kind)[0], args.kind)], out / f".original-eval-rank{rank}", model_id=args.model,
+    original = evaluate(pipe, protocol, [(protocol.concepts(args.kind)[0], args.kind)], out / f".original-eval-rank{rank}", model_id=args.model_id,
                         options=opts)
     if rank == 0:
         write_json_atomic(out / "original.json", {"per_concept": original["per_concept"], "fid": original.get("fid")})
@@ -138,7 +138,7 @@ def _evaluator(pipe, protocol, args, out: Path):
         targets = [(c, args.kind) for c in (patch.config["request"]["concept"].split("+") if concept == "joint" else [concept])]
         apply_patch(pipe, patch)
         try:
-            r = evaluate(pipe, protocol, targets, folder / "eval", model_id=args.model, patch=str(folder), options=attacked)
+            r = evaluate(pipe, protocol, targets, folder / "eval", model_id=args.model_id, patch=str(folder), options=attacked)
         finally:
             remove_patch(pipe)
         names = [t[0] for t in targets]

@@ -31,7 +31,7 @@ def _threads(args) -> None:
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="diffusers pipeline folder, cached hub id (org/name) or single-file checkpoint")
+    p.add_argument("--model", required=True, help="diffusers pipeline folder, shipped model name (canvas-mini, faces-mini), cached hub id (org/name) or single-file checkpoint")
     p.add_argument("--patch", default=None, help="erasure patch folder to apply before generating (erasure_patch.safetensors + erasure_config.json)")
     p.add_argument("--scale", type=float, default=1.0, help="patch strength (0 = original model, 1 = as trained)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")

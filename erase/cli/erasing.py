@@ -124,11 +124,11 @@ def _run(p):
         if args.eval and protocol is None:
             raise UsageError("--eval needs a protocol (--protocol canvas-mini|unlearncanvas|FILE)")
         guides = guides_for(args.method, protocol)
-        check_out_dir(out, run_identity(args.method, cfg, request, args.model, guides), resume=args.resume, overwrite=args.overwrite)
+        check_out_dir(out, run_identity(args.method, cfg, request, args.model_id, guides), resume=args.resume, overwrite=args.overwrite)
         _threads(args)
         pipe, device = _load(args)
         patch = erase_concept(pipe, args.method, request, out, preset=args.preset, overrides=overrides, resume=args.resume,
-                              overwrite=args.overwrite, progress=not args.quiet, model_id=args.model, guides=guides)
+                              overwrite=args.overwrite, progress=not args.quiet, model_id=args.model_id, guides=guides)
         eff = patch.config["efficiency"]
         print(f"patch: {out} ({eff['patch_bytes'] / 1e6:.2f} MB, {eff['erase_seconds']:.0f} s, peak memory {eff['peak_memory_bytes'] / 2**30:.2f} GiB)")
         if args.eval:
@@ -141,12 +141,12 @@ def _run(p):
             if protocol.classifiers == "faces-mini":
                 from eval.faces_report import evaluate_faces
 
-                r = evaluate_faces(pipe, protocol, args.concept, args.kind, out / "eval", model_id=args.model, patch=str(out), progress=not args.quiet)
+                r = evaluate_faces(pipe, protocol, args.concept, args.kind, out / "eval", model_id=args.model_id, patch=str(out), progress=not args.quiet)
                 t = r["target_rate"]
                 print(f"{args.concept} rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}% (asked for it: "
                       f"{100 * t['original_edited']:.1f}% -> {100 * t['edited']:.1f}%)  ({out / 'eval' / 'report.md'})")
                 return
-            report = evaluate(pipe, protocol, [(args.concept, args.kind)], out / "eval", model_id=args.model,
+            report = evaluate(pipe, protocol, [(args.concept, args.kind)], out / "eval", model_id=args.model_id,
                               patch=str(out), options=EvalOptions(device=device, progress=not args.quiet))
             print(f"UA {100 * report['ua']:.1f}  IRA {100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}  ({out / 'eval' / 'report.md'})")
 

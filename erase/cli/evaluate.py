@@ -85,7 +85,7 @@ def _eval(p: argparse.ArgumentParser):
             protocol.check_target(name, kind)
         out = Path(args.out)
         check_writable("--out", out, folder=True)
-        check_output_folder(out, run_identity(args.model, args.patch, protocol))
+        check_output_folder(out, run_identity(args.model_id, args.patch, protocol))
         _threads(args)
         if args.attack and protocol.template is None:
             raise UsageError(f"--attack searches the text prompt; protocol {protocol.name!r} has none (its generator is latent-seeded)")
@@ -98,7 +98,7 @@ def _eval(p: argparse.ArgumentParser):
                            attack=args.attack, attack_prompts=args.attack_prompts, attack_options=attack_options)
         judging = prepare_judging(protocol, targets, opts)  # judges, CLIP, FID set-up: all checked before the model loads
         pipe, _ = _load(args)
-        report = evaluate(pipe, protocol, targets, out, model_id=args.model, patch=args.patch, options=opts, judging=judging)
+        report = evaluate(pipe, protocol, targets, out, model_id=args.model_id, patch=args.patch, options=opts, judging=judging)
         for t in report["targets"]:
             fidelity = t.get("retain_fidelity")
             kept = f"  retained PSNR {fidelity['psnr']:.1f} dB" if fidelity and fidelity.get("psnr") is not None else ""
@@ -118,10 +118,10 @@ def _eval_faces(args, protocol, targets, out: Path) -> None:
     if len(targets) != 1:
         raise UsageError("faces-mini evaluates one --target at a time")
     if not is_stylegan(args.model):
-        raise UsageError(f"--protocol faces-mini evaluates a StyleGAN folder (config.json + generator.safetensors); {args.model} is not one")
+        raise UsageError(f"--protocol faces-mini evaluates a StyleGAN folder (config.json + generator.safetensors); {args.model_id} is not one")
     pipe, _ = _load(args)
     (name, kind), = targets
-    r = evaluate_faces(pipe, protocol, name, kind, out, model_id=args.model, patch=args.patch, progress=not args.quiet)
+    r = evaluate_faces(pipe, protocol, name, kind, out, model_id=args.model_id, patch=args.patch, progress=not args.quiet)
     t = r["target_rate"]
     print(f"{name} ({kind}): rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}%, asked for it {100 * t['original_edited']:.1f}% -> "
           f"{100 * t['edited']:.1f}%; FD {r['fd']['value']:.3f} (original {r['fd']['original']:.3f}); gamma {r['gamma']['classifier']['value']:.3f}")
@@ -183,7 +183,7 @@ def _grid(p: argparse.ArgumentParser):
             img = compare_grid([original[i] for i in order], [erased[i] for i in order], labels, objects)
         else:
             pipe, _ = _load(args)
-            img = image_grid(_grid_rows(pipe, protocol, styles, objects, args.seed), styles, objects, title=f"{args.model} seed {args.seed}")
+            img = image_grid(_grid_rows(pipe, protocol, styles, objects, args.seed), styles, objects, title=f"{args.model_id} seed {args.seed}")
         save_png(img, out)
         print(f"wrote {out}")
 

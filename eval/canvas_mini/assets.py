@@ -11,9 +11,9 @@ import torch
 from .models import CLIP_MODEL_NAME, ClassifierConfig, ConceptClassifier
 from .world import OBJECTS, STYLES
 from erase.errors import EraseError
+from erase.locations import world_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ASSETS_DIR = Path(os.environ.get("ERASEKIT_CANVAS_MINI", REPO_ROOT / "assets" / "canvas-mini"))
+ASSETS_DIR = world_dir("canvas-mini")  # $ERASEKIT_CANVAS_MINI, else the shipped copy (checkout or installed package)
 PIPELINE_DIR = ASSETS_DIR / "pipeline"
 CLASSIFIER_DIR = ASSETS_DIR / "classifiers"
 CLIP_DIR = ASSETS_DIR / "clip"

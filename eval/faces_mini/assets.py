@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from erase.errors import EraseError
+from erase.locations import world_dir
 
 from .models import AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ASSETS_DIR = Path(os.environ.get("ERASEKIT_FACES_MINI", REPO_ROOT / "assets" / "faces-mini"))
+ASSETS_DIR = world_dir("faces-mini")  # $ERASEKIT_FACES_MINI, else the shipped copy (checkout or installed package)
 GENERATOR_DIR = ASSETS_DIR / "generator"
 JUDGES = {"classifier": (AttributeClassifier, AttributeClassifierConfig), "classifier_b": (AttributeClassifier, AttributeClassifierConfig),
           "identity": (IdentityEmbedder, IdentityEmbedderConfig)}
