@@ -148,6 +148,11 @@ def styles_table(folders: list[str]) -> str:
             m, c = r["metrics"], r["concept"]
             uda = ROOT / f"{folder}-uda-{c}" / "attack.json"
             u = json.loads(uda.read_text())["asr"] if uda.is_file() else None
+            if "attack" not in m:  # a batch evaluated without --attack: the soft prompt run by erase attack beside it
+                emb = ROOT / f"{folder}-emb-{c}" / "attack.json"
+                if not emb.is_file():
+                    continue
+                m = {**m, "attack": json.loads(emb.read_text())}
             erase = json.loads((ROOT / folder / c / "erasure_config.json").read_text())["efficiency"]["erase_seconds"]
             rows.append({"style": c, "ua": 100 * m["ua"], "d_ira": 100 * (m["ira"] - original[c]["ira"]), "d_cra": 100 * (m["cra"] - original[c]["cra"]),
                          "psnr": m["retained_psnr"], "soft": 100 * m["attack"]["asr"], "soft_confirmed": 100 * m["attack"]["confirmed_asr"],
