@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     from erase.api import erase_concept
     from erase.errors import EraseError
     from erase.request import EraseRequest
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.grid import compare_grid, save_png
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate

@@ -36,7 +36,6 @@ from .clip_alignment import CLIP_SCORE_SCALE
 from .fid import FIDError
 from .protocols import Protocol, ProtocolError
 
-CANVAS_MINI_FID_REFERENCE = "fid"  # the renderer's seed range reserved for FID references
 
 
 @dataclass
@@ -48,7 +47,7 @@ class Judging:
     judges: dict
     clip: object | None = None  # CLIPAlignment
     clip_name: str | None = None
-    fid: str | None = None  # "canvas-mini" (classifier features), "folder" (standard Inception) or None
+    fid: str | None = None  # "world" (its real images, classifier features), "folder" (standard Inception) or None
     fid_note: str | None = None
     fid_reference: str | None = None
     fid_weights: str | None = None
@@ -71,6 +70,13 @@ def prepare_judging(protocol: Protocol, targets: list[tuple[str, str]], opt) -> 
     return judging
 
 
+def _world(protocol: Protocol):
+    """The world that judges ``protocol`` (eval.worlds), or None for a real benchmark's protocol."""
+    from .worlds import get_world, is_world
+
+    return get_world(protocol.classifiers) if is_world(protocol.classifiers) else None
+
+
 def _prepare_fidelity(judging: Judging, opt) -> None:
     """The perceptual distance of retain fidelity: LPIPS from local weights, or canvas-mini's classifier-feature distance."""
     if not getattr(opt, "fidelity", True):
@@ -79,14 +85,15 @@ def _prepare_fidelity(judging: Judging, opt) -> None:
 
     if getattr(opt, "lpips_weights", None):
         judging.distance = load_lpips(opt.lpips_weights, getattr(opt, "lpips_net", "alex"), opt.device)
-    elif judging.protocol.classifiers == "canvas-mini":
+    elif _world(judging.protocol) is not None and _world(judging.protocol).judge_distance:
         judging.distance = ClassifierFeatureDistance(judging.judges["style"], judging.judges["object"])
     else:
         judging.fidelity_note = "perceptual distance needs --lpips-weights (local AlexNet / VGG weights); PSNR only"
 
 
 def _prepare_clip(judging: Judging, opt) -> None:
-    if judging.protocol.template is None or not (judging.protocol.classifiers == "canvas-mini" or opt.clip):
+    world = _world(judging.protocol)
+    if judging.protocol.template is None or not ((world is not None and world.clip is not None) or opt.clip):
         return
     from .clip_alignment import CLIPAlignment, load_open_clip
 
@@ -94,20 +101,18 @@ def _prepare_clip(judging: Judging, opt) -> None:
         model, tok = load_open_clip(opt.clip, opt.clip_weights, opt.device)
         judging.clip_name = opt.clip
     else:
-        from eval.canvas_mini import CLIP_DIR, load_clip
-
-        model, tok = load_clip(device=opt.device)
-        judging.clip_name = f"canvas-mini tiny open_clip ({CLIP_DIR.name})"
+        model, tok, judging.clip_name = world.clip(opt.device)
     judging.clip = CLIPAlignment(model, tok)
 
 
 def _prepare_fid(judging: Judging, opt) -> None:
     if not opt.fid:
         return
-    if judging.protocol.classifiers == "canvas-mini":
+    world = _world(judging.protocol)
+    if world is not None and world.real_image is not None:
         if opt.fid_weights or opt.fid_reference:
-            raise FIDError("--fid-weights / --fid-reference are for real models; canvas-mini's FID uses its classifier features (drop them)")
-        judging.fid = "canvas-mini"
+            raise FIDError(f"--fid-weights / --fid-reference are for real models; {world.name}'s FID uses its classifier features (drop them)")
+        judging.fid = "world"
         return
     if not (opt.fid_weights and opt.fid_reference):
         judging.fid_note = "standard-Inception FID needs --fid-weights and --fid-reference (not given)"
@@ -134,24 +139,22 @@ class FIDPlan:
     report: dict
 
 
-def _canvas_mini_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
-    """Fresh renderer images of every (style, object) pair but the target's, ``len(seeds)`` per pair, in the
-    classifiers' feature space and, with the tiny CLIP loaded, in its embedding space (rendered once for both)."""
-    from eval.canvas_mini.data import SEED_BASE
-    from eval.canvas_mini.render import render_array
-
+def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
+    """The world's real images of every (style, object) pair but the target's, ``len(seeds)`` per pair (fresh
+    renders on canvas-mini), in the classifiers' feature space and, with the world's CLIP loaded, in its embedding
+    space (made once for both)."""
     from .fid import CLIPFeatures, ClassifierFeatures, load_or_compute_reference, make_fid, module_fingerprint, stats_key
 
     protocol = judging.protocol
     spaces = [ClassifierFeatures(judging.judges["style"], judging.judges["object"])]
     if judging.clip is not None:
         spaces.append(CLIPFeatures(judging.clip, judging.clip_name))
+    world = _world(protocol)
     per_pair = len(protocol.seeds)
-    base = SEED_BASE[CANVAS_MINI_FID_REFERENCE]
-    jobs = [(s, o, base + k) for s, o in itertools.product(protocol.styles, protocol.objects)
+    jobs = [(s, o, k) for s, o in itertools.product(protocol.styles, protocol.objects)
             if (s if kind == "style" else o) != target for k in range(per_pair)]
     excluded = {"axis": kind, "concept": target}
-    reference = {"world": "canvas-mini renders", "seed_range": CANVAS_MINI_FID_REFERENCE, "per_pair": per_pair, "excluded": excluded}
+    reference = {**world.real_images, "per_pair": per_pair, "excluded": excluded}
     rendered: list[torch.Tensor] = []  # uint8 batches, kept for the second feature space (550 images: 7 MB)
 
     def batches():
@@ -160,7 +163,7 @@ def _canvas_mini_reference(judging: Judging, target: str, kind: str, batch_size:
             return
         with progress_bar(len(jobs), "erase eval: FID reference", enabled=progress) as bar:
             for i in range(0, len(jobs), batch_size):
-                arrays = [render_array(s, o, seed) for s, o, seed in jobs[i : i + batch_size]]
+                arrays = [world.real_image({"style": s, "object": o}, k) for s, o, k in jobs[i : i + batch_size]]
                 bar.update(len(arrays))
                 rendered.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
                 yield rendered[-1].float().div_(255.0)
@@ -344,7 +347,7 @@ def _fid_entry(judging: Judging, plan: FIDPlan | None) -> dict:
 
 def _fid_plans(judging: Judging, batch_size: int, progress: bool) -> list[list[FIDPlan]]:
     """Per target, one FID plan per feature space (canvas-mini: classifier features, then CLIP embeddings)."""
-    make = {"canvas-mini": _canvas_mini_reference, "folder": _folder_reference}.get(judging.fid)
+    make = {"world": _world_reference, "folder": _folder_reference}.get(judging.fid)
     return [make(judging, name, kind, max(batch_size, 64), progress) if make else [] for name, kind in judging.targets]
 
 

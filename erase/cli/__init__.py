@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from ..errors import EraseError
-from . import attack, batch, demo, erasing, evaluate  # noqa: F401  (each module registers its subcommands)
+from . import attack, batch, demo, erasing, evaluate, export  # noqa: F401  (each module registers its subcommands)
 from .common import COMMANDS
 
 

@@ -20,6 +20,14 @@ def command(name: str, help: str):
     return deco
 
 
+def own_report_world(protocol):
+    """The protocol's world when it evaluates with a report of its own (faces-mini), else None."""
+    from eval.worlds import get_world, is_world
+
+    world = get_world(protocol.classifiers) if is_world(protocol.classifiers) else None
+    return world if world is not None and world.evaluate is not None else None
+
+
 class UsageError(EraseError):
     """Bad command-line input; printed as one line, exit code 2."""
 

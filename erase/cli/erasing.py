@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, _common_model_args, _load, _threads, command
+from .common import UsageError, _common_model_args, _load, _threads, command, own_report_world
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -56,14 +56,10 @@ def check_model_path(model: str) -> None:
 
 
 def _default_protocol(model: str) -> str:
-    from eval.canvas_mini import PIPELINE_DIR
-    from eval.faces_mini.assets import GENERATOR_DIR
+    """The protocol of the world whose shipped model ``model`` is, else none."""
+    from eval.worlds import world_of_model
 
-    try:
-        shipped = {PIPELINE_DIR.resolve(): "canvas-mini", GENERATOR_DIR.resolve(): "faces-mini"}
-        return shipped.get(Path(model).resolve(), "none")
-    except OSError:
-        return "none"
+    return world_of_model(model) or "none"
 
 
 def guides_for(method: str, protocol):
@@ -72,12 +68,13 @@ def guides_for(method: str, protocol):
 
     if not getattr(get_method(method).eraser_cls, "needs_guides", False):
         return None
-    if protocol is None or protocol.classifiers != "faces-mini":
-        raise UsageError(f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for --protocol faces-mini; "
-                         "for other models pass guides=erase.guides.Guides(...) to erase.api.erase_concept")
-    from eval.faces_mini.guides import faces_mini_guides
+    from eval.worlds import get_world, is_world
 
-    return faces_mini_guides()
+    world = get_world(protocol.classifiers) if protocol is not None and is_world(protocol.classifiers) else None
+    if world is None or world.guides is None:
+        raise UsageError(f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for a world that ships "
+                         "them (--protocol faces-mini); for other models pass guides=erase.guides.Guides(...) to erase.api.erase_concept")
+    return world.guides()
 
 
 @command("run", "erase a concept with a method and save the patch (optionally evaluate the erased model)")
@@ -138,13 +135,10 @@ def _run(p):
             apply_patch(pipe, patch)
             if args.eval_seeds:
                 protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
-            if protocol.classifiers == "faces-mini":
-                from eval.faces_report import evaluate_faces
-
-                r = evaluate_faces(pipe, protocol, args.concept, args.kind, out / "eval", model_id=args.model_id, patch=str(out), progress=not args.quiet)
-                t = r["target_rate"]
-                print(f"{args.concept} rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}% (asked for it: "
-                      f"{100 * t['original_edited']:.1f}% -> {100 * t['edited']:.1f}%)  ({out / 'eval' / 'report.md'})")
+            world = own_report_world(protocol)
+            if world is not None:
+                r = world.evaluate(pipe, protocol, args.concept, args.kind, out / "eval", model_id=args.model_id, patch=str(out), progress=not args.quiet)
+                print(f"{world.summary(r)}  ({out / 'eval' / 'report.md'})")
                 return
             report = evaluate(pipe, protocol, [(args.concept, args.kind)], out / "eval", model_id=args.model_id,
                               patch=str(out), options=EvalOptions(device=device, progress=not args.quiet))

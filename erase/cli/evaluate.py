@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..files import check_writable
 from .checks import check_finite, check_positive, validate_common_args
-from .common import UsageError, _common_model_args, _load, _protocol, _threads, command, default_device
+from .common import UsageError, _common_model_args, _load, _protocol, _threads, command, default_device, own_report_world
 
 SAMPLER_HELP = "sampler to use instead of the protocol's (recorded as a deviation): "
 
@@ -89,8 +89,8 @@ def _eval(p: argparse.ArgumentParser):
         _threads(args)
         if args.attack and protocol.template is None:
             raise UsageError(f"--attack searches the text prompt; protocol {protocol.name!r} has none (its generator is latent-seeded)")
-        if protocol.classifiers == "faces-mini":
-            return _eval_faces(args, protocol, targets, out)
+        if own_report_world(protocol) is not None:
+            return _eval_own_report(args, protocol, targets, out)
         opts = EvalOptions(templates=templates, batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
                            fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
                            object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet,
@@ -110,21 +110,19 @@ def _eval(p: argparse.ArgumentParser):
     return run
 
 
-def _eval_faces(args, protocol, targets, out: Path) -> None:
-    """faces-mini: attribute rates plain and asked for, identity similarity, FD, gamma (see eval.faces_report)."""
-    from eval.faces_report import evaluate_faces
+def _eval_own_report(args, protocol, targets, out: Path) -> None:
+    """A world whose report is its own (faces-mini: attribute rates plain and asked for, identity similarity, FD, gamma)."""
     from pipelines import is_stylegan
 
+    world = own_report_world(protocol)
     if len(targets) != 1:
-        raise UsageError("faces-mini evaluates one --target at a time")
+        raise UsageError(f"{world.name} evaluates one --target at a time")
     if not is_stylegan(args.model):
-        raise UsageError(f"--protocol faces-mini evaluates a StyleGAN folder (config.json + generator.safetensors); {args.model_id} is not one")
+        raise UsageError(f"--protocol {world.name} evaluates a StyleGAN folder (config.json + generator.safetensors); {args.model_id} is not one")
     pipe, _ = _load(args)
     (name, kind), = targets
-    r = evaluate_faces(pipe, protocol, name, kind, out, model_id=args.model_id, patch=args.patch, progress=not args.quiet)
-    t = r["target_rate"]
-    print(f"{name} ({kind}): rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}%, asked for it {100 * t['original_edited']:.1f}% -> "
-          f"{100 * t['edited']:.1f}%; FD {r['fd']['value']:.3f} (original {r['fd']['original']:.3f}); gamma {r['gamma']['classifier']['value']:.3f}")
+    r = world.evaluate(pipe, protocol, name, kind, out, model_id=args.model_id, patch=args.patch, progress=not args.quiet)
+    print(world.summary(r))
     print(f"report: {out / 'report.md'}")
 
 

@@ -28,7 +28,7 @@ W+ rows that a CLIP-guided edit of W+ towards the prompt moves most, chosen once
 ``adaptive_every`` > 0, re-chosen on G_t every that many steps as NADA does.
 
 The networks the method consults (CLIP, perceptual, identity, the gate's classifier) come in as ``Guides``; on
-faces-mini ``eval.faces_mini.guides`` builds them from guide-only artefacts the evaluation never reads.
+faces-mini ``worlds.faces_mini.guides`` builds them from guide-only artefacts the evaluation never reads.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class TextToUnlearn(Eraser):
         cfg.validate()
         if self.guides is None:
             raise EraseError("text_to_unlearn needs guides (CLIP, perceptual, identity networks); on faces-mini the CLI builds them, "
-                             "in Python pass guides=eval.faces_mini.guides.faces_mini_guides()")
+                             "in Python pass guides=worlds.faces_mini.guides.faces_mini_guides()")
         self.prompt = cfg.prompt or (req.forget_prompts[0] if req.forget_prompts else None)
         if not self.prompt:
             raise EraseError("text_to_unlearn needs a prompt: --set prompt='a face with eyeglasses'")

@@ -1,6 +1,6 @@
 """Measure the faces-mini artefacts; writes ``quality.json`` next to them.
 
-    python -m eval.faces_mini.check [--out assets/faces-mini]
+    python -m worlds.faces_mini.check [--out assets/faces-mini]
 
 * judges on held-out renders: accuracy per head (attribute classifier, the second one, the identity head);
 * the generator at truncation 1.0, judged by the attribute classifier on ``samples`` images: every binary
