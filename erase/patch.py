@@ -50,7 +50,6 @@ PATCH_FILE = "erasure_patch.safetensors"
 CONFIG_FILE = "erasure_config.json"
 FORMAT = "erasekit-patch"
 FORMAT_VERSION = 2
-PATCH_DTYPES = ("float16", "bfloat16", "float32")  # storage dtypes a method may choose for its patch values
 FINGERPRINT_VERSION = 2
 N_PROBES = 8
 RTOL = 2.0**-7  # bf16 keeps 8 significant bits: rounding moves a value by at most 2^-8 of it

@@ -124,7 +124,7 @@ def _run(p):
         check_out_dir(out, run_identity(args.method, cfg, request, args.model_id, guides), resume=args.resume, overwrite=args.overwrite)
         _threads(args)
         pipe, device = _load(args)
-        patch = erase_concept(pipe, args.method, request, out, preset=args.preset, overrides=overrides, resume=args.resume,
+        patch = erase_concept(pipe, args.method, request, out, preset=args.preset, config=cfg, resume=args.resume,
                               overwrite=args.overwrite, progress=not args.quiet, model_id=args.model_id, guides=guides)
         eff = patch.config["efficiency"]
         print(f"patch: {out} ({eff['patch_bytes'] / 1e6:.2f} MB, {eff['erase_seconds']:.0f} s, peak memory {eff['peak_memory_bytes'] / 2**30:.2f} GiB)")
