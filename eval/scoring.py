@@ -32,7 +32,7 @@ from erase.data import cache_dir
 from .answer_set import iter_answer_set, progress_bar
 from .axis_metrics import check_axis_metrics, make_axis_metric
 from .classifiers import batched_logits, load_judges
-from .clip_alignment import CLIP_SCORE_SCALE
+from .clip_alignment import CLIP_SCORE_SCALE, ClipSums
 from .fid import FIDError
 from .protocols import Protocol, ProtocolError
 
@@ -217,31 +217,6 @@ def concept_text(target: str, kind: str) -> str:
     return f"An image in {name} style." if kind == "style" else f"A {name} image."
 
 
-@dataclass
-class ClipSums:
-    """Running sums for one target: CLIP score of the other images, similarity of all images to the target's text."""
-
-    concept: torch.Tensor
-    score_sum: float = 0.0
-    n_other: int = 0
-    sim_target: float = 0.0
-    n_target: int = 0
-    sim_other: float = 0.0
-
-    def update(self, feats: torch.Tensor, prompt_cos: torch.Tensor, is_target: torch.Tensor) -> None:
-        sim = feats @ self.concept
-        other = ~is_target
-        self.score_sum += float((100 * prompt_cos[other].clamp(min=0)).sum())
-        self.n_other += int(other.sum())
-        self.sim_target += float(sim[is_target].sum())
-        self.n_target += int(is_target.sum())
-        self.sim_other += float(sim[other].sum())
-
-
-def _div(a: float, n: int) -> float:
-    return a / n if n else float("nan")
-
-
 # -- the streamed scoring loop -------------------------------------------------------------------------
 @dataclass
 class Scores:
@@ -358,10 +333,11 @@ def _clip_sums(judging: Judging) -> list[ClipSums]:
 
 
 def _clip_entry(judging: Judging, sums: ClipSums, name: str, kind: str) -> dict:
+    c = sums.compute()
     return {
-        "clip_score": {"value": _div(sums.score_sum, sums.n_other), "scale": CLIP_SCORE_SCALE, "model": judging.clip_name,
+        "clip_score": {"value": c["clip_score"], "scale": CLIP_SCORE_SCALE, "model": judging.clip_name,
                        "images": "answer set without the target's images, each against its own prompt"},
-        "concept_similarity": {"text": concept_text(name, kind), "target_images": _div(sums.sim_target, sums.n_target),
-                               "other_images": _div(sums.sim_other, sums.n_other), "model": judging.clip_name,
+        "concept_similarity": {"text": concept_text(name, kind), "target_images": c["target_images"],
+                               "other_images": c["other_images"], "model": judging.clip_name,
                                "scale": "mean cosine similarity (-1 to 1), not x100"},
     }
