@@ -262,12 +262,12 @@ def summarise(method_rows: dict[str, dict], base_rows: dict[str, dict]) -> dict:
 
 
 def frechet_to_gold(out: Path, methods: list[str], protocol) -> dict:
-    from eval.fid import frechet_distance_numpy
+    from eval.fid import frechet_distance
 
     entries, space = probe_entries(protocol), feature_space()
     gold = features(space, out / "gold" / "probe", entries, protocol.resolution)
     folders = {"original": out / "original" / "probe", **{m: out / m / "style" / "probe" for m in methods}}
-    return {name: frechet_distance_numpy(features(space, f, entries, protocol.resolution), gold) for name, f in folders.items()}
+    return {name: frechet_distance(features(space, f, entries, protocol.resolution), gold) for name, f in folders.items()}
 
 
 def retrain_seconds() -> dict:
