@@ -18,8 +18,11 @@ import sys
 
 from ..errors import EraseError
 from ..files import no_space_errno
+from ..threads import sleep_when_idle
 from . import attack, batch, demo, erasing, evaluate, export  # noqa: F401  (each module registers its subcommands)
 from .common import COMMANDS
+
+sleep_when_idle()  # torch is imported lazily by the subcommands, so its OpenMP threads start after this
 
 
 class OneLineParser(argparse.ArgumentParser):
