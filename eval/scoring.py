@@ -224,10 +224,11 @@ class Scores:
     classes: dict  # axis name -> concept list
     per_target: list[dict] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    joint_fidelity: dict | None = None  # the targets erased together: retain fidelity over images showing none of them
 
 
 def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 64, progress: bool = True,
-                     original: str | Path | None = None) -> Scores:
+                     original: str | Path | None = None, joint: bool = False) -> Scores:
     """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, judge
     confidence, CLIP and FID; with ``original`` (the original model's answer set), retain fidelity too."""
     from .fidelity import RetainFidelity
@@ -238,6 +239,8 @@ def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 
     clip_sums = _clip_sums(judging)
     axes = {a.name: a.concepts for a in protocol.axes}
     fidelity = [RetainFidelity(axes, name, kind) for name, kind in judging.targets] if original is not None else []
+    if fidelity and joint:  # one more: the images that show none of the targets erased together
+        fidelity.append(RetainFidelity(axes, *judging.targets[0], also=judging.targets[1:]))
     t_ref, t_judge, t_fidelity = time.time() - t0, 0.0, 0.0
     with progress_bar(len(protocol.answer_set()), "erase eval: scoring", enabled=progress) as bar:
         for batch in iter_answer_set(protocol, folder, batch_size):
@@ -248,7 +251,14 @@ def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 
     results = {axis: m.compute() for axis, m in metrics.items()}
     per_target = [_target_entry(judging, results, i, clip_sums, fids, fidelity) for i in range(len(judging.targets))]
     seconds = {"reference": round(t_ref, 2), "classify": round(t_judge, 2), "fidelity": round(t_fidelity, 2), "score": round(time.time() - t0, 2)}
-    return Scores(results, {axis: protocol.concepts(axis) for axis in protocol.axis_names}, per_target, seconds)
+    joint_fidelity = _fidelity_entry(judging, fidelity[-1]) if fidelity and joint else None
+    return Scores(results, {axis: protocol.concepts(axis) for axis in protocol.axis_names}, per_target, seconds, joint_fidelity)
+
+
+def _fidelity_entry(judging: Judging, metric) -> dict:
+    return {**metric.compute(), "psnr_unit": "dB (identical images count as 100)",
+            "perceptual_space": judging.distance.name if judging.distance is not None else None,
+            **({"note": judging.fidelity_note} if judging.fidelity_note else {})}
 
 
 def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids: list, fidelity: list) -> dict:
@@ -270,9 +280,7 @@ def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids
     if len(fids[i]) > 1:
         entry["fid_clip"] = _fid_entry(judging, fids[i][1])["fid"]
     if fidelity:
-        entry["retain_fidelity"] = {**fidelity[i].compute(), "psnr_unit": "dB (identical images count as 100)",
-                                    "perceptual_space": judging.distance.name if judging.distance is not None else None,
-                                    **({"note": judging.fidelity_note} if judging.fidelity_note else {})}
+        entry["retain_fidelity"] = _fidelity_entry(judging, fidelity[i])
     return entry
 
 

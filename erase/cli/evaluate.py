@@ -26,7 +26,9 @@ def _sampler_names() -> list[str]:
 def _eval(p: argparse.ArgumentParser):
     _common_model_args(p)
     p.add_argument("--protocol", default="canvas-mini", help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file")
-    p.add_argument("--target", action="append", required=True, help="concept that was erased (repeat for several targets of one model)")
+    p.add_argument("--target", action="append", default=None, help="concept that was erased (repeat for several targets of one model)")
+    p.add_argument("--targets", default=None, help="concepts erased TOGETHER by one patch, A,B,C (each of --kind, or kind:name): "
+                   "report ua / ira / cra / h of the list (ira: the concepts left on those axes, cra: the other axes)")
     p.add_argument("--kind", action="append", required=True,
                    help="axis of each --target: style or object on canvas-mini and unlearncanvas (repeat, or give once for all)")
     p.add_argument("--out", required=True, help="output folder (report.json, report.md, grid.png, images/); refused if it holds another run or other files")
@@ -75,10 +77,18 @@ def _eval(p: argparse.ArgumentParser):
                 check_positive("--attack-prompts", args.attack_prompts)
         elif args.attack_prompts is not None or attack_options:
             raise UsageError("--attack-prompts and --attack-set need --attack NAME")
+        if bool(args.target) == bool(args.targets):
+            raise UsageError("give --target NAME (repeatable; each target its own erasure) or --targets A,B,C (erased together), one of them")
+        protocol = _protocol(args).with_overrides(sampler=args.sampler)
+        if args.targets:
+            if len(args.kind) != 1:
+                raise UsageError("with --targets give --kind once (or kind:name in the list)")
+            from .erasing import parse_concept_list
+
+            args.target, args.kind = map(list, zip(*parse_concept_list(args.targets, args.kind[0], protocol)))
         if len(args.kind) not in (1, len(args.target)):
             raise UsageError("give --kind once, or once per --target")
         kinds = args.kind if len(args.kind) == len(args.target) else args.kind[:1] * len(args.target)
-        protocol = _protocol(args).with_overrides(sampler=args.sampler)
         templates = load_templates(args.templates, protocol) if args.templates else None
         targets = list(zip(args.target, kinds))
         for name, kind in targets:
@@ -95,7 +105,7 @@ def _eval(p: argparse.ArgumentParser):
                            fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
                            object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet,
                            fidelity=not args.no_fidelity, lpips_weights=args.lpips_weights, lpips_net=args.lpips_net,
-                           attack=args.attack, attack_prompts=args.attack_prompts, attack_options=attack_options)
+                           attack=args.attack, attack_prompts=args.attack_prompts, attack_options=attack_options, joint=bool(args.targets))
         judging = prepare_judging(protocol, targets, opts)  # judges, CLIP, FID set-up: all checked before the model loads
         pipe, _ = _load(args)
         report = evaluate(pipe, protocol, targets, out, model_id=args.model_id, patch=args.patch, options=opts, judging=judging)
