@@ -39,7 +39,7 @@ def run_acceptance(method: str, targets: list[tuple[str, str]], out: Path, prese
                    progress: bool = False, ood_seeds: int = 0) -> dict:
     from erase.api import erase_concept
     from erase.request import EraseRequest
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
     from pipelines.stable_diffusion import apply_patch, load_pipeline, remove_patch

@@ -27,7 +27,7 @@ def erase_once(pipe, protocol, method: str, target: str, kind: str, folder: Path
     from erase.api import erase_concept
     from erase.patch import ErasurePatch
     from erase.request import EraseRequest
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     if (folder / "erasure_patch.safetensors").is_file():
         return ErasurePatch.from_pretrained(folder)
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from erase.patch import apply_patch, remove_patch
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline

@@ -57,7 +57,7 @@ def entry_kinds(spec: str) -> tuple[str, ...]:
 
 
 def gold_dir(style: str = GOLD_STYLE) -> Path:
-    from eval.canvas_mini import ASSETS_DIR
+    from worlds.canvas_mini import ASSETS_DIR
 
     return Path(ASSETS_DIR) / f"gold-{style}"
 
@@ -102,7 +102,7 @@ def generate_probe(pipe, protocol, folder: Path) -> None:
 
 def feature_space():
     """canvas-mini classifier features (style + object penultimate), the FID feature space."""
-    from eval.canvas_mini import load_classifier
+    from worlds.canvas_mini import load_classifier
     from eval.fid import ClassifierFeatures
 
     return ClassifierFeatures(load_classifier("style").for_inference(), load_classifier("object").for_inference())
@@ -134,7 +134,7 @@ def _done(path: Path) -> dict | None:
 
 def job_reference(name: str, out: Path) -> dict:
     """The original (all targets) or the gold model (its style): protocol evaluation, OOD UA, probe images."""
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
@@ -169,7 +169,7 @@ def job_method(spec: str, kind: str, out: Path, threads: int) -> dict:
     from erase.batch import read_manifest
     from erase.cli import main as erase_main
     from erase.patch import ErasurePatch
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import apply_patch, load_pipeline, remove_patch
@@ -262,18 +262,18 @@ def summarise(method_rows: dict[str, dict], base_rows: dict[str, dict]) -> dict:
 
 
 def frechet_to_gold(out: Path, methods: list[str], protocol) -> dict:
-    from eval.fid import frechet_distance_numpy
+    from eval.fid import frechet_distance
 
     entries, space = probe_entries(protocol), feature_space()
     gold = features(space, out / "gold" / "probe", entries, protocol.resolution)
     folders = {"original": out / "original" / "probe", **{m: out / m / "style" / "probe" for m in methods}}
-    return {name: frechet_distance_numpy(features(space, f, entries, protocol.resolution), gold) for name, f in folders.items()}
+    return {name: frechet_distance(features(space, f, entries, protocol.resolution), gold) for name, f in folders.items()}
 
 
 def retrain_seconds() -> dict:
     """What retraining costs: the shipped build's VAE + UNet stages (the stages the gold model repeats, measured on a
     quiet 2-core machine), and the gold build's own wall time."""
-    from eval.canvas_mini import ASSETS_DIR
+    from worlds.canvas_mini import ASSETS_DIR
 
     shipped = json.loads((Path(ASSETS_DIR) / "recipe.json").read_text())["stage_seconds"]
     gold = json.loads((gold_dir() / "recipe.json").read_text())
@@ -446,7 +446,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     refs = ["original"] + (["gold"] if (gold_dir() / "pipeline").exists() else [])
     if "gold" not in refs:
-        print(f"no gold model in {gold_dir()} (train it: python -m eval.canvas_mini.train --exclude-style {GOLD_STYLE} "
+        print(f"no gold model in {gold_dir()} (train it: python -m worlds.canvas_mini.train --exclude-style {GOLD_STYLE} "
               f"--stages tokenizer,vae,unet --out {gold_dir()}); the table will have no gold row")
     # the original first: its answer set is cached for every patched evaluation's retain fidelity
     jobs = [f"{m}:{k}" for k in KINDS for m in methods if k in entry_kinds(m)]

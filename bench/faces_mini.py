@@ -51,7 +51,7 @@ CHECKS = ("drop_plain", "drop_edited", "others", "fd", "identity", "palette", "t
 
 def other_moves(report: dict, target: str) -> dict[str, float]:
     """|rate change| in points of every class of every head except the target's own head."""
-    from eval.faces_mini.world import concept_rate_label
+    from worlds.faces_mini.world import concept_rate_label
 
     head, _ = concept_rate_label(target)
     moves = {}
@@ -70,9 +70,9 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, ov
     from erase.errors import EraseError
     from erase.patch import apply_patch
     from erase.request import EraseRequest
-    from eval.faces_mini.assets import GENERATOR_DIR
-    from eval.faces_mini.guides import faces_mini_guides
-    from eval.faces_report import evaluate_faces
+    from worlds.faces_mini.assets import GENERATOR_DIR
+    from worlds.faces_mini.guides import faces_mini_guides
+    from worlds.faces_mini.report import evaluate_faces
     from eval.protocols import load_protocol
     from pipelines.stylegan import StyleGANPipeline
 

@@ -30,7 +30,7 @@ import torch
 
 
 def bench_eval(out: Path) -> dict:
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
     from pipelines.stable_diffusion import load_pipeline
@@ -52,7 +52,7 @@ def bench_eval_fidelity(out: Path) -> dict:
     answer set cached beforehand; the patch is a small random K/V change, so every retained image differs."""
     from erase.components import named_parameters
     from erase.patch import ErasurePatch, apply_patch, fingerprint
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.fidelity import original_answer_set
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
@@ -84,8 +84,8 @@ def bench_eval_fidelity(out: Path) -> dict:
 
 
 def bench_classify(out: Path) -> dict:
-    from eval.canvas_mini import load_classifier
-    from eval.canvas_mini.data import render_set
+    from worlds.canvas_mini import load_classifier
+    from worlds.canvas_mini.data import render_set
     from eval.classifiers import batched_logits
 
     plain = load_classifier("style")
@@ -190,7 +190,7 @@ def _best_of(fn, reps: int):
 def bench_erase(out: Path) -> dict:
     from erase.api import erase_concept
     from erase.request import EraseRequest
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline
 
@@ -254,7 +254,7 @@ def _write_renderer_answer_set(folder: Path, n_seeds: int) -> None:
     from PIL import Image
 
     from eval.answer_set import image_name
-    from eval.canvas_mini import render_array
+    from worlds.canvas_mini import render_array
     from eval.protocols import load_protocol
 
     folder.mkdir(parents=True)

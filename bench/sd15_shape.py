@@ -56,7 +56,7 @@ def build_pipeline(shape: str = "sd15", seed: int = 0, device: str = "cpu", dtyp
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     cfg = configs(shape)
     tokenizer = CLIPTokenizer.from_pretrained(str(Path(PIPELINE_DIR) / "tokenizer"), model_max_length=cfg["text_encoder"]["max_position_embeddings"])

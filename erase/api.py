@@ -128,14 +128,18 @@ def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: boo
 
 def erase_concept(pipe, method: str, request: EraseRequest, out_dir: str | Path, *, preset: str | None = None,
                   overrides: dict | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                  model_id: str | None = None, guides=None) -> ErasurePatch:
+                  model_id: str | None = None, guides=None, config=None) -> ErasurePatch:
     """Erase ``request`` from ``pipe`` with ``method``; writes the patch, resolved_config.json and the log to ``out_dir``.
 
-    The model is left unpatched; apply the returned patch with ``pipelines.stable_diffusion.apply_patch``.
+    The config is the method's defaults <- ``preset`` <- ``overrides``, or ``config`` when the caller resolved it
+    already (``resolve_config``: validated there, once). The model is left unpatched; apply the returned patch
+    with ``pipelines.stable_diffusion.apply_patch``.
     """
     out_dir = Path(out_dir)
     spec = get_method(method)
-    cfg = resolve_config(method, preset, overrides)
+    if config is not None and not isinstance(config, spec.config_cls):
+        raise EraseError(f"config is a {type(config).__name__}, not {method}'s {spec.config_cls.__name__}; build it with resolve_config")
+    cfg = config if config is not None else resolve_config(method, preset, overrides)
     request.validate()
     identity = run_identity(method, cfg, request, model_id, guides)
     check_writable("--out", out_dir, folder=True)

@@ -74,19 +74,21 @@ def _row(name: str, r: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from erase.threads import default_threads
+
     p = argparse.ArgumentParser(description="erasekit demo: erase a canvas-mini concept with SalUn and measure it.")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--concept", default="Watercolor")
     p.add_argument("--kind", default="style", choices=["style", "object"])
     p.add_argument("--preset", default="canvas-mini")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=int, default=default_threads())
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from erase.api import erase_concept
     from erase.errors import EraseError
     from erase.request import EraseRequest
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
     from eval.grid import compare_grid, save_png
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -56,11 +58,49 @@ def read_json_object(path: str | Path, *, holds: str, fix: str, error: type[Exce
     return data
 
 
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # full disk, file-size limit, quota
+
+
+class DiskFullError(EraseError):
+    """A write ran out of space; what was there before is intact and nothing half-written is left."""
+
+
+def _size(n: int | None) -> str:
+    return "" if n is None else f" ({n / 1e6:.1f} MB to write)" if n >= 1e5 else f" ({n} bytes to write)"
+
+
+@contextmanager
+def writing(path: str | Path, *, cleanup: tuple[str | Path, ...] = (), size: int | None = None):
+    """Around a write to ``path``: out of space (a full disk, a quota, a file-size limit), the temporaries in
+    ``cleanup`` are removed and a one-line DiskFullError names the path and what it needed."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - OSError, or a library's own error around one (safetensors: "(os error 28)")
+        code = no_space_errno(e)
+        if code is None:
+            raise
+        for t in cleanup:
+            t = Path(t)
+            shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
+        raise DiskFullError(f"no space left writing {path}{_size(size)}: {os.strerror(code).lower()}; free some space "
+                            "or write elsewhere (what was there before is intact)") from None
+
+
+def no_space_errno(e: BaseException) -> int | None:
+    """The errno of an out-of-space failure (an OSError, or an error whose message carries "(os error N)"), else None."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        code = int(found.group(1)) if found else None
+    return code if code in NO_SPACE else None
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to a temp file next to ``path``, then rename it over ``path`` (never a half-written file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    with writing(path, cleanup=(tmp,), size=len(text.encode())):
+        tmp.write_text(text)
     os.replace(tmp, path)
 
 

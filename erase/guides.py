@@ -3,7 +3,7 @@ embedding, a judge for the gate), handed in by the caller.
 
 A method must not reach into ``eval`` for them (the core never imports evaluation code), and a real model's
 guides are the user's own files (CLIP ViT-B/32, LPIPS, ArcFace), so whoever sets up the run builds a
-``Guides``: the faces-mini world builds its own from its shipped artefacts (``eval.faces_mini.guides``), a
+``Guides``: the faces-mini world builds its own from its shipped artefacts (``worlds.faces_mini.guides``), a
 user with FFHQ passes theirs. ``describe()`` names what was used; it is part of the run's identity (a resumed
 run must use the same guides) and of the patch's config.
 """

@@ -30,7 +30,7 @@ import torch
 
 from .components import float32_master, model_device, named_parameters
 from .errors import EraseError, NonFiniteError
-from .files import recover_swapped_dir, swap_dir
+from .files import recover_swapped_dir, swap_dir, writing
 from .patch import ErasurePatch, PatchError, applied_patches, fingerprint
 from .selection import ParamSelection
 
@@ -104,9 +104,11 @@ def _save_checkpoint(folder: Path, step: int, params: dict[str, torch.Tensor], e
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "params.safetensors"))
-    torch.save(eraser.state_dict(), tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "run": identity}, default=str))
+    size = sum(p.numel() * p.element_size() for p in params.values())
+    with writing(folder, cleanup=(tmp,), size=size):  # out of space: the previous checkpoint stays as it was
+        save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "params.safetensors"))
+        torch.save(eraser.state_dict(), tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "run": identity}, default=str))
     swap_dir(tmp, folder)
 
 

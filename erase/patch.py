@@ -44,13 +44,12 @@ import torch
 
 from .components import component_of, model_components, named_parameters
 from .errors import EraseError
-from .files import file_sha256
+from .files import file_sha256, writing
 
 PATCH_FILE = "erasure_patch.safetensors"
 CONFIG_FILE = "erasure_config.json"
 FORMAT = "erasekit-patch"
 FORMAT_VERSION = 2
-PATCH_DTYPES = ("float16", "bfloat16", "float32")  # storage dtypes a method may choose for its patch values
 FINGERPRINT_VERSION = 2
 N_PROBES = 8
 RTOL = 2.0**-7  # bf16 keeps 8 significant bits: rounding moves a value by at most 2^-8 of it
@@ -275,10 +274,11 @@ class ErasurePatch:
             else:
                 tensors[f"{name}::mask"] = _pack(self.masks[name])
                 tensors[f"{name}::values"] = delta.contiguous()
-        save_file(tensors, str(tmp / PATCH_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-        _canonical_header(tmp / PATCH_FILE)
-        self.config["patch_sha256"] = file_sha256(tmp / PATCH_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
+        with writing(folder / PATCH_FILE, cleanup=(tmp,), size=self.nbytes()):
+            save_file(tensors, str(tmp / PATCH_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+            _canonical_header(tmp / PATCH_FILE)
+            self.config["patch_sha256"] = file_sha256(tmp / PATCH_FILE)
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
         # the config names the tensors file's hash, so a kill between the two renames leaves a pair that is refused
         for f in (PATCH_FILE, CONFIG_FILE):
             os.replace(tmp / f, folder / f)

@@ -15,6 +15,7 @@ import re
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import ClassVar
 
 from .errors import EraseError
 
@@ -101,6 +102,44 @@ def check_options(cfg, method: str, *, choices: dict[str, tuple] | None = None, 
         for name in names:
             if not ok(getattr(cfg, name)):
                 raise EraseError(f"{method} option {name} must be {what}, got {getattr(cfg, name)}")
+
+
+# -- the options every method shares -------------------------------------------------------------------
+PATCH_DTYPES = ("float16", "bfloat16", "float32")  # storage dtypes a method may choose for its patch values
+
+
+@dataclass
+class MethodConfig:
+    """The options every method has, declared once and validated once (``erase.api.resolve_config``).
+
+    A method's config subclasses this (or ``TrainedConfig``), redeclares a field only to change its default or
+    help, sets ``method`` (the name its errors give) and adds its own rules in ``check``.
+    """
+
+    steps: int = option(100, "training steps")
+    patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
+    checkpoint_every: int = option(100, "steps between resumable checkpoints")
+
+    method: ClassVar[str] = "method"
+    at_least_one: ClassVar[tuple[str, ...]] = ("checkpoint_every",)
+    positive: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> None:
+        check_options(self, self.method, choices={"patch_dtype": PATCH_DTYPES}, at_least_one=self.at_least_one, positive=self.positive)
+        self.check()
+
+    def check(self) -> None:
+        """The method's own rules (ranges, choices, combinations); one-line EraseErrors."""
+
+
+@dataclass
+class TrainedConfig(MethodConfig):
+    """A method that trains: a learning rate and at least one step."""
+
+    lr: float = option(1e-5, "learning rate")
+
+    at_least_one: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every")
+    positive: ClassVar[tuple[str, ...]] = ("lr",)
 
 
 # -- typed values for config fields (--set key=value, presets) ------------------------------------

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from erase.errors import EraseError
+from erase.files import write_text_atomic, writing
 
 from .generate import generate, protocol_settings
 from .protocols import Protocol
@@ -68,7 +69,8 @@ def generate_answer_set(pipe, protocol: Protocol, folder: str | Path, *, batch_s
             for e, img in zip(chunk, images):
                 path = folder / image_name(*e)
                 tmp = path.with_name("." + path.name + ".tmp")
-                Image.fromarray(img).save(tmp, format="PNG")
+                with writing(path, cleanup=(tmp,), size=img.nbytes):  # the images already cached stay usable
+                    Image.fromarray(img).save(tmp, format="PNG")
                 os.replace(tmp, path)
             bar.update(len(chunk))
     if whole:
@@ -81,9 +83,7 @@ def _write_manifest(protocol: Protocol, folder: Path) -> None:
     prompted = protocol.template is not None
     manifest = [{"file": image_name(*e), **dict(zip(names, e[:-1])), "seed": e[-1], "prompt": protocol.prompt(*e[:-1]) if prompted else None}
                 for e in protocol.answer_set()]
-    tmp = folder / ".manifest.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in manifest))
-    os.replace(tmp, folder / "manifest.jsonl")
+    write_text_atomic(folder / "manifest.jsonl", "".join(json.dumps(m) + "\n" for m in manifest))
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Every judge maps float images (N, 3, H, W) in [0, 1] to logits in the label
 order of one axis of the protocol (``style`` / ``object``).
 
-* ``canvas-mini``: the shipped CNNs (``eval.canvas_mini.load_classifier``).
+* a world's (``canvas-mini``): the judges its ``eval.worlds.World`` hands over (the shipped CNNs).
 * ``unlearncanvas-vit``: UnlearnCanvas's timm ViT-L/16 classifiers (51 themes,
   20 objects), weights under ``model_state_dict`` in a user-supplied local
   file, loaded with ``weights_only=True``; preprocessing = resize 224,
@@ -79,30 +79,28 @@ def load_unlearncanvas_vit(path: str | Path, num_classes: int, device="cpu", opt
 
 def load_judges(protocol: Protocol, style_weights=None, object_weights=None, device="cpu") -> dict[str, nn.Module]:
     """One judge per axis of the protocol: {axis name: module mapping images to logits in that axis's label order}."""
-    if protocol.classifiers == "canvas-mini":
-        if style_weights or object_weights:
-            raise ClassifierError("--style-classifier / --object-classifier are for the unlearncanvas protocol; "
-                                  "canvas-mini is judged by its shipped classifiers (drop those options)")
-        from eval.canvas_mini import load_classifier
+    from .worlds import get_world, is_world, world_names
 
-        _require_axes(protocol, ("style", "object"))
-        judges = {k: load_classifier(k, device=device).for_inference() for k in ("style", "object")}
-        for kind in ("style", "object"):
-            if judges[kind].config.classes != protocol.concepts(kind):
-                raise ClassifierError(f"protocol {protocol.name!r} lists {kind}s that the canvas-mini classifiers do not know")
-        return judges
+    if is_world(protocol.classifiers):
+        if style_weights or object_weights:
+            raise ClassifierError(f"--style-classifier / --object-classifier are for the unlearncanvas protocol; "
+                                  f"{protocol.classifiers} is judged by its shipped classifiers (drop those options)")
+        world = get_world(protocol.classifiers)
+        if world.judges is None:
+            raise ClassifierError(f"{world.name} is judged inside its own report (erase eval --protocol {world.name})")
+        return world.judges(protocol, device)
     if protocol.classifiers == "unlearncanvas-vit":
-        _require_axes(protocol, ("style", "object"))
+        require_axes(protocol, ("style", "object"))
         if style_weights is None or object_weights is None:
             raise ClassifierError("the unlearncanvas protocol needs --style-classifier and --object-classifier (local .pth files)")
         return {
             "style": load_unlearncanvas_vit(style_weights, len(protocol.styles), device, "--style-classifier"),
             "object": load_unlearncanvas_vit(object_weights, len(protocol.objects), device, "--object-classifier"),
         }
-    raise ClassifierError(f"unknown classifier family {protocol.classifiers!r}; use 'canvas-mini' or 'unlearncanvas-vit'")
+    raise ClassifierError(f"unknown classifier family {protocol.classifiers!r}; use a world's ({', '.join(world_names())}) or 'unlearncanvas-vit'")
 
 
-def _require_axes(protocol: Protocol, names: tuple[str, ...]) -> None:
+def require_axes(protocol: Protocol, names: tuple[str, ...]) -> None:
     if protocol.axis_names != list(names):
         raise ClassifierError(f"the {protocol.classifiers} classifiers judge the axes {', '.join(names)}; "
                               f"protocol {protocol.name!r} has {', '.join(protocol.axis_names)}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torchmetrics import Metric
 
 from erase.errors import EraseError
 
@@ -107,3 +108,38 @@ class CLIPAlignment:
     def concept_similarity(self, images: torch.Tensor, concept_text: str) -> float:
         """Mean cosine similarity of images to one concept text (lower after erasure = concept gone)."""
         return self.cosine(images, [concept_text] * len(images)).mean().item()
+
+
+class ClipSums(Metric):
+    """CLIP alignment of one erased target over a streamed answer set (a torchmetrics Metric, summed across
+    processes): the CLIP score of the images that are not the target's, and the mean cosine of the target's and
+    of the other images to the target concept's text feature ``concept``.
+
+    ``update(feats, prompt_cos, is_target)``: unit image features (N, D), each image's cosine to its own prompt
+    (N,), and which images are the target's (N,). ``compute()`` -> {"clip_score", "target_images",
+    "other_images"} (NaN where no image counted). Sums are float64, as the report has always added them.
+    """
+
+    full_state_update = False
+
+    def __init__(self, concept: torch.Tensor, **kwargs):
+        super().__init__(**kwargs)
+        self.concept = concept
+        for name in ("score_sum", "n_other", "sim_target", "n_target", "sim_other"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, feats: torch.Tensor, prompt_cos: torch.Tensor, is_target: torch.Tensor) -> None:
+        sim = feats @ self.concept.to(feats.device)
+        other = ~is_target
+        self.score_sum += (100 * prompt_cos[other].clamp(min=0)).sum().double()
+        self.n_other += other.sum().double()
+        self.sim_target += sim[is_target].sum().double()
+        self.n_target += is_target.sum().double()
+        self.sim_other += sim[other].sum().double()
+
+    def compute(self) -> dict[str, float]:
+        def mean(total, n):
+            return float(total / n) if n > 0 else float("nan")
+
+        return {"clip_score": mean(self.score_sum, self.n_other), "target_images": mean(self.sim_target, self.n_target),
+                "other_images": mean(self.sim_other, self.n_other)}

@@ -132,3 +132,39 @@ def macro_average(per_target: list[dict[str, float]]) -> dict[str, float]:
     if not per_target:
         raise ProtocolError("no per-target scores to average")
     return {k: _mean([d[k] for d in per_target]) for k in ("ua", "ira", "cra")}
+
+
+def harmonic_mean(values: list[float]) -> float:
+    """MACE's H over the available figures (NaN ones left out); 0 when any is 0."""
+    vals = [v for v in values if v == v]
+    if not vals:
+        return float("nan")
+    return 0.0 if min(vals) <= 0 else len(vals) / sum(1.0 / v for v in vals)
+
+
+def list_scores(accuracy: dict[str, dict[str, float]], targets: list[tuple[str, str]],
+                null_classes: dict[str, str | None] | None = None) -> dict:
+    """UA / IRA / CRA and H of ONE model that erased a list of concepts together (MACE's multi-concept figures).
+
+    UA = mean over the erased concepts of 1 - their accuracy; IRA = mean accuracy of the concepts left on the
+    axes the list erases from; CRA = mean accuracy of the concepts of the axes it does not touch (NaN for a list
+    that erases from every axis); H = harmonic mean of UA, IRA and CRA (of those defined). Null classes are left
+    out of every average, as in ``axis_scores``.
+    """
+    null_classes = null_classes or {}
+    if not targets:
+        raise ProtocolError("an empty list of erased concepts")
+    erased_axes = {kind for _, kind in targets}
+    erased = set(targets)
+    for name, kind in targets:
+        if kind not in accuracy or name not in accuracy[kind] or name == null_classes.get(kind):
+            raise ProtocolError(f"{kind} {name!r} is not a scorable concept of the protocol")
+
+    def scorable(axis):
+        return {c: a for c, a in accuracy[axis].items() if c != null_classes.get(axis)}
+
+    ua = {name: 1.0 - accuracy[kind][name] for name, kind in targets}
+    ira = _mean([a for axis in erased_axes for c, a in scorable(axis).items() if (c, axis) not in erased])
+    cra = _mean([a for axis in accuracy if axis not in erased_axes for a in scorable(axis).values()])
+    mean_ua = _mean(list(ua.values()))
+    return {"ua": mean_ua, "ira": ira, "cra": cra, "h": harmonic_mean([mean_ua, ira, cra]), "per_target_ua": ua}

@@ -123,12 +123,23 @@ def load_or_compute_reference(fid, key: str, cache_dir: str | Path, images_fn, b
     return not built
 
 
-def frechet_distance_numpy(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """Independent reference: ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrt(S_a S_b)) with scipy's sqrtm."""
-    from scipy import linalg
+class GivenFeatures(nn.Module):
+    """The identity on precomputed (N, D) features, so that the one FID implementation (torchmetrics') measures
+    features that were extracted elsewhere."""
 
-    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = np.real(linalg.sqrtm(s_a @ s_b))
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
+    def __init__(self, dim: int):
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    """Frechet distance between two sets of precomputed features (N, D), arrays or tensors, with the same
+    torchmetrics FID as every report (float64 statistics); ``tests/test_fid.py`` checks it against scipy's sqrtm."""
+    a, b = (torch.as_tensor(np.asarray(f), dtype=torch.float64) for f in (feats_a, feats_b))
+    fid = make_fid(GivenFeatures(a.shape[1]))
+    fid.update(a, real=True)
+    fid.update(b, real=False)
+    return float(fid.compute())

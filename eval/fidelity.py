@@ -156,19 +156,24 @@ class RetainFidelity(Metric):
 
     full_state_update = False
 
-    def __init__(self, axes: dict[str, list[str]], target: str, kind: str, **kw):
+    def __init__(self, axes: dict[str, list[str]], target: str, kind: str, also: list[tuple[str, str]] = (), **kw):
         super().__init__(**kw)
-        if kind not in axes or target not in axes[kind]:
-            raise EraseError(f"{kind} target {target!r} is not a concept of the axes {list(axes)}")
+        for name, k in [(target, kind), *also]:
+            if k not in axes or name not in axes[k]:
+                raise EraseError(f"{k} target {name!r} is not a concept of the axes {list(axes)}")
         self.axes, self.target, self.kind = {a: list(c) for a, c in axes.items()}, target, kind
         self.target_index = self.axes[kind].index(target)
+        # the images left out: the target's, and those of every concept erased together with it (``also``)
+        self.excluded = [(k, self.axes[k].index(name)) for name, k in [(target, kind), *also]]
         for i, concepts in enumerate(self.axes.values()):
             for name in ("psnr", "perceptual", "count"):
                 self.add_state(f"{name}_{i}", torch.zeros(len(concepts), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("identical", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, psnr_db: torch.Tensor, perceptual: torch.Tensor, labels: dict[str, torch.Tensor]) -> None:
-        keep = labels[self.kind] != self.target_index
+        keep = torch.ones_like(labels[self.kind], dtype=torch.bool)
+        for k, index in self.excluded:
+            keep &= labels[k] != index
         p, d = psnr_db.double()[keep], perceptual.double()[keep]
         for i, axis in enumerate(self.axes):
             lab = labels[axis][keep]

@@ -253,21 +253,6 @@ def _short(value) -> str:
     return repr(value)
 
 
-def canvas_mini() -> Protocol:
-    from eval.canvas_mini.world import OBJECTS, PROMPT_TEMPLATE, RESOLUTION, STYLES
-
-    return Protocol(
-        name="canvas-mini",
-        axes=style_object_axes(STYLES, OBJECTS, "Photo"),
-        template=PROMPT_TEMPLATE,
-        seeds=[0, 1, 2, 3, 4],
-        steps=50,
-        guidance=7.5,
-        resolution=RESOLUTION,
-        classifiers="canvas-mini",
-    )
-
-
 def unlearncanvas() -> Protocol:
     return Protocol(
         name="unlearncanvas",
@@ -284,32 +269,20 @@ def unlearncanvas() -> Protocol:
     )
 
 
-def faces_mini() -> Protocol:
-    """Latent-seeded: seed k is the StyleGAN's z of seed k at truncation 1; concepts are attributes and identities."""
-    from eval.faces_mini.world import BINARY, CONCEPTS, HEAD_CLASSES, RESOLUTION
-
-    return Protocol(
-        name="faces-mini",
-        axes=[Axis("attribute", list(BINARY)), Axis("identity", HEAD_CLASSES["identity"], null_class="anonymous")],
-        template=None,
-        seeds=list(range(1000)),
-        resolution=RESOLUTION,
-        classifiers="faces-mini",
-        phrases={concept: phrase for concept, (_, phrase) in CONCEPTS.items()},
-        anchor_phrase="a face",
-    )
-
-
-BUILTIN = {"canvas-mini": canvas_mini, "unlearncanvas": unlearncanvas, "faces-mini": faces_mini}
+BUILTIN = {"unlearncanvas": unlearncanvas}  # and every world's protocol (eval.worlds)
 
 
 def load_protocol(spec: str) -> Protocol:
-    """A built-in protocol by name, or a JSON / YAML protocol file."""
+    """A built-in protocol or a world's (``canvas-mini``, ``faces-mini``) by name, or a JSON / YAML protocol file."""
+    from .worlds import get_world, world_names
+
     if spec in BUILTIN:
         return BUILTIN[spec]()
+    if spec in world_names():
+        return get_world(spec).protocol()
     path = Path(spec)
     if not path.is_file():
-        raise ProtocolError(f"unknown protocol {spec!r}; use one of {sorted(BUILTIN)} or a path to a JSON/YAML protocol file")
+        raise ProtocolError(f"unknown protocol {spec!r}; use one of {sorted([*BUILTIN, *world_names()])} or a path to a JSON/YAML protocol file")
     try:
         text = path.read_text()
         if path.suffix.lower() in (".yaml", ".yml"):

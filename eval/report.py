@@ -48,6 +48,7 @@ class EvalOptions:
     attack: str | None = None  # an attack of eval.attacks run on every target: its ASR beside UA (report["attack"])
     attack_prompts: int | None = None  # attack only the first N prompts of each target (recorded)
     attack_options: dict | None = None  # the attack's option overrides
+    joint: bool = False  # the targets were erased together by one patch: ua / ira / cra / h of the list at the top level
 
 
 def versions() -> dict:
@@ -111,13 +112,15 @@ def _evaluate_claimed(pipe, protocol: Protocol, targets, out_dir: Path, *, model
         from .fidelity import remember_original
 
         remember_original(pipe, protocol, out_dir / "images")
-    scores = score_answer_set(judging, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress, original=original)
+    scores = score_answer_set(judging, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress, original=original, joint=opt.joint)
     report = build_report(protocol, scores, model_id=model_id, patch=patch, gen_stats=gen_stats,
                           seconds={"original": round(t_original, 1), "generate": round(t_gen, 1), **scores.seconds,
                                    "total": round(time.time() - t0, 1)})
     if fidelity_note:
         report["retain_fidelity"] = None
         report["retain_fidelity_note"] = fidelity_note
+    if opt.joint:
+        report.update(joint_block(protocol, report, targets, scores.joint_fidelity))
     if opt.grid and len(protocol.axes) == 2:
         report["grid"] = _write_grid(protocol, out_dir, model_id)
     if opt.templates:
@@ -216,6 +219,21 @@ def build_report(protocol: Protocol, scores, *, model_id: str, patch: str | None
         "seconds": seconds,
     }
     return report
+
+
+def joint_block(protocol: Protocol, report: dict, targets: list[tuple[str, str]], fidelity: dict | None) -> dict:
+    """A list erased by one patch: the list's UA / IRA / CRA / H replace the first target's at the top level
+    (``list_scores``; each target's own numbers stay under ``targets``), and retain fidelity is the one over the
+    images that show none of the erased concepts."""
+    from .concept_accuracy import list_scores
+
+    accuracy = {axis: {c: v["accuracy"] for c, v in concepts.items()} for axis, concepts in report["per_concept"].items()}
+    scores = list_scores(accuracy, list(targets), {a.name: a.null_class for a in protocol.axes})
+    block = {**{k: scores[k] for k in ("ua", "ira", "cra", "h")}, "per_target_ua": scores["per_target_ua"],
+             "erased": [name for name, _ in targets], "joint": True}
+    if fidelity is not None:
+        block["retain_fidelity"] = fidelity
+    return block
 
 
 def _pct(x) -> str:

@@ -32,11 +32,10 @@ from erase.data import cache_dir
 from .answer_set import iter_answer_set, progress_bar
 from .axis_metrics import check_axis_metrics, make_axis_metric
 from .classifiers import batched_logits, load_judges
-from .clip_alignment import CLIP_SCORE_SCALE
+from .clip_alignment import CLIP_SCORE_SCALE, ClipSums
 from .fid import FIDError
 from .protocols import Protocol, ProtocolError
 
-CANVAS_MINI_FID_REFERENCE = "fid"  # the renderer's seed range reserved for FID references
 
 
 @dataclass
@@ -48,7 +47,7 @@ class Judging:
     judges: dict
     clip: object | None = None  # CLIPAlignment
     clip_name: str | None = None
-    fid: str | None = None  # "canvas-mini" (classifier features), "folder" (standard Inception) or None
+    fid: str | None = None  # "world" (its real images, classifier features), "folder" (standard Inception) or None
     fid_note: str | None = None
     fid_reference: str | None = None
     fid_weights: str | None = None
@@ -71,6 +70,13 @@ def prepare_judging(protocol: Protocol, targets: list[tuple[str, str]], opt) -> 
     return judging
 
 
+def _world(protocol: Protocol):
+    """The world that judges ``protocol`` (eval.worlds), or None for a real benchmark's protocol."""
+    from .worlds import get_world, is_world
+
+    return get_world(protocol.classifiers) if is_world(protocol.classifiers) else None
+
+
 def _prepare_fidelity(judging: Judging, opt) -> None:
     """The perceptual distance of retain fidelity: LPIPS from local weights, or canvas-mini's classifier-feature distance."""
     if not getattr(opt, "fidelity", True):
@@ -79,14 +85,15 @@ def _prepare_fidelity(judging: Judging, opt) -> None:
 
     if getattr(opt, "lpips_weights", None):
         judging.distance = load_lpips(opt.lpips_weights, getattr(opt, "lpips_net", "alex"), opt.device)
-    elif judging.protocol.classifiers == "canvas-mini":
+    elif _world(judging.protocol) is not None and _world(judging.protocol).judge_distance:
         judging.distance = ClassifierFeatureDistance(judging.judges["style"], judging.judges["object"])
     else:
         judging.fidelity_note = "perceptual distance needs --lpips-weights (local AlexNet / VGG weights); PSNR only"
 
 
 def _prepare_clip(judging: Judging, opt) -> None:
-    if judging.protocol.template is None or not (judging.protocol.classifiers == "canvas-mini" or opt.clip):
+    world = _world(judging.protocol)
+    if judging.protocol.template is None or not ((world is not None and world.clip is not None) or opt.clip):
         return
     from .clip_alignment import CLIPAlignment, load_open_clip
 
@@ -94,20 +101,18 @@ def _prepare_clip(judging: Judging, opt) -> None:
         model, tok = load_open_clip(opt.clip, opt.clip_weights, opt.device)
         judging.clip_name = opt.clip
     else:
-        from eval.canvas_mini import CLIP_DIR, load_clip
-
-        model, tok = load_clip(device=opt.device)
-        judging.clip_name = f"canvas-mini tiny open_clip ({CLIP_DIR.name})"
+        model, tok, judging.clip_name = world.clip(opt.device)
     judging.clip = CLIPAlignment(model, tok)
 
 
 def _prepare_fid(judging: Judging, opt) -> None:
     if not opt.fid:
         return
-    if judging.protocol.classifiers == "canvas-mini":
+    world = _world(judging.protocol)
+    if world is not None and world.real_image is not None:
         if opt.fid_weights or opt.fid_reference:
-            raise FIDError("--fid-weights / --fid-reference are for real models; canvas-mini's FID uses its classifier features (drop them)")
-        judging.fid = "canvas-mini"
+            raise FIDError(f"--fid-weights / --fid-reference are for real models; {world.name}'s FID uses its classifier features (drop them)")
+        judging.fid = "world"
         return
     if not (opt.fid_weights and opt.fid_reference):
         judging.fid_note = "standard-Inception FID needs --fid-weights and --fid-reference (not given)"
@@ -134,24 +139,22 @@ class FIDPlan:
     report: dict
 
 
-def _canvas_mini_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
-    """Fresh renderer images of every (style, object) pair but the target's, ``len(seeds)`` per pair, in the
-    classifiers' feature space and, with the tiny CLIP loaded, in its embedding space (rendered once for both)."""
-    from eval.canvas_mini.data import SEED_BASE
-    from eval.canvas_mini.render import render_array
-
+def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
+    """The world's real images of every (style, object) pair but the target's, ``len(seeds)`` per pair (fresh
+    renders on canvas-mini), in the classifiers' feature space and, with the world's CLIP loaded, in its embedding
+    space (made once for both)."""
     from .fid import CLIPFeatures, ClassifierFeatures, load_or_compute_reference, make_fid, module_fingerprint, stats_key
 
     protocol = judging.protocol
     spaces = [ClassifierFeatures(judging.judges["style"], judging.judges["object"])]
     if judging.clip is not None:
         spaces.append(CLIPFeatures(judging.clip, judging.clip_name))
+    world = _world(protocol)
     per_pair = len(protocol.seeds)
-    base = SEED_BASE[CANVAS_MINI_FID_REFERENCE]
-    jobs = [(s, o, base + k) for s, o in itertools.product(protocol.styles, protocol.objects)
+    jobs = [(s, o, k) for s, o in itertools.product(protocol.styles, protocol.objects)
             if (s if kind == "style" else o) != target for k in range(per_pair)]
     excluded = {"axis": kind, "concept": target}
-    reference = {"world": "canvas-mini renders", "seed_range": CANVAS_MINI_FID_REFERENCE, "per_pair": per_pair, "excluded": excluded}
+    reference = {**world.real_images, "per_pair": per_pair, "excluded": excluded}
     rendered: list[torch.Tensor] = []  # uint8 batches, kept for the second feature space (550 images: 7 MB)
 
     def batches():
@@ -160,7 +163,7 @@ def _canvas_mini_reference(judging: Judging, target: str, kind: str, batch_size:
             return
         with progress_bar(len(jobs), "erase eval: FID reference", enabled=progress) as bar:
             for i in range(0, len(jobs), batch_size):
-                arrays = [render_array(s, o, seed) for s, o, seed in jobs[i : i + batch_size]]
+                arrays = [world.real_image({"style": s, "object": o}, k) for s, o, k in jobs[i : i + batch_size]]
                 bar.update(len(arrays))
                 rendered.append(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
                 yield rendered[-1].float().div_(255.0)
@@ -214,31 +217,6 @@ def concept_text(target: str, kind: str) -> str:
     return f"An image in {name} style." if kind == "style" else f"A {name} image."
 
 
-@dataclass
-class ClipSums:
-    """Running sums for one target: CLIP score of the other images, similarity of all images to the target's text."""
-
-    concept: torch.Tensor
-    score_sum: float = 0.0
-    n_other: int = 0
-    sim_target: float = 0.0
-    n_target: int = 0
-    sim_other: float = 0.0
-
-    def update(self, feats: torch.Tensor, prompt_cos: torch.Tensor, is_target: torch.Tensor) -> None:
-        sim = feats @ self.concept
-        other = ~is_target
-        self.score_sum += float((100 * prompt_cos[other].clamp(min=0)).sum())
-        self.n_other += int(other.sum())
-        self.sim_target += float(sim[is_target].sum())
-        self.n_target += int(is_target.sum())
-        self.sim_other += float(sim[other].sum())
-
-
-def _div(a: float, n: int) -> float:
-    return a / n if n else float("nan")
-
-
 # -- the streamed scoring loop -------------------------------------------------------------------------
 @dataclass
 class Scores:
@@ -246,10 +224,11 @@ class Scores:
     classes: dict  # axis name -> concept list
     per_target: list[dict] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    joint_fidelity: dict | None = None  # the targets erased together: retain fidelity over images showing none of them
 
 
 def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 64, progress: bool = True,
-                     original: str | Path | None = None) -> Scores:
+                     original: str | Path | None = None, joint: bool = False) -> Scores:
     """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, judge
     confidence, CLIP and FID; with ``original`` (the original model's answer set), retain fidelity too."""
     from .fidelity import RetainFidelity
@@ -260,6 +239,8 @@ def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 
     clip_sums = _clip_sums(judging)
     axes = {a.name: a.concepts for a in protocol.axes}
     fidelity = [RetainFidelity(axes, name, kind) for name, kind in judging.targets] if original is not None else []
+    if fidelity and joint:  # one more: the images that show none of the targets erased together
+        fidelity.append(RetainFidelity(axes, *judging.targets[0], also=judging.targets[1:]))
     t_ref, t_judge, t_fidelity = time.time() - t0, 0.0, 0.0
     with progress_bar(len(protocol.answer_set()), "erase eval: scoring", enabled=progress) as bar:
         for batch in iter_answer_set(protocol, folder, batch_size):
@@ -270,7 +251,14 @@ def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 
     results = {axis: m.compute() for axis, m in metrics.items()}
     per_target = [_target_entry(judging, results, i, clip_sums, fids, fidelity) for i in range(len(judging.targets))]
     seconds = {"reference": round(t_ref, 2), "classify": round(t_judge, 2), "fidelity": round(t_fidelity, 2), "score": round(time.time() - t0, 2)}
-    return Scores(results, {axis: protocol.concepts(axis) for axis in protocol.axis_names}, per_target, seconds)
+    joint_fidelity = _fidelity_entry(judging, fidelity[-1]) if fidelity and joint else None
+    return Scores(results, {axis: protocol.concepts(axis) for axis in protocol.axis_names}, per_target, seconds, joint_fidelity)
+
+
+def _fidelity_entry(judging: Judging, metric) -> dict:
+    return {**metric.compute(), "psnr_unit": "dB (identical images count as 100)",
+            "perceptual_space": judging.distance.name if judging.distance is not None else None,
+            **({"note": judging.fidelity_note} if judging.fidelity_note else {})}
 
 
 def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids: list, fidelity: list) -> dict:
@@ -292,9 +280,7 @@ def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids
     if len(fids[i]) > 1:
         entry["fid_clip"] = _fid_entry(judging, fids[i][1])["fid"]
     if fidelity:
-        entry["retain_fidelity"] = {**fidelity[i].compute(), "psnr_unit": "dB (identical images count as 100)",
-                                    "perceptual_space": judging.distance.name if judging.distance is not None else None,
-                                    **({"note": judging.fidelity_note} if judging.fidelity_note else {})}
+        entry["retain_fidelity"] = _fidelity_entry(judging, fidelity[i])
     return entry
 
 
@@ -344,7 +330,7 @@ def _fid_entry(judging: Judging, plan: FIDPlan | None) -> dict:
 
 def _fid_plans(judging: Judging, batch_size: int, progress: bool) -> list[list[FIDPlan]]:
     """Per target, one FID plan per feature space (canvas-mini: classifier features, then CLIP embeddings)."""
-    make = {"canvas-mini": _canvas_mini_reference, "folder": _folder_reference}.get(judging.fid)
+    make = {"world": _world_reference, "folder": _folder_reference}.get(judging.fid)
     return [make(judging, name, kind, max(batch_size, 64), progress) if make else [] for name, kind in judging.targets]
 
 
@@ -355,10 +341,11 @@ def _clip_sums(judging: Judging) -> list[ClipSums]:
 
 
 def _clip_entry(judging: Judging, sums: ClipSums, name: str, kind: str) -> dict:
+    c = sums.compute()
     return {
-        "clip_score": {"value": _div(sums.score_sum, sums.n_other), "scale": CLIP_SCORE_SCALE, "model": judging.clip_name,
+        "clip_score": {"value": c["clip_score"], "scale": CLIP_SCORE_SCALE, "model": judging.clip_name,
                        "images": "answer set without the target's images, each against its own prompt"},
-        "concept_similarity": {"text": concept_text(name, kind), "target_images": _div(sums.sim_target, sums.n_target),
-                               "other_images": _div(sums.sim_other, sums.n_other), "model": judging.clip_name,
+        "concept_similarity": {"text": concept_text(name, kind), "target_images": c["target_images"],
+                               "other_images": c["other_images"], "model": judging.clip_name,
                                "scale": "mean cosine similarity (-1 to 1), not x100"},
     }

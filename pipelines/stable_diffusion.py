@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from erase.components import named_parameters
 from erase.errors import EraseError
+from erase.files import swap_dir, writing
 from erase.locations import resolve_model
 from erase.patch import applied_patches, apply_patch, remove_patch, set_patch_scale
 
@@ -155,13 +156,12 @@ def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False, metrics: 
         raise PipelineLoadError(f"{out} exists and is not empty; pass overwrite=True / --overwrite or choose another folder")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    with writing(out, cleanup=(tmp,)):  # out of space: nothing half-written, an earlier folder intact
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
     history = [{"name": a["name"], "scale": a["scale"], **{k: a["config"].get(k) for k in ("method", "preset", "request", "base_model", "patch_sha256", "package_version")}}
                for a in applied_patches(pipe)]
     (tmp / "erasure_history.json").write_text(json.dumps(history, indent=2, default=str))
     base = next((h["base_model"] for h in history if h.get("base_model")), getattr(pipe, "name_or_path", None))
     (tmp / "README.md").write_text(model_card(history, base, metrics))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    swap_dir(tmp, out)  # an overwritten folder is replaced whole, never left half-removed
     return out

@@ -20,7 +20,7 @@ def canvas_pipe():
     """The shipped canvas-mini pipeline, loaded with plain diffusers."""
     from diffusers import StableDiffusionPipeline
 
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     pipe = StableDiffusionPipeline.from_pretrained(str(PIPELINE_DIR))
     pipe.set_progress_bar_config(disable=True)
@@ -31,8 +31,8 @@ def build_tiny_pipe(seed: int = 0):
     """A random-weight StableDiffusionPipeline small enough to train in a test (like diffusers' dummy components)."""
     from diffusers import StableDiffusionPipeline
 
-    from eval.canvas_mini.models import make_schedulers, make_text_encoder, make_unet, make_vae
-    from eval.canvas_mini.tokenizer import build_tokenizer
+    from worlds.canvas_mini.models import make_schedulers, make_text_encoder, make_unet, make_vae
+    from worlds.canvas_mini.tokenizer import build_tokenizer
 
     torch.manual_seed(seed)
     tok = build_tokenizer(300, model_max_length=16)

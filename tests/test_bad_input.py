@@ -24,7 +24,7 @@ QUICK = ["--set", "forget_seeds=1", "--set", "retain_seeds=1", "--set", "data_st
 
 
 def model():
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     return str(PIPELINE_DIR)
 

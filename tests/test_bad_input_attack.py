@@ -1,7 +1,7 @@
 """Bad input to `erase attack`: one stderr line naming the problem, exit 2, nothing written."""
 
 from erase.cli import main
-from eval.faces_mini.assets import GENERATOR_DIR
+from worlds.faces_mini.assets import GENERATOR_DIR
 
 from test_bad_input_eval import MODEL, refused
 

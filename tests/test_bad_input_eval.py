@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from erase.cli import main
-from eval.canvas_mini import PIPELINE_DIR
+from worlds.canvas_mini import PIPELINE_DIR
 
 MODEL = str(PIPELINE_DIR)
 

@@ -18,7 +18,7 @@ STYLES = ["Photo", "Watercolor", "Pop_Art", "Rust"]
 
 
 def model():
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     return str(PIPELINE_DIR)
 

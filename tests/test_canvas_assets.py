@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.canvas_mini import ASSETS_DIR, OBJECTS, PIPELINE_DIR, RESOLUTION, STYLES, AssetError, load_classifier
-from eval.canvas_mini.check import BARS, predict
-from eval.canvas_mini.data import render_set
+from worlds.canvas_mini import ASSETS_DIR, OBJECTS, PIPELINE_DIR, RESOLUTION, STYLES, AssetError, load_classifier
+from worlds.canvas_mini.check import BARS, predict
+from worlds.canvas_mini.data import render_set
 from eval.generate import generate
 
 
@@ -76,8 +76,8 @@ def test_missing_or_corrupt_assets(tmp_path):
 
 
 def test_tiny_clip_retrieves_captions(fresh):
-    from eval.canvas_mini import load_clip
-    from eval.canvas_mini.check import clip_retrieval
+    from worlds.canvas_mini import load_clip
+    from worlds.canvas_mini.check import clip_retrieval
 
     model, tok = load_clip()
     acc = clip_retrieval(model, tok, fresh.float_images(), fresh.style * len(OBJECTS) + fresh.obj)

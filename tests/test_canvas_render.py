@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from eval.canvas_mini import OBJECTS, RESOLUTION, STYLES, caption, render, render_array
+from worlds.canvas_mini import OBJECTS, RESOLUTION, STYLES, caption, render, render_array
 
 
 def test_world_lists():

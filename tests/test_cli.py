@@ -43,7 +43,7 @@ def test_eval_bad_inputs(tmp_path, capsys):
 
 
 def test_eval_refuses_folder_of_another_run(tmp_path, capsys, canvas_pipe):
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     out = tmp_path / "out"
     out.mkdir()
@@ -54,7 +54,7 @@ def test_eval_refuses_folder_of_another_run(tmp_path, capsys, canvas_pipe):
 
 
 def test_run_bad_inputs(tmp_path, capsys):
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     out = tmp_path / "out"
     model = str(PIPELINE_DIR)
@@ -74,7 +74,7 @@ def test_run_bad_inputs(tmp_path, capsys):
 
 
 def test_grid_bad_inputs(tmp_path, capsys):
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     existing = tmp_path / "g.png"
     existing.write_bytes(b"keep")

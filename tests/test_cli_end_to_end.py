@@ -9,7 +9,7 @@ from erase.cli import main
 
 
 def test_run_then_eval_patch_erases_the_target(tmp_path, capsys):
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     model, patch = str(PIPELINE_DIR), tmp_path / "patch"
     quick = ["--set", "forget_seeds=1", "--set", "retain_seeds=1", "--set", "data_steps=10", "--set", "lr=0.002", "--set", "checkpoint_every=1000"]
@@ -30,7 +30,7 @@ def test_kv_methods_run_two_steps_on_canvas_mini(tmp_path, capsys, method, extra
     """`erase run doco|concept_ablation` works like `erase run salun`: a 2-step run on the shipped model writes a
     K/V-only patch that applies to a fresh load; `--set trainable=...` narrows the trained weights."""
     from erase.patch import ErasurePatch
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     quick = ["--steps", "2", "--set", "anchor_seeds=1", "--set", "data_steps=2", "--set", "batch_size=2", "--set", "retain_batch_size=2", *extra]
     common = ["--model", str(PIPELINE_DIR), "--concept", "Watercolor", "--kind", "style", "--preset", "canvas-mini", "--quiet", *quick]

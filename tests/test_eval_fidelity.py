@@ -9,7 +9,7 @@ import torch
 
 from erase.components import named_parameters
 from erase.patch import ErasurePatch, apply_patch, fingerprint, remove_patch
-from eval.canvas_mini import PIPELINE_DIR
+from worlds.canvas_mini import PIPELINE_DIR
 from eval.fidelity import PSNR_CAP
 from eval.protocols import load_protocol
 from eval.report import EvalOptions, evaluate

@@ -36,7 +36,7 @@ def test_bad_templates_files(tmp_path, text, match):
 
 
 def test_cli_reports_ood_per_template_and_mean(tmp_path, capsys):
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     f = tmp_path / "t.txt"
     f.write_text("A {style} style picture of a {object}.\n{object} drawn in {style} style.\n")
@@ -56,7 +56,7 @@ def test_cli_reports_ood_per_template_and_mean(tmp_path, capsys):
 
 
 def test_cli_refuses_a_bad_templates_file_before_writing(tmp_path, capsys):
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     f = tmp_path / "t.txt"
     f.write_text("no placeholders here\n")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.canvas_mini import PIPELINE_DIR
+from worlds.canvas_mini import PIPELINE_DIR
 from eval.protocols import load_protocol
 from eval.report import EvalOptions, evaluate
 from eval.scoring import prepare_judging
@@ -28,7 +28,7 @@ def small(tmp_path_factory, canvas_pipe):
 
     import eval.answer_set as answer_set
 
-    render_module = importlib.import_module("eval.canvas_mini.render")  # the package re-exports a function named render
+    render_module = importlib.import_module("worlds.canvas_mini.render")  # the package re-exports a function named render
 
     cache = tmp_path_factory.mktemp("cache")
     out = tmp_path_factory.mktemp("eval") / "small"

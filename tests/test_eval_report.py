@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from eval.canvas_mini import ASSETS_DIR, OBJECTS, PIPELINE_DIR, STYLES
+from worlds.canvas_mini import ASSETS_DIR, OBJECTS, PIPELINE_DIR, STYLES
 from eval.protocols import load_protocol
 from eval.report import EvalOptions, OutputFolderError, evaluate
 
@@ -77,8 +77,8 @@ def test_resume_reuses_images_and_foreign_runs_are_refused(original_report, canv
 
 
 def test_clip_score_ranks_matching_captions_first():
-    from eval.canvas_mini import load_clip, render
-    from eval.canvas_mini.world import caption
+    from worlds.canvas_mini import load_clip, render
+    from worlds.canvas_mini.world import caption
     from eval.clip_alignment import CLIPAlignment
     from eval.generate import to_tensor
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from eval.faces_mini.assets import ASSETS_DIR, load_judge
-from eval.faces_mini.check import CLIP_ZERO_SHOT_BAR, JUDGE_ACCURACY_BAR, clip_zero_shot, head_accuracy, identity_accuracy
-from eval.faces_mini.render import render_set
-from eval.faces_mini.world import BINARY, SEED_BASE
+from worlds.faces_mini.assets import ASSETS_DIR, load_judge
+from worlds.faces_mini.check import CLIP_ZERO_SHOT_BAR, JUDGE_ACCURACY_BAR, clip_zero_shot, head_accuracy, identity_accuracy
+from worlds.faces_mini.render import render_set
+from worlds.faces_mini.world import BINARY, SEED_BASE
 
 
 def _built(name: str) -> bool:
@@ -47,7 +47,7 @@ def test_each_clip_tells_every_attribute_from_its_negation(fresh, which):
 def test_the_guides_offer_three_perceptual_distances_that_see_a_change(fresh):
     if not all(_built(n) for n in ("clip-guide", "guide-classifier", "guide-identity")):
         pytest.skip("faces-mini guides not built")
-    from eval.faces_mini.guides import faces_mini_guides
+    from worlds.faces_mini.guides import faces_mini_guides
 
     guides = faces_mini_guides()
     x = fresh[0][:16]
@@ -72,8 +72,8 @@ def test_the_shipped_generator_has_the_recipes_layout_and_draws_the_worlds_attri
 
     from safetensors import safe_open
 
-    from eval.faces_mini.check import generator_samples, judge_all, rates
-    from eval.faces_mini.train import Recipe
+    from worlds.faces_mini.check import generator_samples, judge_all, rates
+    from worlds.faces_mini.train import Recipe
 
     config = json.loads((ASSETS_DIR / "generator" / "config.json").read_text())
     recipe = Recipe()

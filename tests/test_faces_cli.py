@@ -17,7 +17,7 @@ QUICK = ["--steps", "2", "--set", "mapper_steps=5", "--set", "gate_points=0", "-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("faces")
-    subprocess.run([sys.executable, "-m", "eval.faces_mini.train", "--smoke", "--threads", "1", "--out", str(root / "assets"), "--work",
+    subprocess.run([sys.executable, "-m", "worlds.faces_mini.train", "--smoke", "--threads", "1", "--out", str(root / "assets"), "--work",
                     str(root / "work"), "--stages", "classifier,identity,guide_classifier,guide_identity,clip_guide,clip_judge,generator"],
                    check=True, cwd=ROOT, env=_env(root / "assets", root), capture_output=True)
     return root

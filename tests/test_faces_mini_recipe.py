@@ -1,7 +1,7 @@
 """The faces-mini recipe's StyleGAN configs: the discriminator may have its own widths."""
 
-from eval.faces_mini.gan_training import gan_config
-from eval.faces_mini.train import Recipe
+from worlds.faces_mini.gan_training import gan_config
+from worlds.faces_mini.train import Recipe
 
 
 def test_the_discriminator_takes_its_own_widths_or_the_generators():
@@ -15,7 +15,7 @@ def test_the_discriminator_takes_its_own_widths_or_the_generators():
 def test_recipe_overrides_reach_inside_and_refuse_what_does_not_exist():
     import pytest
 
-    from eval.staged_build import set_recipe_fields
+    from worlds.staged_build import set_recipe_fields
 
     r = Recipe()
     set_recipe_fields(r, ["gan.n_mlp=6", "gan_lr=0.002", "classifier.p_blur=0.2", "r1_gamma=1", "gan_d_channels=null"])
@@ -31,7 +31,7 @@ def test_recipe_overrides_reach_inside_and_refuse_what_does_not_exist():
 def test_a_trainer_refuses_a_bad_override_in_one_line(capsys):
     import pytest
 
-    from eval.faces_mini.train import main
+    from worlds.faces_mini.train import main
 
     with pytest.raises(SystemExit) as e:
         main(["--set", "gan.depth=3", "--stages", "check", "--out", "/nonexistent/x"])

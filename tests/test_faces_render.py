@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.faces_mini import (
+from worlds.faces_mini import (
     BINARY,
     CONCEPTS,
     HAIR_COLOURS,
@@ -233,7 +233,7 @@ def test_protocol_phrases_are_captions():
 
 
 def test_negated_phrases_are_captions():
-    from eval.faces_mini.world import NEGATED_PHRASES
+    from worlds.faces_mini.world import NEGATED_PHRASES
 
     rng = random.Random(0)
     for name, phrase in NEGATED_PHRASES.items():
@@ -244,7 +244,7 @@ def test_negated_phrases_are_captions():
 def test_hard_negatives_flip_one_stated_attribute(specs):
     from collections import Counter
 
-    from eval.faces_mini.world import PHRASES
+    from worlds.faces_mini.world import PHRASES
 
     def words(text):
         return Counter(text.replace(",", " ").replace(".", " ").split())

@@ -269,3 +269,89 @@ def test_the_manifest_after_each_job_hashes_only_patches_that_changed(tmp_path, 
     assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts)] == ["A", "C"] and hashed == ["B"]
     hashed.clear()
     assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts, rehash=True)] == ["A", "C"] and sorted(hashed) == concepts
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------
+def _disk_full_at(monkeypatch, module, name: str, n: int):
+    """Make ``module.name`` (a writer) fail with ENOSPC from its n-th call on, as a disk that fills up would."""
+    import errno
+
+    real, calls = getattr(module, name), [0]
+
+    def write(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] >= n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, write)
+    return calls
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_resumes(tmp_path, monkeypatch):
+    import erase.loop
+    from erase.files import DiskFullError
+    from erase.loop import checkpoint_meta
+
+    _disk_full_at(monkeypatch, erase.loop.torch, "save", 3)  # the third checkpoint's optimiser state does not fit
+    with pytest.raises(DiskFullError, match=r"no space left writing .*checkpoint .*free some space"):
+        _erase(tmp_path / "run")
+    assert checkpoint_meta(tmp_path / "run")["step"] == 2  # the second checkpoint, whole
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith((".tmp", ".old"))]
+    monkeypatch.undo()
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
+    resumed = _erase(tmp_path / "run", resume=True)
+    whole = _erase(tmp_path / "whole")
+    assert all(torch.equal(resumed.deltas[n], whole.deltas[n]) for n in whole.names())
+
+
+def test_a_full_disk_while_writing_a_patch_leaves_no_patch_and_no_temporaries(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    from erase.files import DiskFullError
+    from erase.patch import PATCH_FILE
+
+    real = safetensors.torch.save_file
+
+    def save_file(tensors, filename, *a, **k):  # only the patch's own file meets a full disk
+        if str(filename).endswith(PATCH_FILE):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    with pytest.raises(DiskFullError, match=rf"no space left writing .*{PATCH_FILE}"):
+        _erase(tmp_path / "run")
+    left = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert PATCH_FILE not in left and not [n for n in left if n.startswith(".patch-")]
+
+
+def test_a_full_disk_while_writing_a_report_keeps_the_old_one(tmp_path):
+    from erase.files import DiskFullError, write_json_atomic
+
+    write_json_atomic(tmp_path / "report.json", {"ua": 1.0})
+
+    import errno
+    from unittest import mock
+
+    with mock.patch("pathlib.Path.write_text", side_effect=OSError(errno.EFBIG, "File too large")):
+        with pytest.raises(DiskFullError, match=r"no space left writing .*report.json .*file too large"):
+            write_json_atomic(tmp_path / "report.json", {"ua": 0.0, "big": "x" * 1000})
+    assert (tmp_path / "report.json").read_text().count('"ua": 1.0') == 1 and sorted(os.listdir(tmp_path)) == ["report.json"]
+
+
+def test_a_file_size_limit_in_a_real_process_is_one_line_exit_2(tmp_path):
+    """A real ``erase run`` under RLIMIT_FSIZE (the kernel refuses the write with EFBIG): one line, exit 2, no patch."""
+    import subprocess
+    import sys
+
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); from erase.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / "wc"
+    r = subprocess.run([sys.executable, "-c", code, "run", "uce", "--model", "canvas-mini", "--concept", "Watercolor", "--kind", "style",
+                        "--preset", "canvas-mini", "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "no space left writing" in lines[0] and "erasure_patch.safetensors" in lines[0], r.stderr
+    assert not (out / "erasure_patch.safetensors").exists() and not [p for p in out.iterdir() if p.name.startswith(".patch-")]

@@ -50,8 +50,8 @@ def test_retain_fidelity_against_hand_counts():
 
 
 def test_model_with_itself_is_exact():
-    from eval.canvas_mini import load_classifier
-    from eval.canvas_mini.render import render_batch
+    from worlds.canvas_mini import load_classifier
+    from worlds.canvas_mini.render import render_batch
     from eval.fidelity import ClassifierFeatureDistance
 
     x = torch.from_numpy(render_batch([("Watercolor", "Birds"), ("Rust", "Towers")], [1, 2])).permute(0, 3, 1, 2).float() / 255
@@ -119,7 +119,7 @@ def test_judge_validation_fidelity_and_confidence_follow_the_degradation():
     """Blur, texture removal (palette kept) and palette shift on held-out renders: PSNR falls and the perceptual
     distance grows at every step; the style judge's true-class probability ends lower than it starts and never
     rises by more than 0.01 (blur 1 raises it by 0.003); accuracy stays at 100 at strength 1, where fidelity already moved."""
-    from eval.judge_validation import measure
+    from worlds.canvas_mini.judge_validation import measure
 
     table = measure(per_pair=1, objects=4)
     for name, rows in table.items():

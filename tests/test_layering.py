@@ -1,4 +1,4 @@
-"""The direction of imports (DESIGN.md section 2), checked on the source: no cycles between modules, and
+"""The direction of imports (DESIGN.md, section 2), checked on the source: no cycles between modules, and
 each layer imports only the layers below it. Function-level imports count too.
 
     erase.errors, erase.components, erase.files           (bottom: no package imports)
@@ -6,7 +6,9 @@ each layer imports only the layers below it. Function-level imports count too.
       <- erase.loop                                        (the shared loop; never pipelines or eval)
       <- erase.methods.*                                   (use the core; never eval or pipelines)
     pipelines.*  -> erase core (patch format, components)  (never eval, methods, loop or the CLI)
-    eval.*       -> pipelines, erase core                  (never methods, the API or the CLI)
+    eval.*       -> pipelines, erase core                  (never methods, the API, the CLI or a world: worlds plug in
+                                                           through eval.worlds, found by name)
+    worlds.*     -> eval, pipelines, erase core            (a world builds its models and judges; never the API or the CLI)
     erase.api    -> core + registry (methods load through it)
     erase.batch  -> api + core (jobs, manifest, locks; never eval or pipelines)
     erase.cli.*, erase.demo                                (top: the only modules that know every subsystem)
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("erase", "pipelines", "eval")
+PACKAGES = ("erase", "pipelines", "eval", "worlds")
 
 
 def _modules() -> dict[str, Path]:
@@ -79,22 +81,24 @@ def test_no_import_cycles():
 
 
 CORE = {"erase.errors", "erase.components", "erase.files", "erase.patch", "erase.selection", "erase.surgery", "erase.request",
-        "erase.registry", "erase.data", "erase.diffusion", "erase.loop", "erase.prompt_slots", "erase.adversarial"}
+        "erase.registry", "erase.data", "erase.diffusion", "erase.loop", "erase.prompt_slots", "erase.adversarial", "erase.locations"}
 
 
 def _forbidden(module: str) -> tuple[str, ...]:
     if module in CORE:
-        return ("pipelines", "eval", "erase.cli", "erase.api", "erase.methods", "erase.demo", "erase.batch")
+        return ("pipelines", "eval", "worlds", "erase.cli", "erase.api", "erase.methods", "erase.demo", "erase.batch")
     if module.startswith("erase.methods"):
-        return ("pipelines", "eval", "erase.cli", "erase.api", "erase.demo", "erase.batch")
+        return ("pipelines", "eval", "worlds", "erase.cli", "erase.api", "erase.demo", "erase.batch")
     if module.startswith("pipelines"):
-        return ("eval", "erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo", "erase.batch")
+        return ("eval", "worlds", "erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo", "erase.batch")
     if module.startswith("eval"):
-        return ("erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo", "erase.batch")
+        return ("worlds", "erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo", "erase.batch")
+    if module.startswith("worlds"):
+        return ("erase.cli", "erase.api", "erase.methods", "erase.demo", "erase.batch")
     if module == "erase.api":
-        return ("erase.cli", "erase.demo", "erase.batch")
+        return ("worlds", "erase.cli", "erase.demo", "erase.batch")
     if module == "erase.batch":  # jobs, manifest and locks: above the API, below the CLI; evaluation is the CLI's
-        return ("pipelines", "eval", "erase.cli", "erase.demo", "erase.methods")
+        return ("pipelines", "eval", "worlds", "erase.cli", "erase.demo", "erase.methods")
     return ()
 
 
@@ -104,7 +108,25 @@ def test_layer_direction(module):
     assert not bad, f"{module} imports {bad}, against the direction of imports"
 
 
+def test_evaluation_finds_worlds_only_by_name():
+    """No module of eval/ imports a world, and every built-in world is a plugin module that builds its World."""
+    from eval.worlds import BUILTIN, get_world
+
+    assert not [m for m in GRAPH if m.startswith("eval") and any(n.startswith("worlds") for n in GRAPH[m])]
+    for name, module in BUILTIN.items():
+        assert module in MODULES and get_world(name).name == name
+
+
 def test_the_checker_sees_function_level_and_relative_imports():
     assert "eval.protocols" in GRAPH["erase.cli.erasing"]  # imported inside a function
     assert "erase.cli.common" in GRAPH["erase.cli.erasing"]  # relative import
     assert "erase.patch" in GRAPH["pipelines.stable_diffusion"]
+
+
+def test_no_module_is_longer_than_600_lines():
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"split these modules (over 600 lines): {long}"
+
+
+def test_the_design_document_this_test_cites_exists():
+    assert "## 2. The direction of imports" in (ROOT / "DESIGN.md").read_text()

@@ -31,7 +31,7 @@ def test_unknown_dtype(tmp_path):
 def test_loads_the_shipped_pipeline_in_half_precision(canvas_pipe):
     import torch
 
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     pipe = load_pipeline(PIPELINE_DIR, dtype="bf16")
     assert pipe.unet.dtype == torch.bfloat16

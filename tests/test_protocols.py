@@ -19,7 +19,7 @@ def test_unlearncanvas_protocol_is_the_published_one():
 
 
 def test_canvas_mini_protocol():
-    from eval.canvas_mini import OBJECTS, STYLES
+    from worlds.canvas_mini import OBJECTS, STYLES
 
     p = load_protocol("canvas-mini")
     assert p.styles == STYLES and p.objects == OBJECTS and p.photo_class == "Photo"

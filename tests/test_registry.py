@@ -116,3 +116,36 @@ def test_every_shipped_preset_resolves():
     for path in presets:
         assert path.parent.name in list_methods(), path
         resolve_config(path.parent.name, path.stem)
+
+
+def test_every_method_config_shares_the_base_options():
+    """patch_dtype, steps and checkpoint_every are declared once (MethodConfig), lr once for the trained methods."""
+    from dataclasses import fields
+
+    from erase.registry import MethodConfig, TrainedConfig, get_method, list_methods
+
+    for name in list_methods():
+        cls = get_method(name).config_cls
+        assert issubclass(cls, MethodConfig) and cls.method == name, name
+        assert {"steps", "patch_dtype", "checkpoint_every"} <= {f.name for f in fields(cls)}
+        assert issubclass(cls, TrainedConfig) == (name not in ("uce", "rece")), name
+
+
+def test_a_run_validates_its_config_once(monkeypatch, tmp_path):
+    from erase.cli import main
+    from erase.registry import MethodConfig
+
+    calls = []
+    real = MethodConfig.validate
+    monkeypatch.setattr(MethodConfig, "validate", lambda self: calls.append(type(self).__name__) or real(self))
+    assert main(["run", "uce", "--model", "canvas-mini", "--concept", "Watercolor", "--kind", "style", "--preset", "canvas-mini",
+                 "--out", str(tmp_path / "wc"), "--quiet"]) == 0
+    assert calls == ["UCEConfig"]
+
+
+@pytest.mark.parametrize("method", ["salun", "uce"])
+def test_a_bad_shared_option_names_the_method(method):
+    from erase.api import resolve_config
+
+    with pytest.raises(EraseError, match=f"unknown patch_dtype 'int8' for {method}; choose one of float16, bfloat16, float32"):
+        resolve_config(method, overrides={"patch_dtype": "int8"})

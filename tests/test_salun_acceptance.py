@@ -48,7 +48,7 @@ def test_retain_fidelity(summary):
 
 
 def test_efficiency(summary):
-    from eval.canvas_mini import PIPELINE_DIR
+    from worlds.canvas_mini import PIPELINE_DIR
 
     unet = (PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     for r in summary["rows"]:

@@ -8,7 +8,7 @@ CLIP-distance baseline on the trade-off."""
 import pytest
 
 from bench.faces_mini import bars_met, run_one
-from eval.faces_mini.assets import GENERATOR_DIR
+from worlds.faces_mini.assets import GENERATOR_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (GENERATOR_DIR / "config.json").exists(), reason="faces-mini generator not built")]
 

@@ -98,14 +98,14 @@ def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
     any of them, it would fail. The guides' descriptions name none of the judges' networks either."""
     import shutil
 
-    from eval.faces_mini.assets import ASSETS_DIR
-    from eval.faces_mini.guides import GUIDE_ASSETS, JUDGE_ASSETS, faces_mini_guides
+    from worlds.faces_mini.assets import ASSETS_DIR
+    from worlds.faces_mini.guides import GUIDE_ASSETS, JUDGE_ASSETS, faces_mini_guides
 
     if not all((ASSETS_DIR / n).is_dir() for n in (*GUIDE_ASSETS, "generator")):
         pytest.skip("faces-mini guides not built")
     from erase.api import erase_concept
     from erase.data import model_identity
-    from eval.faces_mini.assets import load_judge
+    from worlds.faces_mini.assets import load_judge
     from pipelines.stylegan import StyleGANPipeline
 
     assets = tmp_path / "assets"
@@ -130,9 +130,9 @@ def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
 
 
 def test_fd_reference_holds_only_renders_without_the_concept(monkeypatch):
-    import eval.faces_mini.check as check
-    from eval.faces_mini.render import render_set
-    from eval.faces_mini.world import SEED_BASE
+    import worlds.faces_mini.check as check
+    from worlds.faces_mini.render import render_set
+    from worlds.faces_mini.world import SEED_BASE
 
     seen = []
     monkeypatch.setattr(check, "CHECK_RENDERS", 40)
@@ -149,9 +149,9 @@ def test_fd_reference_holds_only_renders_without_the_concept(monkeypatch):
 
 
 def test_palette_drift_is_zero_on_renders_and_counts_recoloured_pixels():
-    from eval.faces_mini.palette import off_palette, palette_drift
-    from eval.faces_mini.render import render_set
-    from eval.faces_mini.world import SEED_BASE
+    from worlds.faces_mini.palette import off_palette, palette_drift
+    from worlds.faces_mini.render import render_set
+    from worlds.faces_mini.world import SEED_BASE
 
     images, labels = render_set(500, SEED_BASE["check"])
     x = images.float() / 255

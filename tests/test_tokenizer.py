@@ -1,4 +1,4 @@
-from eval.canvas_mini.tokenizer import build_tokenizer, write_tokenizer_files
+from worlds.canvas_mini.tokenizer import build_tokenizer, write_tokenizer_files
 
 
 def test_truncated_clip_vocab_keeps_clip_ids(tmp_path):

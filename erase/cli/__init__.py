@@ -13,11 +13,16 @@ and exit code 2; nothing is written on bad input. Ctrl-C is one line and exit co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import EraseError
-from . import attack, batch, demo, erasing, evaluate  # noqa: F401  (each module registers its subcommands)
+from ..files import no_space_errno
+from ..threads import sleep_when_idle
+from . import attack, batch, demo, erasing, evaluate, export  # noqa: F401  (each module registers its subcommands)
 from .common import COMMANDS
+
+sleep_when_idle()  # torch is imported lazily by the subcommands, so its OpenMP threads start after this
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -55,6 +60,13 @@ def main(argv=None) -> int:
         runners[args.command](args)
     except EraseError as e:
         print(f"erase {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # out of space where no writer said so itself: still one line, never a traceback
+        code = no_space_errno(e)
+        if code is None:
+            raise
+        print(f"erase {args.command}: error: no space left writing {getattr(e, 'filename', None) or 'the output'}: "
+              f"{os.strerror(code).lower()}; free some space or write elsewhere", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"erase {args.command}: interrupted", file=sys.stderr)

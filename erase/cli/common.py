@@ -20,6 +20,14 @@ def command(name: str, help: str):
     return deco
 
 
+def own_report_world(protocol):
+    """The protocol's world when it evaluates with a report of its own (faces-mini), else None."""
+    from eval.worlds import get_world, is_world
+
+    world = get_world(protocol.classifiers) if is_world(protocol.classifiers) else None
+    return world if world is not None and world.evaluate is not None else None
+
+
 class UsageError(EraseError):
     """Bad command-line input; printed as one line, exit code 2."""
 
@@ -27,6 +35,11 @@ class UsageError(EraseError):
 def _threads(args) -> None:
     import torch
 
+    from ..threads import default_threads
+
+    if args.threads is None:  # the ranks of a batch on this machine share its CPUs (torchrun sets LOCAL_WORLD_SIZE)
+        workers = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1))) if getattr(args, "command", None) == "batch" else 1
+        args.threads = default_threads(workers)
     torch.set_num_threads(args.threads)
 
 
@@ -35,7 +48,8 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", default=None, help="erasure patch folder to apply before generating (erasure_patch.safetensors + erasure_config.json)")
     p.add_argument("--scale", type=float, default=1.0, help="patch strength (0 = original model, 1 = as trained)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the CPUs this process may use, by affinity and cgroup quota, shared among a batch's processes)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model precision (fp16/bf16 on GPU; default fp32)")
     p.add_argument("--xformers", action="store_true", help="use xformers attention (GPU, when installed); default PyTorch SDPA")
 

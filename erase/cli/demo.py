@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..threads import default_threads
 from .common import UsageError, command
 
 
@@ -13,7 +14,7 @@ def _demo(p):
     p.add_argument("--concept", default="Watercolor")
     p.add_argument("--kind", default="style", choices=["style", "object"])
     p.add_argument("--preset", default="canvas-mini")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads (default: the CPUs this process may use)")
 
     def run(args):
         from ..demo import main

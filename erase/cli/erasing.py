@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import UsageError, _common_model_args, _load, _threads, command
+from .common import UsageError, _common_model_args, _load, _threads, command, own_report_world
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -28,13 +28,68 @@ def build_request(args):
 
     from ..request import EraseRequest
 
+    if args.concepts:
+        if args.concept:
+            raise UsageError("give the concepts either with --concept A,B,... or with --concepts FILE, not both")
+        args.concept = ",".join(_concept_lines(args.concepts))
     if not args.concept or not args.concept.strip():
-        raise UsageError("the concept to erase is empty; pass --concept NAME")
+        raise UsageError("the concept to erase is empty; pass --concept NAME (or A,B,C to erase several at once)")
     if args.protocol != "none":
         protocol = load_protocol(args.protocol)
+        if "," in args.concept:
+            return joint_protocol_request(protocol, args.concept, args.kind, anchor=args.anchor, seed=args.seed), protocol
         return EraseRequest.from_protocol(protocol, args.concept, args.kind, anchor=args.anchor, seed=args.seed), protocol
+    if "," in args.concept:
+        raise UsageError("erasing several concepts at once needs a protocol (--protocol canvas-mini or a protocol file)")
     retain = [r.strip() for r in (args.retain or "").split(",") if r.strip()]
     return EraseRequest.from_templates(args.concept, args.kind, args.anchor, retain=retain, seed=args.seed), None
+
+
+def _concept_lines(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--concepts {p} is not a file; pass a text file with one concept per line")
+    return [c for c in (line.split("#", 1)[0].strip() for line in p.read_text().splitlines()) if c]
+
+
+def parse_concept_list(text: str, kind: str, protocol) -> list[tuple[str, str]]:
+    """``A,B,C`` (each of --kind) or ``style:A,object:B`` -> [(concept, kind)], checked against the protocol: no
+    empty list, no concept twice or on two axes, and something of each axis left to retain."""
+    items = []
+    for raw in text.split(","):
+        raw = raw.strip()
+        if not raw:
+            raise UsageError(f"the concept list {text!r} has an empty entry; separate concepts with single commas")
+        k, _, name = raw.rpartition(":")
+        items.append((name.strip(), (k.strip() or kind)))
+    names = [n for n, _ in items]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        kinds = sorted({k for n, k in items if n == twice})
+        where = f"on two axes ({' and '.join(kinds)})" if len(kinds) > 1 else "twice"
+        raise UsageError(f"the concept list names {twice!r} {where}; list each concept once")
+    for name, k in items:
+        try:
+            protocol.check_target(name, k)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    for k in {k for _, k in items}:
+        axis = protocol.axis(k)
+        left = [c for c in axis.targets if c not in names]
+        if not left:
+            raise UsageError(f"the list erases every {k} of protocol {protocol.name!r} ({len(axis.targets)}); nothing of that axis "
+                             "would be left to retain: leave at least one out")
+    return items
+
+
+def joint_protocol_request(protocol, text: str, kind: str, *, anchor: str | None, seed: int):
+    """One request that erases every concept of the list at once (as ``erase batch --joint`` does)."""
+    from ..batch import joint_request
+    from ..request import EraseRequest
+
+    items = parse_concept_list(text, kind, protocol)
+    requests = [EraseRequest.from_protocol(protocol, name, k, anchor=anchor, seed=seed) for name, k in items]
+    return joint_request(requests, kind)
 
 
 def check_model_path(model: str) -> None:
@@ -56,14 +111,10 @@ def check_model_path(model: str) -> None:
 
 
 def _default_protocol(model: str) -> str:
-    from eval.canvas_mini import PIPELINE_DIR
-    from eval.faces_mini.assets import GENERATOR_DIR
+    """The protocol of the world whose shipped model ``model`` is, else none."""
+    from eval.worlds import world_of_model
 
-    try:
-        shipped = {PIPELINE_DIR.resolve(): "canvas-mini", GENERATOR_DIR.resolve(): "faces-mini"}
-        return shipped.get(Path(model).resolve(), "none")
-    except OSError:
-        return "none"
+    return world_of_model(model) or "none"
 
 
 def guides_for(method: str, protocol):
@@ -72,19 +123,22 @@ def guides_for(method: str, protocol):
 
     if not getattr(get_method(method).eraser_cls, "needs_guides", False):
         return None
-    if protocol is None or protocol.classifiers != "faces-mini":
-        raise UsageError(f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for --protocol faces-mini; "
-                         "for other models pass guides=erase.guides.Guides(...) to erase.api.erase_concept")
-    from eval.faces_mini.guides import faces_mini_guides
+    from eval.worlds import get_world, is_world
 
-    return faces_mini_guides()
+    world = get_world(protocol.classifiers) if protocol is not None and is_world(protocol.classifiers) else None
+    if world is None or world.guides is None:
+        raise UsageError(f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for a world that ships "
+                         "them (--protocol faces-mini); for other models pass guides=erase.guides.Guides(...) to erase.api.erase_concept")
+    return world.guides()
 
 
 @command("run", "erase a concept with a method and save the patch (optionally evaluate the erased model)")
 def _run(p):
     p.add_argument("method", help="erasure method (see `erase methods`)")
     _common_model_args(p)
-    p.add_argument("--concept", required=True, help="concept to erase, e.g. Watercolor")
+    p.add_argument("--concept", default=None, help="concept to erase, e.g. Watercolor; several at once: Watercolor,Rust,Crayon "
+                                                   "(each of --kind, or kind:name for a mixed list)")
+    p.add_argument("--concepts", default=None, help="a text file of concepts to erase together, one per line (# comments)")
     p.add_argument("--kind", required=True, choices=["style", "object", "identity", "attribute", "nsfw"])
     p.add_argument("--anchor", default=None, help="what the concept should become (default from the protocol: Photo style / the next object)")
     p.add_argument("--retain", default=None, help="comma-separated concepts to keep (models without a protocol)")
@@ -127,7 +181,7 @@ def _run(p):
         check_out_dir(out, run_identity(args.method, cfg, request, args.model_id, guides), resume=args.resume, overwrite=args.overwrite)
         _threads(args)
         pipe, device = _load(args)
-        patch = erase_concept(pipe, args.method, request, out, preset=args.preset, overrides=overrides, resume=args.resume,
+        patch = erase_concept(pipe, args.method, request, out, preset=args.preset, config=cfg, resume=args.resume,
                               overwrite=args.overwrite, progress=not args.quiet, model_id=args.model_id, guides=guides)
         eff = patch.config["efficiency"]
         print(f"patch: {out} ({eff['patch_bytes'] / 1e6:.2f} MB, {eff['erase_seconds']:.0f} s, peak memory {eff['peak_memory_bytes'] / 2**30:.2f} GiB)")
@@ -138,17 +192,17 @@ def _run(p):
             apply_patch(pipe, patch)
             if args.eval_seeds:
                 protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
-            if protocol.classifiers == "faces-mini":
-                from eval.faces_report import evaluate_faces
-
-                r = evaluate_faces(pipe, protocol, args.concept, args.kind, out / "eval", model_id=args.model_id, patch=str(out), progress=not args.quiet)
-                t = r["target_rate"]
-                print(f"{args.concept} rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}% (asked for it: "
-                      f"{100 * t['original_edited']:.1f}% -> {100 * t['edited']:.1f}%)  ({out / 'eval' / 'report.md'})")
+            world = own_report_world(protocol)
+            if world is not None:
+                r = world.evaluate(pipe, protocol, args.concept, args.kind, out / "eval", model_id=args.model_id, patch=str(out), progress=not args.quiet)
+                print(f"{world.summary(r)}  ({out / 'eval' / 'report.md'})")
                 return
-            report = evaluate(pipe, protocol, [(args.concept, args.kind)], out / "eval", model_id=args.model_id,
-                              patch=str(out), options=EvalOptions(device=device, progress=not args.quiet))
-            print(f"UA {100 * report['ua']:.1f}  IRA {100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}  ({out / 'eval' / 'report.md'})")
+            joint = "," in args.concept
+            targets = parse_concept_list(args.concept, args.kind, protocol) if joint else [(args.concept, args.kind)]
+            report = evaluate(pipe, protocol, targets, out / "eval", model_id=args.model_id,
+                              patch=str(out), options=EvalOptions(device=device, progress=not args.quiet, joint=joint))
+            h = f"  H {100 * report['h']:.1f}" if joint else ""
+            print(f"UA {100 * report['ua']:.1f}  IRA {100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}{h}  ({out / 'eval' / 'report.md'})")
 
     return run
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..files import check_writable
 from .checks import check_finite, check_positive, validate_common_args
-from .common import UsageError, _common_model_args, _load, _protocol, _threads, command, default_device
+from .common import UsageError, _common_model_args, _load, _protocol, _threads, command, default_device, own_report_world
 
 SAMPLER_HELP = "sampler to use instead of the protocol's (recorded as a deviation): "
 
@@ -26,7 +26,9 @@ def _sampler_names() -> list[str]:
 def _eval(p: argparse.ArgumentParser):
     _common_model_args(p)
     p.add_argument("--protocol", default="canvas-mini", help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file")
-    p.add_argument("--target", action="append", required=True, help="concept that was erased (repeat for several targets of one model)")
+    p.add_argument("--target", action="append", default=None, help="concept that was erased (repeat for several targets of one model)")
+    p.add_argument("--targets", default=None, help="concepts erased TOGETHER by one patch, A,B,C (each of --kind, or kind:name): "
+                   "report ua / ira / cra / h of the list (ira: the concepts left on those axes, cra: the other axes)")
     p.add_argument("--kind", action="append", required=True,
                    help="axis of each --target: style or object on canvas-mini and unlearncanvas (repeat, or give once for all)")
     p.add_argument("--out", required=True, help="output folder (report.json, report.md, grid.png, images/); refused if it holds another run or other files")
@@ -75,10 +77,18 @@ def _eval(p: argparse.ArgumentParser):
                 check_positive("--attack-prompts", args.attack_prompts)
         elif args.attack_prompts is not None or attack_options:
             raise UsageError("--attack-prompts and --attack-set need --attack NAME")
+        if bool(args.target) == bool(args.targets):
+            raise UsageError("give --target NAME (repeatable; each target its own erasure) or --targets A,B,C (erased together), one of them")
+        protocol = _protocol(args).with_overrides(sampler=args.sampler)
+        if args.targets:
+            if len(args.kind) != 1:
+                raise UsageError("with --targets give --kind once (or kind:name in the list)")
+            from .erasing import parse_concept_list
+
+            args.target, args.kind = map(list, zip(*parse_concept_list(args.targets, args.kind[0], protocol)))
         if len(args.kind) not in (1, len(args.target)):
             raise UsageError("give --kind once, or once per --target")
         kinds = args.kind if len(args.kind) == len(args.target) else args.kind[:1] * len(args.target)
-        protocol = _protocol(args).with_overrides(sampler=args.sampler)
         templates = load_templates(args.templates, protocol) if args.templates else None
         targets = list(zip(args.target, kinds))
         for name, kind in targets:
@@ -89,13 +99,13 @@ def _eval(p: argparse.ArgumentParser):
         _threads(args)
         if args.attack and protocol.template is None:
             raise UsageError(f"--attack searches the text prompt; protocol {protocol.name!r} has none (its generator is latent-seeded)")
-        if protocol.classifiers == "faces-mini":
-            return _eval_faces(args, protocol, targets, out)
+        if own_report_world(protocol) is not None:
+            return _eval_own_report(args, protocol, targets, out)
         opts = EvalOptions(templates=templates, batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
                            fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
                            object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet,
                            fidelity=not args.no_fidelity, lpips_weights=args.lpips_weights, lpips_net=args.lpips_net,
-                           attack=args.attack, attack_prompts=args.attack_prompts, attack_options=attack_options)
+                           attack=args.attack, attack_prompts=args.attack_prompts, attack_options=attack_options, joint=bool(args.targets))
         judging = prepare_judging(protocol, targets, opts)  # judges, CLIP, FID set-up: all checked before the model loads
         pipe, _ = _load(args)
         report = evaluate(pipe, protocol, targets, out, model_id=args.model_id, patch=args.patch, options=opts, judging=judging)
@@ -110,21 +120,19 @@ def _eval(p: argparse.ArgumentParser):
     return run
 
 
-def _eval_faces(args, protocol, targets, out: Path) -> None:
-    """faces-mini: attribute rates plain and asked for, identity similarity, FD, gamma (see eval.faces_report)."""
-    from eval.faces_report import evaluate_faces
+def _eval_own_report(args, protocol, targets, out: Path) -> None:
+    """A world whose report is its own (faces-mini: attribute rates plain and asked for, identity similarity, FD, gamma)."""
     from pipelines import is_stylegan
 
+    world = own_report_world(protocol)
     if len(targets) != 1:
-        raise UsageError("faces-mini evaluates one --target at a time")
+        raise UsageError(f"{world.name} evaluates one --target at a time")
     if not is_stylegan(args.model):
-        raise UsageError(f"--protocol faces-mini evaluates a StyleGAN folder (config.json + generator.safetensors); {args.model_id} is not one")
+        raise UsageError(f"--protocol {world.name} evaluates a StyleGAN folder (config.json + generator.safetensors); {args.model_id} is not one")
     pipe, _ = _load(args)
     (name, kind), = targets
-    r = evaluate_faces(pipe, protocol, name, kind, out, model_id=args.model_id, patch=args.patch, progress=not args.quiet)
-    t = r["target_rate"]
-    print(f"{name} ({kind}): rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}%, asked for it {100 * t['original_edited']:.1f}% -> "
-          f"{100 * t['edited']:.1f}%; FD {r['fd']['value']:.3f} (original {r['fd']['original']:.3f}); gamma {r['gamma']['classifier']['value']:.3f}")
+    r = world.evaluate(pipe, protocol, name, kind, out, model_id=args.model_id, patch=args.patch, progress=not args.quiet)
+    print(world.summary(r))
     print(f"report: {out / 'report.md'}")
 
 

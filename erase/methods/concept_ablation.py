@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +32,13 @@ from ..data import GenerationSets
 from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, prediction_type, retain_loss, token_ids
 from ..errors import EraseError
 from ..loop import Eraser
-from ..patch import PATCH_DTYPES
-from ..registry import check_options, option, register_method
+from ..registry import TrainedConfig, check_options, option, register_method
 from ..selection import UNET_GROUPS, ParamSelection, unet_weights
 
 
 
 @dataclass
-class ConceptAblationConfig:
+class ConceptAblationConfig(TrainedConfig):
     lr: float = option(2e-6, "learning rate (Adam, no weight decay; upstream 2e-6 x batch x GPUs)")
     steps: int = option(100, "training steps")
     batch_size: int = option(8, "anchor samples per step")
@@ -63,16 +63,16 @@ class ConceptAblationConfig:
     adversarial_lr: float = option(0.01, "Adam learning rate of the inner attack")
     adversarial_weight: float = option(1.0, "weight of the ablation loss at the adversarial prompts")
     forget_seeds: int = option(2, "with adversarial training: the original's images per forget prompt that the inner attack tries to bring back")
-    patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
-    checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
-    def validate(self) -> None:
+    method: ClassVar[str] = "concept_ablation"
+
+    def check(self) -> None:
         check_options(self, "concept_ablation",
                       choices={"retain_loss": RETAIN_LOSSES, "parameter_group": tuple(UNET_GROUPS), "target": ("model", "frozen"),
-                               "patch_dtype": PATCH_DTYPES},
-                      at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every",
+                               },
+                      at_least_one=("batch_size", "retain_batch_size", "anchor_seeds", "data_steps",
                                     "adversarial_tokens", "forget_seeds", "retain_text_batch"),
-                      non_negative=("retain_seeds", "alpha", "adversarial_steps", "adversarial_weight", "retain_text"), positive=("lr", "adversarial_lr"))
+                      non_negative=("retain_seeds", "alpha", "adversarial_steps", "adversarial_weight", "retain_text"), positive=("adversarial_lr",))
         unet_weights(self.parameter_group, self.trainable)
 
 
@@ -86,7 +86,6 @@ class ConceptAblation(Eraser):
 
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
-        cfg.validate()
         if (cfg.alpha > 0 or cfg.retain_text > 0) and not req.retain_prompts:
             raise EraseError("the request has no retain prompts but alpha or retain_text > 0; give retain concepts or set them to 0")
         if cfg.retain_text > 0 and not cfg.text_encoder:

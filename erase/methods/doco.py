@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +38,13 @@ from ..data import GenerationSets
 from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, predicted_x0, prediction_type, retain_loss
 from ..errors import EraseError
 from ..loop import Eraser
-from ..patch import PATCH_DTYPES
-from ..registry import check_options, option, register_method
+from ..registry import TrainedConfig, check_options, option, register_method
 from ..selection import UNET_GROUPS, ParamSelection, unet_weights
 from ..surgery import COMBINERS, UPSTREAM_RETAIN_WEIGHT, clip_global_norm, dot, grads_of
 
 
 @dataclass
-class DoCoConfig:
+class DoCoConfig(TrainedConfig):
     lr: float = option(4.8e-5, "generator learning rate (AdamW, weight decay 1e-2; upstream 6e-6 x batch 8)")
     d_lr: float = option(5e-4, "discriminator learning rate (Adam, betas 0.5 / 0.999; upstream 5e-4 styles, 1e-4 objects)")
     steps: int = option(2000, "training steps, warm-up included")
@@ -72,17 +72,17 @@ class DoCoConfig:
     data_steps: int = option(25, "sampler steps for the generated data")
     data_guidance: float = option(7.5, "CFG weight of the sampler that generates the data")
     data_seed: int = option(10_000, "first seed of the generated data (disjoint from evaluation seeds)")
-    patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
-    checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
-    def validate(self) -> None:
+    method: ClassVar[str] = "doco"
+
+    def check(self) -> None:
         check_options(self, "doco",
                       choices={"surgery": tuple(COMBINERS), "pcgrad_scope": ("global", "per_tensor"), "retain_loss": RETAIN_LOSSES,
                                "retain_data": ("anchor", "retain"), "parameter_group": tuple(UNET_GROUPS),
-                               "teacher": ("base_weights", "frozen"), "patch_dtype": PATCH_DTYPES},
-                      at_least_one=("steps", "batch_size", "retain_batch_size", "anchor_seeds", "data_steps", "checkpoint_every",
+                               "teacher": ("base_weights", "frozen")},
+                      at_least_one=("batch_size", "retain_batch_size", "anchor_seeds", "data_steps",
                                     "disc_layers", "disc_width"),
-                      non_negative=("retain_seeds", "t_min"), positive=("lr", "d_lr", "clip"))
+                      non_negative=("retain_seeds", "t_min"), positive=("d_lr", "clip"))
         if self.retain_weight is not None and self.retain_weight < 0:
             raise EraseError(f"doco option retain_weight must be >= 0, got {self.retain_weight}")
         if self.warmup < 0 or self.warmup >= self.steps:
@@ -137,7 +137,6 @@ class DoCo(Eraser):
 
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
-        cfg.validate()
         self.pipe, self.unet, self.dev = pipe, pipe.unet, model_device(pipe)
         self.prediction = prediction_type(pipe)
         self.acp = alphas_cumprod(pipe)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +26,14 @@ import torch.nn.functional as F
 from ..components import model_device, model_root
 from ..diffusion import encode_prompts
 from ..loop import Eraser
-from ..patch import PATCH_DTYPES
-from ..registry import check_options, option, register_method
+from ..registry import TrainedConfig, check_options, option, register_method
 from ..selection import ParamSelection, unet_weights
 
 VARIANTS = {"x": ("cross_attention", ""), "x_strict": ("cross_attention_kv", ""), "u": ("unet", r"^(?!.*attn2\.)(?!.*norm)")}
 
 
 @dataclass
-class ESDConfig:
+class ESDConfig(TrainedConfig):
     variant: str = option("x", "trained weights: 'x' (cross-attention attn2, styles), 'x_strict' (attn2 K/V only) or 'u' (everything "
                                "outside cross-attention and the norm layers, global concepts)")
     lr: float = option(1e-5, "learning rate (Adam, no weight decay; upstream 1e-5)")
@@ -42,13 +42,13 @@ class ESDConfig:
     eta: float = option(1.0, "negative guidance eta of the paper form (the newer script's eta' = eta + 1)")
     sample_guidance: float = option(3.0, "CFG weight of the partial sampling that produces x_t (upstream 3)")
     sample_steps: int = option(50, "DDIM steps of the partial-sampling schedule (upstream 50)")
-    patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
-    checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
-    def validate(self) -> None:
-        check_options(self, "esd", choices={"variant": tuple(VARIANTS), "patch_dtype": PATCH_DTYPES},
-                      at_least_one=("steps", "batch_size", "sample_steps", "checkpoint_every"), non_negative=("sample_guidance",),
-                      positive=("lr", "eta"))
+    method: ClassVar[str] = "esd"
+
+    def check(self) -> None:
+        check_options(self, "esd", choices={"variant": tuple(VARIANTS)},
+                      at_least_one=("batch_size", "sample_steps"), non_negative=("sample_guidance",),
+                      positive=("eta",))
 
 
 class ESD(Eraser):
@@ -63,7 +63,6 @@ class ESD(Eraser):
         from diffusers import DDIMScheduler
 
         cfg, req = self.config, self.request
-        cfg.validate()
         self.unet, self.dev = pipe.unet, model_device(pipe)
         self.rng = torch.Generator("cpu").manual_seed(req.seed)
         self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)

@@ -43,8 +43,8 @@ class RECEConfig(UCEConfig):
 
     method: ClassVar[str] = "rece"
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self) -> None:
+        super().check()
         check_options(self, self.method, non_negative=("epochs", "regenerate_scale"), positive=("reg",))
 
 
@@ -80,7 +80,6 @@ class RECE(UCE):
 
     def setup(self, pipe) -> ParamSelection:
         cfg = self.config
-        cfg.validate()
         data = uce_data(pipe, self.request, cfg, self.name)
         selection, params = kv_parameters(pipe, self.scope(pipe), data.c_keep.shape[1])
         w_old = {n: p.detach().cpu().clone() for n, p in params.items()}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,7 @@ from ..diffusion import (RETAIN_LOSSES, alphas_cumprod, cfg_eps, encode_images, 
                          training_target)
 from ..errors import EraseError
 from ..loop import Eraser
-from ..patch import PATCH_DTYPES
-from ..registry import check_options, option, register_method
+from ..registry import TrainedConfig, check_options, option, register_method
 from ..selection import ParamSelection
 
 SCOPES = {"unet": r"^unet\.", "cross_attention": r"^unet\..*attn2\."}
@@ -44,7 +44,7 @@ RELABEL_ON = ("concept", "concept+anchor")
 
 
 @dataclass
-class SalUnConfig:
+class SalUnConfig(TrainedConfig):
     lr: float = option(1e-5, "learning rate (Adam, no weight decay)")
     steps: int = option(1000, "unlearning steps")
     batch_size: int = option(8, "forget samples per step")
@@ -62,14 +62,14 @@ class SalUnConfig:
     data_seed: int = option(10_000, "first seed of the generated data (disjoint from evaluation seeds)")
     forget_images: str | None = option(None, "folder of user images for the forget set (instead of generations)")
     relabel_on: str = option("concept", "x_t for the relabel loss: 'concept' images (upstream) or 'concept+anchor' (also the anchor's)")
-    patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
-    checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
-    def validate(self) -> None:
+    method: ClassVar[str] = "salun"
+
+    def check(self) -> None:
         check_options(self, "salun", choices={"retain_loss": RETAIN_LOSSES, "mask_scope": tuple(SCOPES), "relabel_on": RELABEL_ON,
-                                              "anchor_target": ("frozen", "live"), "patch_dtype": PATCH_DTYPES},
-                      at_least_one=("steps", "batch_size", "retain_batch_size", "forget_seeds", "data_steps", "checkpoint_every"),
-                      non_negative=("retain_seeds", "alpha"), positive=("lr",))
+                                              "anchor_target": ("frozen", "live")},
+                      at_least_one=("batch_size", "retain_batch_size", "forget_seeds", "data_steps"),
+                      non_negative=("retain_seeds", "alpha"))
         if not 0 < self.mask_fraction <= 1:
             raise EraseError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
 
@@ -84,7 +84,6 @@ class SalUn(Eraser):
 
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
-        cfg.validate()
         self.pipe, self.unet = pipe, pipe.unet
         dev = model_device(pipe)
         self.prediction = prediction_type(pipe)

@@ -28,13 +28,14 @@ W+ rows that a CLIP-guided edit of W+ towards the prompt moves most, chosen once
 ``adaptive_every`` > 0, re-chosen on G_t every that many steps as NADA does.
 
 The networks the method consults (CLIP, perceptual, identity, the gate's classifier) come in as ``Guides``; on
-faces-mini ``eval.faces_mini.guides`` builds them from guide-only artefacts the evaluation never reads.
+faces-mini ``worlds.faces_mini.guides`` builds them from guide-only artefacts the evaluation never reads.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -43,8 +44,7 @@ from ..guides import Guides, unit
 from ..image_views import clip_views, embed_pair
 from ..latent_mapper import MapperSettings, check_gate, edit, image_direction, sample_wplus, to_images, to_wplus, train_mapper
 from ..loop import Eraser
-from ..patch import PATCH_DTYPES
-from ..registry import check_options, option, register_method
+from ..registry import TrainedConfig, check_options, option, register_method
 from ..selection import ParamSelection
 
 DIRECTION_FLOOR = 0.02  # the smallest CLIP-embedding change (unit embeddings) the frozen-pair cosine divides by
@@ -53,7 +53,7 @@ LAYERS = {"synthesis": r"^generator\.synthesis\.(input|conv1|convs)\.", "mapping
 
 
 @dataclass
-class TextToUnlearnConfig:
+class TextToUnlearnConfig(TrainedConfig):
     prompt: str | None = option(None, "the concept's text (default: the request's first forget prompt, e.g. 'a face with eyeglasses')")
     mode: str = option("directional", "'directional' (the method) or 'clip_distance' (the paper's baseline: push G_t(w) away from the prompt)")
     direction_loss: str = option("frozen_pair", "'frozen_pair' (G_f(w_hat) -> G_t(w_hat) along i) or 'self_pair' (G_t's own edit no longer along i)")
@@ -91,16 +91,17 @@ class TextToUnlearnConfig:
     gate_points: float = option(30.0, "the mapper's edit must raise the guides' judged rate of the concept by this many points")
     gate_samples: int = option(256, "latents the gate judges")
     patch_dtype: str = option("float32", "storage dtype of the patch values (float16, bfloat16 or float32)")
-    checkpoint_every: int = option(100, "steps between resumable checkpoints")
 
-    def validate(self) -> None:
+    method: ClassVar[str] = "text_to_unlearn"
+
+    def check(self) -> None:
         check_options(self, "text_to_unlearn", choices={"mode": ("directional", "clip_distance"), "direction_loss": ("frozen_pair", "self_pair"),
                                                         "layers": tuple(LAYERS), "anchor": ("unedited", "edited"),
-                                                        "preserve_where": ("all", "without_concept"), "patch_dtype": PATCH_DTYPES},
-                      at_least_one=("steps", "batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples", "checkpoint_every"),
+                                                        "preserve_where": ("all", "without_concept")},
+                      at_least_one=("batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples"),
                       non_negative=("lambda_perceptual", "lambda_identity", "lambda_pixels", "lambda_attributes", "plain_direction", "preserve_unedited", "mapper_steps", "mapper_l2",
                                     "mapper_identity", "mapper_attributes", "mapper_views", "views", "gate_points", "adaptive_every"),
-                      positive=("lr", "mapper_lr", "edit_scale", "truncation"))
+                      positive=("mapper_lr", "edit_scale", "truncation"))
         if self.colour_augment and self.views == 0:
             raise EraseError("text_to_unlearn: colour_augment maps the CLIP's views, and views is 0; set views > 0 (e.g. --set views=4) "
                              "or colour_augment=false")
@@ -139,10 +140,9 @@ class TextToUnlearn(Eraser):
         from ..components import model_root
 
         cfg, req = self.config, self.request
-        cfg.validate()
         if self.guides is None:
             raise EraseError("text_to_unlearn needs guides (CLIP, perceptual, identity networks); on faces-mini the CLI builds them, "
-                             "in Python pass guides=eval.faces_mini.guides.faces_mini_guides()")
+                             "in Python pass guides=worlds.faces_mini.guides.faces_mini_guides()")
         self.prompt = cfg.prompt or (req.forget_prompts[0] if req.forget_prompts else None)
         if not self.prompt:
             raise EraseError("text_to_unlearn needs a prompt: --set prompt='a face with eyeglasses'")

@@ -30,13 +30,12 @@ from ..components import model_root
 from ..diffusion import encode_prompts
 from ..errors import EraseError
 from ..loop import Eraser
-from ..patch import PATCH_DTYPES
-from ..registry import check_options, option, register_method
+from ..registry import MethodConfig, check_options, option, register_method
 from ..selection import ParamSelection, unet_weights
 
 
 @dataclass
-class UCEConfig:
+class UCEConfig(MethodConfig):
     lam: float = option(0.5, "lambda: weight of staying close to the original weights (upstream 0.5)")
     erase_scale: float = option(1.0, "s_e: weight of mapping the concept's tokens onto the anchor's (upstream 1)")
     preserve_scale: float | None = option(None, "s_p: weight of keeping the retain prompts' keys and values; null = max(0.1, 1 / |P|) "
@@ -45,14 +44,13 @@ class UCEConfig:
     preserve_empty: bool = option(True, "also preserve the empty prompt (classifier-free guidance's unconditional branch), as upstream")
     parameter_group: str = option("cross_attention_kv", "edited weights: 'cross_attention_kv' (upstream)")
     steps: int = option(0, "training steps (UCE has none: the edit is closed-form)")
-    patch_dtype: str = option("float16", "storage dtype of the patch values (float16, bfloat16 or float32)")
     checkpoint_every: int = option(100, "unused (no training steps)")
 
     method: ClassVar[str] = "uce"  # the name option errors give (a method built on UCE's options sets its own)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         m = self.method
-        check_options(self, m, choices={"tokens": ("suffix", "last"), "parameter_group": ("cross_attention_kv",), "patch_dtype": PATCH_DTYPES},
+        check_options(self, m, choices={"tokens": ("suffix", "last"), "parameter_group": ("cross_attention_kv",)},
                       non_negative=("erase_scale",), positive=("lam",))
         if self.preserve_scale is not None and not self.preserve_scale >= 0:
             raise EraseError(f"{m} option preserve_scale must be >= 0 or null, got {self.preserve_scale}")
@@ -159,7 +157,6 @@ class UCE(Eraser):
 
     def setup(self, pipe) -> ParamSelection:
         cfg = self.config
-        cfg.validate()
         data = uce_data(pipe, self.request, cfg, self.name)
         selection, params = kv_parameters(pipe, self.scope(pipe), data.c_keep.shape[1])
         with torch.no_grad():

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from erase.errors import EraseError
-from erase.files import write_json_atomic, write_text_atomic
+from erase.files import write_json_atomic, write_text_atomic, writing
 
 from .base import Attack, AttackTask, check_prompts_fit, latents_of, original_images
 from erase.prompt_slots import MARKER, encode_slots, eos_states, slot_prompts
@@ -124,7 +124,8 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 def _save_checkpoint(out: Path, state: dict) -> None:
     tmp = out / f".{CHECKPOINT}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
+    with writing(out / CHECKPOINT, cleanup=(tmp,)):  # out of space: the last checkpoint stays
+        torch.save(state, tmp)
     os.replace(tmp, out / CHECKPOINT)
 
 

@@ -10,7 +10,7 @@ report.json: ``attribute_rates`` / ``edited_attribute_rates`` (every head's clas
 classifier) for the model and the original; ``identity_similarity`` (identity-embedding cosine to the original
 at the same seeds, and over the seeds whose original lacks the target); ``fd`` (Frechet distance in the classifier's
 feature space against renders WITHOUT the target, with the renders-vs-renders floor); ``palette_drift`` (share of
-pixels far from every colour the world renders, ``eval.faces_mini.palette``, for the model and the original, plain
+pixels far from every colour the world renders, ``worlds.faces_mini.palette``, for the model and the original, plain
 and asked for the target); ``clip_similarity`` (held-out CLIP cosine to the target's phrase, plain and edited);
 ``gamma`` (Wasserstein-1 between score distributions: W1(U, A) / W1(B, A) clipped to [0, 1], with A = scores of
 the original's edits, B = of the original's plain samples, U = of the model's edits; scores = the classifier's
@@ -29,9 +29,9 @@ import torch
 from erase.files import write_json_atomic, write_text_atomic
 from erase.latent_mapper import MapperSettings, edit, to_images, to_wplus, train_mapper
 
-from .fidelity import psnr
-from .protocols import Protocol
-from .report import claim_output_folder, run_identity, versions
+from eval.fidelity import psnr
+from eval.protocols import Protocol
+from eval.report import claim_output_folder, run_identity, versions
 
 EDIT_SCALE = 0.1
 # StyleCLIP's settings, with two shifted / flipped views per edit so that the mapper cannot fool the CLIP with pixel
@@ -47,13 +47,13 @@ def _render(generator, wplus: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """{head: {class name: rate in [0, 1]}} from argmax predictions."""
-    from .faces_mini.world import HEAD_CLASSES
+    from .world import HEAD_CLASSES
 
     return {head: {label: float(p.argmax(1).eq(k).float().mean()) for k, label in enumerate(HEAD_CLASSES[head])} for head, p in probs.items()}
 
 
 def _target_rate(rates: dict, target: str) -> float:
-    from .faces_mini.world import HEAD_CLASSES, concept_rate_label
+    from .world import HEAD_CLASSES, concept_rate_label
 
     head, cls = concept_rate_label(target)
     return rates[head][HEAD_CLASSES[head][cls]]
@@ -73,12 +73,12 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     """Evaluate ``pipe`` (a StyleGANPipeline, optionally patched) for one erased target; writes report.json / .md / grid.png."""
     from erase.patch import applied_patches, patches_disabled
 
-    from .faces_mini.assets import ASSETS_DIR, load_judge
-    from .faces_mini.check import CHECK_RENDERS, fd_reference, judge_all
-    from .faces_mini.guides import evaluation_guides
-    from .faces_mini.models import perceptual_distance
-    from .faces_mini.palette import palette_drift
-    from .faces_mini.world import concept_rate_label
+    from .assets import ASSETS_DIR, load_judge
+    from .check import CHECK_RENDERS, fd_reference, judge_all
+    from .guides import evaluation_guides
+    from .models import perceptual_distance
+    from .palette import palette_drift
+    from .world import concept_rate_label
 
     protocol.check_target(target, kind)
     root = Path(assets) if assets is not None else ASSETS_DIR
@@ -156,7 +156,7 @@ def _grid(orig, model, orig_edit, model_edit, path: Path, n: int = 12) -> str:
     """Rows: original, model, original asked for the target, model asked for the target; the same seeds in each column."""
     from PIL import Image
 
-    from .grid import save_png
+    from eval.grid import save_png
 
     rows = [torch.cat(list(x[:n].permute(0, 2, 3, 1)), dim=1) for x in (orig, model, orig_edit, model_edit)]
     arr = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)

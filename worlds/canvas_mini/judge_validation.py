@@ -1,7 +1,7 @@
 """Do the collateral-damage measures see what a human sees? Degrade held-out canvas-mini renders in ways a
 person notices and check that retain fidelity and judge confidence move with the degradation.
 
-    python -m eval.judge_validation            # prints the table the README shows
+    python -m worlds.canvas_mini.judge_validation            # prints the table the README shows
 
 Degradations, each at strengths 0 (none) to 3:
 
@@ -46,8 +46,8 @@ DEGRADATIONS = {"blur": _blur, "texture": _texture, "palette": _palette}
 
 def held_out_renders(per_pair: int = 1, objects: int = 4) -> tuple[list[Image.Image], torch.Tensor]:
     """Renders of every style with the first ``objects`` objects, and their style labels."""
-    from eval.canvas_mini.render import render
-    from eval.canvas_mini.world import OBJECTS, STYLES
+    from worlds.canvas_mini.render import render
+    from worlds.canvas_mini.world import OBJECTS, STYLES
 
     images, labels = [], []
     for si, style in enumerate(STYLES):
@@ -65,9 +65,9 @@ def _tensor(images: list[Image.Image]) -> torch.Tensor:
 @torch.no_grad()
 def measure(per_pair: int = 1, objects: int = 4) -> dict:
     """{degradation: [{strength, psnr, perceptual, accuracy, confidence}, ...]} on held-out renders."""
-    from eval.canvas_mini import load_classifier
+    from worlds.canvas_mini import load_classifier
 
-    from .fidelity import ClassifierFeatureDistance, psnr
+    from eval.fidelity import ClassifierFeatureDistance, psnr
 
     style, obj = (load_classifier(k).for_inference() for k in ("style", "object"))
     distance = ClassifierFeatureDistance(style, obj)

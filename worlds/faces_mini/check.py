@@ -1,6 +1,6 @@
 """Measure the faces-mini artefacts; writes ``quality.json`` next to them.
 
-    python -m eval.faces_mini.check [--out assets/faces-mini]
+    python -m worlds.faces_mini.check [--out assets/faces-mini]
 
 * judges on held-out renders: accuracy per head (attribute classifier, the second one, the identity head);
 * the generator at truncation 1.0, judged by the attribute classifier on ``samples`` images: every binary
@@ -84,7 +84,7 @@ def fd_reference(judge, n_floor: int, real: torch.Tensor | None = None, progress
     ``judge``'s feature space; ``floor`` is the same distance for ``n_floor`` other renders (what a perfect
     generator would score with that many samples). With ``without`` (a concept) both sets hold only renders that
     lack it, so that a generator which no longer draws the concept is compared with the world it should now be."""
-    from eval.fid import frechet_distance_numpy
+    from eval.fid import frechet_distance
 
     if real is None:
         real = renders_without(without, CHECK_RENDERS, SEED_BASE["check"], progress)
@@ -92,7 +92,7 @@ def fd_reference(judge, n_floor: int, real: torch.Tensor | None = None, progress
     floor_images = renders_without(without, n_floor, SEED_BASE["fd"])
 
     def fd(x: torch.Tensor) -> float:
-        return frechet_distance_numpy(features(judge, x), real_features)
+        return frechet_distance(features(judge, x), real_features)
 
     return fd, fd(floor_images)
 

@@ -51,7 +51,7 @@ def load_judge(name: str, folder: str | Path | None = None, device: str | torch.
     folder = Path(folder) if folder is not None else ASSETS_DIR / name
     for f in ("config.json", "model.safetensors"):
         if not (folder / f).is_file():
-            raise FacesAssetError(f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m eval.faces_mini.train` (stage {name.replace('-', '_')})")
+            raise FacesAssetError(f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m worlds.faces_mini.train` (stage {name.replace('-', '_')})")
     cls, cfg_cls = TRAINED[name]
     model = cls(cfg_cls(**json.loads((folder / "config.json").read_text())["config"]))
     try:
@@ -64,11 +64,11 @@ def load_judge(name: str, folder: str | Path | None = None, device: str | torch.
 def load_faces_clip(which: str = "clip-judge", folder: str | Path | None = None, device: str | torch.device = "cpu"):
     """One of the two tiny CLIPs: ``clip-guide`` (the method's) or ``clip-judge`` (evaluation only); ``folder``
     defaults to the shipped one."""
-    from eval.canvas_mini.assets import load_clip
+    from worlds.canvas_mini.assets import load_clip
 
     if which not in CLIPS:
         raise FacesAssetError(f"unknown faces-mini CLIP {which!r}; choose one of: {', '.join(CLIPS)}")
     folder = Path(folder) if folder is not None else ASSETS_DIR / which
     if not (folder / "open_clip_config.json").is_file():
-        raise FacesAssetError(f"faces-mini {which} is missing in {folder}; rebuild it with `python -m eval.faces_mini.train`")
+        raise FacesAssetError(f"faces-mini {which} is missing in {folder}; rebuild it with `python -m worlds.faces_mini.train`")
     return load_clip(folder, device=device)

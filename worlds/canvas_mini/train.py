@@ -1,12 +1,12 @@
 """Rebuild every canvas-mini artefact from scratch, deterministically.
 
-    python -m eval.canvas_mini.train [--out assets/canvas-mini] [--work runs/canvas-mini-build]
+    python -m worlds.canvas_mini.train [--out assets/canvas-mini] [--work runs/canvas-mini-build]
 
 Stages run in order and each is skipped when its output already exists in the
 work folder, so an interrupted build resumes (the UNet also resumes from its
 last checkpoint). Finished artefacts are moved into ``--out`` only at the end
 of each stage. ``recipe.json`` records seeds, steps, wall times and the
-measured quality (from ``eval.canvas_mini.check``).
+measured quality (from ``worlds.canvas_mini.check``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, replace_dir, save_open_clip, seed_all, set_recipe_fields_or_exit
+from worlds.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, replace_dir, save_open_clip, seed_all, set_recipe_fields_or_exit
 
 from .assets import ASSETS_DIR, save_classifier
 from .data import AugmentConfig, RenderSet, augment, render_set
@@ -64,7 +64,7 @@ class Recipe:
 
 
 class Builder(StagedBuild):
-    command = "python -m eval.canvas_mini.train"
+    command = "python -m worlds.canvas_mini.train"
 
     def __init__(self, recipe: Recipe, out: Path, work: Path, device: str):
         super().__init__(recipe, out, work, device)

@@ -1,6 +1,6 @@
 """Measure the shipped canvas-mini artefacts against their acceptance bars.
 
-    python -m eval.canvas_mini.check [--assets assets/canvas-mini] [--seeds 5]
+    python -m worlds.canvas_mini.check [--assets assets/canvas-mini] [--seeds 5]
 
 Writes ``quality.json`` into the assets folder (unless ``--no-write``) and
 exits 1 when a bar is missed.

@@ -56,7 +56,7 @@ SEED_BASE = {
     "check": 60_000_000,
     "fd": 70_000_000,
     "guide": 80_000_000,  # the guide-only networks Text-to-Unlearn consults (never the evaluation's)
-    "palette": 90_000_000,  # the colours the renderer draws (eval.faces_mini.palette)
+    "palette": 90_000_000,  # the colours the renderer draws (worlds.faces_mini.palette)
 }
 
 

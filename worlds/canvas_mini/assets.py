@@ -28,7 +28,7 @@ class AssetError(EraseError):
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise AssetError(
-            f"canvas-mini {what} not found at {path}; rebuild it with `python -m eval.canvas_mini.train` "
+            f"canvas-mini {what} not found at {path}; rebuild it with `python -m worlds.canvas_mini.train` "
             f"or set ERASEKIT_CANVAS_MINI to a folder that holds it"
         )
     return path

@@ -1,6 +1,6 @@
 """Rebuild every faces-mini artefact from scratch, deterministically.
 
-    python -m eval.faces_mini.train [--out assets/faces-mini] [--work runs/faces-mini-build] [--stages ...]
+    python -m worlds.faces_mini.train [--out assets/faces-mini] [--work runs/faces-mini-build] [--stages ...]
 
 Stages (each skipped when done, so an interrupted build resumes; the generator also resumes from its last
 checkpoint): ``classifier`` and ``classifier_b`` (attribute judges with other seeds and widths: the second one
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from eval.canvas_mini.data import AugmentConfig, augment
-from eval.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, save_open_clip, seed_all, set_recipe_fields_or_exit
+from worlds.canvas_mini.data import AugmentConfig, augment
+from worlds.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, save_open_clip, seed_all, set_recipe_fields_or_exit
 
 from .models import CLIP_MODELS, AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
 from .world import HEADS, IDENTITY_NAMES, SEED_BASE, hard_negative_captions, sample_spec
@@ -72,7 +72,7 @@ class Recipe:
 
 
 class Builder(StagedBuild):
-    command = "python -m eval.faces_mini.train"
+    command = "python -m worlds.faces_mini.train"
 
     def renders(self, use: str, n: int):
         """(uint8 images, labels, seeds) of ``n`` renders from ``use``'s seed range, cached in the work folder."""

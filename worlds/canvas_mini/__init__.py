@@ -2,8 +2,8 @@
 
 Public API: STYLES, OBJECTS, render(style, obj, seed), load_classifier(kind),
 load_clip(), PIPELINE_DIR. Rebuild the artefacts with
-``python -m eval.canvas_mini.train``; re-measure them with
-``python -m eval.canvas_mini.check``.
+``python -m worlds.canvas_mini.train``; re-measure them with
+``python -m worlds.canvas_mini.check``.
 """
 
 from .assets import ASSETS_DIR, CLASSIFIER_DIR, CLIP_DIR, PIPELINE_DIR, AssetError, load_classifier, load_clip

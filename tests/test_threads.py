@@ -1,0 +1,48 @@
+"""Thread counts from the CPUs a process may use (erase.threads): cgroup quotas, affinity, a batch's share."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from erase.threads import cgroup_cpus, default_threads, usable_cpus
+
+
+@pytest.mark.parametrize("files, cpus", [
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ({"cpu.max": "garbage"}, None),
+    ({}, None),
+])
+def test_cgroup_quota(tmp_path, files, cpus):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpus(tmp_path) == cpus
+
+
+def test_usable_cpus_is_the_affinity_capped_by_the_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert usable_cpus(tmp_path) == 8  # no quota files: the affinity mask
+    (tmp_path / "cpu.max").write_text("250000 100000")
+    assert usable_cpus(tmp_path) == 3  # 2.5 CPUs of quota: 3 threads
+    (tmp_path / "cpu.max").write_text("10000 100000")
+    assert usable_cpus(tmp_path) == 1
+
+
+def test_a_batchs_workers_share_the_cpus(monkeypatch):
+    import erase.threads
+
+    monkeypatch.setattr(erase.threads, "usable_cpus", lambda root=None: 8)
+    assert [default_threads(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+
+
+def test_the_cli_tells_openmp_to_sleep_unless_the_user_chose():
+    code = "import os, erase.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "ACTIVE"
