@@ -157,7 +157,7 @@ def job_reference(name: str, out: Path) -> dict:
                              "ood_ua": ood_target_ua(pipe, protocol, judges, t["target"], t["kind"], folder / "ood" / t["target"]),
                              **attack_scores(pipe, protocol, judges, t["target"], t["kind"], folder / "attacks" / t["target"], None)}
     generate_probe(pipe, protocol, folder / "probe")
-    result = {"model": str(model), "rows": rows, "fid": r["fid"]["value"], "fid_clip": r["fid_clip"]["value"],
+    result = {"model": os.path.relpath(model, ROOT), "rows": rows, "fid": r["fid"]["value"], "fid_clip": r["fid_clip"]["value"],
               "clip_score": r["clip_score"]["value"], "per_concept": r["per_concept"], "seconds": round(time.time() - t0, 1)}
     write_json_atomic(folder / "result.json", result)
     return result
