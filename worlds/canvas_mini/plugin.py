@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from eval.classifiers import ClassifierError, require_axes
@@ -10,9 +12,9 @@ from eval.worlds import World
 
 from .assets import CLIP_DIR, PIPELINE_DIR, load_classifier, load_clip
 from .data import SEED_BASE
-from .render import render_array
 from .world import OBJECTS, PROMPT_TEMPLATE, RESOLUTION, STYLES
 
+renderer = importlib.import_module(".render", __package__)  # the module (the package exports a function named render)
 REFERENCE_SEEDS = "fid"  # the renderer's seed range reserved for FID references
 
 
@@ -38,7 +40,7 @@ def clip(device="cpu"):
 
 def real_image(concepts: dict[str, str], k: int) -> np.ndarray:
     """The k-th fresh render of a (style, object) pair, from the seed range no trainer used."""
-    return render_array(concepts["style"], concepts["object"], SEED_BASE[REFERENCE_SEEDS] + k)
+    return renderer.render_array(concepts["style"], concepts["object"], SEED_BASE[REFERENCE_SEEDS] + k)
 
 
 WORLD = World(name="canvas-mini", protocol=protocol, judges=judges, model=lambda: PIPELINE_DIR, clip=clip, real_image=real_image,
