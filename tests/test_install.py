@@ -5,6 +5,7 @@ this environment's dependencies (a .pth line, so nothing is downloaded); every c
 directory with the checkout nowhere on its path."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,7 +22,12 @@ def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("install")
     wheels, venv, work = base / "wheels", base / "venv", base / "work"
     work.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+    source = base / "source"  # a copy of what the wheel is built from: a build/ left in the checkout can hold stale modules
+    for name in ("erase", "eval", "worlds", "pipelines", "assets"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
                    check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -47,6 +53,7 @@ def test_the_installed_package_is_not_the_checkout(installed):
     assert r.returncode == 0, r.stderr
     package, assets = r.stdout.split()
     assert not package.startswith(str(ROOT)) and not assets.startswith(str(ROOT))
+    assert not (Path(package).parents[1] / "eval" / "canvas_mini").exists()  # the worlds live in worlds/, nothing stale
     assert Path(assets, "presets", "salun", "canvas-mini.json").is_file()
     assert Path(assets, "canvas-mini", "pipeline", "model_index.json").is_file()
 
