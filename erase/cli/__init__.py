@@ -22,7 +22,7 @@ from ..threads import sleep_when_idle
 from . import attack, batch, demo, erasing, evaluate, export  # noqa: F401  (each module registers its subcommands)
 from .common import COMMANDS
 
-sleep_when_idle()  # torch is imported lazily by the subcommands, so its OpenMP threads start after this
+sleep_when_idle()  # a batch's ranks sharing the cores: before torch (imported lazily by the subcommands) starts OpenMP
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -35,10 +35,10 @@ class UsageError(EraseError):
 def _threads(args) -> None:
     import torch
 
-    from ..threads import default_threads
+    from ..threads import default_threads, local_workers
 
     if args.threads is None:  # the ranks of a batch on this machine share its CPUs (torchrun sets LOCAL_WORLD_SIZE)
-        workers = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1))) if getattr(args, "command", None) == "batch" else 1
+        workers = local_workers() if getattr(args, "command", None) == "batch" else 1
         args.threads = default_threads(workers)
     torch.set_num_threads(args.threads)
 
