@@ -79,13 +79,13 @@ def load_unlearncanvas_vit(path: str | Path, num_classes: int, device="cpu", opt
 
 def load_judges(protocol: Protocol, style_weights=None, object_weights=None, device="cpu") -> dict[str, nn.Module]:
     """One judge per axis of the protocol: {axis name: module mapping images to logits in that axis's label order}."""
-    from .worlds import get_world, is_world, world_names
+    from .worlds import world_names, world_of
 
-    if is_world(protocol.classifiers):
+    world = world_of(protocol)
+    if world is not None:
         if style_weights or object_weights:
             raise ClassifierError(f"--style-classifier / --object-classifier are for the unlearncanvas protocol; "
                                   f"{protocol.classifiers} is judged by its shipped classifiers (drop those options)")
-        world = get_world(protocol.classifiers)
         if world.judges is None:
             raise ClassifierError(f"{world.name} is judged inside its own report (erase eval --protocol {world.name})")
         return world.judges(protocol, device)

@@ -35,6 +35,7 @@ from .classifiers import batched_logits, load_judges
 from .clip_alignment import CLIP_SCORE_SCALE, ClipSums
 from .fid import FIDError
 from .protocols import Protocol, ProtocolError
+from .worlds import world_of
 
 
 
@@ -70,13 +71,6 @@ def prepare_judging(protocol: Protocol, targets: list[tuple[str, str]], opt) -> 
     return judging
 
 
-def _world(protocol: Protocol):
-    """The world that judges ``protocol`` (eval.worlds), or None for a real benchmark's protocol."""
-    from .worlds import get_world, is_world
-
-    return get_world(protocol.classifiers) if is_world(protocol.classifiers) else None
-
-
 def _prepare_fidelity(judging: Judging, opt) -> None:
     """The perceptual distance of retain fidelity: LPIPS from local weights, or canvas-mini's classifier-feature distance."""
     if not getattr(opt, "fidelity", True):
@@ -85,14 +79,14 @@ def _prepare_fidelity(judging: Judging, opt) -> None:
 
     if getattr(opt, "lpips_weights", None):
         judging.distance = load_lpips(opt.lpips_weights, getattr(opt, "lpips_net", "alex"), opt.device)
-    elif _world(judging.protocol) is not None and _world(judging.protocol).judge_distance:
+    elif getattr(world_of(judging.protocol), "judge_distance", False):
         judging.distance = ClassifierFeatureDistance(judging.judges["style"], judging.judges["object"])
     else:
         judging.fidelity_note = "perceptual distance needs --lpips-weights (local AlexNet / VGG weights); PSNR only"
 
 
 def _prepare_clip(judging: Judging, opt) -> None:
-    world = _world(judging.protocol)
+    world = world_of(judging.protocol)
     if judging.protocol.template is None or not ((world is not None and world.clip is not None) or opt.clip):
         return
     from .clip_alignment import CLIPAlignment, load_open_clip
@@ -108,7 +102,7 @@ def _prepare_clip(judging: Judging, opt) -> None:
 def _prepare_fid(judging: Judging, opt) -> None:
     if not opt.fid:
         return
-    world = _world(judging.protocol)
+    world = world_of(judging.protocol)
     if world is not None and world.real_image is not None:
         if opt.fid_weights or opt.fid_reference:
             raise FIDError(f"--fid-weights / --fid-reference are for real models; {world.name}'s FID uses its classifier features (drop them)")
@@ -149,7 +143,7 @@ def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, 
     spaces = [ClassifierFeatures(judging.judges["style"], judging.judges["object"])]
     if judging.clip is not None:
         spaces.append(CLIPFeatures(judging.clip, judging.clip_name))
-    world = _world(protocol)
+    world = world_of(protocol)
     per_pair = len(protocol.seeds)
     jobs = [(s, o, k) for s, o in itertools.product(protocol.styles, protocol.objects)
             if (s if kind == "style" else o) != target for k in range(per_pair)]

@@ -50,7 +50,8 @@ class World:
     guides: Callable | None = None
 
 
-def _entry_points() -> dict[str, str]:
+@functools.cache
+def _entry_points() -> dict[str, str]:  # scanned once per process: installed distributions do not change under it
     from importlib.metadata import entry_points
 
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINTS)}
@@ -75,6 +76,11 @@ def get_world(name: str) -> World:
 
 def is_world(name: str | None) -> bool:
     return name is not None and name in world_names()
+
+
+def world_of(protocol) -> World | None:
+    """The world that judges ``protocol`` (its ``classifiers``), or None for a protocol of real models."""
+    return get_world(protocol.classifiers) if protocol is not None and is_world(protocol.classifiers) else None
 
 
 def world_of_model(model: str | Path) -> str | None:

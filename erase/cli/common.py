@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..errors import EraseError
 
@@ -22,9 +21,9 @@ def command(name: str, help: str):
 
 def own_report_world(protocol):
     """The protocol's world when it evaluates with a report of its own (faces-mini), else None."""
-    from eval.worlds import get_world, is_world
+    from eval.worlds import world_of
 
-    world = get_world(protocol.classifiers) if is_world(protocol.classifiers) else None
+    world = world_of(protocol)
     return world if world is not None and world.evaluate is not None else None
 
 

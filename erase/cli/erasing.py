@@ -123,9 +123,9 @@ def guides_for(method: str, protocol):
 
     if not getattr(get_method(method).eraser_cls, "needs_guides", False):
         return None
-    from eval.worlds import get_world, is_world
+    from eval.worlds import world_of
 
-    world = get_world(protocol.classifiers) if protocol is not None and is_world(protocol.classifiers) else None
+    world = world_of(protocol)
     if world is None or world.guides is None:
         raise UsageError(f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for a world that ships "
                          "them (--protocol faces-mini); for other models pass guides=erase.guides.Guides(...) to erase.api.erase_concept")
