@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
+from erase.locations import templates_dir
+
 DEFAULT_TARGETS = "style:Watercolor,style:Pop_Art,style:Rust,object:Birds,object:Towers"
 
 
-OOD_TEMPLATES = Path(__file__).resolve().parents[1] / "assets" / "templates" / "canvas-mini-ood.txt"
+OOD_TEMPLATES = templates_dir() / "canvas-mini-ood.txt"
 
 
 def ood_scores(pipe, protocol, targets: list[tuple[str, str]], out: Path, model_id: str, patch: str | None, seeds: int) -> dict:

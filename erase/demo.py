@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -73,17 +72,26 @@ def _row(name: str, r: dict) -> str:
             f"{fid['value']:.2f} | {fid_clip['value']:.3f} | {clip['value']:.2f} | {sim.get('target_images', float('nan')):.3f} | {kept} |")
 
 
-def main(argv=None) -> int:
-    from erase.threads import default_threads
-
-    p = argparse.ArgumentParser(description="erasekit demo: erase a canvas-mini concept with SalUn and measure it.")
-    p.add_argument("--out", default="demo-out")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The demo's options: ``python -m erase.demo`` and ``erase demo`` take the same ones."""
+    p.add_argument("--out", default="demo-out", help="output folder (the demo owns it: a rerun replaces what it wrote there)")
     p.add_argument("--concept", default="Watercolor")
     p.add_argument("--kind", default="style", choices=["style", "object"])
     p.add_argument("--preset", default="canvas-mini")
-    p.add_argument("--threads", type=int, default=default_threads())
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the CPUs this process may use)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="erasekit demo: erase a canvas-mini concept with SalUn and measure it.")
+    add_arguments(p)
+    return run_demo(p.parse_args(argv))
+
+
+def run_demo(args) -> int:
+    """Evaluate the original, erase with SalUn, evaluate the erased model, write the report and the grid; 0 on success."""
+    from erase.threads import default_threads
+
+    torch.set_num_threads(args.threads or default_threads())
 
     from erase.api import erase_concept
     from erase.errors import EraseError

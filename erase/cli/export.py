@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..threads import default_threads
 from .common import UsageError, _threads, command
 
 FORMATS = ("lora",)
@@ -19,7 +18,7 @@ def _export(p):
     p.add_argument("--protocol", default=None, help="protocol whose retained prompts measure the LoRA (default: the patch's)")
     p.add_argument("--psnr", type=float, default=40.0, help="same-seed PSNR (dB) the LoRA's images must reach against the exact patch's")
     p.add_argument("--seeds", type=int, default=1, help="protocol seeds per retained prompt for the measurement")
-    p.add_argument("--threads", type=int, default=default_threads(), help="torch CPU threads (default: the CPUs this process may use)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the CPUs this process may use)")
     p.add_argument("--quiet", action="store_true")
 
     def run(args):
