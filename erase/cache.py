@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import uuid
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from .files import DiskFullError, write_bytes_atomic, write_text_atomic
 
 try:
     import fcntl
@@ -59,10 +59,10 @@ def _entry_lock(path: Path):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _warn_once(folder: Path, error: OSError) -> None:
+def _warn_once(folder: Path, error: Exception) -> None:
     if str(folder) not in _warned:
         _warned.add(str(folder))
-        print(f"erasekit: cache folder {folder} is not usable ({error.strerror or error}); going on without the cache "
+        print(f"erasekit: cache folder {folder} is not usable ({getattr(error, 'strerror', None) or error}); going on without the cache "
               "(set ERASEKIT_CACHE to a writable folder to keep results between runs)", file=sys.stderr)
 
 
@@ -76,15 +76,8 @@ def _write(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    record_tmp = _record_path(path).with_name(f".{_record_path(path).name}.{os.getpid()}.tmp")
-    record_tmp.write_text(json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
-    os.replace(record_tmp, _record_path(path))
+    write_bytes_atomic(path, data)
+    write_text_atomic(_record_path(path), json.dumps({"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
 
 
 def cached_tensors(path: str | Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -106,6 +99,6 @@ def cached_tensors(path: str | Path, build: Callable[[], dict[str, torch.Tensor]
         tensors = build()
         try:
             _write(path, tensors)
-        except OSError as e:
+        except (OSError, DiskFullError) as e:  # an unwritable or full cache folder: the tensors are used without it
             _warn_once(path.parent, e)
         return tensors

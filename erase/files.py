@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import threading
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -95,13 +96,22 @@ def no_space_errno(e: BaseException) -> int | None:
     return code if code in NO_SPACE else None
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temp file next to ``path`` (a name unique to this process and call), then rename it over
+    ``path``: never a half-written file, and out of space a DiskFullError with the temp file gone."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with writing(path, cleanup=(tmp,), size=len(data)):
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to a temp file next to ``path``, then rename it over ``path`` (never a half-written file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with writing(path, cleanup=(tmp,), size=len(text.encode())):
-        tmp.write_text(text)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str | Path, data, **kw) -> None:

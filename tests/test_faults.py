@@ -335,7 +335,7 @@ def test_a_full_disk_while_writing_a_report_keeps_the_old_one(tmp_path):
     import errno
     from unittest import mock
 
-    with mock.patch("pathlib.Path.write_text", side_effect=OSError(errno.EFBIG, "File too large")):
+    with mock.patch("pathlib.Path.write_bytes", side_effect=OSError(errno.EFBIG, "File too large")):
         with pytest.raises(DiskFullError, match=r"no space left writing .*report.json .*file too large"):
             write_json_atomic(tmp_path / "report.json", {"ua": 0.0, "big": "x" * 1000})
     assert (tmp_path / "report.json").read_text().count('"ua": 1.0') == 1 and sorted(os.listdir(tmp_path)) == ["report.json"]
