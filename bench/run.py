@@ -53,7 +53,7 @@ def bench_eval_fidelity(out: Path) -> dict:
     from erase.components import named_parameters
     from erase.patch import ErasurePatch, apply_patch, fingerprint
     from worlds.canvas_mini import PIPELINE_DIR
-    from eval.fidelity import original_answer_set
+    from eval.original_answers import original_answer_set
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
     from pipelines.stable_diffusion import load_pipeline

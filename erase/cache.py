@@ -59,6 +59,20 @@ def _entry_lock(path: Path):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def entry_lock(path: str | Path):
+    """Hold ``path``'s entry lock (waiting for another holder); a cache folder where no lock can be made is said
+    once and the work goes on unserialised, as it would without a cache."""
+    path = Path(path)
+    with ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(_entry_lock(path))
+        except OSError as e:
+            _warn_once(path.parent, e)
+        yield
+
+
 def _warn_once(folder: Path, error: Exception) -> None:
     if str(folder) not in _warned:
         _warned.add(str(folder))

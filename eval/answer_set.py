@@ -12,6 +12,7 @@ uint8, so memory does not grow with the number of images (5,100 images at
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -68,7 +69,7 @@ def generate_answer_set(pipe, protocol: Protocol, folder: str | Path, *, batch_s
                               batch_size=batch_size, progress=False)
             for e, img in zip(chunk, images):
                 path = folder / image_name(*e)
-                tmp = path.with_name("." + path.name + ".tmp")
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: two processes may fill one cached set
                 with writing(path, cleanup=(tmp,), size=img.nbytes):  # the images already cached stay usable
                     Image.fromarray(img).save(tmp, format="PNG")
                 os.replace(tmp, path)
@@ -122,9 +123,16 @@ def iter_answer_set(protocol: Protocol, folder: str | Path, batch_size: int = 64
         yield AnswerBatch(images, labels, prompts, chunk)
 
 
-def _read_png(path: Path, resolution: int) -> np.ndarray:
+def _read_png(path: Path, resolution: int, sha256: str | None = None) -> np.ndarray:
+    """One image as uint8 HxWx3; with ``sha256`` (a cached image's recorded hash) the bytes read are checked first."""
+    import io
+
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise AnswerSetError(f"cached answer-set image {path} changed after it was cached (its SHA-256 differs from the one recorded); "
+                                 "run the same command again to rebuild the cached answer set")
+        with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"))
     except FileNotFoundError as e:
         raise AnswerSetError(f"answer-set image {path} is missing; run the same `erase eval` command again to generate it") from e
@@ -136,6 +144,12 @@ def _read_png(path: Path, resolution: int) -> np.ndarray:
     return arr
 
 
-def read_images(folder: str | Path, entries: list[tuple], resolution: int) -> list[np.ndarray]:
-    """uint8 HxWx3 arrays of some answer-set entries (for grids)."""
-    return [_read_png(Path(folder) / image_name(*e), resolution) for e in entries]
+def read_images(folder: str | Path, entries: list[tuple], resolution: int, hashes: dict[str, str] | None = None) -> list[np.ndarray]:
+    """uint8 HxWx3 arrays of some answer-set entries; ``hashes`` (file name -> SHA-256, a cached set's record) checks each one read."""
+    hashes = hashes or {}
+    return [_read_png(Path(folder) / image_name(*e), resolution, hashes.get(image_name(*e))) for e in entries]
+
+
+def image_hashes(folder: str | Path) -> dict[str, str]:
+    """File name -> SHA-256 of every PNG in ``folder`` (recorded when an answer set is cached)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).glob("*.png"))}

@@ -13,15 +13,11 @@ same sampler) are compared with
 ``RetainFidelity`` (a torchmetrics Metric, one per target) sums both per concept, leaving out the target's
 own images, and reports them for in-domain (the target's axis) and cross-domain (every other axis)
 retained concepts separately. The original's answer set is generated once per (model, protocol) and kept
-in the cache (``original_answer_set``), so evaluating ten patches of one model samples the original once.
+in the cache (``eval.original_answers``), so evaluating ten patches of one model samples the original once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -202,73 +198,3 @@ class RetainFidelity(Metric):
         return {"psnr": pooled["psnr"] / n if pooled["n"] else None, "perceptual": pooled["perceptual"] / n if pooled["n"] else None,
                 "n": pooled["n"], "identical": int(self.identical),
                 "in_domain": macro(per_axis[self.kind]), "cross_domain": macro(cross), "per_concept": per_axis}
-
-
-# -- the original's answer set, cached -------------------------------------------------------------------
-def original_folder(pipe, protocol, cache: Path | None = None) -> Path:
-    """Where the unpatched ``pipe``'s answer set for ``protocol`` is cached (the model's identity and the whole protocol)."""
-    from erase.data import cache_dir, model_identity
-
-    key = json.dumps({"model": model_identity(pipe), "protocol": protocol.to_dict()}, sort_keys=True)
-    return Path(cache or cache_dir()) / "answer-sets" / hashlib.sha256(key.encode()).hexdigest()[:24]
-
-
-def original_answer_set(pipe, protocol, *, batch_size: int = 64, progress: bool = True, cache: Path | None = None) -> Path:
-    """The unpatched model's answer set for ``protocol`` (images folder), generated once and cached.
-
-    Patches applied to ``pipe`` are taken off for the duration and put back bit-exactly; the cache key is
-    the base model's identity and the whole protocol (seeds, sampler, steps, guidance, template, size).
-    Generation is resumable; the folder counts as ready only once every image is there (``complete``).
-    """
-    from erase.patch import patches_disabled
-
-    from .answer_set import check_answer_set, generate_answer_set
-
-    with patches_disabled(pipe):
-        folder = original_folder(pipe, protocol, cache)
-        if not (folder / "complete").exists():
-            generate_answer_set(pipe, protocol, folder / "images", batch_size=batch_size, progress=progress)
-            check_answer_set(protocol, folder / "images")
-            (folder / "complete").write_text(json.dumps(protocol.to_dict()))
-    return folder / "images"
-
-
-def reuse_original(pipe, protocol, images: Path, cache: Path | None = None) -> int:
-    """Copy the cached answer set of the unpatched ``pipe`` into ``images`` (files not there yet); returns how many.
-
-    Evaluating the same original model again (another target, another batch) then generates nothing.
-    """
-    from erase.patch import applied_patches
-
-    if applied_patches(pipe):
-        return 0
-    cached = original_folder(pipe, protocol, cache)
-    if not (cached / "complete").exists():
-        return 0
-    images.mkdir(parents=True, exist_ok=True)
-    copied = 0
-    for src in (cached / "images").glob("*.png"):
-        dst = images / src.name
-        if not dst.exists():
-            tmp = images / f".{src.name}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-            copied += 1
-    return copied
-
-
-def remember_original(pipe, protocol, images: Path, cache: Path | None = None) -> None:
-    """Copy an unpatched model's finished answer set into the cache (so patches evaluated later reuse it)."""
-    folder = original_folder(pipe, protocol, cache)
-    if (folder / "complete").exists():
-        return
-    tmp = folder.with_name(f".{folder.name}-{os.getpid()}.tmp")
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(images, tmp / "images")
-        (tmp / "complete").write_text(json.dumps(protocol.to_dict()))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    except OSError:  # an unwritable cache only costs a regeneration later
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -102,14 +102,14 @@ def _evaluate_claimed(pipe, protocol: Protocol, targets, out_dir: Path, *, model
     original, fidelity_note = _original_for_fidelity(pipe, protocol, opt)
     t_original = time.time() - t0
     if original is None and opt.fidelity:  # the unpatched model: its cached answer set, when there is one
-        from .fidelity import reuse_original
+        from .original_answers import reuse_original
 
         reuse_original(pipe, protocol, out_dir / "images")
     gen_stats = generate_answer_set(pipe, protocol, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress)
     t_gen = time.time() - t0 - t_original
     check_answer_set(protocol, out_dir / "images")
     if opt.fidelity and original is None:
-        from .fidelity import remember_original
+        from .original_answers import remember_original
 
         remember_original(pipe, protocol, out_dir / "images")
     scores = score_answer_set(judging, out_dir / "images", batch_size=opt.batch_size, progress=opt.progress, original=original, joint=opt.joint)
@@ -142,7 +142,7 @@ def _original_for_fidelity(pipe, protocol: Protocol, opt: EvalOptions) -> tuple[
         return None, "skipped (--no-fidelity)"
     if not applied_patches(pipe):
         return None, "the evaluated model carries no patch: it is the original (its answer set is cached for later patches)"
-    from .fidelity import original_answer_set
+    from .original_answers import original_answer_set
 
     return original_answer_set(pipe, protocol, batch_size=opt.batch_size, progress=opt.progress), None
 

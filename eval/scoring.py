@@ -226,6 +226,7 @@ def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 
     """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, judge
     confidence, CLIP and FID; with ``original`` (the original model's answer set), retain fidelity too."""
     from .fidelity import RetainFidelity
+    from .original_answers import recorded_hashes
 
     protocol, t0 = judging.protocol, time.time()
     metrics = {a.name: make_axis_metric(a) for a in protocol.axes}
@@ -235,12 +236,13 @@ def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 
     fidelity = [RetainFidelity(axes, name, kind) for name, kind in judging.targets] if original is not None else []
     if fidelity and joint:  # one more: the images that show none of the targets erased together
         fidelity.append(RetainFidelity(axes, *judging.targets[0], also=judging.targets[1:]))
+    hashes = recorded_hashes(original) if original is not None else None
     t_ref, t_judge, t_fidelity = time.time() - t0, 0.0, 0.0
     with progress_bar(len(protocol.answer_set()), "erase eval: scoring", enabled=progress) as bar:
         for batch in iter_answer_set(protocol, folder, batch_size):
             t_judge += _score_batch(judging, batch, metrics, fids, clip_sums, batch_size)
             if fidelity:
-                t_fidelity += _fidelity_batch(judging, batch, Path(original), fidelity)
+                t_fidelity += _fidelity_batch(judging, batch, Path(original), fidelity, hashes)
             bar.update(len(batch.entries))
     results = {axis: m.compute() for axis, m in metrics.items()}
     per_target = [_target_entry(judging, results, i, clip_sums, fids, fidelity) for i in range(len(judging.targets))]
@@ -278,13 +280,15 @@ def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids
     return entry
 
 
-def _fidelity_batch(judging: Judging, batch, original: Path, fidelity: list) -> float:
-    """Compare one batch of erased images with the original's images of the same entries; returns its seconds."""
+def _fidelity_batch(judging: Judging, batch, original: Path, fidelity: list, hashes: dict | None) -> float:
+    """Compare one batch of erased images with the original's images of the same entries (each checked against the
+    cache's recorded hash as it is read); returns its seconds."""
     from .answer_set import read_images
     from .fidelity import psnr
 
     t0 = time.time()
-    ref = torch.from_numpy(np.stack(read_images(original, batch.entries, judging.protocol.resolution))).permute(0, 3, 1, 2).float().div_(255.0)
+    ref = read_images(original, batch.entries, judging.protocol.resolution, hashes)
+    ref = torch.from_numpy(np.stack(ref)).permute(0, 3, 1, 2).float().div_(255.0)
     x = batch.float_images()
     p = psnr(ref, x)
     d = judging.distance(ref, x) if judging.distance is not None else torch.full((len(x),), float("nan"))

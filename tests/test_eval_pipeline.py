@@ -47,7 +47,7 @@ def small(tmp_path_factory, canvas_pipe):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ERASEKIT_CACHE", str(cache))
         mp.setattr(render_module, "render_array", lambda s, o, seed: rendered.append((s, o)) or real_render(s, o, seed))
-        mp.setattr(answer_set, "_read_png", lambda path, r: events.append("read") or real_read(path, r))
+        mp.setattr(answer_set, "_read_png", lambda path, r, sha256=None: events.append("read") or real_read(path, r, sha256))
         report = evaluate(canvas_pipe, protocol, TARGETS, out, model_id=str(PIPELINE_DIR), options=opt, judging=judging)
     return {"out": out, "report": report, "cache": cache, "judge_batches": judge_batches, "rendered": rendered, "events": events}
 

@@ -355,3 +355,55 @@ def test_a_file_size_limit_in_a_real_process_is_one_line_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "no space left writing" in lines[0] and "erasure_patch.safetensors" in lines[0], r.stderr
     assert not (out / "erasure_patch.safetensors").exists() and not [p for p in out.iterdir() if p.name.startswith(".patch-")]
+
+
+# -- the original's cached answer set: every image checked against the SHA-256 recorded when it was cached --------
+def _small_protocol():
+    from eval.protocols import load_protocol
+
+    return load_protocol("canvas-mini").with_overrides(seeds=[0], steps=4)
+
+
+def test_a_cached_answer_set_image_changed_before_use_is_regenerated(canvas_pipe, capfd):
+    from eval.original_answers import original_answer_set, recorded_hashes
+
+    protocol = _small_protocol()
+    images = original_answer_set(canvas_pipe, protocol, progress=False)
+    first, second = sorted(images.glob("*.png"))[:2]
+    good = first.read_bytes()
+    assert recorded_hashes(images)[first.name] == __import__("hashlib").sha256(good).hexdigest()
+    first.write_bytes(second.read_bytes())  # a valid PNG, of another prompt
+    capfd.readouterr()
+    assert original_answer_set(canvas_pipe, protocol, progress=False) == images
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 image(s) changed or gone since they were cached" in err[0], err
+    assert first.read_bytes() == good  # regenerated, and the record holds again
+    assert original_answer_set(canvas_pipe, protocol, progress=False) == images and capfd.readouterr().err == ""
+
+
+def test_a_cached_answer_set_image_changed_while_in_use_stops_the_evaluation(canvas_pipe, tmp_path, monkeypatch):
+    """The record is checked again as scoring reads each image: one changed after the check is never scored."""
+    import eval.original_answers
+    from eval.answer_set import AnswerSetError
+    from eval.report import EvalOptions, evaluate
+    from erase.patch import apply_patch, remove_patch
+    from tests.test_eval_fidelity import _noise_patch
+
+    protocol = _small_protocol()
+    real = eval.original_answers.recorded_hashes
+
+    def tampered_after_the_check(images):
+        hashes = real(images)
+        victim = sorted(images.glob("*.png"))[-1]
+        victim.write_bytes(sorted(images.glob("*.png"))[0].read_bytes())
+        return hashes
+
+    monkeypatch.setattr(eval.original_answers, "recorded_hashes", tampered_after_the_check)
+    apply_patch(canvas_pipe, _noise_patch(canvas_pipe, 0.3, 1))
+    try:
+        with pytest.raises(AnswerSetError, match="changed after it was cached") as e:
+            evaluate(canvas_pipe, protocol, [("Watercolor", "style")], tmp_path / "e", model_id="canvas-mini", patch="noise",
+                     options=EvalOptions(progress=False, grid=False, fid=False))
+    finally:
+        remove_patch(canvas_pipe)
+    assert "\n" not in str(e.value) and not (tmp_path / "e" / "report.json").exists()
