@@ -98,9 +98,36 @@ def _finished_identity(out_dir: Path) -> dict | None:
         return None
 
 
+def _torn_save(out_dir: Path) -> Path | None:
+    """The config of a patch save that a kill cut between its two renames: the tensors file is in place and its
+    config, which names that file's SHA-256, is still in the save's temp folder. None when there is no such save."""
+    from .files import file_sha256
+
+    if not (out_dir / PATCH_FILE).is_file() or (out_dir / CONFIG_FILE).exists():
+        return None
+    for config in out_dir.glob(f".patch-*.tmp/{CONFIG_FILE}"):
+        try:
+            recorded = json.loads(config.read_text()).get("patch_sha256")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recorded == file_sha256(out_dir / PATCH_FILE):
+            return config
+    return None
+
+
+RUN_TRACES = ("train_log.jsonl", RESOLVED_FILE)  # what a run killed before its first checkpoint (or before its patch) leaves
+
+
 def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: bool) -> str:
     """Decide what to do with ``out_dir`` before anything is written: 'fresh', 'resume', 'finished' or 'overwrite'."""
     check_writable("--out", out_dir, folder=True)
+    torn = _torn_save(out_dir)
+    if torn is not None:
+        if not resume:
+            raise EraseError(f"{out_dir} holds a patch whose saving was cut short (its config is still in {torn.parent.name}); "
+                             "pass --resume to finish it, or choose another --out")
+        torn.replace(out_dir / CONFIG_FILE)  # the rename the killed process did not get to
+        torn.parent.rmdir()
     has_patch = (out_dir / PATCH_FILE).exists()
     meta = checkpoint_meta(out_dir)
     if has_patch:
@@ -123,6 +150,11 @@ def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: boo
         what = f"an interrupted run with other settings (differs in {', '.join(diff[:4])})" if diff else "an interrupted run"
         hint = "pass --overwrite to start over or choose another --out" if diff else "pass --resume to continue it, --overwrite to start over, or choose another --out"
         raise EraseError(f"{out_dir} holds {what} (checkpoint at step {meta['step']}); {hint}")
+    if any((out_dir / f).exists() for f in RUN_TRACES):  # killed before its first checkpoint, or before its patch was written
+        if resume or overwrite:
+            return "overwrite"
+        raise EraseError(f"{out_dir} holds a run killed before it saved anything to keep (no checkpoint, no whole patch); "
+                         "pass --resume to run it again, or choose another --out")
     return "fresh"
 
 

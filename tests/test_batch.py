@@ -163,37 +163,46 @@ def test_two_processes_give_the_same_patches_as_one(tmp_path, concepts):
 
 @pytest.mark.slow
 def test_killed_three_times_then_resumed_matches_an_uninterrupted_batch(tmp_path):
-    """A 4-style Concept Ablation batch (short runs with checkpoints), SIGKILLed at three random points and resumed each
-    time, ends with the same manifest (times aside) and byte-identical patches as a batch that ran straight through."""
+    """A 4-style Concept Ablation batch (short runs with checkpoints), SIGKILLed three times and resumed each time, ends
+    with the same manifest (times aside) and byte-identical patches as a batch that ran straight through. Each kill
+    comes on an event, never after a delay: the k-th job's checkpoint reaching a random step (10 or 20 of 30)."""
     import random
     import signal
     import time
 
+    styles = ["Watercolor", "Pop_Art", "Rust", "Mosaic"]
     concepts = tmp_path / "styles.txt"
-    concepts.write_text("Watercolor\nPop_Art\nRust\nMosaic\n")
+    concepts.write_text("".join(s + "\n" for s in styles))
     quick = ["--preset", "canvas-mini", "--steps", "30", "--set", "checkpoint_every=10", "--set", "anchor_seeds=1", "--set", "data_steps=5"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def cli(out, *extra):
         return [sys.executable, "-m", "erase", *batch_args(concepts, out, *quick, *extra, method="concept_ablation"), "--threads", "1"]
 
+    def step_of(job):
+        try:
+            return json.loads((killed / styles[job] / "checkpoint" / "meta.json").read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
     straight = tmp_path / "straight"
     subprocess.run(cli(straight), env=env, check=True, capture_output=True, timeout=900)
     killed = tmp_path / "killed"
     rng = random.Random(0)
-    unfinished = []
-    for k in range(3):
-        proc = subprocess.Popen(cli(killed, *(["--resume"] if k else [])), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4, 12))
+    for job in range(3):
+        step = rng.choice([10, 20])
+        proc = subprocess.Popen(cli(killed, *(["--resume"] if job else [])), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while step_of(job) < step:  # the event: job `job` has checkpointed at `step`
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         done = (killed / "manifest.jsonl").read_text().count("\n") if (killed / "manifest.jsonl").exists() else 0
-        unfinished.append(done < 4)
-    assert unfinished[0], "the first kill came after the batch had finished: nothing was tested"
+        assert done == job and not (killed / styles[job] / "erasure_patch.safetensors").exists()
     subprocess.run(cli(killed, "--resume"), env=env, check=True, capture_output=True, timeout=900)
 
     def timeless(folder):
-        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k} for line in (folder / "manifest.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k and k != "mtime_ns"} for line in (folder / "manifest.jsonl").read_text().splitlines()]
 
     assert timeless(killed) == timeless(straight) and len(timeless(straight)) == 4
     for c in ("Watercolor", "Pop_Art", "Rust", "Mosaic"):

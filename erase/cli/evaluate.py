@@ -32,6 +32,8 @@ def _eval(p: argparse.ArgumentParser):
     p.add_argument("--kind", action="append", required=True,
                    help="axis of each --target: style or object on canvas-mini and unlearncanvas (repeat, or give once for all)")
     p.add_argument("--out", required=True, help="output folder (report.json, report.md, grid.png, images/); refused if it holds another run or other files")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out (same model, patch and protocol): "
+                   "the images already generated are kept")
     p.add_argument("--seeds", type=int, default=None, help="use only the first N protocol seeds (recorded as a deviation)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (recorded as a deviation)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (recorded as a deviation)")
@@ -95,7 +97,7 @@ def _eval(p: argparse.ArgumentParser):
             protocol.check_target(name, kind)
         out = Path(args.out)
         check_writable("--out", out, folder=True)
-        check_output_folder(out, run_identity(args.model_id, args.patch, protocol))
+        check_output_folder(out, run_identity(args.model_id, args.patch, protocol), resume=args.resume)
         _threads(args)
         if args.attack and protocol.template is None:
             raise UsageError(f"--attack searches the text prompt; protocol {protocol.name!r} has none (its generator is latent-seeded)")
