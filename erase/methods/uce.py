@@ -58,10 +58,23 @@ class UCEConfig(MethodConfig):
             raise EraseError(f"{m} is closed-form: it has no training steps; drop --steps (or --set steps=0)")
 
 
-def _tokens(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
+def prompt_tokens(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
     """Padded token ids and each prompt's real length (BOS and EOS included, padding not)."""
     tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
     return tok.input_ids, tok.attention_mask.sum(1).tolist()
+
+
+def concept_span(f: list[int], a: list[int], n_f: int, n_a: int, index: int = 0) -> tuple[int, int, int]:
+    """Where a forget prompt's token ids ``f`` differ from its anchor prompt's ``a`` (real lengths ``n_f``, ``n_a``):
+    (first differing position, the concept's last token in ``f``, the anchor's last token in ``a``). The common
+    ending is aligned from each prompt's last real token, padding aside."""
+    if f[:n_f] == a[:n_a]:
+        raise EraseError(f"forget prompt {index} tokenises like its anchor prompt; the concept must change the prompt")
+    start = next((k for k in range(min(n_f, n_a)) if f[k] != a[k]), min(n_f, n_a))
+    back = 0
+    while back < min(n_f, n_a) - start - 1 and f[n_f - 1 - back] == a[n_a - 1 - back]:
+        back += 1
+    return start, max(n_f - back - 1, start), max(n_a - back - 1, start)
 
 
 def erase_pairs(ids_f: torch.Tensor, ids_a: torch.Tensor, emb_f: torch.Tensor, emb_a: torch.Tensor, tokens: str,
@@ -76,14 +89,7 @@ def erase_pairs(ids_f: torch.Tensor, ids_a: torch.Tensor, emb_f: torch.Tensor, e
     rows_f, rows_a = [], []
     for i in range(len(ids_f)):
         f, a = ids_f[i].tolist(), ids_a[i].tolist()
-        n_f, n_a = (len_f[i] if len_f else len(f)), (len_a[i] if len_a else len(a))
-        if f[:n_f] == a[:n_a]:
-            raise EraseError(f"forget prompt {i} tokenises like its anchor prompt; the concept must change the prompt")
-        start = next((k for k in range(min(n_f, n_a)) if f[k] != a[k]), min(n_f, n_a))
-        back = 0
-        while back < min(n_f, n_a) - start - 1 and f[n_f - 1 - back] == a[n_a - 1 - back]:
-            back += 1
-        end_f, end_a = max(n_f - back - 1, start), max(n_a - back - 1, start)  # the concept's last token in each prompt
+        _, end_f, end_a = concept_span(f, a, len_f[i] if len_f else len(f), len_a[i] if len_a else len(a), i)
         n = 1 if tokens == "last" else min(len(f) - end_f, len(a) - end_a)
         rows_f.append(emb_f[i, end_f : end_f + n])
         rows_a.append(emb_a[i, end_a : end_a + n])
@@ -125,7 +131,7 @@ def uce_data(pipe, req, cfg, method: str = "uce") -> UCEData:
     keep_prompts = list(req.retain_prompts) + ([""] if cfg.preserve_empty else [])
     if not keep_prompts:
         raise EraseError(f"{method} needs something to preserve: give retain concepts or keep preserve_empty on")
-    (ids_f, len_f), (ids_a, len_a) = _tokens(pipe, req.forget_prompts), _tokens(pipe, req.anchor_prompts)
+    (ids_f, len_f), (ids_a, len_a) = prompt_tokens(pipe, req.forget_prompts), prompt_tokens(pipe, req.anchor_prompts)
     with torch.no_grad():
         emb_f, emb_a = encode_prompts(pipe, req.forget_prompts).float().cpu(), encode_prompts(pipe, req.anchor_prompts).float().cpu()
         emb_k = torch.cat([encode_prompts(pipe, keep_prompts[i : i + 64]).float().cpu() for i in range(0, len(keep_prompts), 64)])
