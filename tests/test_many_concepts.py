@@ -15,7 +15,13 @@ from test_doco import TINY as DOCO
 from test_salun import TINY as SALUN
 
 TINY = {"concept_ablation": CA, "doco": DOCO, "salun": SALUN, "esd": {"steps": 2, "sample_steps": 3, "lr": 1e-3},
-        "uce": {}, "rece": {"epochs": 1}}
+        "uce": {}, "rece": {"epochs": 1}, "mace": {"lora_steps": 2, "lora_images": 1, "data_steps": 2}}
+
+
+def test_every_diffusion_method_has_a_joint_run_here():
+    from erase.registry import list_methods
+
+    assert set(list_methods("stable_diffusion")) == set(TINY)
 
 
 def test_list_scores_by_hand():

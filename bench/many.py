@@ -1,0 +1,217 @@
+"""Many concepts erased together (issue 28): how each method scales with the number of erased styles on canvas-mini.
+
+    python -m bench.many [--methods uce,mace,...] [--ks 1,3,5,9] [--out bench/results/many]
+
+For k = 1, 3, 5 and 9 styles (fixed lists: the first k of ``ORDER``; Winter, the 10th style, and the photo class
+are always retained), every method erases the list with ONE joint request (its ``canvas-mini`` preset where it
+has one, else its defaults), and ``composed`` applies k single-concept UCE patches made separately (what users try
+first). Each model is evaluated on the whole protocol (5 seeds) as a list: erased accuracy UA (mean over the list),
+IRA (the other styles), CRA (objects), H = 3 / (1/UA + 1/IRA + 1/CRA), retained same-seed PSNR over the images
+showing none of the erased styles; then the ``embedding`` attack on every erased style (its first 3 prompts,
+a fifth of the budget: 10 timesteps x 40 Adam steps, as ``make bench``), ASR averaged over the list. The bar (issue
+28): at k = 5 and 9, UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, embedding ASR <= 30%,
+in at most k times the method's single-concept time.
+
+Resumable: every erasure, evaluation and attack lives in its own folder under ``runs/bench/many`` and is reused.
+Writes ``many.json``, ``many.md`` and ``many.png`` (H and PSNR against k, one line per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ORDER = ["Watercolor", "Pop_Art", "Rust", "Mosaic", "Crayon", "Ink_Art", "Neon_Lines", "Pencil_Drawing", "Glowing_Sunset"]
+KS = (1, 3, 5, 9)
+METHODS = ("uce", "mace", "concept_ablation", "salun", "doco", "esd", "composed")
+ATTACK_PROMPTS, ATTACK_BUDGET = 3, {"blocks": 10}
+WORK = Path("runs/bench/many")
+
+
+def _preset(method: str) -> str | None:
+    from erase.locations import preset_dir
+
+    return "canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None
+
+
+def erase(pipe, protocol, method: str, styles: list[str], folder: Path):
+    """The list's patch (made once, then reused) and its erase seconds."""
+    from erase.api import erase_concept
+    from erase.batch import joint_request
+    from erase.patch import ErasurePatch
+    from erase.request import EraseRequest
+
+    if (folder / "erasure_config.json").is_file():
+        patch = ErasurePatch.from_pretrained(folder)
+    else:
+        requests = [EraseRequest.from_protocol(protocol, s, "style") for s in styles]
+        request = requests[0] if len(requests) == 1 else joint_request(requests, "style")
+        patch = erase_concept(pipe, method, request, folder, preset=_preset(method), resume=True, progress=False, model_id="canvas-mini")
+    return patch, patch.config["efficiency"]["erase_seconds"]
+
+
+def measure(pipe, protocol, judges, patches: list, styles: list[str], folder: Path) -> dict:
+    """Apply ``patches`` together, evaluate the list, attack each erased style; the model is left unpatched."""
+    from bench.attacks import attack_once
+    from erase.patch import apply_patch, remove_patch
+    from eval.report import EvalOptions, evaluate
+
+    targets = [(s, "style") for s in styles]
+    for k, p in enumerate(patches):
+        apply_patch(pipe, p, adapter_name=f"p{k}")
+    try:
+        report = evaluate(pipe, protocol, targets, folder / "eval", model_id="canvas-mini", patch=str(folder),
+                          options=EvalOptions(joint=len(styles) > 1, fid=False, grid=False, progress=False))
+        attacks = [attack_once(pipe, protocol, judges, "embedding", s, "style", folder / "attack" / s, ATTACK_PROMPTS, str(folder),
+                               ATTACK_BUDGET) for s in styles]
+    finally:
+        remove_patch(pipe)
+    fidelity = report.get("retain_fidelity") or {}
+    return {"ua": report["ua"], "ira": report["ira"], "cra": report["cra"], "h": report.get("h"),
+            "psnr": fidelity.get("psnr"), "asr": sum(a["asr"] for a in attacks) / len(attacks),
+            "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks),
+            "per_target_ua": report.get("per_target_ua") or {styles[0]: report["ua"]}}
+
+
+def original_lists(pipe, protocol, ks) -> dict:
+    """The original model's IRA / CRA for each list (the accuracy the erasure should keep)."""
+    from eval.concept_accuracy import list_scores
+    from eval.report import EvalOptions, evaluate
+
+    r = evaluate(pipe, protocol, [(ORDER[0], "style")], WORK / "original", model_id="canvas-mini",
+                 options=EvalOptions(fid=False, grid=False, progress=False))
+    accuracy = {axis: {c: v["accuracy"] for c, v in concepts.items()} for axis, concepts in r["per_concept"].items()}
+    nulls = {a.name: a.null_class for a in protocol.axes}
+    return {k: list_scores(accuracy, [(s, "style") for s in ORDER[:k]], nulls) for k in ks}
+
+
+def run(methods, ks) -> list[dict]:
+    from eval.classifiers import load_judges
+    from eval.protocols import load_protocol
+    from pipelines.stable_diffusion import load_pipeline
+    from worlds.canvas_mini import PIPELINE_DIR
+
+    protocol = load_protocol("canvas-mini")
+    pipe = load_pipeline(PIPELINE_DIR)
+    judges = load_judges(protocol)
+    original = original_lists(pipe, protocol, ks)
+    rows = []
+    for method in methods:
+        single = None
+        for k in ks:
+            styles = ORDER[:k]
+            folder = WORK / method / f"k{k}"
+            t0 = time.time()
+            if method == "composed":
+                made = [erase(pipe, protocol, "uce", [s], WORK / "uce-singles" / s) for s in styles]
+                patches, seconds = [p for p, _ in made], sum(s for _, s in made)
+            else:
+                patch, seconds = erase(pipe, protocol, method, styles, folder / "patch")
+                patches = [patch]
+            m = measure(pipe, protocol, judges, patches, styles, folder)
+            single = seconds if k == 1 else single
+            o = original[k]
+            row = {"method": method, "k": k, "styles": styles, **m, "erase_seconds": seconds,
+                   "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2), "original_ira": o["ira"], "original_cra": o["cra"],
+                   "time_vs_single": round(seconds / single, 2) if single else None, "bench_seconds": round(time.time() - t0, 1)}
+            row["bar"] = bool(row["ua"] >= 0.99 and abs(row["ira"] - o["ira"]) <= 0.02 and abs(row["cra"] - o["cra"]) <= 0.02
+                              and (row["psnr"] or 0) >= 28 and row["asr"] <= 0.30 and (row["time_vs_single"] or 1) <= k)
+            rows.append(row)
+            print(f"{method:>16s} k={k}: UA {100 * row['ua']:.1f} IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) CRA {100 * row['cra']:.1f} "
+                  f"({100 * o['cra']:.1f}) PSNR {row['psnr'] or float('nan'):.1f} ASR {100 * row['asr']:.0f}% ({100 * row['confirmed_asr']:.0f}%) "
+                  f"{seconds:.1f} s{'  BAR MET' if row['bar'] else ''}", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| method | k | UA | IRA (original) | CRA (original) | H | retained PSNR | embedding ASR (confirmed) | erase time (x single) | patch | bar |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        psnr = "n/a" if r["psnr"] is None else f"{r['psnr']:.1f} dB"
+        x = "" if r["time_vs_single"] is None else f" ({r['time_vs_single']:.1f}x)"
+        lines.append(f"| {r['method']} | {r['k']} | {100 * r['ua']:.1f} | {100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | "
+                     f"{100 * r['cra']:.1f} ({100 * r['original_cra']:.1f}) | {100 * (r['h'] or r['ua']):.1f} | {psnr} | "
+                     f"{100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%) | {r['erase_seconds']:.1f} s{x} | {r['patch_mb']:.2f} MB | "
+                     f"{'met' if r['bar'] else '-'} |")
+    lines += ["", f"Erased lists: the first k of {', '.join(ORDER)}; Winter and Photo always retained. Whole protocol (5 seeds); "
+              f"embedding attack on the first {ATTACK_PROMPTS} prompts of each erased style, {ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps "
+              "(a fifth of the default budget), ASR averaged over the list; confirmed: judged as the style on at least half of 4 fresh seeds. "
+              "H at k = 1 is over UA, IRA and CRA of the single target. `composed`: k single-concept UCE patches applied together. "
+              "Bar (issue 28): UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, ASR <= 30%, time <= k x single."]
+    return "\n".join(lines) + "\n"
+
+
+COLOURS = [(200, 40, 40), (40, 40, 200), (0, 140, 0), (200, 120, 0), (140, 0, 140), (0, 140, 140), (90, 90, 90), (160, 110, 60)]
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Two panels, H (%) and retained PSNR (dB) against k, one coloured line per method (PIL: no plotting library)."""
+    from PIL import Image, ImageDraw
+
+    from eval.grid import _font, save_png
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ks = sorted({r["k"] for r in rows})
+    w, h, m = 420, 320, 44
+    img = Image.new("RGB", (2 * w, h + 20 * ((len(methods) + 3) // 4)), "white")
+    d, font = ImageDraw.Draw(img), _font()
+    panels = [("H (%)", lambda r: 100 * (r["h"] or r["ua"]), 50.0, 100.0, None), ("retained PSNR (dB)", lambda r: r["psnr"], 20.0, 60.0, 28.0)]
+    for p, (title, value, lo, hi, bar) in enumerate(panels):
+        ox = p * w
+
+        def xy(k, v):
+            x = ox + m + (ks.index(k) / max(1, len(ks) - 1)) * (w - 2 * m)
+            return x, h - m - (min(max(v, lo), hi) - lo) / (hi - lo) * (h - 2 * m)
+
+        d.line([ox + m, h - m, ox + w - m, h - m], fill="black")
+        d.line([ox + m, m, ox + m, h - m], fill="black")
+        d.text((ox + m, 12), f"{title} against k (styles erased together)", fill="black", font=font)
+        for k in ks:
+            x, _ = xy(k, lo)
+            d.text((x - 3, h - m + 4), str(k), fill="black", font=font)
+        for v in (lo, (lo + hi) / 2, hi):
+            _, y = xy(ks[0], v)
+            d.text((ox + 6, y - 6), f"{v:.0f}", fill="black", font=font)
+        if bar is not None:
+            _, y = xy(ks[0], bar)
+            d.line([ox + m, y, ox + w - m, y], fill=(150, 150, 150))
+        for c, method in enumerate(methods):
+            pts = [xy(r["k"], value(r)) for r in rows if r["method"] == method and value(r) is not None]
+            colour = COLOURS[c % len(COLOURS)]
+            if len(pts) > 1:
+                d.line(pts, fill=colour, width=2)
+            for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    for c, method in enumerate(methods):  # legend
+        x, y = 10 + (c % 4) * 200, h + 4 + 20 * (c // 4)
+        d.rectangle([x, y + 3, x + 12, y + 11], fill=COLOURS[c % len(COLOURS)])
+        d.text((x + 16, y), method, fill="black", font=font)
+    save_png(img, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--ks", default=",".join(map(str, KS)))
+    p.add_argument("--out", default="bench/results/many")
+    args = p.parse_args(argv)
+    import torch
+
+    from erase.threads import default_threads
+
+    torch.set_num_threads(default_threads())
+    rows = run(args.methods.split(","), [int(k) for k in args.ks.split(",")])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(rows))
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out}.md / .json / .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
