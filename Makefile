@@ -34,11 +34,14 @@ test-slow: $(STAMP)
 test-install: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q -m slow tests/test_install.py
 
-# canvas-mini: every method vs the gold retrained model (README table, bench/results/canvas-mini.*), then the
-# evaluation / classification / erase micro-benchmarks (bench/results/run-cpu.json)
+# canvas-mini: every method vs the gold retrained model (README table, bench/results/canvas-mini.*), many concepts
+# at once (bench/results/many.*), the evaluation / classification / erase micro-benchmarks (bench/results/run-cpu.json)
+# and the fault measurements (bench/results/faults.json)
 bench: $(STAMP)
 	$(OFFLINE) $(PY) -m bench.canvas_mini --readme
+	$(OFFLINE) $(PY) -m bench.many --lists styles,objects,mixed
 	$(OFFLINE) $(PY) -m bench.run
+	$(OFFLINE) $(PY) -m bench.faults
 
 clean:
 	rm -rf $(VENV) .cache demo-out .pytest_cache

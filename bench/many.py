@@ -1,14 +1,14 @@
 """Many concepts erased together (issue 28): how each method scales with the number of erased styles on canvas-mini.
 
-    python -m bench.many [--methods uce,mace,...] [--ks 1,3,5,9] [--out bench/results/many]
+    python -m bench.many [--methods uce,mace,...] [--ks 1,3,5,9] [--lists styles,objects,mixed] [--merge]
 
 For k = 1, 3, 5 and 9 styles (fixed lists: the first k of ``ORDER``; Winter, the 10th style, and the photo class
 are always retained), every method erases the list with ONE joint request (its ``canvas-mini`` preset where it
 has one, else its defaults), and ``composed`` applies k single-concept UCE patches made separately (what users try
 first). Each model is evaluated on the whole protocol (5 seeds) as a list: erased accuracy UA (mean over the list),
 IRA (the other styles), CRA (objects), H = 3 / (1/UA + 1/IRA + 1/CRA), retained same-seed PSNR over the images
-showing none of the erased styles; then the ``embedding`` attack on every erased style (its first 3 prompts,
-a fifth of the budget: 10 timesteps x 40 Adam steps, as ``make bench``), ASR averaged over the list. The bar (issue
+showing none of the erased styles; then the ``embedding`` attack on the list's first 3 concepts (their first 3
+prompts, a fifth of the budget: 10 timesteps x 40 Adam steps, as ``make bench``), ASR averaged over them. The bar (issue
 28): at k = 5 and 9, UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, embedding ASR <= 30%,
 in at most k times the method's single-concept time.
 
@@ -25,19 +25,28 @@ import time
 from pathlib import Path
 
 ORDER = ["Watercolor", "Pop_Art", "Rust", "Mosaic", "Crayon", "Ink_Art", "Neon_Lines", "Pencil_Drawing", "Glowing_Sunset"]
+OBJECT_ORDER = ["Birds", "Fishes", "Towers", "Trees", "Flowers", "Cats", "Rabbits", "Butterfly", "Jellyfish"]  # Flame retained
 KS = (1, 3, 5, 9)
-METHODS = ("uce", "mace", "concept_ablation", "salun", "doco", "esd", "composed")
+LISTS = {  # family -> {k: [(concept, kind)]}
+    "styles": {k: [(s, "style") for s in ORDER[:k]] for k in KS},
+    "objects": {k: [(o, "object") for o in OBJECT_ORDER[:k]] for k in (3, 5)},
+    "mixed": {8: [(s, "style") for s in ORDER[:5]] + [(o, "object") for o in OBJECT_ORDER[:3]]},
+}
+METHODS = ("uce", "mace", "concept_ablation", "salun", "doco", "esd", "composed", "concept_ablation@canvas-mini-robust")
 ATTACK_PROMPTS, ATTACK_BUDGET = 3, {"blocks": 10}
+ATTACK_CONCEPTS = 3  # the attack runs on the first 3 concepts of each list (all of a shorter one): its cost grows with k
 WORK = Path("runs/bench/many")
 
 
-def _preset(method: str) -> str | None:
+def _method_preset(entry: str) -> tuple[str, str | None]:
+    """``method@preset``, or a method with its ``canvas-mini`` preset where it has one (else its defaults)."""
     from erase.locations import preset_dir
 
-    return "canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None
+    method, _, preset = entry.partition("@")
+    return method, preset or ("canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None)
 
 
-def erase(pipe, protocol, method: str, styles: list[str], folder: Path):
+def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Path):
     """The list's patch (made once, then reused) and its erase seconds."""
     from erase.api import erase_concept
     from erase.batch import joint_request
@@ -47,37 +56,37 @@ def erase(pipe, protocol, method: str, styles: list[str], folder: Path):
     if (folder / "erasure_config.json").is_file():
         patch = ErasurePatch.from_pretrained(folder)
     else:
-        requests = [EraseRequest.from_protocol(protocol, s, "style") for s in styles]
-        request = requests[0] if len(requests) == 1 else joint_request(requests, "style")
-        patch = erase_concept(pipe, method, request, folder, preset=_preset(method), resume=True, progress=False, model_id="canvas-mini")
+        requests = [EraseRequest.from_protocol(protocol, name, kind) for name, kind in items]
+        request = requests[0] if len(requests) == 1 else joint_request(requests, items[0][1])
+        name, preset = _method_preset(method)
+        patch = erase_concept(pipe, name, request, folder, preset=preset, resume=True, progress=False, model_id="canvas-mini")
     return patch, patch.config["efficiency"]["erase_seconds"]
 
 
-def measure(pipe, protocol, judges, patches: list, styles: list[str], folder: Path) -> dict:
+def measure(pipe, protocol, judges, patches: list, targets: list[tuple[str, str]], folder: Path) -> dict:
     """Apply ``patches`` together, evaluate the list, attack each erased style; the model is left unpatched."""
     from bench.attacks import attack_once
     from erase.patch import apply_patch, remove_patch
     from eval.report import EvalOptions, evaluate
 
-    targets = [(s, "style") for s in styles]
     for k, p in enumerate(patches):
         apply_patch(pipe, p, adapter_name=f"p{k}")
     try:
         report = evaluate(pipe, protocol, targets, folder / "eval", model_id="canvas-mini", patch=str(folder),
-                          options=EvalOptions(joint=len(styles) > 1, fid=False, grid=False, progress=False))
-        attacks = [attack_once(pipe, protocol, judges, "embedding", s, "style", folder / "attack" / s, ATTACK_PROMPTS, str(folder),
-                               ATTACK_BUDGET) for s in styles]
+                          options=EvalOptions(joint=len(targets) > 1, fid=False, grid=False, progress=False))
+        attacks = [attack_once(pipe, protocol, judges, "embedding", name, kind, folder / "attack" / name, ATTACK_PROMPTS, str(folder),
+                               ATTACK_BUDGET) for name, kind in targets[:ATTACK_CONCEPTS]]
     finally:
         remove_patch(pipe)
     fidelity = report.get("retain_fidelity") or {}
     return {"ua": report["ua"], "ira": report["ira"], "cra": report["cra"], "h": report.get("h"),
             "psnr": fidelity.get("psnr"), "asr": sum(a["asr"] for a in attacks) / len(attacks),
             "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks),
-            "per_target_ua": report.get("per_target_ua") or {styles[0]: report["ua"]}}
+            "per_target_ua": report.get("per_target_ua") or {targets[0][0]: report["ua"]}}
 
 
-def original_lists(pipe, protocol, ks) -> dict:
-    """The original model's IRA / CRA for each list (the accuracy the erasure should keep)."""
+def original_lists(pipe, protocol) -> dict:
+    """The original model's IRA / CRA for each list, {(family, k): scores} (the accuracy the erasure should keep)."""
     from eval.concept_accuracy import list_scores
     from eval.report import EvalOptions, evaluate
 
@@ -85,10 +94,10 @@ def original_lists(pipe, protocol, ks) -> dict:
                  options=EvalOptions(fid=False, grid=False, progress=False))
     accuracy = {axis: {c: v["accuracy"] for c, v in concepts.items()} for axis, concepts in r["per_concept"].items()}
     nulls = {a.name: a.null_class for a in protocol.axes}
-    return {k: list_scores(accuracy, [(s, "style") for s in ORDER[:k]], nulls) for k in ks}
+    return {(family, k): list_scores(accuracy, items, nulls) for family, lists in LISTS.items() for k, items in lists.items()}
 
 
-def run(methods, ks) -> list[dict]:
+def run(methods, families, ks) -> list[dict]:
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline
@@ -97,48 +106,53 @@ def run(methods, ks) -> list[dict]:
     protocol = load_protocol("canvas-mini")
     pipe = load_pipeline(PIPELINE_DIR)
     judges = load_judges(protocol)
-    original = original_lists(pipe, protocol, ks)
+    original = original_lists(pipe, protocol)
     rows = []
-    for method in methods:
-        single = None
-        for k in ks:
-            styles = ORDER[:k]
-            folder = WORK / method / f"k{k}"
-            t0 = time.time()
-            if method == "composed":
-                made = [erase(pipe, protocol, "uce", [s], WORK / "uce-singles" / s) for s in styles]
-                patches, seconds = [p for p, _ in made], sum(s for _, s in made)
-            else:
-                patch, seconds = erase(pipe, protocol, method, styles, folder / "patch")
-                patches = [patch]
-            m = measure(pipe, protocol, judges, patches, styles, folder)
-            single = seconds if k == 1 else single
-            o = original[k]
-            row = {"method": method, "k": k, "styles": styles, **m, "erase_seconds": seconds,
-                   "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2), "original_ira": o["ira"], "original_cra": o["cra"],
-                   "time_vs_single": round(seconds / single, 2) if single else None, "bench_seconds": round(time.time() - t0, 1)}
-            row["bar"] = bool(row["ua"] >= 0.99 and abs(row["ira"] - o["ira"]) <= 0.02 and abs(row["cra"] - o["cra"]) <= 0.02
-                              and (row["psnr"] or 0) >= 28 and row["asr"] <= 0.30 and (row["time_vs_single"] or 1) <= k)
-            rows.append(row)
-            print(f"{method:>16s} k={k}: UA {100 * row['ua']:.1f} IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) CRA {100 * row['cra']:.1f} "
-                  f"({100 * o['cra']:.1f}) PSNR {row['psnr'] or float('nan'):.1f} ASR {100 * row['asr']:.0f}% ({100 * row['confirmed_asr']:.0f}%) "
-                  f"{seconds:.1f} s{'  BAR MET' if row['bar'] else ''}", flush=True)
+    for family in families:
+        for method in methods:
+            single = None
+            for k, items in LISTS[family].items():
+                if family == "styles" and k not in ks:
+                    continue
+                folder = WORK / method / (f"k{k}" if family == "styles" else f"{family}-k{k}")
+                t0 = time.time()
+                if method == "composed":
+                    made = [erase(pipe, protocol, "uce", [item], WORK / "uce-singles" / item[0]) for item in items]
+                    patches, seconds = [p for p, _ in made], sum(s for _, s in made)
+                else:
+                    patch, seconds = erase(pipe, protocol, method, items, folder / "patch")
+                    patches = [patch]
+                m = measure(pipe, protocol, judges, patches, items, folder)
+                single = seconds if k == 1 else single
+                o = original[(family, k)]
+                row = {"list": family, "method": method, "k": k, "concepts": [name for name, _ in items], **m, "erase_seconds": seconds,
+                       "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2), "original_ira": o["ira"], "original_cra": o["cra"],
+                       "time_vs_single": round(seconds / single, 2) if single else None, "bench_seconds": round(time.time() - t0, 1)}
+                cra_ok = o["cra"] != o["cra"] or abs(row["cra"] - o["cra"]) <= 0.02  # NaN: a mixed list leaves no axis untouched
+                row["bar"] = bool(row["ua"] >= 0.99 and abs(row["ira"] - o["ira"]) <= 0.02 and cra_ok and (row["psnr"] or 0) >= 28
+                                  and row["asr"] <= 0.30 and (row["time_vs_single"] or 1) <= k)
+                rows.append(row)
+                print(f"{family:>7s} {method:>16s} k={k}: UA {100 * row['ua']:.1f} IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) "
+                      f"CRA {100 * row['cra']:.1f} ({100 * o['cra']:.1f}) PSNR {row['psnr'] or float('nan'):.1f} ASR {100 * row['asr']:.0f}% "
+                      f"({100 * row['confirmed_asr']:.0f}%) {seconds:.1f} s{'  BAR MET' if row['bar'] else ''}", flush=True)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | k | UA | IRA (original) | CRA (original) | H | retained PSNR | embedding ASR (confirmed) | erase time (x single) | patch | bar |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| list | method | k | UA | IRA (original) | CRA (original) | H | retained PSNR | embedding ASR (confirmed) | erase time (x single) | patch | bar |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         psnr = "n/a" if r["psnr"] is None else f"{r['psnr']:.1f} dB"
         x = "" if r["time_vs_single"] is None else f" ({r['time_vs_single']:.1f}x)"
-        lines.append(f"| {r['method']} | {r['k']} | {100 * r['ua']:.1f} | {100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | "
+        lines.append(f"| {r.get('list', 'styles')} | {r['method']} | {r['k']} | {100 * r['ua']:.1f} | {100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | "
                      f"{100 * r['cra']:.1f} ({100 * r['original_cra']:.1f}) | {100 * (r['h'] or r['ua']):.1f} | {psnr} | "
                      f"{100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%) | {r['erase_seconds']:.1f} s{x} | {r['patch_mb']:.2f} MB | "
                      f"{'met' if r['bar'] else '-'} |")
-    lines += ["", f"Erased lists: the first k of {', '.join(ORDER)}; Winter and Photo always retained. Whole protocol (5 seeds); "
-              f"embedding attack on the first {ATTACK_PROMPTS} prompts of each erased style, {ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps "
-              "(a fifth of the default budget), ASR averaged over the list; confirmed: judged as the style on at least half of 4 fresh seeds. "
+    lines += ["", f"Erased lists: styles, the first k of {', '.join(ORDER)} (Winter and Photo always retained); objects, the first k "
+              f"of {', '.join(OBJECT_ORDER)} (Flame retained); mixed, the first 5 styles and the first 3 objects (no axis left untouched: "
+              "no CRA). Whole protocol (5 seeds); "
+              f"embedding attack on the first {ATTACK_PROMPTS} prompts of the list's first {ATTACK_CONCEPTS} concepts, "
+              f"{ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps (a fifth of the default budget), ASR averaged over them; confirmed: judged as the style on at least half of 4 fresh seeds. "
               "H at k = 1 is over UA, IRA and CRA of the single target. `composed`: k single-concept UCE patches applied together. "
               "Bar (issue 28): UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, ASR <= 30%, time <= k x single."]
     return "\n".join(lines) + "\n"
@@ -195,7 +209,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--ks", default=",".join(map(str, KS)))
+    p.add_argument("--ks", default=",".join(map(str, KS)), help="list sizes of the styles family")
+    p.add_argument("--lists", default="styles", help="families of lists: styles, objects, mixed (comma-separated)")
+    p.add_argument("--merge", action="store_true", help="keep the rows of --out's JSON that this run does not redo")
     p.add_argument("--out", default="bench/results/many")
     args = p.parse_args(argv)
     import torch
@@ -203,12 +219,15 @@ def main(argv=None) -> int:
     from erase.threads import default_threads
 
     torch.set_num_threads(default_threads())
-    rows = run(args.methods.split(","), [int(k) for k in args.ks.split(",")])
+    rows = run(args.methods.split(","), args.lists.split(","), [int(k) for k in args.ks.split(",")])
     out = Path(args.out)
+    previous = json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").is_file() else []
+    done = {(r.get("list", "styles"), r["method"], r["k"]) for r in rows}
+    rows = [r for r in previous if (r.get("list", "styles"), r["method"], r["k"]) not in done] + rows
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(rows))
-    plot(rows, out.with_suffix(".png"))
+    plot([r for r in rows if r.get("list", "styles") == "styles"], out.with_suffix(".png"))
     print(f"wrote {out}.md / .json / .png")
     return 0
 
