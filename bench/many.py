@@ -24,7 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-ORDER = ["Watercolor", "Pop_Art", "Rust", "Mosaic", "Crayon", "Ink_Art", "Neon_Lines", "Pencil_Drawing", "Glowing_Sunset"]
+ORDER = [
+    "Watercolor",
+    "Pop_Art",
+    "Rust",
+    "Mosaic",
+    "Crayon",
+    "Ink_Art",
+    "Neon_Lines",
+    "Pencil_Drawing",
+    "Glowing_Sunset",
+]
 KS = (1, 3, 5, 9)
 METHODS = ("uce", "mace", "concept_ablation", "salun", "doco", "esd", "composed")
 ATTACK_PROMPTS, ATTACK_BUDGET = 3, {"blocks": 10}
@@ -49,7 +59,9 @@ def erase(pipe, protocol, method: str, styles: list[str], folder: Path):
     else:
         requests = [EraseRequest.from_protocol(protocol, s, "style") for s in styles]
         request = requests[0] if len(requests) == 1 else joint_request(requests, "style")
-        patch = erase_concept(pipe, method, request, folder, preset=_preset(method), resume=True, progress=False, model_id="canvas-mini")
+        patch = erase_concept(
+            pipe, method, request, folder, preset=_preset(method), resume=True, progress=False, model_id="canvas-mini"
+        )
     return patch, patch.config["efficiency"]["erase_seconds"]
 
 
@@ -63,17 +75,43 @@ def measure(pipe, protocol, judges, patches: list, styles: list[str], folder: Pa
     for k, p in enumerate(patches):
         apply_patch(pipe, p, adapter_name=f"p{k}")
     try:
-        report = evaluate(pipe, protocol, targets, folder / "eval", model_id="canvas-mini", patch=str(folder),
-                          options=EvalOptions(joint=len(styles) > 1, fid=False, grid=False, progress=False))
-        attacks = [attack_once(pipe, protocol, judges, "embedding", s, "style", folder / "attack" / s, ATTACK_PROMPTS, str(folder),
-                               ATTACK_BUDGET) for s in styles]
+        report = evaluate(
+            pipe,
+            protocol,
+            targets,
+            folder / "eval",
+            model_id="canvas-mini",
+            patch=str(folder),
+            options=EvalOptions(joint=len(styles) > 1, fid=False, grid=False, progress=False),
+        )
+        attacks = [
+            attack_once(
+                pipe,
+                protocol,
+                judges,
+                "embedding",
+                s,
+                "style",
+                folder / "attack" / s,
+                ATTACK_PROMPTS,
+                str(folder),
+                ATTACK_BUDGET,
+            )
+            for s in styles
+        ]
     finally:
         remove_patch(pipe)
     fidelity = report.get("retain_fidelity") or {}
-    return {"ua": report["ua"], "ira": report["ira"], "cra": report["cra"], "h": report.get("h"),
-            "psnr": fidelity.get("psnr"), "asr": sum(a["asr"] for a in attacks) / len(attacks),
-            "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks),
-            "per_target_ua": report.get("per_target_ua") or {styles[0]: report["ua"]}}
+    return {
+        "ua": report["ua"],
+        "ira": report["ira"],
+        "cra": report["cra"],
+        "h": report.get("h"),
+        "psnr": fidelity.get("psnr"),
+        "asr": sum(a["asr"] for a in attacks) / len(attacks),
+        "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks),
+        "per_target_ua": report.get("per_target_ua") or {styles[0]: report["ua"]},
+    }
 
 
 def original_lists(pipe, protocol, ks) -> dict:
@@ -81,8 +119,14 @@ def original_lists(pipe, protocol, ks) -> dict:
     from eval.concept_accuracy import list_scores
     from eval.report import EvalOptions, evaluate
 
-    r = evaluate(pipe, protocol, [(ORDER[0], "style")], WORK / "original", model_id="canvas-mini",
-                 options=EvalOptions(fid=False, grid=False, progress=False))
+    r = evaluate(
+        pipe,
+        protocol,
+        [(ORDER[0], "style")],
+        WORK / "original",
+        model_id="canvas-mini",
+        options=EvalOptions(fid=False, grid=False, progress=False),
+    )
     accuracy = {axis: {c: v["accuracy"] for c, v in concepts.items()} for axis, concepts in r["per_concept"].items()}
     nulls = {a.name: a.null_class for a in protocol.axes}
     return {k: list_scores(accuracy, [(s, "style") for s in ORDER[:k]], nulls) for k in ks}
@@ -114,37 +158,75 @@ def run(methods, ks) -> list[dict]:
             m = measure(pipe, protocol, judges, patches, styles, folder)
             single = seconds if k == 1 else single
             o = original[k]
-            row = {"method": method, "k": k, "styles": styles, **m, "erase_seconds": seconds,
-                   "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2), "original_ira": o["ira"], "original_cra": o["cra"],
-                   "time_vs_single": round(seconds / single, 2) if single else None, "bench_seconds": round(time.time() - t0, 1)}
-            row["bar"] = bool(row["ua"] >= 0.99 and abs(row["ira"] - o["ira"]) <= 0.02 and abs(row["cra"] - o["cra"]) <= 0.02
-                              and (row["psnr"] or 0) >= 28 and row["asr"] <= 0.30 and (row["time_vs_single"] or 1) <= k)
+            row = {
+                "method": method,
+                "k": k,
+                "styles": styles,
+                **m,
+                "erase_seconds": seconds,
+                "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2),
+                "original_ira": o["ira"],
+                "original_cra": o["cra"],
+                "time_vs_single": round(seconds / single, 2) if single else None,
+                "bench_seconds": round(time.time() - t0, 1),
+            }
+            row["bar"] = bool(
+                row["ua"] >= 0.99
+                and abs(row["ira"] - o["ira"]) <= 0.02
+                and abs(row["cra"] - o["cra"]) <= 0.02
+                and (row["psnr"] or 0) >= 28
+                and row["asr"] <= 0.30
+                and (row["time_vs_single"] or 1) <= k
+            )
             rows.append(row)
-            print(f"{method:>16s} k={k}: UA {100 * row['ua']:.1f} IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) CRA {100 * row['cra']:.1f} "
-                  f"({100 * o['cra']:.1f}) PSNR {row['psnr'] or float('nan'):.1f} ASR {100 * row['asr']:.0f}% ({100 * row['confirmed_asr']:.0f}%) "
-                  f"{seconds:.1f} s{'  BAR MET' if row['bar'] else ''}", flush=True)
+            print(
+                f"{method:>16s} k={k}: UA {100 * row['ua']:.1f} IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) "
+                f"CRA {100 * row['cra']:.1f} ({100 * o['cra']:.1f}) PSNR {row['psnr'] or float('nan'):.1f} ASR "
+                f"{100 * row['asr']:.0f}% ({100 * row['confirmed_asr']:.0f}%) {seconds:.1f} "
+                f"s{'  BAR MET' if row['bar'] else ''}",
+                flush=True,
+            )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | k | UA | IRA (original) | CRA (original) | H | retained PSNR | embedding ASR (confirmed) | erase time (x single) | patch | bar |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | k | UA | IRA (original) | CRA (original) | H | retained PSNR | embedding ASR (confirmed) | "
+        "erase time (x single) | patch | bar |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         psnr = "n/a" if r["psnr"] is None else f"{r['psnr']:.1f} dB"
         x = "" if r["time_vs_single"] is None else f" ({r['time_vs_single']:.1f}x)"
-        lines.append(f"| {r['method']} | {r['k']} | {100 * r['ua']:.1f} | {100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | "
-                     f"{100 * r['cra']:.1f} ({100 * r['original_cra']:.1f}) | {100 * (r['h'] or r['ua']):.1f} | {psnr} | "
-                     f"{100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%) | {r['erase_seconds']:.1f} s{x} | {r['patch_mb']:.2f} MB | "
-                     f"{'met' if r['bar'] else '-'} |")
-    lines += ["", f"Erased lists: the first k of {', '.join(ORDER)}; Winter and Photo always retained. Whole protocol (5 seeds); "
-              f"embedding attack on the first {ATTACK_PROMPTS} prompts of each erased style, {ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps "
-              "(a fifth of the default budget), ASR averaged over the list; confirmed: judged as the style on at least half of 4 fresh seeds. "
-              "H at k = 1 is over UA, IRA and CRA of the single target. `composed`: k single-concept UCE patches applied together. "
-              "Bar (issue 28): UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, ASR <= 30%, time <= k x single."]
+        lines.append(
+            f"| {r['method']} | {r['k']} | {100 * r['ua']:.1f} | "
+            f"{100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | "
+            f"{100 * r['cra']:.1f} ({100 * r['original_cra']:.1f}) | {100 * (r['h'] or r['ua']):.1f} | {psnr} | "
+            f"{100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%) | {r['erase_seconds']:.1f} s{x} | "
+            f"{r['patch_mb']:.2f} MB | {'met' if r['bar'] else '-'} |"
+        )
+    lines += [
+        "",
+        f"Erased lists: the first k of {', '.join(ORDER)}; Winter and Photo always retained. Whole protocol (5 "
+        f"seeds); embedding attack on the first {ATTACK_PROMPTS} prompts of each erased style, "
+        f"{ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps (a fifth of the default budget), ASR averaged over the "
+        "list; confirmed: judged as the style on at least half of 4 fresh seeds. H at k = 1 is over UA, IRA and CRA "
+        "of the single target. `composed`: k single-concept UCE patches applied together. Bar (issue 28): UA >= 99, "
+        "IRA and CRA within 2 points of the original's, PSNR >= 28 dB, ASR <= 30%, time <= k x single.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-COLOURS = [(200, 40, 40), (40, 40, 200), (0, 140, 0), (200, 120, 0), (140, 0, 140), (0, 140, 140), (90, 90, 90), (160, 110, 60)]
+COLOURS = [
+    (200, 40, 40),
+    (40, 40, 200),
+    (0, 140, 0),
+    (200, 120, 0),
+    (140, 0, 140),
+    (0, 140, 140),
+    (90, 90, 90),
+    (160, 110, 60),
+]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -158,13 +240,16 @@ def plot(rows: list[dict], path: Path) -> None:
     w, h, m = 420, 320, 44
     img = Image.new("RGB", (2 * w, h + 20 * ((len(methods) + 3) // 4)), "white")
     d, font = ImageDraw.Draw(img), _font()
-    panels = [("H (%)", lambda r: 100 * (r["h"] or r["ua"]), 50.0, 100.0, None), ("retained PSNR (dB)", lambda r: r["psnr"], 20.0, 60.0, 28.0)]
+    panels = [
+        ("H (%)", lambda r: 100 * (r["h"] or r["ua"]), 50.0, 100.0, None),
+        ("retained PSNR (dB)", lambda r: r["psnr"], 20.0, 60.0, 28.0),
+    ]
     for p, (title, value, lo, hi, bar) in enumerate(panels):
         ox = p * w
 
-        def xy(k, v):
-            x = ox + m + (ks.index(k) / max(1, len(ks) - 1)) * (w - 2 * m)
-            return x, h - m - (min(max(v, lo), hi) - lo) / (hi - lo) * (h - 2 * m)
+        def xy(k, v):  # called only within this iteration of the panel loop, so the loop variables are current
+            x = ox + m + (ks.index(k) / max(1, len(ks) - 1)) * (w - 2 * m)  # noqa: B023
+            return x, h - m - (min(max(v, lo), hi) - lo) / (hi - lo) * (h - 2 * m)  # noqa: B023
 
         d.line([ox + m, h - m, ox + w - m, h - m], fill="black")
         d.line([ox + m, m, ox + m, h - m], fill="black")
