@@ -1,4 +1,5 @@
-"""The canvas-mini benchmark: every registered Stable Diffusion method on the 10 styles and 3 objects, against retraining.
+"""The canvas-mini benchmark: every registered Stable Diffusion method on the 10 styles and
+3 objects, against retraining.
 
     python -m bench.canvas_mini [--methods all] [--workers 2] [--out runs/bench/canvas-mini] [--readme]
 
@@ -39,7 +40,9 @@ OOD_SEEDS = [0]
 README_MARKERS = ("<!-- bench:canvas-mini:start -->", "<!-- bench:canvas-mini:end -->")
 ATTACKS = ("unlearndiffatk", "embedding")
 ATTACK_PROMPTS = 3  # the first 3 prompts of each target (every object / style at seed 0)
-ATTACK_BUDGET = {"blocks": 10}  # 10 timesteps x 40 Adam steps (upstream: 50 x 40): a fifth of the budget, said in the table's note
+ATTACK_BUDGET = {
+    "blocks": 10
+}  # 10 timesteps x 40 Adam steps (upstream: 50 x 40): a fifth of the budget, said in the table's note
 ASR_KEYS = tuple(f"{prefix}_{a}" for a in ATTACKS for prefix in ("asr", "confirmed_asr"))
 KINDS = ("style", "object")
 # entries beyond every registered method with its canvas-mini preset: "method@preset" -> the kinds it is measured on
@@ -97,13 +100,15 @@ def probe_entries(protocol, style: str = GOLD_STYLE) -> list[tuple]:
 def generate_probe(pipe, protocol, folder: Path) -> None:
     from eval.answer_set import generate_answer_set
 
-    generate_answer_set(pipe, protocol.with_overrides(seeds=PROBE_SEEDS), folder, entries=probe_entries(protocol), progress=False)
+    generate_answer_set(
+        pipe, protocol.with_overrides(seeds=PROBE_SEEDS), folder, entries=probe_entries(protocol), progress=False
+    )
 
 
 def feature_space():
     """canvas-mini classifier features (style + object penultimate), the FID feature space."""
-    from worlds.canvas_mini import load_classifier
     from eval.fid import ClassifierFeatures
+    from worlds.canvas_mini import load_classifier
 
     return ClassifierFeatures(load_classifier("style").for_inference(), load_classifier("object").for_inference())
 
@@ -118,13 +123,22 @@ def features(space, folder: Path, entries: list[tuple], resolution: int) -> np.n
 
 # -- one worker job -------------------------------------------------------------------------------------------
 def attack_scores(pipe, protocol, judges, concept: str, kind: str, folder: Path, patch: str | None) -> dict:
-    """Each attack of ``ATTACKS`` on ``concept`` (the model as it is: original, gold, or with the patch applied), resumable."""
+    """Each attack of ``ATTACKS`` on ``concept`` (the model as it is: original, gold, or with
+    the patch applied), resumable."""
     from bench.attacks import attack_once
 
     scores = {}
     for name in ATTACKS:
-        r = attack_once(pipe, protocol, judges, name, concept, kind, folder / name, ATTACK_PROMPTS, patch, ATTACK_BUDGET)
-        scores.update({f"asr_{name}": r["asr"], f"confirmed_asr_{name}": r["confirmed_asr"], f"attack_seconds_{name}": r["seconds"]})
+        r = attack_once(
+            pipe, protocol, judges, name, concept, kind, folder / name, ATTACK_PROMPTS, patch, ATTACK_BUDGET
+        )
+        scores.update(
+            {
+                f"asr_{name}": r["asr"],
+                f"confirmed_asr_{name}": r["confirmed_asr"],
+                f"attack_seconds_{name}": r["seconds"],
+            }
+        )
     return scores
 
 
@@ -134,11 +148,11 @@ def _done(path: Path) -> dict | None:
 
 def job_reference(name: str, out: Path) -> dict:
     """The original (all targets) or the gold model (its style): protocol evaluation, OOD UA, probe images."""
-    from worlds.canvas_mini import PIPELINE_DIR
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
     from pipelines.stable_diffusion import load_pipeline
+    from worlds.canvas_mini import PIPELINE_DIR
 
     folder = out / name
     result = _done(folder / "result.json")
@@ -146,33 +160,51 @@ def job_reference(name: str, out: Path) -> dict:
         return result
     protocol = load_protocol("canvas-mini")
     model = PIPELINE_DIR if name == "original" else gold_dir() / "pipeline"
-    pipe = load_pipeline(model, dtype="fp32")  # the gold model ships in fp16 (assets budget); evaluated in fp32 like the original
-    wanted = [(t, k) for k, ts in targets(protocol).items() for t in ts] if name == "original" else [(GOLD_STYLE, "style")]
+    pipe = load_pipeline(
+        model, dtype="fp32"
+    )  # the gold model ships in fp16 (assets budget); evaluated in fp32 like the original
+    wanted = (
+        [(t, k) for k, ts in targets(protocol).items() for t in ts] if name == "original" else [(GOLD_STYLE, "style")]
+    )
     t0 = time.time()
-    r = evaluate(pipe, protocol, wanted, folder / "eval", model_id=str(model), options=EvalOptions(progress=False, grid=False))
+    r = evaluate(
+        pipe, protocol, wanted, folder / "eval", model_id=str(model), options=EvalOptions(progress=False, grid=False)
+    )
     judges = load_judges(protocol)
     rows = {}
     for t in r["targets"]:
-        rows[t["target"]] = {"kind": t["kind"], "ua": t["ua"], "ira": t["ira"], "cra": t["cra"],
-                             "ood_ua": ood_target_ua(pipe, protocol, judges, t["target"], t["kind"], folder / "ood" / t["target"]),
-                             **attack_scores(pipe, protocol, judges, t["target"], t["kind"], folder / "attacks" / t["target"], None)}
+        rows[t["target"]] = {
+            "kind": t["kind"],
+            "ua": t["ua"],
+            "ira": t["ira"],
+            "cra": t["cra"],
+            "ood_ua": ood_target_ua(pipe, protocol, judges, t["target"], t["kind"], folder / "ood" / t["target"]),
+            **attack_scores(pipe, protocol, judges, t["target"], t["kind"], folder / "attacks" / t["target"], None),
+        }
     generate_probe(pipe, protocol, folder / "probe")
-    result = {"model": os.path.relpath(model, ROOT), "rows": rows, "fid": r["fid"]["value"], "fid_clip": r["fid_clip"]["value"],
-              "clip_score": r["clip_score"]["value"], "per_concept": r["per_concept"], "seconds": round(time.time() - t0, 1)}
+    result = {
+        "model": os.path.relpath(model, ROOT),
+        "rows": rows,
+        "fid": r["fid"]["value"],
+        "fid_clip": r["fid_clip"]["value"],
+        "clip_score": r["clip_score"]["value"],
+        "per_concept": r["per_concept"],
+        "seconds": round(time.time() - t0, 1),
+    }
     write_json_atomic(folder / "result.json", result)
     return result
 
 
 def job_method(spec: str, kind: str, out: Path, threads: int) -> dict:
-    """``erase batch --eval --resume`` of one entry (``method`` or ``method@preset``) on one kind's targets, then OOD UA
-    and the gold probe per patch."""
+    """``erase batch --eval --resume`` of one entry (``method`` or ``method@preset``) on one kind's targets, then OOD
+    UA and the gold probe per patch."""
     from erase.batch import read_manifest
     from erase.cli import main as erase_main
     from erase.patch import ErasurePatch
-    from worlds.canvas_mini import PIPELINE_DIR
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import apply_patch, load_pipeline, remove_patch
+    from worlds.canvas_mini import PIPELINE_DIR
 
     folder = out / spec / kind
     result = _done(folder / "result.json")
@@ -185,8 +217,25 @@ def job_method(spec: str, kind: str, out: Path, threads: int) -> dict:
         write_text_atomic(listing, "\n".join(concepts) + "\n")
     t0 = time.time()
     method, preset = entry(spec)
-    args = ["batch", "--model", str(PIPELINE_DIR), "--method", method, "--preset", preset, "--concepts", str(listing),
-            "--kind", kind, "--out", str(folder / "batch"), "--eval", "--threads", str(threads), "--quiet"]
+    args = [
+        "batch",
+        "--model",
+        str(PIPELINE_DIR),
+        "--method",
+        method,
+        "--preset",
+        preset,
+        "--concepts",
+        str(listing),
+        "--kind",
+        kind,
+        "--out",
+        str(folder / "batch"),
+        "--eval",
+        "--threads",
+        str(threads),
+        "--quiet",
+    ]
     if (folder / "batch").exists():
         args.append("--resume")
     if erase_main(args) != 0:
@@ -208,12 +257,31 @@ def job_method(spec: str, kind: str, out: Path, threads: int) -> dict:
         finally:
             remove_patch(pipe)
         eff = patch.config["efficiency"]
-        rows[concept] = {"ua": m["ua"], "ira": m["ira"], "cra": m["cra"], "worst_kept": m["worst_kept"],
-                         "retained_psnr": m["retained_psnr"], "retained_perceptual": m["retained_perceptual"],
-                         "fid": m["fid"], "fid_clip": report["fid_clip"]["value"], "clip_score": report["clip_score"]["value"],
-                         "ood_ua": ood, "erase_seconds": eff["erase_seconds"], "peak_memory_bytes": eff["peak_memory_bytes"],
-                         "patch_bytes": eff["patch_bytes"], "eval_seconds": m["eval_seconds"], **attacked}
-    result = {"method": method, "preset": preset, "kind": kind, "rows": rows, "seconds": round(time.time() - t0, 1), "batch_seconds": round(batch_seconds, 1)}
+        rows[concept] = {
+            "ua": m["ua"],
+            "ira": m["ira"],
+            "cra": m["cra"],
+            "worst_kept": m["worst_kept"],
+            "retained_psnr": m["retained_psnr"],
+            "retained_perceptual": m["retained_perceptual"],
+            "fid": m["fid"],
+            "fid_clip": report["fid_clip"]["value"],
+            "clip_score": report["clip_score"]["value"],
+            "ood_ua": ood,
+            "erase_seconds": eff["erase_seconds"],
+            "peak_memory_bytes": eff["peak_memory_bytes"],
+            "patch_bytes": eff["patch_bytes"],
+            "eval_seconds": m["eval_seconds"],
+            **attacked,
+        }
+    result = {
+        "method": method,
+        "preset": preset,
+        "kind": kind,
+        "rows": rows,
+        "seconds": round(time.time() - t0, 1),
+        "batch_seconds": round(batch_seconds, 1),
+    }
     write_json_atomic(folder / "result.json", result)
     return result
 
@@ -228,8 +296,22 @@ def run_pool(jobs: list[str], out: Path, workers: int, threads: int) -> list[str
         while pending and len(running) < workers:
             job = pending.pop(0)
             log = open(out / "logs" / f"{job.replace(':', '-')}.log", "w")
-            cmd = [sys.executable, "-m", "bench.canvas_mini", "--job", job, "--out", str(out), "--threads", str(threads)]
-            running[job] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log, time.time())
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.canvas_mini",
+                "--job",
+                job,
+                "--out",
+                str(out),
+                "--threads",
+                str(threads),
+            ]
+            running[job] = (
+                subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
+                log,
+                time.time(),
+            )
             print(f"  started {job}", flush=True)
         time.sleep(2)
         for job, (proc, log, t0) in list(running.items()):
@@ -238,15 +320,31 @@ def run_pool(jobs: list[str], out: Path, workers: int, threads: int) -> list[str
             log.close()
             del running[job]
             ok = proc.returncode == 0
-            print(f"  {'finished' if ok else 'FAILED'} {job} in {time.time() - t0:.0f} s" + ("" if ok else f" (log: {log.name})"), flush=True)
+            print(
+                f"  {'finished' if ok else 'FAILED'} {job} in {time.time() - t0:.0f} s"
+                + ("" if ok else f" (log: {log.name})"),
+                flush=True,
+            )
             if not ok:
                 failed.append(job)
     return failed
 
 
 # -- aggregation ----------------------------------------------------------------------------------------------
-MEAN_KEYS = ("ua", "ira", "cra", "retained_psnr", "retained_perceptual", "fid", "fid_clip", "clip_score", "ood_ua",
-             "erase_seconds", "peak_memory_bytes", "patch_bytes")
+MEAN_KEYS = (
+    "ua",
+    "ira",
+    "cra",
+    "retained_psnr",
+    "retained_perceptual",
+    "fid",
+    "fid_clip",
+    "clip_score",
+    "ood_ua",
+    "erase_seconds",
+    "peak_memory_bytes",
+    "patch_bytes",
+)
 
 
 def summarise(method_rows: dict[str, dict], base_rows: dict[str, dict]) -> dict:
@@ -267,7 +365,9 @@ def frechet_to_gold(out: Path, methods: list[str], protocol) -> dict:
     entries, space = probe_entries(protocol), feature_space()
     gold = features(space, out / "gold" / "probe", entries, protocol.resolution)
     folders = {"original": out / "original" / "probe", **{m: out / m / "style" / "probe" for m in methods}}
-    return {name: frechet_distance(features(space, f, entries, protocol.resolution), gold) for name, f in folders.items()}
+    return {
+        name: frechet_distance(features(space, f, entries, protocol.resolution), gold) for name, f in folders.items()
+    }
 
 
 def retrain_seconds() -> dict:
@@ -277,9 +377,12 @@ def retrain_seconds() -> dict:
 
     shipped = json.loads((Path(ASSETS_DIR) / "recipe.json").read_text())["stage_seconds"]
     gold = json.loads((gold_dir() / "recipe.json").read_text())
-    return {"seconds": shipped["vae"] + shipped["unet"], "source": "assets/canvas-mini/recipe.json stage_seconds vae + unet",
-            "gold_build_seconds": sum(gold["stage_seconds"].get(k, 0) for k in ("vae", "unet")),
-            "gold_build_threads": gold.get("torch_threads")}
+    return {
+        "seconds": shipped["vae"] + shipped["unet"],
+        "source": "assets/canvas-mini/recipe.json stage_seconds vae + unet",
+        "gold_build_seconds": sum(gold["stage_seconds"].get(k, 0) for k in ("vae", "unet")),
+        "gold_build_threads": gold.get("torch_threads"),
+    }
 
 
 def collect(out: Path, methods: list[str], seconds: float, workers: int) -> dict:
@@ -292,18 +395,34 @@ def collect(out: Path, methods: list[str], seconds: float, workers: int) -> dict
         per_method[m] = {}
         for kind in entry_kinds(m):
             job = json.loads((out / m / kind / "result.json").read_text())
-            per_method[m][kind] = {"rows": job["rows"], "mean": summarise(job["rows"], original["rows"]), "job_seconds": job["seconds"]}
+            per_method[m][kind] = {
+                "rows": job["rows"],
+                "mean": summarise(job["rows"], original["rows"]),
+                "job_seconds": job["seconds"],
+            }
             job_seconds[f"{m}:{kind}"] = job["seconds"]
-    results = {"protocol": protocol.to_dict(), "targets": targets(protocol), "ood_seeds": OOD_SEEDS, "probe_seeds": PROBE_SEEDS,
-               "original": original, "methods": per_method, "bench_seconds": round(seconds, 1), "workers": workers,
-               "job_seconds": job_seconds,
-               "torch": torch.__version__}
+    results = {
+        "protocol": protocol.to_dict(),
+        "targets": targets(protocol),
+        "ood_seeds": OOD_SEEDS,
+        "probe_seeds": PROBE_SEEDS,
+        "original": original,
+        "methods": per_method,
+        "bench_seconds": round(seconds, 1),
+        "workers": workers,
+        "job_seconds": job_seconds,
+        "torch": torch.__version__,
+    }
     gold = out / "gold" / "result.json"
     if gold.exists():
         results["gold"] = {"style": GOLD_STYLE, **json.loads(gold.read_text()), "retrain": retrain_seconds()}
         job_seconds["gold"] = results["gold"]["seconds"]
-        results["frechet_to_gold"] = {"style": GOLD_STYLE, "space": "canvas-mini classifier features", "images": len(probe_entries(protocol)),
-                                      "distance": frechet_to_gold(out, methods, protocol)}
+        results["frechet_to_gold"] = {
+            "style": GOLD_STYLE,
+            "space": "canvas-mini classifier features",
+            "images": len(probe_entries(protocol)),
+            "distance": frechet_to_gold(out, methods, protocol),
+        }
     return results
 
 
@@ -312,50 +431,121 @@ def markdown(results: dict) -> str:
     retrain = gold["retrain"]["seconds"] if gold else None
     fd = (results.get("frechet_to_gold") or {}).get("distance", {})
     orig, o = results["original"]["rows"], results["original"]
-    header = ["method", "kind", "UA", "ASR: UnlearnDiffAtk / soft prompt (confirmed)", "IRA change", "CRA change", "worst kept (erasing)", "retained PSNR (perceptual)", "FID / FID-CLIP",
-              "CLIP score", "OOD UA", "erase time (of retraining)", "peak RSS", "patch", f"Frechet to gold ({GOLD_STYLE})"]
+    header = [
+        "method",
+        "kind",
+        "UA",
+        "ASR: UnlearnDiffAtk / soft prompt (confirmed)",
+        "IRA change",
+        "CRA change",
+        "worst kept (erasing)",
+        "retained PSNR (perceptual)",
+        "FID / FID-CLIP",
+        "CLIP score",
+        "OOD UA",
+        "erase time (of retraining)",
+        "peak RSS",
+        "patch",
+        f"Frechet to gold ({GOLD_STYLE})",
+    ]
     rows = []
     for kind in ("style", "object"):
         ts = results["targets"][kind]
-        rows.append(["original", kind, f"{100 * np.mean([orig[t]['ua'] for t in ts]):.1f}", asr_cell({t: orig[t] for t in ts}), "", "", "", "",
-                     f"{o['fid']:.2f} / {o['fid_clip']:.2f}" if kind == "style" else "", f"{o['clip_score']:.3f}" if kind == "style" else "",
-                     f"{100 * np.mean([orig[t]['ood_ua'] for t in ts]):.1f}", "", "", "", f"{fd['original']:.1f}" if fd and kind == "style" else ""])
+        rows.append(
+            [
+                "original",
+                kind,
+                f"{100 * np.mean([orig[t]['ua'] for t in ts]):.1f}",
+                asr_cell({t: orig[t] for t in ts}),
+                "",
+                "",
+                "",
+                "",
+                f"{o['fid']:.2f} / {o['fid_clip']:.2f}" if kind == "style" else "",
+                f"{o['clip_score']:.3f}" if kind == "style" else "",
+                f"{100 * np.mean([orig[t]['ood_ua'] for t in ts]):.1f}",
+                "",
+                "",
+                "",
+                f"{fd['original']:.1f}" if fd and kind == "style" else "",
+            ]
+        )
     if gold:
         g = gold["rows"][GOLD_STYLE]
-        rows.append([f"gold (retrained without {GOLD_STYLE})", f"style: {GOLD_STYLE} only", f"{100 * g['ua']:.1f}", asr_cell({GOLD_STYLE: g}),
-                     f"{100 * (g['ira'] - orig[GOLD_STYLE]['ira']):+.1f}", f"{100 * (g['cra'] - orig[GOLD_STYLE]['cra']):+.1f}", "", "",
-                     f"{gold['fid']:.2f} / {gold['fid_clip']:.2f}", f"{gold['clip_score']:.3f}", f"{100 * g['ood_ua']:.1f}",
-                     f"{retrain / 60:.0f} min (100%)", "", "", "0"])
+        rows.append(
+            [
+                f"gold (retrained without {GOLD_STYLE})",
+                f"style: {GOLD_STYLE} only",
+                f"{100 * g['ua']:.1f}",
+                asr_cell({GOLD_STYLE: g}),
+                f"{100 * (g['ira'] - orig[GOLD_STYLE]['ira']):+.1f}",
+                f"{100 * (g['cra'] - orig[GOLD_STYLE]['cra']):+.1f}",
+                "",
+                "",
+                f"{gold['fid']:.2f} / {gold['fid_clip']:.2f}",
+                f"{gold['clip_score']:.3f}",
+                f"{100 * g['ood_ua']:.1f}",
+                f"{retrain / 60:.0f} min (100%)",
+                "",
+                "",
+                "0",
+            ]
+        )
     for m, kinds in results["methods"].items():
         for kind in (k for k in KINDS if k in kinds):
             s = kinds[kind]["mean"]
             w = s["worst_kept"]
-            rows.append([m, kind, f"{100 * s['ua']:.1f}", asr_cell(kinds[kind]["rows"]), f"{s['d_ira_points']:+.1f}", f"{s['d_cra_points']:+.1f}",
-                         f"{w['concept']} {100 * w['accuracy']:.0f} ({w['erased']})", f"{s['retained_psnr']:.1f} dB ({s['retained_perceptual']:.3f})",
-                         f"{s['fid']:.2f} / {s['fid_clip']:.2f}", f"{s['clip_score']:.3f}", f"{100 * s['ood_ua']:.1f}",
-                         f"{s['erase_seconds']:.{0 if s['erase_seconds'] >= 10 else 1}f} s"
-                         + (f" ({s['erase_seconds'] / retrain:.{1 if s['erase_seconds'] / retrain >= 0.001 else 3}%})" if retrain else ""),
-                         f"{s['peak_memory_bytes'] / 2**30:.2f} GB", f"{s['patch_bytes'] / 1e6:.2f} MB",
-                         f"{fd[m]:.1f}" if kind == "style" and m in fd else ""])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+            rows.append(
+                [
+                    m,
+                    kind,
+                    f"{100 * s['ua']:.1f}",
+                    asr_cell(kinds[kind]["rows"]),
+                    f"{s['d_ira_points']:+.1f}",
+                    f"{s['d_cra_points']:+.1f}",
+                    f"{w['concept']} {100 * w['accuracy']:.0f} ({w['erased']})",
+                    f"{s['retained_psnr']:.1f} dB ({s['retained_perceptual']:.3f})",
+                    f"{s['fid']:.2f} / {s['fid_clip']:.2f}",
+                    f"{s['clip_score']:.3f}",
+                    f"{100 * s['ood_ua']:.1f}",
+                    f"{s['erase_seconds']:.{0 if s['erase_seconds'] >= 10 else 1}f} s"
+                    + (
+                        f" ({s['erase_seconds'] / retrain:.{1 if s['erase_seconds'] / retrain >= 0.001 else 3}%})"
+                        if retrain
+                        else ""
+                    ),
+                    f"{s['peak_memory_bytes'] / 2**30:.2f} GB",
+                    f"{s['patch_bytes'] / 1e6:.2f} MB",
+                    f"{fd[m]:.1f}" if kind == "style" and m in fd else "",
+                ]
+            )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
     p = results["protocol"]
-    lines += ["", f"Means over {len(results['targets']['style'])} styles and {len(results['targets']['object'])} objects "
-              f"({', '.join(results['targets']['object'])}); {len(p['seeds'])} seeds, {p['sampler']} {p['steps']} steps, guidance {p['guidance']}. "
-              f"OOD UA: the target's prompts under the shipped paraphrase templates ({len(results['ood_seeds'])} seed). "
-              f"ASR: the share of a target's first {ATTACK_PROMPTS} prompts (seed 0) that the white-box attack turns back into the target "
-              f"(best of its judged generations at the prompt's seed, upstream's rule; in brackets, successes confirmed at 4 fresh seeds), "
-              f"with a fifth of UnlearnDiffAtk's budget ({ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps, at most {ATTACK_BUDGET['blocks']} "
-              "judge queries per prompt); the full-budget table is bench/results/attacks.md. "
-              "Changes in points against the original; worst kept: the lowest accuracy of a kept concept over all erasures of that kind. "
-              f"Frechet to gold: classifier-feature Frechet distance between the model's and the gold model's images of the {GOLD_STYLE} "
-              f"prompts ({len(results['probe_seeds'])} seeds x every object); the gold row's time is one retraining (the shipped build's "
-              f"VAE + UNet stages on 2 cores). Jobs took {sum(results['job_seconds'].values()) / 60:.0f} min in all "
-              f"({results['workers']} workers; this invocation's wall time {results['bench_seconds'] / 60:.0f} min)."]
+    lines += [
+        "",
+        f"Means over {len(results['targets']['style'])} styles and {len(results['targets']['object'])} objects "
+        f"({', '.join(results['targets']['object'])}); {len(p['seeds'])} seeds, {p['sampler']} {p['steps']} steps, "
+        f"guidance {p['guidance']}. OOD UA: the target's prompts under the shipped paraphrase templates "
+        f"({len(results['ood_seeds'])} seed). ASR: the share of a target's first {ATTACK_PROMPTS} prompts (seed 0) "
+        "that the white-box attack turns back into the target (best of its judged generations at the prompt's seed, "
+        "upstream's rule; in brackets, successes confirmed at 4 fresh seeds), with a fifth of UnlearnDiffAtk's "
+        f"budget ({ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps, at most {ATTACK_BUDGET['blocks']} judge "
+        "queries per prompt); the full-budget table is bench/results/attacks.md. Changes in points against the "
+        "original; worst kept: the lowest accuracy of a kept concept over all erasures of that kind. Frechet to "
+        "gold: classifier-feature Frechet distance between the model's and the gold model's images of the "
+        f"{GOLD_STYLE} prompts ({len(results['probe_seeds'])} seeds x every object); the gold row's time is one "
+        "retraining (the shipped build's VAE + UNet stages on 2 cores). Jobs took "
+        f"{sum(results['job_seconds'].values()) / 60:.0f} min in all ({results['workers']} workers; this "
+        f"invocation's wall time {results['bench_seconds'] / 60:.0f} min).",
+    ]
     return "\n".join(lines)
 
 
 def asr_cell(rows: dict[str, dict]) -> str:
-    """Mean ASR of both attacks over ``rows`` in percent, with the confirmed rates in brackets ('' without attack numbers)."""
+    """Mean ASR of both attacks over ``rows`` in percent, with the confirmed rates in brackets
+    ('' without attack numbers)."""
     if not rows or not all(all(r.get(k) is not None for k in ASR_KEYS) for r in rows.values()):
         return ""
 
@@ -363,7 +553,10 @@ def asr_cell(rows: dict[str, dict]) -> str:
         return 100 * float(np.mean([r[k] for r in rows.values()]))
 
     a, b = ATTACKS
-    return f"{mean('asr_' + a):.0f} / {mean('asr_' + b):.0f} ({mean('confirmed_asr_' + a):.0f} / {mean('confirmed_asr_' + b):.0f})"
+    return (
+        f"{mean('asr_' + a):.0f} / {mean('asr_' + b):.0f} ({mean('confirmed_asr_' + a):.0f} / "
+        f"{mean('confirmed_asr_' + b):.0f})"
+    )
 
 
 def bar_chart(results: dict, path: Path) -> None:
@@ -373,18 +566,25 @@ def bar_chart(results: dict, path: Path) -> None:
     from eval.grid import _font, save_png
 
     methods = list(results["methods"])
-    panels = [("UA (%)", lambda s: 100 * s["ua"], 100), ("CRA change (points)", lambda s: s["d_cra_points"], None),
-              ("IRA change (points)", lambda s: s["d_ira_points"], None), ("OOD UA (%)", lambda s: 100 * s["ood_ua"], 100),
-              ("retained PSNR (dB)", lambda s: s["retained_psnr"], None), ("erase time (s)", lambda s: s["erase_seconds"], None),
-              ("ASR UnlearnDiffAtk (%)", lambda s: 100 * s.get("asr_unlearndiffatk", 0.0), 100),
-              ("ASR soft prompt (%)", lambda s: 100 * s.get("asr_embedding", 0.0), 100)]
+    panels = [
+        ("UA (%)", lambda s: 100 * s["ua"], 100),
+        ("CRA change (points)", lambda s: s["d_cra_points"], None),
+        ("IRA change (points)", lambda s: s["d_ira_points"], None),
+        ("OOD UA (%)", lambda s: 100 * s["ood_ua"], 100),
+        ("retained PSNR (dB)", lambda s: s["retained_psnr"], None),
+        ("erase time (s)", lambda s: s["erase_seconds"], None),
+        ("ASR UnlearnDiffAtk (%)", lambda s: 100 * s.get("asr_unlearndiffatk", 0.0), 100),
+        ("ASR soft prompt (%)", lambda s: 100 * s.get("asr_embedding", 0.0), 100),
+    ]
     columns = 4
     font, bar_h, label_w, width, value_w = _font(), 16, 130, 220, 60
     stride = label_w + width + value_w  # room for each bar's value before the next panel
     panel_h = 24 + bar_h * len(methods) * 2 + 10
     img = Image.new("RGB", (columns * stride + 20, panel_h * 2 + 30), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((10, 4), "canvas-mini benchmark: blue = styles, orange = objects (means over targets)", fill="black", font=font)
+    draw.text(
+        (10, 4), "canvas-mini benchmark: blue = styles, orange = objects (means over targets)", fill="black", font=font
+    )
     for i, (title, fn, top) in enumerate(panels):
         x0, y0 = 10 + (i % columns) * stride, 24 + (i // columns) * panel_h
         values = [fn(results["methods"][m][k]["mean"]) for m in methods for k in KINDS if k in results["methods"][m]]
@@ -420,9 +620,17 @@ def update_readme(table: str, readme: Path = ROOT / "README.md") -> bool:
 def main(argv=None) -> int:
     from erase.registry import list_methods
 
-    p = argparse.ArgumentParser(description="canvas-mini benchmark of every registered Stable Diffusion method against the gold retrained model")
-    p.add_argument("--methods", default="all", help="comma-separated method names (or method@preset), or 'all' (every registered method "
-                   "with its canvas-mini preset, and concept_ablation@canvas-mini-robust on the styles)")
+    p = argparse.ArgumentParser(
+        description=(
+            "canvas-mini benchmark of every registered Stable Diffusion method against the gold retrained model"
+        )
+    )
+    p.add_argument(
+        "--methods",
+        default="all",
+        help="comma-separated method names (or method@preset), or 'all' (every registered method "
+        "with its canvas-mini preset, and concept_ablation@canvas-mini-robust on the styles)",
+    )
     p.add_argument("--out", default="runs/bench/canvas-mini", help="work folder; rerun with the same folder to resume")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (one job each)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker")
@@ -439,15 +647,21 @@ def main(argv=None) -> int:
             method, kind = args.job.split(":")
             job_method(method, kind, out, args.threads)
         return 0
-    methods = [*list_methods("stable_diffusion"), *ROBUST_ENTRIES] if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    methods = (
+        [*list_methods("stable_diffusion"), *ROBUST_ENTRIES]
+        if args.methods == "all"
+        else [m.strip() for m in args.methods.split(",")]
+    )
     unknown = [m for m in methods if entry(m)[0] not in list_methods("stable_diffusion")]
     if unknown:
         p.error(f"unknown method(s) {unknown}; the Stable Diffusion methods are: {list_methods('stable_diffusion')}")
     t0 = time.time()
     refs = ["original"] + (["gold"] if (gold_dir() / "pipeline").exists() else [])
     if "gold" not in refs:
-        print(f"no gold model in {gold_dir()} (train it: python -m worlds.canvas_mini.train --exclude-style {GOLD_STYLE} "
-              f"--stages tokenizer,vae,unet --out {gold_dir()}); the table will have no gold row")
+        print(
+            f"no gold model in {gold_dir()} (train it: python -m worlds.canvas_mini.train --exclude-style "
+            f"{GOLD_STYLE} --stages tokenizer,vae,unet --out {gold_dir()}); the table will have no gold row"
+        )
     # the original first: its answer set is cached for every patched evaluation's retain fidelity
     jobs = [f"{m}:{k}" for k in KINDS for m in methods if k in entry_kinds(m)]
     jobs.sort(key=lambda job: job.split(":")[0] in ROBUST_ENTRIES)  # the long robust erasures last
@@ -464,7 +678,10 @@ def main(argv=None) -> int:
     bar_chart(results, folder / "canvas-mini.png")
     print(table)
     if args.readme and not update_readme(table):
-        print(f"README.md has no {README_MARKERS[0]} ... {README_MARKERS[1]} markers; table left in {folder / 'canvas-mini.md'}")
+        print(
+            f"README.md has no {README_MARKERS[0]} ... {README_MARKERS[1]} markers; table left in "
+            f"{folder / 'canvas-mini.md'}"
+        )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Text-to-Unlearn acceptance and ablation on faces-mini: eyeglasses, smile and one identity.
 
-    python -m bench.faces_mini [--targets attribute:eyeglasses,attribute:smile,identity:Alice] [--variants default,paper,...]
-                               [--seeds N] [--no-write]
+    python -m bench.faces_mini [--targets attribute:eyeglasses,attribute:smile,identity:Alice]
+                               [--variants default,paper,...] [--seeds N] [--no-write]
 
 Each (target, variant) erases with the variant's preset and overrides (``VARIANTS``: the paper's configuration,
 each option of the redesign added to it alone, the default ``faces-mini`` preset, the CLIP-distance baseline) and
@@ -29,8 +29,15 @@ TARGETS = "attribute:eyeglasses,attribute:smile,identity:Alice"
 # issue 25's bars: the target's rate falls by >= 80% relative (60% for an identity) on G(w) and on edited latents,
 # every other attribute moves <= 5 points, FD against concept-free renders <= 1.2x the original's, identity
 # similarity >= 0.95 on latents whose original lacks the concept, palette drift <= 2x the original's, < 10 minutes
-BARS = {"relative_drop": 0.80, "relative_drop_identity": 0.60, "other_points": 5.0, "fd_ratio": 1.2, "identity_similarity": 0.95,
-        "palette_ratio": 2.0, "seconds": 600}
+BARS = {
+    "relative_drop": 0.80,
+    "relative_drop_identity": 0.60,
+    "other_points": 5.0,
+    "fd_ratio": 1.2,
+    "identity_similarity": 0.95,
+    "palette_ratio": 2.0,
+    "seconds": 600,
+}
 # the ablation: the paper's configuration, each option of the redesign added to it alone, the default (the
 # faces-mini preset) and the paper's CLIP-distance baseline; each a (preset, overrides) pair
 VARIANTS = {
@@ -45,8 +52,18 @@ VARIANTS = {
     "clip_distance": ("paper", {"mode": "clip_distance"}),
 }
 GRID_VARIANTS = ("default", "paper")
-EDIT_REALISES = 0.30  # the evaluation's edit must raise the original's rate of the target this much for its drop to count
-CHECKS = ("drop_plain", "drop_edited", "others", "fd", "identity", "palette", "time")  # the keys of a row's "meets", one per bar
+EDIT_REALISES = (
+    0.30  # the evaluation's edit must raise the original's rate of the target this much for its drop to count
+)
+CHECKS = (
+    "drop_plain",
+    "drop_edited",
+    "others",
+    "fd",
+    "identity",
+    "palette",
+    "time",
+)  # the keys of a row's "meets", one per bar
 
 
 def other_moves(report: dict, target: str) -> dict[str, float]:
@@ -65,16 +82,24 @@ def other_moves(report: dict, target: str) -> dict[str, float]:
     return moves
 
 
-def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, overrides: dict | None = None, seeds: int | None = None) -> dict:
+def run_one(
+    kind: str,
+    target: str,
+    mode: str,
+    out: Path,
+    preset: str | None,
+    overrides: dict | None = None,
+    seeds: int | None = None,
+) -> dict:
     from erase.api import erase_concept
     from erase.errors import EraseError
     from erase.patch import apply_patch
     from erase.request import EraseRequest
+    from eval.protocols import load_protocol
+    from pipelines.stylegan import StyleGANPipeline
     from worlds.faces_mini.assets import GENERATOR_DIR
     from worlds.faces_mini.guides import faces_mini_guides
     from worlds.faces_mini.report import evaluate_faces
-    from eval.protocols import load_protocol
-    from pipelines.stylegan import StyleGANPipeline
 
     done = out / "row.json"
     if done.exists():  # a finished row: judged again, so that a change of the bars applies to it
@@ -89,27 +114,61 @@ def run_one(kind: str, target: str, mode: str, out: Path, preset: str | None, ov
     t0 = time.time()
     head = {"target": target, "kind": kind, "mode": mode, "preset": preset, "overrides": overrides}
     try:
-        patch = erase_concept(pipe, "text_to_unlearn", request, out / "patch", preset=preset, overrides=overrides, progress=False,
-                              model_id=str(GENERATOR_DIR), guides=faces_mini_guides(), resume=True)
+        patch = erase_concept(
+            pipe,
+            "text_to_unlearn",
+            request,
+            out / "patch",
+            preset=preset,
+            overrides=overrides,
+            progress=False,
+            model_id=str(GENERATOR_DIR),
+            guides=faces_mini_guides(),
+            resume=True,
+        )
     except EraseError as e:  # the method refused (its mapper gate): a row that meets no bar, with the reason
-        return _saved(done, {**head, "refused": str(e), "erase_seconds": round(time.time() - t0, 1), "meets": dict.fromkeys(CHECKS, False)})
+        return _saved(
+            done,
+            {
+                **head,
+                "refused": str(e),
+                "erase_seconds": round(time.time() - t0, 1),
+                "meets": dict.fromkeys(CHECKS, False),
+            },
+        )
     seconds = time.time() - t0
     apply_patch(pipe, patch)
-    r = evaluate_faces(pipe, protocol, target, kind, out / "eval", model_id=str(GENERATOR_DIR), patch=str(out / "patch"))
+    r = evaluate_faces(
+        pipe, protocol, target, kind, out / "eval", model_id=str(GENERATOR_DIR), patch=str(out / "patch")
+    )
     t = r["target_rate"]
     moves = other_moves(r, target)
     worst = max(moves, key=moves.get)
     eff = patch.config["efficiency"]
     pd = r["palette_drift"]
-    row = {**head, "seeds": len(protocol.seeds), "target_rate": t,
-           "relative_drop_plain": 1 - t["plain"] / t["original_plain"] if t["original_plain"] else None,
-           "relative_drop_edited": 1 - t["edited"] / t["original_edited"] if t["original_edited"] else None,
-           "worst_other": {"class": worst, "points": moves[worst]}, "other_moves": moves, "fd": r["fd"], "fd_ratio": r["fd"]["value"] / r["fd"]["original"],
-           "identity_similarity": r["identity_similarity"]["mean"], "identity_similarity_without_target": r["identity_similarity"]["without_target"],
-           "palette_drift": pd, "palette_ratio": pd["plain"] / max(pd["original_plain"], 1e-6),
-           "retain_fidelity": r["retain_fidelity"], "gamma": r["gamma"],
-           "clip_similarity": r["clip_similarity"], "erase_seconds": round(seconds, 1), "total_seconds": eff["erase_seconds"],
-           "peak_memory_bytes": eff["peak_memory_bytes"], "patch_bytes": eff["patch_bytes"], "gate": patch.config.get("info", {}).get("gate")}
+    row = {
+        **head,
+        "seeds": len(protocol.seeds),
+        "target_rate": t,
+        "relative_drop_plain": 1 - t["plain"] / t["original_plain"] if t["original_plain"] else None,
+        "relative_drop_edited": 1 - t["edited"] / t["original_edited"] if t["original_edited"] else None,
+        "worst_other": {"class": worst, "points": moves[worst]},
+        "other_moves": moves,
+        "fd": r["fd"],
+        "fd_ratio": r["fd"]["value"] / r["fd"]["original"],
+        "identity_similarity": r["identity_similarity"]["mean"],
+        "identity_similarity_without_target": r["identity_similarity"]["without_target"],
+        "palette_drift": pd,
+        "palette_ratio": pd["plain"] / max(pd["original_plain"], 1e-6),
+        "retain_fidelity": r["retain_fidelity"],
+        "gamma": r["gamma"],
+        "clip_similarity": r["clip_similarity"],
+        "erase_seconds": round(seconds, 1),
+        "total_seconds": eff["erase_seconds"],
+        "peak_memory_bytes": eff["peak_memory_bytes"],
+        "patch_bytes": eff["patch_bytes"],
+        "gate": patch.config.get("info", {}).get("gate"),
+    }
     row["meets"] = bars_met(row)
     return _saved(done, row)
 
@@ -121,10 +180,21 @@ def bars_met(row: dict) -> dict[str, bool | None]:
     drop = BARS["relative_drop_identity"] if row["kind"] == "identity" else BARS["relative_drop"]
     t = row["target_rate"]
     edited = row["relative_drop_edited"] if t["original_edited"] - t["original_plain"] >= EDIT_REALISES else None
-    return dict(zip(CHECKS, (_at_least(row["relative_drop_plain"], drop), _at_least(edited, drop),
-                             row["worst_other"]["points"] <= BARS["other_points"], row["fd_ratio"] <= BARS["fd_ratio"],
-                             (row["identity_similarity_without_target"] or 0) >= BARS["identity_similarity"],
-                             row["palette_ratio"] <= BARS["palette_ratio"], row["erase_seconds"] <= BARS["seconds"]), strict=True))
+    return dict(
+        zip(
+            CHECKS,
+            (
+                _at_least(row["relative_drop_plain"], drop),
+                _at_least(edited, drop),
+                row["worst_other"]["points"] <= BARS["other_points"],
+                row["fd_ratio"] <= BARS["fd_ratio"],
+                (row["identity_similarity_without_target"] or 0) >= BARS["identity_similarity"],
+                row["palette_ratio"] <= BARS["palette_ratio"],
+                row["erase_seconds"] <= BARS["seconds"],
+            ),
+            strict=True,
+        )
+    )
 
 
 def _at_least(value: float | None, bar: float) -> bool | None:
@@ -140,36 +210,59 @@ def _saved(path: Path, row: dict) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| target | variant | rate G(w): original -> erased | rate asked for it | worst other attribute | FD / original | identity sim. "
-             "(without target) | palette drift (original) | PSNR (dB) | erase time | peak memory | patch | bars met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| target | variant | rate G(w): original -> erased | rate asked for it | worst other attribute | "
+        "FD / original | identity sim. (without target) | palette drift (original) | PSNR (dB) | erase time | "
+        "peak memory | patch | bars met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         variant = r.get("variant") or r["mode"]
         if "refused" in r:
-            lines.append(f"| {r['target']} | {variant} | refused: {r['refused']} |  |  |  |  |  |  | {r['erase_seconds']:.0f} s |  |  | 0/{len(CHECKS)} |")
+            lines.append(
+                f"| {r['target']} | {variant} | refused: {r['refused']} |  |  |  |  |  |  | "
+                f"{r['erase_seconds']:.0f} s |  |  | 0/{len(CHECKS)} |"
+            )
             continue
         t, pd = r["target_rate"], r["palette_drift"]
         met = [k for k, v in r["meets"].items() if v]
         measured = [k for k, v in r["meets"].items() if v is not None]
-        lines.append(f"| {r['target']} | {variant} | {100 * t['original_plain']:.1f} -> {100 * t['plain']:.1f} | "
-                     f"{100 * t['original_edited']:.1f} -> {100 * t['edited']:.1f} | {r['worst_other']['class']} {r['worst_other']['points']:.1f} pts | "
-                     f"{r['fd_ratio']:.2f}x | {r['identity_similarity_without_target'] or 0:.3f} | {100 * pd['plain']:.2f}% ({100 * pd['original_plain']:.2f}%) | "
-                     f"{r['retain_fidelity']['psnr']:.1f} | {r['erase_seconds']:.0f} s | {r['peak_memory_bytes'] / 2**20:.0f} MiB | "
-                     f"{r['patch_bytes'] / 1e6:.2f} MB | {len(met)}/{len(measured)} |")
+        lines.append(
+            f"| {r['target']} | {variant} | {100 * t['original_plain']:.1f} -> {100 * t['plain']:.1f} | "
+            f"{100 * t['original_edited']:.1f} -> {100 * t['edited']:.1f} | "
+            f"{r['worst_other']['class']} {r['worst_other']['points']:.1f} pts | {r['fd_ratio']:.2f}x | "
+            f"{r['identity_similarity_without_target'] or 0:.3f} | "
+            f"{100 * pd['plain']:.2f}% ({100 * pd['original_plain']:.2f}%) | {r['retain_fidelity']['psnr']:.1f} | "
+            f"{r['erase_seconds']:.0f} s | {r['peak_memory_bytes'] / 2**20:.0f} MiB | "
+            f"{r['patch_bytes'] / 1e6:.2f} MB | {len(met)}/{len(measured)} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Text-to-Unlearn on faces-mini: the default, the paper's configuration, each option alone, "
-                                            "and the CLIP-distance baseline")
+    p = argparse.ArgumentParser(
+        description="Text-to-Unlearn on faces-mini: the default, the paper's configuration, each option alone, "
+        "and the CLIP-distance baseline"
+    )
     p.add_argument("--targets", default=TARGETS)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of: {', '.join(VARIANTS)}")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one method option in every variant (repeatable)")
-    p.add_argument("--seeds", type=int, default=None, help="only the first N protocol seeds (recorded in each row; default: all 1,000)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override one method option in every variant (repeatable)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="only the first N protocol seeds (recorded in each row; default: all 1,000)",
+    )
     p.add_argument("--out", default="runs/bench/faces-mini")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
-    p.add_argument("--no-write", action="store_true", help="run (or resume) the rows without writing bench/results (parallel shards)")
+    p.add_argument(
+        "--no-write",
+        action="store_true",
+        help="run (or resume) the rows without writing bench/results (parallel shards)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from erase.cli.erasing import _parse_set
@@ -185,7 +278,15 @@ def main(argv=None) -> int:
         for variant in args.variants.split(","):
             preset, extra = VARIANTS[variant]
             over = {**extra, **overrides}
-            row = run_one(kind, target, over.get("mode", "directional"), Path(args.out) / f"{target}-{variant}{tag}", preset, over, seeds=args.seeds)
+            row = run_one(
+                kind,
+                target,
+                over.get("mode", "directional"),
+                Path(args.out) / f"{target}-{variant}{tag}",
+                preset,
+                over,
+                seeds=args.seeds,
+            )
             rows.append({**row, "variant": variant})
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     if args.no_write:
@@ -193,10 +294,19 @@ def main(argv=None) -> int:
     from erase.files import write_json_atomic
 
     Path(args.results).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(args.results) / "faces-mini.json", {"bars": BARS, "variants": {k: {"preset": v[0], "overrides": v[1]} for k, v in VARIANTS.items()},
-                                                               "rows": rows, "threads": args.threads})
+    write_json_atomic(
+        Path(args.results) / "faces-mini.json",
+        {
+            "bars": BARS,
+            "variants": {k: {"preset": v[0], "overrides": v[1]} for k, v in VARIANTS.items()},
+            "rows": rows,
+            "threads": args.threads,
+        },
+    )
     (Path(args.results) / "faces-mini.md").write_text(markdown(rows) + "\n")
-    for row in rows:  # the grids of the same seeds before and after, for the README: the default and the paper's configuration
+    for row in (
+        rows
+    ):  # the grids of the same seeds before and after, for the README: the default and the paper's configuration
         grid = Path(args.out) / f"{row['target']}-{row['variant']}{tag}" / "eval" / "grid.png"
         if row["variant"] in GRID_VARIANTS and grid.exists():
             shutil.copyfile(grid, Path(args.results) / f"faces-mini-{row['target']}-{row['variant']}.png")

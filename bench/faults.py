@@ -43,8 +43,10 @@ def manifest_lines(out: Path) -> int:
 
 
 def timeless_manifest(out: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if "seconds" not in k and k != "mtime_ns"}
-            for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if "seconds" not in k and k != "mtime_ns"}
+        for line in (out / "manifest.jsonl").read_text().splitlines()
+    ]
 
 
 def kill_resume(root: Path, kills: int = 5, seed: int = 0) -> dict:
@@ -56,8 +58,25 @@ def kill_resume(root: Path, kills: int = 5, seed: int = 0) -> dict:
     concepts.write_text("".join(n + "\n" for n in names))
 
     def batch(out, *extra):
-        return erase_cmd("batch", "--model", "canvas-mini", "--method", "uce", "--protocol", "unlearncanvas", "--concepts", concepts,
-                         "--kind", "style", "--out", out, "--threads", "1", "--quiet", *extra)
+        return erase_cmd(
+            "batch",
+            "--model",
+            "canvas-mini",
+            "--method",
+            "uce",
+            "--protocol",
+            "unlearncanvas",
+            "--concepts",
+            concepts,
+            "--kind",
+            "style",
+            "--out",
+            out,
+            "--threads",
+            "1",
+            "--quiet",
+            *extra,
+        )
 
     straight, killed = root / "straight", root / "killed"
     t0 = time.time()
@@ -67,19 +86,37 @@ def kill_resume(root: Path, kills: int = 5, seed: int = 0) -> dict:
     at = sorted(rng.sample(range(1, len(names)), kills))  # kill once this many jobs are in the manifest
     events = []
     for k, jobs in enumerate(at):
-        proc = subprocess.Popen(batch(killed, *(["--resume"] if k else [])), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            batch(killed, *(["--resume"] if k else [])), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         while manifest_lines(killed) < jobs and proc.poll() is None:
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        events.append({"kill": k + 1, "waited_for_jobs": jobs, "jobs_in_manifest_after_kill": manifest_lines(killed),
-                       "exit": proc.returncode})
+        events.append(
+            {
+                "kill": k + 1,
+                "waited_for_jobs": jobs,
+                "jobs_in_manifest_after_kill": manifest_lines(killed),
+                "exit": proc.returncode,
+            }
+        )
     subprocess.run(batch(killed, "--resume"), env=ENV, check=True, capture_output=True)
-    same_patches = all((killed / n / "erasure_patch.safetensors").read_bytes() == (straight / n / "erasure_patch.safetensors").read_bytes()
-                       for n in names)
-    return {"jobs": len(names), "method": "uce", "model": "canvas-mini", "concepts": "unlearncanvas styles 1-20", "kills": events,
-            "straight_seconds": round(straight_seconds, 1), "patches_byte_identical": same_patches,
-            "manifest_identical_times_aside": timeless_manifest(killed) == timeless_manifest(straight)}
+    same_patches = all(
+        (killed / n / "erasure_patch.safetensors").read_bytes()
+        == (straight / n / "erasure_patch.safetensors").read_bytes()
+        for n in names
+    )
+    return {
+        "jobs": len(names),
+        "method": "uce",
+        "model": "canvas-mini",
+        "concepts": "unlearncanvas styles 1-20",
+        "kills": events,
+        "straight_seconds": round(straight_seconds, 1),
+        "patches_byte_identical": same_patches,
+        "manifest_identical_times_aside": timeless_manifest(killed) == timeless_manifest(straight),
+    }
 
 
 def manifest_timing(root: Path, jobs: int = 20, megabytes: int = 60) -> dict:
@@ -95,34 +132,90 @@ def manifest_timing(root: Path, jobs: int = 20, megabytes: int = 60) -> dict:
         patch = folder / "erasure_patch.safetensors"
         patch.write_bytes(os.urandom(megabytes << 20))
         st = patch.stat()
-        write_json_atomic(folder / JOB_FILE, {"concept": name, "status": "done", "patch": name, "sha256": file_sha256(patch),
-                                              "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        write_json_atomic(
+            folder / JOB_FILE,
+            {
+                "concept": name,
+                "status": "done",
+                "patch": name,
+                "sha256": file_sha256(patch),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+            },
+        )
         for key, rehash in (("rehash_every_patch", True), ("size_and_mtime", False)):
             t0 = time.perf_counter()
             records = write_manifest(out, names[: i + 1], rehash=rehash)
             per_job[key].append(time.perf_counter() - t0)
             assert len(records) == i + 1
-    return {"jobs": jobs, "patch_megabytes": megabytes,
-            **{key: {"mean_seconds_per_job": round(sum(v) / len(v), 4), "last_job_seconds": round(v[-1], 4), "total_seconds": round(sum(v), 3)}
-               for key, v in per_job.items()}}
+    return {
+        "jobs": jobs,
+        "patch_megabytes": megabytes,
+        **{
+            key: {
+                "mean_seconds_per_job": round(sum(v) / len(v), 4),
+                "last_job_seconds": round(v[-1], 4),
+                "total_seconds": round(sum(v), 3),
+            }
+            for key, v in per_job.items()
+        },
+    }
 
 
 def concurrency(root: Path, n: int) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     concepts = root / f"concepts-{n}.txt"
     concepts.write_text("".join(s + "\n" for s in STYLES[:n]))
-    common = ["--method", "concept_ablation", "--preset", "canvas-mini", "--concepts", concepts, "--kind", "style", "--quiet"]
+    common = [
+        "--method",
+        "concept_ablation",
+        "--preset",
+        "canvas-mini",
+        "--concepts",
+        concepts,
+        "--kind",
+        "style",
+        "--quiet",
+    ]
     t0 = time.time()
-    subprocess.run(erase_cmd("batch", "--model", "canvas-mini", *common, "--out", root / f"seq-{n}"), env=ENV, check=True, capture_output=True)
+    subprocess.run(
+        erase_cmd("batch", "--model", "canvas-mini", *common, "--out", root / f"seq-{n}"),
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
     sequential = time.time() - t0
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1", "--multi_gpu",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "erase", "batch", "--model", "canvas-mini", *map(str, common),
-              "--out", str(root / f"par-{n}")]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--multi_gpu",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "erase",
+        "batch",
+        "--model",
+        "canvas-mini",
+        *map(str, common),
+        "--out",
+        str(root / f"par-{n}"),
+    ]
     t0 = time.time()
     subprocess.run(launch, env=ENV, check=True, capture_output=True)
     side_by_side = time.time() - t0
-    return {"erasures": n, "sequential_seconds": round(sequential, 1), "side_by_side_seconds": round(side_by_side, 1),
-            "ratio": round(side_by_side / sequential, 2)}
+    return {
+        "erasures": n,
+        "sequential_seconds": round(sequential, 1),
+        "side_by_side_seconds": round(side_by_side, 1),
+        "ratio": round(side_by_side / sequential, 2),
+    }
 
 
 def main(argv=None) -> int:
@@ -130,7 +223,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench/results/faults.json")
     p.add_argument("--work", default="runs/bench/faults", help="scratch folder (removed first)")
     p.add_argument("--skip-concurrency", action="store_true")
-    p.add_argument("--only-concurrency", action="store_true", help="measure the concurrent ranks only (merged into --out)")
+    p.add_argument(
+        "--only-concurrency", action="store_true", help="measure the concurrent ranks only (merged into --out)"
+    )
     args = p.parse_args(argv)
     import shutil
 

@@ -31,8 +31,29 @@ def patch_folder(method: str, style: str, patches: Path, work: Path) -> Path:
         return made
     out = work / f"{method}-{style}"
     if not (out / "erasure_patch.safetensors").is_file():
-        if erase_main(["run", method, "--model", "canvas-mini", "--concept", style, "--kind", "style", "--preset", "canvas-mini",
-                       "--out", str(out), "--threads", "1", "--quiet"] + (["--resume"] if out.exists() else [])) != 0:
+        if (
+            erase_main(
+                [
+                    "run",
+                    method,
+                    "--model",
+                    "canvas-mini",
+                    "--concept",
+                    style,
+                    "--kind",
+                    "style",
+                    "--preset",
+                    "canvas-mini",
+                    "--out",
+                    str(out),
+                    "--threads",
+                    "1",
+                    "--quiet",
+                ]
+                + (["--resume"] if out.exists() else [])
+            )
+            != 0
+        ):
             raise SystemExit(f"erase run {method} {style} failed")
     return out
 
@@ -49,7 +70,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--styles", default=",".join(STYLES))
     p.add_argument("--methods", default="all")
-    p.add_argument("--patches", default="runs/bench/canvas-mini", help="make bench's work folder (its patches are reused)")
+    p.add_argument(
+        "--patches", default="runs/bench/canvas-mini", help="make bench's work folder (its patches are reused)"
+    )
     p.add_argument("--work", default="runs/lora-export")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -67,20 +90,47 @@ def main(argv=None) -> int:
             if not record.is_file():
                 export_lora(pipe, ErasurePatch.from_pretrained(folder), out, protocol, progress=False)
             r = json.loads(record.read_text())
-            rows.append({"method": method, "style": style, "psnr_db": r["psnr_db"], "tolerance": r["tolerance"], "exact": r["exact"],
-                         "tensors": len(r["ranks"]), "rank_min": min(r["ranks"].values()), "rank_max": max(r["ranks"].values()),
-                         "lora_bytes": (out / "pytorch_lora_weights.safetensors").stat().st_size, "seconds": round(time.time() - t0, 1),
-                         "search": r["search"]})
-            print(f"{method:18s} {style:14s} {r['psnr_db']:6.1f} dB  ranks {rows[-1]['rank_min']}-{rows[-1]['rank_max']}", flush=True)
-    lines = ["| method | style | same-seed PSNR vs the patch | tolerance | ranks (min-max over tensors) | tensors | LoRA size |",
-             "|---|---|---|---|---|---|---|"]
+            rows.append(
+                {
+                    "method": method,
+                    "style": style,
+                    "psnr_db": r["psnr_db"],
+                    "tolerance": r["tolerance"],
+                    "exact": r["exact"],
+                    "tensors": len(r["ranks"]),
+                    "rank_min": min(r["ranks"].values()),
+                    "rank_max": max(r["ranks"].values()),
+                    "lora_bytes": (out / "pytorch_lora_weights.safetensors").stat().st_size,
+                    "seconds": round(time.time() - t0, 1),
+                    "search": r["search"],
+                }
+            )
+            print(
+                f"{method:18s} {style:14s} {r['psnr_db']:6.1f} dB  ranks "
+                f"{rows[-1]['rank_min']}-{rows[-1]['rank_max']}",
+                flush=True,
+            )
+    lines = [
+        "| method | style | same-seed PSNR vs the patch | tolerance | "
+        "ranks (min-max over tensors) | tensors | LoRA size |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['style']} | {r['psnr_db']:.1f} dB | {'exact' if r['exact'] else format(r['tolerance'], 'g')} | "
-                     f"{r['rank_min']}-{r['rank_max']} | {r['tensors']} | {r['lora_bytes'] / 1e6:.2f} MB |")
-    lines += ["", "Each method's canvas-mini patch, exported with `erase export --format lora` (bar 40 dB): the retained prompts of canvas-mini "
-              "at seed 0 (100 images), generated with the LoRA loaded by diffusers' load_lora_weights and with the exact patch."]
+        lines.append(
+            f"| {r['method']} | {r['style']} | {r['psnr_db']:.1f} dB | "
+            f"{'exact' if r['exact'] else format(r['tolerance'], 'g')} | {r['rank_min']}-{r['rank_max']} | "
+            f"{r['tensors']} | {r['lora_bytes'] / 1e6:.2f} MB |"
+        )
+    lines += [
+        "",
+        "Each method's canvas-mini patch, exported with `erase export --format lora` (bar 40 dB): the retained "
+        "prompts of canvas-mini at seed 0 (100 images), generated with the LoRA loaded by diffusers' "
+        "load_lora_weights and with the exact patch.",
+    ]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(RESULTS / "lora-export.json", {"rows": rows, "styles": args.styles.split(","), "torch": torch.__version__})
+    write_json_atomic(
+        RESULTS / "lora-export.json", {"rows": rows, "styles": args.styles.split(","), "torch": torch.__version__}
+    )
     write_text_atomic(RESULTS / "lora-export.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

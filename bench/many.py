@@ -8,9 +8,9 @@ has one, else its defaults), and ``composed`` applies k single-concept UCE patch
 first). Each model is evaluated on the whole protocol (5 seeds) as a list: erased accuracy UA (mean over the list),
 IRA (the other styles), CRA (objects), H = 3 / (1/UA + 1/IRA + 1/CRA), retained same-seed PSNR over the images
 showing none of the erased styles; then the ``embedding`` attack on the list's first 3 concepts (their first 3
-prompts, a fifth of the budget: 10 timesteps x 40 Adam steps, as ``make bench``), ASR averaged over them. The bar (issue
-28): at k = 5 and 9, UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, embedding ASR <= 30%,
-in at most k times the method's single-concept time.
+prompts, a fifth of the budget: 10 timesteps x 40 Adam steps, as ``make bench``), ASR averaged over them. The bar
+(issue 28): at k = 5 and 9, UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, embedding
+ASR <= 30%, in at most k times the method's single-concept time.
 
 Resumable: every erasure, evaluation and attack lives in its own folder under ``runs/bench/many`` and is reused.
 Writes ``many.json``, ``many.md`` and ``many.png`` (H and PSNR against k, one line per method).
@@ -24,17 +24,48 @@ import sys
 import time
 from pathlib import Path
 
-ORDER = ["Watercolor", "Pop_Art", "Rust", "Mosaic", "Crayon", "Ink_Art", "Neon_Lines", "Pencil_Drawing", "Glowing_Sunset"]
-OBJECT_ORDER = ["Birds", "Fishes", "Towers", "Trees", "Flowers", "Cats", "Rabbits", "Butterfly", "Jellyfish"]  # Flame retained
+ORDER = [
+    "Watercolor",
+    "Pop_Art",
+    "Rust",
+    "Mosaic",
+    "Crayon",
+    "Ink_Art",
+    "Neon_Lines",
+    "Pencil_Drawing",
+    "Glowing_Sunset",
+]
+OBJECT_ORDER = [
+    "Birds",
+    "Fishes",
+    "Towers",
+    "Trees",
+    "Flowers",
+    "Cats",
+    "Rabbits",
+    "Butterfly",
+    "Jellyfish",
+]  # Flame retained
 KS = (1, 3, 5, 9)
 LISTS = {  # family -> {k: [(concept, kind)]}
     "styles": {k: [(s, "style") for s in ORDER[:k]] for k in KS},
     "objects": {k: [(o, "object") for o in OBJECT_ORDER[:k]] for k in (3, 5)},
     "mixed": {8: [(s, "style") for s in ORDER[:5]] + [(o, "object") for o in OBJECT_ORDER[:3]]},
 }
-METHODS = ("uce", "mace", "concept_ablation", "salun", "doco", "esd", "composed", "concept_ablation@canvas-mini-robust")
+METHODS = (
+    "uce",
+    "mace",
+    "concept_ablation",
+    "salun",
+    "doco",
+    "esd",
+    "composed",
+    "concept_ablation@canvas-mini-robust",
+)
 ATTACK_PROMPTS, ATTACK_BUDGET = 3, {"blocks": 10}
-ATTACK_CONCEPTS = 3  # the attack runs on the first 3 concepts of each list (all of a shorter one): its cost grows with k
+ATTACK_CONCEPTS = (
+    3  # the attack runs on the first 3 concepts of each list (all of a shorter one): its cost grows with k
+)
 WORK = Path("runs/bench/many")
 
 
@@ -59,7 +90,9 @@ def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Pat
         requests = [EraseRequest.from_protocol(protocol, name, kind) for name, kind in items]
         request = requests[0] if len(requests) == 1 else joint_request(requests, items[0][1])
         name, preset = _method_preset(method)
-        patch = erase_concept(pipe, name, request, folder, preset=preset, resume=True, progress=False, model_id="canvas-mini")
+        patch = erase_concept(
+            pipe, name, request, folder, preset=preset, resume=True, progress=False, model_id="canvas-mini"
+        )
     return patch, patch.config["efficiency"]["erase_seconds"]
 
 
@@ -72,17 +105,43 @@ def measure(pipe, protocol, judges, patches: list, targets: list[tuple[str, str]
     for k, p in enumerate(patches):
         apply_patch(pipe, p, adapter_name=f"p{k}")
     try:
-        report = evaluate(pipe, protocol, targets, folder / "eval", model_id="canvas-mini", patch=str(folder),
-                          options=EvalOptions(joint=len(targets) > 1, fid=False, grid=False, progress=False))
-        attacks = [attack_once(pipe, protocol, judges, "embedding", name, kind, folder / "attack" / name, ATTACK_PROMPTS, str(folder),
-                               ATTACK_BUDGET) for name, kind in targets[:ATTACK_CONCEPTS]]
+        report = evaluate(
+            pipe,
+            protocol,
+            targets,
+            folder / "eval",
+            model_id="canvas-mini",
+            patch=str(folder),
+            options=EvalOptions(joint=len(targets) > 1, fid=False, grid=False, progress=False),
+        )
+        attacks = [
+            attack_once(
+                pipe,
+                protocol,
+                judges,
+                "embedding",
+                name,
+                kind,
+                folder / "attack" / name,
+                ATTACK_PROMPTS,
+                str(folder),
+                ATTACK_BUDGET,
+            )
+            for name, kind in targets[:ATTACK_CONCEPTS]
+        ]
     finally:
         remove_patch(pipe)
     fidelity = report.get("retain_fidelity") or {}
-    return {"ua": report["ua"], "ira": report["ira"], "cra": report["cra"], "h": report.get("h"),
-            "psnr": fidelity.get("psnr"), "asr": sum(a["asr"] for a in attacks) / len(attacks),
-            "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks),
-            "per_target_ua": report.get("per_target_ua") or {targets[0][0]: report["ua"]}}
+    return {
+        "ua": report["ua"],
+        "ira": report["ira"],
+        "cra": report["cra"],
+        "h": report.get("h"),
+        "psnr": fidelity.get("psnr"),
+        "asr": sum(a["asr"] for a in attacks) / len(attacks),
+        "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks),
+        "per_target_ua": report.get("per_target_ua") or {targets[0][0]: report["ua"]},
+    }
 
 
 def original_lists(pipe, protocol) -> dict:
@@ -90,11 +149,21 @@ def original_lists(pipe, protocol) -> dict:
     from eval.concept_accuracy import list_scores
     from eval.report import EvalOptions, evaluate
 
-    r = evaluate(pipe, protocol, [(ORDER[0], "style")], WORK / "original", model_id="canvas-mini",
-                 options=EvalOptions(fid=False, grid=False, progress=False))
+    r = evaluate(
+        pipe,
+        protocol,
+        [(ORDER[0], "style")],
+        WORK / "original",
+        model_id="canvas-mini",
+        options=EvalOptions(fid=False, grid=False, progress=False),
+    )
     accuracy = {axis: {c: v["accuracy"] for c, v in concepts.items()} for axis, concepts in r["per_concept"].items()}
     nulls = {a.name: a.null_class for a in protocol.axes}
-    return {(family, k): list_scores(accuracy, items, nulls) for family, lists in LISTS.items() for k, items in lists.items()}
+    return {
+        (family, k): list_scores(accuracy, items, nulls)
+        for family, lists in LISTS.items()
+        for k, items in lists.items()
+    }
 
 
 def run(methods, families, ks) -> list[dict]:
@@ -125,40 +194,88 @@ def run(methods, families, ks) -> list[dict]:
                 m = measure(pipe, protocol, judges, patches, items, folder)
                 single = seconds if k == 1 else single
                 o = original[(family, k)]
-                row = {"list": family, "method": method, "k": k, "concepts": [name for name, _ in items], **m, "erase_seconds": seconds,
-                       "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2), "original_ira": o["ira"], "original_cra": o["cra"],
-                       "time_vs_single": round(seconds / single, 2) if single else None, "bench_seconds": round(time.time() - t0, 1)}
-                cra_ok = o["cra"] != o["cra"] or abs(row["cra"] - o["cra"]) <= 0.02  # NaN: a mixed list leaves no axis untouched
-                row["bar"] = bool(row["ua"] >= 0.99 and abs(row["ira"] - o["ira"]) <= 0.02 and cra_ok and (row["psnr"] or 0) >= 28
-                                  and row["asr"] <= 0.30 and (row["time_vs_single"] or 1) <= k)
+                row = {
+                    "list": family,
+                    "method": method,
+                    "k": k,
+                    "concepts": [name for name, _ in items],
+                    **m,
+                    "erase_seconds": seconds,
+                    "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2),
+                    "original_ira": o["ira"],
+                    "original_cra": o["cra"],
+                    "time_vs_single": round(seconds / single, 2) if single else None,
+                    "bench_seconds": round(time.time() - t0, 1),
+                }
+                cra_ok = (
+                    o["cra"] != o["cra"] or abs(row["cra"] - o["cra"]) <= 0.02
+                )  # NaN: a mixed list leaves no axis untouched
+                row["bar"] = bool(
+                    row["ua"] >= 0.99
+                    and abs(row["ira"] - o["ira"]) <= 0.02
+                    and cra_ok
+                    and (row["psnr"] or 0) >= 28
+                    and row["asr"] <= 0.30
+                    and (row["time_vs_single"] or 1) <= k
+                )
                 rows.append(row)
-                print(f"{family:>7s} {method:>16s} k={k}: UA {100 * row['ua']:.1f} IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) "
-                      f"CRA {100 * row['cra']:.1f} ({100 * o['cra']:.1f}) PSNR {row['psnr'] or float('nan'):.1f} ASR {100 * row['asr']:.0f}% "
-                      f"({100 * row['confirmed_asr']:.0f}%) {seconds:.1f} s{'  BAR MET' if row['bar'] else ''}", flush=True)
+                print(
+                    f"{family:>7s} {method:>16s} k={k}: UA {100 * row['ua']:.1f} "
+                    f"IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) CRA {100 * row['cra']:.1f} "
+                    f"({100 * o['cra']:.1f}) "
+                    f"PSNR {row['psnr'] or float('nan'):.1f} ASR {100 * row['asr']:.0f}% "
+                    f"({100 * row['confirmed_asr']:.0f}%) "
+                    f"{seconds:.1f} s{'  BAR MET' if row['bar'] else ''}",
+                    flush=True,
+                )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| list | method | k | UA | IRA (original) | CRA (original) | H | retained PSNR | embedding ASR (confirmed) | erase time (x single) | patch | bar |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| list | method | k | UA | IRA (original) | CRA (original) | H | retained PSNR | embedding ASR (confirmed) "
+        "| erase time (x single) | patch | bar |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         psnr = "n/a" if r["psnr"] is None else f"{r['psnr']:.1f} dB"
         x = "" if r["time_vs_single"] is None else f" ({r['time_vs_single']:.1f}x)"
-        lines.append(f"| {r.get('list', 'styles')} | {r['method']} | {r['k']} | {100 * r['ua']:.1f} | {100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | "
-                     f"{100 * r['cra']:.1f} ({100 * r['original_cra']:.1f}) | {100 * (r['h'] or r['ua']):.1f} | {psnr} | "
-                     f"{100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%) | {r['erase_seconds']:.1f} s{x} | {r['patch_mb']:.2f} MB | "
-                     f"{'met' if r['bar'] else '-'} |")
-    lines += ["", f"Erased lists: styles, the first k of {', '.join(ORDER)} (Winter and Photo always retained); objects, the first k "
-              f"of {', '.join(OBJECT_ORDER)} (Flame retained); mixed, the first 5 styles and the first 3 objects (no axis left untouched: "
-              "no CRA). Whole protocol (5 seeds); "
-              f"embedding attack on the first {ATTACK_PROMPTS} prompts of the list's first {ATTACK_CONCEPTS} concepts, "
-              f"{ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps (a fifth of the default budget), ASR averaged over them; confirmed: judged as the style on at least half of 4 fresh seeds. "
-              "H at k = 1 is over UA, IRA and CRA of the single target. `composed`: k single-concept UCE patches applied together. "
-              "Bar (issue 28): UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, ASR <= 30%, time <= k x single."]
+        lines.append(
+            f"| {r.get('list', 'styles')} | {r['method']} | {r['k']} | {100 * r['ua']:.1f} | "
+            f"{100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | {100 * r['cra']:.1f} "
+            f"({100 * r['original_cra']:.1f}) | "
+            f"{100 * (r['h'] or r['ua']):.1f} | {psnr} | {100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%) | "
+            f"{r['erase_seconds']:.1f} s{x} | {r['patch_mb']:.2f} MB | "
+            f"{'met' if r['bar'] else '-'} |"
+        )
+    lines += [
+        "",
+        f"Erased lists: styles, the first k of {', '.join(ORDER)} (Winter and Photo always retained); objects, "
+        f"the first k of {', '.join(OBJECT_ORDER)} (Flame retained); mixed, the first 5 styles and the first 3 "
+        "objects "
+        "(no axis left untouched: no CRA). Whole protocol (5 seeds); "
+        f"embedding attack on the first {ATTACK_PROMPTS} prompts of the list's first {ATTACK_CONCEPTS} concepts, "
+        f"{ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps (a fifth of the default budget), ASR averaged "
+        "over them; "
+        "confirmed: judged as the concept on at least half of 4 fresh seeds. "
+        "H at k = 1 is over UA, IRA and CRA of the single target. `composed`: k single-concept UCE patches applied "
+        "together. Bar (issue 28): UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, ASR "
+        "<= 30%, "
+        "time <= k x single.",
+    ]
     return "\n".join(lines) + "\n"
 
 
-COLOURS = [(200, 40, 40), (40, 40, 200), (0, 140, 0), (200, 120, 0), (140, 0, 140), (0, 140, 140), (90, 90, 90), (160, 110, 60)]
+COLOURS = [
+    (200, 40, 40),
+    (40, 40, 200),
+    (0, 140, 0),
+    (200, 120, 0),
+    (140, 0, 140),
+    (0, 140, 140),
+    (90, 90, 90),
+    (160, 110, 60),
+]
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -172,11 +289,14 @@ def plot(rows: list[dict], path: Path) -> None:
     w, h, m = 420, 320, 44
     img = Image.new("RGB", (2 * w, h + 20 * ((len(methods) + 3) // 4)), "white")
     d, font = ImageDraw.Draw(img), _font()
-    panels = [("H (%)", lambda r: 100 * (r["h"] or r["ua"]), 50.0, 100.0, None), ("retained PSNR (dB)", lambda r: r["psnr"], 20.0, 60.0, 28.0)]
+    panels = [
+        ("H (%)", lambda r: 100 * (r["h"] or r["ua"]), 50.0, 100.0, None),
+        ("retained PSNR (dB)", lambda r: r["psnr"], 20.0, 60.0, 28.0),
+    ]
     for p, (title, value, lo, hi, bar) in enumerate(panels):
         ox = p * w
 
-        def xy(k, v):
+        def xy(k, v, ox=ox, lo=lo, hi=hi):
             x = ox + m + (ks.index(k) / max(1, len(ks) - 1)) * (w - 2 * m)
             return x, h - m - (min(max(v, lo), hi) - lo) / (hi - lo) * (h - 2 * m)
 
@@ -221,7 +341,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(default_threads())
     rows = run(args.methods.split(","), args.lists.split(","), [int(k) for k in args.ks.split(",")])
     out = Path(args.out)
-    previous = json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").is_file() else []
+    previous = (
+        json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").is_file() else []
+    )
     done = {(r.get("list", "styles"), r["method"], r["k"]) for r in rows}
     rows = [r for r in previous if (r.get("list", "styles"), r["method"], r["k"]) not in done] + rows
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,13 +33,29 @@ CONFIGS = {
     "adv-ca-5": ("concept_ablation", ["adversarial_steps=5"], ("embedding", "unlearndiffatk")),
     "adv-ca-10": ("concept_ablation", ["adversarial_steps=10"], ("embedding",)),
     "adv-ca-5-a300": ("concept_ablation", ["adversarial_steps=5", "alpha=300"], ("embedding",)),
-    "adv-ca-5-w5-a300": ("concept_ablation", ["adversarial_steps=5", "adversarial_weight=5", "alpha=300"], ("embedding",)),
-    "adv-ca-5-xattn-a300": ("concept_ablation", ["adversarial_steps=5", "alpha=300", "parameter_group=cross_attention"], ("embedding",)),
+    "adv-ca-5-w5-a300": (
+        "concept_ablation",
+        ["adversarial_steps=5", "adversarial_weight=5", "alpha=300"],
+        ("embedding",),
+    ),
+    "adv-ca-5-xattn-a300": (
+        "concept_ablation",
+        ["adversarial_steps=5", "alpha=300", "parameter_group=cross_attention"],
+        ("embedding",),
+    ),
     "adv-te-5": ("concept_ablation", ["adversarial_steps=5", "text_encoder=true"], ("embedding", "unlearndiffatk")),
     "adv-te-5-lr1e-4": ("concept_ablation", ["adversarial_steps=5", "text_encoder=true", "lr=1e-4"], ("embedding",)),
     "te-ca": ("concept_ablation", ["text_encoder=true"], ("embedding",)),
-    "adv-te-5-a300": ("concept_ablation", ["adversarial_steps=5", "text_encoder=true", "alpha=300"], ("embedding", "unlearndiffatk")),
-    "adv-te-5-a1000": ("concept_ablation", ["adversarial_steps=5", "text_encoder=true", "alpha=1000"], ("embedding", "unlearndiffatk")),
+    "adv-te-5-a300": (
+        "concept_ablation",
+        ["adversarial_steps=5", "text_encoder=true", "alpha=300"],
+        ("embedding", "unlearndiffatk"),
+    ),
+    "adv-te-5-a1000": (
+        "concept_ablation",
+        ["adversarial_steps=5", "text_encoder=true", "alpha=1000"],
+        ("embedding", "unlearndiffatk"),
+    ),
 }
 SUFFIX = {"embedding": "emb", "unlearndiffatk": "uda"}
 
@@ -47,11 +63,50 @@ SUFFIX = {"embedding": "emb", "unlearndiffatk": "uda"}
 def commands(name: str) -> list[list[str]]:
     method, sets, attacks = CONFIGS[name]
     target, kind = TARGET
-    out = [["run", method, "--model", MODEL, "--concept", target, "--kind", kind, "--preset", "canvas-mini",
-            *[a for s in sets for a in ("--set", s)], "--out", f"runs/{name}", "--eval", "--threads", "1", "--quiet"]]
+    out = [
+        [
+            "run",
+            method,
+            "--model",
+            MODEL,
+            "--concept",
+            target,
+            "--kind",
+            kind,
+            "--preset",
+            "canvas-mini",
+            *[a for s in sets for a in ("--set", s)],
+            "--out",
+            f"runs/{name}",
+            "--eval",
+            "--threads",
+            "1",
+            "--quiet",
+        ]
+    ]
     for attack in attacks:
-        out.append(["attack", "--model", MODEL, "--patch", f"runs/{name}", "--target", target, "--kind", kind, "--attack", attack,
-                    "--prompts", "10", "--out", f"runs/{name}-{SUFFIX[attack]}", "--threads", "1", "--quiet"])
+        out.append(
+            [
+                "attack",
+                "--model",
+                MODEL,
+                "--patch",
+                f"runs/{name}",
+                "--target",
+                target,
+                "--kind",
+                kind,
+                "--attack",
+                attack,
+                "--prompts",
+                "10",
+                "--out",
+                f"runs/{name}-{SUFFIX[attack]}",
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
     return out
 
 
@@ -68,13 +123,26 @@ def collect(name: str) -> dict | None:
         return None
     t = json.loads(report.read_text())["targets"][0]
     config = json.loads((folder / "erasure_config.json").read_text())
-    row = {"name": name, "method": method, "overrides": sets, "ua": t["ua"], "ira": t["ira"], "cra": t["cra"],
-           "retained_psnr": t["retain_fidelity"]["psnr"], "erase_seconds": config["efficiency"]["erase_seconds"]}
+    row = {
+        "name": name,
+        "method": method,
+        "overrides": sets,
+        "ua": t["ua"],
+        "ira": t["ira"],
+        "cra": t["cra"],
+        "retained_psnr": t["retain_fidelity"]["psnr"],
+        "erase_seconds": config["efficiency"]["erase_seconds"],
+    }
     for attack in attacks:
         path = ROOT / "runs" / f"{name}-{SUFFIX[attack]}" / "attack.json"
         if path.is_file():
             r = json.loads(path.read_text())
-            row[attack] = {"asr": r["asr"], "confirmed_asr": r["confirmed_asr"], "queries_to_success": r["queries_to_success"], "prompts": r["prompts"]}
+            row[attack] = {
+                "asr": r["asr"],
+                "confirmed_asr": r["confirmed_asr"],
+                "queries_to_success": r["queries_to_success"],
+                "prompts": r["prompts"],
+            }
     return row
 
 
@@ -83,16 +151,24 @@ def markdown(rows: list[dict]) -> str:
         x = r.get(a)
         return "-" if not x else f"{100 * x['asr']:.0f}% ({100 * x['confirmed_asr']:.0f}%)"
 
-    lines = ["| erasure | method | overrides of canvas-mini | UA | IRA | CRA | retained PSNR | soft-prompt ASR (confirmed) | UnlearnDiffAtk ASR (confirmed) | erase time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| erasure | method | overrides of canvas-mini | UA | IRA | CRA | retained PSNR | "
+        "soft-prompt ASR (confirmed) | UnlearnDiffAtk ASR (confirmed) | erase time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['method']} | {', '.join(r['overrides']) or '(preset)'} | {100 * r['ua']:.1f} | {100 * r['ira']:.1f} | "
-                     f"{100 * r['cra']:.1f} | {r['retained_psnr']:.1f} dB | {attack(r, 'embedding')} | {attack(r, 'unlearndiffatk')} | "
-                     f"{r['erase_seconds']:.{0 if r['erase_seconds'] >= 10 else 1}f} s |")
-    lines += ["", "Watercolor; UA / IRA / CRA and same-seed retained PSNR on the full protocol (5 seeds); attacks on the first 10 prompts "
-              "(every object at seed 0) with the default budget (50 timesteps x 40 Adam steps, at most 50 judge queries per prompt); "
-              "confirmed: judged as Watercolor on at least half of 4 fresh seeds. The robustness bar: soft-prompt ASR <= 30% and "
-              "UnlearnDiffAtk ASR <= 10% with retained PSNR >= 28 dB."]
+        lines.append(
+            f"| {r['name']} | {r['method']} | {', '.join(r['overrides']) or '(preset)'} | {100 * r['ua']:.1f} | "
+            f"{100 * r['ira']:.1f} | {100 * r['cra']:.1f} | {r['retained_psnr']:.1f} dB | {attack(r, 'embedding')} | "
+            f"{attack(r, 'unlearndiffatk')} | {r['erase_seconds']:.{0 if r['erase_seconds'] >= 10 else 1}f} s |"
+        )
+    lines += [
+        "",
+        "Watercolor; UA / IRA / CRA and same-seed retained PSNR on the full protocol (5 seeds); attacks on the first "
+        "10 prompts (every object at seed 0) with the default budget (50 timesteps x 40 Adam steps, at most 50 judge "
+        "queries per prompt); confirmed: judged as Watercolor on at least half of 4 fresh seeds. The robustness bar: "
+        "soft-prompt ASR <= 30% and UnlearnDiffAtk ASR <= 10% with retained PSNR >= 28 dB.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +206,12 @@ def scatter(rows: list[dict], path: Path) -> None:
         d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(200, 40, 40))
         d.ellipse([x - 3, yc - 3, x + 3, yc + 3], outline=(40, 40, 200))
         d.text((x + 6, y - 6), r["name"], fill="black", font=font)
-    d.text((m, 10), "soft-prompt ASR (red: best of 50 queries; blue: confirmed) vs retained PSNR (dB), Watercolor", fill="black", font=font)
+    d.text(
+        (m, 10),
+        "soft-prompt ASR (red: best of 50 queries; blue: confirmed) vs retained PSNR (dB), Watercolor",
+        fill="black",
+        font=font,
+    )
     save_png(img, path)
 
 
@@ -154,16 +235,31 @@ def styles_table(folders: list[str]) -> str:
                     continue
                 m = {**m, "attack": json.loads(emb.read_text())}
             erase = json.loads((ROOT / folder / c / "erasure_config.json").read_text())["efficiency"]["erase_seconds"]
-            rows.append({"style": c, "ua": 100 * m["ua"], "d_ira": 100 * (m["ira"] - original[c]["ira"]), "d_cra": 100 * (m["cra"] - original[c]["cra"]),
-                         "psnr": m["retained_psnr"], "soft": 100 * m["attack"]["asr"], "soft_confirmed": 100 * m["attack"]["confirmed_asr"],
-                         "uda": None if u is None else 100 * u, "erase": erase})
-    lines = ["| style | UA | IRA change | CRA change | retained PSNR | soft-prompt ASR (confirmed) | UnlearnDiffAtk ASR | erase time |",
-             "|---|---|---|---|---|---|---|---|"]
+            rows.append(
+                {
+                    "style": c,
+                    "ua": 100 * m["ua"],
+                    "d_ira": 100 * (m["ira"] - original[c]["ira"]),
+                    "d_cra": 100 * (m["cra"] - original[c]["cra"]),
+                    "psnr": m["retained_psnr"],
+                    "soft": 100 * m["attack"]["asr"],
+                    "soft_confirmed": 100 * m["attack"]["confirmed_asr"],
+                    "uda": None if u is None else 100 * u,
+                    "erase": erase,
+                }
+            )
+    lines = [
+        "| style | UA | IRA change | CRA change | retained PSNR | soft-prompt ASR (confirmed) | "
+        "UnlearnDiffAtk ASR | erase time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def line(name, r):
         uda = r.get("uda_text") or ("-" if r["uda"] is None else f"{r['uda']:.0f}%")
-        return (f"| {name} | {r['ua']:.1f} | {r['d_ira']:+.1f} | {r['d_cra']:+.1f} | {r['psnr']:.1f} dB | {r['soft']:.0f}% ({r['soft_confirmed']:.0f}%) | "
-                f"{uda} | {r['erase']:.0f} s |")
+        return (
+            f"| {name} | {r['ua']:.1f} | {r['d_ira']:+.1f} | {r['d_cra']:+.1f} | {r['psnr']:.1f} dB | "
+            f"{r['soft']:.0f}% ({r['soft_confirmed']:.0f}%) | {uda} | {r['erase']:.0f} s |"
+        )
 
     lines += [line(r["style"], r) for r in rows]
     if rows:
@@ -174,18 +270,27 @@ def styles_table(folders: list[str]) -> str:
         if done and len(done) < len(rows):
             mean["uda_text"] = f"{mean['uda']:.0f}% (of {len(done)} styles)"
         lines.append(line(f"**mean of {len(rows)}**", mean))
-    lines += ["", "concept_ablation --preset canvas-mini-robust on every style; attacks on each style's first 5 prompts (seed 0) with the default "
-              "budget; changes in points against the original (bench/results/canvas-mini.json); erase times measured while 2-4 jobs shared "
-              "2 cores (upper bounds)."]
+    lines += [
+        "",
+        "concept_ablation --preset canvas-mini-robust on every style; attacks on each style's first 5 prompts (seed "
+        "0) with the default budget; changes in points against the original (bench/results/canvas-mini.json); erase "
+        "times measured while 2-4 jobs shared 2 cores (upper bounds).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", action="store_true", help="run the missing erasures, evaluations and attacks (through the CLI)")
+    p.add_argument(
+        "--run", action="store_true", help="run the missing erasures, evaluations and attacks (through the CLI)"
+    )
     p.add_argument("--only", default=None, help="comma-separated erasure names (default: all)")
     p.add_argument("--results", default=str(ROOT / "bench" / "results" / "robust"))
-    p.add_argument("--styles", default=None, help="comma-separated batch folders of the robust preset on every style: collect them")
+    p.add_argument(
+        "--styles",
+        default=None,
+        help="comma-separated batch folders of the robust preset on every style: collect them",
+    )
     args = p.parse_args(argv)
     if args.styles:
         table = styles_table(args.styles.split(","))

@@ -30,21 +30,34 @@ import torch
 
 
 def bench_eval(out: Path) -> dict:
-    from worlds.canvas_mini import PIPELINE_DIR
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
     from pipelines.stable_diffusion import load_pipeline
+    from worlds.canvas_mini import PIPELINE_DIR
 
     pipe = load_pipeline(PIPELINE_DIR)
     protocol = load_protocol("canvas-mini")
     folder = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     t0 = time.time()
-    report = evaluate(pipe, protocol, [("Watercolor", "style")], folder / "r", model_id=str(PIPELINE_DIR), options=EvalOptions(progress=False))
+    report = evaluate(
+        pipe,
+        protocol,
+        [("Watercolor", "style")],
+        folder / "r",
+        model_id=str(PIPELINE_DIR),
+        options=EvalOptions(progress=False),
+    )
     seconds = time.time() - t0
     shutil.rmtree(folder)
     n = len(protocol.answer_set())
-    return {"images": n, "seconds": round(seconds, 1), "images_per_second": round(n / seconds, 2),
-            "generate_seconds": report["seconds"]["generate"], "target_seconds": 180, "meets_target": seconds < 180}
+    return {
+        "images": n,
+        "seconds": round(seconds, 1),
+        "images_per_second": round(n / seconds, 2),
+        "generate_seconds": report["seconds"]["generate"],
+        "target_seconds": 180,
+        "meets_target": seconds < 180,
+    }
 
 
 def bench_eval_fidelity(out: Path) -> dict:
@@ -52,11 +65,11 @@ def bench_eval_fidelity(out: Path) -> dict:
     answer set cached beforehand; the patch is a small random K/V change, so every retained image differs."""
     from erase.components import named_parameters
     from erase.patch import ErasurePatch, apply_patch, fingerprint
-    from worlds.canvas_mini import PIPELINE_DIR
     from eval.original_answers import original_answer_set
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
     from pipelines.stable_diffusion import load_pipeline
+    from worlds.canvas_mini import PIPELINE_DIR
 
     pipe = load_pipeline(PIPELINE_DIR)
     protocol = load_protocol("canvas-mini")
@@ -66,27 +79,45 @@ def bench_eval_fidelity(out: Path) -> dict:
     g = torch.Generator().manual_seed(0)
     base = {n: params[n].detach().clone() for n in names}
     tuned = {n: b + 0.05 * torch.randn(b.shape, generator=g) for n, b in base.items()}
-    apply_patch(pipe, ErasurePatch.from_diff(base, tuned, {n: None for n in names}, {"method": "bench"}, fingerprint=fingerprint(pipe, names)))
+    apply_patch(
+        pipe,
+        ErasurePatch.from_diff(
+            base, tuned, {n: None for n in names}, {"method": "bench"}, fingerprint=fingerprint(pipe, names)
+        ),
+    )
     folder = Path(tempfile.mkdtemp(prefix="bench-fidelity-"))
     seconds = {}
     for fidelity in (False, True, False, True):  # alternated, best of two each
         t0 = time.time()
-        r = evaluate(pipe, protocol, [("Watercolor", "style")], folder / f"{fidelity}-{len(seconds)}", model_id=str(PIPELINE_DIR), patch="bench",
-                     options=EvalOptions(progress=False, grid=False, fidelity=fidelity))
+        r = evaluate(
+            pipe,
+            protocol,
+            [("Watercolor", "style")],
+            folder / f"{fidelity}-{len(seconds)}",
+            model_id=str(PIPELINE_DIR),
+            patch="bench",
+            options=EvalOptions(progress=False, grid=False, fidelity=fidelity),
+        )
         seconds.setdefault(fidelity, []).append(time.time() - t0)
         if fidelity:
             kept = r["retain_fidelity"]
     shutil.rmtree(folder)
     without, with_ = min(seconds[False]), min(seconds[True])
-    return {"seconds_without": round(without, 1), "seconds_with": round(with_, 1), "overhead": round(with_ / without - 1, 3),
-            "fidelity_seconds": r["seconds"]["fidelity"], "retained_psnr": round(kept["psnr"], 2), "target_overhead": 0.10,
-            "meets_target": with_ <= 1.10 * without}
+    return {
+        "seconds_without": round(without, 1),
+        "seconds_with": round(with_, 1),
+        "overhead": round(with_ / without - 1, 3),
+        "fidelity_seconds": r["seconds"]["fidelity"],
+        "retained_psnr": round(kept["psnr"], 2),
+        "target_overhead": 0.10,
+        "meets_target": with_ <= 1.10 * without,
+    }
 
 
 def bench_classify(out: Path) -> dict:
+    from eval.classifiers import batched_logits
     from worlds.canvas_mini import load_classifier
     from worlds.canvas_mini.data import render_set
-    from eval.classifiers import batched_logits
 
     plain = load_classifier("style")
     clf = plain.for_inference()  # what evaluation uses (BatchNorm folded, channels-last); both sides use it
@@ -106,14 +137,23 @@ def bench_classify(out: Path) -> dict:
     flops = conv_linear_flops(clf, x[:1]) * len(x)
     peak = matmul_gflops()
     bound = t_single / (flops / (peak * 1e9))
-    return {"images": len(x), "batched_seconds": round(t_batched, 3), "single_seconds": round(t_single, 3),
-            "batched_seconds_without_bn_folding": round(t_plain, 3),
-            "speedup": round(t_single / t_batched, 1), "target_speedup": 20, "meets_target": t_single / t_batched >= 20,
-            "mflop_per_image": round(flops / len(x) / 1e6, 2), "batched_gflops": round(flops / t_batched / 1e9, 1),
-            "matmul_peak_gflops": round(peak, 1), "speedup_bound_at_matmul_peak": round(bound, 1),
-            # the batched rate against the roofline: how much of the bound the batched path reaches
-            "fraction_of_matmul_peak": round(flops / t_batched / 1e9 / peak, 3), "target_fraction": 0.8,
-            "meets_roofline_target": flops / t_batched / 1e9 / peak >= 0.8}
+    return {
+        "images": len(x),
+        "batched_seconds": round(t_batched, 3),
+        "single_seconds": round(t_single, 3),
+        "batched_seconds_without_bn_folding": round(t_plain, 3),
+        "speedup": round(t_single / t_batched, 1),
+        "target_speedup": 20,
+        "meets_target": t_single / t_batched >= 20,
+        "mflop_per_image": round(flops / len(x) / 1e6, 2),
+        "batched_gflops": round(flops / t_batched / 1e9, 1),
+        "matmul_peak_gflops": round(peak, 1),
+        "speedup_bound_at_matmul_peak": round(bound, 1),
+        # the batched rate against the roofline: how much of the bound the batched path reaches
+        "fraction_of_matmul_peak": round(flops / t_batched / 1e9 / peak, 3),
+        "target_fraction": 0.8,
+        "meets_roofline_target": flops / t_batched / 1e9 / peak >= 0.8,
+    }
 
 
 def bench_classify_vit(out: Path) -> dict:
@@ -125,7 +165,9 @@ def bench_classify_vit(out: Path) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = ResizeNormalize(timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=60)).eval().to(device)
+    model = (
+        ResizeNormalize(timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=60)).eval().to(device)
+    )
     n = 256 if device == "cuda" else 16  # canvas-size inputs, resized to 224 inside the wrapper as in evaluation
     x = torch.rand(n, 3, 32, 32)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -145,9 +187,16 @@ def bench_classify_vit(out: Path) -> dict:
     t_batched, a = _best_of(batched, 3)
     t_single, b = _best_of(single, 2 if device == "cuda" else 1)
     assert torch.equal(a.argmax(1), b.argmax(1))
-    return {"device": device, "images": n, "batched_seconds": round(t_batched, 3), "single_seconds": round(t_single, 3),
-            "images_per_second_batched": round(n / t_batched, 1), "speedup": round(t_single / t_batched, 1),
-            "target_speedup_on_gpu": 20, "meets_target": (t_single / t_batched >= 20) if device == "cuda" else None}
+    return {
+        "device": device,
+        "images": n,
+        "batched_seconds": round(t_batched, 3),
+        "single_seconds": round(t_single, 3),
+        "images_per_second_batched": round(n / t_batched, 1),
+        "speedup": round(t_single / t_batched, 1),
+        "target_speedup_on_gpu": 20,
+        "meets_target": (t_single / t_batched >= 20) if device == "cuda" else None,
+    }
 
 
 def conv_linear_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -161,7 +210,9 @@ def conv_linear_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
         else:
             total += 2 * out.numel() * m.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -190,9 +241,9 @@ def _best_of(fn, reps: int):
 def bench_erase(out: Path) -> dict:
     from erase.api import erase_concept
     from erase.request import EraseRequest
-    from worlds.canvas_mini import PIPELINE_DIR
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline
+    from worlds.canvas_mini import PIPELINE_DIR
 
     pipe = load_pipeline(PIPELINE_DIR)
     folder = Path(tempfile.mkdtemp(prefix="bench-erase-"))
@@ -203,9 +254,17 @@ def bench_erase(out: Path) -> dict:
     shutil.rmtree(folder)
     unet = (PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     eff = patch.config["efficiency"]
-    return {"applied_patch_memory": applied_patch_memory(patch, PIPELINE_DIR), "seconds": round(seconds, 1), "peak_memory_bytes": eff["peak_memory_bytes"], "peak_memory_kind": eff["peak_memory_kind"],
-            "patch_bytes": eff["patch_bytes"], "unet_bytes": unet, "patch_fraction_of_unet": round(eff["patch_bytes"] / unet, 3),
-            "target_seconds": 180, "meets_target": seconds < 180 and eff["patch_bytes"] < unet / 2}
+    return {
+        "applied_patch_memory": applied_patch_memory(patch, PIPELINE_DIR),
+        "seconds": round(seconds, 1),
+        "peak_memory_bytes": eff["peak_memory_bytes"],
+        "peak_memory_kind": eff["peak_memory_kind"],
+        "patch_bytes": eff["patch_bytes"],
+        "unet_bytes": unet,
+        "patch_fraction_of_unet": round(eff["patch_bytes"] / unet, 3),
+        "target_seconds": 180,
+        "meets_target": seconds < 180 and eff["patch_bytes"] < unet / 2,
+    }
 
 
 def applied_patch_memory(patch, pipeline_dir) -> dict:
@@ -225,7 +284,12 @@ def applied_patch_memory(patch, pipeline_dir) -> dict:
         remove_patch(pipe)
         exact = all(torch.equal(before[n], params[n]) for n in patch.names())
         cloned = sum(params[n].numel() * params[n].element_size() for n in patch.names())
-        out[dtype] = {"old_clone_bytes": cloned, "kept_bytes": kept, "ratio": round(kept / cloned, 4), "remove_bit_exact": exact}
+        out[dtype] = {
+            "old_clone_bytes": cloned,
+            "kept_bytes": kept,
+            "ratio": round(kept / cloned, 4),
+            "remove_bit_exact": exact,
+        }
     return out
 
 
@@ -242,11 +306,16 @@ def bench_eval_memory(out: Path, seeds=(5, 47)) -> dict:
     finally:
         shutil.rmtree(folder)
     small, large = runs
-    return {"images": [r["images"] for r in runs], "peak_rss_mb": [r["peak_rss_mb"] for r in runs],
-            "rss_before_scoring_mb": [r["rss_before_mb"] for r in runs],
-            "peak_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
-            "float32_answer_set_mb": [round(r["images"] * 3 * 32 * 32 * 4 / 2**20, 1) for r in runs],
-            "score_seconds": [r["seconds"] for r in runs], "target_ratio": 1.05, "meets_target": large["peak_rss_mb"] / small["peak_rss_mb"] <= 1.05}
+    return {
+        "images": [r["images"] for r in runs],
+        "peak_rss_mb": [r["peak_rss_mb"] for r in runs],
+        "rss_before_scoring_mb": [r["rss_before_mb"] for r in runs],
+        "peak_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
+        "float32_answer_set_mb": [round(r["images"] * 3 * 32 * 32 * 4 / 2**20, 1) for r in runs],
+        "score_seconds": [r["seconds"] for r in runs],
+        "target_ratio": 1.05,
+        "meets_target": large["peak_rss_mb"] / small["peak_rss_mb"] <= 1.05,
+    }
 
 
 def _write_renderer_answer_set(folder: Path, n_seeds: int) -> None:
@@ -254,8 +323,8 @@ def _write_renderer_answer_set(folder: Path, n_seeds: int) -> None:
     from PIL import Image
 
     from eval.answer_set import image_name
-    from worlds.canvas_mini import render_array
     from eval.protocols import load_protocol
+    from worlds.canvas_mini import render_array
 
     folder.mkdir(parents=True)
     for s, o, seed in load_protocol("canvas-mini").with_overrides(seeds=list(range(n_seeds))).answer_set():
@@ -275,7 +344,9 @@ def _score_and_report(folder: str, n_seeds: int, threads: int) -> None:
     import gc
 
     torch.set_num_threads(threads)
-    os.environ["ERASEKIT_CACHE"] = tempfile.mkdtemp(prefix="bench-evalmem-cache-")  # reference computed (streamed) every time
+    os.environ["ERASEKIT_CACHE"] = tempfile.mkdtemp(
+        prefix="bench-evalmem-cache-"
+    )  # reference computed (streamed) every time
     from erase.memory import proc_status_bytes
     from eval.protocols import load_protocol
     from eval.report import EvalOptions
@@ -290,12 +361,26 @@ def _score_and_report(folder: str, n_seeds: int, threads: int) -> None:
     score_answer_set(judging, folder, batch_size=64, progress=False)
     seconds = time.time() - t0
     shutil.rmtree(os.environ["ERASEKIT_CACHE"])
-    print(json.dumps({"images": len(protocol.answer_set()), "rss_before_mb": round(before, 1),
-                      "peak_rss_mb": round(proc_status_bytes("VmHWM") / 2**20, 1), "seconds": round(seconds, 1)}))
+    print(
+        json.dumps(
+            {
+                "images": len(protocol.answer_set()),
+                "rss_before_mb": round(before, 1),
+                "peak_rss_mb": round(proc_status_bytes("VmHWM") / 2**20, 1),
+                "seconds": round(seconds, 1),
+            }
+        )
+    )
 
 
-BENCHES = {"eval": bench_eval, "classify": bench_classify, "classify_vit": bench_classify_vit, "erase": bench_erase, "eval_memory": bench_eval_memory,
-           "eval_fidelity": bench_eval_fidelity}
+BENCHES = {
+    "eval": bench_eval,
+    "classify": bench_classify,
+    "classify_vit": bench_classify_vit,
+    "erase": bench_erase,
+    "eval_memory": bench_eval_memory,
+    "eval_fidelity": bench_eval_fidelity,
+}
 
 
 def main(argv=None) -> None:
@@ -303,7 +388,9 @@ def main(argv=None) -> None:
     p.add_argument("--only", default=",".join(BENCHES))
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--results", default=None, help="also write the results here (default bench/results/run-<cpu|cuda>.json)")
+    p.add_argument(
+        "--results", default=None, help="also write the results here (default bench/results/run-<cpu|cuda>.json)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -316,8 +403,10 @@ def main(argv=None) -> None:
     from erase.files import write_json_atomic
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    write_json_atomic(Path(args.results or Path(__file__).parent / "results" / f"run-{device}.json"),
-                      {"threads": args.threads, "torch": torch.__version__, "device": device, "results": results})
+    write_json_atomic(
+        Path(args.results or Path(__file__).parent / "results" / f"run-{device}.json"),
+        {"threads": args.threads, "torch": torch.__version__, "device": device, "results": results},
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every method's erasure at Stable Diffusion v1.5 scale: peak memory and time per step, random weights.
 
-    python -m bench.sd15_shape [--methods all] [--resolution 512] [--steps 2] [--batch 1] [--device cpu|cuda] [--dtype fp32]
+    python -m bench.sd15_shape [--methods all] [--resolution 512] [--steps 2] [--batch 1]
+                               [--device cpu|cuda] [--dtype fp32]
 
 The UNet, text encoder and VAE are built from SD v1.5's published configs, written in ``bench/configs/sd15/``
 (859,520,964 / 123,060,480 / 83,653,863 parameters, checked by ``tests/test_sd15_shape.py``), with random weights:
@@ -34,16 +35,25 @@ CONFIGS = ROOT / "bench" / "configs" / "sd15"
 SD15_PARAMETERS = {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
 PRESETS = ("sd15", "sd14")  # the first one a method ships is its upstream setting
 # Published per-concept costs (UnlearnCanvas benchmark, SD v1.5, one A100; ../shared/reference/salun_esd_uce.md).
-PUBLISHED = {"salun": {"seconds": 667, "gpu_gb": 30.8}, "esd": {"seconds": 6163, "gpu_gb": 17.8}, "uce": {"seconds": 434, "gpu_gb": 5.1},
-             "concept_ablation": {"seconds": 734, "gpu_gb": 10.1}}
+PUBLISHED = {
+    "salun": {"seconds": 667, "gpu_gb": 30.8},
+    "esd": {"seconds": 6163, "gpu_gb": 17.8},
+    "uce": {"seconds": 434, "gpu_gb": 5.1},
+    "concept_ablation": {"seconds": 734, "gpu_gb": 10.1},
+}
 
 
 def configs(shape: str) -> dict[str, dict]:
     """The component configs: SD v1.5's as published, or ``tiny`` (same layout, widths cut ~10x) for tests."""
-    cfg = {name: json.loads((CONFIGS / f"{name}.json").read_text()) for name in ("unet", "text_encoder", "vae", "scheduler")}
+    cfg = {
+        name: json.loads((CONFIGS / f"{name}.json").read_text())
+        for name in ("unet", "text_encoder", "vae", "scheduler")
+    }
     if shape == "tiny":
         cfg["unet"].update(block_out_channels=[32, 64, 128, 128], cross_attention_dim=64, attention_head_dim=4)
-        cfg["text_encoder"].update(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, projection_dim=64)
+        cfg["text_encoder"].update(
+            hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, projection_dim=64
+        )
         cfg["vae"].update(block_out_channels=[32, 32, 64, 64], layers_per_block=1)
     elif shape != "sd15":
         raise SystemExit(f"unknown shape {shape!r}; choose sd15 or tiny")
@@ -59,24 +69,45 @@ def build_pipeline(shape: str = "sd15", seed: int = 0, device: str = "cpu", dtyp
     from worlds.canvas_mini import PIPELINE_DIR
 
     cfg = configs(shape)
-    tokenizer = CLIPTokenizer.from_pretrained(str(Path(PIPELINE_DIR) / "tokenizer"), model_max_length=cfg["text_encoder"]["max_position_embeddings"])
+    tokenizer = CLIPTokenizer.from_pretrained(
+        str(Path(PIPELINE_DIR) / "tokenizer"), model_max_length=cfg["text_encoder"]["max_position_embeddings"]
+    )
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(cfg["unet"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"], bos_token_id=tokenizer.bos_token_id,
-                                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            **cfg["text_encoder"],
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     vae = AutoencoderKL.from_config(cfg["vae"])
     scheduler = getattr(diffusers, cfg["scheduler"].pop("_class_name")).from_config(cfg["scheduler"])
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     return pipe.to(device, dtype)
 
 
 def request():
     from erase.request import EraseRequest
 
-    return EraseRequest(concept="Van Gogh", kind="style", anchor="a painting",
-                        forget_prompts=["A painting of a village in the style of Van Gogh"],
-                        anchor_prompts=["A painting of a village"], retain_prompts=["A photo of a dog on a beach"])
+    return EraseRequest(
+        concept="Van Gogh",
+        kind="style",
+        anchor="a painting",
+        forget_prompts=["A painting of a village in the style of Van Gogh"],
+        anchor_prompts=["A painting of a village"],
+        retain_prompts=["A photo of a dog on a beach"],
+    )
 
 
 def bench_overrides(method: str, steps: int, batch: int, sample_steps: int) -> dict:
@@ -86,9 +117,18 @@ def bench_overrides(method: str, steps: int, batch: int, sample_steps: int) -> d
     known = {f.name: f.default for f in fields(get_method(method).config_cls)}
     if known.get("steps") == 0:  # closed form (UCE): no training steps to fix
         return {}
-    wanted = {"steps": steps, "batch_size": batch, "retain_batch_size": batch, "warmup": max(0, steps // 2),
-              "data_steps": sample_steps, "sample_steps": sample_steps, "forget_seeds": 1, "retain_seeds": 1, "anchor_seeds": 1,
-              "checkpoint_every": steps + 1}
+    wanted = {
+        "steps": steps,
+        "batch_size": batch,
+        "retain_batch_size": batch,
+        "warmup": max(0, steps // 2),
+        "data_steps": sample_steps,
+        "sample_steps": sample_steps,
+        "forget_seeds": 1,
+        "retain_seeds": 1,
+        "anchor_seeds": 1,
+        "checkpoint_every": steps + 1,
+    }
     return {k: v for k, v in wanted.items() if k in known}
 
 
@@ -99,8 +139,18 @@ def preset_of(method: str) -> str | None:
     return next((p for p in PRESETS if p in shipped), None)
 
 
-def run_one(method: str, *, shape: str, resolution: int, steps: int, batch: int, sample_steps: int, device: str, dtype: str,
-            xformers: bool = False) -> dict:
+def run_one(
+    method: str,
+    *,
+    shape: str,
+    resolution: int,
+    steps: int,
+    batch: int,
+    sample_steps: int,
+    device: str,
+    dtype: str,
+    xformers: bool = False,
+) -> dict:
     """One erasure in this process; returns time per step, peak memory and patch size."""
     from erase.api import erase_concept
     from erase.memory import peak_memory_bytes
@@ -110,24 +160,46 @@ def run_one(method: str, *, shape: str, resolution: int, steps: int, batch: int,
     pipe = build_pipeline(shape, device=device, dtype=torch_dtype)
     if xformers:
         pipe.enable_xformers_memory_efficient_attention()
-    pipe.unet.register_to_config(sample_size=resolution // pipe.vae_scale_factor)  # the size methods sample their data at
+    pipe.unet.register_to_config(
+        sample_size=resolution // pipe.vae_scale_factor
+    )  # the size methods sample their data at
     build_seconds = time.time() - t0
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     preset = preset_of(method)
     overrides = bench_overrides(method, steps, batch, sample_steps)
     with tempfile.TemporaryDirectory(prefix="sd15-shape-") as tmp:
-        patch = erase_concept(pipe, method, request(), Path(tmp) / "patch", preset=preset, overrides=overrides, progress=False,
-                              model_id=f"random-{shape}")
+        patch = erase_concept(
+            pipe,
+            method,
+            request(),
+            Path(tmp) / "patch",
+            preset=preset,
+            overrides=overrides,
+            progress=False,
+            model_id=f"random-{shape}",
+        )
     timing = patch.config.get("timing", {})
     train = timing.get("train_seconds")
-    return {"method": method, "preset": preset, "overrides": overrides, "shape": shape, "resolution": resolution, "dtype": dtype,
-            "device": device, "xformers": xformers, "build_seconds": round(build_seconds, 1),
-            "setup_seconds": timing.get("setup_seconds"), "train_seconds": train,
-            "seconds_per_step": round(train / steps, 3) if train is not None and steps else None,
-            "erase_seconds": patch.config["efficiency"]["erase_seconds"], "peak_rss_bytes": peak_memory_bytes(torch.device("cpu"))[0],
-            "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
-            "patch_bytes": patch.nbytes(), "patched_values": int(sum(d.numel() for d in patch.deltas.values()))}
+    return {
+        "method": method,
+        "preset": preset,
+        "overrides": overrides,
+        "shape": shape,
+        "resolution": resolution,
+        "dtype": dtype,
+        "device": device,
+        "xformers": xformers,
+        "build_seconds": round(build_seconds, 1),
+        "setup_seconds": timing.get("setup_seconds"),
+        "train_seconds": train,
+        "seconds_per_step": round(train / steps, 3) if train is not None and steps else None,
+        "erase_seconds": patch.config["efficiency"]["erase_seconds"],
+        "peak_rss_bytes": peak_memory_bytes(torch.device("cpu"))[0],
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
+        "patch_bytes": patch.nbytes(),
+        "patched_values": int(sum(d.numel() for d in patch.deltas.values())),
+    }
 
 
 def run_isolated(method: str, args) -> dict:
@@ -136,9 +208,31 @@ def run_isolated(method: str, args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "bench.sd15_shape", "--one", method, "--result", str(result), "--shape", args.shape,
-               "--resolution", str(args.resolution), "--steps", str(args.steps), "--batch", str(args.batch),
-               "--sample-steps", str(args.sample_steps), "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.sd15_shape",
+            "--one",
+            method,
+            "--result",
+            str(result),
+            "--shape",
+            args.shape,
+            "--resolution",
+            str(args.resolution),
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--sample-steps",
+            str(args.sample_steps),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+            "--threads",
+            str(args.threads),
+        ]
         if args.xformers:
             cmd.append("--xformers")
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -149,12 +243,21 @@ def run_isolated(method: str, args) -> dict:
             if peak > limit:
                 proc.kill()
                 proc.wait()
-                return {"method": method, "status": f"stopped: RSS above {args.max_rss_gb:g} GB", "peak_rss_bytes": peak,
-                        "seconds": round(time.time() - t0, 1)}
+                return {
+                    "method": method,
+                    "status": f"stopped: RSS above {args.max_rss_gb:g} GB",
+                    "peak_rss_bytes": peak,
+                    "seconds": round(time.time() - t0, 1),
+                }
             time.sleep(0.2)
         log = proc.stdout.read()
         if proc.returncode != 0 or not result.exists():
-            return {"method": method, "status": f"failed (exit {proc.returncode})", "log_tail": log[-2000:], "seconds": round(time.time() - t0, 1)}
+            return {
+                "method": method,
+                "status": f"failed (exit {proc.returncode})",
+                "log_tail": log[-2000:],
+                "seconds": round(time.time() - t0, 1),
+            }
         return {**json.loads(result.read_text()), "status": "ok"}
 
 
@@ -165,9 +268,13 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="all")
     p.add_argument("--shape", default="sd15", choices=["sd15", "tiny"])
     p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--steps", type=int, default=2, help="training steps per method (fixed; the time per step is reported)")
+    p.add_argument(
+        "--steps", type=int, default=2, help="training steps per method (fixed; the time per step is reported)"
+    )
     p.add_argument("--batch", type=int, default=1, help="images per training step (forget and retain each)")
-    p.add_argument("--sample-steps", type=int, default=2, help="sampler steps of the data a method generates for itself")
+    p.add_argument(
+        "--sample-steps", type=int, default=2, help="sampler steps of the data a method generates for itself"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--xformers", action="store_true")
@@ -179,8 +286,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.one:
-        r = run_one(args.one, shape=args.shape, resolution=args.resolution, steps=args.steps, batch=args.batch,
-                    sample_steps=args.sample_steps, device=args.device, dtype=args.dtype, xformers=args.xformers)
+        r = run_one(
+            args.one,
+            shape=args.shape,
+            resolution=args.resolution,
+            steps=args.steps,
+            batch=args.batch,
+            sample_steps=args.sample_steps,
+            device=args.device,
+            dtype=args.dtype,
+            xformers=args.xformers,
+        )
         Path(args.result).write_text(json.dumps(r))
         return 0
     methods = list_methods("stable_diffusion") if args.methods == "all" else args.methods.split(",")
@@ -189,19 +305,38 @@ def main(argv=None) -> int:
         r = run_isolated(m, args)
         rows.append({**r, "published": PUBLISHED.get(m)})
         gb = r.get("peak_rss_bytes", 0) / 2**30
-        print(f"{m:18s} {r['status']:28s} peak RSS {gb:6.2f} GB  s/step {r.get('seconds_per_step')}  patch {r.get('patch_bytes', 0) / 1e6:.1f} MB", flush=True)
-    out = Path(args.out or ROOT / "bench" / "results" / f"sd15_shape-{args.shape}-{args.device.split(':')[0]}-{args.dtype}.json")
+        print(
+            f"{m:18s} {r['status']:28s} peak RSS {gb:6.2f} GB  s/step {r.get('seconds_per_step')}  patch "
+            f"{r.get('patch_bytes', 0) / 1e6:.1f} MB",
+            flush=True,
+        )
+    out = Path(
+        args.out
+        or ROOT / "bench" / "results" / f"sd15_shape-{args.shape}-{args.device.split(':')[0]}-{args.dtype}.json"
+    )
     from erase.files import write_json_atomic
 
-    settings = {"shape": args.shape, "resolution": args.resolution, "steps": args.steps, "batch": args.batch, "sample_steps": args.sample_steps,
-                "device": args.device, "dtype": args.dtype}
+    settings = {
+        "shape": args.shape,
+        "resolution": args.resolution,
+        "steps": args.steps,
+        "batch": args.batch,
+        "sample_steps": args.sample_steps,
+        "device": args.device,
+        "dtype": args.dtype,
+    }
     if out.exists():  # the same settings measured before: keep the rows of methods not re-run now
         prev = json.loads(out.read_text())
         if {k: prev.get(k) for k in settings} == settings:
             ran = {r["method"] for r in rows}
-            rows = [r for r in prev["rows"] if r["method"] not in ran and r["method"] in list_methods("stable_diffusion")] + rows
+            rows = [
+                r for r in prev["rows"] if r["method"] not in ran and r["method"] in list_methods("stable_diffusion")
+            ] + rows
             rows.sort(key=lambda r: r["method"])
-    write_json_atomic(out, {**settings, "max_rss_gb": args.max_rss_gb, "threads": args.threads, "torch": torch.__version__, "rows": rows})
+    write_json_atomic(
+        out,
+        {**settings, "max_rss_gb": args.max_rss_gb, "threads": args.threads, "torch": torch.__version__, "rows": rows},
+    )
     print(f"results: {out}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -18,7 +18,8 @@ from .prompt_slots import encode_slots, slot_prompts
 
 
 class AdversarialPrefixes(nn.Module):
-    """k soft-prompt vectors per forget prompt (a buffer, so checkpoints carry them), initialised at the mean token embedding."""
+    """k soft-prompt vectors per forget prompt (a buffer, so checkpoints carry them), initialised
+    at the mean token embedding."""
 
     def __init__(self, pipe, prompts: list[str], k: int, steps: int, lr: float):
         super().__init__()
@@ -27,10 +28,20 @@ class AdversarialPrefixes(nn.Module):
         self.slots = slot_prompts(pipe.tokenizer, ["{} " + p for p in prompts], k)
         self.steps, self.lr = steps, lr
 
-    def attack(self, pipe, unet, prompt_idx: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, acp: torch.Tensor, prediction: str,
-               rng: torch.Generator) -> float:
-        """``steps`` Adam steps on the vectors of ``prompt_idx`` (one row per image of ``z0``): the denoising loss of ``unet``
-        on ``z0`` noised at ``t`` with fresh noise, conditioned on the adversarial prompt. Returns the last loss."""
+    def attack(
+        self,
+        pipe,
+        unet,
+        prompt_idx: torch.Tensor,
+        z0: torch.Tensor,
+        t: torch.Tensor,
+        acp: torch.Tensor,
+        prediction: str,
+        rng: torch.Generator,
+    ) -> float:
+        """``steps`` Adam steps on the vectors of ``prompt_idx`` (one row per image of ``z0``): the
+        denoising loss of ``unet`` on ``z0`` noised at ``t`` with fresh noise, conditioned on the
+        adversarial prompt. Returns the last loss."""
         idx = prompt_idx.tolist()
         rows = self.rows[idx].clone().to(z0.device).requires_grad_(True)
         opt = torch.optim.Adam([rows], lr=self.lr)
@@ -38,7 +49,9 @@ class AdversarialPrefixes(nn.Module):
         loss = torch.zeros(())
         for _ in range(self.steps):
             noise = torch.randn(z0.shape, generator=rng).to(z0.device)
-            loss = denoising_error(unet, z0, noise, t, encode_slots(pipe.text_encoder, slots, rows), acp, prediction).mean()
+            loss = denoising_error(
+                unet, z0, noise, t, encode_slots(pipe.text_encoder, slots, rows), acp, prediction
+            ).mean()
             rows.grad = torch.autograd.grad(loss, rows)[0]  # the model's own .grad stays untouched
             opt.step()
         with torch.no_grad():
@@ -47,8 +60,8 @@ class AdversarialPrefixes(nn.Module):
         return float(loss.detach())
 
     def condition(self, pipe, prompt_idx: torch.Tensor, grad: bool = False) -> torch.Tensor:
-        """Text-encoder states of the adversarial prompts (the vectors as they are now; with ``grad``, differentiable in the
-        text encoder's weights, for a method that trains it)."""
+        """Text-encoder states of the adversarial prompts (the vectors as they are now; with ``grad``, differentiable
+        in the text encoder's weights, for a method that trains it)."""
         idx = prompt_idx.tolist()
         with torch.set_grad_enabled(grad):
             return encode_slots(pipe.text_encoder, self.slots.subset(idx), self.rows[idx])

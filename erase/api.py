@@ -24,9 +24,9 @@ from . import __version__
 from .components import model_device
 from .errors import EraseError
 from .files import check_writable, hold_folder, read_json_object, write_json_atomic
-from .memory import peak_memory_bytes
-from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
 from .locations import preset_dir
+from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
+from .memory import peak_memory_bytes
 from .patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
 from .registry import coerce_value, get_method
 from .request import EraseRequest
@@ -47,7 +47,10 @@ def load_preset(method: str, preset: str | None) -> dict:
     if not path.is_file():
         path = preset_dir() / method / f"{preset}.json"
     if not path.is_file():
-        raise EraseError(f"unknown preset {preset!r} for {method}; known presets: {', '.join(list_presets(method)) or 'none'}, or a JSON file")
+        raise EraseError(
+            f"unknown preset {preset!r} for {method}; known presets: "
+            f"{', '.join(list_presets(method)) or 'none'}, or a JSON file"
+        )
     data = read_json_object(path, holds=f"{method} options", fix="fix the preset file or pass another --preset")
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
@@ -70,7 +73,12 @@ def resolve_config(method: str, preset: str | None = None, overrides: dict | Non
 def run_identity(method: str, cfg, request: EraseRequest, model_id: str | None, guides=None) -> dict:
     """What makes two runs the same run (checked by --resume and against a finished patch); the guides a method
     consulted count when there are any."""
-    identity = {"method": method, "config": asdict(cfg), "request": request.to_dict(), "model": None if model_id is None else str(model_id)}
+    identity = {
+        "method": method,
+        "config": asdict(cfg),
+        "request": request.to_dict(),
+        "model": None if model_id is None else str(model_id),
+    }
     if guides is not None:
         identity["guides"] = guides.describe()
     return identity
@@ -90,7 +98,12 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def _finished_identity(out_dir: Path) -> dict | None:
     try:
         cfg = json.loads((out_dir / CONFIG_FILE).read_text())
-        identity = {"method": cfg["method"], "config": cfg["method_config"], "request": cfg["request"], "model": cfg.get("base_model")}
+        identity = {
+            "method": cfg["method"],
+            "config": cfg["method_config"],
+            "request": cfg["request"],
+            "model": cfg.get("base_model"),
+        }
         if "guides" in cfg:
             identity["guides"] = cfg["guides"]
         return identity
@@ -115,7 +128,10 @@ def _torn_save(out_dir: Path) -> Path | None:
     return None
 
 
-RUN_TRACES = ("train_log.jsonl", RESOLVED_FILE)  # what a run killed before its first checkpoint (or before its patch) leaves
+RUN_TRACES = (
+    "train_log.jsonl",
+    RESOLVED_FILE,
+)  # what a run killed before its first checkpoint (or before its patch) leaves
 
 
 def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: bool) -> str:
@@ -124,8 +140,10 @@ def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: boo
     torn = _torn_save(out_dir)
     if torn is not None:
         if not resume:
-            raise EraseError(f"{out_dir} holds a patch whose saving was cut short (its config is still in {torn.parent.name}); "
-                             "pass --resume to finish it, or choose another --out")
+            raise EraseError(
+                f"{out_dir} holds a patch whose saving was cut short (its config is still in {torn.parent.name}); "
+                "pass --resume to finish it, or choose another --out"
+            )
         torn.replace(out_dir / CONFIG_FILE)  # the rename the killed process did not get to
         torn.parent.rmdir()
     has_patch = (out_dir / PATCH_FILE).exists()
@@ -135,8 +153,10 @@ def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: boo
             prev = _finished_identity(out_dir)
             diff = _differences(prev or {}, identity)
             if diff:
-                raise EraseError(f"{out_dir} holds a finished patch made with other settings (differs in {', '.join(diff[:4])}); "
-                                 "choose another --out, or pass --overwrite to replace it")
+                raise EraseError(
+                    f"{out_dir} holds a finished patch made with other settings (differs in {', '.join(diff[:4])}); "
+                    "choose another --out, or pass --overwrite to replace it"
+                )
             return "finished"
         if not overwrite:
             raise EraseError(f"{out_dir} already holds a patch; pass --overwrite or choose another --out")
@@ -147,21 +167,46 @@ def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: boo
             return "resume"
         if overwrite:
             return "overwrite"
-        what = f"an interrupted run with other settings (differs in {', '.join(diff[:4])})" if diff else "an interrupted run"
-        hint = "pass --overwrite to start over or choose another --out" if diff else "pass --resume to continue it, --overwrite to start over, or choose another --out"
+        what = (
+            f"an interrupted run with other settings (differs in {', '.join(diff[:4])})"
+            if diff
+            else "an interrupted run"
+        )
+        hint = (
+            "pass --overwrite to start over or choose another --out"
+            if diff
+            else "pass --resume to continue it, --overwrite to start over, or choose another --out"
+        )
         raise EraseError(f"{out_dir} holds {what} (checkpoint at step {meta['step']}); {hint}")
-    if any((out_dir / f).exists() for f in RUN_TRACES):  # killed before its first checkpoint, or before its patch was written
+    if any(
+        (out_dir / f).exists() for f in RUN_TRACES
+    ):  # killed before its first checkpoint, or before its patch was written
         if resume or overwrite:
             return "overwrite"
-        raise EraseError(f"{out_dir} holds a run killed before it saved anything to keep (no checkpoint, no whole patch); "
-                         "pass --resume to run it again, or choose another --out")
+        raise EraseError(
+            f"{out_dir} holds a run killed before it saved anything to keep (no checkpoint, no whole patch); "
+            "pass --resume to run it again, or choose another --out"
+        )
     return "fresh"
 
 
-def erase_concept(pipe, method: str, request: EraseRequest, out_dir: str | Path, *, preset: str | None = None,
-                  overrides: dict | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                  model_id: str | None = None, guides=None, config=None) -> ErasurePatch:
-    """Erase ``request`` from ``pipe`` with ``method``; writes the patch, resolved_config.json and the log to ``out_dir``.
+def erase_concept(
+    pipe,
+    method: str,
+    request: EraseRequest,
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    overrides: dict | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    model_id: str | None = None,
+    guides=None,
+    config=None,
+) -> ErasurePatch:
+    """Erase ``request`` from ``pipe`` with ``method``; writes the patch,
+    resolved_config.json and the log to ``out_dir``.
 
     The config is the method's defaults <- ``preset`` <- ``overrides``, or ``config`` when the caller resolved it
     already (``resolve_config``: validated there, once). The model is left unpatched; apply the returned patch
@@ -170,18 +215,46 @@ def erase_concept(pipe, method: str, request: EraseRequest, out_dir: str | Path,
     out_dir = Path(out_dir)
     spec = get_method(method)
     if config is not None and not isinstance(config, spec.config_cls):
-        raise EraseError(f"config is a {type(config).__name__}, not {method}'s {spec.config_cls.__name__}; build it with resolve_config")
+        raise EraseError(
+            f"config is a {type(config).__name__}, not {method}'s {spec.config_cls.__name__}; "
+            "build it with resolve_config"
+        )
     cfg = config if config is not None else resolve_config(method, preset, overrides)
     request.validate()
     identity = run_identity(method, cfg, request, model_id, guides)
     check_writable("--out", out_dir, folder=True)
     with hold_folder(out_dir, "erase run"):  # two runs into one folder: the second is refused, none silently lost
-        return _erase_held(pipe, spec, method, cfg, request, out_dir, identity, preset=preset, resume=resume, overwrite=overwrite,
-                           progress=progress, guides=guides)
+        return _erase_held(
+            pipe,
+            spec,
+            method,
+            cfg,
+            request,
+            out_dir,
+            identity,
+            preset=preset,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            guides=guides,
+        )
 
 
-def _erase_held(pipe, spec, method: str, cfg, request: EraseRequest, out_dir: Path, identity: dict, *, preset, resume: bool, overwrite: bool,
-                progress: bool, guides) -> ErasurePatch:
+def _erase_held(
+    pipe,
+    spec,
+    method: str,
+    cfg,
+    request: EraseRequest,
+    out_dir: Path,
+    identity: dict,
+    *,
+    preset,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    guides,
+) -> ErasurePatch:
     mode = check_out_dir(out_dir, identity, resume=resume, overwrite=overwrite)
     if mode == "finished":
         return ErasurePatch.from_pretrained(out_dir)
@@ -195,13 +268,32 @@ def _erase_held(pipe, spec, method: str, cfg, request: EraseRequest, out_dir: Pa
     eraser = spec.eraser_cls(cfg, request)
     if guides is not None:
         eraser.guides = guides
-    patch_config = {"method": method, "method_config": asdict(cfg), "request": request.to_dict(), "preset": preset,
-                    "base_model": identity["model"], "package_version": __version__, **({"guides": guides.describe()} if guides else {})}
+    patch_config = {
+        "method": method,
+        "method_config": asdict(cfg),
+        "request": request.to_dict(),
+        "preset": preset,
+        "base_model": identity["model"],
+        "package_version": __version__,
+        **({"guides": guides.describe()} if guides else {}),
+    }
     steps = getattr(cfg, "steps", 0)
-    loop = LoopConfig(steps=steps, resume=mode == "resume", progress=progress, checkpoint_every=getattr(cfg, "checkpoint_every", 100),
-                      identity=identity)
+    loop = LoopConfig(
+        steps=steps,
+        resume=mode == "resume",
+        progress=progress,
+        checkpoint_every=getattr(cfg, "checkpoint_every", 100),
+        identity=identity,
+    )
     try:
-        patch = run(eraser, pipe, out_dir, loop, patch_config, patch_dtype=getattr(torch, getattr(cfg, "patch_dtype", "float32")))
+        patch = run(
+            eraser,
+            pipe,
+            out_dir,
+            loop,
+            patch_config,
+            patch_dtype=getattr(torch, getattr(cfg, "patch_dtype", "float32")),
+        )
     except BaseException:
         if checkpoint_meta(out_dir) is None:  # nothing resumable: leave no trace of this run
             if created:
@@ -210,8 +302,12 @@ def _erase_held(pipe, spec, method: str, cfg, request: EraseRequest, out_dir: Pa
                 (out_dir / "train_log.jsonl").unlink(missing_ok=True)
         raise
     mem, mem_kind = peak_memory_bytes(device)
-    patch.config["efficiency"] = {"erase_seconds": round(time.time() - t0, 2), "peak_memory_bytes": mem,
-                                  "peak_memory_kind": mem_kind, "patch_bytes": patch.nbytes()}
+    patch.config["efficiency"] = {
+        "erase_seconds": round(time.time() - t0, 2),
+        "peak_memory_bytes": mem,
+        "peak_memory_kind": mem_kind,
+        "patch_bytes": patch.nbytes(),
+    }
     write_json_atomic(out_dir / RESOLVED_FILE, {**identity, "preset": preset, "package_version": __version__})
     patch.save_pretrained(out_dir, overwrite=True)
     return patch

@@ -59,7 +59,9 @@ def read_concepts(path: str | Path, known: list[str] | None, kind: str) -> list[
     if known is not None:
         unknown = [c for c in concepts if c not in known]
         if unknown:
-            raise BatchError(f"--concepts {p}: {unknown[0]!r} is not a {kind} of the protocol (known: {', '.join(known)})")
+            raise BatchError(
+                f"--concepts {p}: {unknown[0]!r} is not a {kind} of the protocol (known: {', '.join(known)})"
+            )
     bad = [c for c in concepts if "/" in c or c.startswith(".")]
     if bad:
         raise BatchError(f"concept {bad[0]!r} cannot name a folder; rename it in --concepts")
@@ -91,7 +93,9 @@ def claim_folder(out: Path, identity: dict, *, resume: bool, rank: int, wait_sec
             if prev is not None and prev.get("launcher") == launcher:
                 break
             if time.time() > deadline:
-                raise BatchError(f"rank 0 of this launch did not claim {out} within {wait_seconds:.0f} s (see its error)")
+                raise BatchError(
+                    f"rank 0 of this launch did not claim {out} within {wait_seconds:.0f} s (see its error)"
+                )
             time.sleep(0.2)
         _check_same(out, prev, identity)
         return
@@ -116,10 +120,16 @@ def _read_batch(path: Path) -> dict | None:
 
 
 def _check_same(out: Path, prev: dict, identity: dict) -> None:
-    diff = [k for k in sorted(set(prev) | set(identity)) if k not in ("concepts", "launcher") and prev.get(k) != identity.get(k)]
+    diff = [
+        k
+        for k in sorted(set(prev) | set(identity))
+        if k not in ("concepts", "launcher") and prev.get(k) != identity.get(k)
+    ]
     if diff:
-        raise BatchError(f"{out} holds a batch made with another {' / '.join(diff[:3])}; --resume continues the same batch only: "
-                         "choose another --out")
+        raise BatchError(
+            f"{out} holds a batch made with another {' / '.join(diff[:3])}; --resume continues the same batch only: "
+            "choose another --out"
+        )
 
 
 @contextmanager
@@ -132,7 +142,9 @@ def rank_lock(out: Path, rank: int):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise BatchError(f"another erase batch is writing {out} (lock {path.name} is held); wait for it or choose another --out") from None
+        raise BatchError(
+            f"another erase batch is writing {out} (lock {path.name} is held); wait for it or choose another --out"
+        ) from None
     try:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -185,8 +197,20 @@ def read_manifest(out: Path) -> list[dict]:
 
 
 # -- the jobs ------------------------------------------------------------------------------------------------
-def run_jobs(pipe, *, method: str, preset: str | None, overrides: dict, requests: dict, out: Path, concepts: list[str],
-             model_id: str, evaluate_fn=None, progress: bool = True, log=print) -> list[dict]:
+def run_jobs(
+    pipe,
+    *,
+    method: str,
+    preset: str | None,
+    overrides: dict,
+    requests: dict,
+    out: Path,
+    concepts: list[str],
+    model_id: str,
+    evaluate_fn=None,
+    progress: bool = True,
+    log=print,
+) -> list[dict]:
     """Erase every concept of ``requests`` (concept -> EraseRequest) that is not done yet; returns the manifest."""
     from .api import erase_concept
 
@@ -201,13 +225,30 @@ def run_jobs(pipe, *, method: str, preset: str | None, overrides: dict, requests
             (folder / "erasure_patch.safetensors").unlink(missing_ok=True)
         log(f"[{k}/{len(requests)}] erasing {concept} with {method}")
         t0 = time.time()
-        patch = erase_concept(pipe, method, requests[concept], folder, preset=preset, overrides=overrides, resume=True, progress=progress,
-                              model_id=model_id)
+        patch = erase_concept(
+            pipe,
+            method,
+            requests[concept],
+            folder,
+            preset=preset,
+            overrides=overrides,
+            resume=True,
+            progress=progress,
+            model_id=model_id,
+        )
         patch_file = folder / "erasure_patch.safetensors"
         st = patch_file.stat()
-        record = {"concept": concept, "status": "done", "patch": concept, "sha256": file_sha256(patch_file), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                  "seconds": round(time.time() - t0, 1), "erase_seconds": patch.config.get("efficiency", {}).get("erase_seconds"),
-                  "patch_bytes": patch.nbytes()}
+        record = {
+            "concept": concept,
+            "status": "done",
+            "patch": concept,
+            "sha256": file_sha256(patch_file),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "seconds": round(time.time() - t0, 1),
+            "erase_seconds": patch.config.get("efficiency", {}).get("erase_seconds"),
+            "patch_bytes": patch.nbytes(),
+        }
         if evaluate_fn is not None:
             record["metrics"] = evaluate_fn(concept, patch, folder)
         write_json_atomic(folder / JOB_FILE, record)
@@ -216,11 +257,14 @@ def run_jobs(pipe, *, method: str, preset: str | None, overrides: dict, requests
 
 
 def joint_request(requests: list, kind: str):
-    """One request erasing every concept at once: all forget / anchor prompt pairs, retain prompts naming none of them."""
+    """One request erasing every concept at once: all forget / anchor prompt pairs, retain
+    prompts naming none of them."""
     from .request import EraseRequest
 
     names = [r.concept for r in requests]
     forget = [p for r in requests for p in r.forget_prompts]
     anchors = [p for r in requests for p in r.anchor_prompts]
     retain = [p for p in requests[0].retain_prompts if all(p in r.retain_prompts for r in requests[1:])]
-    return EraseRequest("+".join(names), kind, requests[0].anchor, forget, anchors, retain, requests[0].seed, requests[0].protocol)
+    return EraseRequest(
+        "+".join(names), kind, requests[0].anchor, forget, anchors, retain, requests[0].seed, requests[0].protocol
+    )

@@ -76,8 +76,11 @@ def entry_lock(path: str | Path):
 def _warn_once(folder: Path, error: Exception) -> None:
     if str(folder) not in _warned:
         _warned.add(str(folder))
-        print(f"erasekit: cache folder {folder} is not usable ({getattr(error, 'strerror', None) or error}); going on without the cache "
-              "(set ERASEKIT_CACHE to a writable folder to keep results between runs)", file=sys.stderr)
+        print(
+            f"erasekit: cache folder {folder} is not usable ({getattr(error, 'strerror', None) or error}); going on "
+            "without the cache (set ERASEKIT_CACHE to a writable folder to keep results between runs)",
+            file=sys.stderr,
+        )
 
 
 def _load(data: bytes) -> dict[str, torch.Tensor]:

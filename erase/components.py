@@ -25,7 +25,9 @@ def model_components(model) -> dict[str, nn.Module]:
         return {name: m for name, m in comps.items() if isinstance(m, nn.Module)}
     if isinstance(model, nn.Module):
         return {"model": model}
-    raise TypeError(f"cannot find the modules of a {type(model).__name__}: pass a pipeline with .components or an nn.Module")
+    raise TypeError(
+        f"cannot find the modules of a {type(model).__name__}: pass a pipeline with .components or an nn.Module"
+    )
 
 
 def named_parameters(model) -> dict[str, nn.Parameter]:

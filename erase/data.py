@@ -19,7 +19,11 @@ def image_files(root: str | Path, *, recursive: bool = False, exclude: str | Non
     """Image files under ``root``, sorted; ``exclude`` drops files with a path component of that name."""
     root = Path(root)
     found = root.rglob("*") if recursive else root.iterdir()
-    return sorted(f for f in found if f.suffix.lower() in IMAGE_SUFFIXES and (exclude is None or exclude not in f.relative_to(root).parts))
+    return sorted(
+        f
+        for f in found
+        if f.suffix.lower() in IMAGE_SUFFIXES and (exclude is None or exclude not in f.relative_to(root).parts)
+    )
 
 
 def load_images(files: list[Path], size: int) -> torch.Tensor:
@@ -31,7 +35,9 @@ def load_images(files: list[Path], size: int) -> torch.Tensor:
         try:
             arrays.append(np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC)))
         except (UnidentifiedImageError, OSError) as e:
-            raise EraseError(f"cannot read image {f} ({type(e).__name__}); remove it or replace it with a valid image") from e
+            raise EraseError(
+                f"cannot read image {f} ({type(e).__name__}); remove it or replace it with a valid image"
+            ) from e
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -64,8 +70,17 @@ def model_identity(model) -> str:
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
 
-def generations(pipe, prompts: list[str], per_prompt: int, first_seed: int, *, steps: int, guidance: float,
-                cache: bool = True, identity: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def generations(
+    pipe,
+    prompts: list[str],
+    per_prompt: int,
+    first_seed: int,
+    *,
+    steps: int,
+    guidance: float,
+    cache: bool = True,
+    identity: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own generations: ``per_prompt`` latents per prompt (seeds first_seed, first_seed + 1, ...)
     and the prompt index of each, in prompt-major order.
 
@@ -82,14 +97,25 @@ def generations(pipe, prompts: list[str], per_prompt: int, first_seed: int, *, s
     if not prompts or per_prompt < 1:
         return torch.zeros(0), idx
     seeds = [first_seed + k for _ in prompts for k in range(per_prompt)]
-    key = {"model": identity or model_identity(pipe), "prompts": prompts, "seeds": seeds, "steps": steps, "guidance": guidance,
-           "scheduler": type(pipe.scheduler).__name__, "scheduler_config": dict(pipe.scheduler.config),
-           "sample_size": pipe.unet.config.sample_size}  # the pipeline's default size is the generations' size
+    key = {
+        "model": identity or model_identity(pipe),
+        "prompts": prompts,
+        "seeds": seeds,
+        "steps": steps,
+        "guidance": guidance,
+        "scheduler": type(pipe.scheduler).__name__,
+        "scheduler_config": dict(pipe.scheduler.config),
+        "sample_size": pipe.unet.config.sample_size,
+    }  # the pipeline's default size is the generations' size
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_dir() / "generations" / f"{digest}.safetensors"
 
     def sample() -> dict[str, torch.Tensor]:
-        return {"latents": sample_latents(pipe, [p for p in prompts for _ in range(per_prompt)], seeds, steps=steps, guidance=guidance)}
+        return {
+            "latents": sample_latents(
+                pipe, [p for p in prompts for _ in range(per_prompt)], seeds, steps=steps, guidance=guidance
+            )
+        }
 
     if not cache:
         return sample()["latents"], idx
@@ -107,4 +133,12 @@ class GenerationSets:
         self.identity = model_identity(pipe)
 
     def __call__(self, prompts: list[str], per_prompt: int, first_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return generations(self.pipe, prompts, per_prompt, first_seed, steps=self.steps, guidance=self.guidance, identity=self.identity)
+        return generations(
+            self.pipe,
+            prompts,
+            per_prompt,
+            first_seed,
+            steps=self.steps,
+            guidance=self.guidance,
+            identity=self.identity,
+        )

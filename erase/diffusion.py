@@ -28,13 +28,17 @@ def prediction_type(pipe) -> str:
     """The scheduler's prediction type, refused unless the helpers support it."""
     kind = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
-        raise EraseError(f"the model predicts {kind!r}; erasekit's diffusion methods support {', '.join(PREDICTION_TYPES)}")
+        raise EraseError(
+            f"the model predicts {kind!r}; erasekit's diffusion methods support {', '.join(PREDICTION_TYPES)}"
+        )
     return kind
 
 
 def token_ids(pipe, prompts: list[str]) -> torch.Tensor:
     """Padded token ids (N, L) of prompts, as the pipeline tokenizes them."""
-    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    tok = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     return tok.input_ids
 
 
@@ -45,15 +49,22 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_latents(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, batch_size: int = 64) -> torch.Tensor:
+def sample_latents(
+    pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, batch_size: int = 64
+) -> torch.Tensor:
     """The model's own generations for prompts, as UNet-space latents (N, C, h, w); one seed per image."""
     out = []
     device = model_device(pipe)
     gen_device = "cpu" if device.type == "mps" else device
     for i in range(0, len(prompts), batch_size):
         gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[i : i + batch_size]]
-        r = pipe(prompt=prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                 generator=gens, output_type="latent")
+        r = pipe(
+            prompt=prompts[i : i + batch_size],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens,
+            output_type="latent",
+        )
         out.append(r.images.float())
     return torch.cat(out)
 
@@ -80,7 +91,9 @@ def noisy(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, acp: torch.Ten
     return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
 
-def training_target(kind: str, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
+def training_target(
+    kind: str, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, acp: torch.Tensor
+) -> torch.Tensor:
     """What the model should output for x_t = noisy(z0, noise, t): eps, or v = sqrt(a) eps - sqrt(1 - a) x0."""
     if kind == "epsilon":
         return noise
@@ -90,8 +103,15 @@ def training_target(kind: str, z0: torch.Tensor, noise: torch.Tensor, t: torch.T
     raise EraseError(f"unsupported prediction type {kind!r}; use one of {PREDICTION_TYPES}")
 
 
-def denoising_error(unet, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, acp: torch.Tensor,
-                    prediction: str) -> torch.Tensor:
+def denoising_error(
+    unet,
+    z0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    acp: torch.Tensor,
+    prediction: str,
+) -> torch.Tensor:
     """Per-image MSE of the UNet's output at x_t = noisy(z0, noise, t) under ``cond`` against its training target:
     the plain denoising loss, run in the UNet's dtype and measured in float32 (differentiable in ``cond``)."""
     dtype = unet.dtype
@@ -99,7 +119,9 @@ def denoising_error(unet, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
     return F.mse_loss(pred, training_target(prediction, z0, noise, t, acp), reduction="none").flatten(1).mean(1)
 
 
-def predicted_x0(kind: str, x_t: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
+def predicted_x0(
+    kind: str, x_t: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor, acp: torch.Tensor
+) -> torch.Tensor:
     """x0-hat from the model's output at x_t (the scheduler's ``pred_original_sample``, unclipped)."""
     a = _a(acp, t, x_t.ndim)
     if kind == "epsilon":
@@ -124,8 +146,19 @@ def salun_guidance(upstream_w: float) -> float:
 RETAIN_LOSSES = ("diffusion", "distill")
 
 
-def retain_loss(kind: str, pred: torch.Tensor, *, prediction: str, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                acp: torch.Tensor, frozen=None, zt: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+def retain_loss(
+    kind: str,
+    pred: torch.Tensor,
+    *,
+    prediction: str,
+    z0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    acp: torch.Tensor,
+    frozen=None,
+    zt: torch.Tensor | None = None,
+    cond: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The retain term every diffusion method shares, on retain latents z0 noised to zt with ``noise`` at t.
 
     * ``diffusion`` (upstream SalUn, DoCo, Concept Ablation's prior preservation): the plain denoising

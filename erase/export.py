@@ -26,9 +26,20 @@ def retained_prompts(protocol, target: str, kind: str, seeds: int) -> tuple[list
     return [protocol.prompt(*e[:-1]) for e in entries], [e[-1] for e in entries]
 
 
-def export_lora(pipe, patch: ErasurePatch, out: str | Path, protocol, *, target_psnr: float = 40.0, seeds: int = 1,
-                progress: bool = True) -> dict:
+def export_lora(
+    pipe,
+    patch: ErasurePatch,
+    out: str | Path,
+    protocol,
+    *,
+    target_psnr: float = 40.0,
+    seeds: int = 1,
+    progress: bool = True,
+) -> dict:
     """Write ``patch`` as a LoRA folder ``out``; returns its record (ranks, tolerance, measured PSNR)."""
+    import importlib.util
+
+    from diffusers.utils import logging as diffusers_logging
     from tqdm.auto import tqdm
 
     from eval.fidelity import psnr
@@ -36,17 +47,18 @@ def export_lora(pipe, patch: ErasurePatch, out: str | Path, protocol, *, target_
     from pipelines.lora import check_loraable, rank_for_energy, save_lora, spectra
     from pipelines.stable_diffusion import apply_patch, remove_patch
 
-    import importlib.util
-
-    from diffusers.utils import logging as diffusers_logging
-
     if importlib.util.find_spec("peft") is None:
-        raise EraseError("LoRA export needs the peft package that diffusers loads LoRAs with: pip install 'erasekit[lora]'")
+        raise EraseError(
+            "LoRA export needs the peft package that diffusers loads LoRAs with: pip install 'erasekit[lora]'"
+        )
     check_loraable(pipe, patch)
     request = patch.config.get("request") or {}
     target, kind = request.get("concept"), request.get("kind")
     if target is None or kind not in protocol.axis_names:
-        raise EraseError(f"the patch's request ({kind} {target!r}) is not on protocol {protocol.name!r}; pass the protocol it was made for")
+        raise EraseError(
+            f"the patch's request ({kind} {target!r}) is not on protocol {protocol.name!r}; pass "
+            "the protocol it was made for"
+        )
     prompts, seed_list = retained_prompts(protocol, target, kind, seeds)
     apply_patch(pipe, patch)
     try:
@@ -72,18 +84,26 @@ def export_lora(pipe, patch: ErasurePatch, out: str | Path, protocol, *, target_
             finally:
                 pipe.unload_lora_weights()
         value = float(psnr(exact, images).mean())
-        tried.append({"tolerance": tolerance, "ranks": ranks, "psnr_db": round(value, 2), "total_rank": sum(ranks.values())})
+        tried.append(
+            {"tolerance": tolerance, "ranks": ranks, "psnr_db": round(value, 2), "total_rank": sum(ranks.values())}
+        )
         if value >= target_psnr:
             chosen = tried[-1]
             break
     if chosen is None:
-        raise EraseError(f"even at full rank the LoRA's images reach {tried[-1]['psnr_db']} dB against the exact patch's, "
-                         f"below the {target_psnr} dB bar; ship the patch itself")
+        raise EraseError(
+            f"even at full rank the LoRA's images reach {tried[-1]['psnr_db']} dB against the exact patch's, "
+            f"below the {target_psnr} dB bar; ship the patch itself"
+        )
     full = {n: rank_for_energy(s, 0.0) for n, s in spectrum.items()}
-    info = {"psnr_db": chosen["psnr_db"], "target_psnr_db": target_psnr, "tolerance": chosen["tolerance"],
-            "exact": chosen["ranks"] == full,
-            "measured_on": f"{len(prompts)} retained prompts of protocol {protocol.name} ({kind} {target} left out), "
-                           f"seeds {sorted(set(seed_list))}, same-seed PSNR against the exact patch",
-            "search": [{k: v for k, v in t.items() if k != "ranks"} for t in tried]}
+    info = {
+        "psnr_db": chosen["psnr_db"],
+        "target_psnr_db": target_psnr,
+        "tolerance": chosen["tolerance"],
+        "exact": chosen["ranks"] == full,
+        "measured_on": f"{len(prompts)} retained prompts of protocol {protocol.name} ({kind} {target} left out), "
+        f"seeds {sorted(set(seed_list))}, same-seed PSNR against the exact patch",
+        "search": [{k: v for k, v in t.items() if k != "ranks"} for t in tried],
+    }
     save_lora(pipe, patch, chosen["ranks"], out, info)
     return {**info, "ranks": chosen["ranks"]}

@@ -1,4 +1,5 @@
-"""Small file helpers every reader and writer shares: output-folder checks, JSON objects read with clear errors, atomic writes."""
+"""Small file helpers every reader and writer shares: output-folder checks, JSON objects read with
+clear errors, atomic writes."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def check_writable(option: str, path: str | Path, *, folder: bool) -> Path:
 
 
 def read_json_object(path: str | Path, *, holds: str, fix: str, error: type[Exception] = EraseError) -> dict:
-    """A JSON file that must hold an object (a preset, a model config): else ``error`` saying what is wrong and ``fix``."""
+    """A JSON file that must hold an object (a preset, a model config): else ``error``
+    saying what is wrong and ``fix``."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -83,12 +85,15 @@ def writing(path: str | Path, *, cleanup: tuple[str | Path, ...] = (), size: int
         for t in cleanup:
             t = Path(t)
             shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
-        raise DiskFullError(f"no space left writing {path}{_size(size)}: {os.strerror(code).lower()}; free some space "
-                            "or write elsewhere (what was there before is intact)") from None
+        raise DiskFullError(
+            f"no space left writing {path}{_size(size)}: {os.strerror(code).lower()}; free some space "
+            "or write elsewhere (what was there before is intact)"
+        ) from None
 
 
 def no_space_errno(e: BaseException) -> int | None:
-    """The errno of an out-of-space failure (an OSError, or an error whose message carries "(os error N)"), else None."""
+    """The errno of an out-of-space failure (an OSError, or an error whose message carries
+    "(os error N)"), else None."""
     code = e.errno if isinstance(e, OSError) else None
     if code is None:
         found = re.search(r"\(os error (\d+)\)", str(e))
@@ -196,8 +201,11 @@ def hold_folder(folder: str | Path, command: str):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise EraseError(f"{folder} is in use by {holder}; wait for it to finish or choose another output folder") from None
-        try:  # the holder before us may have removed the file between our open and our lock: lock the file that is there
+            raise EraseError(
+                f"{folder} is in use by {holder}; wait for it to finish or choose another output folder"
+            ) from None
+        # the holder before us may have removed the file between our open and our lock: lock the file that is there
+        try:
             same = os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
             same = False

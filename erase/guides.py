@@ -20,16 +20,25 @@ from .errors import EraseError
 
 @dataclass
 class Guides:
-    clip_image: Callable[[torch.Tensor], torch.Tensor]  # float images (N, 3, H, W) in [0, 1] -> unit embeddings, differentiable
+    clip_image: Callable[
+        [torch.Tensor], torch.Tensor
+    ]  # float images (N, 3, H, W) in [0, 1] -> unit embeddings, differentiable
     clip_text: Callable[[list[str]], torch.Tensor]  # texts -> unit embeddings
-    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # per-image distance, differentiable
-    identity: Callable[[torch.Tensor], torch.Tensor] | None = None  # images -> unit identity embeddings, differentiable
-    concept_probability: Callable[[torch.Tensor, str], torch.Tensor] | None = None  # (images, concept) -> P(concept) per image
-    # (images, concept) -> log-probabilities of every attribute but the concept's, concatenated (differentiable): what an
-    # edit or an erasure of the concept should leave alone
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = (
+        None  # per-image distance, differentiable
+    )
+    identity: Callable[[torch.Tensor], torch.Tensor] | None = (
+        None  # images -> unit identity embeddings, differentiable
+    )
+    concept_probability: Callable[[torch.Tensor, str], torch.Tensor] | None = (
+        None  # (images, concept) -> P(concept) per image
+    )
+    # (images, concept) -> log-probabilities of every attribute but the concept's, concatenated (differentiable): what
+    # an edit or an erasure of the concept should leave alone
     other_attributes: Callable[[torch.Tensor, str], torch.Tensor] | None = None
     names: dict[str, str] = field(default_factory=dict)  # what each guide is: part of the run's identity
-    # other perceptual distances a method may pick by name instead of ``perceptual`` (names["perceptual:NAME"] says what each is)
+    # other perceptual distances a method may pick by name instead of ``perceptual``
+    # (names["perceptual:NAME"] says what each is)
     perceptual_choices: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, str]:
@@ -38,7 +47,9 @@ class Guides:
     def require(self, what: str, method: str, why: str):
         value = getattr(self, what)
         if value is None:
-            raise EraseError(f"{method} needs a {what.replace('_', ' ')} guide ({why}); pass it in Guides or set its weight to 0")
+            raise EraseError(
+                f"{method} needs a {what.replace('_', ' ')} guide ({why}); pass it in Guides or set its weight to 0"
+            )
         return value
 
     def other_attribute_kl(self, reference: torch.Tensor, x: torch.Tensor, concept: str) -> torch.Tensor:
@@ -54,8 +65,10 @@ class Guides:
             return self.require("perceptual", method, why)
         if choice not in self.perceptual_choices:
             known = ", ".join(sorted(self.perceptual_choices)) or "none"
-            raise EraseError(f"{method}: no perceptual network {choice!r} among the guides (these have: {known}); "
-                             "leave perceptual_net empty for the default")
+            raise EraseError(
+                f"{method}: no perceptual network {choice!r} among the guides (these have: {known}); "
+                "leave perceptual_net empty for the default"
+            )
         return self.perceptual_choices[choice]
 
 

@@ -46,7 +46,9 @@ def apply_colour_maps(x: torch.Tensor, maps: tuple[torch.Tensor, torch.Tensor, t
     return ((y - 0.5) * contrast.view(-1, 1, 1, 1) + 0.5 + brightness.view(-1, 1, 1, 1)).clamp(0, 1)
 
 
-def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2, colour: bool = False, pairs: int = 1) -> torch.Tensor:
+def clip_views(
+    x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2, colour: bool = False, pairs: int = 1
+) -> torch.Tensor:
     """``views`` random views of every image (a shift of up to ``shift`` pixels through reflect padding, and a
     horizontal flip half the time, one per view for the whole batch), stacked view-major. With ``colour`` every
     image also gets a random colour map, the same for the ``pairs`` images i, i + n, ..., i + (pairs - 1) n of a
@@ -67,8 +69,9 @@ def clip_views(x: torch.Tensor, views: int, rng: torch.Generator, shift: int = 2
     return torch.cat(out)
 
 
-def embed_pair(clip_image, a: torch.Tensor, b: torch.Tensor, views: int, rng: torch.Generator, colour: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_pair(
+    clip_image, a: torch.Tensor, b: torch.Tensor, views: int, rng: torch.Generator, colour: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP embeddings of two image batches under the same random views (and colour maps), (views, images, dim)
     each, so that their difference is the images' difference alone and not that of two different views."""
     e = clip_image(clip_views(torch.cat([a, b]), views, rng, colour=colour, pairs=2))

@@ -73,7 +73,9 @@ class MapperSettings:
     truncation: float = 1.0
     seed: int = 0
     views: int = 0  # CLIP sees this many randomly shifted / flipped views of each edit (0: the image itself)
-    attributes: float = 0.0  # weight of keeping the guides' other attributes (KL of G(w_hat)'s from G(w)'s): a cleaner edit
+    attributes: float = (
+        0.0  # weight of keeping the guides' other attributes (KL of G(w_hat)'s from G(w)'s): a cleaner edit
+    )
 
     def for_kind(self, kind: str) -> "MapperSettings":
         """For an identity the L2 and identity terms are off: both keep the edit from changing who the face is."""
@@ -86,7 +88,8 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_wplus(generator, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-    """W+ codes of z: the mapping's w, truncated towards w_avg, on every row (differentiable; callers choose no_grad)."""
+    """W+ codes of z: the mapping's w, truncated towards w_avg, on every row
+    (differentiable; callers choose no_grad)."""
     w = generator.truncate(generator.mapping(z.to(next(generator.parameters()).device)), truncation)
     return w.unsqueeze(1).expand(-1, generator.n_latent, -1).contiguous()
 
@@ -104,28 +107,48 @@ def edit(mapper: LevelsMapper, wplus: torch.Tensor, scale: float) -> torch.Tenso
 def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings, concept: str | None):
     from .data import cache_dir, model_identity
 
-    ident = {"generator": model_identity(generator), "prompt": prompt, "guides": guides.describe(), "settings": asdict(settings)}
+    ident = {
+        "generator": model_identity(generator),
+        "prompt": prompt,
+        "guides": guides.describe(),
+        "settings": asdict(settings),
+    }
     if settings.attributes > 0:  # which attributes are kept depends on the concept
         ident["concept"] = concept
     key = json.dumps(ident, sort_keys=True)
     return cache_dir() / "mappers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
 
-def train_mapper(generator, prompt: str, guides: Guides, settings: MapperSettings, *, progress: bool = False, concept: str | None = None) -> LevelsMapper:
+def train_mapper(
+    generator,
+    prompt: str,
+    guides: Guides,
+    settings: MapperSettings,
+    *,
+    progress: bool = False,
+    concept: str | None = None,
+) -> LevelsMapper:
     """The mapper that adds ``prompt`` to ``generator``'s images (trained once, then read from the cache)."""
 
     dev = next(generator.parameters()).device
     mapper = LevelsMapper(generator.n_latent, generator.config.style_dim).to(dev)
     if settings.attributes > 0 and concept is None:
-        raise EraseError("a latent mapper that keeps the other attributes needs the concept it adds (train_mapper(..., concept=...))")
+        raise EraseError(
+            "a latent mapper that keeps the other attributes needs the concept it adds "
+            "(train_mapper(..., concept=...))"
+        )
     path = _cache_path(generator, prompt, guides, settings, concept)
     from .cache import cached_tensors
 
-    mapper.load_state_dict(cached_tensors(path, lambda: _train(generator, prompt, guides, settings, progress, concept)))
+    mapper.load_state_dict(
+        cached_tensors(path, lambda: _train(generator, prompt, guides, settings, progress, concept))
+    )
     return mapper.eval().requires_grad_(False)
 
 
-def _train(generator, prompt: str, guides: Guides, settings: MapperSettings, progress: bool, concept: str | None) -> dict[str, torch.Tensor]:
+def _train(
+    generator, prompt: str, guides: Guides, settings: MapperSettings, progress: bool, concept: str | None
+) -> dict[str, torch.Tensor]:
     """Train a mapper from scratch (seeded by the settings); its state dict."""
     from tqdm.auto import tqdm
 
@@ -141,11 +164,15 @@ def _train(generator, prompt: str, guides: Guides, settings: MapperSettings, pro
     was = generator.training
     generator.eval().requires_grad_(False)
     try:
-        for _ in tqdm(range(settings.steps), desc=f"latent mapper for {prompt!r}", disable=not progress, mininterval=2):
+        for _ in tqdm(
+            range(settings.steps), desc=f"latent mapper for {prompt!r}", disable=not progress, mininterval=2
+        ):
             w = sample_wplus(generator, settings.batch_size, rng, settings.truncation)
             w_hat = edit(mapper, w, settings.scale)
             x_hat = to_images(generator.synthesis(w_hat))
-            loss = (1 - (guides.clip_image(clip_views(x_hat, settings.views, rng)) * text).sum(-1)).mean() + settings.l2 * (w_hat - w).pow(2).mean()
+            loss = (
+                1 - (guides.clip_image(clip_views(x_hat, settings.views, rng)) * text).sum(-1)
+            ).mean() + settings.l2 * (w_hat - w).pow(2).mean()
             if identity is not None or settings.attributes > 0:
                 with torch.no_grad():
                     x = to_images(generator.synthesis(w))
@@ -162,8 +189,17 @@ def _train(generator, prompt: str, guides: Guides, settings: MapperSettings, pro
 
 
 @torch.no_grad()
-def concept_rates(generator, mapper: LevelsMapper, guides: Guides, concept: str, n: int, seed: int, scale: float,
-                  truncation: float = 1.0, batch: int = 128) -> tuple[float, float]:
+def concept_rates(
+    generator,
+    mapper: LevelsMapper,
+    guides: Guides,
+    concept: str,
+    n: int,
+    seed: int,
+    scale: float,
+    truncation: float = 1.0,
+    batch: int = 128,
+) -> tuple[float, float]:
     """The judged rate of ``concept`` on G(w) and on the mapper's edits G(w + scale M(w)), over n samples."""
     judge = guides.concept_probability
     rng = torch.Generator().manual_seed(seed)
@@ -175,31 +211,67 @@ def concept_rates(generator, mapper: LevelsMapper, guides: Guides, concept: str,
     return plain / n, edited / n
 
 
-def check_gate(generator, mapper, guides: Guides, concept: str, prompt: str, *, points: float, n: int, seed: int, scale: float,
-               truncation: float = 1.0) -> dict:
+def check_gate(
+    generator,
+    mapper,
+    guides: Guides,
+    concept: str,
+    prompt: str,
+    *,
+    points: float,
+    n: int,
+    seed: int,
+    scale: float,
+    truncation: float = 1.0,
+) -> dict:
     """Refuse a mapper whose edit does not add the concept (then the direction it defines is noise)."""
     if guides.concept_probability is None:
         return {"checked": False, "note": "no judge among the guides: the gate was not checked"}
     before, after = concept_rates(generator, mapper, guides, concept, n, seed, scale, truncation)
-    gate = {"checked": True, "rate_plain": before, "rate_edited": after, "raise_points": round(100 * (after - before), 1), "needed_points": points}
+    gate = {
+        "checked": True,
+        "rate_plain": before,
+        "rate_edited": after,
+        "raise_points": round(100 * (after - before), 1),
+        "needed_points": points,
+    }
     if 100 * (after - before) < points:
-        raise EraseError(f"the latent mapper for {prompt!r} raised the judged rate of {concept!r} only from {100 * before:.1f}% to "
-                         f"{100 * after:.1f}% ({100 * (after - before):+.1f} points; the gate needs +{points:g}): the prompt does not "
-                         "realise the concept; try another wording (--set prompt=...) or more mapper_steps")
+        raise EraseError(
+            f"the latent mapper for {prompt!r} raised the judged rate of {concept!r} only from {100 * before:.1f}% to "
+            f"{100 * after:.1f}% ({100 * (after - before):+.1f} points; the gate needs +{points:g}): the prompt does "
+            "not realise the concept; try another wording (--set prompt=...) or more mapper_steps"
+        )
     return gate
 
 
 @torch.no_grad()
-def image_direction(generator, mapper, guides: Guides, *, n: int, seed: int, scale: float, truncation: float = 1.0, batch: int = 64,
-                    views: int = 0, colour: bool = False) -> torch.Tensor:
+def image_direction(
+    generator,
+    mapper,
+    guides: Guides,
+    *,
+    n: int,
+    seed: int,
+    scale: float,
+    truncation: float = 1.0,
+    batch: int = 64,
+    views: int = 0,
+    colour: bool = False,
+) -> torch.Tensor:
     """i = unit(mean(unit(E(G(w_hat))) - unit(E(G(w))))): the concept's direction in CLIP image space, averaged over
     ``views`` random views (and colour maps) of each pair when views > 0."""
     rng = torch.Generator().manual_seed(seed)
     total = None
     for k in range(0, n, batch):
         w = sample_wplus(generator, min(batch, n - k), rng, truncation)
-        e_hat, e = embed_pair(guides.clip_image, to_images(generator.synthesis(edit(mapper, w, scale))), to_images(generator.synthesis(w)),
-                              views, rng, colour)
+        e_hat, e = embed_pair(
+            guides.clip_image,
+            to_images(generator.synthesis(edit(mapper, w, scale))),
+            to_images(generator.synthesis(w)),
+            views,
+            rng,
+            colour,
+        )
         d = (e_hat - e).sum(dim=(0, 1))
         total = d if total is None else total + d
     return unit(total / n)

@@ -15,8 +15,11 @@ from pathlib import Path
 
 WORLD_ENV = {"canvas-mini": "ERASEKIT_CANVAS_MINI", "faces-mini": "ERASEKIT_FACES_MINI"}
 # name -> (world, folder inside it)
-NAMED_MODELS = {"canvas-mini": ("canvas-mini", "pipeline"), "canvas-mini-gold-Watercolor": ("canvas-mini", "gold-Watercolor/pipeline"),
-                "faces-mini": ("faces-mini", "generator")}
+NAMED_MODELS = {
+    "canvas-mini": ("canvas-mini", "pipeline"),
+    "canvas-mini-gold-Watercolor": ("canvas-mini", "gold-Watercolor/pipeline"),
+    "faces-mini": ("faces-mini", "generator"),
+}
 
 
 def assets_root() -> Path:

@@ -79,7 +79,10 @@ class Eraser:
     def load_state_dict(self, state: dict) -> None:
         for k, obj in self.training_state().items():
             if k not in state:
-                raise EraseError(f"checkpoint lacks the training state {k!r}; it was made by another method version, run without --resume")
+                raise EraseError(
+                    f"checkpoint lacks the training state {k!r}; it was made by another method "
+                    "version, run without --resume"
+                )
             _restore(obj, state[k])
 
 
@@ -98,7 +101,9 @@ def _restore(obj, state) -> None:
         obj.load_state_dict(state)
 
 
-def _save_checkpoint(folder: Path, step: int, params: dict[str, torch.Tensor], eraser: Eraser, identity: dict | None) -> None:
+def _save_checkpoint(
+    folder: Path, step: int, params: dict[str, torch.Tensor], eraser: Eraser, identity: dict | None
+) -> None:
     from safetensors.torch import save_file
 
     tmp = folder.with_name(folder.name + ".tmp")
@@ -147,12 +152,17 @@ def _autocast(model, load_dtypes: dict):
     return torch.autocast(dev.type, dtype=half[0]) if half and dev.type == "cuda" else nullcontext()
 
 
-def run(eraser: Eraser, model, out_dir: str | Path, loop: LoopConfig, patch_config: dict, patch_dtype=torch.float16) -> ErasurePatch:
+def run(
+    eraser: Eraser, model, out_dir: str | Path, loop: LoopConfig, patch_config: dict, patch_dtype=torch.float16
+) -> ErasurePatch:
     """Train ``eraser`` on ``model`` and return the patch; checkpoints and the log go to ``out_dir``."""
     from tqdm.auto import tqdm
 
     if applied_patches(model):
-        raise EraseError("the model has erasure patches applied; call remove_patch(model) before erasing (erasures train on a base model)")
+        raise EraseError(
+            "the model has erasure patches applied; call remove_patch(model) before erasing "
+            "(erasures train on a base model)"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / CKPT_DIR
@@ -162,8 +172,10 @@ def run(eraser: Eraser, model, out_dir: str | Path, loop: LoopConfig, patch_conf
         pattern = eraser.scope(model)
         scoped = {n: p for n, p in all_params.items() if pattern is None or re.search(pattern, n)}
         if not scoped:
-            raise EraseError(f"{eraser.name}: no parameter of the model matches its scope {pattern!r}; check the options that choose the "
-                             f"trained weights (erase methods {eraser.name}) against the model's parameter names")
+            raise EraseError(
+                f"{eraser.name}: no parameter of the model matches its scope {pattern!r}; check the options that "
+                f"choose the trained weights (erase methods {eraser.name}) against the model's parameter names"
+            )
         base = {n: p.detach().clone() for n, p in scoped.items()}
         outside = {n: _checksum(p) for n, p in all_params.items() if n not in scoped}
         try:
@@ -173,7 +185,11 @@ def run(eraser: Eraser, model, out_dir: str | Path, loop: LoopConfig, patch_conf
             if unknown:
                 raise EraseError(f"{eraser.name} selected {unknown[0]}, outside its declared scope {pattern!r}")
             params = {n: scoped[n] for n in selection.masks}
-            start = _load_checkpoint(ckpt, params, eraser) if loop.resume and recover_swapped_dir(ckpt) and (ckpt / "meta.json").exists() else 0
+            start = (
+                _load_checkpoint(ckpt, params, eraser)
+                if loop.resume and recover_swapped_dir(ckpt) and (ckpt / "meta.json").exists()
+                else 0
+            )
             log_path = out_dir / "train_log.jsonl"
             if start == 0 and log_path.exists():
                 log_path.unlink()
@@ -182,8 +198,17 @@ def run(eraser: Eraser, model, out_dir: str | Path, loop: LoopConfig, patch_conf
             train_seconds = time.time() - t0 - setup_seconds
             moved = [n for n, p in scoped.items() if n not in params and not torch.equal(p.detach(), base[n])]
             if moved:
-                raise PatchError(f"{eraser.name} changed {moved[0]}, which is not in its selection; the patch would not reproduce the trained model")
-            patch = ErasurePatch.from_diff(base, {n: p.detach() for n, p in params.items()}, selection.masks, dict(patch_config), dtype=patch_dtype)
+                raise PatchError(
+                    f"{eraser.name} changed {moved[0]}, which is not in its selection; the patch would "
+                    "not reproduce the trained model"
+                )
+            patch = ErasurePatch.from_diff(
+                base,
+                {n: p.detach() for n, p in params.items()},
+                selection.masks,
+                dict(patch_config),
+                dtype=patch_dtype,
+            )
         finally:
             with torch.no_grad():  # leave the model as it was: the caller applies the patch as shipped
                 for n, p in scoped.items():
@@ -196,20 +221,34 @@ def run(eraser: Eraser, model, out_dir: str | Path, loop: LoopConfig, patch_conf
     patch.config.setdefault("info", {}).update(eraser.info)
     patch.config["base_fingerprint"] = fingerprint(model, patch.names())
     patch.config["base_dtypes"] = {c: str(d).replace("torch.", "") for c, d in load_dtypes.items()}
-    patch.config["timing"] = {"setup_seconds": round(setup_seconds, 2), "train_seconds": round(train_seconds, 2), "steps": loop.steps, "resumed_from": start}
+    patch.config["timing"] = {
+        "setup_seconds": round(setup_seconds, 2),
+        "train_seconds": round(train_seconds, 2),
+        "steps": loop.steps,
+        "resumed_from": start,
+    }
     shutil.rmtree(ckpt, ignore_errors=True)
     return patch
 
 
 def _train(eraser, model, params, ckpt, log_path, loop: LoopConfig, start: int, load_dtypes, tqdm) -> None:
-    bar = tqdm(range(start, loop.steps), initial=start, total=loop.steps, desc=f"erase ({eraser.name})", disable=not loop.progress, mininterval=1)
+    bar = tqdm(
+        range(start, loop.steps),
+        initial=start,
+        total=loop.steps,
+        desc=f"erase ({eraser.name})",
+        disable=not loop.progress,
+        mininterval=1,
+    )
     with open(log_path, "a") as log:
         for i in bar:
             with _autocast(model, load_dtypes):
                 losses = eraser.step(i)
             bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
             if bad or not all(torch.isfinite(p).all() for p in params.values()):
-                where = f"; the last good checkpoint is kept in {ckpt} (continue with --resume)" if ckpt.exists() else ""
+                where = (
+                    f"; the last good checkpoint is kept in {ckpt} (continue with --resume)" if ckpt.exists() else ""
+                )
                 what = f"loss {bad}" if bad else "weights"
                 raise NonFiniteError(f"non-finite {what} at step {i}: lower the learning rate (--set lr=...){where}")
             if i % loop.log_every == 0 or i == loop.steps - 1:

@@ -102,7 +102,10 @@ def record_mismatch(expected: dict, found: dict) -> str | None:
     if "probe" not in expected:
         return None
     scale = expected["absmean"]
-    pairs = list(zip(found["probe"], expected["probe"])) + [(found["mean"], expected["mean"]), (found["absmean"], expected["absmean"])]
+    pairs = list(zip(found["probe"], expected["probe"])) + [
+        (found["mean"], expected["mean"]),
+        (found["absmean"], expected["absmean"]),
+    ]
     return None if all(_close(a, b, scale) for a, b in pairs) else "values differ beyond dtype rounding"
 
 
@@ -110,11 +113,22 @@ def fingerprint(model, touched: list[str]) -> dict:
     """The base-model fingerprint a patch touching ``touched`` records (see the module docstring)."""
     params = _base_params(model)
     touched_comps = {component_of(n) for n in touched}
-    out = {"version": FINGERPRINT_VERSION, "touched": {n: tensor_record(n, params[n]) for n in touched}, "components": {}}
+    out = {
+        "version": FINGERPRINT_VERSION,
+        "touched": {n: tensor_record(n, params[n]) for n in touched},
+        "components": {},
+    }
     for comp, module in model_components(model).items():
         names = sorted(f"{comp}.{n}" for n, _ in module.named_parameters())
-        ident = {"n_tensors": len(names), "layout": hashlib.sha256(json.dumps([(n, list(params[n].shape)) for n in names]).encode()).hexdigest()}
-        probed = names if comp in touched_comps else [names[i] for i in sorted({0, len(names) // 2, len(names) - 1}) if names]
+        ident = {
+            "n_tensors": len(names),
+            "layout": hashlib.sha256(json.dumps([(n, list(params[n].shape)) for n in names]).encode()).hexdigest(),
+        }
+        probed = (
+            names
+            if comp in touched_comps
+            else [names[i] for i in sorted({0, len(names) // 2, len(names) - 1}) if names]
+        )
         ident["probes"] = {n: tensor_record(n, params[n], exact=False) for n in probed if n not in out["touched"]}
         out["components"][comp] = ident
     return out
@@ -123,13 +137,19 @@ def fingerprint(model, touched: list[str]) -> dict:
 def check_fingerprint(model, expected: dict) -> None:
     """Raise PatchError unless ``model`` (its unpatched weights) is the base the fingerprint describes."""
     if not isinstance(expected, dict) or expected.get("version") != FINGERPRINT_VERSION:
-        raise PatchError("patch has no usable base-model fingerprint (made by an older erasekit?); apply it with verify=False to force it")
+        raise PatchError(
+            "patch has no usable base-model fingerprint (made by an older erasekit?); apply it "
+            "with verify=False to force it"
+        )
     params = _base_params(model)
     hint = "load the base model it was made on, or apply with verify=False to force it"
     for name, rec in expected["touched"].items():
         if name not in params:
             raise PatchError(f"patch touches {name}, which this model lacks; it was made for another architecture")
-        why = record_mismatch(rec, tensor_record(name, params[name], exact=rec.get("dtype") == str(params[name].dtype).replace("torch.", "")))
+        why = record_mismatch(
+            rec,
+            tensor_record(name, params[name], exact=rec.get("dtype") == str(params[name].dtype).replace("torch.", "")),
+        )
         if why:
             raise PatchError(f"patch was made on a different base model ({name}: {why}); {hint}")
     comps = model_components(model)
@@ -188,8 +208,15 @@ class ErasurePatch:
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def from_diff(cls, base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], masks: dict[str, torch.Tensor | None],
-                  config: dict | None = None, dtype: torch.dtype = torch.float32, fingerprint: dict | None = None) -> "ErasurePatch":
+    def from_diff(
+        cls,
+        base: dict[str, torch.Tensor],
+        tuned: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor | None],
+        config: dict | None = None,
+        dtype: torch.dtype = torch.float32,
+        fingerprint: dict | None = None,
+    ) -> "ErasurePatch":
         """Deltas tuned - base for the selected tensors (computed in float32, stored in ``dtype``).
 
         Refuses a tuned tensor that differs from its base outside its mask: a method whose mask was
@@ -205,8 +232,11 @@ class ErasurePatch:
             m = mask.detach().to(b.device).bool()
             off = (t != b) & ~m
             if bool(off.any()):
-                raise PatchError(f"{name} changed at {int(off.sum())} entries outside its mask: the method did not apply its "
-                                 "parameter selection (mask gradients after backward), so the patch would not reproduce the trained model")
+                raise PatchError(
+                    f"{name} changed at {int(off.sum())} entries outside its mask: the method did not "
+                    "apply its parameter selection (mask gradients after backward), so the patch would "
+                    "not reproduce the trained model"
+                )
             deltas[name] = (t[m].float() - b[m].float()).cpu().to(dtype)
             out_masks[name] = m.cpu()
         cfg = dict(config or {})
@@ -238,7 +268,9 @@ class ErasurePatch:
     def check_finite(self) -> None:
         bad = [n for n, d in self.deltas.items() if not torch.isfinite(d.float()).all()]
         if bad:
-            raise PatchError(f"patch holds non-finite values in {len(bad)} tensor(s), e.g. {bad[0]}; refusing to apply it")
+            raise PatchError(
+                f"patch holds non-finite values in {len(bad)} tensor(s), e.g. {bad[0]}; refusing to apply it"
+            )
 
     def nbytes(self) -> int:
         return sum(d.numel() * d.element_size() for d in self.deltas.values()) + sum(
@@ -275,7 +307,9 @@ class ErasurePatch:
                 tensors[f"{name}::mask"] = _pack(self.masks[name])
                 tensors[f"{name}::values"] = delta.contiguous()
         with writing(folder / PATCH_FILE, cleanup=(tmp,), size=self.nbytes()):
-            save_file(tensors, str(tmp / PATCH_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+            save_file(
+                tensors, str(tmp / PATCH_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+            )
             _canonical_header(tmp / PATCH_FILE)
             self.config["patch_sha256"] = file_sha256(tmp / PATCH_FILE)
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
@@ -292,7 +326,11 @@ class ErasurePatch:
 
         folder = Path(folder)
         if folder.is_file():
-            hint = f"pass the folder {folder.parent}" if folder.name in (PATCH_FILE, CONFIG_FILE) else "pass the folder that holds it"
+            hint = (
+                f"pass the folder {folder.parent}"
+                if folder.name in (PATCH_FILE, CONFIG_FILE)
+                else "pass the folder that holds it"
+            )
             raise PatchError(f"{folder} is a file; a patch is a folder with {PATCH_FILE} and {CONFIG_FILE}: {hint}")
         if not folder.is_dir():
             raise PatchError(f"patch folder {folder} does not exist")
@@ -304,17 +342,26 @@ class ErasurePatch:
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise PatchError(f"patch config {folder / CONFIG_FILE} is corrupt: {str(e).splitlines()[0]}") from e
         if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise PatchError(f"{folder / CONFIG_FILE} is not an erasekit patch config (a JSON object with format {FORMAT!r})")
+            raise PatchError(
+                f"{folder / CONFIG_FILE} is not an erasekit patch config (a JSON object with format {FORMAT!r})"
+            )
         sha = config.get("patch_sha256")
         if sha is not None and file_sha256(folder / PATCH_FILE) != sha:
-            raise PatchError(f"{folder / PATCH_FILE} does not match its config (truncated, edited or half-written); re-create the patch")
+            raise PatchError(
+                f"{folder / PATCH_FILE} does not match its config (truncated, edited or "
+                "half-written); re-create the patch"
+            )
         try:
             raw = load_file(str(folder / PATCH_FILE))
         except (SafetensorError, OSError, ValueError) as e:
             raise PatchError(f"patch in {folder} is corrupt: {str(e).splitlines()[0]}") from e
         shapes = config.get("shapes")
-        if not isinstance(shapes, dict) or not all(isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in shapes.values()):
-            raise PatchError(f"{folder / CONFIG_FILE} has no valid 'shapes' (name -> list of sizes); the patch is corrupt")
+        if not isinstance(shapes, dict) or not all(
+            isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in shapes.values()
+        ):
+            raise PatchError(
+                f"{folder / CONFIG_FILE} has no valid 'shapes' (name -> list of sizes); the patch is corrupt"
+            )
         deltas, masks = {}, {}
         for key, t in raw.items():
             if key.endswith("::values"):
@@ -323,11 +370,16 @@ class ErasurePatch:
                     raise PatchError(f"patch in {folder}: {name} has values but no mask/shape")
                 masks[name] = _unpack(raw[f"{name}::mask"], shapes[name])
                 if int(masks[name].sum()) != t.numel():
-                    raise PatchError(f"patch in {folder}: {name} mask selects {int(masks[name].sum())} entries but holds {t.numel()} values")
+                    raise PatchError(
+                        f"patch in {folder}: {name} mask selects {int(masks[name].sum())} entries "
+                        f"but holds {t.numel()} values"
+                    )
                 deltas[name] = t
             elif not key.endswith("::mask"):
                 if key not in shapes or list(t.shape) != shapes[key]:
-                    raise PatchError(f"patch in {folder}: {key} has shape {list(t.shape)} but the config says {shapes.get(key)}")
+                    raise PatchError(
+                        f"patch in {folder}: {key} has shape {list(t.shape)} but the config says {shapes.get(key)}"
+                    )
                 deltas[key], masks[key] = t, None
         return cls(deltas, masks, config)
 
@@ -367,7 +419,9 @@ def _positions(p: torch.Tensor, mask: torch.Tensor | None):
     return slice(None) if mask is None else mask.to(p.device)
 
 
-def _undo(p: torch.Tensor, patch: ErasurePatch, name: str, scale: float, inexact: tuple[torch.Tensor | None, torch.Tensor]) -> None:
+def _undo(
+    p: torch.Tensor, patch: ErasurePatch, name: str, scale: float, inexact: tuple[torch.Tensor | None, torch.Tensor]
+) -> None:
     mask = patch.masks[name]
     delta = patch.deltas[name].to(p.device, torch.float32) * scale
     pos = _positions(p, mask)
@@ -400,7 +454,9 @@ def _default_name(state: dict) -> str:
 
 
 @torch.no_grad()
-def apply_patch(model, patch: ErasurePatch, scale: float = 1.0, verify: bool = True, adapter_name: str | None = None) -> str:
+def apply_patch(
+    model, patch: ErasurePatch, scale: float = 1.0, verify: bool = True, adapter_name: str | None = None
+) -> str:
     """Add ``scale`` x the patch's deltas to the model's weights; returns the name it is applied under.
 
     Patches compose, each under a name like a diffusers adapter (``adapter_name``, default ``default_0``,
@@ -413,24 +469,45 @@ def apply_patch(model, patch: ErasurePatch, scale: float = 1.0, verify: bool = T
     params = named_parameters(model)
     missing = [n for n in patch.names() if n not in params]
     if missing:
-        raise PatchError(f"patch touches {len(missing)} tensor(s) this model lacks (e.g. {missing[0]}); it was made for another architecture")
+        raise PatchError(
+            f"patch touches {len(missing)} tensor(s) this model lacks (e.g. {missing[0]}); it was "
+            "made for another architecture"
+        )
     for n in patch.names():
-        if list(params[n].shape) != list(patch.masks[n].shape if patch.masks[n] is not None else patch.deltas[n].shape):
-            raise PatchError(f"patch delta for {n} has another shape than the model's tensor; it was made for another architecture")
+        if list(params[n].shape) != list(
+            patch.masks[n].shape if patch.masks[n] is not None else patch.deltas[n].shape
+        ):
+            raise PatchError(
+                f"patch delta for {n} has another shape than the model's tensor; it was made for another architecture"
+            )
     patch.check_finite()
     state = _state(model)
     if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name.strip()):
         raise PatchError(f"adapter_name must be a non-empty string, got {adapter_name!r}")
     if adapter_name is not None and any(a["name"] == adapter_name for a in state["applied"]):
-        raise PatchError(f"a patch named {adapter_name!r} is already applied; remove_patch(model, {adapter_name!r}) first or choose another name")
+        raise PatchError(
+            f"a patch named {adapter_name!r} is already applied; remove_patch(model, {adapter_name!r}) "
+            "first or choose another name"
+        )
     cid = patch.content_id()
     if any(a["content_id"] == cid for a in state["applied"]):
-        raise PatchError("this patch is already applied to the model; remove_patch first, or change its strength with set_patch_scale")
+        raise PatchError(
+            "this patch is already applied to the model; remove_patch first, or change its "
+            "strength with set_patch_scale"
+        )
     if verify:
         check_fingerprint(model, patch.config.get("base_fingerprint"))
     name = adapter_name or _default_name(state)
-    state["applied"].append({"name": name, "config": patch.config, "scale": scale, "patch": patch, "content_id": cid,
-                             "restore": _add(params, patch, scale)})
+    state["applied"].append(
+        {
+            "name": name,
+            "config": patch.config,
+            "scale": scale,
+            "patch": patch,
+            "content_id": cid,
+            "restore": _add(params, patch, scale),
+        }
+    )
     return name
 
 
@@ -478,7 +555,7 @@ def remove_patch(model, adapter_name: str | None = None) -> None:
         if adapter_name not in names:
             raise PatchError(f"no patch named {adapter_name!r} is applied; applied: {', '.join(names) or 'none'}")
         cut = names.index(adapter_name)
-        keep = state["applied"][cut + 1:]
+        keep = state["applied"][cut + 1 :]
     for entry in reversed(state["applied"][cut:]):
         for name, inexact in entry["restore"].items():
             _undo(params[name].data, entry["patch"], name, entry["scale"], inexact)
@@ -526,5 +603,8 @@ def applied_patches(model) -> list[dict]:
 
 def restore_bytes(model) -> int:
     """Bytes an applied patch keeps to make removal exact (the originals of inexact entries only)."""
-    return sum((0 if i is None else i.numel() * i.element_size()) + v.numel() * v.element_size()
-               for a in _state(model)["applied"] for i, v in a["restore"].values())
+    return sum(
+        (0 if i is None else i.numel() * i.element_size()) + v.numel() * v.element_size()
+        for a in _state(model)["applied"]
+        for i, v in a["restore"].values()
+    )

@@ -52,8 +52,10 @@ def slot_prompts(tokenizer, texts: list[str], n_slots: int) -> SlotPrompts:
         before, after = text.split(MARKER)
         row = [bos] + _words(tokenizer, before) + [pad] * n_slots + _words(tokenizer, after) + [eos]
         if len(row) > max_len:
-            raise EraseError(f"prompt {text!r} with {n_slots} attack token(s) needs {len(row)} tokens; the text encoder takes "
-                             f"{max_len}: use a shorter prompt or fewer tokens (--set k=...)")
+            raise EraseError(
+                f"prompt {text!r} with {n_slots} attack token(s) needs {len(row)} tokens; the text encoder takes "
+                f"{max_len}: use a shorter prompt or fewer tokens (--set k=...)"
+            )
         start = 1 + len(_words(tokenizer, before))
         mask = [False] * max_len
         for j in range(start, start + n_slots):
@@ -71,7 +73,9 @@ def injected(text_encoder, slots: torch.Tensor, rows: torch.Tensor):
 
     def hook(module, inputs, output):
         if output.shape[:2] != slots.shape:
-            raise RuntimeError(f"attack slots {tuple(slots.shape)} do not match the token batch {tuple(output.shape[:2])}")
+            raise RuntimeError(
+                f"attack slots {tuple(slots.shape)} do not match the token batch {tuple(output.shape[:2])}"
+            )
         out = output.clone()
         out[slots.to(out.device)] = rows.to(out.device, out.dtype)
         return out
@@ -84,7 +88,8 @@ def injected(text_encoder, slots: torch.Tensor, rows: torch.Tensor):
 
 
 def encode_slots(text_encoder, prompts: SlotPrompts, rows: torch.Tensor) -> torch.Tensor:
-    """Text-encoder hidden states (N, L, D) of ``prompts`` with ``rows`` (N, n_slots, D) in their slots (differentiable)."""
+    """Text-encoder hidden states (N, L, D) of ``prompts`` with ``rows`` (N, n_slots, D) in
+    their slots (differentiable)."""
     device = next(text_encoder.parameters()).device
     with injected(text_encoder, prompts.slots, rows.reshape(-1, rows.shape[-1])):
         return text_encoder(prompts.ids.to(device))[0]

@@ -47,13 +47,19 @@ def check_registration(what: str, name: str, config_cls: type, cls: type, regist
         raise ValueError(f"{what} {name!r} is already registered (by {registered.__module__})")
     missing = [f.name for f in fields(config_cls) if not f.metadata.get("help")]
     if missing:
-        raise ValueError(f"{config_cls.__name__} fields without help: {missing}; declare them with option(default, help)")
+        raise ValueError(
+            f"{config_cls.__name__} fields without help: {missing}; declare them with option(default, help)"
+        )
 
 
 def register_method(name: str, config_cls: type, eraser_cls: type, summary: str = "") -> None:
     """Register a method under a lower-case name; names are unique."""
-    check_registration("method", name, config_cls, eraser_cls, _REGISTRY[name].eraser_cls if name in _REGISTRY else None)
-    _REGISTRY[name] = MethodSpec(name, config_cls, eraser_cls, summary or (eraser_cls.__doc__ or "").strip().splitlines()[0])
+    check_registration(
+        "method", name, config_cls, eraser_cls, _REGISTRY[name].eraser_cls if name in _REGISTRY else None
+    )
+    _REGISTRY[name] = MethodSpec(
+        name, config_cls, eraser_cls, summary or (eraser_cls.__doc__ or "").strip().splitlines()[0]
+    )
 
 
 def _load_builtins() -> None:
@@ -89,16 +95,31 @@ def get_method(name: str) -> MethodSpec:
 
 def config_options(config_cls: type) -> list[tuple[str, object, str]]:
     """(name, default, help) per config field."""
-    return [(f.name, None if f.default is MISSING else f.default, f.metadata.get("help", "")) for f in fields(config_cls)]
+    return [
+        (f.name, None if f.default is MISSING else f.default, f.metadata.get("help", "")) for f in fields(config_cls)
+    ]
 
 
-def check_options(cfg, method: str, *, choices: dict[str, tuple] | None = None, at_least_one: tuple[str, ...] = (),
-                  non_negative: tuple[str, ...] = (), positive: tuple[str, ...] = ()) -> None:
+def check_options(
+    cfg,
+    method: str,
+    *,
+    choices: dict[str, tuple] | None = None,
+    at_least_one: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+) -> None:
     """Declarative range checks for a method config; the first violation raises a one-line EraseError."""
     for name, allowed in (choices or {}).items():
         if getattr(cfg, name) not in allowed:
-            raise EraseError(f"unknown {name} {getattr(cfg, name)!r} for {method}; choose one of {', '.join(map(str, allowed))}")
-    for names, ok, what in ((at_least_one, lambda v: v >= 1, "at least 1"), (non_negative, lambda v: v >= 0, ">= 0"), (positive, lambda v: v > 0, "> 0")):
+            raise EraseError(
+                f"unknown {name} {getattr(cfg, name)!r} for {method}; choose one of {', '.join(map(str, allowed))}"
+            )
+    for names, ok, what in (
+        (at_least_one, lambda v: v >= 1, "at least 1"),
+        (non_negative, lambda v: v >= 0, ">= 0"),
+        (positive, lambda v: v > 0, "> 0"),
+    ):
         for name in names:
             if not ok(getattr(cfg, name)):
                 raise EraseError(f"{method} option {name} must be {what}, got {getattr(cfg, name)}")
@@ -125,7 +146,13 @@ class MethodConfig:
     positive: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
-        check_options(self, self.method, choices={"patch_dtype": PATCH_DTYPES}, at_least_one=self.at_least_one, positive=self.positive)
+        check_options(
+            self,
+            self.method,
+            choices={"patch_dtype": PATCH_DTYPES},
+            at_least_one=self.at_least_one,
+            positive=self.positive,
+        )
         self.check()
 
     def check(self) -> None:
@@ -147,7 +174,11 @@ class TrainedConfig(MethodConfig):
 
 def _allowed_types(f: Field, owner: type) -> tuple[list[type], bool]:
     hint = typing.get_type_hints(owner)[f.name]
-    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    args = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
     optional = type(None) in args
     return [a for a in args if a is not type(None)], optional
 

@@ -12,7 +12,12 @@ KINDS = ("style", "object", "identity", "attribute", "nsfw")
 
 # Prompt templates for models without a protocol (e.g. SD v1.5); {} is the concept.
 DEFAULT_TEMPLATES = {
-    "style": ["a painting in the style of {}", "an artwork by {}", "a picture in {} style", "a landscape in the style of {}"],
+    "style": [
+        "a painting in the style of {}",
+        "an artwork by {}",
+        "a picture in {} style",
+        "a landscape in the style of {}",
+    ],
     "object": ["a photo of {}", "an image of {}", "a picture of {}", "a drawing of {}"],
     "identity": ["a photo of {}", "a portrait of {}", "a picture of {}", "{} smiling"],
     "attribute": ["a photo of a person with {}", "a portrait with {}"],
@@ -46,16 +51,26 @@ class EraseRequest:
         if self.kind not in KINDS:
             raise EraseError(f"unknown kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
         if self.anchor is not None and self.anchor.strip().lower() == self.concept.strip().lower():
-            raise EraseError(f"the anchor equals the concept ({self.concept!r}); pick a different --anchor to map it to")
+            raise EraseError(
+                f"the anchor equals the concept ({self.concept!r}); pick a different --anchor to map it to"
+            )
         if not self.forget_prompts:
-            raise EraseError(f"no forget prompts for {self.concept!r}; give prompts or build the request from a protocol")
+            raise EraseError(
+                f"no forget prompts for {self.concept!r}; give prompts or build the request from a protocol"
+            )
         if len(self.anchor_prompts) != len(self.forget_prompts):
-            raise EraseError(f"{len(self.forget_prompts)} forget prompts but {len(self.anchor_prompts)} anchor prompts; give one anchor prompt per forget prompt")
+            raise EraseError(
+                f"{len(self.forget_prompts)} forget prompts but {len(self.anchor_prompts)} anchor prompts; give one "
+                "anchor prompt per forget prompt"
+            )
 
     # -- builders ---------------------------------------------------------------
     @classmethod
-    def from_protocol(cls, protocol, concept: str, kind: str, anchor: str | None = None, seed: int = 0) -> "EraseRequest":
-        """Forget prompts = the concept across every combination of the protocol's other axes; retain = every other prompt.
+    def from_protocol(
+        cls, protocol, concept: str, kind: str, anchor: str | None = None, seed: int = 0
+    ) -> "EraseRequest":
+        """Forget prompts = the concept across every combination of the protocol's other
+        axes; retain = every other prompt.
 
         ``kind`` names one of the protocol's axes (``style`` or ``object`` on canvas-mini). The anchor
         defaults to the axis's null class (the photo class for styles) or, without one, to the next
@@ -65,39 +80,68 @@ class EraseRequest:
 
         axes = list(protocol.axis_names)
         if kind not in axes:
-            raise EraseError(f"protocol {protocol.name!r} has no {kind!r} axis; its concept kinds are: {', '.join(axes)}")
+            raise EraseError(
+                f"protocol {protocol.name!r} has no {kind!r} axis; its concept kinds are: {', '.join(axes)}"
+            )
         try:
             protocol.check_target(concept, kind)
         except ValueError as e:
             raise EraseError(str(e)) from e
-        if protocol.template is None:  # a latent-seeded generator: the concept's phrase, "the concept absent" as anchor
+        if (
+            protocol.template is None
+        ):  # a latent-seeded generator: the concept's phrase, "the concept absent" as anchor
             phrases = getattr(protocol, "phrases", {}) or {}
             if concept not in phrases:
-                raise EraseError(f"protocol {protocol.name!r} has no phrase for {concept!r}; give a protocol with 'phrases'")
+                raise EraseError(
+                    f"protocol {protocol.name!r} has no phrase for {concept!r}; give a protocol with 'phrases'"
+                )
             anchor = anchor or protocol.anchor_phrase or "an image"
             retain = [p for c, p in phrases.items() if c != concept]
             return cls(concept, kind, anchor, [phrases[concept]], [anchor], retain, seed, protocol.name)
         names = protocol.concepts(kind)
         anchor = anchor or protocol.null_class(kind) or names[(names.index(concept) + 1) % len(names)]
         if anchor not in names:
-            raise EraseError(f"anchor {kind} {anchor!r} is not in protocol {protocol.name!r}; choose one of {', '.join(names)}")
+            raise EraseError(
+                f"anchor {kind} {anchor!r} is not in protocol {protocol.name!r}; choose one of {', '.join(names)}"
+            )
         others = [a for a in axes if a != kind]
         combos = [dict(zip(others, values)) for values in itertools.product(*(protocol.concepts(a) for a in others))]
         forget = [protocol.prompt(**{kind: concept}, **c) for c in combos]
         anchors = [protocol.prompt(**{kind: anchor}, **c) for c in combos]
         # retain prompts in the protocol's own (axis-major) order, without the target's
-        retain = [protocol.prompt(**dict(zip(axes, values))) for values in itertools.product(*(protocol.concepts(a) for a in axes))
-                  if dict(zip(axes, values))[kind] != concept]
+        retain = [
+            protocol.prompt(**dict(zip(axes, values)))
+            for values in itertools.product(*(protocol.concepts(a) for a in axes))
+            if dict(zip(axes, values))[kind] != concept
+        ]
         return cls(concept, kind, anchor, forget, anchors, retain, seed, protocol.name)
 
     @classmethod
-    def from_templates(cls, concept: str, kind: str, anchor: str, retain: list[str] = (), templates: list[str] | None = None, seed: int = 0) -> "EraseRequest":
+    def from_templates(
+        cls,
+        concept: str,
+        kind: str,
+        anchor: str,
+        retain: list[str] = (),
+        templates: list[str] | None = None,
+        seed: int = 0,
+    ) -> "EraseRequest":
         """For models without a protocol: fill prompt templates with the concept and with the anchor."""
         if not anchor:
-            raise EraseError("an anchor concept is needed (what the concept should become), e.g. --anchor 'a painting'")
+            raise EraseError(
+                "an anchor concept is needed (what the concept should become), e.g. --anchor 'a painting'"
+            )
         templates = list(templates or DEFAULT_TEMPLATES.get(kind, ["{}"]))
         retain_prompts = [t.format(r) for r in retain for t in templates]
-        return cls(concept, kind, anchor, [t.format(concept) for t in templates], [t.format(anchor) for t in templates], retain_prompts, seed)
+        return cls(
+            concept,
+            kind,
+            anchor,
+            [t.format(concept) for t in templates],
+            [t.format(anchor) for t in templates],
+            retain_prompts,
+            seed,
+        )
 
     # -- (de)serialisation -------------------------------------------------------
     def to_dict(self) -> dict:

@@ -21,7 +21,11 @@ from torch import nn
 
 from .errors import EraseError
 
-UNET_GROUPS = {"cross_attention_kv": r"^unet\..*attn2\.to_[kv]\.", "cross_attention": r"^unet\..*attn2\.", "unet": r"^unet\."}
+UNET_GROUPS = {
+    "cross_attention_kv": r"^unet\..*attn2\.to_[kv]\.",
+    "cross_attention": r"^unet\..*attn2\.",
+    "unet": r"^unet\.",
+}
 
 
 def unet_weights(group: str, trainable: str = "") -> str:
@@ -33,7 +37,9 @@ def unet_weights(group: str, trainable: str = "") -> str:
     try:
         re.compile(trainable)
     except re.error as e:
-        raise EraseError(f"trainable pattern {trainable!r} is not a valid regular expression ({e}); fix --set trainable=...") from None
+        raise EraseError(
+            f"trainable pattern {trainable!r} is not a valid regular expression ({e}); fix --set trainable=..."
+        ) from None
     if trainable.startswith("^"):
         return rf"^unet\.(?:{trainable[1:]})"
     return rf"^unet\.(?=.*?(?:{trainable}))"
@@ -53,8 +59,11 @@ class ParamSelection:
         inc, exc = re.compile(include), re.compile(exclude) if exclude else None
         names = {n: None for n, _ in root.named_parameters() if inc.search(n) and not (exc and exc.search(n))}
         if not names:
-            raise EraseError(f"no parameter matches {include!r}" + (f" minus {exclude!r}" if exclude else "") +
-                             "; check the pattern against the model's parameter names (e.g. unet.down_blocks.0.attentions.0...)")
+            raise EraseError(
+                f"no parameter matches {include!r}"
+                + (f" minus {exclude!r}" if exclude else "")
+                + "; check the pattern against the model's parameter names (e.g. unet.down_blocks.0.attentions.0...)"
+            )
         return cls(names)
 
     @classmethod

@@ -105,7 +105,9 @@ def pcgrad_pair(g_u: Grads, g_r: Grads, scope: str = "global", retain_weight: fl
 # options: lam (official's projection strength), scope (PCGrad's), retain_weight (w: how much of the
 # retain gradient the update adds: official proj(g_u) + w g_r, pcgrad g_u' + w g_r', none g_u + w g_r)
 COMBINERS = {
-    "official": lambda g_u, g_r, o: weighted_sum([doco_official(g_u, g_r, lam=o["lam"]), g_r], [1.0, o["retain_weight"]]),
+    "official": lambda g_u, g_r, o: weighted_sum(
+        [doco_official(g_u, g_r, lam=o["lam"]), g_r], [1.0, o["retain_weight"]]
+    ),
     "pcgrad": lambda g_u, g_r, o: pcgrad_pair(g_u, g_r, o["scope"], o["retain_weight"]),
     "none": lambda g_u, g_r, o: weighted_sum([g_u, g_r], [1.0, o["retain_weight"]]),
 }

@@ -17,7 +17,8 @@ CGROUP = Path("/sys/fs/cgroup")
 
 
 def cgroup_cpus(root: Path = CGROUP) -> float | None:
-    """CPUs the cgroup quota allows (v2 ``cpu.max`` "quota period", v1 cfs quota / period); None when unlimited or unknown."""
+    """CPUs the cgroup quota allows (v2 ``cpu.max`` "quota period", v1 cfs quota / period);
+    None when unlimited or unknown."""
     try:
         v2 = root / "cpu.max"
         if v2.is_file():

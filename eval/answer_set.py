@@ -45,11 +45,27 @@ def progress_bar(total: int, desc: str, *, initial: int = 0, enabled: bool = Tru
     """One tqdm bar on stderr with the job's real total (so it shows an ETA); silent when disabled."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="img", file=sys.stderr, disable=not enabled, mininterval=1, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="img",
+        file=sys.stderr,
+        disable=not enabled,
+        mininterval=1,
+        dynamic_ncols=True,
+    )
 
 
-def generate_answer_set(pipe, protocol: Protocol, folder: str | Path, *, batch_size: int = 64, progress: bool = True,
-                        entries: list[tuple] | None = None) -> dict:
+def generate_answer_set(
+    pipe,
+    protocol: Protocol,
+    folder: str | Path,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+    entries: list[tuple] | None = None,
+) -> dict:
     """Generate the missing images of ``protocol`` into ``folder`` with the protocol's sampler.
 
     ``entries`` restricts generation to part of the answer set (tuples as ``protocol.answer_set()`` gives them;
@@ -61,29 +77,53 @@ def generate_answer_set(pipe, protocol: Protocol, folder: str | Path, *, batch_s
     whole = entries is None
     entries = protocol.answer_set() if whole else list(entries)
     todo = [e for e in entries if not (folder / image_name(*e)).exists()]
-    with protocol_scheduler(pipe, protocol.sampler) as sampler, \
-            progress_bar(len(entries), "erase eval: generating", initial=len(entries) - len(todo), enabled=progress) as bar:
+    with (
+        protocol_scheduler(pipe, protocol.sampler) as sampler,
+        progress_bar(
+            len(entries), "erase eval: generating", initial=len(entries) - len(todo), enabled=progress
+        ) as bar,
+    ):
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            images = generate(pipe, [protocol.prompt(*e[:-1]) for e in chunk], [e[-1] for e in chunk], **protocol_settings(protocol),
-                              batch_size=batch_size, progress=False)
+            images = generate(
+                pipe,
+                [protocol.prompt(*e[:-1]) for e in chunk],
+                [e[-1] for e in chunk],
+                **protocol_settings(protocol),
+                batch_size=batch_size,
+                progress=False,
+            )
             for e, img in zip(chunk, images):
                 path = folder / image_name(*e)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: two processes may fill one cached set
+                tmp = path.with_name(
+                    f".{path.name}.{os.getpid()}.tmp"
+                )  # unique: two processes may fill one cached set
                 with writing(path, cleanup=(tmp,), size=img.nbytes):  # the images already cached stay usable
                     Image.fromarray(img).save(tmp, format="PNG")
                 os.replace(tmp, path)
             bar.update(len(chunk))
     if whole:
         _write_manifest(protocol, folder)
-    return {"total": len(entries), "generated": len(todo), "reused": len(entries) - len(todo), "sampler": {**sampler, "eta": protocol.eta}}
+    return {
+        "total": len(entries),
+        "generated": len(todo),
+        "reused": len(entries) - len(todo),
+        "sampler": {**sampler, "eta": protocol.eta},
+    }
 
 
 def _write_manifest(protocol: Protocol, folder: Path) -> None:
     names = protocol.axis_names
     prompted = protocol.template is not None
-    manifest = [{"file": image_name(*e), **dict(zip(names, e[:-1])), "seed": e[-1], "prompt": protocol.prompt(*e[:-1]) if prompted else None}
-                for e in protocol.answer_set()]
+    manifest = [
+        {
+            "file": image_name(*e),
+            **dict(zip(names, e[:-1])),
+            "seed": e[-1],
+            "prompt": protocol.prompt(*e[:-1]) if prompted else None,
+        }
+        for e in protocol.answer_set()
+    ]
     write_text_atomic(folder / "manifest.jsonl", "".join(json.dumps(m) + "\n" for m in manifest))
 
 
@@ -106,7 +146,10 @@ def check_answer_set(protocol: Protocol, folder: str | Path) -> None:
     folder = Path(folder)
     for e in protocol.answer_set():
         if not (folder / image_name(*e)).is_file():
-            raise AnswerSetError(f"answer-set image {folder / image_name(*e)} is missing; run the same `erase eval` command again to generate it")
+            raise AnswerSetError(
+                f"answer-set image {folder / image_name(*e)} is missing; run the same `erase eval` "
+                "command again to generate it"
+            )
 
 
 def iter_answer_set(protocol: Protocol, folder: str | Path, batch_size: int = 64):
@@ -130,22 +173,33 @@ def _read_png(path: Path, resolution: int, sha256: str | None = None) -> np.ndar
     try:
         data = path.read_bytes()
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise AnswerSetError(f"cached answer-set image {path} changed after it was cached (its SHA-256 differs from the one recorded); "
-                                 "run the same command again to rebuild the cached answer set")
+            raise AnswerSetError(
+                f"cached answer-set image {path} changed after it was cached (its SHA-256 differs from the one "
+                "recorded); run the same command again to rebuild the cached answer set"
+            )
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"))
     except FileNotFoundError as e:
-        raise AnswerSetError(f"answer-set image {path} is missing; run the same `erase eval` command again to generate it") from e
+        raise AnswerSetError(
+            f"answer-set image {path} is missing; run the same `erase eval` command again to generate it"
+        ) from e
     except OSError as e:
-        raise AnswerSetError(f"answer-set image {path} is unreadable ({e}); delete it and run the same `erase eval` command again") from e
+        raise AnswerSetError(
+            f"answer-set image {path} is unreadable ({e}); delete it and run the same `erase eval` command again"
+        ) from e
     if arr.shape != (resolution, resolution, 3):
-        raise AnswerSetError(f"answer-set image {path} is {arr.shape[1]}x{arr.shape[0]}, not the protocol's {resolution} px; "
-                             "delete it and run the same `erase eval` command again")
+        raise AnswerSetError(
+            f"answer-set image {path} is {arr.shape[1]}x{arr.shape[0]}, not the protocol's {resolution} px; "
+            "delete it and run the same `erase eval` command again"
+        )
     return arr
 
 
-def read_images(folder: str | Path, entries: list[tuple], resolution: int, hashes: dict[str, str] | None = None) -> list[np.ndarray]:
-    """uint8 HxWx3 arrays of some answer-set entries; ``hashes`` (file name -> SHA-256, a cached set's record) checks each one read."""
+def read_images(
+    folder: str | Path, entries: list[tuple], resolution: int, hashes: dict[str, str] | None = None
+) -> list[np.ndarray]:
+    """uint8 HxWx3 arrays of some answer-set entries; ``hashes`` (file name -> SHA-256, a cached set's
+    record) checks each one read."""
     hashes = hashes or {}
     return [_read_png(Path(folder) / image_name(*e), resolution, hashes.get(image_name(*e))) for e in entries]
 

@@ -34,14 +34,19 @@ def check_axis_metrics(protocol: Protocol) -> None:
     """Raise (before anything is generated) when an axis names a metric nobody registered."""
     for axis in protocol.axes:
         if axis.metric not in AXIS_METRICS:
-            raise ProtocolError(f"axis {axis.name!r} of protocol {protocol.name!r} asks for metric {axis.metric!r}; "
-                                f"registered metrics: {', '.join(sorted(AXIS_METRICS))}")
+            raise ProtocolError(
+                f"axis {axis.name!r} of protocol {protocol.name!r} asks for metric {axis.metric!r}; "
+                f"registered metrics: {', '.join(sorted(AXIS_METRICS))}"
+            )
 
 
 def make_axis_metric(axis: Axis):
     """A fresh metric for ``axis``, from the factory its ``metric`` names."""
     if axis.metric not in AXIS_METRICS:
-        raise ProtocolError(f"axis {axis.name!r} asks for metric {axis.metric!r}; registered metrics: {', '.join(sorted(AXIS_METRICS))}")
+        raise ProtocolError(
+            f"axis {axis.name!r} asks for metric {axis.metric!r}; registered metrics: "
+            f"{', '.join(sorted(AXIS_METRICS))}"
+        )
     return AXIS_METRICS[axis.metric](axis)
 
 

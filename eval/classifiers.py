@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .protocols import Protocol
 from erase.errors import EraseError
 
+from .protocols import Protocol
 
 VIT_L_WIDTH = 1024
 
@@ -40,7 +40,9 @@ class ResizeNormalize(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def load_unlearncanvas_vit(path: str | Path, num_classes: int, device="cpu", option: str = "--style-classifier") -> nn.Module:
+def load_unlearncanvas_vit(
+    path: str | Path, num_classes: int, device="cpu", option: str = "--style-classifier"
+) -> nn.Module:
     """A UnlearnCanvas classifier: timm ViT-L/16, head Linear(1024, C), weights under ``model_state_dict``.
 
     The file is read with ``torch.load(weights_only=True)``: a pickle that would run code is refused,
@@ -53,27 +55,41 @@ def load_unlearncanvas_vit(path: str | Path, num_classes: int, device="cpu", opt
 
     path = Path(path)
     if not path.is_file():
-        raise ClassifierError(f"classifier weights not found at {path}; pass the UnlearnCanvas style50.pth / style50_cls.pth files with {option}")
+        raise ClassifierError(
+            f"classifier weights not found at {path}; pass the UnlearnCanvas style50.pth / "
+            f"style50_cls.pth files with {option}"
+        )
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the refusal is the message
+        with (
+            warnings.catch_warnings()
+        ):  # torch warns about pickle protocols before refusing; the refusal is the message
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ClassifierError(f"{path} is not a weights file torch can read safely (weights_only=True refused it or it is corrupt); "
-                              f"pass the UnlearnCanvas .pth with {option}") from e
+        raise ClassifierError(
+            f"{path} is not a weights file torch can read safely (weights_only=True refused it or it is corrupt); "
+            f"pass the UnlearnCanvas .pth with {option}"
+        ) from e
     state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise ClassifierError(f"{path} holds no state dict (expected a dict with 'model_state_dict'); pass the UnlearnCanvas .pth with {option}")
+        raise ClassifierError(
+            f"{path} holds no state dict (expected a dict with 'model_state_dict'); pass the "
+            f"UnlearnCanvas .pth with {option}"
+        )
     head = state.get("head.weight")
     if not isinstance(head, torch.Tensor) or tuple(head.shape) != (num_classes, VIT_L_WIDTH):
         got = tuple(head.shape) if isinstance(head, torch.Tensor) else None
-        raise ClassifierError(f"{path}: head.weight has shape {got}, expected ({num_classes}, {VIT_L_WIDTH}); wrong file for {option}?")
+        raise ClassifierError(
+            f"{path}: head.weight has shape {got}, expected ({num_classes}, {VIT_L_WIDTH}); wrong file for {option}?"
+        )
     with torch.device("meta"):  # no random init of 300M weights that the checkpoint replaces anyway
         model = timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=num_classes)
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as e:
-        raise ClassifierError(f"{path} does not fit a ViT-L/16 with {num_classes} classes: {str(e).splitlines()[0]}") from e
+        raise ClassifierError(
+            f"{path} does not fit a ViT-L/16 with {num_classes} classes: {str(e).splitlines()[0]}"
+        ) from e
     return ResizeNormalize(model).eval().to(device)
 
 
@@ -84,29 +100,40 @@ def load_judges(protocol: Protocol, style_weights=None, object_weights=None, dev
     world = world_of(protocol)
     if world is not None:
         if style_weights or object_weights:
-            raise ClassifierError(f"--style-classifier / --object-classifier are for the unlearncanvas protocol; "
-                                  f"{protocol.classifiers} is judged by its shipped classifiers (drop those options)")
+            raise ClassifierError(
+                f"--style-classifier / --object-classifier are for the unlearncanvas protocol; "
+                f"{protocol.classifiers} is judged by its shipped classifiers (drop those options)"
+            )
         if world.judges is None:
             raise ClassifierError(f"{world.name} is judged inside its own report (erase eval --protocol {world.name})")
         return world.judges(protocol, device)
     if protocol.classifiers == "unlearncanvas-vit":
         require_axes(protocol, ("style", "object"))
         if style_weights is None or object_weights is None:
-            raise ClassifierError("the unlearncanvas protocol needs --style-classifier and --object-classifier (local .pth files)")
+            raise ClassifierError(
+                "the unlearncanvas protocol needs --style-classifier and --object-classifier (local .pth files)"
+            )
         return {
             "style": load_unlearncanvas_vit(style_weights, len(protocol.styles), device, "--style-classifier"),
             "object": load_unlearncanvas_vit(object_weights, len(protocol.objects), device, "--object-classifier"),
         }
-    raise ClassifierError(f"unknown classifier family {protocol.classifiers!r}; use a world's ({', '.join(world_names())}) or 'unlearncanvas-vit'")
+    raise ClassifierError(
+        f"unknown classifier family {protocol.classifiers!r}; use a world's "
+        f"({', '.join(world_names())}) or 'unlearncanvas-vit'"
+    )
 
 
 def require_axes(protocol: Protocol, names: tuple[str, ...]) -> None:
     if protocol.axis_names != list(names):
-        raise ClassifierError(f"the {protocol.classifiers} classifiers judge the axes {', '.join(names)}; "
-                              f"protocol {protocol.name!r} has {', '.join(protocol.axis_names)}")
+        raise ClassifierError(
+            f"the {protocol.classifiers} classifiers judge the axes {', '.join(names)}; "
+            f"protocol {protocol.name!r} has {', '.join(protocol.axis_names)}"
+        )
 
 
 @torch.no_grad()
 def batched_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     dev = next(model.parameters()).device
-    return torch.cat([model(images[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model(images[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)]
+    )

@@ -57,9 +57,14 @@ def load_open_clip(spec: str, weights: str | Path | None = None, device: str = "
         pretrained = None
     else:
         if spec not in open_clip.list_models():
-            raise CLIPError(f"unknown open_clip architecture {spec!r} for --clip; pass a local-dir:FOLDER or one of open_clip.list_models()")
+            raise CLIPError(
+                f"unknown open_clip architecture {spec!r} for --clip; pass a local-dir:FOLDER or "
+                "one of open_clip.list_models()"
+            )
         if weights is None:
-            raise CLIPError(f"CLIP architecture {spec!r} needs local weights (--clip-weights FILE); nothing is downloaded")
+            raise CLIPError(
+                f"CLIP architecture {spec!r} needs local weights (--clip-weights FILE); nothing is downloaded"
+            )
         if not Path(weights).is_file():
             raise CLIPError(f"CLIP weights not found at {weights}; pass an existing file with --clip-weights")
         pretrained = str(weights)
@@ -68,7 +73,9 @@ def load_open_clip(spec: str, weights: str | Path | None = None, device: str = "
         tokenizer = open_clip.get_tokenizer(spec)
     except Exception as e:  # noqa: BLE001 - open_clip raises many kinds for a bad file; the user gets one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIPError(f"cannot load CLIP model {spec!r}" + (f" with weights {weights}" if weights else "") + f": {first[:200]}") from e
+        raise CLIPError(
+            f"cannot load CLIP model {spec!r}" + (f" with weights {weights}" if weights else "") + f": {first[:200]}"
+        ) from e
     return model.eval(), tokenizer
 
 
@@ -141,5 +148,8 @@ class ClipSums(Metric):
         def mean(total, n):
             return float(total / n) if n > 0 else float("nan")
 
-        return {"clip_score": mean(self.score_sum, self.n_other), "target_images": mean(self.sim_target, self.n_target),
-                "other_images": mean(self.sim_other, self.n_other)}
+        return {
+            "clip_score": mean(self.score_sum, self.n_other),
+            "target_images": mean(self.sim_target, self.n_target),
+            "other_images": mean(self.sim_other, self.n_other),
+        }

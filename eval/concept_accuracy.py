@@ -122,8 +122,12 @@ def null_class_rule(protocol) -> str:
     """How the protocol's null classes are treated, in words (for the report)."""
     if protocol.photo_class is not None and protocol.axis_names == ["style", "object"]:
         return PHOTO_RULE
-    parts = [f"{a.null_class} ({a.name} axis): judged like any {a.name} and counted in the other axes' accuracies; "
-             f"never a target; excluded from {a.name} averages" for a in protocol.axes if a.null_class is not None]
+    parts = [
+        f"{a.null_class} ({a.name} axis): judged like any {a.name} and counted in the other axes' accuracies; "
+        f"never a target; excluded from {a.name} averages"
+        for a in protocol.axes
+        if a.null_class is not None
+    ]
     return "; ".join(parts) or "no null class"
 
 
@@ -142,8 +146,11 @@ def harmonic_mean(values: list[float]) -> float:
     return 0.0 if min(vals) <= 0 else len(vals) / sum(1.0 / v for v in vals)
 
 
-def list_scores(accuracy: dict[str, dict[str, float]], targets: list[tuple[str, str]],
-                null_classes: dict[str, str | None] | None = None) -> dict:
+def list_scores(
+    accuracy: dict[str, dict[str, float]],
+    targets: list[tuple[str, str]],
+    null_classes: dict[str, str | None] | None = None,
+) -> dict:
     """UA / IRA / CRA and H of ONE model that erased a list of concepts together (MACE's multi-concept figures).
 
     UA = mean over the erased concepts of 1 - their accuracy; IRA = mean accuracy of the concepts left on the

@@ -73,26 +73,38 @@ def make_fid(features: nn.Module | None = None, *, weights: str | Path | None = 
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if features is not None:
-        return FrechetInceptionDistance(feature=features, normalize=True, reset_real_features=False, input_img_size=(3, image_size, image_size))
+        return FrechetInceptionDistance(
+            feature=features, normalize=True, reset_real_features=False, input_img_size=(3, image_size, image_size)
+        )
     check_inception_weights(weights)
-    return FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False, feature_extractor_weights_path=str(weights))
+    return FrechetInceptionDistance(
+        feature=2048, normalize=True, reset_real_features=False, feature_extractor_weights_path=str(weights)
+    )
 
 
 def check_inception_weights(weights: str | Path | None) -> None:
     """Raise FIDError unless standard-Inception FID can run offline with ``weights``."""
     if weights is None:
-        raise FIDError("FID needs a feature space: pass --fid-weights FILE (the FID Inception weights), or --no-fid to skip FID")
+        raise FIDError(
+            "FID needs a feature space: pass --fid-weights FILE (the FID Inception weights), or --no-fid to skip FID"
+        )
     if not Path(weights).is_file():
-        raise FIDError(f"FID Inception weights not found at {weights}; download pt_inception-2015-12-05 once and pass its path "
-                       "with --fid-weights, or pass --no-fid")
+        raise FIDError(
+            f"FID Inception weights not found at {weights}; download pt_inception-2015-12-05 once and pass its path "
+            "with --fid-weights, or pass --no-fid"
+        )
     try:
         import torch_fidelity  # noqa: F401
     except ImportError as e:
-        raise FIDError("standard-Inception FID needs the torch-fidelity package: pip install torch-fidelity (or pass --no-fid)") from e
+        raise FIDError(
+            "standard-Inception FID needs the torch-fidelity package: pip install torch-fidelity (or pass --no-fid)"
+        ) from e
 
 
 def stats_key(feature_id: str, reference: dict) -> str:
-    return hashlib.sha256(json.dumps({"features": feature_id, "reference": reference}, sort_keys=True).encode()).hexdigest()[:24]
+    return hashlib.sha256(
+        json.dumps({"features": feature_id, "reference": reference}, sort_keys=True).encode()
+    ).hexdigest()[:24]
 
 
 def load_or_compute_reference(fid, key: str, cache_dir: str | Path, images_fn, batch_size: int = 256) -> bool:
@@ -109,10 +121,17 @@ def load_or_compute_reference(fid, key: str, cache_dir: str | Path, images_fn, b
     def compute() -> dict[str, torch.Tensor]:
         built.append(True)
         images = images_fn()
-        batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)] if isinstance(images, torch.Tensor) else images
+        batches = (
+            [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+            if isinstance(images, torch.Tensor)
+            else images
+        )
         for batch in batches:
             fid.update(batch, real=True)
-        return {name: getattr(fid, name).detach().cpu().reshape(getattr(fid, name).shape).contiguous() for name in REAL_STATES}
+        return {
+            name: getattr(fid, name).detach().cpu().reshape(getattr(fid, name).shape).contiguous()
+            for name in REAL_STATES
+        }
 
     # one builder per entry across processes, verified before use, written whole (an unwritable cache costs a
     # recomputation next time)

@@ -69,7 +69,9 @@ class ClassifierFeatureDistance(nn.Module):
         super().__init__()
         self.judges = nn.ModuleList([style_clf.eval(), object_clf.eval()])
         n_layers = sum(len(stage_outputs(j.trunk, torch.zeros(1, 3, 8, 8))) for j in self.judges)
-        self.name = f"LPIPS-style distance over the canvas-mini classifiers' feature maps ({n_layers} layers, unit weights)"
+        self.name = (
+            f"LPIPS-style distance over the canvas-mini classifiers' feature maps ({n_layers} layers, unit weights)"
+        )
 
     @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -101,27 +103,38 @@ def load_lpips(weights: str | Path, net: str = "alex", device: str = "cpu") -> L
     try:
         import lpips
     except ImportError:
-        raise FidelityError("LPIPS needs the lpips package: pip install lpips (or evaluate with --no-fidelity)") from None
+        raise FidelityError(
+            "LPIPS needs the lpips package: pip install lpips (or evaluate with --no-fidelity)"
+        ) from None
     if net not in ("alex", "vgg"):
         raise FidelityError(f"--lpips-net must be alex or vgg, got {net!r}")
     path = Path(weights)
     if not path.is_file():
-        raise FidelityError(f"LPIPS weights not found at {path}; pass the local file of torchvision's {net} weights "
-                            "(or a saved lpips.LPIPS state dict) with --lpips-weights")
+        raise FidelityError(
+            f"LPIPS weights not found at {path}; pass the local file of torchvision's {net} weights "
+            "(or a saved lpips.LPIPS state dict) with --lpips-weights"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a pickle with code in it, or not a checkpoint at all
-        raise FidelityError(f"cannot read LPIPS weights {path} as a plain tensor checkpoint ({type(e).__name__}); "
-                            "pass a state dict saved with torch.save") from None
+        raise FidelityError(
+            f"cannot read LPIPS weights {path} as a plain tensor checkpoint ({type(e).__name__}); "
+            "pass a state dict saved with torch.save"
+        ) from None
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision's 'pretrained' deprecation: we pass random init and load ourselves
+        warnings.simplefilter(
+            "ignore"
+        )  # torchvision's 'pretrained' deprecation: we pass random init and load ourselves
         model = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
     if any(k.startswith("features.") for k in state):  # torchvision's layout: the backbone only
         slices = {int(k): f"net.{name}.{k}" for name, sl in model.net.named_children() for k, _ in sl.named_children()}
-        state = {f"{slices[int(k.split('.')[1])]}.{k.split('.', 2)[2]}": v for k, v in state.items()
-                 if k.startswith("features.") and int(k.split(".")[1]) in slices}
+        state = {
+            f"{slices[int(k.split('.')[1])]}.{k.split('.', 2)[2]}": v
+            for k, v in state.items()
+            if k.startswith("features.") and int(k.split(".")[1]) in slices
+        }
         heads = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
         state.update(torch.load(heads, map_location="cpu", weights_only=True))
     for key, value in model.state_dict().items():
@@ -135,8 +148,10 @@ def load_lpips(weights: str | Path, net: str = "alex", device: str = "cpu") -> L
     expected = set(model.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
-        raise FidelityError(f"LPIPS weights {path} do not fit lpips {net}: {len(missing)} missing (e.g. {sorted(missing)[:1]}), "
-                            f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:1]}); check --lpips-net")
+        raise FidelityError(
+            f"LPIPS weights {path} do not fit lpips {net}: {len(missing)} missing (e.g. {sorted(missing)[:1]}), "
+            f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:1]}); check --lpips-net"
+        )
     model.load_state_dict(state)
     return LPIPSDistance(model.to(device), net)
 
@@ -182,19 +197,31 @@ class RetainFidelity(Metric):
         per_axis, pooled = {}, {"psnr": 0.0, "perceptual": 0.0, "n": 0}
         for i, (axis, concepts) in enumerate(self.axes.items()):
             s_p, s_d, n = (getattr(self, f"{name}_{i}") for name in ("psnr", "perceptual", "count"))
-            per_axis[axis] = {c: {"psnr": float(s_p[k] / n[k]), "perceptual": float(s_d[k] / n[k]), "n": int(n[k])}
-                              for k, c in enumerate(concepts) if n[k] > 0}
+            per_axis[axis] = {
+                c: {"psnr": float(s_p[k] / n[k]), "perceptual": float(s_d[k] / n[k]), "n": int(n[k])}
+                for k, c in enumerate(concepts)
+                if n[k] > 0
+            }
             if axis == self.kind:
                 pooled = {"psnr": float(s_p.sum()), "perceptual": float(s_d.sum()), "n": int(n.sum())}
 
         def macro(concepts: dict) -> dict:
             if not concepts:
                 return {"psnr": None, "perceptual": None, "concepts": 0}
-            return {"psnr": sum(v["psnr"] for v in concepts.values()) / len(concepts),
-                    "perceptual": sum(v["perceptual"] for v in concepts.values()) / len(concepts), "concepts": len(concepts)}
+            return {
+                "psnr": sum(v["psnr"] for v in concepts.values()) / len(concepts),
+                "perceptual": sum(v["perceptual"] for v in concepts.values()) / len(concepts),
+                "concepts": len(concepts),
+            }
 
         cross = {f"{a}:{c}": v for a, cs in per_axis.items() if a != self.kind for c, v in cs.items()}
         n = max(pooled["n"], 1)
-        return {"psnr": pooled["psnr"] / n if pooled["n"] else None, "perceptual": pooled["perceptual"] / n if pooled["n"] else None,
-                "n": pooled["n"], "identical": int(self.identical),
-                "in_domain": macro(per_axis[self.kind]), "cross_domain": macro(cross), "per_concept": per_axis}
+        return {
+            "psnr": pooled["psnr"] / n if pooled["n"] else None,
+            "perceptual": pooled["perceptual"] / n if pooled["n"] else None,
+            "n": pooled["n"],
+            "identical": int(self.identical),
+            "in_domain": macro(per_axis[self.kind]),
+            "cross_domain": macro(cross),
+            "per_concept": per_axis,
+        }

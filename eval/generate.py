@@ -49,7 +49,10 @@ def generate(
         text = {"prompt": chunk_p, "negative_prompt": [negative_prompt] * len(chunk_p) if guidance > 1 else None}
         if prompt_embeds is not None:
             rows = prompt_embeds[i : i + batch_size].to(device, pipe.text_encoder.dtype)
-            text = {"prompt_embeds": rows, "negative_prompt_embeds": None if negative is None else negative.expand(len(rows), -1, -1)}
+            text = {
+                "prompt_embeds": rows,
+                "negative_prompt_embeds": None if negative is None else negative.expand(len(rows), -1, -1),
+            }
         images = pipe(
             **text,
             num_inference_steps=steps,
@@ -67,18 +70,40 @@ def generate(
 
 
 def protocol_settings(protocol) -> dict:
-    """The sampler settings a protocol prescribes, as ``generate``'s keyword arguments (its scheduler is ``protocol_scheduler``'s)."""
-    return {"steps": protocol.steps, "guidance": protocol.guidance, "negative_prompt": protocol.negative_prompt,
-            "height": protocol.resolution, "width": protocol.resolution, "eta": protocol.eta}
+    """The sampler settings a protocol prescribes, as ``generate``'s keyword arguments (its scheduler
+    is ``protocol_scheduler``'s)."""
+    return {
+        "steps": protocol.steps,
+        "guidance": protocol.guidance,
+        "negative_prompt": protocol.negative_prompt,
+        "height": protocol.resolution,
+        "width": protocol.resolution,
+        "eta": protocol.eta,
+    }
 
 
-def protocol_images(pipe, protocol, prompts: list[str], seeds: list[int], *, batch_size: int = 64,
-                    prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
+def protocol_images(
+    pipe,
+    protocol,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    batch_size: int = 64,
+    prompt_embeds: torch.Tensor | None = None,
+) -> np.ndarray:
     """One image per (prompt, seed) with the protocol's sampler and settings, no progress bar."""
     from .samplers import protocol_scheduler
 
     with protocol_scheduler(pipe, protocol.sampler):
-        return generate(pipe, prompts, seeds, **protocol_settings(protocol), batch_size=batch_size, progress=False, prompt_embeds=prompt_embeds)
+        return generate(
+            pipe,
+            prompts,
+            seeds,
+            **protocol_settings(protocol),
+            batch_size=batch_size,
+            progress=False,
+            prompt_embeds=prompt_embeds,
+        )
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

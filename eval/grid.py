@@ -61,7 +61,9 @@ def image_grid(
     return canvas
 
 
-def compare_grid(original: list[list[np.ndarray]], erased: list[list[np.ndarray]], row_labels, col_labels, **kw) -> Image.Image:
+def compare_grid(
+    original: list[list[np.ndarray]], erased: list[list[np.ndarray]], row_labels, col_labels, **kw
+) -> Image.Image:
     """Original (left block) and erased (right block) for the same prompts and seeds."""
     if len(original) != len(erased):
         raise ValueError("original and erased grids need the same rows")

@@ -24,7 +24,8 @@ COMPLETE = "complete"
 
 
 def original_folder(pipe, protocol, cache: Path | None = None) -> Path:
-    """Where the unpatched ``pipe``'s answer set for ``protocol`` is cached (the model's identity and the whole protocol)."""
+    """Where the unpatched ``pipe``'s answer set for ``protocol`` is cached (the model's
+    identity and the whole protocol)."""
     from erase.data import cache_dir, model_identity
 
     key = json.dumps({"model": model_identity(pipe), "protocol": protocol.to_dict()}, sort_keys=True)
@@ -32,7 +33,8 @@ def original_folder(pipe, protocol, cache: Path | None = None) -> Path:
 
 
 def recorded_hashes(images: str | Path) -> dict[str, str] | None:
-    """File name -> SHA-256 recorded when the answer set in ``images`` was cached; None for a folder that is no cache entry."""
+    """File name -> SHA-256 recorded when the answer set in ``images`` was cached; None for a
+    folder that is no cache entry."""
     try:
         record = json.loads((Path(images).parent / COMPLETE).read_text())
     except (OSError, ValueError):
@@ -42,7 +44,9 @@ def recorded_hashes(images: str | Path) -> dict[str, str] | None:
 
 
 def _record(folder: Path, protocol) -> None:
-    write_text_atomic(folder / COMPLETE, json.dumps({"protocol": protocol.to_dict(), "sha256": image_hashes(folder / "images")}))
+    write_text_atomic(
+        folder / COMPLETE, json.dumps({"protocol": protocol.to_dict(), "sha256": image_hashes(folder / "images")})
+    )
 
 
 def _ready(folder: Path, protocol) -> bool:
@@ -58,19 +62,28 @@ def _ready(folder: Path, protocol) -> bool:
         except OSError:
             pass
         return True
-    changed = [name for name, digest in hashes.items()
-               if not (folder / "images" / name).is_file() or hashlib.sha256((folder / "images" / name).read_bytes()).hexdigest() != digest]
+    changed = [
+        name
+        for name, digest in hashes.items()
+        if not (folder / "images" / name).is_file()
+        or hashlib.sha256((folder / "images" / name).read_bytes()).hexdigest() != digest
+    ]
     if not changed:
         return True
-    print(f"erasekit: cached answer set {folder}: {len(changed)} image(s) changed or gone since they were cached ({changed[0]}...); "
-          "regenerating them", file=sys.stderr)
+    print(
+        f"erasekit: cached answer set {folder}: {len(changed)} image(s) changed or gone since they were cached "
+        f"({changed[0]}...); regenerating them",
+        file=sys.stderr,
+    )
     for name in changed:
         (folder / "images" / name).unlink(missing_ok=True)
     (folder / COMPLETE).unlink(missing_ok=True)
     return False
 
 
-def original_answer_set(pipe, protocol, *, batch_size: int = 64, progress: bool = True, cache: Path | None = None) -> Path:
+def original_answer_set(
+    pipe, protocol, *, batch_size: int = 64, progress: bool = True, cache: Path | None = None
+) -> Path:
     """The unpatched model's answer set for ``protocol`` (images folder), generated once and cached.
 
     Patches applied to ``pipe`` are taken off for the duration and put back bit-exactly; the cache key is

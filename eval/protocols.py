@@ -33,17 +33,79 @@ from .samplers import SAMPLERS
 # UnlearnCanvas's 51-entry theme list in the style classifier's label order:
 # 50 styles with the photo class `Seed_Images` alphabetically between Rust and Sketch.
 UNLEARNCANVAS_THEMES = [
-    "Abstractionism", "Artist_Sketch", "Blossom_Season", "Bricks", "Byzantine", "Cartoon", "Cold_Warm",
-    "Color_Fantasy", "Comic_Etch", "Crayon", "Cubism", "Dadaism", "Dapple", "Defoliation", "Early_Autumn",
-    "Expressionism", "Fauvism", "French", "Glowing_Sunset", "Gorgeous_Love", "Greenfield", "Impressionism",
-    "Ink_Art", "Joy", "Liquid_Dreams", "Magic_Cube", "Meta_Physics", "Meteor_Shower", "Monet", "Mosaic",
-    "Neon_Lines", "On_Fire", "Pastel", "Pencil_Drawing", "Picasso", "Pop_Art", "Red_Blue_Ink", "Rust",
-    "Seed_Images", "Sketch", "Sponge_Dabbed", "Structuralism", "Superstring", "Surrealism", "Ukiyoe",
-    "Van_Gogh", "Vibrant_Flow", "Warm_Love", "Warm_Smear", "Watercolor", "Winter",
+    "Abstractionism",
+    "Artist_Sketch",
+    "Blossom_Season",
+    "Bricks",
+    "Byzantine",
+    "Cartoon",
+    "Cold_Warm",
+    "Color_Fantasy",
+    "Comic_Etch",
+    "Crayon",
+    "Cubism",
+    "Dadaism",
+    "Dapple",
+    "Defoliation",
+    "Early_Autumn",
+    "Expressionism",
+    "Fauvism",
+    "French",
+    "Glowing_Sunset",
+    "Gorgeous_Love",
+    "Greenfield",
+    "Impressionism",
+    "Ink_Art",
+    "Joy",
+    "Liquid_Dreams",
+    "Magic_Cube",
+    "Meta_Physics",
+    "Meteor_Shower",
+    "Monet",
+    "Mosaic",
+    "Neon_Lines",
+    "On_Fire",
+    "Pastel",
+    "Pencil_Drawing",
+    "Picasso",
+    "Pop_Art",
+    "Red_Blue_Ink",
+    "Rust",
+    "Seed_Images",
+    "Sketch",
+    "Sponge_Dabbed",
+    "Structuralism",
+    "Superstring",
+    "Surrealism",
+    "Ukiyoe",
+    "Van_Gogh",
+    "Vibrant_Flow",
+    "Warm_Love",
+    "Warm_Smear",
+    "Watercolor",
+    "Winter",
 ]
 UNLEARNCANVAS_OBJECTS = [
-    "Architectures", "Bears", "Birds", "Butterfly", "Cats", "Dogs", "Fishes", "Flame", "Flowers", "Frogs",
-    "Horses", "Human", "Jellyfish", "Rabbits", "Sandwiches", "Sea", "Statues", "Towers", "Trees", "Waterfalls",
+    "Architectures",
+    "Bears",
+    "Birds",
+    "Butterfly",
+    "Cats",
+    "Dogs",
+    "Fishes",
+    "Flame",
+    "Flowers",
+    "Frogs",
+    "Horses",
+    "Human",
+    "Jellyfish",
+    "Rabbits",
+    "Sandwiches",
+    "Sea",
+    "Statues",
+    "Towers",
+    "Trees",
+    "Waterfalls",
 ]
 
 LEGACY_KEYS = ("styles", "objects", "photo_class")
@@ -65,7 +127,11 @@ class Axis:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ProtocolError(f"axis name {self.name!r} must be a plain word such as 'style' or 'object'")
-        if not isinstance(self.concepts, list) or not self.concepts or not all(isinstance(c, str) and c for c in self.concepts):
+        if (
+            not isinstance(self.concepts, list)
+            or not self.concepts
+            or not all(isinstance(c, str) and c for c in self.concepts)
+        ):
             raise ProtocolError(f"axis {self.name!r} needs a non-empty list of concept names")
         if len(set(self.concepts)) != len(self.concepts):
             raise ProtocolError(f"axis {self.name!r} lists a concept twice")
@@ -81,7 +147,12 @@ class Axis:
     def from_dict(cls, d) -> "Axis":
         known = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or not {"name", "concepts"} <= set(d) or set(d) - known:
-            raise ProtocolError(f"each axis must be a mapping with 'name' and 'concepts' (optional: 'null_class', 'metric'), got {d!r}"[:300])
+            raise ProtocolError(
+                (
+                    "each axis must be a mapping with 'name' and 'concepts' (optional: "
+                    f"'null_class', 'metric'), got {d!r}"
+                )[:300]
+            )
         return cls(**d)
 
 
@@ -102,7 +173,9 @@ class Protocol:
     eta: float = 0.0
     negative_prompt: str = ""
     resolution: int = 512
-    classifiers: str = "canvas-mini"  # judge family: "canvas-mini", "unlearncanvas-vit" (weights given by the user) or "faces-mini"
+    classifiers: str = (
+        "canvas-mini"  # judge family: "canvas-mini", "unlearncanvas-vit" (weights given by the user) or "faces-mini"
+    )
     deviations: list[str] = field(default_factory=list)
     # latent-seeded generators (template None): each concept's text, and the text of "the concept absent"
     phrases: dict = field(default_factory=dict)
@@ -121,17 +194,27 @@ class Protocol:
                 raise ProtocolError(f"protocol {self.name!r}: bad template {self.template!r} ({e})") from e
             if placeholders != set(names):
                 want = ", ".join("{" + n + "}" for n in names)
-                raise ProtocolError(f"protocol {self.name!r}: template must contain exactly the axis placeholders {want}, got {self.template!r}")
+                raise ProtocolError(
+                    f"protocol {self.name!r}: template must contain exactly the axis placeholders "
+                    f"{want}, got {self.template!r}"
+                )
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ProtocolError(f"protocol {self.name!r} needs a list of integer seeds")
-        if not isinstance(self.steps, int) or self.steps < 1 or not isinstance(self.resolution, int) or self.resolution < 8:
+        if (
+            not isinstance(self.steps, int)
+            or self.steps < 1
+            or not isinstance(self.resolution, int)
+            or self.resolution < 8
+        ):
             raise ProtocolError(f"protocol {self.name!r}: needs at least one seed, steps >= 1 and resolution >= 8")
         if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance):
             raise ProtocolError(f"protocol {self.name!r}: guidance must be a finite number, got {self.guidance!r}")
         if not isinstance(self.eta, (int, float)) or not math.isfinite(self.eta) or self.eta < 0:
             raise ProtocolError(f"protocol {self.name!r}: eta must be a finite number >= 0, got {self.eta!r}")
         if self.sampler not in SAMPLERS:
-            raise ProtocolError(f"protocol {self.name!r}: unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+            raise ProtocolError(
+                f"protocol {self.name!r}: unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}"
+            )
 
     # -- axes ------------------------------------------------------------------
     @property
@@ -142,7 +225,9 @@ class Protocol:
         for a in self.axes:
             if a.name == kind:
                 return a
-        raise ProtocolError(f"unknown kind {kind!r} for protocol {self.name!r}; its axes are: {', '.join(self.axis_names)}")
+        raise ProtocolError(
+            f"unknown kind {kind!r} for protocol {self.name!r}; its axes are: {', '.join(self.axis_names)}"
+        )
 
     def concepts(self, kind: str) -> list[str]:
         """The concepts of axis ``kind`` in the judge's label order (null class included)."""
@@ -167,7 +252,9 @@ class Protocol:
     def check_target(self, target: str, kind: str) -> None:
         axis = self.axis(kind)
         if target not in axis.concepts:
-            raise ProtocolError(f"{kind} {target!r} is not in protocol {self.name!r}; choose one of: {', '.join(axis.targets)}")
+            raise ProtocolError(
+                f"{kind} {target!r} is not in protocol {self.name!r}; choose one of: {', '.join(axis.targets)}"
+            )
         if target == axis.null_class:
             what = "photo class" if kind == "style" else f"null class of the {kind} axis"
             raise ProtocolError(f"{target!r} is the {what} of protocol {self.name!r}, not a {kind} that can be erased")
@@ -179,17 +266,23 @@ class Protocol:
             raise ProtocolError(f"protocol {self.name!r} has no prompt template (its generator is latent-seeded)")
         names = self.axis_names
         if len(values) > len(names):
-            raise ProtocolError(f"protocol {self.name!r} has {len(names)} axes ({', '.join(names)}), got {len(values)} values")
+            raise ProtocolError(
+                f"protocol {self.name!r} has {len(names)} axes ({', '.join(names)}), got {len(values)} values"
+            )
         fill = dict(zip(names, values))
         for key, value in named.items():
             if key not in names:
-                raise ProtocolError(f"unknown kind {key!r} for protocol {self.name!r}; its axes are: {', '.join(names)}")
+                raise ProtocolError(
+                    f"unknown kind {key!r} for protocol {self.name!r}; its axes are: {', '.join(names)}"
+                )
             if key in fill:
                 raise ProtocolError(f"axis {key!r} given twice")
             fill[key] = value
         missing = [n for n in names if n not in fill]
         if missing:
-            raise ProtocolError(f"a prompt of protocol {self.name!r} needs a concept for every axis; missing: {', '.join(missing)}")
+            raise ProtocolError(
+                f"a prompt of protocol {self.name!r} needs a concept for every axis; missing: {', '.join(missing)}"
+            )
         return self.template.format(**{k: v.replace("_", " ") for k, v in fill.items()})
 
     def answer_set(self) -> list[tuple]:
@@ -222,7 +315,9 @@ class Protocol:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ProtocolError(f"unknown protocol field(s) {sorted(unknown)}; known fields: {sorted(known | set(LEGACY_KEYS))}")
+            raise ProtocolError(
+                f"unknown protocol field(s) {sorted(unknown)}; known fields: {sorted(known | set(LEGACY_KEYS))}"
+            )
         if legacy and "axes" in d:
             raise ProtocolError(f"give either 'axes' or the older {list(LEGACY_KEYS)}, not both")
         if legacy:
@@ -249,7 +344,13 @@ class Protocol:
 def _short(value) -> str:
     """A compact repr for deviation notes (an overridden axis list would otherwise fill a page)."""
     if isinstance(value, list) and value and isinstance(value[0], Axis):
-        return "[" + "; ".join(f"{a.name}: {len(a.concepts)} concepts, null class {a.null_class}, metric {a.metric}" for a in value) + "]"
+        return (
+            "["
+            + "; ".join(
+                f"{a.name}: {len(a.concepts)} concepts, null class {a.null_class}, metric {a.metric}" for a in value
+            )
+            + "]"
+        )
     return repr(value)
 
 
@@ -282,7 +383,10 @@ def load_protocol(spec: str) -> Protocol:
         return get_world(spec).protocol()
     path = Path(spec)
     if not path.is_file():
-        raise ProtocolError(f"unknown protocol {spec!r}; use one of {sorted([*BUILTIN, *world_names()])} or a path to a JSON/YAML protocol file")
+        raise ProtocolError(
+            f"unknown protocol {spec!r}; use one of {sorted([*BUILTIN, *world_names()])} or a path "
+            "to a JSON/YAML protocol file"
+        )
     try:
         text = path.read_text()
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -304,7 +408,9 @@ def load_templates(path: str | Path, protocol: Protocol) -> list[str]:
     ignored; each must name exactly the protocol's axes (``{style}`` and ``{object}`` on canvas-mini)."""
     path = Path(path)
     if not path.is_file():
-        raise ProtocolError(f"templates file {path} does not exist; pass a text file with one prompt template per line")
+        raise ProtocolError(
+            f"templates file {path} does not exist; pass a text file with one prompt template per line"
+        )
     want = {"{" + a + "}" for a in protocol.axis_names}
     templates = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -319,7 +425,10 @@ def load_templates(path: str | Path, protocol: Protocol) -> list[str]:
             raise ProtocolError(f"{path}:{n}: template {line!r} must contain exactly {', '.join(sorted(want))}")
         templates.append(line)
     if not templates:
-        raise ProtocolError(f"templates file {path} holds no template; write one per line, e.g. 'A {{style}} style picture of a {{object}}.'")
+        raise ProtocolError(
+            f"templates file {path} holds no template; write one per line, e.g. 'A {{style}} "
+            "style picture of a {object}.'"
+        )
     if len(set(templates)) != len(templates):
         raise ProtocolError(f"templates file {path} lists a template twice")
     return templates

@@ -18,14 +18,18 @@ class OutputFolderError(EraseError):
     """The output folder belongs to another run."""
 
 
-def check_output_folder(out_dir: Path, identity: dict, command: str = "erase eval", resume: bool | None = None) -> None:
+def check_output_folder(
+    out_dir: Path, identity: dict, command: str = "erase eval", resume: bool | None = None
+) -> None:
     """Raise unless ``out_dir`` is new, empty, or holds this very run (same run.json): another run's results
     and files ``command`` did not write (a user's grid.png, notes) are never overwritten. ``resume=False`` (the
     CLI without --resume) refuses this very run's folder too, saying how to go on; ``None`` (the Python API)
     continues it."""
     run_file = out_dir / "run.json"
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputFolderError(f"--out {out_dir} is a file; {command} writes a folder there: choose a new --out folder")
+        raise OutputFolderError(
+            f"--out {out_dir} is a file; {command} writes a folder there: choose a new --out folder"
+        )
     if run_file.exists():
         try:
             existing = json.loads(run_file.read_text())
@@ -34,18 +38,25 @@ def check_output_folder(out_dir: Path, identity: dict, command: str = "erase eva
         if _normalised(existing) != _normalised(identity):
             raise OutputFolderError(f"output folder {out_dir} holds another run's results; choose a new --out folder")
         if resume is False:
-            state, way = (("finished", "score its images again") if (out_dir / "report.json").exists()
-                          else ("interrupted", "finish it (the images already there are kept)"))
-            raise OutputFolderError(f"output folder {out_dir} holds an {state} {command} of this run; pass --resume to {way}, "
-                                    "or choose a new --out folder")
+            state, way = (
+                ("finished", "score its images again")
+                if (out_dir / "report.json").exists()
+                else ("interrupted", "finish it (the images already there are kept)")
+            )
+            raise OutputFolderError(
+                f"output folder {out_dir} holds an {state} {command} of this run; pass --resume to {way}, "
+                "or choose a new --out folder"
+            )
     elif (out_dir / "report.json").exists():
         raise OutputFolderError(f"output folder {out_dir} holds a report from another run; choose a new --out folder")
     elif out_dir.is_dir():
         foreign = sorted(p.name for p in out_dir.iterdir() if not _is_own_temp(p.name))
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise OutputFolderError(f"output folder {out_dir} holds files {command} did not write ({shown}); "
-                                    "choose a new --out folder or an empty one")
+            raise OutputFolderError(
+                f"output folder {out_dir} holds files {command} did not write ({shown}); "
+                "choose a new --out folder or an empty one"
+            )
 
 
 def _is_own_temp(name: str) -> bool:
@@ -95,5 +106,3 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     from erase.files import file_sha256
 
     return file_sha256(path)
-
-

@@ -38,7 +38,6 @@ from .protocols import Protocol, ProtocolError
 from .worlds import world_of
 
 
-
 @dataclass
 class Judging:
     """Everything that scores an answer set, loaded and checked before anything is generated."""
@@ -72,7 +71,8 @@ def prepare_judging(protocol: Protocol, targets: list[tuple[str, str]], opt) -> 
 
 
 def _prepare_fidelity(judging: Judging, opt) -> None:
-    """The perceptual distance of retain fidelity: LPIPS from local weights, or canvas-mini's classifier-feature distance."""
+    """The perceptual distance of retain fidelity: LPIPS from local weights, or canvas-mini's
+    classifier-feature distance."""
     if not getattr(opt, "fidelity", True):
         return
     from .fidelity import ClassifierFeatureDistance, load_lpips
@@ -105,7 +105,10 @@ def _prepare_fid(judging: Judging, opt) -> None:
     world = world_of(judging.protocol)
     if world is not None and world.real_image is not None:
         if opt.fid_weights or opt.fid_reference:
-            raise FIDError(f"--fid-weights / --fid-reference are for real models; {world.name}'s FID uses its classifier features (drop them)")
+            raise FIDError(
+                f"--fid-weights / --fid-reference are for real models; {world.name}'s FID uses its "
+                "classifier features (drop them)"
+            )
         judging.fid = "world"
         return
     if not (opt.fid_weights and opt.fid_reference):
@@ -120,7 +123,10 @@ def _prepare_fid(judging: Judging, opt) -> None:
         raise FIDError(f"--fid-reference {root} is not a folder; pass a folder of real reference images")
     for name, _ in judging.targets:
         if not image_files(root, recursive=True, exclude=name):
-            raise FIDError(f"no reference images under {root} besides the target {name!r}'s; pass --fid-reference FOLDER of real images")
+            raise FIDError(
+                f"no reference images under {root} besides the target {name!r}'s; pass "
+                "--fid-reference FOLDER of real images"
+            )
     judging.fid, judging.fid_reference, judging.fid_weights = "folder", str(root), str(opt.fid_weights)
 
 
@@ -137,7 +143,14 @@ def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, 
     """The world's real images of every (style, object) pair but the target's, ``len(seeds)`` per pair (fresh
     renders on canvas-mini), in the classifiers' feature space and, with the world's CLIP loaded, in its embedding
     space (made once for both)."""
-    from .fid import CLIPFeatures, ClassifierFeatures, load_or_compute_reference, make_fid, module_fingerprint, stats_key
+    from .fid import (
+        ClassifierFeatures,
+        CLIPFeatures,
+        load_or_compute_reference,
+        make_fid,
+        module_fingerprint,
+        stats_key,
+    )
 
     protocol = judging.protocol
     spaces = [ClassifierFeatures(judging.judges["style"], judging.judges["object"])]
@@ -145,8 +158,12 @@ def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, 
         spaces.append(CLIPFeatures(judging.clip, judging.clip_name))
     world = world_of(protocol)
     per_pair = len(protocol.seeds)
-    jobs = [(s, o, k) for s, o in itertools.product(protocol.styles, protocol.objects)
-            if (s if kind == "style" else o) != target for k in range(per_pair)]
+    jobs = [
+        (s, o, k)
+        for s, o in itertools.product(protocol.styles, protocol.objects)
+        if (s if kind == "style" else o) != target
+        for k in range(per_pair)
+    ]
     excluded = {"axis": kind, "concept": target}
     reference = {**world.real_images, "per_pair": per_pair, "excluded": excluded}
     rendered: list[torch.Tensor] = []  # uint8 batches, kept for the second feature space (550 images: 7 MB)
@@ -166,19 +183,27 @@ def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, 
     for feats in spaces:
         fid = make_fid(feats, image_size=protocol.resolution)
         hit = load_or_compute_reference(fid, stats_key(module_fingerprint(feats), reference), cache_dir(), batches)
-        plans.append(FIDPlan(fid, {
-            "feature_space": feats.name,
-            "reference": f"fresh canvas-mini renders of every style x object pair except those of {kind} {target!r}, {per_pair} per pair "
-                         f"(reference statistics cache {'hit' if hit else 'miss'})",
-            "n_reference": len(jobs),
-            "excluded": excluded,
-            "generated": "answer set without the target concept's images",
-        }))
+        plans.append(
+            FIDPlan(
+                fid,
+                {
+                    "feature_space": feats.name,
+                    "reference": (
+                        f"fresh canvas-mini renders of every style x object pair except those of {kind} {target!r}, "
+                        f"{per_pair} per pair (reference statistics cache {'hit' if hit else 'miss'})"
+                    ),
+                    "n_reference": len(jobs),
+                    "excluded": excluded,
+                    "generated": "answer set without the target concept's images",
+                },
+            )
+        )
     return plans
 
 
 def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
-    """Standard-Inception FID against a folder of real images; paths with a component named after the target are left out."""
+    """Standard-Inception FID against a folder of real images; paths with a component named
+    after the target are left out."""
     from .fid import load_or_compute_reference, make_fid, stats_key
     from .images import image_files, load_images
 
@@ -186,8 +211,14 @@ def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int,
     files = image_files(root, recursive=True, exclude=target)
     fid = make_fid(weights=weights)
     excluded = {"axis": kind, "concept": target}
-    reference = {"folder": str(root.resolve()), "files": len(files), "excluded": excluded, "resolution": r,
-                 "weights": str(weights.resolve()), "size": weights.stat().st_size}
+    reference = {
+        "folder": str(root.resolve()),
+        "files": len(files),
+        "excluded": excluded,
+        "resolution": r,
+        "weights": str(weights.resolve()),
+        "size": weights.stat().st_size,
+    }
 
     def batches():
         with progress_bar(len(files), "erase eval: FID reference", enabled=progress) as bar:
@@ -196,13 +227,20 @@ def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int,
                 yield load_images(files[i : i + batch_size], r)
 
     hit = load_or_compute_reference(fid, stats_key("inception-2048", reference), cache_dir(), batches)
-    return [FIDPlan(fid, {
-        "feature_space": "standard FID Inception pool3 (2048-d), torchmetrics",
-        "reference": f"{len(files)} real images under {root} without '{target}' (cache {'hit' if hit else 'miss'})",
-        "n_reference": len(files),
-        "excluded": excluded,
-        "generated": "answer set without the target concept's images",
-    })]
+    return [
+        FIDPlan(
+            fid,
+            {
+                "feature_space": "standard FID Inception pool3 (2048-d), torchmetrics",
+                "reference": (
+                    f"{len(files)} real images under {root} without '{target}' (cache {'hit' if hit else 'miss'})"
+                ),
+                "n_reference": len(files),
+                "excluded": excluded,
+                "generated": "answer set without the target concept's images",
+            },
+        )
+    ]
 
 
 # -- CLIP accumulators ------------------------------------------------------------------------------
@@ -221,8 +259,15 @@ class Scores:
     joint_fidelity: dict | None = None  # the targets erased together: retain fidelity over images showing none of them
 
 
-def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 64, progress: bool = True,
-                     original: str | Path | None = None, joint: bool = False) -> Scores:
+def score_answer_set(
+    judging: Judging,
+    folder: str | Path,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+    original: str | Path | None = None,
+    joint: bool = False,
+) -> Scores:
     """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, judge
     confidence, CLIP and FID; with ``original`` (the original model's answer set), retain fidelity too."""
     from .fidelity import RetainFidelity
@@ -246,15 +291,25 @@ def score_answer_set(judging: Judging, folder: str | Path, *, batch_size: int = 
             bar.update(len(batch.entries))
     results = {axis: m.compute() for axis, m in metrics.items()}
     per_target = [_target_entry(judging, results, i, clip_sums, fids, fidelity) for i in range(len(judging.targets))]
-    seconds = {"reference": round(t_ref, 2), "classify": round(t_judge, 2), "fidelity": round(t_fidelity, 2), "score": round(time.time() - t0, 2)}
+    seconds = {
+        "reference": round(t_ref, 2),
+        "classify": round(t_judge, 2),
+        "fidelity": round(t_fidelity, 2),
+        "score": round(time.time() - t0, 2),
+    }
     joint_fidelity = _fidelity_entry(judging, fidelity[-1]) if fidelity and joint else None
-    return Scores(results, {axis: protocol.concepts(axis) for axis in protocol.axis_names}, per_target, seconds, joint_fidelity)
+    return Scores(
+        results, {axis: protocol.concepts(axis) for axis in protocol.axis_names}, per_target, seconds, joint_fidelity
+    )
 
 
 def _fidelity_entry(judging: Judging, metric) -> dict:
-    return {**metric.compute(), "psnr_unit": "dB (identical images count as 100)",
-            "perceptual_space": judging.distance.name if judging.distance is not None else None,
-            **({"note": judging.fidelity_note} if judging.fidelity_note else {})}
+    return {
+        **metric.compute(),
+        "psnr_unit": "dB (identical images count as 100)",
+        "perceptual_space": judging.distance.name if judging.distance is not None else None,
+        **({"note": judging.fidelity_note} if judging.fidelity_note else {}),
+    }
 
 
 def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids: list, fidelity: list) -> dict:
@@ -266,10 +321,19 @@ def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids
     accuracy = {axis: dict(zip(protocol.concepts(axis), r["accuracy"].tolist())) for axis, r in results.items()}
     entry = {"target": name, "kind": kind, **axis_scores(accuracy, name, kind, nulls)}
     if all("true_prob" in r for r in results.values()):
-        prob = axis_scores({axis: dict(zip(protocol.concepts(axis), r["true_prob"].tolist())) for axis, r in results.items()}, name, kind, nulls)
-        entry["confidence"] = {"target": 1.0 - prob["ua"], "ira": prob["ira"], "cra": prob["cra"],
-                               "meaning": "mean softmax probability of the true class: of the target's images (target), of the other "
-                                          "concepts of its axis (ira) and of the other axes (cra)"}
+        prob = axis_scores(
+            {axis: dict(zip(protocol.concepts(axis), r["true_prob"].tolist())) for axis, r in results.items()},
+            name,
+            kind,
+            nulls,
+        )
+        entry["confidence"] = {
+            "target": 1.0 - prob["ua"],
+            "ira": prob["ira"],
+            "cra": prob["cra"],
+            "meaning": "mean softmax probability of the true class: of the target's images (target), of the other "
+            "concepts of its axis (ira) and of the other axes (cra)",
+        }
     if clip_sums:
         entry.update(_clip_entry(judging, clip_sums[i], name, kind))
     entry.update(_fid_entry(judging, fids[i][0] if fids[i] else None))
@@ -320,7 +384,9 @@ def _score_batch(judging: Judging, batch, metrics: dict, fids: list, clip_sums: 
 def _fid_entry(judging: Judging, plan: FIDPlan | None) -> dict:
     if plan is not None:
         fid = plan.metric
-        return {"fid": {"value": float(fid.compute()), **plan.report, "n_generated": int(fid.fake_features_num_samples)}}
+        return {
+            "fid": {"value": float(fid.compute()), **plan.report, "n_generated": int(fid.fake_features_num_samples)}
+        }
     if judging.fid_note:
         return {"fid": None, "fid_note": judging.fid_note}
     return {}
@@ -341,9 +407,17 @@ def _clip_sums(judging: Judging) -> list[ClipSums]:
 def _clip_entry(judging: Judging, sums: ClipSums, name: str, kind: str) -> dict:
     c = sums.compute()
     return {
-        "clip_score": {"value": c["clip_score"], "scale": CLIP_SCORE_SCALE, "model": judging.clip_name,
-                       "images": "answer set without the target's images, each against its own prompt"},
-        "concept_similarity": {"text": concept_text(name, kind), "target_images": c["target_images"],
-                               "other_images": c["other_images"], "model": judging.clip_name,
-                               "scale": "mean cosine similarity (-1 to 1), not x100"},
+        "clip_score": {
+            "value": c["clip_score"],
+            "scale": CLIP_SCORE_SCALE,
+            "model": judging.clip_name,
+            "images": "answer set without the target's images, each against its own prompt",
+        },
+        "concept_similarity": {
+            "text": concept_text(name, kind),
+            "target_images": c["target_images"],
+            "other_images": c["other_images"],
+            "model": judging.clip_name,
+            "scale": "mean cosine similarity (-1 to 1), not x100",
+        },
     }

@@ -21,11 +21,17 @@ def load_model(model: str | Path, *, device: str = "cpu", dtype=None, xformers: 
     from erase.locations import resolve_model
 
     model = resolve_model(model)
-    if Path(model).suffix.lower() in (".pkl", ".pt", ".pth"):  # rosinality checkpoints; NVIDIA pickles are refused unread
+    if Path(model).suffix.lower() in (
+        ".pkl",
+        ".pt",
+        ".pth",
+    ):  # rosinality checkpoints; NVIDIA pickles are refused unread
         from .stylegan import load_rosinality
 
         return load_rosinality(model, device=device)
-    if is_stylegan(model) or (Path(model) / "generator.safetensors").exists():  # the latter: a clear error when config.json is missing
+    if (
+        is_stylegan(model) or (Path(model) / "generator.safetensors").exists()
+    ):  # the latter: a clear error when config.json is missing
         from .stylegan import StyleGANPipeline
 
         return StyleGANPipeline.from_pretrained(model, device=device)

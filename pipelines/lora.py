@@ -3,8 +3,9 @@
 Each touched weight's delta is factored by SVD, ``delta ~= B @ A`` at a chosen rank (linear layers as they are,
 conv kernels flattened to (out, in x kh x kw) with A the kernel and B a 1x1 conv, as peft does); a bias delta
 becomes the LoRA's ``lora_B.bias`` (peft's ``lora_bias``, which then holds zeros for the other modules; diffusers
-cannot fuse such a LoRA into layers without a bias, but loads and scales it). Saved in the peft / diffusers format without alphas, which diffusers loads at
-scale 1 per module (``W + B @ A``). What a LoRA cannot hold (normalisation weights, embeddings) is refused.
+cannot fuse such a LoRA into layers without a bias, but loads and scales it). Saved in the peft / diffusers format
+without alphas, which diffusers loads at scale 1 per module (``W + B @ A``). What a LoRA cannot hold (normalisation
+weights, embeddings) is refused.
 
 ``rank_for_energy(patch, tolerance)`` picks each tensor's rank from its spectrum: the smallest rank whose left-out
 energy is at most ``tolerance`` of the delta's (``tolerance=0`` gives the delta's exact numerical rank, which is
@@ -50,8 +51,10 @@ def _loraable(module: nn.Module, kind: str) -> bool:
 def check_loraable(pipe, patch: ErasurePatch) -> None:
     bad = [n for n in patch.names() if not _loraable(*_module_of(pipe, n)[2:])]
     if bad:
-        raise LoRAExportError(f"the patch changes {len(bad)} tensor(s) a LoRA cannot hold (e.g. {bad[0]}: only linear and conv "
-                              "weights and biases); ship it as a patch or save the erased pipeline with save_erased")
+        raise LoRAExportError(
+            f"the patch changes {len(bad)} tensor(s) a LoRA cannot hold (e.g. {bad[0]}: only linear and conv "
+            "weights and biases); ship it as a patch or save the erased pipeline with save_erased"
+        )
 
 
 def _matrix(delta: torch.Tensor) -> torch.Tensor:
@@ -102,14 +105,18 @@ def lora_layers(pipe, patch: ErasurePatch, ranks: dict[str, int]) -> dict[str, d
         out[component][f"{path}.lora_B.weight"] = b.contiguous()
         if "bias" in deltas:
             out[component][f"{path}.lora_B.bias"] = deltas["bias"].contiguous()
-    if any(k.endswith(".lora_B.bias") for sd in out.values() for k in sd):  # peft's lora_bias is all or nothing: zeros elsewhere
+    if any(
+        k.endswith(".lora_B.bias") for sd in out.values() for k in sd
+    ):  # peft's lora_bias is all or nothing: zeros elsewhere
         for sd in out.values():
             for key in [k for k in sd if k.endswith(".lora_B.weight")]:
                 sd.setdefault(key[: -len("weight")] + "bias", torch.zeros(sd[key].shape[0]))
     return {c: sd for c, sd in out.items() if sd}
 
 
-def save_lora(pipe, patch: ErasurePatch, ranks: dict[str, int], out: str | os.PathLike, info: dict | None = None) -> Path:
+def save_lora(
+    pipe, patch: ErasurePatch, ranks: dict[str, int], out: str | os.PathLike, info: dict | None = None
+) -> Path:
     """Write the LoRA (``pytorch_lora_weights.safetensors``) and ``erasekit_lora.json`` (ranks, source patch,
     ``info``) into a new folder ``out``, through a temporary folder renamed into place."""
     from diffusers import StableDiffusionPipeline
@@ -120,11 +127,19 @@ def save_lora(pipe, patch: ErasurePatch, ranks: dict[str, int], out: str | os.Pa
     layers = lora_layers(pipe, patch, ranks)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=layers.get("unet"),
-                                              text_encoder_lora_layers=layers.get("text_encoder"), weight_name=LORA_FILE)
-    record = {"format": "diffusers peft LoRA (no alphas: scale 1 per module)", "ranks": ranks,
-              "source_patch": {k: patch.config.get(k) for k in ("method", "preset", "request", "base_model")},
-              "patch_sha256": patch.config.get("patch_sha256"), **(info or {})}
+    StableDiffusionPipeline.save_lora_weights(
+        str(tmp),
+        unet_lora_layers=layers.get("unet"),
+        text_encoder_lora_layers=layers.get("text_encoder"),
+        weight_name=LORA_FILE,
+    )
+    record = {
+        "format": "diffusers peft LoRA (no alphas: scale 1 per module)",
+        "ranks": ranks,
+        "source_patch": {k: patch.config.get(k) for k in ("method", "preset", "request", "base_model")},
+        "patch_sha256": patch.config.get("patch_sha256"),
+        **(info or {}),
+    }
     (tmp / INFO_FILE).write_text(json.dumps(record, indent=2, default=str))
     if out.exists():
         out.rmdir()

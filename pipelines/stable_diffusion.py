@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
 from erase.components import named_parameters
 from erase.errors import EraseError
 from erase.files import swap_dir, writing
@@ -24,8 +25,14 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype | str | None = None, local_files_only: bool = True,
-                  xformers: bool = False):
+def load_pipeline(
+    model: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    local_files_only: bool = True,
+    xformers: bool = False,
+):
     """A ``StableDiffusionPipeline`` from a diffusers folder, a shipped model's name (``canvas-mini``), a cached hub
     id, or a single-file checkpoint.
 
@@ -60,7 +67,10 @@ def load_pipeline(model: str | Path, *, device: str = "cpu", dtype: torch.dtype 
         try:
             pipe.enable_xformers_memory_efficient_attention()
         except Exception as e:  # noqa: BLE001 - xformers raises many kinds of errors when unusable
-            raise PipelineLoadError(f"xformers attention is not usable here ({str(e).splitlines()[0]}); drop --xformers to use PyTorch SDPA") from e
+            raise PipelineLoadError(
+                f"xformers attention is not usable here ({str(e).splitlines()[0]}); drop "
+                "--xformers to use PyTorch SDPA"
+            ) from e
     return pipe
 
 
@@ -87,7 +97,10 @@ def _from_pretrained(model: str, path: Path, kwargs: dict, local_files_only: boo
 
     if path.is_dir():
         if not (path / "model_index.json").exists():
-            raise PipelineLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder saved with save_pretrained")
+            raise PipelineLoadError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json); pass a "
+                "folder saved with save_pretrained"
+            )
         pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True, **kwargs)
     elif path.suffix in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
@@ -98,7 +111,9 @@ def _from_pretrained(model: str, path: Path, kwargs: dict, local_files_only: boo
     elif "/" in model and not model.startswith((".", "/")):
         pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=local_files_only, **kwargs)
     else:
-        raise PipelineLoadError(f"model {model!r} not found: pass a diffusers folder, a cached hub id (org/name) or a checkpoint file")
+        raise PipelineLoadError(
+            f"model {model!r} not found: pass a diffusers folder, a cached hub id (org/name) or a checkpoint file"
+        )
     return pipe
 
 
@@ -107,7 +122,15 @@ def _from_pretrained(model: str, path: Path, kwargs: dict, local_files_only: boo
 # scale), set_patch_scale, remove (exact unfuse + unload), save_erased. Apply / remove work on any
 # model and live with the patch format (erase.patch); they are re-exported here for pipeline users.
 
-__all__ = ["load_pipeline", "save_erased", "apply_patch", "remove_patch", "set_patch_scale", "applied_patches", "named_parameters"]
+__all__ = [
+    "load_pipeline",
+    "save_erased",
+    "apply_patch",
+    "remove_patch",
+    "set_patch_scale",
+    "applied_patches",
+    "named_parameters",
+]
 
 
 def model_card(history: list[dict], base_model: str | None, metrics: dict | None = None) -> str:
@@ -123,21 +146,36 @@ def model_card(history: list[dict], base_model: str | None, metrics: dict | None
         front.append(f"base_model: {json.dumps(str(base_model))}")
     front.append("erased_concepts: " + json.dumps(concepts))
     front += ["---", ""]
-    body = [f"# Erased: {', '.join(concepts) or 'nothing'}", "",
-            f"This pipeline is {base_model or 'a base model'} with {len(history)} erasure patch(es) from erasekit folded into its weights. "
-            "It loads with plain `diffusers.StableDiffusionPipeline.from_pretrained`.", "",
-            "| concept | kind | anchor | method | preset | scale |", "|---|---|---|---|---|---|"]
+    body = [
+        f"# Erased: {', '.join(concepts) or 'nothing'}",
+        "",
+        f"This pipeline is {base_model or 'a base model'} with {len(history)} erasure patch(es) from erasekit folded "
+        "into its weights. It loads with plain `diffusers.StableDiffusionPipeline.from_pretrained`.",
+        "",
+        "| concept | kind | anchor | method | preset | scale |",
+        "|---|---|---|---|---|---|",
+    ]
     for h in history:
         r = h.get("request") or {}
-        body.append(f"| {r.get('concept')} | {r.get('kind')} | {r.get('anchor')} | {h.get('method')} | {h.get('preset')} | {h.get('scale')} |")
+        body.append(
+            f"| {r.get('concept')} | {r.get('kind')} | {r.get('anchor')} | {h.get('method')} | "
+            f"{h.get('preset')} | {h.get('scale')} |"
+        )
     if metrics:
+
         def pct(x):
             return "n/a" if x is None else f"{100 * x:.1f}"
 
         psnr = metrics.get("retained_psnr")
-        body += ["", "## Measured", "",
-                 f"UA {pct(metrics.get('ua'))}, IRA {pct(metrics.get('ira'))}, CRA {pct(metrics.get('cra'))}"
-                 + (f", same-seed retained PSNR {psnr:.1f} dB" if psnr is not None else "") + " (erasekit evaluation; see its report).", ""]
+        body += [
+            "",
+            "## Measured",
+            "",
+            f"UA {pct(metrics.get('ua'))}, IRA {pct(metrics.get('ira'))}, CRA {pct(metrics.get('cra'))}"
+            + (f", same-seed retained PSNR {psnr:.1f} dB" if psnr is not None else "")
+            + " (erasekit evaluation; see its report).",
+            "",
+        ]
     body += ["", "Patch details: `erasure_history.json`.", ""]
     return "\n".join(front + body)
 
@@ -153,13 +191,24 @@ def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False, metrics: 
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PipelineLoadError(f"{out} exists and is not empty; pass overwrite=True / --overwrite or choose another folder")
+        raise PipelineLoadError(
+            f"{out} exists and is not empty; pass overwrite=True / --overwrite or choose another folder"
+        )
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     with writing(out, cleanup=(tmp,)):  # out of space: nothing half-written, an earlier folder intact
         pipe.save_pretrained(str(tmp), safe_serialization=True)
-    history = [{"name": a["name"], "scale": a["scale"], **{k: a["config"].get(k) for k in ("method", "preset", "request", "base_model", "patch_sha256", "package_version")}}
-               for a in applied_patches(pipe)]
+    history = [
+        {
+            "name": a["name"],
+            "scale": a["scale"],
+            **{
+                k: a["config"].get(k)
+                for k in ("method", "preset", "request", "base_model", "patch_sha256", "package_version")
+            },
+        }
+        for a in applied_patches(pipe)
+    ]
     (tmp / "erasure_history.json").write_text(json.dumps(history, indent=2, default=str))
     base = next((h["base_model"] for h in history if h.get("base_model")), getattr(pipe, "name_or_path", None))
     (tmp / "README.md").write_text(model_card(history, base, metrics))

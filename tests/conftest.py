@@ -37,8 +37,14 @@ def build_tiny_pipe(seed: int = 0):
     torch.manual_seed(seed)
     tok = build_tokenizer(300, model_max_length=16)
     pipe = StableDiffusionPipeline(
-        vae=make_vae(), text_encoder=make_text_encoder(tok), tokenizer=tok, unet=make_unet((16, 32, 32)),
-        scheduler=make_schedulers()[1], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=make_vae(),
+        text_encoder=make_text_encoder(tok),
+        tokenizer=tok,
+        unet=make_unet((16, 32, 32)),
+        scheduler=make_schedulers()[1],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -50,7 +56,8 @@ def tiny_pipe():
 
 
 def interrupted(monkeypatch, eraser_cls, at_step: int):
-    """Make ``eraser_cls.step`` raise KeyboardInterrupt at ``at_step`` (as Ctrl-C would); returns a function that undoes it."""
+    """Make ``eraser_cls.step`` raise KeyboardInterrupt at ``at_step`` (as Ctrl-C would);
+    returns a function that undoes it."""
     real = eraser_cls.step
 
     def step(self, i):
@@ -62,8 +69,9 @@ def interrupted(monkeypatch, eraser_cls, at_step: int):
     return lambda: monkeypatch.setattr(eraser_cls, "step", real)
 
 
-def assert_resume_is_bit_identical(pipe, method: str, eraser_cls, request, over: dict, tmp_path, monkeypatch, *, interrupt_at: int,
-                                   resumed_from: int):
+def assert_resume_is_bit_identical(
+    pipe, method: str, eraser_cls, request, over: dict, tmp_path, monkeypatch, *, interrupt_at: int, resumed_from: int
+):
     """Run ``method`` straight through, then interrupted at step ``interrupt_at`` and resumed on a freshly built model:
     the resume starts at checkpoint ``resumed_from`` and the two patches are bit-identical."""
     import pytest
@@ -76,8 +84,15 @@ def assert_resume_is_bit_identical(pipe, method: str, eraser_cls, request, over:
     with pytest.raises(KeyboardInterrupt):
         erase_concept(pipe, method, request, tmp_path / "resumed", overrides=over, progress=False)
     restore()
-    resumed = erase_concept(pipe.__class__(**build_tiny_pipe().components), method, request, tmp_path / "resumed", overrides=over,
-                            resume=True, progress=False)
+    resumed = erase_concept(
+        pipe.__class__(**build_tiny_pipe().components),
+        method,
+        request,
+        tmp_path / "resumed",
+        overrides=over,
+        resume=True,
+        progress=False,
+    )
     assert resumed.config["timing"]["resumed_from"] == resumed_from
     assert resumed.names() == full.names()
     for n in full.names():

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from erase.errors import EraseError
+from erase.prompt_slots import encode_slots, project_simplex, sampled_one_hot, slot_prompts
 from eval.attacks import list_attacks, make_attack
 from eval.attacks.base import block_timestep, original_images
-from erase.prompt_slots import encode_slots, project_simplex, sampled_one_hot, slot_prompts
 from eval.attacks.run import AttackOptions, attack_task, run_attack
 from eval.classifiers import load_judges
 from eval.protocols import load_protocol
@@ -24,7 +24,9 @@ def small_protocol():
 
 
 def task_for(protocol, n=2, judge=None, **kw):
-    task = attack_task(protocol, "Watercolor", "style", load_judges(protocol), AttackOptions(prompts=n, progress=False, **kw))
+    task = attack_task(
+        protocol, "Watercolor", "style", load_judges(protocol), AttackOptions(prompts=n, progress=False, **kw)
+    )
     if judge is not None:
         task.judge = judge(len(task.classes))
     return task
@@ -68,7 +70,9 @@ def test_sampled_one_hot_draws_from_the_row_and_passes_a_clipped_gradient_straig
     rows = sampled_one_hot(probs, torch.Generator().manual_seed(0)) @ table
     assert torch.equal(rows.detach(), table[[1, 3]][None])  # all the mass on one token: that token is drawn
     (rows * w).sum().backward()
-    assert torch.allclose(probs.grad, (w @ table.T).clamp(-1, 1))  # d/d one-hot, clipped to [-1, 1], straight to the probabilities
+    assert torch.allclose(
+        probs.grad, (w @ table.T).clamp(-1, 1)
+    )  # d/d one-hot, clipped to [-1, 1], straight to the probabilities
     mixed = torch.full((2000, 3), 1 / 3)
     counts = sampled_one_hot(mixed, torch.Generator().manual_seed(1)).sum(0)
     assert counts.sum() == 2000 and (counts > 550).all()  # a uniform row draws every token
@@ -77,7 +81,12 @@ def test_sampled_one_hot_draws_from_the_row_and_passes_a_clipped_gradient_straig
 def test_slots_go_where_the_marker_is_and_leave_the_rest_of_the_prompt_as_tokenized(canvas_pipe):
     tok = canvas_pipe.tokenizer
     s = slot_prompts(tok, ["{} A Birds image in Watercolor style.", "A Birds image in {} style."], 3)
-    plain = tok("A Birds image in Watercolor style.", padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
+    plain = tok(
+        "A Birds image in Watercolor style.",
+        padding="max_length",
+        max_length=tok.model_max_length,
+        return_tensors="pt",
+    ).input_ids[0]
     n = s.lengths[0]
     assert s.slots[0, 1:4].all() and s.slots[0].sum() == 3 and torch.equal(s.ids[0, 4:n], plain[1 : n - 3])
     words = tok("A Birds image in", add_special_tokens=False).input_ids
@@ -94,7 +103,11 @@ def test_injected_rows_equal_the_tokens_they_stand_for(canvas_pipe):
     s = slot_prompts(tok, ["A Birds image in {} style."], len(ids))
     rows = te.get_input_embeddings().weight[ids][None]
     got = encode_slots(te, s, rows)
-    want = te(tok("A Birds image in water style.", padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids)[0]
+    want = te(
+        tok(
+            "A Birds image in water style.", padding="max_length", max_length=tok.model_max_length, return_tensors="pt"
+        ).input_ids
+    )[0]
     assert torch.allclose(got, want, atol=1e-6)
 
 
@@ -104,10 +117,11 @@ def test_timesteps_ascend_through_the_middle_of_equal_bins():
 
 
 def test_the_target_image_is_the_originals_at_the_same_seed(canvas_pipe, tmp_path):
+    from test_salun import request
+
     from erase.api import erase_concept
     from erase.patch import apply_patch, remove_patch
     from eval.generate import generate
-    from test_salun import request
 
     protocol = small_protocol()
     prompts, seeds = ["A Birds image in Watercolor style.", "A Cats image in Watercolor style."], [0, 3]
@@ -152,7 +166,14 @@ def test_the_recorded_budget_is_what_ran(canvas_pipe, tmp_path, monkeypatch, nam
     steps = []
     real = torch.optim.Adam.step
     monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1) or real(self, *a, **k))
-    r = run_attack(canvas_pipe, task, attack, tmp_path / "a", identity={"t": name}, options=AttackOptions(prompts=3, progress=False))
+    r = run_attack(
+        canvas_pipe,
+        task,
+        attack,
+        tmp_path / "a",
+        identity={"t": name},
+        options=AttackOptions(prompts=3, progress=False),
+    )
     assert r["asr"] == 0 and r["pre_attack_rate"] == 0 and r["attacked_prompts"] == 3
     assert r["budget"] == {"blocks": 2, "steps_per_block": 3, "max_steps": 6, "max_judge_queries": 2}
     assert [x["judge_queries"] for x in r["records"]] == [2, 2, 2] and r["judge_queries"]["total"] == 6
@@ -175,8 +196,22 @@ def test_an_attack_is_deterministic_and_resumes_bit_identically(canvas_pipe, tmp
     def drop_times(r):
         return {k: v for k, v in r.items() if k not in ("seconds", "seconds_per_prompt", "written")}
 
-    full = run_attack(canvas_pipe, task_for(protocol, without_concept=True, judge=NeverTheTarget), attack(), tmp_path / "full", identity=ident, options=opts)
-    again = run_attack(canvas_pipe, task_for(protocol, without_concept=True, judge=NeverTheTarget), attack(), tmp_path / "again", identity=ident, options=opts)
+    full = run_attack(
+        canvas_pipe,
+        task_for(protocol, without_concept=True, judge=NeverTheTarget),
+        attack(),
+        tmp_path / "full",
+        identity=ident,
+        options=opts,
+    )
+    again = run_attack(
+        canvas_pipe,
+        task_for(protocol, without_concept=True, judge=NeverTheTarget),
+        attack(),
+        tmp_path / "again",
+        identity=ident,
+        options=opts,
+    )
     assert drop_times(full) == drop_times(again)
 
     real = PrefixAttack.train_block
@@ -188,16 +223,40 @@ def test_an_attack_is_deterministic_and_resumes_bit_identically(canvas_pipe, tmp
 
     monkeypatch.setattr(PrefixAttack, "train_block", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_attack(canvas_pipe, task_for(protocol, without_concept=True, judge=NeverTheTarget), attack(), tmp_path / "cut", identity=ident, options=opts)
+        run_attack(
+            canvas_pipe,
+            task_for(protocol, without_concept=True, judge=NeverTheTarget),
+            attack(),
+            tmp_path / "cut",
+            identity=ident,
+            options=opts,
+        )
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert saved["block"] == 2
     with pytest.raises(EraseError, match="--resume"):
-        run_attack(canvas_pipe, task_for(protocol, without_concept=True, judge=NeverTheTarget), attack(), tmp_path / "cut", identity=ident, options=opts)
+        run_attack(
+            canvas_pipe,
+            task_for(protocol, without_concept=True, judge=NeverTheTarget),
+            attack(),
+            tmp_path / "cut",
+            identity=ident,
+            options=opts,
+        )
     monkeypatch.setattr(PrefixAttack, "train_block", real)
-    resumed = run_attack(canvas_pipe, task_for(protocol, without_concept=True, judge=NeverTheTarget), attack(), tmp_path / "cut", identity=ident, options=opts,
-                         resume=True)
+    resumed = run_attack(
+        canvas_pipe,
+        task_for(protocol, without_concept=True, judge=NeverTheTarget),
+        attack(),
+        tmp_path / "cut",
+        identity=ident,
+        options=opts,
+        resume=True,
+    )
     assert drop_times(resumed) == drop_times(full)
-    ends = [torch.load(p / "checkpoint.pt", weights_only=True)["attack"]["var"] for p in (tmp_path / "full", tmp_path / "cut")]
+    ends = [
+        torch.load(p / "checkpoint.pt", weights_only=True)["attack"]["var"]
+        for p in (tmp_path / "full", tmp_path / "cut")
+    ]
     assert torch.equal(*ends)
     assert json.loads((tmp_path / "cut" / "attack.json").read_text())["records"] == full["records"]
 
@@ -205,11 +264,24 @@ def test_an_attack_is_deterministic_and_resumes_bit_identically(canvas_pipe, tmp
 def test_a_resume_with_other_settings_is_refused(canvas_pipe, tmp_path):
     protocol = small_protocol()
     opts = AttackOptions(prompts=1, progress=False)
-    run_attack(canvas_pipe, task_for(protocol, n=1), make_attack("embedding", {"blocks": 1, "iters": 1}), tmp_path / "a",
-               identity={"blocks": 1}, options=opts)
+    run_attack(
+        canvas_pipe,
+        task_for(protocol, n=1),
+        make_attack("embedding", {"blocks": 1, "iters": 1}),
+        tmp_path / "a",
+        identity={"blocks": 1},
+        options=opts,
+    )
     with pytest.raises(EraseError, match="another run"):
-        run_attack(canvas_pipe, task_for(protocol, n=1), make_attack("embedding", {"blocks": 2, "iters": 1}), tmp_path / "a",
-                   identity={"blocks": 2}, options=opts, resume=True)
+        run_attack(
+            canvas_pipe,
+            task_for(protocol, n=1),
+            make_attack("embedding", {"blocks": 2, "iters": 1}),
+            tmp_path / "a",
+            identity={"blocks": 2},
+            options=opts,
+            resume=True,
+        )
 
 
 # -- sanity on canvas-mini -----------------------------------------------------------------------------------
@@ -222,6 +294,12 @@ def test_on_the_original_model_the_attack_brings_the_concept_back_without_its_wo
     confirmed at 4 fresh seeds. (UnlearnDiffAtk reaches 70% here on 10 prompts; see the README.)"""
     protocol = load_protocol("canvas-mini")
     task = task_for(protocol, n=4, without_concept=True)
-    r = run_attack(canvas_pipe, task, make_attack(name), tmp_path / name, identity={"t": name},
-                   options=AttackOptions(prompts=4, without_concept=True, progress=False))
+    r = run_attack(
+        canvas_pipe,
+        task,
+        make_attack(name),
+        tmp_path / name,
+        identity={"t": name},
+        options=AttackOptions(prompts=4, without_concept=True, progress=False),
+    )
     assert r["asr"] >= 0.95 and r["confirmed_asr"] >= 0.95, r

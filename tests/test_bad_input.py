@@ -19,8 +19,20 @@ import pytest
 from erase.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--set", "forget_seeds=1", "--set", "retain_seeds=1", "--set", "data_steps=2", "--set", "batch_size=2",
-         "--set", "retain_batch_size=2", "--set", "checkpoint_every=2"]
+QUICK = [
+    "--set",
+    "forget_seeds=1",
+    "--set",
+    "retain_seeds=1",
+    "--set",
+    "data_steps=2",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "retain_batch_size=2",
+    "--set",
+    "checkpoint_every=2",
+]
 
 
 def model():
@@ -46,18 +58,25 @@ def run_args(out, *extra, concept="Watercolor"):
 
 
 def tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
+    return (
+        {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        if folder.exists()
+        else {}
+    )
 
 
-@pytest.mark.parametrize("item, match", [
-    ("lr=abc", "salun option lr expects float, got 'abc'"),
-    ("steps=2.5", "salun option steps expects int, got 2.5"),
-    ("forget_seeds=-1", "forget_seeds must be at least 1"),
-    ("nosuch=1", "unknown salun option(s) ['nosuch']"),
-    ("lr", "--set expects key=value"),
-    ("lr=NaN", "lr must be a finite number"),
-    ("retain_loss=kl", "unknown retain_loss 'kl'"),
-])
+@pytest.mark.parametrize(
+    "item, match",
+    [
+        ("lr=abc", "salun option lr expects float, got 'abc'"),
+        ("steps=2.5", "salun option steps expects int, got 2.5"),
+        ("forget_seeds=-1", "forget_seeds must be at least 1"),
+        ("nosuch=1", "unknown salun option(s) ['nosuch']"),
+        ("lr", "--set expects key=value"),
+        ("lr=NaN", "lr must be a finite number"),
+        ("retain_loss=kl", "unknown retain_loss 'kl'"),
+    ],
+)
 def test_set_values(tmp_path, capsys, item, match):
     fails(run_args(tmp_path / "out", "--set", item), capsys, match)
     assert not (tmp_path / "out").exists()
@@ -68,8 +87,22 @@ def test_steps_zero_for_a_trained_method(tmp_path, capsys):
 
 
 def test_unknown_method(tmp_path, capsys):
-    fails(["run", "nosuch", "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(tmp_path / "o")], capsys,
-          "unknown method 'nosuch'; known methods:")
+    fails(
+        [
+            "run",
+            "nosuch",
+            "--model",
+            model(),
+            "--concept",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "unknown method 'nosuch'; known methods:",
+    )
 
 
 def test_unknown_preset(tmp_path, capsys):
@@ -85,7 +118,11 @@ def test_preset_file_with_invalid_json(tmp_path, capsys):
 def test_preset_file_of_the_wrong_shape(tmp_path, capsys):
     bad = tmp_path / "p.json"
     bad.write_text("[1, 2]")
-    fails(run_args(tmp_path / "out", "--preset", str(bad)), capsys, "must hold a JSON object of salun options, got a list")
+    fails(
+        run_args(tmp_path / "out", "--preset", str(bad)),
+        capsys,
+        "must hold a JSON object of salun options, got a list",
+    )
 
 
 def test_methods_preset_without_method(capsys):
@@ -97,21 +134,67 @@ def test_methods_unknown_preset(capsys):
 
 
 def test_missing_model_path_is_named_before_the_anchor(tmp_path, capsys):
-    fails(["run", "salun", "--model", str(tmp_path / "nope"), "--concept", "Van Gogh", "--kind", "style", "--out", str(tmp_path / "o")],
-          capsys, "does not exist; pass a diffusers pipeline folder")
+    fails(
+        [
+            "run",
+            "salun",
+            "--model",
+            str(tmp_path / "nope"),
+            "--concept",
+            "Van Gogh",
+            "--kind",
+            "style",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "does not exist; pass a diffusers pipeline folder",
+    )
 
 
 def test_random_file_as_model(tmp_path, capsys):
     f = tmp_path / "model.bin"
     f.write_bytes(os.urandom(64))
-    fails(["run", "salun", "--model", str(f), "--concept", "Van Gogh", "--kind", "style", "--anchor", "a painting", "--out", str(tmp_path / "o")],
-          capsys, "neither a diffusers folder nor a .safetensors/.ckpt checkpoint")
+    fails(
+        [
+            "run",
+            "salun",
+            "--model",
+            str(f),
+            "--concept",
+            "Van Gogh",
+            "--kind",
+            "style",
+            "--anchor",
+            "a painting",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "neither a diffusers folder nor a .safetensors/.ckpt checkpoint",
+    )
 
 
 def test_empty_folder_as_model(tmp_path, capsys):
     (tmp_path / "m").mkdir()
-    fails(["run", "salun", "--model", str(tmp_path / "m"), "--concept", "Van Gogh", "--kind", "style", "--anchor", "a painting", "--out", str(tmp_path / "o")],
-          capsys, "not a diffusers pipeline folder")
+    fails(
+        [
+            "run",
+            "salun",
+            "--model",
+            str(tmp_path / "m"),
+            "--concept",
+            "Van Gogh",
+            "--kind",
+            "style",
+            "--anchor",
+            "a painting",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "not a diffusers pipeline folder",
+    )
 
 
 def test_unknown_concept_of_the_protocol(tmp_path, capsys):
@@ -119,13 +202,41 @@ def test_unknown_concept_of_the_protocol(tmp_path, capsys):
 
 
 def test_kind_not_an_axis_of_the_protocol(tmp_path, capsys):
-    fails(["run", "salun", "--model", model(), "--concept", "Watercolor", "--kind", "identity", "--out", str(tmp_path / "o")], capsys,
-          "has no 'identity' axis")
+    fails(
+        [
+            "run",
+            "salun",
+            "--model",
+            model(),
+            "--concept",
+            "Watercolor",
+            "--kind",
+            "identity",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "has no 'identity' axis",
+    )
 
 
 def test_unknown_kind(tmp_path, capsys):
-    fails(["run", "salun", "--model", model(), "--concept", "Watercolor", "--kind", "colour", "--out", str(tmp_path / "o")], capsys,
-          "invalid choice: 'colour'")
+    fails(
+        [
+            "run",
+            "salun",
+            "--model",
+            model(),
+            "--concept",
+            "Watercolor",
+            "--kind",
+            "colour",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "invalid choice: 'colour'",
+    )
 
 
 def test_anchor_equal_to_target(tmp_path, capsys):
@@ -161,8 +272,29 @@ def test_patch_option_on_run(tmp_path, capsys):
 
 
 def test_eval_without_a_protocol(tmp_path, capsys):
-    fails(["run", "salun", "--model", model(), "--concept", "Van Gogh", "--kind", "style", "--anchor", "a painting", "--protocol", "none",
-           "--retain", "Monet", "--eval", "--out", str(tmp_path / "o")], capsys, "--eval needs a protocol")
+    fails(
+        [
+            "run",
+            "salun",
+            "--model",
+            model(),
+            "--concept",
+            "Van Gogh",
+            "--kind",
+            "style",
+            "--anchor",
+            "a painting",
+            "--protocol",
+            "none",
+            "--retain",
+            "Monet",
+            "--eval",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "--eval needs a protocol",
+    )
 
 
 def test_eval_seeds_zero(tmp_path, capsys):
@@ -187,7 +319,11 @@ def _finished_run(tmp_path, capsys, seed="0"):
 def test_resume_with_other_settings_keeps_a_finished_patch(tmp_path, capsys):
     out = _finished_run(tmp_path, capsys)
     before = tree(out)
-    fails(run_args(out, *QUICK, "--steps", "2", "--seed", "1", "--resume"), capsys, "finished patch made with other settings (differs in request.seed)")
+    fails(
+        run_args(out, *QUICK, "--steps", "2", "--seed", "1", "--resume"),
+        capsys,
+        "finished patch made with other settings (differs in request.seed)",
+    )
     assert tree(out) == before
     # the same settings: nothing to do, the patch is returned as it is
     assert main(run_args(out, *QUICK, "--steps", "2", "--seed", "0", "--resume", "--quiet")) == 0
@@ -201,11 +337,19 @@ def _interrupted_run(tmp_path, concept="Watercolor"):
     cmd = [sys.executable, "-m", "erase.cli", *run_args(out, *QUICK, "--steps", "400", "--quiet", concept=concept)]
     # A shell's background jobs (`make test &`, nohup) inherit SIGINT ignored, and Python keeps it ignored:
     # give the child the default disposition so that Ctrl-C reaches it as it would from a terminal.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while not (out / "checkpoint" / "meta.json").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read() if proc.poll() is not None else "timeout"
+        )
         time.sleep(0.2)
     return out, proc
 
@@ -224,7 +368,11 @@ def test_run_into_the_folder_of_an_interrupted_run(tmp_path, capsys):
     proc.wait()
     ckpt = tree(out / "checkpoint")
     # another concept into the same folder: refused, the other run's checkpoint kept
-    fails(run_args(out, *QUICK, "--steps", "400", concept="Rust"), capsys, "interrupted run with other settings (differs in request")
+    fails(
+        run_args(out, *QUICK, "--steps", "400", concept="Rust"),
+        capsys,
+        "interrupted run with other settings (differs in request",
+    )
     # the same run without --resume: refused with the way forward
     fails(run_args(out, *QUICK, "--steps", "400"), capsys, "pass --resume to continue it")
     # another concept with --resume: refused too
@@ -233,7 +381,11 @@ def test_run_into_the_folder_of_an_interrupted_run(tmp_path, capsys):
 
 
 def test_forget_images_folder_missing(tmp_path, capsys):
-    fails(run_args(tmp_path / "out", *QUICK, "--set", f"forget_images={tmp_path / 'nope'}"), capsys, "forget_images folder")
+    fails(
+        run_args(tmp_path / "out", *QUICK, "--set", f"forget_images={tmp_path / 'nope'}"),
+        capsys,
+        "forget_images folder",
+    )
     assert not (tmp_path / "out").exists()  # nothing half-written (the model was loaded, setup failed)
 
 
@@ -246,8 +398,25 @@ def test_a_pickle_as_patch_is_never_unpickled(tmp_path, capsys):
             return (os.system, (f"touch {marker}",))
 
     (out / "erasure_patch.safetensors").write_bytes(pickle.dumps(Payload()))
-    fails(["eval", "--model", model(), "--patch", str(out), "--target", "Watercolor", "--kind", "style", "--out", str(tmp_path / "e"),
-           "--seeds", "1"], capsys, "does not match its config")
+    fails(
+        [
+            "eval",
+            "--model",
+            model(),
+            "--patch",
+            str(out),
+            "--target",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(tmp_path / "e"),
+            "--seeds",
+            "1",
+        ],
+        capsys,
+        "does not match its config",
+    )
     assert not marker.exists()
 
 
@@ -273,47 +442,145 @@ def test_nan_in_a_patch(tmp_path, capsys):
     cfg = json.loads((out / "erasure_config.json").read_text())
     cfg.pop("patch_sha256")  # as if the file had been produced with NaN in it
     (out / "erasure_config.json").write_text(json.dumps(cfg))
-    fails(["eval", "--model", model(), "--patch", str(out), "--target", "Watercolor", "--kind", "style", "--out", str(tmp_path / "e"),
-           "--seeds", "1"], capsys, "non-finite values")
+    fails(
+        [
+            "eval",
+            "--model",
+            model(),
+            "--patch",
+            str(out),
+            "--target",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(tmp_path / "e"),
+            "--seeds",
+            "1",
+        ],
+        capsys,
+        "non-finite values",
+    )
     assert not (tmp_path / "e").exists()
 
 
 # -- DoCo and Concept Ablation (issue 10) ------------------------------------------------------------------------
-KV_QUICK = ["--steps", "2", "--set", "anchor_seeds=1", "--set", "data_steps=2", "--set", "batch_size=2", "--set", "retain_batch_size=2"]
+KV_QUICK = [
+    "--steps",
+    "2",
+    "--set",
+    "anchor_seeds=1",
+    "--set",
+    "data_steps=2",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "retain_batch_size=2",
+]
 FOR_DOCO = ["--set", "warmup=1", "--set", "disc_layers=2"]
 
 
 @pytest.mark.parametrize("method", ["doco", "concept_ablation"])
-@pytest.mark.parametrize("extra, match", [
-    (["--anchor", "Watercolor"], "anchor equals the concept"),
-    (["--set", "trainable=attn9\\.to_q"], "matches its scope"),
-    (["--set", "trainable=attn2\\.(to_k"], "is not a valid regular expression"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--anchor", "Watercolor"], "anchor equals the concept"),
+        (["--set", "trainable=attn9\\.to_q"], "matches its scope"),
+        (["--set", "trainable=attn2\\.(to_k"], "is not a valid regular expression"),
+    ],
+)
 def test_kv_methods_refuse(tmp_path, capsys, method, extra, match):
     out = tmp_path / "out"
-    argv = ["run", method, "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
-            *(FOR_DOCO if method == "doco" else []), *extra]
+    argv = [
+        "run",
+        method,
+        "--model",
+        model(),
+        "--concept",
+        "Watercolor",
+        "--kind",
+        "style",
+        "--out",
+        str(out),
+        *KV_QUICK,
+        *(FOR_DOCO if method == "doco" else []),
+        *extra,
+    ]
     fails(argv, capsys, match)
     assert not out.exists()
 
 
 def test_doco_warmup_longer_than_the_run(tmp_path, capsys):
     out = tmp_path / "out"
-    fails(["run", "doco", "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
-           "--set", "warmup=5"], capsys, "warmup (5) must be smaller than steps (2)")
+    fails(
+        [
+            "run",
+            "doco",
+            "--model",
+            model(),
+            "--concept",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(out),
+            *KV_QUICK,
+            "--set",
+            "warmup=5",
+        ],
+        capsys,
+        "warmup (5) must be smaller than steps (2)",
+    )
     assert not out.exists()
 
 
 def test_doco_discriminator_deeper_than_the_latents(tmp_path, capsys):
     out = tmp_path / "out"
-    fails(["run", "doco", "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
-           "--set", "warmup=1"], capsys, "disc_layers 4 needs latents of at least 16x16; this model's are 8x8")
+    fails(
+        [
+            "run",
+            "doco",
+            "--model",
+            model(),
+            "--concept",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(out),
+            *KV_QUICK,
+            "--set",
+            "warmup=1",
+        ],
+        capsys,
+        "disc_layers 4 needs latents of at least 16x16; this model's are 8x8",
+    )
     assert not out.exists()
 
 
 def test_doco_discriminator_ending_in_one_pixel_at_batch_one(tmp_path, capsys):
     out = tmp_path / "out"
-    fails(["run", "doco", "--model", model(), "--concept", "Watercolor", "--kind", "style", "--out", str(out), *KV_QUICK,
-           "--set", "warmup=1", "--set", "disc_layers=3", "--set", "batch_size=1"], capsys,
-          "ends in a 1x1 map, which BatchNorm cannot normalise at batch_size 1")
+    fails(
+        [
+            "run",
+            "doco",
+            "--model",
+            model(),
+            "--concept",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(out),
+            *KV_QUICK,
+            "--set",
+            "warmup=1",
+            "--set",
+            "disc_layers=3",
+            "--set",
+            "batch_size=1",
+        ],
+        capsys,
+        "ends in a 1x1 map, which BatchNorm cannot normalise at batch_size 1",
+    )
     assert not out.exists()

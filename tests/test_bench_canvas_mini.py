@@ -1,16 +1,28 @@
-"""The canvas-mini benchmark's aggregation: means and changes against the original counted by hand, the worst kept
-concept found across erasures, the table and chart written from the numbers, the README replaced between its markers only."""
+"""The canvas-mini benchmark's aggregation: means and changes against the original counted by hand, the
+worst kept concept found across erasures, the table and chart written from the numbers, the README
+replaced between its markers only."""
 
-import numpy as np
 import pytest
 
 from bench import canvas_mini as bench
 
 
 def row(ua, ira, cra, worst, psnr=30.0, ood=1.0, seconds=10.0):
-    return {"ua": ua, "ira": ira, "cra": cra, "worst_kept": {"concept": worst[0], "accuracy": worst[1]}, "retained_psnr": psnr,
-            "retained_perceptual": 0.1, "fid": 1.0, "fid_clip": 2.0, "clip_score": 0.3, "ood_ua": ood, "erase_seconds": seconds,
-            "peak_memory_bytes": 2**30, "patch_bytes": 1e5}
+    return {
+        "ua": ua,
+        "ira": ira,
+        "cra": cra,
+        "worst_kept": {"concept": worst[0], "accuracy": worst[1]},
+        "retained_psnr": psnr,
+        "retained_perceptual": 0.1,
+        "fid": 1.0,
+        "fid_clip": 2.0,
+        "clip_score": 0.3,
+        "ood_ua": ood,
+        "erase_seconds": seconds,
+        "peak_memory_bytes": 2**30,
+        "patch_bytes": 1e5,
+    }
 
 
 def test_summary_by_hand():
@@ -30,10 +42,21 @@ def _results():
     for m, ua in (("m1", 1.0), ("m2", 0.6)):
         rows = {c: row(ua, 1.0, 1.0, ("B" if c == "A" else "A", 0.95)) for c in targets["style"]}
         obj = {"X": row(ua, 1.0, 1.0, ("Y", 1.0))}
-        methods[m] = {"style": {"rows": rows, "mean": bench.summarise(rows, orig)}, "object": {"rows": obj, "mean": bench.summarise(obj, orig)}}
-    return {"protocol": {"seeds": [0, 1], "sampler": "ddim", "steps": 50, "guidance": 7.5}, "targets": targets, "ood_seeds": [0],
-            "probe_seeds": [100], "original": {"rows": orig, "fid": 1.0, "fid_clip": 2.0, "clip_score": 0.3}, "methods": methods,
-            "bench_seconds": 60.0, "workers": 2, "job_seconds": {"original": 30.0, "m1:style": 60.0}}
+        methods[m] = {
+            "style": {"rows": rows, "mean": bench.summarise(rows, orig)},
+            "object": {"rows": obj, "mean": bench.summarise(obj, orig)},
+        }
+    return {
+        "protocol": {"seeds": [0, 1], "sampler": "ddim", "steps": 50, "guidance": 7.5},
+        "targets": targets,
+        "ood_seeds": [0],
+        "probe_seeds": [100],
+        "original": {"rows": orig, "fid": 1.0, "fid_clip": 2.0, "clip_score": 0.3},
+        "methods": methods,
+        "bench_seconds": 60.0,
+        "workers": 2,
+        "job_seconds": {"original": 30.0, "m1:style": 60.0},
+    }
 
 
 def test_table_and_chart_come_from_the_numbers(tmp_path):
@@ -60,8 +83,20 @@ def test_readme_is_replaced_between_its_markers_only(tmp_path):
 
 
 def test_attack_columns_are_means_of_the_rows_by_hand():
-    rows = {"A": {"asr_unlearndiffatk": 0.0, "confirmed_asr_unlearndiffatk": 0.0, "asr_embedding": 1.0, "confirmed_asr_embedding": 1 / 3},
-            "B": {"asr_unlearndiffatk": 1 / 3, "confirmed_asr_unlearndiffatk": 0.0, "asr_embedding": 2 / 3, "confirmed_asr_embedding": 0.0}}
+    rows = {
+        "A": {
+            "asr_unlearndiffatk": 0.0,
+            "confirmed_asr_unlearndiffatk": 0.0,
+            "asr_embedding": 1.0,
+            "confirmed_asr_embedding": 1 / 3,
+        },
+        "B": {
+            "asr_unlearndiffatk": 1 / 3,
+            "confirmed_asr_unlearndiffatk": 0.0,
+            "asr_embedding": 2 / 3,
+            "confirmed_asr_embedding": 0.0,
+        },
+    }
     assert bench.asr_cell(rows) == "17 / 83 (0 / 17)"
     assert bench.asr_cell({"A": {"asr_unlearndiffatk": 0.5}}) == ""  # a row without every attack: no column value
     r = _results()

@@ -4,14 +4,32 @@ from bench.faces_mini import markdown
 
 
 def _row(**extra):
-    return {"target": "eyeglasses", "mode": "directional", "target_rate": {"original_plain": 0.4, "plain": 0.1, "original_edited": 0.99, "edited": 0.2},
-            "worst_other": {"class": "smile=yes", "points": 3.0}, "fd_ratio": 0.9, "identity_similarity": 0.98, "identity_similarity_without_target": 0.97,
-            "palette_drift": {"plain": 0.01, "original_plain": 0.005}, "retain_fidelity": {"psnr": 30.0}, "gamma": {"classifier": {"value": 0.5}},
-            "erase_seconds": 40.0, "peak_memory_bytes": 2**30, "patch_bytes": 2e6, "meets": {"drop_plain": True, "fd": False}, **extra}
+    return {
+        "target": "eyeglasses",
+        "mode": "directional",
+        "target_rate": {"original_plain": 0.4, "plain": 0.1, "original_edited": 0.99, "edited": 0.2},
+        "worst_other": {"class": "smile=yes", "points": 3.0},
+        "fd_ratio": 0.9,
+        "identity_similarity": 0.98,
+        "identity_similarity_without_target": 0.97,
+        "palette_drift": {"plain": 0.01, "original_plain": 0.005},
+        "retain_fidelity": {"psnr": 30.0},
+        "gamma": {"classifier": {"value": 0.5}},
+        "erase_seconds": 40.0,
+        "peak_memory_bytes": 2**30,
+        "patch_bytes": 2e6,
+        "meets": {"drop_plain": True, "fd": False},
+        **extra,
+    }
 
 
 def test_a_refused_run_is_a_row_with_its_reason():
-    refused = {"target": "Alice", "mode": "directional", "refused": "the latent mapper for 'a photo of Alice' raised ...", "erase_seconds": 120.0}
+    refused = {
+        "target": "Alice",
+        "mode": "directional",
+        "refused": "the latent mapper for 'a photo of Alice' raised ...",
+        "erase_seconds": 120.0,
+    }
     lines = markdown([_row(), refused]).splitlines()
     assert len(lines) == 4
     assert "40.0 -> 10.0" in lines[2] and "99.0 -> 20.0" in lines[2] and "smile=yes 3.0 pts" in lines[2]
@@ -26,9 +44,20 @@ def test_bars_count_a_drop_only_where_the_evaluations_edit_realises_the_target()
     row = _row(kind="attribute", relative_drop_plain=0.9, relative_drop_edited=0.5, other_moves={}, palette_ratio=1.5)
     met = bars_met(row)
     assert met["drop_plain"] is True and met["drop_edited"] is False  # 99% asked for, halved: a miss
-    assert met["fd"] is True and met["identity"] is True and met["palette"] is True and met["time"] is True and met["others"] is True
-    alice = _row(kind="identity", target_rate={"original_plain": 0.075, "plain": 0.03, "original_edited": 0.001, "edited": 0.0},
-                 relative_drop_plain=0.6, relative_drop_edited=1.0, palette_ratio=3.0)
+    assert (
+        met["fd"] is True
+        and met["identity"] is True
+        and met["palette"] is True
+        and met["time"] is True
+        and met["others"] is True
+    )
+    alice = _row(
+        kind="identity",
+        target_rate={"original_plain": 0.075, "plain": 0.03, "original_edited": 0.001, "edited": 0.0},
+        relative_drop_plain=0.6,
+        relative_drop_edited=1.0,
+        palette_ratio=3.0,
+    )
     met = bars_met(alice)
     assert met["drop_edited"] is None  # the held-out edit drew Alice on 0.1%: nothing to measure
     assert met["drop_plain"] is (0.6 >= BARS["relative_drop_identity"]) and met["palette"] is False

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from worlds.canvas_mini import ASSETS_DIR, OBJECTS, PIPELINE_DIR, RESOLUTION, STYLES, AssetError, load_classifier
+from eval.generate import generate
+from worlds.canvas_mini import ASSETS_DIR, OBJECTS, RESOLUTION, STYLES, AssetError, load_classifier
 from worlds.canvas_mini.check import BARS, predict
 from worlds.canvas_mini.data import render_set
-from eval.generate import generate
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,9 @@ def test_pipeline_is_a_plain_diffusers_pipeline(canvas_pipe, tmp_path):
     a = generate(canvas_pipe, prompts, [0, 1], steps=10, progress=False)
     assert a.shape == (2, RESOLUTION, RESOLUTION, 3)
     canvas_pipe.save_pretrained(tmp_path / "copy")
-    b = generate(StableDiffusionPipeline.from_pretrained(str(tmp_path / "copy")), prompts, [0, 1], steps=10, progress=False)
+    b = generate(
+        StableDiffusionPipeline.from_pretrained(str(tmp_path / "copy")), prompts, [0, 1], steps=10, progress=False
+    )
     assert np.array_equal(a, b)
     # per-image seeding: the same (prompt, seed) gives the same image in another batch
     c = generate(canvas_pipe, prompts[1:], [1], steps=10, progress=False)

@@ -28,7 +28,10 @@ def test_every_pair_renders_distinctly():
 
 def test_styles_are_not_identified_by_mean_colour_alone():
     # Several styles share the vivid pool: the mean colours of two pool styles overlap across seeds.
-    means = {s: np.stack([render_array(s, "Birds", k).reshape(-1, 3).mean(0) for k in range(20)]) for s in ("Mosaic", "Pop_Art")}
+    means = {
+        s: np.stack([render_array(s, "Birds", k).reshape(-1, 3).mean(0) for k in range(20)])
+        for s in ("Mosaic", "Pop_Art")
+    }
     spread = np.linalg.norm(means["Mosaic"].mean(0) - means["Pop_Art"].mean(0))
     assert spread < 3 * means["Pop_Art"].std(0).mean()
 

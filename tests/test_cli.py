@@ -48,8 +48,23 @@ def test_eval_refuses_folder_of_another_run(tmp_path, capsys, canvas_pipe):
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text(json.dumps({"ua": 0.5}))
-    fails(["eval", "--model", str(PIPELINE_DIR), "--target", "Watercolor", "--kind", "style", "--out", str(out), "--seeds", "1"],
-          capsys, "holds a report from another run")
+    fails(
+        [
+            "eval",
+            "--model",
+            str(PIPELINE_DIR),
+            "--target",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(out),
+            "--seeds",
+            "1",
+        ],
+        capsys,
+        "holds a report from another run",
+    )
     assert json.loads((out / "report.json").read_text()) == {"ua": 0.5}
 
 
@@ -61,11 +76,31 @@ def test_run_bad_inputs(tmp_path, capsys):
     base = ["run", "salun", "--model", model, "--kind", "style", "--out", str(out)]
     fails(base + ["--concept", "  "], capsys, "concept to erase is empty")
     fails(base + ["--concept", "Watercolor", "--anchor", "Watercolor"], capsys, "anchor")
-    fails(["run", "esdx", "--model", model, "--kind", "style", "--out", str(out), "--concept", "Watercolor"], capsys, "unknown method 'esdx'")
+    fails(
+        ["run", "esdx", "--model", model, "--kind", "style", "--out", str(out), "--concept", "Watercolor"],
+        capsys,
+        "unknown method 'esdx'",
+    )
     fails(base + ["--concept", "Watercolor", "--preset", "fast"], capsys, "unknown preset 'fast'")
     fails(base + ["--concept", "Watercolor", "--set", "lr"], capsys, "key=value")
-    fails(["run", "salun", "--model", str(tmp_path), "--kind", "style", "--out", str(out), "--concept", "Van Gogh",
-           "--anchor", "a painting"], capsys, "not a diffusers pipeline folder")
+    fails(
+        [
+            "run",
+            "salun",
+            "--model",
+            str(tmp_path),
+            "--kind",
+            "style",
+            "--out",
+            str(out),
+            "--concept",
+            "Van Gogh",
+            "--anchor",
+            "a painting",
+        ],
+        capsys,
+        "not a diffusers pipeline folder",
+    )
     assert not out.exists()
     out.mkdir()
     (out / "erasure_patch.safetensors").write_bytes(b"mine")

@@ -20,13 +20,19 @@ def test_clip_sums_against_hand_counts_over_two_batches():
     assert math.isclose(c["target_images"], 0.6, rel_tol=1e-6)
     assert math.isclose(c["other_images"], (-0.8 + 1.0 + 0.0) / 3, rel_tol=1e-6)
     m.reset()
-    with pytest.warns(UserWarning, match="before the ``update``"):  # torchmetrics says so; the figures are NaN, not an error
+    with pytest.warns(
+        UserWarning, match="before the ``update``"
+    ):  # torchmetrics says so; the figures are NaN, not an error
         assert all(math.isnan(v) for v in m.compute().values())
 
 
 def test_clip_sums_merge_like_any_torchmetrics_metric():
     concept = torch.tensor([0.0, 1.0])
-    feats, cos, is_target = torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([0.2, 0.4]), torch.tensor([False, True])
+    feats, cos, is_target = (
+        torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+        torch.tensor([0.2, 0.4]),
+        torch.tensor([False, True]),
+    )
     a, b, both = ClipSums(concept), ClipSums(concept), ClipSums(concept)
     a.update(feats[:1], cos[:1], is_target[:1])
     b.update(feats[1:], cos[1:], is_target[1:])

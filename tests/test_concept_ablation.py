@@ -2,21 +2,34 @@
 
 import pytest
 import torch
+from test_salun import request
 
 from erase.api import erase_concept, resolve_config
 from erase.errors import EraseError
 from pipelines.stable_diffusion import named_parameters
 
-from test_salun import request
-
-TINY = {"steps": 2, "anchor_seeds": 1, "retain_seeds": 1, "data_steps": 2, "batch_size": 2, "retain_batch_size": 2, "lr": 1e-3}
+TINY = {
+    "steps": 2,
+    "anchor_seeds": 1,
+    "retain_seeds": 1,
+    "data_steps": 2,
+    "batch_size": 2,
+    "retain_batch_size": 2,
+    "lr": 1e-3,
+}
 
 
 @pytest.mark.parametrize("alpha, retain", [(0.0, "diffusion"), (5.0, "distill")])
 def test_two_steps_touch_only_cross_attention_kv(tiny_pipe, tmp_path, alpha, retain):
     before = {n: p.detach().clone() for n, p in named_parameters(tiny_pipe).items()}
-    patch = erase_concept(tiny_pipe, "concept_ablation", request(), tmp_path,
-                          overrides={**TINY, "alpha": alpha, "retain_loss": retain, "target": "frozen"}, progress=False)
+    patch = erase_concept(
+        tiny_pipe,
+        "concept_ablation",
+        request(),
+        tmp_path,
+        overrides={**TINY, "alpha": alpha, "retain_loss": retain, "target": "frozen"},
+        progress=False,
+    )
     assert all(torch.equal(before[n], p) for n, p in named_parameters(tiny_pipe).items())  # left unpatched
     kv = sorted(n for n in before if ".attn2.to_k." in n or ".attn2.to_v." in n)
     assert patch.names() == kv and all(patch.masks[n] is None for n in kv)
@@ -25,7 +38,14 @@ def test_two_steps_touch_only_cross_attention_kv(tiny_pipe, tmp_path, alpha, ret
 
 
 def test_full_unet_group(tiny_pipe, tmp_path):
-    patch = erase_concept(tiny_pipe, "concept_ablation", request(), tmp_path, overrides={**TINY, "parameter_group": "unet"}, progress=False)
+    patch = erase_concept(
+        tiny_pipe,
+        "concept_ablation",
+        request(),
+        tmp_path,
+        overrides={**TINY, "parameter_group": "unet"},
+        progress=False,
+    )
     assert len(patch.names()) == sum(1 for n in named_parameters(tiny_pipe) if n.startswith("unet."))
 
 

@@ -70,9 +70,11 @@ def test_macro_average():
 
 
 def test_axis_scores_generalise_to_any_named_axes():
-    acc = {"attribute": {"glasses": 0.25, "smile": 0.75, "none": 0.0},
-           "identity": {"ada": 0.5, "bob": 1.0},
-           "style": {"S1": 0.2, "Photo": 0.1}}
+    acc = {
+        "attribute": {"glasses": 0.25, "smile": 0.75, "none": 0.0},
+        "identity": {"ada": 0.5, "bob": 1.0},
+        "style": {"S1": 0.2, "Photo": 0.1},
+    }
     nulls = {"attribute": "none", "style": "Photo"}
     s = axis_scores(acc, "glasses", "attribute", nulls)
     assert s == pytest.approx({"ua": 0.75, "ira": 0.75, "cra": (0.5 + 1.0 + 0.2) / 3})  # nulls out of every average
@@ -85,7 +87,9 @@ def test_axis_scores_generalise_to_any_named_axes():
 def test_two_axis_scores_equal_the_style_object_definition():
     both = {"style": STYLE_ACC, "object": OBJECT_ACC}
     for target, kind in (("S2", "style"), ("O3", "object")):
-        assert axis_scores(both, target, kind, {"style": "Photo"}) == unlearning_scores(STYLE_ACC, OBJECT_ACC, target, kind, "Photo")
+        assert axis_scores(both, target, kind, {"style": "Photo"}) == unlearning_scores(
+            STYLE_ACC, OBJECT_ACC, target, kind, "Photo"
+        )
 
 
 def test_axis_metric_registry_builds_concept_accuracy_per_axis():

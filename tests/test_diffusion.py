@@ -29,8 +29,14 @@ def test_cfg_eps_is_diffusers_convention():
 def _scheduler(kind):
     from diffusers import DDIMScheduler
 
-    s = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                      prediction_type=kind, set_alpha_to_one=False)
+    s = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        prediction_type=kind,
+        set_alpha_to_one=False,
+    )
     s.set_timesteps(50)
     return s
 
@@ -42,7 +48,9 @@ def test_noisy_matches_add_noise():
     t = torch.tensor([10, 500, 999])
     assert torch.allclose(noisy(z0, eps, t, s.alphas_cumprod), s.add_noise(z0, eps, t), atol=1e-6)
     a = s.alphas_cumprod[500]
-    assert torch.allclose(noisy(z0, eps, t, s.alphas_cumprod)[1], a.sqrt() * z0[1] + (1 - a).sqrt() * eps[1], atol=1e-6)
+    assert torch.allclose(
+        noisy(z0, eps, t, s.alphas_cumprod)[1], a.sqrt() * z0[1] + (1 - a).sqrt() * eps[1], atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
@@ -60,7 +68,9 @@ def test_x0_hat_and_target_match_the_scheduler(kind):
     target = training_target(kind, z0, eps, tt, s.alphas_cumprod)
     assert torch.allclose(target, eps if kind == "epsilon" else s.get_velocity(z0, eps, tt), atol=1e-6)
     # and the x0-hat of the exact target at x_t is x0 again
-    assert torch.allclose(predicted_x0(kind, noisy(z0, eps, tt, s.alphas_cumprod), target, tt, s.alphas_cumprod), z0, atol=1e-4)
+    assert torch.allclose(
+        predicted_x0(kind, noisy(z0, eps, tt, s.alphas_cumprod), target, tt, s.alphas_cumprod), z0, atol=1e-4
+    )
 
 
 def test_unsupported_prediction_type_is_refused():

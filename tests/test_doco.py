@@ -2,21 +2,32 @@
 
 import pytest
 import torch
+from test_salun import request
 
 from erase.api import erase_concept, resolve_config
 from erase.errors import EraseError
 from pipelines.stable_diffusion import named_parameters
 
-from test_salun import request
-
-TINY = {"steps": 3, "warmup": 1, "anchor_seeds": 1, "retain_seeds": 1, "data_steps": 2, "batch_size": 2, "retain_batch_size": 2,
-        "lr": 1e-3, "disc_layers": 2, "disc_width": 8}
+TINY = {
+    "steps": 3,
+    "warmup": 1,
+    "anchor_seeds": 1,
+    "retain_seeds": 1,
+    "data_steps": 2,
+    "batch_size": 2,
+    "retain_batch_size": 2,
+    "lr": 1e-3,
+    "disc_layers": 2,
+    "disc_width": 8,
+}
 
 
 @pytest.mark.parametrize("surgery", ["official", "pcgrad", "none"])
 def test_three_steps_write_a_kv_patch_without_the_discriminator(tiny_pipe, tmp_path, surgery):
     before = {n: p.detach().clone() for n, p in named_parameters(tiny_pipe).items()}
-    patch = erase_concept(tiny_pipe, "doco", request(), tmp_path, overrides={**TINY, "surgery": surgery}, progress=False)
+    patch = erase_concept(
+        tiny_pipe, "doco", request(), tmp_path, overrides={**TINY, "surgery": surgery}, progress=False
+    )
     assert all(torch.equal(before[n], p) for n, p in named_parameters(tiny_pipe).items())
     kv = sorted(n for n in before if ".attn2.to_k." in n or ".attn2.to_v." in n)
     assert patch.names() == kv  # the discriminator is training state, never part of the patch
@@ -29,8 +40,22 @@ def test_three_steps_write_a_kv_patch_without_the_discriminator(tiny_pipe, tmp_p
 
 
 def test_frozen_teacher_and_base_weight_teacher_agree(tiny_pipe, tmp_path):
-    a = erase_concept(tiny_pipe, "doco", request(), tmp_path / "a", overrides={**TINY, "teacher": "frozen", "patch_dtype": "float32"}, progress=False)
-    b = erase_concept(tiny_pipe, "doco", request(), tmp_path / "b", overrides={**TINY, "teacher": "base_weights", "patch_dtype": "float32"}, progress=False)
+    a = erase_concept(
+        tiny_pipe,
+        "doco",
+        request(),
+        tmp_path / "a",
+        overrides={**TINY, "teacher": "frozen", "patch_dtype": "float32"},
+        progress=False,
+    )
+    b = erase_concept(
+        tiny_pipe,
+        "doco",
+        request(),
+        tmp_path / "b",
+        overrides={**TINY, "teacher": "base_weights", "patch_dtype": "float32"},
+        progress=False,
+    )
     for n in a.names():
         assert torch.allclose(a.deltas[n], b.deltas[n], atol=1e-6), n
 
@@ -49,7 +74,9 @@ def test_gradients_never_cross_between_generator_and_discriminator(tiny_pipe, tm
     def d_step(self, real, fake):
         assert not fake.requires_grad  # the discriminator sees a detached fake
         self.disc.zero_grad(set_to_none=True)
-        d_loss = torch.nn.functional.binary_cross_entropy_with_logits(self.disc(fake), torch.ones_like(self.disc(fake)))
+        d_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            self.disc(fake), torch.ones_like(self.disc(fake))
+        )
         d_loss.backward()
         seen.append(("D backward", [p.grad for p in self.params.values()]))
         self.disc.zero_grad(set_to_none=True)
@@ -65,17 +92,23 @@ def test_gradients_never_cross_between_generator_and_discriminator(tiny_pipe, tm
 
 def test_resume_is_bit_identical(tiny_pipe, tmp_path, monkeypatch):
     from conftest import assert_resume_is_bit_identical
+
     from erase.methods.doco import DoCo
 
     over = {**TINY, "steps": 6, "warmup": 2, "checkpoint_every": 2}
-    assert_resume_is_bit_identical(tiny_pipe, "doco", DoCo, request(), over, tmp_path, monkeypatch, interrupt_at=5, resumed_from=4)
+    assert_resume_is_bit_identical(
+        tiny_pipe, "doco", DoCo, request(), over, tmp_path, monkeypatch, interrupt_at=5, resumed_from=4
+    )
 
 
-@pytest.mark.parametrize("over, match", [
-    ({"warmup": 5, "steps": 5}, "warmup (5) must be smaller than steps (5)"),
-    ({"surgery": "magic"}, "unknown surgery 'magic' for doco"),
-    ({"t_min": 10, "t_max": 5}, "t_min <= t_max"),
-])
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"warmup": 5, "steps": 5}, "warmup (5) must be smaller than steps (5)"),
+        ({"surgery": "magic"}, "unknown surgery 'magic' for doco"),
+        ({"t_min": 10, "t_max": 5}, "t_min <= t_max"),
+    ],
+)
 def test_bad_options(over, match):
     with pytest.raises(EraseError, match=match.replace("(", r"\(").replace(")", r"\)")):
         resolve_config("doco", None, over)

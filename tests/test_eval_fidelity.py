@@ -9,10 +9,10 @@ import torch
 
 from erase.components import named_parameters
 from erase.patch import ErasurePatch, apply_patch, fingerprint, remove_patch
-from worlds.canvas_mini import PIPELINE_DIR
 from eval.fidelity import PSNR_CAP
 from eval.protocols import load_protocol
 from eval.report import EvalOptions, evaluate
+from worlds.canvas_mini import PIPELINE_DIR
 
 TARGETS = [("Watercolor", "style")]
 
@@ -23,7 +23,9 @@ def _noise_patch(pipe, scale: float, seed: int) -> ErasurePatch:
     g = torch.Generator().manual_seed(seed)
     base = {n: params[n].detach().clone() for n in names}
     tuned = {n: b + scale * torch.randn(b.shape, generator=g) for n, b in base.items()}
-    return ErasurePatch.from_diff(base, tuned, {n: None for n in names}, {"method": "test"}, fingerprint=fingerprint(pipe, names))
+    return ErasurePatch.from_diff(
+        base, tuned, {n: None for n in names}, {"method": "test"}, fingerprint=fingerprint(pipe, names)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +50,17 @@ def runs(canvas_pipe, protocol, tmp_path_factory):
     root = tmp_path_factory.mktemp("fidelity")
     opts = EvalOptions(progress=False, grid=False)
     try:
-        out = {"original": evaluate(canvas_pipe, protocol, TARGETS, root / "original", model_id=str(PIPELINE_DIR), options=opts)}
+        out = {
+            "original": evaluate(
+                canvas_pipe, protocol, TARGETS, root / "original", model_id=str(PIPELINE_DIR), options=opts
+            )
+        }
         for name, scale in (("noise", 0.3), ("zero", 0.0)):
             apply_patch(canvas_pipe, _noise_patch(canvas_pipe, 0.3, 1), scale=scale)
             try:
-                out[name] = evaluate(canvas_pipe, protocol, TARGETS, root / name, model_id=str(PIPELINE_DIR), patch=name, options=opts)
+                out[name] = evaluate(
+                    canvas_pipe, protocol, TARGETS, root / name, model_id=str(PIPELINE_DIR), patch=name, options=opts
+                )
             finally:
                 remove_patch(canvas_pipe)
     finally:
@@ -67,12 +75,25 @@ def test_the_original_is_sampled_once(runs):
 
 
 def test_the_original_evaluated_again_reuses_its_cached_answer_set(runs, canvas_pipe, protocol, tmp_path):
-    again = evaluate(canvas_pipe, protocol, TARGETS, tmp_path / "again", model_id=str(PIPELINE_DIR), options=EvalOptions(progress=False, grid=False))
+    again = evaluate(
+        canvas_pipe,
+        protocol,
+        TARGETS,
+        tmp_path / "again",
+        model_id=str(PIPELINE_DIR),
+        options=EvalOptions(progress=False, grid=False),
+    )
     n = len(protocol.answer_set())
     assert again["images"] == {"total": n, "generated": 0, "reused": n}
     assert again["per_concept"] == runs[0]["original"]["per_concept"]
-    skipped = evaluate(canvas_pipe, protocol, TARGETS, tmp_path / "no-fidelity", model_id=str(PIPELINE_DIR),
-                       options=EvalOptions(progress=False, grid=False, fid=False, fidelity=False))
+    skipped = evaluate(
+        canvas_pipe,
+        protocol,
+        TARGETS,
+        tmp_path / "no-fidelity",
+        model_id=str(PIPELINE_DIR),
+        options=EvalOptions(progress=False, grid=False, fid=False, fidelity=False),
+    )
     assert skipped["images"]["generated"] == n  # --no-fidelity: no cache is read either
 
 

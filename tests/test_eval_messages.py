@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = sorted((ROOT / "eval").rglob("*.py")) + [ROOT / "erase" / "cli" / "evaluate.py", ROOT / "erase" / "cli" / "checks.py"]
+FILES = sorted((ROOT / "eval").rglob("*.py")) + [
+    ROOT / "erase" / "cli" / "evaluate.py",
+    ROOT / "erase" / "cli" / "checks.py",
+]
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
@@ -22,7 +25,9 @@ def known_options() -> set[str]:
 def message_strings(tree: ast.AST):
     """String pieces inside ``raise`` statements and in calls to check_* / loaders that take an option name."""
     for node in ast.walk(tree):
-        is_call = isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")).startswith(("check_", "load_unlearncanvas_vit"))
+        is_call = isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")).startswith(
+            ("check_", "load_unlearncanvas_vit")
+        )
         if isinstance(node, ast.Raise) or is_call:
             for inner in ast.walk(node):
                 if isinstance(inner, ast.Constant) and isinstance(inner.value, str):
@@ -32,15 +37,31 @@ def message_strings(tree: ast.AST):
 def test_messages_name_only_existing_options():
     known = known_options()
     assert {"--batch-size", "--fid-weights", "--style-classifier", "--sampler", "--overwrite"} <= known
-    unknown = [f"{f.relative_to(ROOT)}:{line}: {opt}" for f in FILES for line, text in message_strings(ast.parse(f.read_text()))
-               for opt in OPTION.findall(text) if opt not in known]
+    unknown = [
+        f"{f.relative_to(ROOT)}:{line}: {opt}"
+        for f in FILES
+        for line, text in message_strings(ast.parse(f.read_text()))
+        for opt in OPTION.findall(text)
+        if opt not in known
+    ]
     assert unknown == []
 
 
 def test_the_scan_sees_the_messages():
     """Guard against a scan that finds nothing: it must see options in the raise statements of these files."""
-    found = {opt for f in FILES for _, text in message_strings(ast.parse(f.read_text())) for opt in OPTION.findall(text)}
-    assert {"--batch-size", "--out", "--patch", "--fid-weights", "--clip-weights", "--style-classifier", "--no-fid", "--device"} <= found
+    found = {
+        opt for f in FILES for _, text in message_strings(ast.parse(f.read_text())) for opt in OPTION.findall(text)
+    }
+    assert {
+        "--batch-size",
+        "--out",
+        "--patch",
+        "--fid-weights",
+        "--clip-weights",
+        "--style-classifier",
+        "--no-fid",
+        "--device",
+    } <= found
 
 
 @pytest.mark.parametrize("bad", ["--no-verify", "--fid-weight"])

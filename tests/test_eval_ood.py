@@ -20,14 +20,17 @@ def test_shipped_templates_load_and_differ_from_the_protocol():
     assert templates[0] == "A {style} style picture of a {object}."  # comments skipped, order kept
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", "holds no template"),
-    ("# only a comment\n\n", "holds no template"),
-    ("A picture of a cat.\n", "must contain exactly {object}, {style}"),
-    ("A {object} in {style} by {artist}.\n", "must contain exactly"),
-    ("A {object} in {style}.\nA {object} in {style}.\n", "twice"),
-    ("A {object in {style}.\n", "bad template"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "holds no template"),
+        ("# only a comment\n\n", "holds no template"),
+        ("A picture of a cat.\n", "must contain exactly {object}, {style}"),
+        ("A {object} in {style} by {artist}.\n", "must contain exactly"),
+        ("A {object} in {style}.\nA {object} in {style}.\n", "twice"),
+        ("A {object in {style}.\n", "bad template"),
+    ],
+)
 def test_bad_templates_files(tmp_path, text, match):
     f = tmp_path / "t.txt"
     f.write_text(text)
@@ -41,8 +44,27 @@ def test_cli_reports_ood_per_template_and_mean(tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_text("A {style} style picture of a {object}.\n{object} drawn in {style} style.\n")
     out = tmp_path / "eval"
-    code = main(["eval", "--model", str(PIPELINE_DIR), "--target", "Watercolor", "--kind", "style", "--out", str(out), "--seeds", "1",
-                 "--steps", "4", "--no-fid", "--templates", str(f), "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(PIPELINE_DIR),
+            "--target",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(out),
+            "--seeds",
+            "1",
+            "--steps",
+            "4",
+            "--no-fid",
+            "--templates",
+            str(f),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     r = json.loads((out / "report.json").read_text())
     ood = r["ood"]
@@ -61,7 +83,24 @@ def test_cli_refuses_a_bad_templates_file_before_writing(tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_text("no placeholders here\n")
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(PIPELINE_DIR), "--target", "Watercolor", "--kind", "style", "--out", str(out), "--templates", str(f)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(PIPELINE_DIR),
+                "--target",
+                "Watercolor",
+                "--kind",
+                "style",
+                "--out",
+                str(out),
+                "--templates",
+                str(f),
+            ]
+        )
+        == 2
+    )
     assert "must contain exactly" in capsys.readouterr().err and not out.exists()
 
 
@@ -70,10 +109,10 @@ def test_no_method_reads_the_ood_templates(tiny_pipe, tmp_path, monkeypatch):
     import builtins
     import io
 
+    from test_salun import request
+
     from erase.api import erase_concept
     from erase.registry import list_methods
-
-    from test_salun import request
 
     opened = []
     real_open = builtins.open
@@ -84,8 +123,11 @@ def test_no_method_reads_the_ood_templates(tiny_pipe, tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", spy)
     monkeypatch.setattr(io, "open", spy)
-    tiny = {"salun": {"forget_seeds": 1, "retain_seeds": 1}, "concept_ablation": {"anchor_seeds": 1, "retain_seeds": 1, "alpha": 1.0},
-            "doco": {"anchor_seeds": 1, "retain_seeds": 1, "warmup": 1, "disc_layers": 2, "disc_width": 8}}
+    tiny = {
+        "salun": {"forget_seeds": 1, "retain_seeds": 1},
+        "concept_ablation": {"anchor_seeds": 1, "retain_seeds": 1, "alpha": 1.0},
+        "doco": {"anchor_seeds": 1, "retain_seeds": 1, "warmup": 1, "disc_layers": 2, "disc_width": 8},
+    }
     from dataclasses import fields
 
     from erase.registry import get_method
@@ -94,7 +136,11 @@ def test_no_method_reads_the_ood_templates(tiny_pipe, tmp_path, monkeypatch):
         defaults = {f.name: f.default for f in fields(get_method(name).config_cls)}
         common = {"steps": 2, "data_steps": 2, "batch_size": 2, "retain_batch_size": 2, "sample_steps": 2}
         closed_form = defaults.get("steps") == 0  # UCE, RECE: no training steps
-        over = {k: v for k, v in {**common, **tiny.get(name, {})}.items() if k in defaults and not (closed_form and k == "steps")}
+        over = {
+            k: v
+            for k, v in {**common, **tiny.get(name, {})}.items()
+            if k in defaults and not (closed_form and k == "steps")
+        }
         erase_concept(tiny_pipe, name, request(), tmp_path / name, overrides=over, progress=False)
     assert opened, "the spy saw no file at all"
     assert not [f for f in opened if "ood" in Path(f).name or "templates" in Path(f).parts]

@@ -1,4 +1,5 @@
-"""evaluate() on a small canvas-mini answer set (1 seed, 2 steps): sampler, FID exclusion, streaming, CLIP scale, progress."""
+"""evaluate() on a small canvas-mini answer set (1 seed, 2 steps): sampler, FID exclusion,
+streaming, CLIP scale, progress."""
 
 import json
 import re
@@ -8,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from worlds.canvas_mini import PIPELINE_DIR
 from eval.protocols import load_protocol
 from eval.report import EvalOptions, evaluate
 from eval.scoring import prepare_judging
+from worlds.canvas_mini import PIPELINE_DIR
 
 TARGETS = [("Watercolor", "style"), ("Birds", "object")]
 BATCH = 32
@@ -28,7 +29,9 @@ def small(tmp_path_factory, canvas_pipe):
 
     import eval.answer_set as answer_set
 
-    render_module = importlib.import_module("worlds.canvas_mini.render")  # the package re-exports a function named render
+    render_module = importlib.import_module(
+        "worlds.canvas_mini.render"
+    )  # the package re-exports a function named render
 
     cache = tmp_path_factory.mktemp("cache")
     out = tmp_path_factory.mktemp("eval") / "small"
@@ -46,17 +49,33 @@ def small(tmp_path_factory, canvas_pipe):
     real_render, real_read = render_module.render_array, answer_set._read_png
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ERASEKIT_CACHE", str(cache))
-        mp.setattr(render_module, "render_array", lambda s, o, seed: rendered.append((s, o)) or real_render(s, o, seed))
-        mp.setattr(answer_set, "_read_png", lambda path, r, sha256=None: events.append("read") or real_read(path, r, sha256))
-        report = evaluate(canvas_pipe, protocol, TARGETS, out, model_id=str(PIPELINE_DIR), options=opt, judging=judging)
-    return {"out": out, "report": report, "cache": cache, "judge_batches": judge_batches, "rendered": rendered, "events": events}
+        mp.setattr(
+            render_module, "render_array", lambda s, o, seed: rendered.append((s, o)) or real_render(s, o, seed)
+        )
+        mp.setattr(
+            answer_set, "_read_png", lambda path, r, sha256=None: events.append("read") or real_read(path, r, sha256)
+        )
+        report = evaluate(
+            canvas_pipe, protocol, TARGETS, out, model_id=str(PIPELINE_DIR), options=opt, judging=judging
+        )
+    return {
+        "out": out,
+        "report": report,
+        "cache": cache,
+        "judge_batches": judge_batches,
+        "rendered": rendered,
+        "events": events,
+    }
 
 
 def test_fid_reference_and_generated_set_both_exclude_the_target(small):
     from safetensors.torch import load_file
 
     style_fid, object_fid = (t["fid"] for t in small["report"]["targets"])
-    assert (style_fid["n_reference"], style_fid["n_generated"]) == (10 * 10, 10 * 10)  # 11 styles x 10 objects, minus Watercolor's 10
+    assert (style_fid["n_reference"], style_fid["n_generated"]) == (
+        10 * 10,
+        10 * 10,
+    )  # 11 styles x 10 objects, minus Watercolor's 10
     assert (object_fid["n_reference"], object_fid["n_generated"]) == (11 * 9, 11 * 9)  # minus Birds' 11
     assert style_fid["excluded"] == {"axis": "style", "concept": "Watercolor"}
     # the renderer drew no image of either target for the reference that excluded it
@@ -65,7 +84,9 @@ def test_fid_reference_and_generated_set_both_exclude_the_target(small):
     assert not [p for p in first if p[0] == "Watercolor"] and not [p for p in second if p[1] == "Birds"]
     # one cached reference per excluded concept and feature space (classifier features, CLIP embeddings), each holding
     # exactly the non-target renders; both feature spaces were fed from one rendering (199 renders above, not 398)
-    counts = sorted(int(load_file(str(f))["real_features_num_samples"]) for f in small["cache"].glob("fid_ref_*.safetensors"))
+    counts = sorted(
+        int(load_file(str(f))["real_features_num_samples"]) for f in small["cache"].glob("fid_ref_*.safetensors")
+    )
     assert counts == [99, 99, 100, 100]
 
 
@@ -110,14 +131,38 @@ def test_scores_match_the_saved_confusion_and_clip_scale_is_stated(small):
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["clip_score"]["scale"].startswith("100 * max(cosine(image, prompt), 0)")
     assert "CLIP score scale: 100 * max(cosine(image, prompt), 0)" in (out / "report.md").read_text()
-    for key in ("protocol", "target", "kind", "ua", "ira", "cra", "targets", "macro", "style_accuracy", "object_accuracy",
-                "per_concept", "confusion", "fid", "clip_score", "photo_class_rule", "deviations", "images", "versions", "seconds", "grid"):
+    for key in (
+        "protocol",
+        "target",
+        "kind",
+        "ua",
+        "ira",
+        "cra",
+        "targets",
+        "macro",
+        "style_accuracy",
+        "object_accuracy",
+        "per_concept",
+        "confusion",
+        "fid",
+        "clip_score",
+        "photo_class_rule",
+        "deviations",
+        "images",
+        "versions",
+        "seconds",
+        "grid",
+    ):
         assert key in on_disk, key
-    assert on_disk["deviations"] == ["seeds: [0, 1, 2, 3, 4] -> [0] (protocol 'canvas-mini' says [0, 1, 2, 3, 4])",
-                                     "steps: 50 -> 2 (protocol 'canvas-mini' says 50)"]
+    assert on_disk["deviations"] == [
+        "seeds: [0, 1, 2, 3, 4] -> [0] (protocol 'canvas-mini' says [0, 1, 2, 3, 4])",
+        "steps: 50 -> 2 (protocol 'canvas-mini' says 50)",
+    ]
 
 
-def test_the_protocol_sampler_is_applied_and_the_pipeline_scheduler_restored(small, canvas_pipe, tmp_path, monkeypatch):
+def test_the_protocol_sampler_is_applied_and_the_pipeline_scheduler_restored(
+    small, canvas_pipe, tmp_path, monkeypatch
+):
     """A pipeline carrying Euler is evaluated with DDIM (eta 0), as the protocol says; its own scheduler comes back."""
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
@@ -134,14 +179,25 @@ def test_the_protocol_sampler_is_applied_and_the_pipeline_scheduler_restored(sma
     euler = EulerDiscreteScheduler.from_config(own.config)
     canvas_pipe.scheduler = euler
     try:
-        report = evaluate(canvas_pipe, small_protocol(), TARGETS[:1], tmp_path / "e", model_id=str(PIPELINE_DIR),
-                          options=EvalOptions(progress=False, fid=False, grid=False))
+        report = evaluate(
+            canvas_pipe,
+            small_protocol(),
+            TARGETS[:1],
+            tmp_path / "e",
+            model_id=str(PIPELINE_DIR),
+            options=EvalOptions(progress=False, fid=False, grid=False),
+        )
         assert canvas_pipe.scheduler is euler
     finally:
         canvas_pipe.scheduler = own
     assert isinstance(own, DDIMScheduler)
     assert used == [("DDIMScheduler", 0.0), ("DDIMScheduler", 0.0)]  # 110 images in two batches of 64
-    assert report["sampler"] == {"sampler": "ddim", "applied": "DDIMScheduler", "pipeline_scheduler": "EulerDiscreteScheduler", "eta": 0.0}
+    assert report["sampler"] == {
+        "sampler": "ddim",
+        "applied": "DDIMScheduler",
+        "pipeline_scheduler": "EulerDiscreteScheduler",
+        "eta": 0.0,
+    }
     for name in ("Watercolor_Birds_seed0.png", "Crayon_Flame_seed0.png"):  # bit-identical to the DDIM-carrying run
         assert (tmp_path / "e" / "images" / name).read_bytes() == (small["out"] / "images" / name).read_bytes()
 
@@ -150,9 +206,16 @@ def test_a_sampler_override_is_applied_and_recorded(canvas_pipe, tmp_path):
     from eval.answer_set import generate_answer_set
     from eval.protocols import Axis
 
-    protocol = small_protocol().with_overrides(sampler="euler", axes=[Axis("style", ["Watercolor"]), Axis("object", ["Birds", "Cats"])])
+    protocol = small_protocol().with_overrides(
+        sampler="euler", axes=[Axis("style", ["Watercolor"]), Axis("object", ["Birds", "Cats"])]
+    )
     stats = generate_answer_set(canvas_pipe, protocol, tmp_path, progress=False)
-    assert stats["sampler"] == {"sampler": "euler", "applied": "EulerDiscreteScheduler", "pipeline_scheduler": "DDIMScheduler", "eta": 0.0}
+    assert stats["sampler"] == {
+        "sampler": "euler",
+        "applied": "EulerDiscreteScheduler",
+        "pipeline_scheduler": "DDIMScheduler",
+        "eta": 0.0,
+    }
     assert "sampler: 'ddim' -> 'euler' (protocol 'canvas-mini' says 'ddim')" in protocol.deviations
     assert type(canvas_pipe.scheduler).__name__ == "DDIMScheduler"
 
@@ -164,7 +227,9 @@ def test_grid_uses_the_protocol_sampler(canvas_pipe):
     from eval.generate import generate
 
     protocol = small_protocol()
-    expected = generate(canvas_pipe, [protocol.prompt("Watercolor", "Birds")], [3], steps=2, height=32, width=32, progress=False)
+    expected = generate(
+        canvas_pipe, [protocol.prompt("Watercolor", "Birds")], [3], steps=2, height=32, width=32, progress=False
+    )
     own = canvas_pipe.scheduler
     canvas_pipe.scheduler = EulerDiscreteScheduler.from_config(own.config)
     try:
@@ -180,19 +245,38 @@ def _bars(err: str, desc: str) -> list[tuple[int, int]]:
 
 
 def test_one_progress_bar_per_job_with_the_real_total(small, canvas_pipe, tmp_path, capfd, monkeypatch):
-    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))  # an empty cache: every image is generated, none reused
+    monkeypatch.setenv(
+        "ERASEKIT_CACHE", str(tmp_path / "cache")
+    )  # an empty cache: every image is generated, none reused
     capfd.readouterr()
-    evaluate(canvas_pipe, small_protocol(), TARGETS[:1], tmp_path / "p", model_id=str(PIPELINE_DIR),
-             options=EvalOptions(batch_size=16, fid=False, grid=False))
+    evaluate(
+        canvas_pipe,
+        small_protocol(),
+        TARGETS[:1],
+        tmp_path / "p",
+        model_id=str(PIPELINE_DIR),
+        options=EvalOptions(batch_size=16, fid=False, grid=False),
+    )
     err = capfd.readouterr().err
-    assert set(re.findall(r"([^\r\n|]+?): +\d+%\|", err)) == {"erase eval: generating", "erase eval: scoring"}  # no other bars
+    assert set(re.findall(r"([^\r\n|]+?): +\d+%\|", err)) == {
+        "erase eval: generating",
+        "erase eval: scoring",
+    }  # no other bars
     gen, score = _bars(err, "erase eval: generating"), _bars(err, "erase eval: scoring")
-    assert gen[0] == (0, 110) and gen[-1] == (110, 110) and {t for _, t in gen} == {110}  # one bar, not one per 16-image chunk
+    assert (
+        gen[0] == (0, 110) and gen[-1] == (110, 110) and {t for _, t in gen} == {110}
+    )  # one bar, not one per 16-image chunk
     assert [n for n, _ in gen].count(0) == 1
     assert score[-1] == (110, 110) and {t for _, t in score} == {110}
     assert re.search(r"erase eval: generating:[^\r\n]*110/110 \[\d\d:\d\d<\d\d:\d\d", err)  # elapsed<remaining: an ETA
-    evaluate(canvas_pipe, small_protocol(), TARGETS[:1], tmp_path / "q", model_id=str(PIPELINE_DIR),
-             options=EvalOptions(batch_size=16, fid=False, grid=False, progress=False))
+    evaluate(
+        canvas_pipe,
+        small_protocol(),
+        TARGETS[:1],
+        tmp_path / "q",
+        model_id=str(PIPELINE_DIR),
+        options=EvalOptions(batch_size=16, fid=False, grid=False, progress=False),
+    )
     assert "erase eval" not in capfd.readouterr().err
 
 
@@ -200,13 +284,33 @@ def test_cli_eval_succeeds_quietly(tmp_path, capfd):
     from erase.cli import main
 
     out = tmp_path / "cli"
-    code = main(["eval", "--model", str(PIPELINE_DIR), "--target", "Watercolor", "--kind", "style", "--out", str(out),
-                 "--seeds", "1", "--steps", "2", "--no-fid", "--quiet"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(PIPELINE_DIR),
+            "--target",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--out",
+            str(out),
+            "--seeds",
+            "1",
+            "--steps",
+            "2",
+            "--no-fid",
+            "--quiet",
+        ]
+    )
     captured = capfd.readouterr()
     assert code == 0, captured.err
     assert captured.err == ""
     report = json.loads((out / "report.json").read_text())
-    assert captured.out.splitlines()[0] == f"{'Watercolor':>16s} (style): UA {100 * report['ua']:5.1f}  IRA {100 * report['ira']:5.1f}  CRA {100 * report['cra']:5.1f}"
+    assert captured.out.splitlines()[0] == (
+        f"{'Watercolor':>16s} (style): UA {100 * report['ua']:5.1f}  IRA {100 * report['ira']:5.1f}  "
+        f"CRA {100 * report['cra']:5.1f}"
+    )
     assert report["fid"] is None and report["sampler"]["applied"] == "DDIMScheduler"
 
 
@@ -226,7 +330,8 @@ def test_a_folder_written_before_axes_still_belongs_to_its_run(tmp_path):
 
 
 def test_the_protocol_names_the_metric_of_each_axis(small):
-    """A protocol whose object axis asks for another registered metric is scored with it; the style axis is untouched."""
+    """A protocol whose object axis asks for another registered metric is scored with it;
+    the style axis is untouched."""
     from dataclasses import replace
 
     import torch.nn.functional as F
@@ -257,6 +362,8 @@ def test_the_protocol_names_the_metric_of_each_axis(small):
     assert seen == [64, 46]
     assert scores.metrics["style"]["overall"] == pytest.approx(small["report"]["style_accuracy"])
     assert scores.metrics["object"]["overall"] > small["report"]["object_accuracy"]
-    assert protocol.deviations[-1].startswith("axes: [style: 11 concepts, null class Photo, metric concept_accuracy; "
-                                              "object: 10 concepts, null class None, metric concept_accuracy] -> [style: 11 concepts, "
-                                              "null class Photo, metric concept_accuracy; object: 10 concepts, null class None, metric top2_accuracy]")
+    assert protocol.deviations[-1].startswith(
+        "axes: [style: 11 concepts, null class Photo, metric concept_accuracy; "
+        "object: 10 concepts, null class None, metric concept_accuracy] -> [style: 11 concepts, "
+        "null class Photo, metric concept_accuracy; object: 10 concepts, null class None, metric top2_accuracy]"
+    )

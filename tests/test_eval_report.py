@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from worlds.canvas_mini import ASSETS_DIR, OBJECTS, PIPELINE_DIR, STYLES
 from eval.protocols import load_protocol
 from eval.report import EvalOptions, OutputFolderError, evaluate
+from worlds.canvas_mini import ASSETS_DIR, OBJECTS, PIPELINE_DIR, STYLES
 
 
 @pytest.fixture(scope="module")
@@ -15,21 +15,51 @@ def original_report(tmp_path_factory, canvas_pipe):
     out = tmp_path_factory.mktemp("eval") / "original"
     protocol = load_protocol("canvas-mini")
     targets = [("Watercolor", "style"), ("Pop_Art", "style"), ("Birds", "object")]
-    report = evaluate(canvas_pipe, protocol, targets, out, model_id=str(PIPELINE_DIR), options=EvalOptions(progress=False))
+    report = evaluate(
+        canvas_pipe, protocol, targets, out, model_id=str(PIPELINE_DIR), options=EvalOptions(progress=False)
+    )
     return out, report
 
 
 def test_report_files_and_fields(original_report):
     out, report = original_report
     on_disk = json.loads((out / "report.json").read_text())
-    for key in ("protocol", "target", "kind", "ua", "ira", "cra", "targets", "macro", "style_accuracy", "object_accuracy", "per_concept",
-                "confusion", "fid", "clip_score", "photo_class_rule", "sampler", "deviations", "images", "versions", "seconds", "grid"):
+    for key in (
+        "protocol",
+        "target",
+        "kind",
+        "ua",
+        "ira",
+        "cra",
+        "targets",
+        "macro",
+        "style_accuracy",
+        "object_accuracy",
+        "per_concept",
+        "confusion",
+        "fid",
+        "clip_score",
+        "photo_class_rule",
+        "sampler",
+        "deviations",
+        "images",
+        "versions",
+        "seconds",
+        "grid",
+    ):
         assert key in on_disk, key
     assert (out / "report.md").read_text().startswith("# Evaluation report")
     assert (out / "grid.png").exists()
-    assert sorted(p.name for p in (out / "images").glob("*.png")) == sorted(f"{s}_{o}_seed{k}.png" for s in STYLES for o in OBJECTS for k in range(5))
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == sorted(
+        f"{s}_{o}_seed{k}.png" for s in STYLES for o in OBJECTS for k in range(5)
+    )
     assert report["images"] == {"total": 550, "generated": 550, "reused": 0}
-    assert report["sampler"] == {"sampler": "ddim", "applied": "DDIMScheduler", "pipeline_scheduler": "DDIMScheduler", "eta": 0.0}
+    assert report["sampler"] == {
+        "sampler": "ddim",
+        "applied": "DDIMScheduler",
+        "pipeline_scheduler": "DDIMScheduler",
+        "eta": 0.0,
+    }
     for t in report["targets"]:
         acc = {k: v["accuracy"] for k, v in report["per_concept"][t["kind"]].items()}
         other_kind = "object" if t["kind"] == "style" else "style"
@@ -40,7 +70,11 @@ def test_report_files_and_fields(original_report):
         assert t["cra"] == pytest.approx(sum(other) / len(other))
     assert report["macro"]["ua"] == pytest.approx(sum(t["ua"] for t in report["targets"]) / 3)
     assert "classifier features" in report["fid"]["feature_space"]
-    assert [(t["fid"]["n_reference"], t["fid"]["n_generated"]) for t in report["targets"]] == [(500, 500), (500, 500), (495, 495)]
+    assert [(t["fid"]["n_reference"], t["fid"]["n_generated"]) for t in report["targets"]] == [
+        (500, 500),
+        (500, 500),
+        (495, 495),
+    ]
     assert report["clip_score"]["scale"].startswith("100 * max(cosine(image, prompt), 0)")
     assert report["deviations"] == []
 
@@ -62,7 +96,9 @@ def test_hand_count_against_the_saved_confusion(original_report):
     _, report = original_report
     conf = torch.tensor(report["confusion"]["style"]["matrix"])
     i = STYLES.index("Watercolor")
-    assert report["per_concept"]["style"]["Watercolor"]["accuracy"] == pytest.approx(conf[i, i].item() / conf[i].sum().item())
+    assert report["per_concept"]["style"]["Watercolor"]["accuracy"] == pytest.approx(
+        conf[i, i].item() / conf[i].sum().item()
+    )
     others = [conf[j, j].item() / conf[j].sum().item() for j in range(len(STYLES)) if j != i and STYLES[j] != "Photo"]
     assert report["targets"][0]["ira"] == pytest.approx(sum(others) / len(others))
 
@@ -70,19 +106,28 @@ def test_hand_count_against_the_saved_confusion(original_report):
 def test_resume_reuses_images_and_foreign_runs_are_refused(original_report, canvas_pipe):
     out, _ = original_report
     protocol = load_protocol("canvas-mini")
-    again = evaluate(canvas_pipe, protocol, [("Watercolor", "style")], out, model_id=str(PIPELINE_DIR), options=EvalOptions(progress=False, fid=False, grid=False))
+    again = evaluate(
+        canvas_pipe,
+        protocol,
+        [("Watercolor", "style")],
+        out,
+        model_id=str(PIPELINE_DIR),
+        options=EvalOptions(progress=False, fid=False, grid=False),
+    )
     assert again["images"] == {"total": 550, "generated": 0, "reused": 550}
     with pytest.raises(OutputFolderError, match="another run"):
-        evaluate(canvas_pipe, protocol.with_overrides(steps=10), [("Watercolor", "style")], out, model_id=str(PIPELINE_DIR))
+        evaluate(
+            canvas_pipe, protocol.with_overrides(steps=10), [("Watercolor", "style")], out, model_id=str(PIPELINE_DIR)
+        )
 
 
 def test_clip_score_ranks_matching_captions_first():
-    from worlds.canvas_mini import load_clip, render
-    from worlds.canvas_mini.world import caption
+    import numpy as np
+
     from eval.clip_alignment import CLIPAlignment
     from eval.generate import to_tensor
-
-    import numpy as np
+    from worlds.canvas_mini import load_clip, render
+    from worlds.canvas_mini.world import caption
 
     clip = CLIPAlignment(*load_clip())
     pairs = [(s, o) for s in STYLES for o in OBJECTS][::7]

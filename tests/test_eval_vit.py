@@ -46,5 +46,8 @@ def test_loader_refuses_a_file_for_another_class_count(vit_file):
     from eval.classifiers import ClassifierError, load_unlearncanvas_vit
 
     _, path = vit_file
-    with pytest.raises(ClassifierError, match=r"head.weight has shape \(20, 1024\), expected \(51, 1024\); wrong file for --style-classifier"):
+    with pytest.raises(
+        ClassifierError,
+        match=r"head.weight has shape \(20, 1024\), expected \(51, 1024\); wrong file for --style-classifier",
+    ):
         load_unlearncanvas_vit(path, 51, option="--style-classifier")

@@ -3,7 +3,13 @@
 import pytest
 
 from worlds.faces_mini.assets import ASSETS_DIR, load_judge
-from worlds.faces_mini.check import CLIP_ZERO_SHOT_BAR, JUDGE_ACCURACY_BAR, clip_zero_shot, head_accuracy, identity_accuracy
+from worlds.faces_mini.check import (
+    CLIP_ZERO_SHOT_BAR,
+    JUDGE_ACCURACY_BAR,
+    clip_zero_shot,
+    head_accuracy,
+    identity_accuracy,
+)
 from worlds.faces_mini.render import render_set
 from worlds.faces_mini.world import BINARY, SEED_BASE
 
@@ -58,7 +64,7 @@ def test_the_guides_offer_three_perceptual_distances_that_see_a_change(fresh):
         same, other = distance(x, x), distance(x, x.flip(0))
         assert same.abs().max() < 1e-6 and other.min() > 0, name
         seen.append(other)
-    assert not any(a.allclose(b) for i, a in enumerate(seen) for b in seen[i + 1:])  # three different networks
+    assert not any(a.allclose(b) for i, a in enumerate(seen) for b in seen[i + 1 :])  # three different networks
     assert guides.perceptual(x, x.flip(0)).allclose(guides.perceptual_choices["random"](x, x.flip(0)))
 
 
@@ -77,7 +83,9 @@ def test_the_shipped_generator_has_the_recipes_layout_and_draws_the_worlds_attri
 
     config = json.loads((ASSETS_DIR / "generator" / "config.json").read_text())
     recipe = Recipe()
-    assert {k: config[k] for k in ("resolution", "n_mlp", "style_dim", "z_dim")} == {k: recipe.gan[k] for k in ("resolution", "n_mlp", "style_dim", "z_dim")}
+    assert {k: config[k] for k in ("resolution", "n_mlp", "style_dim", "z_dim")} == {
+        k: recipe.gan[k] for k in ("resolution", "n_mlp", "style_dim", "z_dim")
+    }
     assert {str(k): v for k, v in config["channels"].items()} == recipe.gan["channels"]
     with safe_open(str(ASSETS_DIR / "generator" / "generator.safetensors"), "pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}

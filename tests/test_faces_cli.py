@@ -1,5 +1,6 @@
-"""faces-mini through the CLI on smoke-built artefacts (a few training steps each: the plumbing, not the quality):
-`erase run text-to-unlearn` and `erase eval --protocol faces-mini`, and their bad input (one line, exit 2, nothing written)."""
+"""faces-mini through the CLI on smoke-built artefacts (a few training steps each: the plumbing, not the
+quality): `erase run text-to-unlearn` and `erase eval --protocol faces-mini`, and their bad input (one
+line, exit 2, nothing written)."""
 
 import json
 import os
@@ -10,16 +11,46 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--steps", "2", "--set", "mapper_steps=5", "--set", "gate_points=0", "--set", "direction_samples=8", "--set", "gate_samples=16",
-         "--threads", "1", "--quiet"]
+QUICK = [
+    "--steps",
+    "2",
+    "--set",
+    "mapper_steps=5",
+    "--set",
+    "gate_points=0",
+    "--set",
+    "direction_samples=8",
+    "--set",
+    "gate_samples=16",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("faces")
-    subprocess.run([sys.executable, "-m", "worlds.faces_mini.train", "--smoke", "--threads", "1", "--out", str(root / "assets"), "--work",
-                    str(root / "work"), "--stages", "classifier,identity,guide_classifier,guide_identity,clip_guide,clip_judge,generator"],
-                   check=True, cwd=ROOT, env=_env(root / "assets", root), capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worlds.faces_mini.train",
+            "--smoke",
+            "--threads",
+            "1",
+            "--out",
+            str(root / "assets"),
+            "--work",
+            str(root / "work"),
+            "--stages",
+            "classifier,identity,guide_classifier,guide_identity,clip_guide,clip_judge,generator",
+        ],
+        check=True,
+        cwd=ROOT,
+        env=_env(root / "assets", root),
+        capture_output=True,
+    )
     return root
 
 
@@ -28,16 +59,52 @@ def _env(assets: Path, root: Path) -> dict:
 
 
 def erase(assets, *args):
-    return subprocess.run([sys.executable, "-m", "erase", *args], cwd=ROOT, env=_env(assets / "assets", assets), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "erase", *args],
+        cwd=ROOT,
+        env=_env(assets / "assets", assets),
+        capture_output=True,
+        text=True,
+    )
 
 
 def run_args(assets, out, *extra, concept="eyeglasses", kind="attribute"):
-    return ["run", "text-to-unlearn", "--model", str(assets / "assets" / "generator"), "--concept", concept, "--kind", kind, "--out", str(out), *extra]
+    return [
+        "run",
+        "text-to-unlearn",
+        "--model",
+        str(assets / "assets" / "generator"),
+        "--concept",
+        concept,
+        "--kind",
+        kind,
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def eval_args(assets, patch, out, seeds):
-    return ["eval", "--model", str(assets / "assets" / "generator"), "--patch", str(patch), "--protocol", "faces-mini", "--target", "eyeglasses",
-            "--kind", "attribute", "--out", str(out), "--seeds", str(seeds), "--threads", "1", "--quiet"]
+    return [
+        "eval",
+        "--model",
+        str(assets / "assets" / "generator"),
+        "--patch",
+        str(patch),
+        "--protocol",
+        "faces-mini",
+        "--target",
+        "eyeglasses",
+        "--kind",
+        "attribute",
+        "--out",
+        str(out),
+        "--seeds",
+        str(seeds),
+        "--threads",
+        "1",
+        "--quiet",
+    ]
 
 
 def test_run_then_eval_writes_a_generator_patch_and_the_faces_report(assets, tmp_path):
@@ -46,15 +113,30 @@ def test_run_then_eval_writes_a_generator_patch_and_the_faces_report(assets, tmp
     assert r.returncode == 0, r.stderr
     cfg = json.loads((out / "erasure_config.json").read_text())
     assert cfg["method"] == "text_to_unlearn" and cfg["request"]["forget_prompts"] == ["a face with eyeglasses"]
-    assert cfg["guides"]["clip"].startswith("faces-mini clip-guide ") and "gate" in cfg["info"]  # the name, then a digest of its weights
+    assert (
+        cfg["guides"]["clip"].startswith("faces-mini clip-guide ") and "gate" in cfg["info"]
+    )  # the name, then a digest of its weights
     r = erase(assets, *eval_args(assets, out, tmp_path / "eval", seeds=32))
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "eval" / "report.json").read_text())
-    for key in ("attribute_rates", "edited_attribute_rates", "identity_similarity", "fd", "clip_similarity", "gamma", "retain_fidelity", "seconds"):
+    for key in (
+        "attribute_rates",
+        "edited_attribute_rates",
+        "identity_similarity",
+        "fd",
+        "clip_similarity",
+        "gamma",
+        "retain_fidelity",
+        "seconds",
+    ):
         assert key in rep
     assert set(rep["attribute_rates"]) == {"eyeglasses", "smile", "hat", "beard", "hair_colour", "skin", "identity"}
-    assert all(abs(sum(v.values()) - 1) < 1e-6 for v in rep["attribute_rates"].values())  # each head's rates over its classes sum to 1
-    assert 0 <= rep["gamma"]["classifier"]["value"] <= 1 and rep["clip_similarity"]["judge"].startswith("faces-mini clip-judge")
+    assert all(
+        abs(sum(v.values()) - 1) < 1e-6 for v in rep["attribute_rates"].values()
+    )  # each head's rates over its classes sum to 1
+    assert 0 <= rep["gamma"]["classifier"]["value"] <= 1 and rep["clip_similarity"]["judge"].startswith(
+        "faces-mini clip-judge"
+    )
     assert (tmp_path / "eval" / "grid.png").exists()
 
 
@@ -70,19 +152,24 @@ def test_a_patch_on_the_mapping_network_shows_in_the_evaluation(assets, tmp_path
     assert rep["retain_fidelity"]["psnr"] < 80, rep["retain_fidelity"]
 
 
-@pytest.mark.parametrize("case,message", [
-    ("unknown attribute", "attribute 'monocle' is not in protocol 'faces-mini'"),
-    ("gate", "the gate needs +101"),
-    ("no config", "holds generator.safetensors but no config.json"),
-    ("pickle", "NVIDIA .pkl generators are refused unread"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("unknown attribute", "attribute 'monocle' is not in protocol 'faces-mini'"),
+        ("gate", "the gate needs +101"),
+        ("no config", "holds generator.safetensors but no config.json"),
+        ("pickle", "NVIDIA .pkl generators are refused unread"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(assets, tmp_path, case, message):
     out = tmp_path / "out"
     model = assets / "assets" / "generator"
     if case == "no config":
         model = tmp_path / "bare"
         model.mkdir()
-        (model / "generator.safetensors").write_bytes((assets / "assets" / "generator" / "generator.safetensors").read_bytes())
+        (model / "generator.safetensors").write_bytes(
+            (assets / "assets" / "generator" / "generator.safetensors").read_bytes()
+        )
     if case == "pickle":
         model = tmp_path / "ffhq.pkl"
         model.write_bytes(b"not opened")

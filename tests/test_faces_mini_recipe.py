@@ -21,9 +21,13 @@ def test_recipe_overrides_reach_inside_and_refuse_what_does_not_exist():
     set_recipe_fields(r, ["gan.n_mlp=6", "gan_lr=0.002", "classifier.p_blur=0.2", "r1_gamma=1", "gan_d_channels=null"])
     assert (r.gan["n_mlp"], r.gan_lr, r.classifier.p_blur, r.r1_gamma, r.gan_d_channels) == (6, 0.002, 0.2, 1, None)
     assert Recipe().gan["n_mlp"] == 8  # the default is untouched
-    for bad, message in [("gan.depth=3", "unknown key 'depth'; choose one of: resolution"), ("lr=1", "unknown key 'lr'"),
-                         ("gan_iterations=many", "expected a int like 40000"), ("nope", "is not KEY=VALUE"),
-                         ("missing.x=1", "has no 'missing'")]:
+    for bad, message in [
+        ("gan.depth=3", "unknown key 'depth'; choose one of: resolution"),
+        ("lr=1", "unknown key 'lr'"),
+        ("gan_iterations=many", "expected a int like 40000"),
+        ("nope", "is not KEY=VALUE"),
+        ("missing.x=1", "has no 'missing'"),
+    ]:
         with pytest.raises(ValueError, match=message):
             set_recipe_fields(Recipe(), [bad])
 

@@ -23,7 +23,17 @@ def _cache(tmp_path, monkeypatch):
 def _erase(out, **kw):
     from erase.api import erase_concept
 
-    return erase_concept(tiny_pipe(), "text_to_unlearn", request(), out, overrides=STEPS, progress=False, model_id="tiny", guides=toy_guides(), **kw)
+    return erase_concept(
+        tiny_pipe(),
+        "text_to_unlearn",
+        request(),
+        out,
+        overrides=STEPS,
+        progress=False,
+        model_id="tiny",
+        guides=toy_guides(),
+        **kw,
+    )
 
 
 def _on_swap(monkeypatch, n: int, action):
@@ -83,7 +93,9 @@ def test_a_crash_between_the_renames_keeps_the_folder_and_resumes_from_the_old_c
         _erase(out)
     from erase.loop import checkpoint_meta
 
-    assert out.exists() and checkpoint_meta(out)["step"] == 2  # the clean-up put checkpoint.old back instead of deleting
+    assert (
+        out.exists() and checkpoint_meta(out)["step"] == 2
+    )  # the clean-up put checkpoint.old back instead of deleting
     monkeypatch.setattr("erase.files.swap_hook", None)
     resumed = _erase(out, resume=True)
     assert resumed.config["timing"]["resumed_from"] == 2
@@ -108,10 +120,12 @@ def test_swap_dir_replaces_a_folder_whole_and_recovers_an_interrupted_swap(tmp_p
 
 # -- shared cache entries (erase/cache.py) ------------------------------------------------------------------------
 
+
 def _counted_build(calls: list, value: float = 1.0):
     def build():
         calls.append(1)
         return {"x": torch.full((64,), value)}
+
     return build
 
 
@@ -121,7 +135,9 @@ def test_a_damaged_cache_entry_is_rebuilt_never_used(tmp_path, damage):
 
     path, calls = tmp_path / "entry.safetensors", []
     assert torch.equal(cached_tensors(path, _counted_build(calls))["x"], torch.ones(64))
-    assert torch.equal(cached_tensors(path, _counted_build(calls))["x"], torch.ones(64)) and len(calls) == 1  # read, not rebuilt
+    assert (
+        torch.equal(cached_tensors(path, _counted_build(calls))["x"], torch.ones(64)) and len(calls) == 1
+    )  # read, not rebuilt
     data = bytearray(path.read_bytes())
     if damage == "flip":
         data[-3] ^= 0xFF  # a byte of the values: the file still parses, with a wrong number in it
@@ -226,7 +242,9 @@ def test_a_run_into_a_folder_in_use_is_refused_naming_the_holder_and_a_dead_hold
 
     out = tmp_path / "out"
     with _holder(tmp_path, out) as holder:
-        with pytest.raises(EraseError, match=rf"out is in use by pid {holder.pid} \(erase run\); wait for it .* or choose another"):
+        with pytest.raises(
+            EraseError, match=rf"out is in use by pid {holder.pid} \(erase run\); wait for it .* or choose another"
+        ):
             _erase(out)
         assert not out.exists()  # the refused run wrote nothing
     patch = _erase(out)  # the dead holder's lock is taken over
@@ -257,18 +275,31 @@ def test_the_manifest_after_each_job_hashes_only_patches_that_changed(tmp_path, 
         patch = tmp_path / c / "erasure_patch.safetensors"
         patch.write_bytes(c.encode() * 1000)
         st = patch.stat()
-        (tmp_path / c / batch.JOB_FILE).write_text(json.dumps({"concept": c, "status": "done", "sha256": file_sha256(patch),
-                                                                "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+        (tmp_path / c / batch.JOB_FILE).write_text(
+            json.dumps(
+                {
+                    "concept": c,
+                    "status": "done",
+                    "sha256": file_sha256(patch),
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                }
+            )
+        )
     hashed = []
     monkeypatch.setattr(batch, "file_sha256", lambda p: (hashed.append(p.parent.name), file_sha256(p))[1])
     assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts)] == concepts and hashed == []
     b = tmp_path / "B" / "erasure_patch.safetensors"
     old = b.stat().st_mtime_ns
-    b.write_bytes(b"X" * 1000)  # rewritten: same size, a new time (set explicitly: some filesystems keep whole seconds)
+    b.write_bytes(
+        b"X" * 1000
+    )  # rewritten: same size, a new time (set explicitly: some filesystems keep whole seconds)
     os.utime(b, ns=(old + 10**9, old + 10**9))
     assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts)] == ["A", "C"] and hashed == ["B"]
     hashed.clear()
-    assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts, rehash=True)] == ["A", "C"] and sorted(hashed) == concepts
+    assert [r["concept"] for r in batch.write_manifest(tmp_path, concepts, rehash=True)] == ["A", "C"] and sorted(
+        hashed
+    ) == concepts
 
 
 # -- a full disk ---------------------------------------------------------------------------------------------
@@ -338,23 +369,57 @@ def test_a_full_disk_while_writing_a_report_keeps_the_old_one(tmp_path):
     with mock.patch("pathlib.Path.write_bytes", side_effect=OSError(errno.EFBIG, "File too large")):
         with pytest.raises(DiskFullError, match=r"no space left writing .*report.json .*file too large"):
             write_json_atomic(tmp_path / "report.json", {"ua": 0.0, "big": "x" * 1000})
-    assert (tmp_path / "report.json").read_text().count('"ua": 1.0') == 1 and sorted(os.listdir(tmp_path)) == ["report.json"]
+    assert (tmp_path / "report.json").read_text().count('"ua": 1.0') == 1 and sorted(os.listdir(tmp_path)) == [
+        "report.json"
+    ]
 
 
 def test_a_file_size_limit_in_a_real_process_is_one_line_exit_2(tmp_path):
-    """A real ``erase run`` under RLIMIT_FSIZE (the kernel refuses the write with EFBIG): one line, exit 2, no patch."""
+    """A real ``erase run`` under RLIMIT_FSIZE (the kernel refuses the write with EFBIG):
+    one line, exit 2, no patch."""
     import subprocess
     import sys
 
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); from erase.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000)); from erase.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
     out = tmp_path / "wc"
-    r = subprocess.run([sys.executable, "-c", code, "run", "uce", "--model", "canvas-mini", "--concept", "Watercolor", "--kind", "style",
-                        "--preset", "canvas-mini", "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "run",
+            "uce",
+            "--model",
+            "canvas-mini",
+            "--concept",
+            "Watercolor",
+            "--kind",
+            "style",
+            "--preset",
+            "canvas-mini",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "no space left writing" in lines[0] and "erasure_patch.safetensors" in lines[0], r.stderr
-    assert not (out / "erasure_patch.safetensors").exists() and not [p for p in out.iterdir() if p.name.startswith(".patch-")]
+    assert (
+        r.returncode == 2
+        and len(lines) == 1
+        and "no space left writing" in lines[0]
+        and "erasure_patch.safetensors" in lines[0]
+    ), r.stderr
+    assert not (out / "erasure_patch.safetensors").exists() and not [
+        p for p in out.iterdir() if p.name.startswith(".patch-")
+    ]
 
 
 # -- the original's cached answer set: every image checked against the SHA-256 recorded when it was cached --------
@@ -384,9 +449,9 @@ def test_a_cached_answer_set_image_changed_before_use_is_regenerated(canvas_pipe
 def test_a_cached_answer_set_image_changed_while_in_use_stops_the_evaluation(canvas_pipe, tmp_path, monkeypatch):
     """The record is checked again as scoring reads each image: one changed after the check is never scored."""
     import eval.original_answers
+    from erase.patch import apply_patch, remove_patch
     from eval.answer_set import AnswerSetError
     from eval.report import EvalOptions, evaluate
-    from erase.patch import apply_patch, remove_patch
     from tests.test_eval_fidelity import _noise_patch
 
     protocol = _small_protocol()
@@ -402,8 +467,15 @@ def test_a_cached_answer_set_image_changed_while_in_use_stops_the_evaluation(can
     apply_patch(canvas_pipe, _noise_patch(canvas_pipe, 0.3, 1))
     try:
         with pytest.raises(AnswerSetError, match="changed after it was cached") as e:
-            evaluate(canvas_pipe, protocol, [("Watercolor", "style")], tmp_path / "e", model_id="canvas-mini", patch="noise",
-                     options=EvalOptions(progress=False, grid=False, fid=False))
+            evaluate(
+                canvas_pipe,
+                protocol,
+                [("Watercolor", "style")],
+                tmp_path / "e",
+                model_id="canvas-mini",
+                patch="noise",
+                options=EvalOptions(progress=False, grid=False, fid=False),
+            )
     finally:
         remove_patch(canvas_pipe)
     assert "\n" not in str(e.value) and not (tmp_path / "e" / "report.json").exists()

@@ -1,14 +1,14 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
-
-import numpy as np
 
 from eval.fid import frechet_distance, load_or_compute_reference, make_fid, stats_key
 
 
 def frechet_distance_numpy(feats_a, feats_b) -> float:
-    """Independent reference: ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrt(S_a S_b)) with scipy's sqrtm (two-pass covariances)."""
+    """Independent reference: ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 sqrt(S_a S_b)) with scipy's
+    sqrtm (two-pass covariances)."""
     from scipy import linalg
 
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
@@ -49,9 +49,13 @@ def test_fid_matches_independent_scipy_computation():
 
 
 def test_frechet_distance_of_given_features_matches_scipy():
-    """The features path (faces-mini FD, the bench's distance to gold) is the same torchmetrics FID, checked the same way."""
+    """The features path (faces-mini FD, the bench's distance to gold) is the same
+    torchmetrics FID, checked the same way."""
     g = torch.Generator().manual_seed(4)
-    a, b = torch.randn(300, 6, generator=g) * 2 + 5, torch.randn(250, 6, generator=g) * 1.5 + 5.3  # offset means, like real features
+    a, b = (
+        torch.randn(300, 6, generator=g) * 2 + 5,
+        torch.randn(250, 6, generator=g) * 1.5 + 5.3,
+    )  # offset means, like real features
     ref = frechet_distance_numpy(a.numpy(), b.numpy())
     assert ref > 0.1 and frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
     assert frechet_distance(a.numpy(), a.numpy()) == pytest.approx(0.0, abs=1e-6)
@@ -92,7 +96,9 @@ def test_fid_needs_a_feature_space():
 
     with pytest.raises(FIDError, match="FID needs a feature space: pass --fid-weights FILE"):
         make_fid(None)
-    with pytest.raises(FIDError, match="FID Inception weights not found at /nonexistent/pt_inception.pth; .* --fid-weights"):
+    with pytest.raises(
+        FIDError, match="FID Inception weights not found at /nonexistent/pt_inception.pth; .* --fid-weights"
+    ):
         make_fid(None, weights="/nonexistent/pt_inception.pth")
 
 
@@ -102,7 +108,12 @@ def test_reference_from_batches_equals_reference_from_one_tensor(tmp_path):
     a, b = images(6), images(7, shift=0.1)
     whole, streamed = make_fid(feats, image_size=16), make_fid(feats, image_size=16)
     assert load_or_compute_reference(whole, stats_key("f", {"s": 1}), tmp_path, lambda: a) is False
-    assert load_or_compute_reference(streamed, stats_key("f", {"s": 2}), tmp_path, lambda: (a[i : i + 30] for i in range(0, 200, 30))) is False
+    assert (
+        load_or_compute_reference(
+            streamed, stats_key("f", {"s": 2}), tmp_path, lambda: (a[i : i + 30] for i in range(0, 200, 30))
+        )
+        is False
+    )
     for fid in (whole, streamed):
         fid.update(b, real=False)
     assert int(streamed.real_features_num_samples) == 200
@@ -111,5 +122,8 @@ def test_reference_from_batches_equals_reference_from_one_tensor(tmp_path):
 
 def test_reference_cache_key_names_the_excluded_concept():
     base = {"world": "canvas-mini renders", "seed_range": "fid", "per_pair": 5}
-    keys = {stats_key("f", {**base, "excluded": {"axis": kind, "concept": c}}) for kind, c in (("style", "Watercolor"), ("style", "Pop_Art"), ("object", "Watercolor"))}
+    keys = {
+        stats_key("f", {**base, "excluded": {"axis": kind, "concept": c}})
+        for kind, c in (("style", "Watercolor"), ("style", "Pop_Art"), ("object", "Watercolor"))
+    }
     assert len(keys) == 3 and stats_key("f", base) not in keys

@@ -42,7 +42,11 @@ def test_retain_fidelity_against_hand_counts():
     assert r["n"] == 6 and r["identical"] == 1
     assert r["psnr"] == pytest.approx(float(p[kept].mean()))
     assert r["perceptual"] == pytest.approx(float(d[kept].mean()))
-    assert r["per_concept"]["style"]["B"] == {"psnr": pytest.approx((30 + 40 + 34) / 3), "perceptual": pytest.approx(13 / 3), "n": 3}
+    assert r["per_concept"]["style"]["B"] == {
+        "psnr": pytest.approx((30 + 40 + 34) / 3),
+        "perceptual": pytest.approx(13 / 3),
+        "n": 3,
+    }
     assert "A" not in r["per_concept"]["style"]
     assert r["per_concept"]["object"]["x"]["psnr"] == pytest.approx((30 + 50 + 34 + 56) / 4)  # style-A images excluded
     assert r["in_domain"]["psnr"] == pytest.approx(((30 + 40 + 34) / 3 + (50 + PSNR_CAP + 56) / 3) / 2)
@@ -50,11 +54,16 @@ def test_retain_fidelity_against_hand_counts():
 
 
 def test_model_with_itself_is_exact():
+    from eval.fidelity import ClassifierFeatureDistance
     from worlds.canvas_mini import load_classifier
     from worlds.canvas_mini.render import render_batch
-    from eval.fidelity import ClassifierFeatureDistance
 
-    x = torch.from_numpy(render_batch([("Watercolor", "Birds"), ("Rust", "Towers")], [1, 2])).permute(0, 3, 1, 2).float() / 255
+    x = (
+        torch.from_numpy(render_batch([("Watercolor", "Birds"), ("Rust", "Towers")], [1, 2]))
+        .permute(0, 3, 1, 2)
+        .float()
+        / 255
+    )
     dist = ClassifierFeatureDistance(*(load_classifier(k).for_inference() for k in ("style", "object")))
     assert torch.equal(dist(x, x.clone()), torch.zeros(2))
     assert torch.equal(psnr(x, x.clone()), torch.full((2,), PSNR_CAP))
@@ -117,8 +126,8 @@ def test_lpips_bad_weights(tmp_path, random_lpips):
 
 def test_judge_validation_fidelity_and_confidence_follow_the_degradation():
     """Blur, texture removal (palette kept) and palette shift on held-out renders: PSNR falls and the perceptual
-    distance grows at every step; the style judge's true-class probability ends lower than it starts and never
-    rises by more than 0.01 (blur 1 raises it by 0.003); accuracy stays at 100 at strength 1, where fidelity already moved."""
+    distance grows at every step; the style judge's true-class probability ends lower than it starts and never rises by
+    more than 0.01 (blur 1 raises it by 0.003); accuracy stays at 100 at strength 1, where fidelity already moved."""
     from worlds.canvas_mini.judge_validation import measure
 
     table = measure(per_pair=1, objects=4)

@@ -34,7 +34,9 @@ def model() -> str:
 
 
 def erase(*args, check=True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "erase", *map(str, args)], env=ENV, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "erase", *map(str, args)], env=ENV, capture_output=True, text=True, timeout=900
+    )
     assert not check or r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -42,7 +44,13 @@ def erase(*args, check=True) -> subprocess.CompletedProcess:
 def killed_at(args, event, *, timeout=600) -> bool:
     """Start `erase ARGS`, SIGKILL it as soon as ``event()`` holds (polled: an event, not a delay); returns False
     when the process finished before the event came."""
-    proc = subprocess.Popen([sys.executable, "-m", "erase", *map(str, args)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "erase", *map(str, args)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + timeout
     try:
         while not event():
@@ -69,7 +77,11 @@ def refused_without_resume(args) -> None:
 def timeless(value):
     """A report without its clocks (seconds, times, dates) and without the resume-only run counters."""
     if isinstance(value, dict):
-        return {k: timeless(v) for k, v in value.items() if not any(w in k for w in ("second", "time", "elapsed", "date", "written"))}
+        return {
+            k: timeless(v)
+            for k, v in value.items()
+            if not any(w in k for w in ("second", "time", "elapsed", "date", "written"))
+        }
     if isinstance(value, list):
         return [timeless(v) for v in value]
     return value
@@ -83,8 +95,27 @@ def json_at(path: Path):
 
 
 # -- erase run -------------------------------------------------------------------------------------------------------
-FINE_TUNE = ["--set", "forget_seeds=1", "--set", "retain_seeds=1", "--set", "data_steps=2", "--set", "batch_size=2",
-             "--set", "retain_batch_size=2", "--set", "checkpoint_every=1", "--steps", "8", "--seed", "0", "--threads", "1", "--quiet"]
+FINE_TUNE = [
+    "--set",
+    "forget_seeds=1",
+    "--set",
+    "retain_seeds=1",
+    "--set",
+    "data_steps=2",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "retain_batch_size=2",
+    "--set",
+    "checkpoint_every=1",
+    "--steps",
+    "8",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
 def run_args(out, method="salun", *extra):
@@ -129,8 +160,13 @@ def test_a_closed_form_run_killed_while_writing_resumes_to_the_same_patch(tmp_pa
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ["--threads", "1", "--quiet"]
     erase(*run_args(straight, "uce", *args))
-    r = subprocess.run([sys.executable, "-c", KILL_AT, point, *map(str, run_args(killed, "uce", *args))], env=ENV, capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", KILL_AT, point, *map(str, run_args(killed, "uce", *args))],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == -9, r.stderr[-2000:]
     assert not (killed / "erasure_config.json").exists()
     refused_without_resume(run_args(killed, "uce", *args))
@@ -142,15 +178,38 @@ def test_a_closed_form_run_killed_while_writing_resumes_to_the_same_patch(tmp_pa
 
 # -- erase eval ------------------------------------------------------------------------------------------------------
 def eval_args(out, *extra):
-    return ["eval", "--model", model(), "--target", "Watercolor", "--kind", "style", "--out", out, "--seeds", "1", "--steps", "4",
-            "--batch-size", "8", "--no-fid", "--threads", "1", "--quiet", *extra]
+    return [
+        "eval",
+        "--model",
+        model(),
+        "--target",
+        "Watercolor",
+        "--kind",
+        "style",
+        "--out",
+        out,
+        "--seeds",
+        "1",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--no-fid",
+        "--threads",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_an_evaluation_killed_while_generating_resumes_to_the_same_report(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     erase(*eval_args(straight))
     images = random.Random(2).randint(8, 64)
-    assert killed_at(eval_args(killed), lambda: len(list((killed / "images").glob("*.png"))) >= images if (killed / "images").is_dir() else False)
+    assert killed_at(
+        eval_args(killed),
+        lambda: len(list((killed / "images").glob("*.png"))) >= images if (killed / "images").is_dir() else False,
+    )
     assert not (killed / "report.json").exists()
     refused_without_resume(eval_args(killed))
     erase(*eval_args(killed, "--resume"))
@@ -165,8 +224,30 @@ def test_an_evaluation_killed_while_generating_resumes_to_the_same_report(tmp_pa
 
 # -- erase attack ----------------------------------------------------------------------------------------------------
 def attack_args(out, *extra):
-    return ["attack", "--model", model(), "--target", "Watercolor", "--kind", "style", "--attack", "unlearndiffatk", "--without-concept",
-            "--prompts", "3", "--set", "blocks=6", "--set", "iters=4", "--out", out, "--threads", "1", "--quiet", *extra]
+    return [
+        "attack",
+        "--model",
+        model(),
+        "--target",
+        "Watercolor",
+        "--kind",
+        "style",
+        "--attack",
+        "unlearndiffatk",
+        "--without-concept",
+        "--prompts",
+        "3",
+        "--set",
+        "blocks=6",
+        "--set",
+        "iters=4",
+        "--out",
+        out,
+        "--threads",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def _attack_block(folder: Path) -> int:

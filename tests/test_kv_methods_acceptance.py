@@ -36,7 +36,9 @@ def test_erasure_and_retention(summary):
 
 
 def test_same_seed_fidelity(summary):
-    assert all(r["retained_psnr"] >= 28 for r in summary["rows"]), [round(r["retained_psnr"], 1) for r in summary["rows"]]
+    assert all(r["retained_psnr"] >= 28 for r in summary["rows"]), [
+        round(r["retained_psnr"], 1) for r in summary["rows"]
+    ]
 
 
 def test_efficiency(summary):

@@ -8,7 +8,8 @@ each layer imports only the layers below it. Function-level imports count too.
     pipelines.*  -> erase core (patch format, components)  (never eval, methods, loop or the CLI)
     eval.*       -> pipelines, erase core                  (never methods, the API, the CLI or a world: worlds plug in
                                                            through eval.worlds, found by name)
-    worlds.*     -> eval, pipelines, erase core            (a world builds its models and judges; never the API or the CLI)
+    worlds.*     -> eval, pipelines, erase core            (a world builds its models and judges; never the API or
+                                                           the CLI)
     erase.api    -> core + registry (methods load through it)
     erase.batch  -> api + core (jobs, manifest, locks; never eval or pipelines)
     erase.cli.*, erase.demo                                (top: the only modules that know every subsystem)
@@ -69,7 +70,7 @@ def test_no_import_cycles():
         stack.append(m)
         for n in sorted(GRAPH[m]):
             if state.get(n) == "active":
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n) :] + [n]))
             if n not in state:
                 visit(n)
         stack.pop()
@@ -80,8 +81,22 @@ def test_no_import_cycles():
             visit(m)
 
 
-CORE = {"erase.errors", "erase.components", "erase.files", "erase.patch", "erase.selection", "erase.surgery", "erase.request",
-        "erase.registry", "erase.data", "erase.diffusion", "erase.loop", "erase.prompt_slots", "erase.adversarial", "erase.locations"}
+CORE = {
+    "erase.errors",
+    "erase.components",
+    "erase.files",
+    "erase.patch",
+    "erase.selection",
+    "erase.surgery",
+    "erase.request",
+    "erase.registry",
+    "erase.data",
+    "erase.diffusion",
+    "erase.loop",
+    "erase.prompt_slots",
+    "erase.adversarial",
+    "erase.locations",
+}
 
 
 def _forbidden(module: str) -> tuple[str, ...]:
@@ -123,9 +138,11 @@ def test_the_checker_sees_function_level_and_relative_imports():
     assert "erase.patch" in GRAPH["pipelines.stable_diffusion"]
 
 
-def test_no_module_is_longer_than_600_lines():
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 600}
-    assert not long, f"split these modules (over 600 lines): {long}"
+def test_no_module_is_longer_than_700_lines():
+    # 600 lines in the hand-packed layout this cap was set for; ruff format (line length 119) lays the same code
+    # out on about 20% more lines (erase/patch.py: 530 -> 610), so the cap is 700
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 700}
+    assert not long, f"split these modules (over 700 lines): {long}"
 
 
 def test_the_design_document_this_test_cites_exists():

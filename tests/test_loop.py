@@ -40,7 +40,9 @@ class ClosedForm(Eraser):
 def test_closed_form_edit_in_setup_with_zero_steps(tmp_path):
     m = toy_model()
     before = m[0].weight.detach().clone()
-    patch = run(ClosedForm(None, request()), m, tmp_path, LoopConfig(steps=0, progress=False), {}, patch_dtype=torch.float32)
+    patch = run(
+        ClosedForm(None, request()), m, tmp_path, LoopConfig(steps=0, progress=False), {}, patch_dtype=torch.float32
+    )
     assert torch.equal(m[0].weight, before)  # the model is left as it was
     assert torch.allclose(patch.dense_delta("model.0.weight"), torch.ones_like(before), atol=1e-6)
     apply_patch(m, patch)
@@ -71,7 +73,9 @@ class ToyAdversarial(Eraser):
         x = torch.randn(8, 4, generator=self.rng)
         real = torch.randn(8, 2, generator=self.rng)
         fake = self.model(x)
-        d_loss = nn.functional.softplus(-self.disc(real)).mean() + nn.functional.softplus(self.disc(fake.detach())).mean()
+        d_loss = (
+            nn.functional.softplus(-self.disc(real)).mean() + nn.functional.softplus(self.disc(fake.detach())).mean()
+        )
         self.optimizer_d.zero_grad()
         d_loss.backward()
         self.optimizer_d.step()
@@ -101,17 +105,25 @@ def test_two_optimiser_run_resumes_bit_for_bit(tmp_path, monkeypatch):
     assert checkpoint_meta(tmp_path / "resumed")["step"] == 4
     monkeypatch.setattr(ToyAdversarial, "step", real_step)
     resumed_loop = LoopConfig(steps=6, checkpoint_every=2, progress=False, resume=True)
-    resumed = run(ToyAdversarial(None, request()), toy_model(), tmp_path / "resumed", resumed_loop, {}, patch_dtype=torch.float32)
+    resumed = run(
+        ToyAdversarial(None, request()), toy_model(), tmp_path / "resumed", resumed_loop, {}, patch_dtype=torch.float32
+    )
     assert resumed.config["timing"]["resumed_from"] == 4
     for n in full.names():
         assert torch.equal(resumed.deltas[n], full.deltas[n]), n
     # without the discriminator's optimiser in the state, the resumed run would differ: the check has teeth
-    monkeypatch.setattr(ToyAdversarial, "training_state", lambda self: {"optimizer": self.optimizer, "rng": self.rng, "discriminator": self.disc})
+    monkeypatch.setattr(
+        ToyAdversarial,
+        "training_state",
+        lambda self: {"optimizer": self.optimizer, "rng": self.rng, "discriminator": self.disc},
+    )
     monkeypatch.setattr(ToyAdversarial, "step", crash_at_5)
     with pytest.raises(KeyboardInterrupt):
         run(ToyAdversarial(None, request()), toy_model(), tmp_path / "partial", loop, {}, patch_dtype=torch.float32)
     monkeypatch.setattr(ToyAdversarial, "step", real_step)
-    partial = run(ToyAdversarial(None, request()), toy_model(), tmp_path / "partial", resumed_loop, {}, patch_dtype=torch.float32)
+    partial = run(
+        ToyAdversarial(None, request()), toy_model(), tmp_path / "partial", resumed_loop, {}, patch_dtype=torch.float32
+    )
     assert not all(torch.equal(partial.deltas[n], full.deltas[n]) for n in full.names())
 
 
@@ -119,7 +131,9 @@ def test_nan_guard_keeps_the_last_good_checkpoint(tmp_path):
     m = toy_model()
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     loop = LoopConfig(steps=6, checkpoint_every=2, progress=False)
-    with pytest.raises(NonFiniteError, match=r"non-finite loss .* at step 3: lower the learning rate .*last good checkpoint"):
+    with pytest.raises(
+        NonFiniteError, match=r"non-finite loss .* at step 3: lower the learning rate .*last good checkpoint"
+    ):
         run(ToyAdversarial(None, request(), nan_at=3), m, tmp_path, loop, {})
     assert checkpoint_meta(tmp_path)["step"] == 2
     assert all(torch.equal(before[n], p) for n, p in m.named_parameters())  # the model is restored
@@ -139,7 +153,9 @@ class OffSelection(ClosedForm):
         return super().setup(model)
 
 
-@pytest.mark.parametrize("cls, match", [(OutOfScope, "outside its declared scope"), (OffSelection, "not in its selection")])
+@pytest.mark.parametrize(
+    "cls, match", [(OutOfScope, "outside its declared scope"), (OffSelection, "not in its selection")]
+)
 def test_changes_outside_the_selection_are_refused(tmp_path, cls, match):
     with pytest.raises(PatchError, match=match):
         run(cls(None, request()), toy_model(), tmp_path, LoopConfig(steps=0, progress=False), {})
@@ -157,7 +173,17 @@ def test_a_patched_model_is_refused(tmp_path):
 def test_checkpoint_records_the_run_identity(tmp_path, monkeypatch):
     ident = {"method": "toy", "config": {"lr": 1}}
     real_step = ToyAdversarial.step
-    monkeypatch.setattr(ToyAdversarial, "step", lambda self, i: (_ for _ in ()).throw(KeyboardInterrupt) if i == 3 else real_step(self, i))
+    monkeypatch.setattr(
+        ToyAdversarial,
+        "step",
+        lambda self, i: (_ for _ in ()).throw(KeyboardInterrupt) if i == 3 else real_step(self, i),
+    )
     with pytest.raises(KeyboardInterrupt):
-        run(ToyAdversarial(None, request()), toy_model(), tmp_path, LoopConfig(steps=6, checkpoint_every=2, progress=False, identity=ident), {})
+        run(
+            ToyAdversarial(None, request()),
+            toy_model(),
+            tmp_path,
+            LoopConfig(steps=6, checkpoint_every=2, progress=False, identity=ident),
+            {},
+        )
     assert json.loads((tmp_path / "checkpoint" / "meta.json").read_text()) == {"step": 2, "run": ident}

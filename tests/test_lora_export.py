@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from test_patch import make_patch, snapshot
 
 from erase.errors import EraseError
 from erase.patch import ErasurePatch, fingerprint
 from pipelines.lora import INFO_FILE, LORA_FILE, LoRAExportError, lora_layers, rank_for_energy, save_lora, spectra
 from pipelines.stable_diffusion import apply_patch, named_parameters, remove_patch
-
-from test_patch import make_patch, snapshot
 
 
 def test_rank_for_energy_by_hand():
@@ -31,20 +30,30 @@ def _bias_patch(pipe):
     base = {n: named_parameters(pipe)[n].detach().clone() for n in [*patch.names(), name]}
     tuned = {n: base[n] + patch.dense_delta(n) for n in patch.names()}
     tuned[name] = base[name] + 0.01 * torch.arange(base[name].numel()).float()
-    return ErasurePatch.from_diff(base, tuned, dict.fromkeys(base), {"method": "test"}, dtype=torch.float32,
-                                  fingerprint=fingerprint(pipe, list(base)))
+    return ErasurePatch.from_diff(
+        base,
+        tuned,
+        dict.fromkeys(base),
+        {"method": "test"},
+        dtype=torch.float32,
+        fingerprint=fingerprint(pipe, list(base)),
+    )
 
 
 def _unet_out(pipe):
     g = torch.Generator().manual_seed(0)
-    x, cond = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, pipe.text_encoder.config.hidden_size, generator=g)
+    x, cond = (
+        torch.randn(2, 4, 8, 8, generator=g),
+        torch.randn(2, 16, pipe.text_encoder.config.hidden_size, generator=g),
+    )
     with torch.no_grad():
         return pipe.unet(x, torch.tensor([10, 500]), cond).sample
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_full_rank_lora_loads_in_plain_diffusers_and_equals_the_patch(tiny_pipe, tmp_path, with_bias):
-    """Loaded with diffusers' own load_lora_weights, the LoRA gives the patched model's predictions, at any set_adapters scale."""
+    """Loaded with diffusers' own load_lora_weights, the LoRA gives the patched model's
+    predictions, at any set_adapters scale."""
     patch = _bias_patch(tiny_pipe) if with_bias else make_patch(tiny_pipe, masked=False)[0]
     base_out = _unet_out(tiny_pipe)
     expected = {}
@@ -70,7 +79,7 @@ def test_a_lower_rank_lora_is_the_truncated_svd(tiny_pipe):
     patch, _ = make_patch(tiny_pipe, masked=False)
     layers = lora_layers(tiny_pipe, patch, {n: 2 for n in patch.names()})["unet"]
     name = "unet.up_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-    path = name[len("unet."):-len(".weight")]
+    path = name[len("unet.") : -len(".weight")]
     a, b = layers[f"{path}.lora_A.weight"], layers[f"{path}.lora_B.weight"]
     assert a.shape[0] == 2 and b.shape[1] == 2
     u, s, vh = torch.linalg.svd(patch.dense_delta(name).double())
@@ -101,7 +110,9 @@ def test_export_searches_ranks_until_the_images_match(canvas_pipe, tmp_path):
     quick = protocol.with_overrides(steps=5)
     r = export_lora(canvas_pipe, patch, tmp_path / "lora", quick, target_psnr=40.0, progress=False)
     assert r["psnr_db"] >= 40.0 and (tmp_path / "lora" / LORA_FILE).is_file()
-    strict = export_lora(canvas_pipe, patch, tmp_path / "lora-strict", quick, target_psnr=r["psnr_db"] + 5, progress=False)
+    strict = export_lora(
+        canvas_pipe, patch, tmp_path / "lora-strict", quick, target_psnr=r["psnr_db"] + 5, progress=False
+    )
     assert sum(strict["ranks"].values()) > sum(r["ranks"].values()) and strict["psnr_db"] >= r["psnr_db"] + 5
     assert all(torch.equal(a, b) for a, b in zip(snapshot(canvas_pipe).values(), snapshot(canvas_pipe).values()))
     with pytest.raises(EraseError, match="below the 1000"):
@@ -117,14 +128,21 @@ def test_export_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     cases = [
         (["export", str(tmp_path / "nope"), "--out", str(tmp_path / "a")], "holds no erasure_patch.safetensors"),
         (["export", str(tmp_path / "nope"), "--out", str(tmp_path / "full")], "exists and is not an empty folder"),
-        (["export", str(tmp_path / "nope"), "--out", str(tmp_path / "b"), "--seeds", "0"], "--seeds must be at least 1"),
+        (
+            ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "b"), "--seeds", "0"],
+            "--seeds must be at least 1",
+        ),
         (["export", str(tmp_path / "nope"), "--out", str(tmp_path / "c"), "--format", "ckpt"], "invalid choice"),
     ]
     for argv, message in cases:
-        with pytest.raises(SystemExit) if "--format" in argv else contextlib.nullcontext():  # argparse exits with 2 itself
+        with (
+            pytest.raises(SystemExit) if "--format" in argv else contextlib.nullcontext()
+        ):  # argparse exits with 2 itself
             code = main(argv)
             assert code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"] and (tmp_path / "full" / "keep.txt").read_text() == "mine"
-
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+        and (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    )

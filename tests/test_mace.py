@@ -16,8 +16,12 @@ QUICK = {"patch_dtype": "float32", "lora_steps": 20, "lora_lr": 0.1, "lora_image
 def _request():
     styles = ("Watercolor", "Mosaic")
     return EraseRequest(
-        concept="+".join(styles), kind="style", anchor="Photo",
-        forget_prompts=[f"{s} {o}" for s in styles for o in ("birds", "cats")],  # short: the tiny tokenizer keeps 16 tokens
+        concept="+".join(styles),
+        kind="style",
+        anchor="Photo",
+        forget_prompts=[
+            f"{s} {o}" for s in styles for o in ("birds", "cats")
+        ],  # short: the tiny tokenizer keeps 16 tokens
         anchor_prompts=[f"Photo {o}" for _ in styles for o in ("birds", "cats")],
         retain_prompts=["Ink Art birds", "Rust cats"],
     )
@@ -27,14 +31,20 @@ def test_fusion_is_the_minimum_of_its_objective_and_keeps_each_lora_on_its_own_t
     torch.manual_seed(0)
     d_out, d = 6, 16
     w_base = torch.randn(d_out, d, dtype=torch.float64)
-    rows = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[0].T  # orthonormal rows: the concepts' tokens are independent
+    rows = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))[
+        0
+    ].T  # orthonormal rows: the concepts' tokens are independent
     c1, c2, keep = rows[:2], rows[2:4], rows[4:10]
     w1 = w_base + torch.randn(d_out, 1, dtype=torch.float64) @ torch.randn(1, d, dtype=torch.float64)  # rank-1 LoRAs
     w2 = w_base + torch.randn(d_out, 1, dtype=torch.float64) @ torch.randn(1, d, dtype=torch.float64)
     fused = fuse_solve(w_base, [(w1, c1), (w2, c2)], keep, keep_weight=3.0, lam=1e-9)
     w = fused.clone().requires_grad_(True)
-    objective = (((w - w1) @ c1.T) ** 2).sum() + (((w - w2) @ c2.T) ** 2).sum() + 3.0 * (((w - w_base) @ keep.T) ** 2).sum() \
+    objective = (
+        (((w - w1) @ c1.T) ** 2).sum()
+        + (((w - w2) @ c2.T) ** 2).sum()
+        + 3.0 * (((w - w_base) @ keep.T) ** 2).sum()
         + 1e-9 * ((w - w_base) ** 2).sum()
+    )
     (grad,) = torch.autograd.grad(objective, w)
     assert grad.abs().max() < 1e-8
     for w_i, c_i in ((w1, c1), (w2, c2)):  # each LoRA's effect on its own concept's tokens, both at once
@@ -49,11 +59,18 @@ def test_cfr_with_maces_weights_is_a_stationary_point_of_its_objective():
     torch.manual_seed(1)
     cfg = resolve_config("mace", None, {})
     w_old = torch.randn(5, 8, dtype=torch.float64)
-    ce, ct, ck = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    ce, ct, ck = (
+        torch.randn(3, 8, dtype=torch.float64),
+        torch.randn(3, 8, dtype=torch.float64),
+        torch.randn(6, 8, dtype=torch.float64),
+    )
     kw = torch.full((6,), cfg.preserve_scale, dtype=torch.float64)
     w = uce_solve(w_old, ce, ct, ck, kw, cfg.lam, cfg.erase_scale).clone().requires_grad_(True)
-    objective = cfg.erase_scale * ((w @ ce.T - w_old @ ct.T) ** 2).sum() + (kw * ((w @ ck.T - w_old @ ck.T) ** 2)).sum() \
+    objective = (
+        cfg.erase_scale * ((w @ ce.T - w_old @ ct.T) ** 2).sum()
+        + (kw * ((w @ ck.T - w_old @ ck.T) ** 2)).sum()
         + cfg.lam * ((w - w_old) ** 2).sum()
+    )
     (grad,) = torch.autograd.grad(objective, w)
     assert grad.abs().max() < 1e-8
 
@@ -71,7 +88,9 @@ def test_a_joint_request_is_grouped_by_the_tokens_each_concept_changes(tiny_pipe
 
 @pytest.mark.parametrize("mask", ["none", "attention"])
 def test_a_joint_run_silences_each_concepts_attention_and_edits_only_cross_attention_kv(tiny_pipe, tmp_path, mask):
-    patch = erase_concept(tiny_pipe, "mace", _request(), tmp_path / mask, overrides={**QUICK, "mask": mask}, progress=False)
+    patch = erase_concept(
+        tiny_pipe, "mace", _request(), tmp_path / mask, overrides={**QUICK, "mask": mask}, progress=False
+    )
     assert patch.names() and all("attn2.to_k" in n or "attn2.to_v" in n for n in patch.names())
     concepts = patch.config["info"]["mace"]["concepts"]
     assert sorted(c["concept_tokens"].lower() for c in concepts) == ["mosaic", "watercolor"]
@@ -82,14 +101,26 @@ def test_a_joint_run_silences_each_concepts_attention_and_edits_only_cross_atten
 def test_no_lora_steps_is_the_cfr_alone_and_options_are_checked(tiny_pipe, tmp_path):
     """With lora_steps 0 every LoRA is zero, so fusion returns the CFR keys: MACE is then UCE with MACE's weights."""
     opts = {"patch_dtype": "float32", "lora_images": 1, "data_steps": 1}
-    mace = erase_concept(tiny_pipe, "mace", _request(), tmp_path / "m", overrides={**opts, "lora_steps": 0, "lam": 0.1}, progress=False)
+    mace = erase_concept(
+        tiny_pipe, "mace", _request(), tmp_path / "m", overrides={**opts, "lora_steps": 0, "lam": 0.1}, progress=False
+    )
     cfg = resolve_config("mace", None, {})
-    uce = erase_concept(tiny_pipe, "uce", _request(), tmp_path / "u", overrides={"patch_dtype": "float32", "lam": 0.1,
-                                                                                  "preserve_scale": cfg.preserve_scale}, progress=False)
+    uce = erase_concept(
+        tiny_pipe,
+        "uce",
+        _request(),
+        tmp_path / "u",
+        overrides={"patch_dtype": "float32", "lam": 0.1, "preserve_scale": cfg.preserve_scale},
+        progress=False,
+    )
     assert sorted(mace.names()) == sorted(uce.names())
     for n in uce.names():
         tol = 1e-4 if "to_k" in n else 0
         assert torch.allclose(mace.dense_delta(n), uce.dense_delta(n), atol=tol), n
-    for bad, match in (({"mask": "sam"}, "mask"), ({"lora_rank": 0}, "lora_rank"), ({"mask_threshold": 1.0}, "mask_threshold")):
+    for bad, match in (
+        ({"mask": "sam"}, "mask"),
+        ({"lora_rank": 0}, "lora_rank"),
+        ({"mask_threshold": 1.0}, "mask_threshold"),
+    ):
         with pytest.raises(EraseError, match=match):
             resolve_config("mace", None, bad)

@@ -4,18 +4,23 @@ and the bad lists refused in one line."""
 import math
 
 import pytest
-import torch
+from test_concept_ablation import TINY as CA
+from test_doco import TINY as DOCO
+from test_salun import TINY as SALUN
 
 from erase.cli.erasing import joint_protocol_request, parse_concept_list
 from eval.concept_accuracy import harmonic_mean, list_scores
 from eval.protocols import load_protocol
 
-from test_concept_ablation import TINY as CA
-from test_doco import TINY as DOCO
-from test_salun import TINY as SALUN
-
-TINY = {"concept_ablation": CA, "doco": DOCO, "salun": SALUN, "esd": {"steps": 2, "sample_steps": 3, "lr": 1e-3},
-        "uce": {}, "rece": {"epochs": 1}, "mace": {"lora_steps": 2, "lora_images": 1, "data_steps": 2}}
+TINY = {
+    "concept_ablation": CA,
+    "doco": DOCO,
+    "salun": SALUN,
+    "esd": {"steps": 2, "sample_steps": 3, "lr": 1e-3},
+    "uce": {},
+    "rece": {"epochs": 1},
+    "mace": {"lora_steps": 2, "lora_images": 1, "data_steps": 2},
+}
 
 
 def test_every_diffusion_method_has_a_joint_run_here():
@@ -28,23 +33,46 @@ def test_list_scores_by_hand():
     acc = {"style": {"A": 0.1, "B": 0.0, "C": 0.9, "D": 0.7, "Photo": 0.2}, "object": {"x": 1.0, "y": 0.5}}
     s = list_scores(acc, [("A", "style"), ("B", "style")], {"style": "Photo", "object": None})
     assert s["per_target_ua"] == {"A": 0.9, "B": 1.0}
-    assert math.isclose(s["ua"], 0.95) and math.isclose(s["ira"], 0.8) and math.isclose(s["cra"], 0.75)  # Photo out of every average
+    assert (
+        math.isclose(s["ua"], 0.95) and math.isclose(s["ira"], 0.8) and math.isclose(s["cra"], 0.75)
+    )  # Photo out of every average
     assert math.isclose(s["h"], 3 / (1 / 0.95 + 1 / 0.8 + 1 / 0.75))
     mixed = list_scores(acc, [("A", "style"), ("y", "object")], {"style": "Photo"})
-    assert math.isclose(mixed["ira"], (0.0 + 0.9 + 0.7 + 1.0) / 4) and math.isnan(mixed["cra"])  # both axes touched: no cross axis
+    assert math.isclose(mixed["ira"], (0.0 + 0.9 + 0.7 + 1.0) / 4) and math.isnan(
+        mixed["cra"]
+    )  # both axes touched: no cross axis
     assert math.isclose(mixed["h"], harmonic_mean([mixed["ua"], mixed["ira"]]))
     assert harmonic_mean([0.0, 1.0, 1.0]) == 0.0
 
 
-@pytest.mark.parametrize("text, kind, message", [
-    ("Watercolor,Rust,Watercolor", "style", "names 'Watercolor' twice"),
-    ("style:Towers,object:Towers", "style", "names 'Towers' on two axes"),
-    ("Watercolor,,Rust", "style", "empty entry"),
-    ("Watercolor,Nope", "style", "'Nope' is not in protocol"),
-    ("Photo,Rust", "style", "photo class"),
-    (",".join(["Watercolor", "Rust", "Crayon", "Pop_Art", "Ink_Art", "Neon_Lines", "Mosaic", "Pencil_Drawing", "Winter", "Glowing_Sunset"]),
-     "style", "erases every style"),
-])
+@pytest.mark.parametrize(
+    "text, kind, message",
+    [
+        ("Watercolor,Rust,Watercolor", "style", "names 'Watercolor' twice"),
+        ("style:Towers,object:Towers", "style", "names 'Towers' on two axes"),
+        ("Watercolor,,Rust", "style", "empty entry"),
+        ("Watercolor,Nope", "style", "'Nope' is not in protocol"),
+        ("Photo,Rust", "style", "photo class"),
+        (
+            ",".join(
+                [
+                    "Watercolor",
+                    "Rust",
+                    "Crayon",
+                    "Pop_Art",
+                    "Ink_Art",
+                    "Neon_Lines",
+                    "Mosaic",
+                    "Pencil_Drawing",
+                    "Winter",
+                    "Glowing_Sunset",
+                ]
+            ),
+            "style",
+            "erases every style",
+        ),
+    ],
+)
 def test_bad_lists_are_refused(text, kind, message):
     from erase.cli.common import UsageError
 
@@ -62,12 +90,14 @@ def test_the_joint_request_names_every_concept_and_retains_none_of_them():
 
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_every_method_erases_two_concepts_in_one_request(tiny_pipe, tmp_path, method):
-    """Two steps of each method on the joint request of two canvas-mini styles: one patch, both concepts' prompts trained."""
+    """Two steps of each method on the joint request of two canvas-mini styles: one patch,
+    both concepts' prompts trained."""
     from erase.api import erase_concept
-
     from eval.protocols import style_object_axes
 
-    small = load_protocol("canvas-mini").with_overrides(axes=style_object_axes(["Watercolor", "Rust", "Crayon", "Photo"], ["Birds", "Towers"], "Photo"))
+    small = load_protocol("canvas-mini").with_overrides(
+        axes=style_object_axes(["Watercolor", "Rust", "Crayon", "Photo"], ["Birds", "Towers"], "Photo")
+    )
     request = joint_protocol_request(small, "Watercolor,Rust", "style", anchor=None, seed=0)
     assert len(request.forget_prompts) == 4 and len(request.retain_prompts) == 4
     patch = erase_concept(tiny_pipe, method, request, tmp_path / method, overrides=TINY[method], progress=False)
@@ -81,15 +111,38 @@ def test_erase_run_and_eval_of_a_list_report_the_lists_figures(tmp_path):
     from erase.cli import main
 
     out = tmp_path / "two"
-    assert main(["run", "uce", "--model", "canvas-mini", "--concept", "Watercolor,Rust", "--kind", "style", "--preset", "canvas-mini",
-                 "--out", str(out), "--eval", "--eval-seeds", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "uce",
+                "--model",
+                "canvas-mini",
+                "--concept",
+                "Watercolor,Rust",
+                "--kind",
+                "style",
+                "--preset",
+                "canvas-mini",
+                "--out",
+                str(out),
+                "--eval",
+                "--eval-seeds",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     import json
 
     r = json.loads((out / "eval" / "report.json").read_text())
     assert r["joint"] and r["erased"] == ["Watercolor", "Rust"] and set(r["per_target_ua"]) == {"Watercolor", "Rust"}
     acc = {c: v["accuracy"] for c, v in r["per_concept"]["style"].items()}
     kept = [c for c in acc if c not in ("Watercolor", "Rust", "Photo")]
-    assert math.isclose(r["ira"], sum(acc[c] for c in kept) / len(kept))  # a hand count from the report's own accuracies
+    assert math.isclose(
+        r["ira"], sum(acc[c] for c in kept) / len(kept)
+    )  # a hand count from the report's own accuracies
     assert math.isclose(r["ua"], 1 - (acc["Watercolor"] + acc["Rust"]) / 2)
     assert r["ua"] >= 0.9 and r["h"] > 0.9
     assert set(r["retain_fidelity"]["per_concept"]["style"]) == set(kept) | {"Photo"}

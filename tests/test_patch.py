@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from erase.patch import CONFIG_FILE, PATCH_FILE, ErasurePatch, PatchError, fingerprint
-from pipelines.stable_diffusion import apply_patch, applied_patches, named_parameters, remove_patch, save_erased, set_patch_scale
+from pipelines.stable_diffusion import (
+    applied_patches,
+    apply_patch,
+    named_parameters,
+    remove_patch,
+    save_erased,
+    set_patch_scale,
+)
 
 
 def make_patch(pipe, seed=0, masked=True, dtype=torch.float32):
@@ -19,7 +26,9 @@ def make_patch(pipe, seed=0, masked=True, dtype=torch.float32):
     for n, m in masks.items():
         if m is not None:
             tuned[n] = torch.where(m, tuned[n], base[n])
-    return ErasurePatch.from_diff(base, tuned, masks, {"method": "test"}, dtype=dtype, fingerprint=fingerprint(pipe, names)), tuned
+    return ErasurePatch.from_diff(
+        base, tuned, masks, {"method": "test"}, dtype=dtype, fingerprint=fingerprint(pipe, names)
+    ), tuned
 
 
 def snapshot(pipe):
@@ -153,7 +162,9 @@ def test_fp32_load_is_checked_exactly(tiny_pipe):
     patch, _ = make_patch(tiny_pipe)
     n = patch.names()[0]
     with torch.no_grad():
-        named_parameters(tiny_pipe)[n].view(-1)[0] += 1e-6  # tiny edit of a touched tensor: same dtype, so the SHA-256 decides
+        named_parameters(tiny_pipe)[n].view(-1)[0] += (
+            1e-6  # tiny edit of a touched tensor: same dtype, so the SHA-256 decides
+        )
     with pytest.raises(PatchError, match=f"{n}: values differ"):
         apply_patch(tiny_pipe, patch)
 
@@ -227,7 +238,11 @@ def test_named_patches_remove_one_and_keep_the_others_bit_exact(dtype):
     assert apply_patch(pipe, p1, adapter_name="watercolor") == "watercolor"
     assert apply_patch(pipe, p2, scale=0.7) == "default_0"
     apply_patch(pipe, p3, scale=-0.3, adapter_name="rust")
-    assert [(a["name"], a["scale"]) for a in applied_patches(pipe)] == [("watercolor", 1.0), ("default_0", 0.7), ("rust", -0.3)]
+    assert [(a["name"], a["scale"]) for a in applied_patches(pipe)] == [
+        ("watercolor", 1.0),
+        ("default_0", 0.7),
+        ("rust", -0.3),
+    ]
     remove_patch(pipe, "watercolor")
     without = snapshot(pipe)
 

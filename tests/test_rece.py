@@ -3,14 +3,13 @@ bit, the embedding that regenerated the concept through UCE's edit no longer doe
 
 import pytest
 import torch
+from test_salun import request
 
 from erase.api import erase_concept, resolve_config
 from erase.errors import EraseError
 from erase.methods.rece import kv_residual, regenerating_embeddings
 from erase.methods.uce import uce_data, uce_solve
 from pipelines.stable_diffusion import named_parameters
-
-from test_salun import request
 
 F32 = {"patch_dtype": "float32"}
 
@@ -37,7 +36,9 @@ def _edited(pipe, patch):
 def test_zero_epochs_is_uce_bit_for_bit(tiny_pipe, tmp_path):
     opts = {**F32, "lam": 0.7, "erase_scale": 0.3, "tokens": "last"}
     uce = erase_concept(tiny_pipe, "uce", request(), tmp_path / "uce", overrides=opts, progress=False)
-    rece = erase_concept(tiny_pipe, "rece", request(), tmp_path / "rece", overrides={**opts, "epochs": 0}, progress=False)
+    rece = erase_concept(
+        tiny_pipe, "rece", request(), tmp_path / "rece", overrides={**opts, "epochs": 0}, progress=False
+    )
     assert rece.names() == uce.names() and rece.names()
     assert all(torch.equal(rece.deltas[n], uce.deltas[n]) for n in uce.names())
     assert [row["epoch"] for row in rece.config["info"]["rece"]] == [0]
@@ -45,7 +46,9 @@ def test_zero_epochs_is_uce_bit_for_bit(tiny_pipe, tmp_path):
 
 def test_rece_no_longer_regenerates_through_the_embedding_found_against_uce(tiny_pipe, tmp_path):
     uce = erase_concept(tiny_pipe, "uce", request(), tmp_path / "uce", overrides=F32, progress=False)
-    rece = erase_concept(tiny_pipe, "rece", request(), tmp_path / "rece", overrides={**F32, "epochs": 2}, progress=False)
+    rece = erase_concept(
+        tiny_pipe, "rece", request(), tmp_path / "rece", overrides={**F32, "epochs": 2}, progress=False
+    )
     names = uce.names()
     old = [named_parameters(tiny_pipe)[n].detach() for n in names]
     w_uce, w_rece = _edited(tiny_pipe, uce), _edited(tiny_pipe, rece)
@@ -72,7 +75,8 @@ def test_each_epoch_re_solves_uce_from_the_original_weights_with_every_embedding
     old = [named_parameters(tiny_pipe)[n].detach() for n in names]
 
     def uce_from_old(extra: list[torch.Tensor]) -> list[torch.Tensor]:
-        # weight s on a row pair = the pair's rows times sqrt(s) in UCE's solve (both sides of the erase term are linear in them)
+        # weight s on a row pair = the pair's rows times sqrt(s) in UCE's solve (both sides of the
+        # erase term are linear in them)
         ce = torch.cat([data.c_erase.double()] + [0.5**0.5 * x for x in extra])
         ct = torch.cat([data.c_target.double()] + [0.5**0.5 * data.c_target.double()] * len(extra))
         return [uce_solve(w, ce, ct, data.c_keep, data.keep_weights, cfg.lam, cfg.erase_scale).float() for w in old]
@@ -87,17 +91,20 @@ def test_each_epoch_re_solves_uce_from_the_original_weights_with_every_embedding
     assert err < 1e-5 * scale, (err, scale)
 
 
-@pytest.mark.parametrize("over, match", [
-    ({"epochs": -1}, r"rece option epochs must be >= 0, got -1"),
-    ({"reg": 0.0}, r"rece option reg must be > 0"),
-    ({"reg": -1e-3}, r"rece option reg must be > 0"),
-    ({"regenerate_scale": -1.0}, r"rece option regenerate_scale must be >= 0"),
-    ({"lam": 0.0}, r"rece option lam must be > 0"),
-    ({"erase_scale": -1.0}, r"rece option erase_scale must be >= 0"),
-    ({"preserve_scale": -1.0}, r"rece option preserve_scale must be >= 0 or null"),
-    ({"tokens": "all"}, r"unknown tokens 'all' for rece"),
-    ({"steps": 5}, r"rece is closed-form"),
-])
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"epochs": -1}, r"rece option epochs must be >= 0, got -1"),
+        ({"reg": 0.0}, r"rece option reg must be > 0"),
+        ({"reg": -1e-3}, r"rece option reg must be > 0"),
+        ({"regenerate_scale": -1.0}, r"rece option regenerate_scale must be >= 0"),
+        ({"lam": 0.0}, r"rece option lam must be > 0"),
+        ({"erase_scale": -1.0}, r"rece option erase_scale must be >= 0"),
+        ({"preserve_scale": -1.0}, r"rece option preserve_scale must be >= 0 or null"),
+        ({"tokens": "all"}, r"unknown tokens 'all' for rece"),
+        ({"steps": 5}, r"rece is closed-form"),
+    ],
+)
 def test_bad_options_are_refused(over, match):
     with pytest.raises(EraseError, match=match):
         resolve_config("rece", None, over)

@@ -49,15 +49,18 @@ def test_every_option_has_help(name):
     assert opts and all(len(h) > 10 for _, _, h in opts), [n for n, _, h in opts if len(h) <= 10]
 
 
-@pytest.mark.parametrize("value, match", [
-    ({"lr": "abc"}, r"salun option lr expects float, got 'abc'"),
-    ({"steps": 2.5}, r"salun option steps expects int, got 2.5"),
-    ({"steps": True}, r"salun option steps expects int"),
-    ({"lr": float("nan")}, r"salun option lr must be a finite number"),
-    ({"forget_seeds": -1}, r"forget_seeds must be at least 1"),
-    ({"retain_loss": 3}, r"retain_loss expects str"),
-    ({"lr": None}, r"lr cannot be empty"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ({"lr": "abc"}, r"salun option lr expects float, got 'abc'"),
+        ({"steps": 2.5}, r"salun option steps expects int, got 2.5"),
+        ({"steps": True}, r"salun option steps expects int"),
+        ({"lr": float("nan")}, r"salun option lr must be a finite number"),
+        ({"forget_seeds": -1}, r"forget_seeds must be at least 1"),
+        ({"retain_loss": 3}, r"retain_loss expects str"),
+        ({"lr": None}, r"lr cannot be empty"),
+    ],
+)
 def test_option_types_are_checked(value, match):
     from erase.api import resolve_config
 
@@ -91,9 +94,13 @@ def test_error_messages_name_only_options_that_exist():
     for pkg in ("erase", "pipelines", "eval"):
         for f in (root / pkg).rglob("*.py"):
             tree = ast.parse(f.read_text())
-            calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"]
+            calls = [
+                n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"
+            ]
             defined = {id(a) for n in calls for a in n.args}
-            known.update(a.value for n in calls for a in n.args if isinstance(a, ast.Constant) and str(a.value).startswith("--"))
+            known.update(
+                a.value for n in calls for a in n.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")
+            )
             for node in ast.walk(tree):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in defined:
                     for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", node.value):
@@ -104,7 +111,8 @@ def test_error_messages_name_only_options_that_exist():
 
 
 def test_every_shipped_preset_resolves():
-    """Each assets/presets/<method>/<name>.json names a registered method and only options it has, with valid values."""
+    """Each assets/presets/<method>/<name>.json names a registered method and only
+    options it has, with valid values."""
     from pathlib import Path
 
     from erase.api import resolve_config
@@ -128,7 +136,9 @@ def test_every_method_config_shares_the_base_options():
         cls = get_method(name).config_cls
         assert issubclass(cls, MethodConfig) and cls.method == name, name
         assert {"steps", "patch_dtype", "checkpoint_every"} <= {f.name for f in fields(cls)}
-        assert issubclass(cls, TrainedConfig) == (name not in ("uce", "rece", "mace")), name  # closed form (MACE: its LoRAs inside)
+        assert issubclass(cls, TrainedConfig) == (name not in ("uce", "rece", "mace")), (
+            name
+        )  # closed form (MACE: its LoRAs inside)
 
 
 def test_a_run_validates_its_config_once(monkeypatch, tmp_path):
@@ -138,8 +148,26 @@ def test_a_run_validates_its_config_once(monkeypatch, tmp_path):
     calls = []
     real = MethodConfig.validate
     monkeypatch.setattr(MethodConfig, "validate", lambda self: calls.append(type(self).__name__) or real(self))
-    assert main(["run", "uce", "--model", "canvas-mini", "--concept", "Watercolor", "--kind", "style", "--preset", "canvas-mini",
-                 "--out", str(tmp_path / "wc"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "uce",
+                "--model",
+                "canvas-mini",
+                "--concept",
+                "Watercolor",
+                "--kind",
+                "style",
+                "--preset",
+                "canvas-mini",
+                "--out",
+                str(tmp_path / "wc"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert calls == ["UCEConfig"]
 
 
@@ -147,5 +175,7 @@ def test_a_run_validates_its_config_once(monkeypatch, tmp_path):
 def test_a_bad_shared_option_names_the_method(method):
     from erase.api import resolve_config
 
-    with pytest.raises(EraseError, match=f"unknown patch_dtype 'int8' for {method}; choose one of float16, bfloat16, float32"):
+    with pytest.raises(
+        EraseError, match=f"unknown patch_dtype 'int8' for {method}; choose one of float16, bfloat16, float32"
+    ):
         resolve_config(method, overrides={"patch_dtype": "int8"})

@@ -11,12 +11,22 @@ from erase.patch import ErasurePatch
 from erase.request import EraseRequest
 from pipelines.stable_diffusion import named_parameters
 
-TINY = {"steps": 2, "forget_seeds": 1, "retain_seeds": 1, "data_steps": 2, "batch_size": 2, "retain_batch_size": 2, "lr": 1e-3}
+TINY = {
+    "steps": 2,
+    "forget_seeds": 1,
+    "retain_seeds": 1,
+    "data_steps": 2,
+    "batch_size": 2,
+    "retain_batch_size": 2,
+    "lr": 1e-3,
+}
 
 
 def request():
     return EraseRequest(
-        concept="Watercolor", kind="style", anchor="Photo",
+        concept="Watercolor",
+        kind="style",
+        anchor="Photo",
         forget_prompts=["A Birds image in Watercolor style.", "A Cats image in Watercolor style."],
         anchor_prompts=["A Birds image in Photo style.", "A Cats image in Photo style."],
         retain_prompts=["A Birds image in Mosaic style.", "A Cats image in Ink Art style."],
@@ -26,7 +36,9 @@ def request():
 @pytest.mark.parametrize("retain_loss", ["diffusion", "distill"])
 def test_two_step_salun_writes_a_masked_patch(tiny_pipe, tmp_path, retain_loss):
     before = {n: p.detach().clone() for n, p in named_parameters(tiny_pipe).items()}
-    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "retain_loss": retain_loss}, progress=False)
+    patch = erase_concept(
+        tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "retain_loss": retain_loss}, progress=False
+    )
     # the pipeline is left unpatched
     assert all(torch.equal(before[n], p) for n, p in named_parameters(tiny_pipe).items())
     saved = ErasurePatch.from_pretrained(tmp_path)
@@ -45,12 +57,16 @@ def test_two_step_salun_writes_a_masked_patch(tiny_pipe, tmp_path, retain_loss):
 
 
 def test_cross_attention_scope(tiny_pipe, tmp_path):
-    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "mask_scope": "cross_attention"}, progress=False)
+    patch = erase_concept(
+        tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "mask_scope": "cross_attention"}, progress=False
+    )
     assert patch.names() and all(".attn2." in n for n in patch.names())
 
 
 def test_relabel_on_concept_and_anchor_images(tiny_pipe, tmp_path):
-    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "relabel_on": "concept+anchor"}, progress=False)
+    patch = erase_concept(
+        tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "relabel_on": "concept+anchor"}, progress=False
+    )
     data = patch.config["info"]["data"]
     # one generation per forget prompt for the concept, plus the same again for the anchor prompts
     assert data["forget_images"] == 2 and data["relabel_images"] == 4
@@ -67,10 +83,24 @@ def test_user_forget_images(tiny_pipe, tmp_path):
     for k in range(3):
         Image.fromarray(np.full((40, 24, 3), 60 * k, np.uint8)).save(folder / f"{k}.png")
     (folder / "notes.txt").write_text("not an image")
-    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path / "out", overrides={**TINY, "forget_images": str(folder)}, progress=False)
+    patch = erase_concept(
+        tiny_pipe,
+        "salun",
+        request(),
+        tmp_path / "out",
+        overrides={**TINY, "forget_images": str(folder)},
+        progress=False,
+    )
     assert patch.config["info"]["data"]["forget_images"] == 3
     with pytest.raises(EraseError, match="does not exist"):
-        erase_concept(tiny_pipe, "salun", request(), tmp_path / "out2", overrides={**TINY, "forget_images": str(tmp_path / "nope")}, progress=False)
+        erase_concept(
+            tiny_pipe,
+            "salun",
+            request(),
+            tmp_path / "out2",
+            overrides={**TINY, "forget_images": str(tmp_path / "nope")},
+            progress=False,
+        )
 
 
 def test_resume_gives_the_same_patch(tiny_pipe, tmp_path, monkeypatch):
@@ -88,8 +118,15 @@ def test_resume_gives_the_same_patch(tiny_pipe, tmp_path, monkeypatch):
     assert not (tmp_path / "resumed" / "erasure_patch.safetensors").exists()  # no half-written output
     restore()
     # the interrupted run left the pipeline's weights tuned; a fresh process would reload the base model
-    resumed = erase_concept(tiny_pipe.__class__(**fresh_components()), "salun", request(), tmp_path / "resumed",
-                            overrides=over, resume=True, progress=False)
+    resumed = erase_concept(
+        tiny_pipe.__class__(**fresh_components()),
+        "salun",
+        request(),
+        tmp_path / "resumed",
+        overrides=over,
+        resume=True,
+        progress=False,
+    )
     assert resumed.config["timing"]["resumed_from"] == 2
     assert resumed.names() == full.names()
     for n in full.names():
@@ -118,7 +155,9 @@ def test_request_validation():
     with pytest.raises(EraseError, match="empty"):
         EraseRequest(concept=" ", kind="style", forget_prompts=["x"], anchor_prompts=["y"])
     with pytest.raises(EraseError, match="anchor equals the concept"):
-        EraseRequest(concept="Watercolor", kind="style", anchor="watercolor", forget_prompts=["x"], anchor_prompts=["y"])
+        EraseRequest(
+            concept="Watercolor", kind="style", anchor="watercolor", forget_prompts=["x"], anchor_prompts=["y"]
+        )
     with pytest.raises(EraseError, match="unknown kind"):
         EraseRequest(concept="x", kind="colour", forget_prompts=["x"], anchor_prompts=["y"])
     r = request()
@@ -140,16 +179,27 @@ def test_request_from_protocol():
         EraseRequest.from_protocol(p, "Van_Gogh", "style")
 
 
-def test_weights_outside_the_mask_stay_bit_identical_and_the_patch_reproduces_training(tiny_pipe, tmp_path, monkeypatch):
+def test_weights_outside_the_mask_stay_bit_identical_and_the_patch_reproduces_training(
+    tiny_pipe, tmp_path, monkeypatch
+):
     captured = {}
     real = ErasurePatch.from_diff.__func__
 
     def spy(cls, base, tuned, masks, *a, **k):
-        captured.update(base={n: t.clone() for n, t in base.items()}, tuned={n: t.clone() for n, t in tuned.items()}, masks=masks)
+        captured.update(
+            base={n: t.clone() for n, t in base.items()}, tuned={n: t.clone() for n, t in tuned.items()}, masks=masks
+        )
         return real(cls, base, tuned, masks, *a, **k)
 
     monkeypatch.setattr(ErasurePatch, "from_diff", classmethod(spy))
-    patch = erase_concept(tiny_pipe, "salun", request(), tmp_path, overrides={**TINY, "patch_dtype": "float32", "steps": 3}, progress=False)
+    patch = erase_concept(
+        tiny_pipe,
+        "salun",
+        request(),
+        tmp_path,
+        overrides={**TINY, "patch_dtype": "float32", "steps": 3},
+        progress=False,
+    )
     base, tuned, masks = captured["base"], captured["tuned"], captured["masks"]
     moved = 0
     for n, m in masks.items():
@@ -183,7 +233,9 @@ def test_half_precision_load_trains_in_fp32_and_the_patch_fits_every_dtype(tmp_p
     patch = erase_concept(half, "salun", request(), tmp_path, overrides=TINY, progress=False)
     assert half.unet.dtype == torch.float16 and half.text_encoder.dtype == torch.float16  # cast back after training
     assert patch.config["base_dtypes"]["unet"] == "float16"
-    assert all(torch.isfinite(d.float()).all() for d in patch.deltas.values()) and sum(d.numel() for d in patch.deltas.values())
+    assert all(torch.isfinite(d.float()).all() for d in patch.deltas.values()) and sum(
+        d.numel() for d in patch.deltas.values()
+    )
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         pipe = build_tiny_pipe().to(dtype=dtype)
         before = {n: p.detach().clone() for n, p in named_parameters(pipe).items()}

@@ -20,7 +20,13 @@ def summary(tmp_path_factory):
 
     from bench.acceptance import format_summary, run_acceptance
 
-    targets = [("Watercolor", "style"), ("Pop_Art", "style"), ("Rust", "style"), ("Birds", "object"), ("Towers", "object")]
+    targets = [
+        ("Watercolor", "style"),
+        ("Pop_Art", "style"),
+        ("Rust", "style"),
+        ("Birds", "object"),
+        ("Towers", "object"),
+    ]
     s = run_acceptance("salun", targets, tmp_path_factory.mktemp("salun-acceptance"), "canvas-mini", {})
     print("\n" + format_summary(s))
     record = Path("runs/acceptance")
@@ -68,7 +74,15 @@ def test_erased_pipeline_round_trip_on_the_shipped_model(tmp_path, canvas_pipe):
 
     before = {n: p.detach().clone() for n, p in named_parameters(canvas_pipe).items()}
     request = EraseRequest.from_protocol(load_protocol("canvas-mini"), "Mosaic", "style")
-    patch = erase_concept(canvas_pipe, "salun", request, tmp_path / "patch", preset="canvas-mini", overrides={"steps": 50}, progress=False)
+    patch = erase_concept(
+        canvas_pipe,
+        "salun",
+        request,
+        tmp_path / "patch",
+        preset="canvas-mini",
+        overrides={"steps": 50},
+        progress=False,
+    )
     apply_patch(canvas_pipe, patch)
     prompts = ["A Birds image in Mosaic style.", "A Cats image in Winter style."]
     patched = generate(canvas_pipe, prompts, [0, 1], steps=20, progress=False)

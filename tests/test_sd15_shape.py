@@ -14,16 +14,27 @@ def test_configs_build_sd15_parameter_counts():
 
     cfg = sd15_shape.configs("sd15")
     with torch.device("meta"):  # shapes only: no memory
-        models = {"unet": UNet2DConditionModel.from_config(cfg["unet"]), "vae": AutoencoderKL.from_config(cfg["vae"]),
-                  "text_encoder": CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))}
+        models = {
+            "unet": UNet2DConditionModel.from_config(cfg["unet"]),
+            "vae": AutoencoderKL.from_config(cfg["vae"]),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])),
+        }
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     assert counts == sd15_shape.SD15_PARAMETERS
-    assert cfg["scheduler"]["_class_name"] == "PNDMScheduler" and cfg["unet"]["cross_attention_dim"] == cfg["text_encoder"]["hidden_size"]
+    assert (
+        cfg["scheduler"]["_class_name"] == "PNDMScheduler"
+        and cfg["unet"]["cross_attention_dim"] == cfg["text_encoder"]["hidden_size"]
+    )
 
 
 def test_every_method_erases_the_tiny_sd_layout_in_its_own_process(tmp_path):
     out = tmp_path / "r.json"
-    assert sd15_shape.main(["--shape", "tiny", "--resolution", "256", "--steps", "2", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        sd15_shape.main(
+            ["--shape", "tiny", "--resolution", "256", "--steps", "2", "--threads", "1", "--out", str(out)]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     from erase.registry import list_methods
 
@@ -39,7 +50,12 @@ def test_every_method_erases_the_tiny_sd_layout_in_its_own_process(tmp_path):
 
 def test_a_method_growing_past_the_memory_cap_is_stopped_and_reported(tmp_path):
     out = tmp_path / "r.json"
-    assert sd15_shape.main(["--shape", "tiny", "--resolution", "64", "--methods", "uce", "--max-rss-gb", "0.05", "--out", str(out)]) == 1
+    assert (
+        sd15_shape.main(
+            ["--shape", "tiny", "--resolution", "64", "--methods", "uce", "--max-rss-gb", "0.05", "--out", str(out)]
+        )
+        == 1
+    )
     row = json.loads(out.read_text())["rows"][0]
     assert row["status"] == "stopped: RSS above 0.05 GB" and row["peak_rss_bytes"] > 0.05 * 2**30
 

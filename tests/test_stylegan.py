@@ -126,7 +126,9 @@ def test_discriminator_shapes_any_batch_and_r1():
     real = torch.randn(4, 3, 32, 32, requires_grad=True)
     (grad,) = torch.autograd.grad(D(real).sum(), real, create_graph=True)
     grad.square().sum().backward()  # R1 needs double backward through every op
-    assert [n for n, p in D.named_parameters() if p.grad is None] == ["out.bias"]  # the logit's bias has no input gradient
+    assert [n for n, p in D.named_parameters() if p.grad is None] == [
+        "out.bias"
+    ]  # the logit's bias has no input gradient
     G = Generator(cfg)
     F.softplus(-D(G(torch.randn(4, 64), noise_mode="random"))).mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in G.parameters())
@@ -163,7 +165,7 @@ def test_upfirdn2d_is_a_true_convolution():
         ref = torch.zeros(2, 3, H, W)
         for y in range(H):
             for xx in range(W):
-                ref[:, :, y, xx] = (xp[:, :, y:y + kh, xx:xx + kw] * k.flip([0, 1])).sum((2, 3))
+                ref[:, :, y, xx] = (xp[:, :, y : y + kh, xx : xx + kw] * k.flip([0, 1])).sum((2, 3))
         ref = ref[:, :, ::down, ::down]
         out = upfirdn2d(x, k, up=up, down=down, pad=pad)
         assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5), (up, down, pad)
@@ -192,16 +194,16 @@ def test_nonfused_modulation_equals_fused_per_sample_weights(kind):
     out = m(x, w)
     ref = []
     for i in range(4):
-        s = F.linear(w[i:i + 1], m.modulation.weight / math.sqrt(32), m.modulation.bias)[0]
+        s = F.linear(w[i : i + 1], m.modulation.weight / math.sqrt(32), m.modulation.bias)[0]
         weight = m.weight * m.scale * s.view(1, -1, 1, 1)  # [out, in, k, k] for this sample
         if m.demodulate:
             weight = weight * torch.rsqrt(weight.square().sum((1, 2, 3)) + 1e-8).view(-1, 1, 1, 1)
         if kind == "upsample":
-            y = F.conv_transpose2d(x[i:i + 1], weight.transpose(0, 1), stride=2)
+            y = F.conv_transpose2d(x[i : i + 1], weight.transpose(0, 1), stride=2)
             k1 = torch.tensor([1.0, 3.0, 3.0, 1.0])
             y = _naive_blur(y, torch.outer(k1, k1) / 64 * 4, (1, 1))  # rosinality: normalised kernel x factor^2
         else:
-            y = F.conv2d(x[i:i + 1], weight, padding=weight.shape[-1] // 2)
+            y = F.conv2d(x[i : i + 1], weight, padding=weight.shape[-1] // 2)
         ref.append(y)
     ref = torch.cat(ref)
     assert out.shape == ref.shape == ((4, 8, 12, 12) if kind == "upsample" else (4, out.shape[1], 6, 6))
@@ -239,7 +241,11 @@ def test_changing_one_wplus_row_restyles_exactly_its_layers():
     assert len(styled) == 1 + 1 + 6 + 3
     seen, hooks = {}, []
     for name in styled:
-        hooks.append(modules[name].conv.modulation.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out.clone())))
+        hooks.append(
+            modules[name].conv.modulation.register_forward_hook(
+                lambda mod, inp, out, name=name: seen.__setitem__(name, out.clone())
+            )
+        )
     ws = torch.randn(2, G.n_latent, 64)
     with torch.no_grad():
         G.synthesis(ws)
@@ -425,7 +431,12 @@ def rosinality_state_dict(config, seed=0):
         ours[theirs] = our_key
 
     for i in range(config.n_mlp):  # mapping weights are stored divided by lr_mlp, as rosinality initialises them
-        put(f"style.{i + 1}.weight", (S, config.z_dim if i == 0 else S), f"mapping.layers.{i}.weight", 1 / config.lr_mlp)
+        put(
+            f"style.{i + 1}.weight",
+            (S, config.z_dim if i == 0 else S),
+            f"mapping.layers.{i}.weight",
+            1 / config.lr_mlp,
+        )
         put(f"style.{i + 1}.bias", (S,), f"mapping.layers.{i}.bias")
     put("input.input", (1, ch[4], 4, 4), "synthesis.input.const")
 
@@ -492,12 +503,52 @@ def test_convert_rosinality_key_by_key():
 # rosinality_state_dict(tiny_config(), seed=0), noise from its buffers (randomize_noise=False), computed once
 # outside this repository: per-image channel means, then out[:, :, [3, 17, 30], [29, 8, 14]] flattened.
 ROSINALITY_GOLDEN = {
-    "z": ([[-1.677709, -10.92345, 4.11445], [-1.112956, -1.618257, 0.287396]],
-          [-0.442374, -0.124018, -3.710583, -8.594161, -12.675793, -10.418596, 4.434579, 4.101877, 3.405631,
-           -0.219329, -1.06704, -2.227719, -3.621488, -0.318922, -3.987335, 1.032294, -0.365094, 0.401439]),
-    "wplus": ([[-0.842758, -3.334142, -2.863328], [-1.461399, 1.308373, -1.113997]],
-              [-1.892124, -0.623395, -0.659032, -6.351527, -1.396882, 1.104755, -0.529646, -4.794281, -6.141326,
-               0.44625, -1.971561, -2.495599, 3.154476, 0.355449, 2.193686, 1.0194, -2.605685, -1.542738]),
+    "z": (
+        [[-1.677709, -10.92345, 4.11445], [-1.112956, -1.618257, 0.287396]],
+        [
+            -0.442374,
+            -0.124018,
+            -3.710583,
+            -8.594161,
+            -12.675793,
+            -10.418596,
+            4.434579,
+            4.101877,
+            3.405631,
+            -0.219329,
+            -1.06704,
+            -2.227719,
+            -3.621488,
+            -0.318922,
+            -3.987335,
+            1.032294,
+            -0.365094,
+            0.401439,
+        ],
+    ),
+    "wplus": (
+        [[-0.842758, -3.334142, -2.863328], [-1.461399, 1.308373, -1.113997]],
+        [
+            -1.892124,
+            -0.623395,
+            -0.659032,
+            -6.351527,
+            -1.396882,
+            1.104755,
+            -0.529646,
+            -4.794281,
+            -6.141326,
+            0.44625,
+            -1.971561,
+            -2.495599,
+            3.154476,
+            0.355449,
+            2.193686,
+            1.0194,
+            -2.605685,
+            -1.542738,
+        ],
+    ),
 }
 
 
@@ -541,7 +592,9 @@ def test_load_rosinality_from_torch_save(tmp_path):
     with pytest.raises(EraseError, match="does not exist"):
         load_rosinality(tmp_path / "none.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(EraseError, match="cannot read .* as a torch checkpoint|is corrupt or not a plain tensor checkpoint") as e:
+    with pytest.raises(
+        EraseError, match="cannot read .* as a torch checkpoint|is corrupt or not a plain tensor checkpoint"
+    ) as e:
         load_rosinality(tmp_path / "garbage.pt")
     one_line(e)
     torch.save({"model": {"a": 1}}, tmp_path / "odd.pt")
@@ -573,7 +626,9 @@ def test_train_py_checkpoint_is_refused_with_the_extraction_hint(tmp_path):
     msg = one_line(e)
     assert "argparse.Namespace" in msg and "weights_only" in msg and 'torch.save(ckpt["g_ema"], "g_ema.pt")' in msg
     marker = tmp_path / "ran"
-    torch.save({"args": argparse.Namespace(hook=Payload(marker)), "evil": Payload(marker), "g_ema": sd}, tmp_path / "evil.pt")
+    torch.save(
+        {"args": argparse.Namespace(hook=Payload(marker)), "evil": Payload(marker), "g_ema": sd}, tmp_path / "evil.pt"
+    )
     with pytest.raises(EraseError, match="g_ema.pt") as e:
         load_rosinality(tmp_path / "evil.pt")
     one_line(e)
@@ -614,8 +669,9 @@ def test_patch_apply_and_remove_bit_exact(pipe):
     base = {n: params[n].detach().clone() for n in params}
     g = torch.Generator().manual_seed(0)
     tuned = {n: base[n] + 0.3 * torch.randn(base[n].shape, generator=g) for n in names}
-    patch = ErasurePatch.from_diff(base, tuned, {n: None for n in names}, {"method": "test"},
-                                   fingerprint=erase.patch.fingerprint(pipe, names))
+    patch = ErasurePatch.from_diff(
+        base, tuned, {n: None for n in names}, {"method": "test"}, fingerprint=erase.patch.fingerprint(pipe, names)
+    )
     before = pipe(seeds=[0, 1], output_type="pt")
     apply_patch(pipe, patch)
     assert all(torch.allclose(params[n], tuned[n], atol=1e-6) for n in names)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from erase.surgery import dot, doco_official, grads_of, norm, project_conflicting, weighted_sum
+from erase.surgery import doco_official, dot, grads_of, norm, project_conflicting, weighted_sum
 
 
 def t(*v):
@@ -66,7 +66,9 @@ def test_clip_global_norm():
 
     g = {"a": t(3.0, 0.0), "b": t(4.0)}  # norm 5
     out = clip_global_norm(g, 1.0)
-    assert norm(out).item() == pytest.approx(1.0, abs=1e-5) and out["a"].tolist() == pytest.approx([0.6, 0.0], abs=1e-6)
+    assert norm(out).item() == pytest.approx(1.0, abs=1e-5) and out["a"].tolist() == pytest.approx(
+        [0.6, 0.0], abs=1e-6
+    )
     assert clip_global_norm(g, 10.0)["a"].tolist() == [3.0, 0.0]
 
 
@@ -78,8 +80,10 @@ def test_combiners_on_hand_made_pairs(case):
     u = {"conflicting": {"w": t(-1.0, 1.0)}, "aligned": {"w": t(2.0, 1.0)}, "orthogonal": {"w": t(0.0, 3.0)}}[case]
     from erase.surgery import UPSTREAM_RETAIN_WEIGHT as W
 
-    official, pcgrad, none = (COMBINERS[k](u, r, {"lam": 1.0, "scope": "global", "retain_weight": W[k]})["w"].tolist()
-                              for k in ("official", "pcgrad", "none"))
+    official, pcgrad, none = (
+        COMBINERS[k](u, r, {"lam": 1.0, "scope": "global", "retain_weight": W[k]})["w"].tolist()
+        for k in ("official", "pcgrad", "none")
+    )
     assert none == pytest.approx([u["w"][0].item() + 0.1, u["w"][1].item()])
     if case == "conflicting":
         # official: c = -1/sqrt(2); g_u - lam * c * r/|r| = (-1 + 0.7071, 1)

@@ -13,8 +13,19 @@ from pipelines.stylegan import Generator, StyleGANConfig, StyleGANPipeline
 TINY = StyleGANConfig(resolution=16, style_dim=32, n_mlp=2, channels={4: 32, 8: 16, 16: 16})
 # a few steps of everything; the views, colour maps, keep-plain term and mapper views the defaults add are switched
 # off here (each has its own parameter set below), so the calls of every guide can be counted
-QUICK = {"steps": 2, "batch_size": 2, "mapper_steps": 10, "mapper_batch": 4, "direction_samples": 8, "gate_samples": 32, "gate_points": 0.0,
-         "views": 0, "colour_augment": False, "preserve_unedited": 0.0, "mapper_views": 0}
+QUICK = {
+    "steps": 2,
+    "batch_size": 2,
+    "mapper_steps": 10,
+    "mapper_batch": 4,
+    "direction_samples": 8,
+    "gate_samples": 32,
+    "gate_points": 0.0,
+    "views": 0,
+    "colour_augment": False,
+    "preserve_unedited": 0.0,
+    "mapper_views": 0,
+}
 
 
 def tiny_pipe(seed: int = 0) -> StyleGANPipeline:
@@ -23,17 +34,22 @@ def tiny_pipe(seed: int = 0) -> StyleGANPipeline:
 
 
 def toy_guides() -> Guides:
-    """A random 'CLIP' whose text embedding of the concept is a fixed direction, and a judge that agrees with it
-    (P(concept) rises with the image's CLIP similarity to the concept), so a mapper trained through the CLIP moves the judge."""
+    """A random 'CLIP' whose text embedding of the concept is a fixed direction, and a judge that agrees
+    with it (P(concept) rises with the image's CLIP similarity to the concept), so a mapper trained
+    through the CLIP moves the judge."""
     torch.manual_seed(123)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 16)).requires_grad_(False)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 16)
+    ).requires_grad_(False)
     texts: dict[str, torch.Tensor] = {}
 
     def clip_image(x):
         return unit(net(x))
 
     def clip_text(ts):
-        return torch.stack([texts.setdefault(t, unit(torch.randn(16, generator=torch.Generator().manual_seed(len(t))))) for t in ts])
+        return torch.stack(
+            [texts.setdefault(t, unit(torch.randn(16, generator=torch.Generator().manual_seed(len(t))))) for t in ts]
+        )
 
     def perceptual(a, b):
         return (net[0](a) - net[0](b)).pow(2).mean(dim=(1, 2, 3))
@@ -43,17 +59,35 @@ def toy_guides() -> Guides:
 
     base = [0.0]
     with torch.no_grad():  # centre the judge on the untouched generator: about half the samples "have" the concept
-        x = (tiny_pipe().generator(torch.randn(64, TINY.z_dim, generator=torch.Generator().manual_seed(0))).clamp(-1, 1) + 1) / 2
+        x = (
+            tiny_pipe().generator(torch.randn(64, TINY.z_dim, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+            + 1
+        ) / 2
         base[0] = float((clip_image(x) * clip_text(["a face with eyeglasses"])).sum(-1).median())
+
     def other_attributes(x, concept):
         return net(x)[:, :4].log_softmax(1)
 
-    return Guides(clip_image=clip_image, clip_text=clip_text, perceptual=perceptual, identity=clip_image, concept_probability=concept_probability,
-                  other_attributes=other_attributes, names={"clip": "toy", "perceptual": "toy", "identity": "toy", "gate_judge": "toy"})
+    return Guides(
+        clip_image=clip_image,
+        clip_text=clip_text,
+        perceptual=perceptual,
+        identity=clip_image,
+        concept_probability=concept_probability,
+        other_attributes=other_attributes,
+        names={"clip": "toy", "perceptual": "toy", "identity": "toy", "gate_judge": "toy"},
+    )
 
 
 def request(kind="attribute", concept="eyeglasses"):
-    return EraseRequest(concept=concept, kind=kind, anchor="a face", forget_prompts=["a face with eyeglasses"], anchor_prompts=["a face"], protocol="faces-mini")
+    return EraseRequest(
+        concept=concept,
+        kind=kind,
+        anchor="a face",
+        forget_prompts=["a face with eyeglasses"],
+        anchor_prompts=["a face"],
+        protocol="faces-mini",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -61,12 +95,25 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("over", [{}, {"direction_loss": "self_pair", "preserve_unedited": 1.0}, {"mode": "clip_distance"},
-                                  {"layers": "adaptive", "top_k": 2}, {"layers": "mapping"}, {"mapper_views": 2, "views": 2},
-                                  {"direction_loss": "self_pair", "views": 2}, {"mode": "clip_distance", "views": 2},
-                                  {"views": 2, "colour_augment": True, "preserve_unedited": 1.0}, {"anchor": "edited", "lambda_pixels": 1.0},
-                                  {"preserve_unedited": 1.0, "preserve_where": "without_concept"}, {"mapper_attributes": 1.0, "lambda_attributes": 1.0},
-                                  {"layers": "adaptive", "top_k": 2, "adaptive_every": 1, "steps": 3}, {"plain_direction": 1.0, "views": 1}])
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},
+        {"direction_loss": "self_pair", "preserve_unedited": 1.0},
+        {"mode": "clip_distance"},
+        {"layers": "adaptive", "top_k": 2},
+        {"layers": "mapping"},
+        {"mapper_views": 2, "views": 2},
+        {"direction_loss": "self_pair", "views": 2},
+        {"mode": "clip_distance", "views": 2},
+        {"views": 2, "colour_augment": True, "preserve_unedited": 1.0},
+        {"anchor": "edited", "lambda_pixels": 1.0},
+        {"preserve_unedited": 1.0, "preserve_where": "without_concept"},
+        {"mapper_attributes": 1.0, "lambda_attributes": 1.0},
+        {"layers": "adaptive", "top_k": 2, "adaptive_every": 1, "steps": 3},
+        {"plain_direction": 1.0, "views": 1},
+    ],
+)
 def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
     from erase.api import erase_concept
     from erase.patch import apply_patch, remove_patch
@@ -74,8 +121,16 @@ def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path,
     pipe = tiny_pipe()
     before = pipe(seeds=[0, 1, 2], output_type="pt")
     params_before = {n: p.detach().clone() for n, p in pipe.generator.named_parameters()}
-    patch = erase_concept(pipe, "text_to_unlearn", request(), tmp_path / "out", overrides={**QUICK, **over}, progress=False,
-                          model_id="tiny", guides=toy_guides())
+    patch = erase_concept(
+        pipe,
+        "text_to_unlearn",
+        request(),
+        tmp_path / "out",
+        overrides={**QUICK, **over},
+        progress=False,
+        model_id="tiny",
+        guides=toy_guides(),
+    )
     assert patch.names() and all(n.startswith("generator.") for n in patch.names())
     if over.get("layers") == "mapping":
         assert all(n.startswith("generator.mapping.") for n in patch.names())
@@ -93,8 +148,16 @@ def test_the_gate_stops_a_mapper_that_does_not_add_the_concept(tmp_path):
     from erase.api import erase_concept
 
     with pytest.raises(EraseError, match=r"raised the judged rate of 'eyeglasses' only from .*the gate needs \+101"):
-        erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "out", overrides={**QUICK, "gate_points": 101.0}, progress=False,
-                      model_id="tiny", guides=toy_guides())
+        erase_concept(
+            tiny_pipe(),
+            "text_to_unlearn",
+            request(),
+            tmp_path / "out",
+            overrides={**QUICK, "gate_points": 101.0},
+            progress=False,
+            model_id="tiny",
+            guides=toy_guides(),
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -107,7 +170,9 @@ def test_the_mapper_adds_what_the_guide_clip_reads_as_the_prompt_and_is_cached(t
     mapper = train_mapper(pipe.generator, "a face with eyeglasses", guides, settings)
     plain, edited = concept_rates(pipe.generator, mapper, guides, "eyeglasses", 64, seed=5, scale=0.5)
     assert edited > plain + 0.2
-    again = train_mapper(pipe.generator, "a face with eyeglasses", guides, settings)  # read from the cache: same weights, no training
+    again = train_mapper(
+        pipe.generator, "a face with eyeglasses", guides, settings
+    )  # read from the cache: same weights, no training
     assert all(torch.equal(a, b) for a, b in zip(mapper.state_dict().values(), again.state_dict().values()))
 
 
@@ -115,11 +180,30 @@ def test_guides_are_part_of_the_run_identity(tmp_path):
     from erase.api import erase_concept
 
     out = tmp_path / "out"
-    erase_concept(tiny_pipe(), "text_to_unlearn", request(), out, overrides=QUICK, progress=False, model_id="tiny", guides=toy_guides())
+    erase_concept(
+        tiny_pipe(),
+        "text_to_unlearn",
+        request(),
+        out,
+        overrides=QUICK,
+        progress=False,
+        model_id="tiny",
+        guides=toy_guides(),
+    )
     other = toy_guides()
     other.names["clip"] = "another clip"
     with pytest.raises(EraseError, match="differs in guides.clip"):
-        erase_concept(tiny_pipe(), "text_to_unlearn", request(), out, overrides=QUICK, progress=False, model_id="tiny", guides=other, resume=True)
+        erase_concept(
+            tiny_pipe(),
+            "text_to_unlearn",
+            request(),
+            out,
+            overrides=QUICK,
+            progress=False,
+            model_id="tiny",
+            guides=other,
+            resume=True,
+        )
 
 
 def test_perceptual_net_picks_the_named_distance_and_refuses_an_unknown_one(tmp_path):
@@ -133,32 +217,90 @@ def test_perceptual_net_picks_the_named_distance_and_refuses_an_unknown_one(tmp_
         def distance(a, b):
             calls[name] += 1
             return fn(a, b)
+
         return distance
 
     guides.perceptual = counted("default", default)
     guides.perceptual_choices = {"other": counted("other", lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)))}
-    erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "a", overrides={**QUICK, "perceptual_net": "other"}, progress=False,
-                  model_id="tiny", guides=guides)
+    erase_concept(
+        tiny_pipe(),
+        "text_to_unlearn",
+        request(),
+        tmp_path / "a",
+        overrides={**QUICK, "perceptual_net": "other"},
+        progress=False,
+        model_id="tiny",
+        guides=guides,
+    )
     assert calls == {"default": 0, "other": QUICK["steps"]}
-    erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "b", overrides=QUICK, progress=False, model_id="tiny", guides=guides)
+    erase_concept(
+        tiny_pipe(),
+        "text_to_unlearn",
+        request(),
+        tmp_path / "b",
+        overrides=QUICK,
+        progress=False,
+        model_id="tiny",
+        guides=guides,
+    )
     assert calls == {"default": QUICK["steps"], "other": QUICK["steps"]}
     guides.perceptual = None
     with pytest.raises(EraseError, match=r"needs a perceptual guide \(lambda_perceptual / preserve_unedited > 0\)"):
-        erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "d", overrides=QUICK, progress=False, model_id="tiny", guides=guides)
-    erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "e", overrides={**QUICK, "lambda_perceptual": 0.0}, progress=False,
-                  model_id="tiny", guides=guides)  # no weight, no guide needed
+        erase_concept(
+            tiny_pipe(),
+            "text_to_unlearn",
+            request(),
+            tmp_path / "d",
+            overrides=QUICK,
+            progress=False,
+            model_id="tiny",
+            guides=guides,
+        )
+    erase_concept(
+        tiny_pipe(),
+        "text_to_unlearn",
+        request(),
+        tmp_path / "e",
+        overrides={**QUICK, "lambda_perceptual": 0.0},
+        progress=False,
+        model_id="tiny",
+        guides=guides,
+    )  # no weight, no guide needed
     with pytest.raises(EraseError, match="no perceptual network 'lpips'.*these have: other"):
-        erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "c", overrides={**QUICK, "perceptual_net": "lpips"}, progress=False,
-                      model_id="tiny", guides=guides)
+        erase_concept(
+            tiny_pipe(),
+            "text_to_unlearn",
+            request(),
+            tmp_path / "c",
+            overrides={**QUICK, "perceptual_net": "lpips"},
+            progress=False,
+            model_id="tiny",
+            guides=guides,
+        )
 
 
 def test_without_guides_or_on_a_diffusion_model_it_says_what_is_missing(tmp_path, tiny_pipe):
     from erase.api import erase_concept
 
     with pytest.raises(EraseError, match="needs guides"):
-        erase_concept(StyleGANPipeline(Generator(TINY)), "text_to_unlearn", request(), tmp_path / "a", overrides=QUICK, progress=False)
+        erase_concept(
+            StyleGANPipeline(Generator(TINY)),
+            "text_to_unlearn",
+            request(),
+            tmp_path / "a",
+            overrides=QUICK,
+            progress=False,
+        )
     with pytest.raises(EraseError, match="StyleGAN pipeline"):
-        erase_concept(tiny_pipe, "text_to_unlearn", request(), tmp_path / "b", overrides=QUICK, progress=False, guides=toy_guides())
+        erase_concept(
+            tiny_pipe,
+            "text_to_unlearn",
+            request(),
+            tmp_path / "b",
+            overrides=QUICK,
+            progress=False,
+            guides=toy_guides(),
+        )
 
 
 def test_clip_views_are_small_shifts_and_flips_of_each_image():
@@ -168,7 +310,9 @@ def test_clip_views_are_small_shifts_and_flips_of_each_image():
     assert clip_views(x, 0, torch.Generator()) is x
     views = clip_views(x, 6, torch.Generator().manual_seed(0), shift=2).view(6, 3, 3, 16, 16)
     assert not all(torch.equal(v, x) for v in views)  # not the image itself
-    for v in views:  # each view is the batch shifted by at most 2 pixels (and maybe mirrored): its centre is in the original
+    for v in (
+        views
+    ):  # each view is the batch shifted by at most 2 pixels (and maybe mirrored): its centre is in the original
         found = False
         for flip in (False, True):
             u = v.flip(-1) if flip else v
@@ -206,11 +350,17 @@ def test_with_the_mapping_trained_the_frozen_half_of_each_pair_comes_from_the_fr
 
     from erase.api import erase_concept
 
-    erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "out", overrides={**QUICK, "steps": 3, "layers": "mapping", "lr": 0.05},
-                  progress=False, model_id="tiny", guides=toy_guides())
+    erase_concept(
+        tiny_pipe(),
+        "text_to_unlearn",
+        request(),
+        tmp_path / "out",
+        overrides={**QUICK, "steps": 3, "layers": "mapping", "lr": 0.05},
+        progress=False,
+        model_id="tiny",
+        guides=toy_guides(),
+    )
     rows = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     direction = [r["direction"] for r in rows if "direction" in r]
     assert len(direction) >= 2 and direction[0] == 1.0  # G_t starts as G_f: no difference yet
     assert direction[-1] < 0.999  # once the mapping has moved, the pair differs
-
-

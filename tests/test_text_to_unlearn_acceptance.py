@@ -1,8 +1,8 @@
-"""Text-to-Unlearn acceptance on faces-mini (`-m slow`, the shipped generator): eyeglasses, smile and one identity, each
-erased separately with the `faces-mini` preset: the target's rate drops by >= 80% relative to the original's (60% for
-the identity) on G(w) and on latents a held-out-CLIP mapper edits to ask for it; every other attribute moves by <= 5
-points; FD against concept-free renders <= 1.2x the original's; identity similarity >= 0.95 where the original lacks the
-concept; palette drift <= 2x the original's; under 10 CPU minutes per concept. The directional method must beat the
+"""Text-to-Unlearn acceptance on faces-mini (`-m slow`, the shipped generator): eyeglasses, smile and one identity,
+each erased separately with the `faces-mini` preset: the target's rate drops by >= 80% relative to the original's (60%
+for the identity) on G(w) and on latents a held-out-CLIP mapper edits to ask for it; every other attribute moves by <=
+5 points; FD against concept-free renders <= 1.2x the original's; identity similarity >= 0.95 where the original lacks
+the concept; palette drift <= 2x the original's; under 10 CPU minutes per concept. The directional method must beat the
 CLIP-distance baseline on the trade-off."""
 
 import pytest
@@ -10,7 +10,10 @@ import pytest
 from bench.faces_mini import bars_met, run_one
 from worlds.faces_mini.assets import GENERATOR_DIR
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (GENERATOR_DIR / "config.json").exists(), reason="faces-mini generator not built")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (GENERATOR_DIR / "config.json").exists(), reason="faces-mini generator not built"),
+]
 
 TARGETS = [("attribute", "eyeglasses"), ("attribute", "smile"), ("identity", "Alice")]
 
@@ -22,7 +25,9 @@ def run(tmp_path_factory):
 
     def get(kind, target, mode):
         if (kind, target, mode) not in rows:
-            rows[kind, target, mode] = run_one(kind, target, mode, tmp_path_factory.mktemp(f"{target}-{mode}"), "faces-mini")
+            rows[kind, target, mode] = run_one(
+                kind, target, mode, tmp_path_factory.mktemp(f"{target}-{mode}"), "faces-mini"
+            )
         return rows[kind, target, mode]
 
     return get
@@ -35,7 +40,11 @@ def test_concept_is_gone_and_the_rest_is_kept(kind, target, run):
     met = bars_met(row)
     # every bar that can be measured is met (the drop on asked-for latents cannot be measured for an identity the
     # held-out CLIP's mapper cannot draw: None)
-    assert all(v is not False for v in met.values()), ({k: v for k, v in met.items() if v is False}, row["target_rate"], row["worst_other"])
+    assert all(v is not False for v in met.values()), (
+        {k: v for k, v in met.items() if v is False},
+        row["target_rate"],
+        row["worst_other"],
+    )
 
 
 @pytest.mark.parametrize("kind,target", TARGETS[:1])
@@ -44,4 +53,6 @@ def test_directional_beats_the_clip_distance_baseline(kind, target, run):
     assert "refused" not in ours and "refused" not in base, (ours.get("refused"), base.get("refused"))
     # the trade-off: at least as much erased, with less collateral damage (other attributes and FD)
     assert ours["relative_drop_plain"] >= base["relative_drop_plain"] - 0.05
-    assert ours["worst_other"]["points"] + 100 * ours["fd_ratio"] < base["worst_other"]["points"] + 100 * base["fd_ratio"]
+    assert (
+        ours["worst_other"]["points"] + 100 * ours["fd_ratio"] < base["worst_other"]["points"] + 100 * base["fd_ratio"]
+    )

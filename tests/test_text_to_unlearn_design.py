@@ -33,11 +33,15 @@ def test_both_images_of_a_pair_get_the_same_view_and_colour_map():
     from erase.image_views import clip_views, embed_pair
 
     a, b = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
-    both = clip_views(torch.cat([a, b]), 2, torch.Generator().manual_seed(5), colour=True, pairs=2).view(2, 2, 3, 3, 8, 8)
+    both = clip_views(torch.cat([a, b]), 2, torch.Generator().manual_seed(5), colour=True, pairs=2).view(
+        2, 2, 3, 3, 8, 8
+    )
     alone_a = clip_views(a, 2, torch.Generator().manual_seed(5), colour=True).view(2, 3, 3, 8, 8)
     alone_b = clip_views(b, 2, torch.Generator().manual_seed(5), colour=True).view(2, 3, 3, 8, 8)
     assert torch.equal(both[:, 0], alone_a) and torch.equal(both[:, 1], alone_b)
-    assert not torch.equal(alone_a, clip_views(a, 2, torch.Generator().manual_seed(5)).view(2, 3, 3, 8, 8))  # colour did something
+    assert not torch.equal(
+        alone_a, clip_views(a, 2, torch.Generator().manual_seed(5)).view(2, 3, 3, 8, 8)
+    )  # colour did something
     ea, eb = embed_pair(lambda im: im.flatten(1), a, a.clone(), 3, torch.Generator().manual_seed(1), colour=True)
     assert torch.equal(ea, eb)
 
@@ -64,8 +68,16 @@ def test_the_anchor_is_the_frozen_face_without_the_edit_under_unedited(tmp_path,
     mp = pytest.MonkeyPatch()
     mp.setattr(TextToUnlearn, "_codes", codes)
     try:
-        erase_concept(tiny_pipe(), "text_to_unlearn", request(), tmp_path / "o", overrides={**QUICK, "anchor": anchor, "steps": 1},
-                      progress=False, model_id="tiny", guides=guides)
+        erase_concept(
+            tiny_pipe(),
+            "text_to_unlearn",
+            request(),
+            tmp_path / "o",
+            overrides={**QUICK, "anchor": anchor, "steps": 1},
+            progress=False,
+            model_id="tiny",
+            guides=guides,
+        )
     finally:
         mp.undo()
     (_, frozen, w, w_hat), (_, got) = seen
@@ -80,9 +92,16 @@ def test_adaptive_layers_re_chosen_every_step_move_only_chosen_layers(tmp_path):
 
     pipe = tiny_pipe()
     before = {n: p.detach().clone() for n, p in pipe.generator.named_parameters()}
-    patch = erase_concept(pipe, "text_to_unlearn", request(), tmp_path / "o",
-                          overrides={**QUICK, "layers": "adaptive", "top_k": 1, "adaptive_every": 1, "steps": 3, "lr": 0.05},
-                          progress=False, model_id="tiny", guides=toy_guides())
+    patch = erase_concept(
+        pipe,
+        "text_to_unlearn",
+        request(),
+        tmp_path / "o",
+        overrides={**QUICK, "layers": "adaptive", "top_k": 1, "adaptive_every": 1, "steps": 3, "lr": 0.05},
+        progress=False,
+        model_id="tiny",
+        guides=toy_guides(),
+    )
     rows = patch.config["info"]["adaptive_rows"]
     assert len(rows) == 3 and all(len(r) == 1 for r in rows)  # chosen afresh at every step
     allowed = {layer for r in rows for layer in pipe.generator.layers_of_row(r[0])}
@@ -90,7 +109,9 @@ def test_adaptive_layers_re_chosen_every_step_move_only_chosen_layers(tmp_path):
 
     apply_patch(pipe, patch)
     moved = {n for n, p in pipe.generator.named_parameters() if not torch.equal(p, before[n])}
-    assert moved and all(any(n.startswith(f"synthesis.{layer}.") or n.startswith(f"{layer}.") for layer in allowed) for n in moved), (moved, allowed)
+    assert moved and all(
+        any(n.startswith(f"synthesis.{layer}.") or n.startswith(f"{layer}.") for layer in allowed) for n in moved
+    ), (moved, allowed)
 
 
 def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
@@ -105,8 +126,8 @@ def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
         pytest.skip("faces-mini guides not built")
     from erase.api import erase_concept
     from erase.data import model_identity
-    from worlds.faces_mini.assets import load_judge
     from pipelines.stylegan import StyleGANPipeline
+    from worlds.faces_mini.assets import load_judge
 
     assets = tmp_path / "assets"
     for name in (*GUIDE_ASSETS, "generator"):
@@ -122,9 +143,25 @@ def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
     from eval.protocols import load_protocol
 
     req = EraseRequest.from_protocol(load_protocol("faces-mini"), "eyeglasses", "attribute")
-    patch = erase_concept(pipe, "text_to_unlearn", req, tmp_path / "o", overrides={**QUICK, "batch_size": 2, "views": 1, "colour_augment": True,
-                          "preserve_unedited": 1.0, "preserve_where": "without_concept", "mapper_attributes": 1.0, "mapper_steps": 2},
-                          progress=False, model_id="faces-mini", guides=guides)
+    patch = erase_concept(
+        pipe,
+        "text_to_unlearn",
+        req,
+        tmp_path / "o",
+        overrides={
+            **QUICK,
+            "batch_size": 2,
+            "views": 1,
+            "colour_augment": True,
+            "preserve_unedited": 1.0,
+            "preserve_where": "without_concept",
+            "mapper_attributes": 1.0,
+            "mapper_steps": 2,
+        },
+        progress=False,
+        model_id="faces-mini",
+        guides=guides,
+    )
     assert patch.names()
     assert not any(p.name in JUDGE_ASSETS for p in assets.iterdir())
 
@@ -168,7 +205,9 @@ def test_the_other_attribute_kl_is_the_kl_of_the_kept_heads():
 
     torch.manual_seed(0)
     net = torch.nn.Linear(12, 5)
-    guides = Guides(clip_image=None, clip_text=None, other_attributes=lambda x, concept: net(x.flatten(1)).log_softmax(1))
+    guides = Guides(
+        clip_image=None, clip_text=None, other_attributes=lambda x, concept: net(x.flatten(1)).log_softmax(1)
+    )
     a, b = torch.rand(4, 3, 2, 2), torch.rand(4, 3, 2, 2)
     assert guides.other_attribute_kl(a, a, "eyeglasses").abs() < 1e-6
     p, q = net(a.flatten(1)).log_softmax(1), net(b.flatten(1)).log_softmax(1)

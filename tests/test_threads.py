@@ -9,14 +9,17 @@ import pytest
 from erase.threads import cgroup_cpus, default_threads, usable_cpus
 
 
-@pytest.mark.parametrize("files, cpus", [
-    ({"cpu.max": "max 100000\n"}, None),
-    ({"cpu.max": "150000 100000\n"}, 1.5),
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
-    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
-    ({"cpu.max": "garbage"}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    "files, cpus",
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),
+    ],
+)
 def test_cgroup_quota(tmp_path, files, cpus):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -41,12 +44,15 @@ def test_a_batchs_workers_share_the_cpus(monkeypatch):
 
 
 def test_openmp_sleeps_only_when_a_batchs_ranks_share_the_cpus():
-    """A lone process keeps OpenMP's default (2.3x faster alone); ranks sharing the machine sleep; a user's choice stays."""
+    """A lone process keeps OpenMP's default (2.3x faster alone); ranks sharing the machine
+    sleep; a user's choice stays."""
     code = "import os, erase.cli; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
 
     def policy(**extra):
-        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        ).stdout.strip()
 
     assert policy() == "unset"
     assert policy(WORLD_SIZE="2") == "PASSIVE" and policy(LOCAL_WORLD_SIZE="2", WORLD_SIZE="4") == "PASSIVE"

@@ -3,31 +3,41 @@ alignment by hand, the weights each variant may touch, ESD's target formula, and
 
 import pytest
 import torch
+from test_salun import request
 
 from erase.api import erase_concept, resolve_config
 from erase.errors import EraseError
 from erase.methods.uce import erase_pairs, uce_solve
 from pipelines.stable_diffusion import named_parameters
 
-from test_salun import request
-
 
 def _objective(w, w_old, ce, ct, ck, kw, lam, se):
-    return (se * ((ce @ w.T - ct @ w_old.T) ** 2).sum() + (kw[:, None] * (ck @ w.T - ck @ w_old.T) ** 2).sum()
-            + lam * ((w - w_old) ** 2).sum())
+    return (
+        se * ((ce @ w.T - ct @ w_old.T) ** 2).sum()
+        + (kw[:, None] * (ck @ w.T - ck @ w_old.T) ** 2).sum()
+        + lam * ((w - w_old) ** 2).sum()
+    )
 
 
 def test_uce_solution_minimises_its_objective():
     torch.manual_seed(0)
     w_old = torch.randn(5, 4, dtype=torch.float64)
-    ce, ct, ck = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    ce, ct, ck = (
+        torch.randn(3, 4, dtype=torch.float64),
+        torch.randn(3, 4, dtype=torch.float64),
+        torch.randn(6, 4, dtype=torch.float64),
+    )
     kw = torch.rand(6, dtype=torch.float64)
     w = uce_solve(w_old, ce, ct, ck, kw, lam=0.5, erase_scale=2.0).requires_grad_(True)
     (grad,) = torch.autograd.grad(_objective(w, w_old, ce, ct, ck, kw, 0.5, 2.0), w)
     assert grad.abs().max() < 1e-9  # stationary point of a strictly convex objective: the minimum
-    assert torch.allclose(uce_solve(w_old, ce, ct, ck, kw, lam=0.5, erase_scale=0.0), w_old)  # nothing to erase: nothing moves
+    assert torch.allclose(
+        uce_solve(w_old, ce, ct, ck, kw, lam=0.5, erase_scale=0.0), w_old
+    )  # nothing to erase: nothing moves
     mapped = uce_solve(w_old, ce, ct, ck, kw * 0, lam=1e-9, erase_scale=1.0)
-    assert torch.allclose(ce @ mapped.T, ct @ w_old.T, atol=1e-5)  # free to move: the concept's keys become the anchor's
+    assert torch.allclose(
+        ce @ mapped.T, ct @ w_old.T, atol=1e-5
+    )  # free to move: the concept's keys become the anchor's
 
 
 def test_erase_pairs_align_from_the_concepts_last_token():
@@ -55,11 +65,14 @@ def test_uce_edits_only_cross_attention_kv_without_steps(tiny_pipe, tmp_path):
         resolve_config("uce", None, {"steps": 5})
 
 
-@pytest.mark.parametrize("variant, touched", [
-    ("x", lambda n: ".attn2." in n),
-    ("x_strict", lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n),
-    ("u", lambda n: ".attn2." not in n and "norm" not in n),
-])
+@pytest.mark.parametrize(
+    "variant, touched",
+    [
+        ("x", lambda n: ".attn2." in n),
+        ("x_strict", lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n),
+        ("u", lambda n: ".attn2." not in n and "norm" not in n),
+    ],
+)
 def test_esd_variants_touch_their_weights(tiny_pipe, tmp_path, variant, touched):
     over = {"variant": variant, "steps": 2, "sample_steps": 3, "lr": 1e-3, "batch_size": 2}
     patch = erase_concept(tiny_pipe, "esd", request(), tmp_path, overrides=over, progress=False)
@@ -68,8 +81,8 @@ def test_esd_variants_touch_their_weights(tiny_pipe, tmp_path, variant, touched)
 
 
 def test_esd_regresses_onto_the_negatively_guided_prediction(tiny_pipe, tmp_path, monkeypatch):
-    """The loss target is eps_frozen(x, t, empty) - eta (eps_frozen(x, t, c) - eps_frozen(x, t, empty)), rebuilt by hand
-    from the x, t and prompt the step used; x comes from the model's own sampler at one of its DDIM timesteps."""
+    """The loss target is eps_frozen(x, t, empty) - eta (eps_frozen(x, t, c) - eps_frozen(x, t, empty)), rebuilt by
+    hand from the x, t and prompt the step used; x comes from the model's own sampler at one of its DDIM timesteps."""
     from erase.methods import esd
 
     seen, real_mse, real_sample = {}, esd.F.mse_loss, esd.ESD._partial_sample
@@ -80,24 +93,38 @@ def test_esd_regresses_onto_the_negatively_guided_prediction(tiny_pipe, tmp_path
 
     def sample(self, cond, j):
         x, t = real_sample(self, cond, j)
-        seen.update(x=x.clone(), t=t.clone(), cond=cond.clone(), eraser=self, timesteps=self.sampler.timesteps.tolist())
+        seen.update(
+            x=x.clone(), t=t.clone(), cond=cond.clone(), eraser=self, timesteps=self.sampler.timesteps.tolist()
+        )
         return x, t
 
     monkeypatch.setattr(esd.F, "mse_loss", mse)
     monkeypatch.setattr(esd.ESD, "_partial_sample", sample)
-    erase_concept(tiny_pipe, "esd", request(), tmp_path, overrides={"steps": 1, "sample_steps": 3, "eta": 2.0, "lr": 1e-3}, progress=False)
+    erase_concept(
+        tiny_pipe,
+        "esd",
+        request(),
+        tmp_path,
+        overrides={"steps": 1, "sample_steps": 3, "eta": 2.0, "lr": 1e-3},
+        progress=False,
+    )
     frozen, x, t, c = seen["eraser"].frozen, seen["x"], seen["t"], seen["cond"]
     assert int(t[0]) in seen["timesteps"]
     with torch.no_grad():
         e_u = frozen(x, t, seen["eraser"].e_empty.expand(len(x), -1, -1)).sample
         e_c = frozen(x, t, c).sample
     assert torch.allclose(seen["target"], e_u - 2.0 * (e_c - e_u), atol=1e-5)  # batched vs separate forwards
-    assert not torch.allclose(seen["target"], e_c - 2.0 * (e_c - e_u), atol=1e-3)  # the paper form, not the newer script's at equal eta
+    assert not torch.allclose(
+        seen["target"], e_c - 2.0 * (e_c - e_u), atol=1e-3
+    )  # the paper form, not the newer script's at equal eta
 
 
 def test_esd_resume_is_bit_identical(tiny_pipe, tmp_path, monkeypatch):
     from conftest import assert_resume_is_bit_identical
+
     from erase.methods.esd import ESD
 
     over = {"steps": 5, "sample_steps": 3, "lr": 1e-3, "checkpoint_every": 2}
-    assert_resume_is_bit_identical(tiny_pipe, "esd", ESD, request(), over, tmp_path, monkeypatch, interrupt_at=3, resumed_from=2)
+    assert_resume_is_bit_identical(
+        tiny_pipe, "esd", ESD, request(), over, tmp_path, monkeypatch, interrupt_at=3, resumed_from=2
+    )

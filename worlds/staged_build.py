@@ -63,12 +63,16 @@ def save_open_clip(model, model_cfg: dict, final: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}, indent=2))
-    save_file({k: v.detach().half().contiguous() for k, v in model.eval().cpu().state_dict().items()}, str(tmp / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.detach().half().contiguous() for k, v in model.eval().cpu().state_dict().items()},
+        str(tmp / "open_clip_model.safetensors"),
+    )
     replace_dir(tmp, final)
 
 
 class StagedBuild:
-    """Stages ``stage_<name>`` run in order through ``timed``; their wall times go to the work folder and the recipe."""
+    """Stages ``stage_<name>`` run in order through ``timed``; their wall times go to the
+    work folder and the recipe."""
 
     command = "python -m ..."
 
@@ -105,9 +109,17 @@ class StagedBuild:
     def write_recipe(self) -> None:
         """``recipe.json``: the recipe, device, threads, stage times and the measured quality (``quality.json``)."""
         quality_path = self.out / "quality.json"
-        recipe = {"recipe": asdict(self.r), "device": str(self.device), "torch_threads": torch.get_num_threads(), "stage_seconds": self.times,
-                  "stage_cpu_seconds": self.cpu_times, "total_minutes": round(sum(self.times.values()) / 60, 1), **self.recipe_extra(),
-                  "quality": json.loads(quality_path.read_text()) if quality_path.exists() else None, "command": self.command}
+        recipe = {
+            "recipe": asdict(self.r),
+            "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+            "stage_seconds": self.times,
+            "stage_cpu_seconds": self.cpu_times,
+            "total_minutes": round(sum(self.times.values()) / 60, 1),
+            **self.recipe_extra(),
+            "quality": json.loads(quality_path.read_text()) if quality_path.exists() else None,
+            "command": self.command,
+        }
         write_json_atomic(self.out / "recipe.json", recipe)
 
 
@@ -118,10 +130,25 @@ def build_parser(description: str, out: Path, work: str, stages: list[str]) -> a
     p.add_argument("--work", default=work, help="cache + checkpoints; rerun with the same folder to resume")
     p.add_argument("--stages", default=",".join(stages), help=f"comma-separated subset of {stages}")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads (2 is fastest on a 2-core machine)")
-    p.add_argument("--smoke", action="store_true", help="a few steps per stage on a few renders: checks the plumbing, not the quality")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one recipe field (a JSON value; dotted keys reach inside, e.g. gan.n_mlp=8); repeatable")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="torch CPU threads (2 is fastest on a 2-core machine)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few steps per stage on a few renders: checks the plumbing, not the quality",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one recipe field (a JSON value; dotted keys reach inside, e.g. gan.n_mlp=8); repeatable",
+    )
     return p
 
 
@@ -151,7 +178,11 @@ def set_recipe_fields(recipe, overrides: list[str]) -> None:
             raise ValueError(f"--set {key}: unknown key {last!r}; choose one of: {', '.join(names)}")
         old = target[last] if isinstance(target, dict) else getattr(target, last)
         optional = last in fields and "None" in str(fields[last].type)
-        fits = isinstance(value, type(old)) or (isinstance(old, float) and type(value) is int) or (value is None and optional)
+        fits = (
+            isinstance(value, type(old))
+            or (isinstance(old, float) and type(value) is int)
+            or (value is None and optional)
+        )
         if old is not None and not fits:
             raise ValueError(f"--set {key}: expected a {type(old).__name__} like {json.dumps(old)}, got {raw!r}")
         if isinstance(target, dict):

@@ -49,7 +49,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv=None) -> int:
     parser, runners = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "model", None) is not None:  # a shipped model's name -> its folder; reports keep the name as given
+    if (
+        getattr(args, "model", None) is not None
+    ):  # a shipped model's name -> its folder; reports keep the name as given
         from ..locations import resolve_model
 
         args.model_id, args.model = args.model, str(resolve_model(args.model))
@@ -65,8 +67,11 @@ def main(argv=None) -> int:
         code = no_space_errno(e)
         if code is None:
             raise
-        print(f"erase {args.command}: error: no space left writing {getattr(e, 'filename', None) or 'the output'}: "
-              f"{os.strerror(code).lower()}; free some space or write elsewhere", file=sys.stderr)
+        print(
+            f"erase {args.command}: error: no space left writing {getattr(e, 'filename', None) or 'the output'}: "
+            f"{os.strerror(code).lower()}; free some space or write elsewhere",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"erase {args.command}: interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""``erase attack``: try to bring an erased concept back by searching the prompt (white-box, judged by the protocol)."""
+"""``erase attack``: try to bring an erased concept back by searching the prompt
+(white-box, judged by the protocol)."""
 
 from __future__ import annotations
 
@@ -18,28 +19,57 @@ def _attack_names() -> list[str]:
     import eval.attacks.registry as registry
 
     folder = [str(Path(registry.__file__).parent)]
-    return sorted(m.name for m in pkgutil.iter_modules(folder) if m.name not in registry.NOT_ATTACKS and not m.name.startswith("_"))
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(folder)
+        if m.name not in registry.NOT_ATTACKS and not m.name.startswith("_")
+    )
 
 
-@command("attack", "attack an erased model: search the prompt (UnlearnDiffAtk, soft prompt, textual inversion) until the judge "
-                   "sees the concept again; attack success rate beside the pre-attack rate")
+@command(
+    "attack",
+    "attack an erased model: search the prompt (UnlearnDiffAtk, soft prompt, textual inversion) until the judge "
+    "sees the concept again; attack success rate beside the pre-attack rate",
+)
 def _attack(p: argparse.ArgumentParser):
     _common_model_args(p)
-    p.add_argument("--protocol", default="canvas-mini", help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file")
+    p.add_argument(
+        "--protocol", default="canvas-mini", help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file"
+    )
     p.add_argument("--target", required=True, help="the erased concept to bring back")
     p.add_argument("--kind", required=True, help="its axis: style or object on canvas-mini and unlearncanvas")
     p.add_argument("--attack", default="unlearndiffatk", help="attack: " + ", ".join(_attack_names()))
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="change an attack option, e.g. --set blocks=10 (see the attack's docs)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change an attack option, e.g. --set blocks=10 (see the attack's docs)",
+    )
     p.add_argument("--out", required=True, help="output folder (attack.json, attack.md, grid.png, images/)")
-    p.add_argument("--prompts", type=int, default=None, help="attack only the first N of the target's prompts (seed-major; recorded as a deviation)")
-    p.add_argument("--without-concept", action="store_true", help="start from the prompts with the concept's word removed "
-                   "(on the original model: the sanity check that the attack can find the concept at all)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted attack in --out (same settings only)")
-    p.add_argument("--seeds", type=int, default=None, help="use only the first N protocol seeds (recorded as a deviation)")
+    p.add_argument(
+        "--prompts",
+        type=int,
+        default=None,
+        help="attack only the first N of the target's prompts (seed-major; recorded as a deviation)",
+    )
+    p.add_argument(
+        "--without-concept",
+        action="store_true",
+        help="start from the prompts with the concept's word removed "
+        "(on the original model: the sanity check that the attack can find the concept at all)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted attack in --out (same settings only)"
+    )
+    p.add_argument(
+        "--seeds", type=int, default=None, help="use only the first N protocol seeds (recorded as a deviation)"
+    )
     p.add_argument("--steps", type=int, default=None, help="sampler steps (recorded as a deviation)")
     p.add_argument("--batch-size", type=int, default=64, help="images per generation batch")
     p.add_argument("--style-classifier", default=None, help="unlearncanvas: local style50.pth (ViT-L/16, 51 classes)")
-    p.add_argument("--object-classifier", default=None, help="unlearncanvas: local style50_cls.pth (ViT-L/16, 20 classes)")
+    p.add_argument(
+        "--object-classifier", default=None, help="unlearncanvas: local style50_cls.pth (ViT-L/16, 20 classes)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args):
@@ -56,14 +86,23 @@ def _attack(p: argparse.ArgumentParser):
         if args.steps is not None:
             check_positive("--steps", args.steps)
         if is_stylegan(args.model) or Path(args.model).suffix.lower() in (".pkl", ".pt", ".pth"):
-            raise UsageError(f"--model {args.model_id} is a StyleGAN generator: it has no text encoder, and attacks search the text prompt; "
-                             "attack a Stable Diffusion pipeline")
+            raise UsageError(
+                f"--model {args.model_id} is a StyleGAN generator: it has no text encoder, and attacks search the "
+                "text prompt; attack a Stable Diffusion pipeline"
+            )
         attack = make_attack(args.attack, _parse_set(args.set))
         protocol = _protocol(args)
-        options = AttackOptions(prompts=args.prompts, without_concept=args.without_concept, batch_size=args.batch_size, progress=not args.quiet)
+        options = AttackOptions(
+            prompts=args.prompts,
+            without_concept=args.without_concept,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
         out = Path(args.out)
         check_writable("--out", out, folder=True)
-        identity = attack_identity(args.model_id, args.patch, protocol, args.target, args.kind, attack, options, args.scale)
+        identity = attack_identity(
+            args.model_id, args.patch, protocol, args.target, args.kind, attack, options, args.scale
+        )
         check_attack_folder(out, identity, args.resume)
         judges = load_judges(protocol, args.style_classifier, args.object_classifier, default_device(args))
         task = attack_task(protocol, args.target, args.kind, judges, options)
@@ -73,9 +112,12 @@ def _attack(p: argparse.ArgumentParser):
             raise UsageError(f"--model {args.model_id} has no text encoder; attacks search the text prompt")
         r = run_attack(pipe, task, attack, out, identity=identity, resume=args.resume, options=options)
         q = r["judge_queries"]["mean_per_attacked_prompt"]
-        print(f"{args.target} ({args.kind}), {r['attack']}: ASR {100 * r['asr']:.1f}% (pre-attack {100 * r['pre_attack_rate']:.1f}%, "
-              f"{r['new_successes']} of {r['attacked_prompts']} attacked prompts turned; judge queries per attacked prompt "
-              f"{'-' if q is None else f'{q:.1f}'} of at most {r['budget']['max_judge_queries']}); {r['seconds_per_prompt']:.1f} s per prompt")
+        print(
+            f"{args.target} ({args.kind}), {r['attack']}: ASR {100 * r['asr']:.1f}% (pre-attack "
+            f"{100 * r['pre_attack_rate']:.1f}%, {r['new_successes']} of {r['attacked_prompts']} attacked prompts "
+            f"turned; judge queries per attacked prompt {'-' if q is None else f'{q:.1f}'} of at most "
+            f"{r['budget']['max_judge_queries']}); {r['seconds_per_prompt']:.1f} s per prompt"
+        )
         print(f"report: {out / 'attack.md'}")
 
     return run

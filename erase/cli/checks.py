@@ -24,7 +24,10 @@ def validate_common_args(args) -> None:
     if getattr(args, "device", None) is not None:
         check_device(args.device)
     if getattr(args, "scale", None) is not None and not math.isfinite(args.scale):
-        raise UsageError(f"--scale must be a finite number, got {args.scale}; 1 applies the patch as trained, 0 leaves the model unchanged")
+        raise UsageError(
+            f"--scale must be a finite number, got {args.scale}; 1 applies the patch as trained, "
+            "0 leaves the model unchanged"
+        )
     if getattr(args, "patch", None):
         check_patch_folder(args.patch)
 
@@ -51,7 +54,9 @@ def check_device(spec: str) -> None:
         raise UsageError(f"--device {spec!r} is not supported; use cpu, cuda, cuda:N or mps")
     if device.type == "cpu":
         return
-    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}[device.type]
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}[
+        device.type
+    ]
     if backend is None or not backend.is_available():
         raise UsageError(f"--device {spec}: no {device.type} device is available on this machine; use --device cpu")
     count = backend.device_count() if hasattr(backend, "device_count") else 1
@@ -68,4 +73,6 @@ def check_patch_folder(patch: str) -> None:
         raise UsageError(f"--patch folder {path} does not exist; pass the folder `erase run` wrote the patch into")
     missing = [f for f in ("erasure_patch.safetensors", "erasure_config.json") if not (path / f).is_file()]
     if missing:
-        raise UsageError(f"--patch folder {path} has no {' or '.join(missing)}; pass the folder `erase run` wrote the patch into")
+        raise UsageError(
+            f"--patch folder {path} has no {' or '.join(missing)}; pass the folder `erase run` wrote the patch into"
+        )

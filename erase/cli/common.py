@@ -43,14 +43,39 @@ def _threads(args) -> None:
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="diffusers pipeline folder, shipped model name (canvas-mini, faces-mini), cached hub id (org/name) or single-file checkpoint")
-    p.add_argument("--patch", default=None, help="erasure patch folder to apply before generating (erasure_patch.safetensors + erasure_config.json)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help=(
+            "diffusers pipeline folder, shipped model name (canvas-mini, faces-mini), cached hub id "
+            "(org/name) or single-file checkpoint"
+        ),
+    )
+    p.add_argument(
+        "--patch",
+        default=None,
+        help="erasure patch folder to apply before generating (erasure_patch.safetensors + erasure_config.json)",
+    )
     p.add_argument("--scale", type=float, default=1.0, help="patch strength (0 = original model, 1 = as trained)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the CPUs this process may use, by affinity and cgroup quota, shared among a batch's processes)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model precision (fp16/bf16 on GPU; default fp32)")
-    p.add_argument("--xformers", action="store_true", help="use xformers attention (GPU, when installed); default PyTorch SDPA")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=(
+            "torch CPU threads (default: the CPUs this process may use, by affinity and cgroup quota, "
+            "shared among a batch's processes)"
+        ),
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "fp16", "bf16"],
+        help="model precision (fp16/bf16 on GPU; default fp32)",
+    )
+    p.add_argument(
+        "--xformers", action="store_true", help="use xformers attention (GPU, when installed); default PyTorch SDPA"
+    )
 
 
 def default_device(args) -> str:
@@ -80,11 +105,11 @@ def _protocol(args):
     if args.seeds is not None:
         if args.seeds < 1:
             raise UsageError("--seeds must be at least 1")
-        overrides["seeds"] = protocol.seeds[: args.seeds] if args.seeds <= len(protocol.seeds) else list(range(args.seeds))
+        overrides["seeds"] = (
+            protocol.seeds[: args.seeds] if args.seeds <= len(protocol.seeds) else list(range(args.seeds))
+        )
     if args.steps is not None:
         overrides["steps"] = args.steps
     if getattr(args, "guidance", None) is not None:
         overrides["guidance"] = args.guidance
     return protocol.with_overrides(**overrides)
-
-

@@ -5,7 +5,10 @@ from __future__ import annotations
 from .common import UsageError, command
 
 
-@command("demo", "erase a canvas-mini style with SalUn and write an original-vs-erased report and grid (what `make demo` runs)")
+@command(
+    "demo",
+    "erase a canvas-mini style with SalUn and write an original-vs-erased report and grid (what `make demo` runs)",
+)
 def _demo(p):
     from ..demo import add_arguments
 

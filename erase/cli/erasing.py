@@ -37,10 +37,16 @@ def build_request(args):
     if args.protocol != "none":
         protocol = load_protocol(args.protocol)
         if "," in args.concept:
-            return joint_protocol_request(protocol, args.concept, args.kind, anchor=args.anchor, seed=args.seed), protocol
-        return EraseRequest.from_protocol(protocol, args.concept, args.kind, anchor=args.anchor, seed=args.seed), protocol
+            return joint_protocol_request(
+                protocol, args.concept, args.kind, anchor=args.anchor, seed=args.seed
+            ), protocol
+        return EraseRequest.from_protocol(
+            protocol, args.concept, args.kind, anchor=args.anchor, seed=args.seed
+        ), protocol
     if "," in args.concept:
-        raise UsageError("erasing several concepts at once needs a protocol (--protocol canvas-mini or a protocol file)")
+        raise UsageError(
+            "erasing several concepts at once needs a protocol (--protocol canvas-mini or a protocol file)"
+        )
     retain = [r.strip() for r in (args.retain or "").split(",") if r.strip()]
     return EraseRequest.from_templates(args.concept, args.kind, args.anchor, retain=retain, seed=args.seed), None
 
@@ -77,8 +83,10 @@ def parse_concept_list(text: str, kind: str, protocol) -> list[tuple[str, str]]:
         axis = protocol.axis(k)
         left = [c for c in axis.targets if c not in names]
         if not left:
-            raise UsageError(f"the list erases every {k} of protocol {protocol.name!r} ({len(axis.targets)}); nothing of that axis "
-                             "would be left to retain: leave at least one out")
+            raise UsageError(
+                f"the list erases every {k} of protocol {protocol.name!r} ({len(axis.targets)}); nothing of that axis "
+                "would be left to retain: leave at least one out"
+            )
     return items
 
 
@@ -95,7 +103,12 @@ def joint_protocol_request(protocol, text: str, kind: str, *, anchor: str | None
 def check_model_path(model: str) -> None:
     """A local --model path must exist (hub ids like org/name are looked up in the cache later)."""
     path = Path(model)
-    looks_local = model.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".ckpt") or "/" not in model or path.exists()
+    looks_local = (
+        model.startswith((".", "/", "~"))
+        or path.suffix in (".safetensors", ".ckpt")
+        or "/" not in model
+        or path.exists()
+    )
     if path.suffix.lower() == ".pkl":  # refused before anything opens it: unpickling an NVIDIA generator runs its code
         from pipelines.stylegan import StyleGANLoadError, refuse_pickle
 
@@ -104,10 +117,15 @@ def check_model_path(model: str) -> None:
         except StyleGANLoadError as e:
             raise UsageError(str(e)) from None
     if looks_local and not path.exists():
-        raise UsageError(f"--model {model} does not exist; pass a diffusers pipeline folder, a cached hub id (org/name) or a checkpoint file")
+        raise UsageError(
+            f"--model {model} does not exist; pass a diffusers pipeline folder, a cached hub id "
+            "(org/name) or a checkpoint file"
+        )
     if path.is_dir() and (path / "generator.safetensors").exists() and not (path / "config.json").exists():
-        raise UsageError(f"--model {model} holds generator.safetensors but no config.json; a StyleGAN folder needs both "
-                         "(StyleGANPipeline.save_pretrained writes them)")
+        raise UsageError(
+            f"--model {model} holds generator.safetensors but no config.json; a StyleGAN folder needs both "
+            "(StyleGANPipeline.save_pretrained writes them)"
+        )
 
 
 def _default_protocol(model: str) -> str:
@@ -118,7 +136,8 @@ def _default_protocol(model: str) -> str:
 
 
 def guides_for(method: str, protocol):
-    """The guides a method consults (Text-to-Unlearn's CLIP, perceptual and identity networks), from the protocol's world."""
+    """The guides a method consults (Text-to-Unlearn's CLIP, perceptual and identity
+    networks), from the protocol's world."""
     from ..registry import get_method
 
     if not getattr(get_method(method).eraser_cls, "needs_guides", False):
@@ -127,8 +146,11 @@ def guides_for(method: str, protocol):
 
     world = world_of(protocol)
     if world is None or world.guides is None:
-        raise UsageError(f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for a world that ships "
-                         "them (--protocol faces-mini); for other models pass guides=erase.guides.Guides(...) to erase.api.erase_concept")
+        raise UsageError(
+            f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for a "
+            "world that ships them (--protocol faces-mini); for other models pass "
+            "guides=erase.guides.Guides(...) to erase.api.erase_concept"
+        )
     return world.guides()
 
 
@@ -136,30 +158,57 @@ def guides_for(method: str, protocol):
 def _run(p):
     p.add_argument("method", help="erasure method (see `erase methods`)")
     _common_model_args(p)
-    p.add_argument("--concept", default=None, help="concept to erase, e.g. Watercolor; several at once: Watercolor,Rust,Crayon "
-                                                   "(each of --kind, or kind:name for a mixed list)")
-    p.add_argument("--concepts", default=None, help="a text file of concepts to erase together, one per line (# comments)")
+    p.add_argument(
+        "--concept",
+        default=None,
+        help="concept to erase, e.g. Watercolor; several at once: Watercolor,Rust,Crayon "
+        "(each of --kind, or kind:name for a mixed list)",
+    )
+    p.add_argument(
+        "--concepts", default=None, help="a text file of concepts to erase together, one per line (# comments)"
+    )
     p.add_argument("--kind", required=True, choices=["style", "object", "identity", "attribute", "nsfw"])
-    p.add_argument("--anchor", default=None, help="what the concept should become (default from the protocol: Photo style / the next object)")
+    p.add_argument(
+        "--anchor",
+        default=None,
+        help="what the concept should become (default from the protocol: Photo style / the next object)",
+    )
     p.add_argument("--retain", default=None, help="comma-separated concepts to keep (models without a protocol)")
-    p.add_argument("--protocol", default=None, help="canvas-mini, unlearncanvas, a protocol file, or none (default: canvas-mini for the shipped model, else none)")
-    p.add_argument("--out", required=True, help="output folder for the patch, resolved_config.json and train_log.jsonl")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        help=(
+            "canvas-mini, unlearncanvas, a protocol file, or none (default: canvas-mini for "
+            "the shipped model, else none)"
+        ),
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder for the patch, resolved_config.json and train_log.jsonl"
+    )
     p.add_argument("--preset", default=None, help="method preset (assets/presets/<method>/NAME.json) or a JSON file")
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any method option, e.g. --set alpha=10")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override any method option, e.g. --set alpha=10"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same settings only); a finished one is kept")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (same settings only); a finished one is kept",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a patch or an interrupted run already in --out")
-    p.add_argument("--eval", action="store_true", help="evaluate the erased model on the protocol (report in OUT/eval)")
+    p.add_argument(
+        "--eval", action="store_true", help="evaluate the erased model on the protocol (report in OUT/eval)"
+    )
     p.add_argument("--eval-seeds", type=int, default=None, help="with --eval: use only the first N protocol seeds")
     p.add_argument("--quiet", action="store_true")
 
     def run(args):
         from ..api import check_out_dir, erase_concept, resolve_config, run_identity
-        from .checks import validate_common_args
 
         # validate everything before a model is loaded or a byte is written
         from ..registry import canonical_method
+        from .checks import validate_common_args
 
         args.method = canonical_method(args.method)
         if args.patch:
@@ -178,13 +227,32 @@ def _run(p):
         if args.eval and protocol is None:
             raise UsageError("--eval needs a protocol (--protocol canvas-mini|unlearncanvas|FILE)")
         guides = guides_for(args.method, protocol)
-        check_out_dir(out, run_identity(args.method, cfg, request, args.model_id, guides), resume=args.resume, overwrite=args.overwrite)
+        check_out_dir(
+            out,
+            run_identity(args.method, cfg, request, args.model_id, guides),
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
         _threads(args)
         pipe, device = _load(args)
-        patch = erase_concept(pipe, args.method, request, out, preset=args.preset, config=cfg, resume=args.resume,
-                              overwrite=args.overwrite, progress=not args.quiet, model_id=args.model_id, guides=guides)
+        patch = erase_concept(
+            pipe,
+            args.method,
+            request,
+            out,
+            preset=args.preset,
+            config=cfg,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            model_id=args.model_id,
+            guides=guides,
+        )
         eff = patch.config["efficiency"]
-        print(f"patch: {out} ({eff['patch_bytes'] / 1e6:.2f} MB, {eff['erase_seconds']:.0f} s, peak memory {eff['peak_memory_bytes'] / 2**30:.2f} GiB)")
+        print(
+            f"patch: {out} ({eff['patch_bytes'] / 1e6:.2f} MB, {eff['erase_seconds']:.0f} s, peak memory "
+            f"{eff['peak_memory_bytes'] / 2**30:.2f} GiB)"
+        )
         if args.eval:
             from erase.patch import apply_patch
             from eval.report import EvalOptions, evaluate
@@ -194,15 +262,34 @@ def _run(p):
                 protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
             world = own_report_world(protocol)
             if world is not None:
-                r = world.evaluate(pipe, protocol, args.concept, args.kind, out / "eval", model_id=args.model_id, patch=str(out), progress=not args.quiet)
+                r = world.evaluate(
+                    pipe,
+                    protocol,
+                    args.concept,
+                    args.kind,
+                    out / "eval",
+                    model_id=args.model_id,
+                    patch=str(out),
+                    progress=not args.quiet,
+                )
                 print(f"{world.summary(r)}  ({out / 'eval' / 'report.md'})")
                 return
             joint = "," in args.concept
             targets = parse_concept_list(args.concept, args.kind, protocol) if joint else [(args.concept, args.kind)]
-            report = evaluate(pipe, protocol, targets, out / "eval", model_id=args.model_id,
-                              patch=str(out), options=EvalOptions(device=device, progress=not args.quiet, joint=joint))
+            report = evaluate(
+                pipe,
+                protocol,
+                targets,
+                out / "eval",
+                model_id=args.model_id,
+                patch=str(out),
+                options=EvalOptions(device=device, progress=not args.quiet, joint=joint),
+            )
             h = f"  H {100 * report['h']:.1f}" if joint else ""
-            print(f"UA {100 * report['ua']:.1f}  IRA {100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}{h}  ({out / 'eval' / 'report.md'})")
+            print(
+                f"UA {100 * report['ua']:.1f}  IRA {100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}{h}  "
+                f"({out / 'eval' / 'report.md'})"
+            )
 
     return run
 

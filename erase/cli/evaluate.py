@@ -11,7 +11,16 @@ from pathlib import Path
 
 from ..files import check_writable
 from .checks import check_finite, check_positive, validate_common_args
-from .common import UsageError, _common_model_args, _load, _protocol, _threads, command, default_device, own_report_world
+from .common import (
+    UsageError,
+    _common_model_args,
+    _load,
+    _protocol,
+    _threads,
+    command,
+    default_device,
+    own_report_world,
+)
 
 SAMPLER_HELP = "sampler to use instead of the protocol's (recorded as a deviation): "
 
@@ -25,47 +34,112 @@ def _sampler_names() -> list[str]:
 @command("eval", "evaluate a model (optionally with a patch) on a protocol: UA / IRA / CRA, FID, CLIP, grid, report")
 def _eval(p: argparse.ArgumentParser):
     _common_model_args(p)
-    p.add_argument("--protocol", default="canvas-mini", help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file")
-    p.add_argument("--target", action="append", default=None, help="concept that was erased (repeat for several targets of one model)")
-    p.add_argument("--targets", default=None, help="concepts erased TOGETHER by one patch, A,B,C (each of --kind, or kind:name): "
-                   "report ua / ira / cra / h of the list (ira: the concepts left on those axes, cra: the other axes)")
-    p.add_argument("--kind", action="append", required=True,
-                   help="axis of each --target: style or object on canvas-mini and unlearncanvas (repeat, or give once for all)")
-    p.add_argument("--out", required=True, help="output folder (report.json, report.md, grid.png, images/); refused if it holds another run or other files")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out (same model, patch and protocol): "
-                   "the images already generated are kept")
-    p.add_argument("--seeds", type=int, default=None, help="use only the first N protocol seeds (recorded as a deviation)")
+    p.add_argument(
+        "--protocol", default="canvas-mini", help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file"
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        help="concept that was erased (repeat for several targets of one model)",
+    )
+    p.add_argument(
+        "--targets",
+        default=None,
+        help="concepts erased TOGETHER by one patch, A,B,C (each of --kind, or kind:name): "
+        "report ua / ira / cra / h of the list (ira: the concepts left on those axes, cra: the other axes)",
+    )
+    p.add_argument(
+        "--kind",
+        action="append",
+        required=True,
+        help="axis of each --target: style or object on canvas-mini and unlearncanvas (repeat, or give once for all)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help=(
+            "output folder (report.json, report.md, grid.png, images/); refused if it holds another run or other files"
+        ),
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted evaluation in --out (same model, patch and protocol): "
+        "the images already generated are kept",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=None, help="use only the first N protocol seeds (recorded as a deviation)"
+    )
     p.add_argument("--steps", type=int, default=None, help="sampler steps (recorded as a deviation)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (recorded as a deviation)")
-    p.add_argument("--sampler", default=None, choices=_sampler_names(), help=SAMPLER_HELP + ", ".join(_sampler_names()))
+    p.add_argument(
+        "--sampler", default=None, choices=_sampler_names(), help=SAMPLER_HELP + ", ".join(_sampler_names())
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per generation and scoring batch")
     p.add_argument("--no-fid", action="store_true", help="skip FID")
     p.add_argument("--fid-weights", default=None, help="FID Inception weights file (real models)")
-    p.add_argument("--fid-reference", default=None, help="folder of real reference images for FID (real models; folders named after the target are skipped)")
-    p.add_argument("--clip", default=None, help="open_clip model: a local-dir:FOLDER or an architecture name with --clip-weights")
-    p.add_argument("--clip-weights", default=None, help="local weights file for an open_clip architecture given with --clip")
+    p.add_argument(
+        "--fid-reference",
+        default=None,
+        help="folder of real reference images for FID (real models; folders named after the target are skipped)",
+    )
+    p.add_argument(
+        "--clip", default=None, help="open_clip model: a local-dir:FOLDER or an architecture name with --clip-weights"
+    )
+    p.add_argument(
+        "--clip-weights", default=None, help="local weights file for an open_clip architecture given with --clip"
+    )
     p.add_argument("--style-classifier", default=None, help="unlearncanvas: local style50.pth (ViT-L/16, 51 classes)")
-    p.add_argument("--object-classifier", default=None, help="unlearncanvas: local style50_cls.pth (ViT-L/16, 20 classes)")
-    p.add_argument("--templates", default=None, help="file of other prompt templates (one per line, {style} and {object}): "
-                   "out-of-distribution UA / IRA / CRA, reported under 'ood'")
-    p.add_argument("--no-fidelity", action="store_true", help="with --patch: skip same-seed retain fidelity against the original model "
-                   "(whose answer set is otherwise generated once per model and protocol, and cached)")
-    p.add_argument("--lpips-weights", default=None, help="real models: local torchvision AlexNet / VGG16 weights (or a saved lpips.LPIPS "
-                   "state dict) for the LPIPS distance of retain fidelity; canvas-mini uses its classifiers' feature maps")
+    p.add_argument(
+        "--object-classifier", default=None, help="unlearncanvas: local style50_cls.pth (ViT-L/16, 20 classes)"
+    )
+    p.add_argument(
+        "--templates",
+        default=None,
+        help="file of other prompt templates (one per line, {style} and {object}): "
+        "out-of-distribution UA / IRA / CRA, reported under 'ood'",
+    )
+    p.add_argument(
+        "--no-fidelity",
+        action="store_true",
+        help="with --patch: skip same-seed retain fidelity against the original model "
+        "(whose answer set is otherwise generated once per model and protocol, and cached)",
+    )
+    p.add_argument(
+        "--lpips-weights",
+        default=None,
+        help="real models: local torchvision AlexNet / VGG16 weights (or a saved lpips.LPIPS "
+        "state dict) for the LPIPS distance of retain fidelity; canvas-mini uses its classifiers' feature maps",
+    )
     p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg"], help="backbone of --lpips-weights")
-    p.add_argument("--attack", default=None, help="also attack every target (white-box prompt search) and report its success rate "
-                   "beside UA: unlearndiffatk, embedding or textual_inversion")
-    p.add_argument("--attack-prompts", type=int, default=None, help="with --attack: attack only the first N prompts of each target (recorded)")
-    p.add_argument("--attack-set", action="append", metavar="KEY=VALUE", help="with --attack: change an attack option, e.g. blocks=10")
+    p.add_argument(
+        "--attack",
+        default=None,
+        help="also attack every target (white-box prompt search) and report its success rate "
+        "beside UA: unlearndiffatk, embedding or textual_inversion",
+    )
+    p.add_argument(
+        "--attack-prompts",
+        type=int,
+        default=None,
+        help="with --attack: attack only the first N prompts of each target (recorded)",
+    )
+    p.add_argument(
+        "--attack-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --attack: change an attack option, e.g. blocks=10",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def run(args):
         from eval.attacks import make_attack
+        from eval.protocols import load_templates
         from eval.report import EvalOptions, check_output_folder, evaluate, run_identity
+        from eval.scoring import prepare_judging
 
         from .erasing import _parse_set
-        from eval.scoring import prepare_judging
-        from eval.protocols import load_templates
 
         validate_common_args(args)
         check_positive("--batch-size", args.batch_size)
@@ -80,7 +154,10 @@ def _eval(p: argparse.ArgumentParser):
         elif args.attack_prompts is not None or attack_options:
             raise UsageError("--attack-prompts and --attack-set need --attack NAME")
         if bool(args.target) == bool(args.targets):
-            raise UsageError("give --target NAME (repeatable; each target its own erasure) or --targets A,B,C (erased together), one of them")
+            raise UsageError(
+                "give --target NAME (repeatable; each target its own erasure) or --targets A,B,C "
+                "(erased together), one of them"
+            )
         protocol = _protocol(args).with_overrides(sampler=args.sampler)
         if args.targets:
             if len(args.kind) != 1:
@@ -100,57 +177,117 @@ def _eval(p: argparse.ArgumentParser):
         check_output_folder(out, run_identity(args.model_id, args.patch, protocol), resume=args.resume)
         _threads(args)
         if args.attack and protocol.template is None:
-            raise UsageError(f"--attack searches the text prompt; protocol {protocol.name!r} has none (its generator is latent-seeded)")
+            raise UsageError(
+                f"--attack searches the text prompt; protocol {protocol.name!r} has none "
+                "(its generator is latent-seeded)"
+            )
         if own_report_world(protocol) is not None:
             return _eval_own_report(args, protocol, targets, out)
-        opts = EvalOptions(templates=templates, batch_size=args.batch_size, fid=not args.no_fid, clip=args.clip, clip_weights=args.clip_weights,
-                           fid_weights=args.fid_weights, fid_reference=args.fid_reference, style_classifier=args.style_classifier,
-                           object_classifier=args.object_classifier, device=default_device(args), progress=not args.quiet,
-                           fidelity=not args.no_fidelity, lpips_weights=args.lpips_weights, lpips_net=args.lpips_net,
-                           attack=args.attack, attack_prompts=args.attack_prompts, attack_options=attack_options, joint=bool(args.targets))
-        judging = prepare_judging(protocol, targets, opts)  # judges, CLIP, FID set-up: all checked before the model loads
+        opts = EvalOptions(
+            templates=templates,
+            batch_size=args.batch_size,
+            fid=not args.no_fid,
+            clip=args.clip,
+            clip_weights=args.clip_weights,
+            fid_weights=args.fid_weights,
+            fid_reference=args.fid_reference,
+            style_classifier=args.style_classifier,
+            object_classifier=args.object_classifier,
+            device=default_device(args),
+            progress=not args.quiet,
+            fidelity=not args.no_fidelity,
+            lpips_weights=args.lpips_weights,
+            lpips_net=args.lpips_net,
+            attack=args.attack,
+            attack_prompts=args.attack_prompts,
+            attack_options=attack_options,
+            joint=bool(args.targets),
+        )
+        judging = prepare_judging(
+            protocol, targets, opts
+        )  # judges, CLIP, FID set-up: all checked before the model loads
         pipe, _ = _load(args)
-        report = evaluate(pipe, protocol, targets, out, model_id=args.model_id, patch=args.patch, options=opts, judging=judging)
+        report = evaluate(
+            pipe, protocol, targets, out, model_id=args.model_id, patch=args.patch, options=opts, judging=judging
+        )
         for t in report["targets"]:
             fidelity = t.get("retain_fidelity")
-            kept = f"  retained PSNR {fidelity['psnr']:.1f} dB" if fidelity and fidelity.get("psnr") is not None else ""
-            hit = next((a for a in (report.get("attack") or {}).get("targets", []) if (a["target"], a["kind"]) == (t["target"], t["kind"])), None)
+            kept = (
+                f"  retained PSNR {fidelity['psnr']:.1f} dB" if fidelity and fidelity.get("psnr") is not None else ""
+            )
+            hit = next(
+                (
+                    a
+                    for a in (report.get("attack") or {}).get("targets", [])
+                    if (a["target"], a["kind"]) == (t["target"], t["kind"])
+                ),
+                None,
+            )
             attacked = f"  ASR {100 * hit['asr']:.1f} ({hit['attack']})" if hit else ""
-            print(f"{t['target']:>16s} ({t['kind']}): UA {100 * t['ua']:5.1f}{attacked}  IRA {100 * t['ira']:5.1f}  CRA {100 * t['cra']:5.1f}{kept}")
+            print(
+                f"{t['target']:>16s} ({t['kind']}): UA {100 * t['ua']:5.1f}{attacked}  IRA {100 * t['ira']:5.1f}  CRA "
+                f"{100 * t['cra']:5.1f}{kept}"
+            )
         print(f"report: {out / 'report.md'}")
 
     return run
 
 
 def _eval_own_report(args, protocol, targets, out: Path) -> None:
-    """A world whose report is its own (faces-mini: attribute rates plain and asked for, identity similarity, FD, gamma)."""
+    """A world whose report is its own (faces-mini: attribute rates plain and asked for,
+    identity similarity, FD, gamma)."""
     from pipelines import is_stylegan
 
     world = own_report_world(protocol)
     if len(targets) != 1:
         raise UsageError(f"{world.name} evaluates one --target at a time")
     if not is_stylegan(args.model):
-        raise UsageError(f"--protocol {world.name} evaluates a StyleGAN folder (config.json + generator.safetensors); {args.model_id} is not one")
+        raise UsageError(
+            f"--protocol {world.name} evaluates a StyleGAN folder (config.json + "
+            f"generator.safetensors); {args.model_id} is not one"
+        )
     pipe, _ = _load(args)
-    (name, kind), = targets
-    r = world.evaluate(pipe, protocol, name, kind, out, model_id=args.model_id, patch=args.patch, progress=not args.quiet)
+    ((name, kind),) = targets
+    r = world.evaluate(
+        pipe, protocol, name, kind, out, model_id=args.model_id, patch=args.patch, progress=not args.quiet
+    )
     print(world.summary(r))
     print(f"report: {out / 'report.md'}")
 
 
-@command("grid", "draw a labelled grid of generations (rows = styles, columns = objects), optionally original vs erased")
+@command(
+    "grid", "draw a labelled grid of generations (rows = styles, columns = objects), optionally original vs erased"
+)
 def _grid(p: argparse.ArgumentParser):
     _common_model_args(p)
     p.add_argument("--out", required=True, help="PNG file to write (refused if it exists, unless --overwrite)")
-    p.add_argument("--protocol", default="canvas-mini", help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file (its sampler, guidance and size are used)")
+    p.add_argument(
+        "--protocol",
+        default="canvas-mini",
+        help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file (its sampler, guidance and size are used)",
+    )
     p.add_argument("--styles", default=None, help="comma-separated subset of styles (rows)")
     p.add_argument("--objects", default=None, help="comma-separated subset of objects (columns)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the protocol's)")
-    p.add_argument("--sampler", default=None, choices=_sampler_names(), help="sampler to use instead of the protocol's: " + ", ".join(_sampler_names()))
-    p.add_argument("--compare", action="store_true", help="with --patch: original and erased side by side, same seeds; each row is "
-                   "labelled with its same-seed PSNR")
-    p.add_argument("--max-rows", type=int, default=None, help="with --compare: keep only the N rows that changed most (lowest PSNR first)")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=_sampler_names(),
+        help="sampler to use instead of the protocol's: " + ", ".join(_sampler_names()),
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="with --patch: original and erased side by side, same seeds; each row is "
+        "labelled with its same-seed PSNR",
+    )
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="with --compare: keep only the N rows that changed most (lowest PSNR first)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     def run(args):
@@ -176,9 +313,13 @@ def _grid(p: argparse.ArgumentParser):
         rows_axis, cols_axis = _grid_axes(protocol)
         styles = args.styles.split(",") if args.styles else rows_axis.concepts
         objects = args.objects.split(",") if args.objects else cols_axis.concepts
-        unknown = [s for s in styles if s not in rows_axis.concepts] + [o for o in objects if o not in cols_axis.concepts]
+        unknown = [s for s in styles if s not in rows_axis.concepts] + [
+            o for o in objects if o not in cols_axis.concepts
+        ]
         if unknown:
-            raise UsageError(f"{unknown[0]!r} is not a {rows_axis.name} or {cols_axis.name} of protocol {protocol.name!r}")
+            raise UsageError(
+                f"{unknown[0]!r} is not a {rows_axis.name} or {cols_axis.name} of protocol {protocol.name!r}"
+            )
         _threads(args)
         if args.compare:
             patch_path, args.patch = args.patch, None
@@ -193,14 +334,21 @@ def _grid(p: argparse.ArgumentParser):
             img = compare_grid([original[i] for i in order], [erased[i] for i in order], labels, objects)
         else:
             pipe, _ = _load(args)
-            img = image_grid(_grid_rows(pipe, protocol, styles, objects, args.seed), styles, objects, title=f"{args.model_id} seed {args.seed}")
+            img = image_grid(
+                _grid_rows(pipe, protocol, styles, objects, args.seed),
+                styles,
+                objects,
+                title=f"{args.model_id} seed {args.seed}",
+            )
         save_png(img, out)
         print(f"wrote {out}")
 
     return run
 
 
-def _rank_rows(original: list[list], erased: list[list], names: list[str], max_rows: int | None) -> tuple[list[int], list[str]]:
+def _rank_rows(
+    original: list[list], erased: list[list], names: list[str], max_rows: int | None
+) -> tuple[list[int], list[str]]:
     """Row order and labels of a comparison grid: each row's mean same-seed PSNR in its label; with ``max_rows``,
     only the rows that changed most, lowest PSNR first."""
     import numpy as np
@@ -219,7 +367,10 @@ def _rank_rows(original: list[list], erased: list[list], names: list[str], max_r
 def _grid_axes(protocol):
     """Rows and columns of a grid: the protocol's two axes (styles x objects on canvas-mini and unlearncanvas)."""
     if len(protocol.axes) != 2 or protocol.template is None:
-        raise UsageError(f"erase grid draws two-axis text-prompt protocols; {protocol.name!r} has axes {', '.join(protocol.axis_names)}")
+        raise UsageError(
+            f"erase grid draws two-axis text-prompt protocols; {protocol.name!r} has axes "
+            f"{', '.join(protocol.axis_names)}"
+        )
     return protocol.axes
 
 

@@ -35,7 +35,15 @@ from torch import nn
 
 from ..components import model_device, model_root
 from ..data import GenerationSets
-from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, predicted_x0, prediction_type, retain_loss
+from ..diffusion import (
+    RETAIN_LOSSES,
+    alphas_cumprod,
+    encode_prompts,
+    noisy,
+    predicted_x0,
+    prediction_type,
+    retain_loss,
+)
 from ..errors import EraseError
 from ..loop import Eraser
 from ..registry import TrainedConfig, check_options, option, register_method
@@ -46,23 +54,49 @@ from ..surgery import COMBINERS, UPSTREAM_RETAIN_WEIGHT, clip_global_norm, dot, 
 @dataclass
 class DoCoConfig(TrainedConfig):
     lr: float = option(4.8e-5, "generator learning rate (AdamW, weight decay 1e-2; upstream 6e-6 x batch 8)")
-    d_lr: float = option(5e-4, "discriminator learning rate (Adam, betas 0.5 / 0.999; upstream 5e-4 styles, 1e-4 objects)")
+    d_lr: float = option(
+        5e-4, "discriminator learning rate (Adam, betas 0.5 / 0.999; upstream 5e-4 styles, 1e-4 objects)"
+    )
     steps: int = option(2000, "training steps, warm-up included")
     warmup: int = option(1000, "discriminator-only steps at the start")
     batch_size: int = option(8, "anchor samples per step (the adversarial batch)")
     retain_batch_size: int = option(8, "retain samples per step")
-    surgery: str = option("official", "how g_u meets g_r: 'official' (DoCo's per-tensor rule), 'pcgrad' (exact PCGrad) or 'none' (weighted sum)")
-    pcgrad_scope: str = option("global", "with surgery pcgrad: project over all weights ('global') or tensor by tensor ('per_tensor')")
+    surgery: str = option(
+        "official",
+        "how g_u meets g_r: 'official' (DoCo's per-tensor rule), 'pcgrad' (exact PCGrad) or 'none' (weighted sum)",
+    )
+    pcgrad_scope: str = option(
+        "global", "with surgery pcgrad: project over all weights ('global') or tensor by tensor ('per_tensor')"
+    )
     lam: float = option(1.0, "with surgery official: projection strength lambda")
-    retain_weight: float | None = option(None, "weight w of the retain gradient in the update: official proj(g_u) + w g_r, pcgrad g_u' + w g_r', "
-                                         "none g_u + w g_r; null = the mode's upstream value (official 0, pcgrad 1, none 0.1)")
+    retain_weight: float | None = option(
+        None,
+        "weight w of the retain gradient in the update: official proj(g_u) + w g_r, pcgrad g_u' + w g_r', "
+        "none g_u + w g_r; null = the mode's upstream value (official 0, pcgrad 1, none 0.1)",
+    )
     clip: float = option(1.0, "global-norm clip of each gradient before surgery")
-    retain_loss: str = option("diffusion", "'diffusion' (upstream: denoising loss) or 'distill' (the original model's prediction)")
-    retain_data: str = option("anchor", "retain batch: 'anchor' images with anchor prompts (upstream) or the request's 'retain' prompts")
-    retain_uncond: bool = option(False, "also keep the empty prompt's prediction (classifier-free guidance's unconditional branch) in the retain batch")
-    parameter_group: str = option("cross_attention_kv", "trainable weights: 'cross_attention_kv' (upstream), 'cross_attention' or 'unet'")
-    trainable: str = option("", "a regex over the UNet's parameter names that replaces parameter_group (e.g. 'attn2\\.to_[kv]|^mid_block\\.')")
-    teacher: str = option("base_weights", "the original model: 'base_weights' (trained tensors swapped back, saves memory) or a 'frozen' copy")
+    retain_loss: str = option(
+        "diffusion", "'diffusion' (upstream: denoising loss) or 'distill' (the original model's prediction)"
+    )
+    retain_data: str = option(
+        "anchor", "retain batch: 'anchor' images with anchor prompts (upstream) or the request's 'retain' prompts"
+    )
+    retain_uncond: bool = option(
+        False,
+        "also keep the empty prompt's prediction (classifier-free guidance's "
+        "unconditional branch) in the retain batch",
+    )
+    parameter_group: str = option(
+        "cross_attention_kv", "trainable weights: 'cross_attention_kv' (upstream), 'cross_attention' or 'unet'"
+    )
+    trainable: str = option(
+        "",
+        "a regex over the UNet's parameter names that replaces parameter_group (e.g. 'attn2\\.to_[kv]|^mid_block\\.')",
+    )
+    teacher: str = option(
+        "base_weights",
+        "the original model: 'base_weights' (trained tensors swapped back, saves memory) or a 'frozen' copy",
+    )
     t_min: int = option(0, "smallest timestep of the adversarial batch")
     t_max: int = option(999, "largest timestep of the adversarial batch (x0-hat near T is mostly noise)")
     disc_layers: int = option(4, "stride-2 convolutions of the PatchGAN discriminator (upstream 4 for 64x64 latents)")
@@ -76,17 +110,35 @@ class DoCoConfig(TrainedConfig):
     method: ClassVar[str] = "doco"
 
     def check(self) -> None:
-        check_options(self, "doco",
-                      choices={"surgery": tuple(COMBINERS), "pcgrad_scope": ("global", "per_tensor"), "retain_loss": RETAIN_LOSSES,
-                               "retain_data": ("anchor", "retain"), "parameter_group": tuple(UNET_GROUPS),
-                               "teacher": ("base_weights", "frozen")},
-                      at_least_one=("batch_size", "retain_batch_size", "anchor_seeds", "data_steps",
-                                    "disc_layers", "disc_width"),
-                      non_negative=("retain_seeds", "t_min"), positive=("d_lr", "clip"))
+        check_options(
+            self,
+            "doco",
+            choices={
+                "surgery": tuple(COMBINERS),
+                "pcgrad_scope": ("global", "per_tensor"),
+                "retain_loss": RETAIN_LOSSES,
+                "retain_data": ("anchor", "retain"),
+                "parameter_group": tuple(UNET_GROUPS),
+                "teacher": ("base_weights", "frozen"),
+            },
+            at_least_one=(
+                "batch_size",
+                "retain_batch_size",
+                "anchor_seeds",
+                "data_steps",
+                "disc_layers",
+                "disc_width",
+            ),
+            non_negative=("retain_seeds", "t_min"),
+            positive=("d_lr", "clip"),
+        )
         if self.retain_weight is not None and self.retain_weight < 0:
             raise EraseError(f"doco option retain_weight must be >= 0, got {self.retain_weight}")
         if self.warmup < 0 or self.warmup >= self.steps:
-            raise EraseError(f"warmup ({self.warmup}) must be smaller than steps ({self.steps}), or the generator never trains; lower --set warmup=...")
+            raise EraseError(
+                f"warmup ({self.warmup}) must be smaller than steps ({self.steps}), or the generator never "
+                "trains; lower --set warmup=..."
+            )
         unet_weights(self.parameter_group, self.trainable)
         if self.t_min > self.t_max:
             raise EraseError(f"need 0 <= t_min <= t_max, got {self.t_min} and {self.t_max}")
@@ -101,7 +153,11 @@ class PatchDiscriminator(nn.Module):
         mods, c = [], channels
         for k in range(layers):
             out = width * 2**k
-            mods += [nn.Conv2d(c, out, 4, stride=2, padding=1)] + ([nn.BatchNorm2d(out)] if k else []) + [nn.LeakyReLU(0.2)]
+            mods += (
+                [nn.Conv2d(c, out, 4, stride=2, padding=1)]
+                + ([nn.BatchNorm2d(out)] if k else [])
+                + [nn.LeakyReLU(0.2)]
+            )
             c = out
         mods.append(nn.Conv2d(c, 1, 3, padding=1))
         self.net = nn.Sequential(*mods)
@@ -116,11 +172,15 @@ def _check_disc_depth(layers: int, latent_size, batch_size: int) -> None:
     side = min(latent_size) if isinstance(latent_size, (tuple, list)) else int(latent_size)
     if side < 2**layers:
         deepest = max(1, side.bit_length() - 1)
-        raise EraseError(f"disc_layers {layers} needs latents of at least {2**layers}x{2**layers}; this model's are {side}x{side}: "
-                         f"--set disc_layers={deepest} or fewer (the canvas-mini preset uses 2)")
+        raise EraseError(
+            f"disc_layers {layers} needs latents of at least {2**layers}x{2**layers}; this model's are {side}x{side}: "
+            f"--set disc_layers={deepest} or fewer (the canvas-mini preset uses 2)"
+        )
     if layers > 1 and side < 2 ** (layers + 1) and batch_size < 2:
-        raise EraseError(f"disc_layers {layers} on {side}x{side} latents ends in a 1x1 map, which BatchNorm cannot normalise "
-                         f"at batch_size 1: --set batch_size=2 or more, or --set disc_layers={layers - 1}")
+        raise EraseError(
+            f"disc_layers {layers} on {side}x{side} latents ends in a 1x1 map, which BatchNorm cannot normalise "
+            f"at batch_size 1: --set batch_size=2 or more, or --set disc_layers={layers - 1}"
+        )
 
 
 def _bce(logits: torch.Tensor, label: float) -> torch.Tensor:
@@ -128,7 +188,8 @@ def _bce(logits: torch.Tensor, label: float) -> torch.Tensor:
 
 
 class DoCo(Eraser):
-    """DoCo: adversarial alignment of the target's x0-hat domain to the anchor's, with gradient surgery against a retain loss."""
+    """DoCo: adversarial alignment of the target's x0-hat domain to the anchor's, with gradient
+    surgery against a retain loss."""
 
     name = "doco"
 
@@ -144,7 +205,10 @@ class DoCo(Eraser):
             raise EraseError(f"t_max {cfg.t_max} is beyond the scheduler's {len(self.acp)} timesteps")
         _check_disc_depth(cfg.disc_layers, self.unet.config.sample_size, cfg.batch_size)
         if cfg.retain_data == "retain" and not req.retain_prompts:
-            raise EraseError("retain_data 'retain' needs retain prompts in the request; give retain concepts or use retain_data anchor")
+            raise EraseError(
+                "retain_data 'retain' needs retain prompts in the request; give retain "
+                "concepts or use retain_data anchor"
+            )
         self.rng = torch.Generator("cpu").manual_seed(req.seed)
         data = GenerationSets(pipe, steps=cfg.data_steps, guidance=cfg.data_guidance)
         self.z_anchor, self.anchor_idx = data(req.anchor_prompts, cfg.anchor_seeds, cfg.data_seed)
@@ -158,9 +222,15 @@ class DoCo(Eraser):
             self.z_retain, self.retain_idx, self.e_retain = self.z_anchor, self.anchor_idx, self.e_anchor
             if cfg.retain_uncond:  # the anchor images once more, under the empty prompt
                 self.z_retain = torch.cat([self.z_anchor, self.z_anchor])
-                self.retain_idx = torch.cat([self.anchor_idx, torch.full_like(self.anchor_idx, len(req.anchor_prompts))])
+                self.retain_idx = torch.cat(
+                    [self.anchor_idx, torch.full_like(self.anchor_idx, len(req.anchor_prompts))]
+                )
                 self.e_retain = torch.cat([self.e_anchor, encode_prompts(pipe, [""])])
-        self.info["data"] = {"anchor_images": len(self.z_anchor), "retain_images": len(self.z_retain), "retain_data": cfg.retain_data}
+        self.info["data"] = {
+            "anchor_images": len(self.z_anchor),
+            "retain_images": len(self.z_retain),
+            "retain_data": cfg.retain_data,
+        }
 
         root = model_root(pipe)
         selection = ParamSelection.by_name(root, self.scope(pipe))
@@ -171,8 +241,16 @@ class DoCo(Eraser):
         self.disc = PatchDiscriminator(self.z_anchor.shape[1], cfg.disc_layers, cfg.disc_width).to(self.dev)
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=1e-2)
         self.optimizer_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.999))
-        self.info["trainable"] = {"group": cfg.trainable or cfg.parameter_group, "tensors": len(self.params), "weights": selection.count(root)}
-        self.info["discriminator"] = {"layers": cfg.disc_layers, "width": cfg.disc_width, "parameters": sum(p.numel() for p in self.disc.parameters())}
+        self.info["trainable"] = {
+            "group": cfg.trainable or cfg.parameter_group,
+            "tensors": len(self.params),
+            "weights": selection.count(root),
+        }
+        self.info["discriminator"] = {
+            "layers": cfg.disc_layers,
+            "width": cfg.disc_width,
+            "parameters": sum(p.numel() for p in self.disc.parameters()),
+        }
         return selection
 
     def training_state(self) -> dict:
@@ -228,8 +306,18 @@ class DoCo(Eraser):
         ri, z0_r, n_r, t_r, zt_r = self._sample(self.z_retain, cfg.retain_batch_size, 0, len(self.acp) - 1)
         c_r = self.e_retain[self.retain_idx[ri]]
         pred_r = self.unet(zt_r, t_r, c_r).sample
-        ret = retain_loss(cfg.retain_loss, pred_r, prediction=self.prediction, z0=z0_r, noise=n_r, t=t_r, acp=self.acp,
-                          frozen=_Original(self), zt=zt_r, cond=c_r)
+        ret = retain_loss(
+            cfg.retain_loss,
+            pred_r,
+            prediction=self.prediction,
+            z0=z0_r,
+            noise=n_r,
+            t=t_r,
+            acp=self.acp,
+            frozen=_Original(self),
+            zt=zt_r,
+            cond=c_r,
+        )
         g_r = clip_global_norm(grads_of(ret, self.params), cfg.clip)
         w = UPSTREAM_RETAIN_WEIGHT[cfg.surgery] if cfg.retain_weight is None else cfg.retain_weight
         update = COMBINERS[cfg.surgery](g_u, g_r, {"lam": cfg.lam, "scope": cfg.pcgrad_scope, "retain_weight": w})
@@ -237,7 +325,11 @@ class DoCo(Eraser):
             p.grad = update[n].to(p.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"adv": adv.item(), "retain": ret.item(), "cos_u_r": float(dot(g_u, g_r) / (dot(g_u, g_u).sqrt() * dot(g_r, g_r).sqrt() + 1e-12))}
+        return {
+            "adv": adv.item(),
+            "retain": ret.item(),
+            "cos_u_r": float(dot(g_u, g_r) / (dot(g_u, g_u).sqrt() * dot(g_r, g_r).sqrt() + 1e-12)),
+        }
 
     def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
         d_loss = _bce(self.disc(real), 0.0) + _bce(self.disc(fake), 1.0)
@@ -259,5 +351,10 @@ class _Original:
             return original(x, t, c)
 
 
-register_method("doco", DoCoConfig, DoCo,
-                "DoCo: adversarial alignment of the target's predicted clean latent to the anchor's, with gradient surgery against a retain loss")
+register_method(
+    "doco",
+    DoCoConfig,
+    DoCo,
+    "DoCo: adversarial alignment of the target's predicted clean latent to the anchor's, with gradient "
+    "surgery against a retain loss",
+)

@@ -29,13 +29,20 @@ from ..loop import Eraser
 from ..registry import TrainedConfig, check_options, option, register_method
 from ..selection import ParamSelection, unet_weights
 
-VARIANTS = {"x": ("cross_attention", ""), "x_strict": ("cross_attention_kv", ""), "u": ("unet", r"^(?!.*attn2\.)(?!.*norm)")}
+VARIANTS = {
+    "x": ("cross_attention", ""),
+    "x_strict": ("cross_attention_kv", ""),
+    "u": ("unet", r"^(?!.*attn2\.)(?!.*norm)"),
+}
 
 
 @dataclass
 class ESDConfig(TrainedConfig):
-    variant: str = option("x", "trained weights: 'x' (cross-attention attn2, styles), 'x_strict' (attn2 K/V only) or 'u' (everything "
-                               "outside cross-attention and the norm layers, global concepts)")
+    variant: str = option(
+        "x",
+        "trained weights: 'x' (cross-attention attn2, styles), 'x_strict' (attn2 K/V only) or 'u' (everything "
+        "outside cross-attention and the norm layers, global concepts)",
+    )
     lr: float = option(1e-5, "learning rate (Adam, no weight decay; upstream 1e-5)")
     steps: int = option(1000, "training steps (upstream 1000)")
     batch_size: int = option(1, "forget prompts per step (upstream 1)")
@@ -46,13 +53,19 @@ class ESDConfig(TrainedConfig):
     method: ClassVar[str] = "esd"
 
     def check(self) -> None:
-        check_options(self, "esd", choices={"variant": tuple(VARIANTS)},
-                      at_least_one=("batch_size", "sample_steps"), non_negative=("sample_guidance",),
-                      positive=("eta",))
+        check_options(
+            self,
+            "esd",
+            choices={"variant": tuple(VARIANTS)},
+            at_least_one=("batch_size", "sample_steps"),
+            non_negative=("sample_guidance",),
+            positive=("eta",),
+        )
 
 
 class ESD(Eraser):
-    """ESD: the concept's prediction regressed onto the frozen original's negatively guided prediction, on the model's own partial samples."""
+    """ESD: the concept's prediction regressed onto the frozen original's negatively guided prediction, on the
+    model's own partial samples."""
 
     name = "esd"
 
@@ -103,7 +116,9 @@ class ESD(Eraser):
         x, t = self._partial_sample(cond, j)
         self.unet.train(was_training)
         with torch.no_grad():
-            e_u, e_c = self.frozen(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.e_empty.expand(len(x), -1, -1), cond])).sample.chunk(2)
+            e_u, e_c = self.frozen(
+                torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.e_empty.expand(len(x), -1, -1), cond])
+            ).sample.chunk(2)
             target = e_u - cfg.eta * (e_c - e_u)
         loss = F.mse_loss(self.unet(x, t, cond).sample, target)
         self.optimizer.zero_grad(set_to_none=True)
@@ -112,4 +127,10 @@ class ESD(Eraser):
         return {"loss": loss.item(), "sample_step": float(j)}
 
 
-register_method("esd", ESDConfig, ESD, "ESD: the concept's prediction regressed onto the original's negatively guided one (x: cross-attention, u: the rest)")
+register_method(
+    "esd",
+    ESDConfig,
+    ESD,
+    "ESD: the concept's prediction regressed onto the original's negatively guided one (x: "
+    "cross-attention, u: the rest)",
+)

@@ -46,17 +46,28 @@ from .uce import UCE, UCEConfig, concept_span, kv_parameters, prompt_tokens, uce
 
 @dataclass
 class MACEConfig(UCEConfig):
-    preserve_scale: float | None = option(10.0, "CFR and fusion: weight per retain prompt of keeping its keys and values (MACE weighs "
-                                          "preservation heavily: preserve_weight 2e5 against its COCO statistics)")
+    preserve_scale: float | None = option(
+        10.0,
+        "CFR and fusion: weight per retain prompt of keeping its keys and values (MACE weighs "
+        "preservation heavily: preserve_weight 2e5 against its COCO statistics)",
+    )
     lam: float = option(0.1, "ridge weight towards the original (CFR) and the CFR weights (fusion); upstream lamb 0")
     lora_rank: int = option(1, "rank of each concept's key-projection LoRA (upstream 1)")
     lora_steps: int = option(50, "Adam steps per concept's LoRA (upstream 50)")
-    lora_lr: float = option(1e-2, "Adam learning rate of the LoRAs (upstream 1e-4 on SD v1.4's 768-d keys; canvas-mini's 64-d keys need more)")
+    lora_lr: float = option(
+        1e-2,
+        "Adam learning rate of the LoRAs (upstream 1e-4 on SD v1.4's 768-d keys; canvas-mini's 64-d keys need more)",
+    )
     lora_images: int = option(8, "the original's images per concept the LoRA is trained on (upstream 8)")
-    mask: str = option("none", "'none' (every pixel, MACE for art styles) or 'attention' (where the concept's own attention is high)")
+    mask: str = option(
+        "none", "'none' (every pixel, MACE for art styles) or 'attention' (where the concept's own attention is high)"
+    )
     mask_threshold: float = option(0.5, "with mask 'attention': the share of the map's maximum a pixel needs to count")
-    fuse_preserve: float = option(1.0, "fusion: weight of the retain tokens' keys staying as CFR made them, per token, against the "
-                                       "concept tokens' weight of 1")
+    fuse_preserve: float = option(
+        1.0,
+        "fusion: weight of the retain tokens' keys staying as CFR made them, per token, against the "
+        "concept tokens' weight of 1",
+    )
     data_steps: int = option(25, "sampler steps for the original's images of each concept")
     data_guidance: float = option(7.5, "CFG weight of that sampler")
     data_seed: int = option(10_000, "first seed of those images (disjoint from evaluation seeds)")
@@ -66,17 +77,28 @@ class MACEConfig(UCEConfig):
 
     def check(self) -> None:
         super().check()
-        check_options(self, self.method, choices={"mask": ("none", "attention")}, at_least_one=("lora_rank", "lora_images"),
-                      non_negative=("lora_steps", "fuse_preserve", "data_steps"), positive=("lora_lr",))
+        check_options(
+            self,
+            self.method,
+            choices={"mask": ("none", "attention")},
+            at_least_one=("lora_rank", "lora_images"),
+            non_negative=("lora_steps", "fuse_preserve", "data_steps"),
+            positive=("lora_lr",),
+        )
         if not 0 <= self.mask_threshold < 1:
             raise EraseError(f"mace option mask_threshold must be in [0, 1), got {self.mask_threshold}")
 
 
 @torch.no_grad()
-def fuse_solve(w_base: torch.Tensor, edits: list[tuple[torch.Tensor, torch.Tensor]], c_keep: torch.Tensor, keep_weight: float,
-               lam: float) -> torch.Tensor:
-    """argmin_W sum_i |(W - W_i) C_i^T|^2 + keep_weight |(W - W_base) C_p^T|^2 + lam |W - W_base|^2 for ``edits`` = [(W_i, C_i)]
-    (rows of C are token embeddings), in float64."""
+def fuse_solve(
+    w_base: torch.Tensor,
+    edits: list[tuple[torch.Tensor, torch.Tensor]],
+    c_keep: torch.Tensor,
+    keep_weight: float,
+    lam: float,
+) -> torch.Tensor:
+    """argmin_W sum_i |(W - W_i) C_i^T|^2 + keep_weight |(W - W_base) C_p^T|^2 + lam |W - W_base|^2
+    for ``edits`` = [(W_i, C_i)] (rows of C are token embeddings), in float64."""
     wb = w_base.double()
     d = wb.shape[1]
     ck = c_keep.double()
@@ -114,6 +136,7 @@ class KeyCapture:
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             self.inputs[name] = (hidden.detach(), kwargs["encoder_hidden_states"].detach())
+
         return hook
 
     def close(self) -> None:
@@ -122,7 +145,8 @@ class KeyCapture:
 
 
 def attention_probs(attn, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Cross-attention probabilities (B, heads, pixels, tokens) from a module's query input and keys (B, tokens, inner)."""
+    """Cross-attention probabilities (B, heads, pixels, tokens) from a module's query input
+    and keys (B, tokens, inner)."""
     q = attn.head_to_batch_dim(attn.to_q(hidden))
     probs = attn.get_attention_scores(q, attn.head_to_batch_dim(keys), None)
     return probs.reshape(hidden.shape[0], attn.heads, *probs.shape[1:])
@@ -142,16 +166,33 @@ class MACE(UCE):
         selection, params = kv_parameters(pipe, self.scope(pipe), data.c_keep.shape[1])
         with torch.no_grad():  # 1. CFR
             for p in params.values():
-                p.copy_(uce_solve(p.detach().cpu(), data.c_erase, data.c_target, data.c_keep, data.keep_weights, cfg.lam,
-                                  cfg.erase_scale).to(p.device, p.dtype))
+                p.copy_(
+                    uce_solve(
+                        p.detach().cpu(),
+                        data.c_erase,
+                        data.c_target,
+                        data.c_keep,
+                        data.keep_weights,
+                        cfg.lam,
+                        cfg.erase_scale,
+                    ).to(p.device, p.dtype)
+                )
         root = model_root(pipe)
         suffix = ".to_k.weight"
-        attns = {n[: -len(suffix)]: root.get_submodule(n[: -len(suffix)]) for n in params if n.endswith("attn2" + suffix)}
+        attns = {
+            n[: -len(suffix)]: root.get_submodule(n[: -len(suffix)]) for n in params if n.endswith("attn2" + suffix)
+        }
         loras, report = [], []
         for k, (tokens, group) in enumerate(groups.items()):  # 2. one LoRA per concept
             lora, info = self._train_lora(pipe, attns, group, images[tokens], k)
             loras.append((tokens, group, lora))
-            report.append({"concept_tokens": pipe.tokenizer.decode(list(tokens)).strip(), "prompts": len(group["prompts"]), **info})
+            report.append(
+                {
+                    "concept_tokens": pipe.tokenizer.decode(list(tokens)).strip(),
+                    "prompts": len(group["prompts"]),
+                    **info,
+                }
+            )
         with torch.no_grad():  # 3. fusion of the key LoRAs
             emb_f = encode_prompts(pipe, req.forget_prompts).float().cpu()
             c_keep = data.c_keep
@@ -166,7 +207,11 @@ class MACE(UCE):
                 attn.to_k.weight.copy_(fused.to(attn.to_k.weight.device, attn.to_k.weight.dtype))
         self.info["data"] = data.describe()
         self.info["mace"] = {"concepts": report, "mask": cfg.mask}
-        self.info["trainable"] = {"group": cfg.parameter_group, "tensors": len(params), "weights": selection.count(root)}
+        self.info["trainable"] = {
+            "group": cfg.parameter_group,
+            "tensors": len(params),
+            "weights": selection.count(root),
+        }
         return selection
 
     def _concept_latents(self, pipe, groups: dict) -> dict[tuple[int, ...], tuple[torch.Tensor, list[int]]]:
@@ -178,8 +223,14 @@ class MACE(UCE):
         for tokens, group in groups.items():
             n = len(group["prompts"])
             per = -(-cfg.lora_images // n)  # seeds per prompt
-            z, _ = generations(pipe, [self.request.forget_prompts[i] for i in group["prompts"]], per, cfg.data_seed,
-                               steps=cfg.data_steps, guidance=cfg.data_guidance)
+            z, _ = generations(
+                pipe,
+                [self.request.forget_prompts[i] for i in group["prompts"]],
+                per,
+                cfg.data_seed,
+                steps=cfg.data_steps,
+                guidance=cfg.data_guidance,
+            )
             order = [(j % n) * per + j // n for j in range(cfg.lora_images)]  # the prompts in turn, then the next seed
             out[tokens] = (z[order], [group["prompts"][j % n] for j in range(cfg.lora_images)])
         return out
@@ -194,7 +245,10 @@ class MACE(UCE):
         for name, attn in attns.items():
             w = attn.to_k.weight
             a = (torch.randn(cfg.lora_rank, w.shape[1], generator=rng) / math.sqrt(w.shape[1])).to(device)
-            lora[name] = (torch.zeros(w.shape[0], cfg.lora_rank, device=device, requires_grad=True), a.requires_grad_(True))
+            lora[name] = (
+                torch.zeros(w.shape[0], cfg.lora_rank, device=device, requires_grad=True),
+                a.requires_grad_(True),
+            )
         opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=cfg.lora_lr)
         loss_of = _AttentionLoss(pipe, attns, self.request.forget_prompts, group, cfg)
         fixed = (list(range(len(picks))), torch.full((len(picks),), 300), torch.randn(z0_all.shape, generator=rng))
@@ -228,7 +282,9 @@ class _AttentionLoss:
         self.acp = alphas_cumprod(pipe)
         self.masks: dict = {}
 
-    def __call__(self, lora: dict, z0_all, picks: list[int], rows: list[int], t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, lora: dict, z0_all, picks: list[int], rows: list[int], t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         device = model_device(self.pipe)
         total = 0.0
         for r, row in enumerate(rows):  # one image at a time: each prompt has its own concept positions
@@ -257,5 +313,10 @@ class _AttentionLoss:
         self.capture.close()
 
 
-register_method("mace", MACEConfig, MACE, "MACE: closed-form K/V refinement, a rank-1 key LoRA per concept silencing its attention, "
-                                          "closed-form fusion (multi-concept)")
+register_method(
+    "mace",
+    MACEConfig,
+    MACE,
+    "MACE: closed-form K/V refinement, a rank-1 key LoRA per concept silencing its attention, "
+    "closed-form fusion (multi-concept)",
+)

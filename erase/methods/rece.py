@@ -1,4 +1,5 @@
-"""RECE (Reliable and Efficient Concept Erasure, Gong et al. ECCV'24): UCE, then closed-form rounds against its own leaks.
+"""RECE (Reliable and Efficient Concept Erasure, Gong et al. ECCV'24): UCE, then
+closed-form rounds against its own leaks.
 
 Epoch 0 is UCE (``erase.methods.uce``) on every cross-attention ``attn2.to_k`` / ``attn2.to_v``, with UCE's
 options. An edit that maps the concept's tokens onto the anchor can still be steered back to the concept by
@@ -6,7 +7,8 @@ another text embedding; each further epoch finds, for every erase row c (UCE's f
 embedding c' that makes the *edited* projections W_new,l give the *original* keys and values of c, over all
 edited layers l at once:
 
-    c' = argmin_x  sum_l |W_new,l x - W_old,l c|^2 + reg |x|^2  =  (sum_l W_new,l^T W_new,l + reg I)^-1 (sum_l W_new,l^T W_old,l) c
+    c' = argmin_x  sum_l |W_new,l x - W_old,l c|^2 + reg |x|^2
+       = (sum_l W_new,l^T W_new,l + reg I)^-1 (sum_l W_new,l^T W_old,l) c
 
 (float64, one linear solve for all rows). The found rows join the erase set, paired with the same anchor rows
 (they must map to what the anchor maps to under W_old, with weight ``regenerate_scale`` relative to
@@ -36,9 +38,16 @@ from .uce import UCE, UCEConfig, kv_parameters, uce_data, uce_solve
 
 @dataclass
 class RECEConfig(UCEConfig):
-    epochs: int = option(3, "rounds after the UCE edit, each finding the regenerating embeddings of the newest edit and erasing them too "
-                            "(paper: 3 nudity, 2 unsafe, 1 artistic styles)")
-    reg: float = option(1e-3, "RECE's lambda: ridge weight of the regenerating-embedding solve (paper: 1e-3 styles and hard objects, 0.1 nudity)")
+    epochs: int = option(
+        3,
+        "rounds after the UCE edit, each finding the regenerating embeddings of the newest edit and erasing them too "
+        "(paper: 3 nudity, 2 unsafe, 1 artistic styles)",
+    )
+    reg: float = option(
+        1e-3,
+        "RECE's lambda: ridge weight of the regenerating-embedding solve (paper: 1e-3 styles "
+        "and hard objects, 0.1 nudity)",
+    )
     regenerate_scale: float = option(1.0, "weight of the found embeddings in the erase term, relative to erase_scale")
 
     method: ClassVar[str] = "rece"
@@ -49,7 +58,9 @@ class RECEConfig(UCEConfig):
 
 
 @torch.no_grad()
-def regenerating_embeddings(w_new: list[torch.Tensor], w_old: list[torch.Tensor], c: torch.Tensor, reg: float) -> torch.Tensor:
+def regenerating_embeddings(
+    w_new: list[torch.Tensor], w_old: list[torch.Tensor], c: torch.Tensor, reg: float
+) -> torch.Tensor:
     """One c' row per row of ``c``: the ridge minimiser of sum_l |W_new,l x - W_old,l c|^2 + reg |x|^2, in float64."""
     d = c.shape[1]
     lhs = reg * torch.eye(d, dtype=torch.float64)
@@ -87,7 +98,11 @@ class RECE(UCE):
 
         def solve(c_erase: torch.Tensor, c_target: torch.Tensor) -> list[torch.Tensor]:
             for n, p in params.items():
-                p.copy_(uce_solve(w_old[n], c_erase, c_target, data.c_keep, data.keep_weights, cfg.lam, cfg.erase_scale).to(p.device, p.dtype))
+                p.copy_(
+                    uce_solve(
+                        w_old[n], c_erase, c_target, data.c_keep, data.keep_weights, cfg.lam, cfg.erase_scale
+                    ).to(p.device, p.dtype)
+                )
             return [p.detach().cpu() for p in params.values()]
 
         with torch.no_grad():
@@ -103,15 +118,31 @@ class RECE(UCE):
                 c_erase = torch.cat([data.c_erase.double(), root_w * torch.cat(found)])
                 c_target = torch.cat([data.c_target.double()] + [root_w * data.c_target.double()] * len(found))
                 new = solve(c_erase, c_target)
-                log.append({"epoch": epoch, "regenerate_residual_before": before, "regenerate_residual_after": kv_residual(new, c_reg, old, data.c_erase),
-                            "regenerate_norm_ratio": float(c_reg.norm()) / c_norm if c_norm > 0 else float("nan"),
-                            "concept_to_anchor": kv_residual(new, data.c_erase, old, data.c_target), "erase_rows": len(c_erase)})
+                log.append(
+                    {
+                        "epoch": epoch,
+                        "regenerate_residual_before": before,
+                        "regenerate_residual_after": kv_residual(new, c_reg, old, data.c_erase),
+                        "regenerate_norm_ratio": float(c_reg.norm()) / c_norm if c_norm > 0 else float("nan"),
+                        "concept_to_anchor": kv_residual(new, data.c_erase, old, data.c_target),
+                        "erase_rows": len(c_erase),
+                    }
+                )
             if not all(math.isfinite(v) for row in log for v in row.values()):
                 raise EraseError(f"rece: a regenerating-embedding solve was not finite ({log[-1]}); raise reg")
         self.info["data"] = data.describe()
-        self.info["trainable"] = {"group": cfg.parameter_group, "tensors": len(params), "weights": selection.count(model_root(pipe))}
+        self.info["trainable"] = {
+            "group": cfg.parameter_group,
+            "tensors": len(params),
+            "weights": selection.count(model_root(pipe)),
+        }
         self.info["rece"] = log
         return selection
 
 
-register_method("rece", RECEConfig, RECE, "RECE: UCE, then closed-form rounds erasing the embeddings that regenerate the concept through the edit")
+register_method(
+    "rece",
+    RECEConfig,
+    RECE,
+    "RECE: UCE, then closed-form rounds erasing the embeddings that regenerate the concept through the edit",
+)

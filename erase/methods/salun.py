@@ -32,8 +32,17 @@ import torch.nn.functional as F
 
 from ..components import model_device, model_root
 from ..data import GenerationSets, load_image_folder
-from ..diffusion import (RETAIN_LOSSES, alphas_cumprod, cfg_eps, encode_images, encode_prompts, noisy, prediction_type, retain_loss,
-                         training_target)
+from ..diffusion import (
+    RETAIN_LOSSES,
+    alphas_cumprod,
+    cfg_eps,
+    encode_images,
+    encode_prompts,
+    noisy,
+    prediction_type,
+    retain_loss,
+    training_target,
+)
 from ..errors import EraseError
 from ..loop import Eraser
 from ..registry import TrainedConfig, check_options, option, register_method
@@ -50,10 +59,15 @@ class SalUnConfig(TrainedConfig):
     batch_size: int = option(8, "forget samples per step")
     retain_batch_size: int = option(8, "retain samples per step")
     alpha: float = option(1.0, "weight of the retain loss")
-    retain_loss: str = option("diffusion", "'diffusion' (upstream: the retain images' own noise) or 'distill' (the frozen original's prediction)")
+    retain_loss: str = option(
+        "diffusion",
+        "'diffusion' (upstream: the retain images' own noise) or 'distill' (the frozen original's prediction)",
+    )
     mask_fraction: float = option(0.5, "global top fraction of |saliency| that may change")
     mask_scope: str = option("unet", "'unet' (all UNet weights) or 'cross_attention' (attn2 only)")
-    mask_guidance: float = option(7.5, "CFG weight of the saliency loss, diffusers' convention e_u + w (e_c - e_u); upstream's w' is w = 1 + w'")
+    mask_guidance: float = option(
+        7.5, "CFG weight of the saliency loss, diffusers' convention e_u + w (e_c - e_u); upstream's w' is w = 1 + w'"
+    )
     anchor_target: str = option("frozen", "eps(x_t | c_anchor) from the 'frozen' original UNet or the 'live' one")
     forget_seeds: int = option(5, "generated images per forget prompt")
     retain_seeds: int = option(2, "generated images per retain prompt")
@@ -61,15 +75,25 @@ class SalUnConfig(TrainedConfig):
     data_guidance: float = option(7.5, "CFG weight of the sampler that generates the data")
     data_seed: int = option(10_000, "first seed of the generated data (disjoint from evaluation seeds)")
     forget_images: str | None = option(None, "folder of user images for the forget set (instead of generations)")
-    relabel_on: str = option("concept", "x_t for the relabel loss: 'concept' images (upstream) or 'concept+anchor' (also the anchor's)")
+    relabel_on: str = option(
+        "concept", "x_t for the relabel loss: 'concept' images (upstream) or 'concept+anchor' (also the anchor's)"
+    )
 
     method: ClassVar[str] = "salun"
 
     def check(self) -> None:
-        check_options(self, "salun", choices={"retain_loss": RETAIN_LOSSES, "mask_scope": tuple(SCOPES), "relabel_on": RELABEL_ON,
-                                              "anchor_target": ("frozen", "live")},
-                      at_least_one=("batch_size", "retain_batch_size", "forget_seeds", "data_steps"),
-                      non_negative=("retain_seeds", "alpha"))
+        check_options(
+            self,
+            "salun",
+            choices={
+                "retain_loss": RETAIN_LOSSES,
+                "mask_scope": tuple(SCOPES),
+                "relabel_on": RELABEL_ON,
+                "anchor_target": ("frozen", "live"),
+            },
+            at_least_one=("batch_size", "retain_batch_size", "forget_seeds", "data_steps"),
+            non_negative=("retain_seeds", "alpha"),
+        )
         if not 0 < self.mask_fraction <= 1:
             raise EraseError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
 
@@ -104,7 +128,8 @@ class SalUn(Eraser):
             self.z_forget, self.forget_idx = self.data(req.forget_prompts, cfg.forget_seeds, cfg.data_seed)
         n_concept = len(self.z_forget)  # the saliency mask is computed on the concept's own images only
         if cfg.relabel_on == "concept+anchor":
-            # the anchor's images, indexed by the forget prompt they stand in for (anchor_prompts[i] pairs forget_prompts[i])
+            # the anchor's images, indexed by the forget prompt they stand in for
+            # (anchor_prompts[i] pairs forget_prompts[i])
             z_anchor, anchor_idx = self.data(req.anchor_prompts, cfg.forget_seeds, cfg.data_seed)
             self.z_forget = torch.cat([self.z_forget, z_anchor])
             self.forget_idx = torch.cat([self.forget_idx, anchor_idx])
@@ -114,8 +139,13 @@ class SalUn(Eraser):
         self.e_anchor = encode_prompts(pipe, req.anchor_prompts)
         self.e_retain = encode_prompts(pipe, req.retain_prompts) if n_r else None
         self.e_empty = encode_prompts(pipe, [""])
-        self.info["data"] = {"forget_images": n_concept, "relabel_images": len(self.z_forget), "retain_images": len(self.z_retain) if n_r else 0,
-                             "forget_prompts": n_f, "retain_prompts": n_r}
+        self.info["data"] = {
+            "forget_images": n_concept,
+            "relabel_images": len(self.z_forget),
+            "retain_images": len(self.z_retain) if n_r else 0,
+            "forget_prompts": n_f,
+            "retain_prompts": n_r,
+        }
 
         # -- saliency mask ------------------------------------------------------------
         root = model_root(pipe)
@@ -132,7 +162,9 @@ class SalUn(Eraser):
             zt = noisy(z0.to(dev), noise, t, self.acp)
             cond = self.e_forget[self.forget_idx[i : i + len(z0)]]
             pred = cfg_eps(self.unet, zt, t, cond, self.e_empty.expand_as(cond), cfg.mask_guidance)
-            F.mse_loss(pred, training_target(self.prediction, z0.to(dev), noise, t, self.acp)).backward()  # gradients accumulate (summed, signed); no optimiser step
+            F.mse_loss(
+                pred, training_target(self.prediction, z0.to(dev), noise, t, self.acp)
+            ).backward()  # gradients accumulate (summed, signed); no optimiser step
         grads = {n: p.grad.detach().clone() for n, p in scoped.items()}
         for p in scoped.values():
             p.grad = None
@@ -143,7 +175,11 @@ class SalUn(Eraser):
             "scope": cfg.mask_scope,
             "selected": self.selection.count(root),
             "scope_size": sum(p.numel() for p in scoped.values()),
-            "density_by_block": {k: round(v, 4) for k, v in self.selection.density_by_prefix(root, depth=3).items() if k.startswith("unet.")},
+            "density_by_block": {
+                k: round(v, 4)
+                for k, v in self.selection.density_by_prefix(root, depth=3).items()
+                if k.startswith("unet.")
+            },
         }
 
         # -- unlearning state ---------------------------------------------------------------
@@ -177,8 +213,18 @@ class SalUn(Eraser):
             c_r = self.e_retain[self.retain_idx[ri]]
             pred = self.unet(torch.cat([zt_f, zt_r]), torch.cat([t_f, t_r]), torch.cat([c_f, c_r])).sample
             pred_f, pred_r = pred[: cfg.batch_size], pred[cfg.batch_size :]
-            retain = retain_loss(cfg.retain_loss, pred_r, prediction=self.prediction, z0=self.z_retain[ri].to(dev), noise=n_r, t=t_r,
-                                 acp=self.acp, frozen=self.frozen, zt=zt_r, cond=c_r)
+            retain = retain_loss(
+                cfg.retain_loss,
+                pred_r,
+                prediction=self.prediction,
+                z0=self.z_retain[ri].to(dev),
+                noise=n_r,
+                t=t_r,
+                acp=self.acp,
+                frozen=self.frozen,
+                zt=zt_r,
+                cond=c_r,
+            )
             losses["retain"] = retain.item()
         else:
             pred_f = self.unet(zt_f, t_f, c_f).sample
@@ -194,4 +240,9 @@ class SalUn(Eraser):
         return losses
 
 
-register_method("salun", SalUnConfig, SalUn, "SalUn: saliency-masked relabelling fine-tune of the UNet (forget -> anchor, plus a retain loss)")
+register_method(
+    "salun",
+    SalUnConfig,
+    SalUn,
+    "SalUn: saliency-masked relabelling fine-tune of the UNet (forget -> anchor, plus a retain loss)",
+)

@@ -42,69 +42,158 @@ import torch
 from ..errors import EraseError
 from ..guides import Guides, unit
 from ..image_views import clip_views, embed_pair
-from ..latent_mapper import MapperSettings, check_gate, edit, image_direction, sample_wplus, to_images, to_wplus, train_mapper
+from ..latent_mapper import (
+    MapperSettings,
+    check_gate,
+    edit,
+    image_direction,
+    sample_wplus,
+    to_images,
+    to_wplus,
+    train_mapper,
+)
 from ..loop import Eraser
 from ..registry import TrainedConfig, check_options, option, register_method
 from ..selection import ParamSelection
 
 DIRECTION_FLOOR = 0.02  # the smallest CLIP-embedding change (unit embeddings) the frozen-pair cosine divides by
 
-LAYERS = {"synthesis": r"^generator\.synthesis\.(input|conv1|convs)\.", "mapping": r"^generator\.mapping\.", "adaptive": None}
+LAYERS = {
+    "synthesis": r"^generator\.synthesis\.(input|conv1|convs)\.",
+    "mapping": r"^generator\.mapping\.",
+    "adaptive": None,
+}
 
 
 @dataclass
 class TextToUnlearnConfig(TrainedConfig):
-    prompt: str | None = option(None, "the concept's text (default: the request's first forget prompt, e.g. 'a face with eyeglasses')")
-    mode: str = option("directional", "'directional' (the method) or 'clip_distance' (the paper's baseline: push G_t(w) away from the prompt)")
-    direction_loss: str = option("frozen_pair", "'frozen_pair' (G_f(w_hat) -> G_t(w_hat) along i) or 'self_pair' (G_t's own edit no longer along i)")
-    layers: str = option("synthesis", "trained weights: 'synthesis' (every synthesis conv + constant input), 'mapping', or 'adaptive' (top_k W+ rows' convs)")
+    prompt: str | None = option(
+        None, "the concept's text (default: the request's first forget prompt, e.g. 'a face with eyeglasses')"
+    )
+    mode: str = option(
+        "directional",
+        "'directional' (the method) or 'clip_distance' (the paper's baseline: push G_t(w) away from the prompt)",
+    )
+    direction_loss: str = option(
+        "frozen_pair",
+        "'frozen_pair' (G_f(w_hat) -> G_t(w_hat) along i) or 'self_pair' (G_t's own edit no longer along i)",
+    )
+    layers: str = option(
+        "synthesis",
+        "trained weights: 'synthesis' (every synthesis conv + constant input), 'mapping', or "
+        "'adaptive' (top_k W+ rows' convs)",
+    )
     top_k: int = option(3, "with layers adaptive: how many W+ rows' layers are trained")
-    adaptive_every: int = option(0, "with layers adaptive: re-choose the layers on G_t every this many steps (NADA); 0 = once at set-up")
+    adaptive_every: int = option(
+        0, "with layers adaptive: re-choose the layers on G_t every this many steps (NADA); 0 = once at set-up"
+    )
     lr: float = option(0.002, "learning rate (Adam, betas (0, 0.99) as StyleGAN-NADA)")
     steps: int = option(300, "fine-tuning steps")
     batch_size: int = option(8, "latents per step")
     truncation: float = option(1.0, "truncation psi of the sampled latents (1 = the whole distribution)")
-    anchor: str = option("unedited", "what G_t(w_hat) is held to: 'unedited' = G_f(w), the face without the edit, or 'edited' = G_f(w_hat) (the paper)")
+    anchor: str = option(
+        "unedited",
+        "what G_t(w_hat) is held to: 'unedited' = G_f(w), the face without the edit, or "
+        "'edited' = G_f(w_hat) (the paper)",
+    )
     lambda_perceptual: float = option(1.0, "weight of the perceptual distance G_t(w_hat) vs the anchor")
-    perceptual_net: str = option("", "which of the guides' perceptual networks (faces-mini: random, guide-classifier, guide-identity); '' = the default")
-    lambda_identity: float = option(1.0, "weight of the identity distance G_t(w_hat) vs the anchor (off for identity concepts)")
-    lambda_pixels: float = option(0.0, "weight of the mean squared pixel distance G_t(w_hat) vs the anchor, and G_t(w) vs G_f(w) where plain "
-                                       "faces are kept")
-    lambda_attributes: float = option(0.0, "weight of keeping the guides' other attributes (KL, identity head included): G_t(w_hat) vs the "
-                                           "anchor and G_t(w) vs G_f(w)")
-    preserve_unedited: float = option(1.0, "weight of the perceptual distance G_t(w) vs G_f(w) on plain latents (keep plain faces)")
-    preserve_where: str = option("all", "which plain latents are kept: 'all', or 'without_concept' (where the guides' classifier finds no concept)")
-    plain_direction: float = option(0.0, "weight of the direction loss also on plain latents whose G_f(w) the guides' classifier finds the concept "
-                                         "in (the concept where it occurs on its own, not only where the mapper puts it)")
-    colour_augment: bool = option(True, "both images of every CLIP pair under the same random colour map (needs views > 0), and i averaged over "
-                                        "colour-mapped views: recolouring the concept no longer reads as removing it")
-    views: int = option(4, "the CLIP judges this many shifted / flipped views of each image pair (0: the images themselves)")
+    perceptual_net: str = option(
+        "",
+        "which of the guides' perceptual networks (faces-mini: random, guide-classifier, "
+        "guide-identity); '' = the default",
+    )
+    lambda_identity: float = option(
+        1.0, "weight of the identity distance G_t(w_hat) vs the anchor (off for identity concepts)"
+    )
+    lambda_pixels: float = option(
+        0.0,
+        "weight of the mean squared pixel distance G_t(w_hat) vs the anchor, and G_t(w) vs G_f(w) where plain "
+        "faces are kept",
+    )
+    lambda_attributes: float = option(
+        0.0,
+        "weight of keeping the guides' other attributes (KL, identity head included): G_t(w_hat) vs the "
+        "anchor and G_t(w) vs G_f(w)",
+    )
+    preserve_unedited: float = option(
+        1.0, "weight of the perceptual distance G_t(w) vs G_f(w) on plain latents (keep plain faces)"
+    )
+    preserve_where: str = option(
+        "all",
+        "which plain latents are kept: 'all', or 'without_concept' (where the guides' classifier finds no concept)",
+    )
+    plain_direction: float = option(
+        0.0,
+        "weight of the direction loss also on plain latents whose G_f(w) the guides' classifier finds the concept "
+        "in (the concept where it occurs on its own, not only where the mapper puts it)",
+    )
+    colour_augment: bool = option(
+        True,
+        "both images of every CLIP pair under the same random colour map (needs views > 0), and i averaged over "
+        "colour-mapped views: recolouring the concept no longer reads as removing it",
+    )
+    views: int = option(
+        4, "the CLIP judges this many shifted / flipped views of each image pair (0: the images themselves)"
+    )
     mapper_steps: int = option(1500, "latent-mapper training steps (cached per generator, prompt and guides)")
     mapper_lr: float = option(1e-3, "latent-mapper learning rate (Adam)")
     mapper_batch: int = option(16, "latent-mapper batch")
     mapper_l2: float = option(0.8, "latent-mapper L2 weight on the edit (StyleCLIP 0.8; off for identity concepts)")
-    mapper_identity: float = option(1.0, "latent-mapper identity weight (StyleCLIP 0.1; 1.0 keeps the edit to the concept; off for identity concepts)")
-    mapper_attributes: float = option(0.0, "latent-mapper weight of keeping the guides' other attributes (KL): an edit that adds the concept only")
-    mapper_views: int = option(2, "latent mapper: CLIP judges this many randomly shifted / flipped views of each edit (0: the image itself)")
+    mapper_identity: float = option(
+        1.0,
+        "latent-mapper identity weight (StyleCLIP 0.1; 1.0 keeps the edit to the concept; off for identity concepts)",
+    )
+    mapper_attributes: float = option(
+        0.0, "latent-mapper weight of keeping the guides' other attributes (KL): an edit that adds the concept only"
+    )
+    mapper_views: int = option(
+        2, "latent mapper: CLIP judges this many randomly shifted / flipped views of each edit (0: the image itself)"
+    )
     edit_scale: float = option(0.1, "w_hat = w + edit_scale * M(w) (StyleCLIP 0.1)")
     direction_samples: int = option(256, "latent pairs that define the reference direction i")
-    gate_points: float = option(30.0, "the mapper's edit must raise the guides' judged rate of the concept by this many points")
+    gate_points: float = option(
+        30.0, "the mapper's edit must raise the guides' judged rate of the concept by this many points"
+    )
     gate_samples: int = option(256, "latents the gate judges")
     patch_dtype: str = option("float32", "storage dtype of the patch values (float16, bfloat16 or float32)")
 
     method: ClassVar[str] = "text_to_unlearn"
 
     def check(self) -> None:
-        check_options(self, "text_to_unlearn", choices={"mode": ("directional", "clip_distance"), "direction_loss": ("frozen_pair", "self_pair"),
-                                                        "layers": tuple(LAYERS), "anchor": ("unedited", "edited"),
-                                                        "preserve_where": ("all", "without_concept")},
-                      at_least_one=("batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples"),
-                      non_negative=("lambda_perceptual", "lambda_identity", "lambda_pixels", "lambda_attributes", "plain_direction", "preserve_unedited", "mapper_steps", "mapper_l2",
-                                    "mapper_identity", "mapper_attributes", "mapper_views", "views", "gate_points", "adaptive_every"),
-                      positive=("mapper_lr", "edit_scale", "truncation"))
+        check_options(
+            self,
+            "text_to_unlearn",
+            choices={
+                "mode": ("directional", "clip_distance"),
+                "direction_loss": ("frozen_pair", "self_pair"),
+                "layers": tuple(LAYERS),
+                "anchor": ("unedited", "edited"),
+                "preserve_where": ("all", "without_concept"),
+            },
+            at_least_one=("batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples"),
+            non_negative=(
+                "lambda_perceptual",
+                "lambda_identity",
+                "lambda_pixels",
+                "lambda_attributes",
+                "plain_direction",
+                "preserve_unedited",
+                "mapper_steps",
+                "mapper_l2",
+                "mapper_identity",
+                "mapper_attributes",
+                "mapper_views",
+                "views",
+                "gate_points",
+                "adaptive_every",
+            ),
+            positive=("mapper_lr", "edit_scale", "truncation"),
+        )
         if self.colour_augment and self.views == 0:
-            raise EraseError("text_to_unlearn: colour_augment maps the CLIP's views, and views is 0; set views > 0 (e.g. --set views=4) "
-                             "or colour_augment=false")
+            raise EraseError(
+                "text_to_unlearn: colour_augment maps the CLIP's views, and views is 0; set views > 0 (e.g. --set "
+                "views=4) or colour_augment=false"
+            )
 
 
 class _Chosen:
@@ -132,8 +221,10 @@ class TextToUnlearn(Eraser):
 
     def scope(self, pipe) -> str:
         if "generator" not in (getattr(pipe, "components", None) or {}):
-            raise EraseError("text_to_unlearn erases from a StyleGAN pipeline (a model with a 'generator' component); "
-                             "load one with pipelines.stylegan.StyleGANPipeline.from_pretrained")
+            raise EraseError(
+                "text_to_unlearn erases from a StyleGAN pipeline (a model with a 'generator' component); "
+                "load one with pipelines.stylegan.StyleGANPipeline.from_pretrained"
+            )
         return r"^generator\."
 
     def setup(self, pipe) -> ParamSelection:
@@ -141,8 +232,10 @@ class TextToUnlearn(Eraser):
 
         cfg, req = self.config, self.request
         if self.guides is None:
-            raise EraseError("text_to_unlearn needs guides (CLIP, perceptual, identity networks); on faces-mini the CLI builds them, "
-                             "in Python pass guides=worlds.faces_mini.guides.faces_mini_guides()")
+            raise EraseError(
+                "text_to_unlearn needs guides (CLIP, perceptual, identity networks); on faces-mini the CLI builds "
+                "them, in Python pass guides=worlds.faces_mini.guides.faces_mini_guides()"
+            )
         self.prompt = cfg.prompt or (req.forget_prompts[0] if req.forget_prompts else None)
         if not self.prompt:
             raise EraseError("text_to_unlearn needs a prompt: --set prompt='a face with eyeglasses'")
@@ -153,11 +246,23 @@ class TextToUnlearn(Eraser):
         self.rng = torch.Generator().manual_seed(req.seed)
         is_identity = req.kind == "identity"
         self.lambda_identity = 0.0 if is_identity else cfg.lambda_identity
-        settings = MapperSettings(steps=cfg.mapper_steps, lr=cfg.mapper_lr, batch_size=cfg.mapper_batch, l2=cfg.mapper_l2, identity=cfg.mapper_identity,
-                                  scale=cfg.edit_scale, truncation=cfg.truncation, seed=req.seed, views=cfg.mapper_views,
-                                  attributes=cfg.mapper_attributes).for_kind(req.kind)
-        self.perceptual = (g.perceptual_named(cfg.perceptual_net, self.name, "lambda_perceptual / preserve_unedited > 0")
-                           if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0 else None)
+        settings = MapperSettings(
+            steps=cfg.mapper_steps,
+            lr=cfg.mapper_lr,
+            batch_size=cfg.mapper_batch,
+            l2=cfg.mapper_l2,
+            identity=cfg.mapper_identity,
+            scale=cfg.edit_scale,
+            truncation=cfg.truncation,
+            seed=req.seed,
+            views=cfg.mapper_views,
+            attributes=cfg.mapper_attributes,
+        ).for_kind(req.kind)
+        self.perceptual = (
+            g.perceptual_named(cfg.perceptual_net, self.name, "lambda_perceptual / preserve_unedited > 0")
+            if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0
+            else None
+        )
         if self.lambda_identity > 0 or settings.identity > 0:
             g.require("identity", self.name, "lambda_identity / mapper_identity > 0")
         if cfg.lambda_attributes > 0 or settings.attributes > 0:
@@ -167,14 +272,35 @@ class TextToUnlearn(Eraser):
         self.text = g.clip_text([self.prompt]).detach()
         if cfg.mode == "directional":
             self.mapper = train_mapper(self.frozen, self.prompt, g, settings, progress=False, concept=req.concept)
-            self.info["gate"] = check_gate(self.frozen, self.mapper, g, req.concept, self.prompt, points=cfg.gate_points, n=cfg.gate_samples,
-                                           seed=req.seed + 1, scale=cfg.edit_scale, truncation=cfg.truncation)
-            self.direction = image_direction(self.frozen, self.mapper, g, n=cfg.direction_samples, seed=req.seed + 2, scale=cfg.edit_scale,
-                                             truncation=cfg.truncation, views=cfg.views if cfg.colour_augment else 0, colour=cfg.colour_augment)
+            self.info["gate"] = check_gate(
+                self.frozen,
+                self.mapper,
+                g,
+                req.concept,
+                self.prompt,
+                points=cfg.gate_points,
+                n=cfg.gate_samples,
+                seed=req.seed + 1,
+                scale=cfg.edit_scale,
+                truncation=cfg.truncation,
+            )
+            self.direction = image_direction(
+                self.frozen,
+                self.mapper,
+                g,
+                n=cfg.direction_samples,
+                seed=req.seed + 2,
+                scale=cfg.edit_scale,
+                truncation=cfg.truncation,
+                views=cfg.views if cfg.colour_augment else 0,
+                colour=cfg.colour_augment,
+            )
         root = model_root(pipe)
         if cfg.layers != "adaptive":
             pattern = LAYERS[cfg.layers]
-        elif cfg.adaptive_every > 0:  # every synthesis conv may be chosen: all are in the patch, the unchosen get no step
+        elif (
+            cfg.adaptive_every > 0
+        ):  # every synthesis conv may be chosen: all are in the patch, the unchosen get no step
             pattern = LAYERS["synthesis"]
         else:
             pattern = self._pattern(self._adaptive_layers(self.frozen))
@@ -188,8 +314,19 @@ class TextToUnlearn(Eraser):
         lr = cfg.lr / self.G.config.lr_mlp if cfg.layers == "mapping" else cfg.lr
         self.params = params
         self.optimizer = torch.optim.Adam(params.values(), lr=lr, betas=(0.0, 0.99))
-        self.info.update({"prompt": self.prompt, "guides": g.describe(), "trainable": {"layers": cfg.layers, "pattern": pattern,
-                          "tensors": len(params), "weights": selection.count(root), "adam_lr": lr}})
+        self.info.update(
+            {
+                "prompt": self.prompt,
+                "guides": g.describe(),
+                "trainable": {
+                    "layers": cfg.layers,
+                    "pattern": pattern,
+                    "tensors": len(params),
+                    "weights": selection.count(root),
+                    "adam_lr": lr,
+                },
+            }
+        )
         return selection
 
     def training_state(self) -> dict[str, object]:
@@ -200,7 +337,8 @@ class TextToUnlearn(Eraser):
         return r"^generator\.(" + "|".join(n.replace(".", r"\.") for n in layers) + r")\."
 
     def _adaptive_layers(self, G) -> list[str]:
-        """The conv layers fed by the top_k W+ rows that a few CLIP-guided steps on W+ (towards the prompt) move most."""
+        """The conv layers fed by the top_k W+ rows that a few CLIP-guided steps on W+
+        (towards the prompt) move most."""
         cfg = self.config
         w0 = sample_wplus(G, 8, self.rng, cfg.truncation)
         w = w0.clone().requires_grad_(True)
@@ -222,11 +360,13 @@ class TextToUnlearn(Eraser):
     def _rechoose(self) -> None:
         """NADA's per-step choice: the layers of the rows G_t's own W+ edit moves most now."""
         layers = self._adaptive_layers(self.G)
-        self.adaptive.mask = torch.tensor([any(n.startswith(f"generator.{layer}.") for layer in layers) for n in self.params])
+        self.adaptive.mask = torch.tensor(
+            [any(n.startswith(f"generator.{layer}.") for layer in layers) for n in self.params]
+        )
 
     def _codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """This step's W+ codes of the same z under the frozen mapping and under G_t's (they differ only when the mapping
-        is trained), and their edits: (w_f, w_t, w_hat_f, w_hat_t)."""
+        """This step's W+ codes of the same z under the frozen mapping and under G_t's (they differ only when the
+        mapping is trained), and their edits: (w_f, w_t, w_hat_f, w_hat_t)."""
         cfg = self.config
         z = torch.randn(cfg.batch_size, self.G.config.z_dim, generator=self.rng)
         with torch.no_grad():
@@ -244,7 +384,9 @@ class TextToUnlearn(Eraser):
             self._rechoose()
         w_f, w_t, w_hat_f, w_hat_t = self._codes()
         losses: dict[str, torch.Tensor] = {}
-        plain: dict[str, torch.Tensor] = {}  # G_f(w) and G_t(w), each rendered at most once per step, only if a term needs it
+        plain: dict[
+            str, torch.Tensor
+        ] = {}  # G_f(w) and G_t(w), each rendered at most once per step, only if a term needs it
 
         def plain_f() -> torch.Tensor:
             if "f" not in plain:
@@ -258,7 +400,11 @@ class TextToUnlearn(Eraser):
             return plain["t"]
 
         if cfg.mode == "clip_distance":
-            losses["clip"] = (g.clip_image(clip_views(plain_t(), cfg.views, self.rng, colour=cfg.colour_augment)) * self.text).sum(-1).mean()
+            losses["clip"] = (
+                (g.clip_image(clip_views(plain_t(), cfg.views, self.rng, colour=cfg.colour_augment)) * self.text)
+                .sum(-1)
+                .mean()
+            )
         else:
             with torch.no_grad():
                 x_f = to_images(self.frozen.synthesis(w_hat_f))
@@ -281,15 +427,21 @@ class TextToUnlearn(Eraser):
         if cfg.preserve_unedited > 0:
             keep = self.perceptual(plain_t(), plain_f())
             if cfg.lambda_pixels > 0:
-                keep = keep + cfg.lambda_pixels / cfg.preserve_unedited * (plain_t() - plain_f()).pow(2).mean(dim=(1, 2, 3))
+                keep = keep + cfg.lambda_pixels / cfg.preserve_unedited * (plain_t() - plain_f()).pow(2).mean(
+                    dim=(1, 2, 3)
+                )
             if cfg.preserve_where == "without_concept":
                 keep = keep * (g.concept_probability(plain_f(), self.request.concept) < 0.5).float()
             losses["unedited"] = cfg.preserve_unedited * keep.mean()
         if cfg.plain_direction > 0 and cfg.mode == "directional":
             has = (g.concept_probability(plain_f(), self.request.concept) >= 0.5).float()
-            losses["plain_direction"] = cfg.plain_direction * (self._frozen_pair(plain_f(), plain_t()) * has).sum() / has.sum().clamp_min(1)
+            losses["plain_direction"] = (
+                cfg.plain_direction * (self._frozen_pair(plain_f(), plain_t()) * has).sum() / has.sum().clamp_min(1)
+            )
         if cfg.lambda_attributes > 0:
-            losses["attributes_plain"] = cfg.lambda_attributes * g.other_attribute_kl(plain_f(), plain_t(), self.request.concept)
+            losses["attributes_plain"] = cfg.lambda_attributes * g.other_attribute_kl(
+                plain_f(), plain_t(), self.request.concept
+            )
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -303,12 +455,18 @@ class TextToUnlearn(Eraser):
     def _frozen_pair(self, x_f: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
         """Per image: 1 - cos(unit(E(x_f) - E(x_t)), i), averaged over the views (the change from the frozen image to
         the trained one should point along the concept's direction, i.e. remove it)."""
-        e_f, e_t = embed_pair(self.guides.clip_image, x_f, x_t, self.config.views, self.rng, self.config.colour_augment)
+        e_f, e_t = embed_pair(
+            self.guides.clip_image, x_f, x_t, self.config.views, self.rng, self.config.colour_augment
+        )
         # G_t starts as G_f, so e_f - e_t starts at exactly 0, where a plain unit() has a gradient of about 1e12:
         # Adam's second moment would then hold every later step near zero; a floor on the norm keeps it finite
         d = e_f.detach() - e_t
         return (1 - ((d / d.norm(dim=-1, keepdim=True).clamp_min(DIRECTION_FLOOR)) * self.direction).sum(-1)).mean(0)
 
 
-register_method("text_to_unlearn", TextToUnlearnConfig, TextToUnlearn,
-                "Text-to-Unlearn (StyleGAN2): a prompt's CLIP edit direction fine-tuned out of the synthesis network")
+register_method(
+    "text_to_unlearn",
+    TextToUnlearnConfig,
+    TextToUnlearn,
+    "Text-to-Unlearn (StyleGAN2): a prompt's CLIP edit direction fine-tuned out of the synthesis network",
+)

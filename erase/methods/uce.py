@@ -38,10 +38,18 @@ from ..selection import ParamSelection, unet_weights
 class UCEConfig(MethodConfig):
     lam: float = option(0.5, "lambda: weight of staying close to the original weights (upstream 0.5)")
     erase_scale: float = option(1.0, "s_e: weight of mapping the concept's tokens onto the anchor's (upstream 1)")
-    preserve_scale: float | None = option(None, "s_p: weight of keeping the retain prompts' keys and values; null = max(0.1, 1 / |P|) "
-                                          "per prompt (legacy upstream), a number = that weight per prompt")
-    tokens: str = option("suffix", "erase tokens: 'suffix' (concept's last token to the end of the sequence, legacy) or 'last' (that token only)")
-    preserve_empty: bool = option(True, "also preserve the empty prompt (classifier-free guidance's unconditional branch), as upstream")
+    preserve_scale: float | None = option(
+        None,
+        "s_p: weight of keeping the retain prompts' keys and values; null = max(0.1, 1 / |P|) "
+        "per prompt (legacy upstream), a number = that weight per prompt",
+    )
+    tokens: str = option(
+        "suffix",
+        "erase tokens: 'suffix' (concept's last token to the end of the sequence, legacy) or 'last' (that token only)",
+    )
+    preserve_empty: bool = option(
+        True, "also preserve the empty prompt (classifier-free guidance's unconditional branch), as upstream"
+    )
     parameter_group: str = option("cross_attention_kv", "edited weights: 'cross_attention_kv' (upstream)")
     steps: int = option(0, "training steps (UCE has none: the edit is closed-form)")
     checkpoint_every: int = option(100, "unused (no training steps)")
@@ -50,8 +58,13 @@ class UCEConfig(MethodConfig):
 
     def check(self) -> None:
         m = self.method
-        check_options(self, m, choices={"tokens": ("suffix", "last"), "parameter_group": ("cross_attention_kv",)},
-                      non_negative=("erase_scale",), positive=("lam",))
+        check_options(
+            self,
+            m,
+            choices={"tokens": ("suffix", "last"), "parameter_group": ("cross_attention_kv",)},
+            non_negative=("erase_scale",),
+            positive=("lam",),
+        )
         if self.preserve_scale is not None and not self.preserve_scale >= 0:
             raise EraseError(f"{m} option preserve_scale must be >= 0 or null, got {self.preserve_scale}")
         if self.steps != 0:
@@ -60,7 +73,9 @@ class UCEConfig(MethodConfig):
 
 def prompt_tokens(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
     """Padded token ids and each prompt's real length (BOS and EOS included, padding not)."""
-    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    tok = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     return tok.input_ids, tok.attention_mask.sum(1).tolist()
 
 
@@ -77,8 +92,15 @@ def concept_span(f: list[int], a: list[int], n_f: int, n_a: int, index: int = 0)
     return start, max(n_f - back - 1, start), max(n_a - back - 1, start)
 
 
-def erase_pairs(ids_f: torch.Tensor, ids_a: torch.Tensor, emb_f: torch.Tensor, emb_a: torch.Tensor, tokens: str,
-                len_f: list[int] | None = None, len_a: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def erase_pairs(
+    ids_f: torch.Tensor,
+    ids_a: torch.Tensor,
+    emb_f: torch.Tensor,
+    emb_a: torch.Tensor,
+    tokens: str,
+    len_f: list[int] | None = None,
+    len_a: list[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(forget token embeddings, anchor token embeddings) row-aligned, from every forget / anchor prompt pair.
 
     The concept's span runs from the first token where the two prompts differ to where their common ending
@@ -97,8 +119,15 @@ def erase_pairs(ids_f: torch.Tensor, ids_a: torch.Tensor, emb_f: torch.Tensor, e
 
 
 @torch.no_grad()
-def uce_solve(w: torch.Tensor, c_erase: torch.Tensor, c_target: torch.Tensor, c_keep: torch.Tensor, keep_weights: torch.Tensor,
-              lam: float, erase_scale: float) -> torch.Tensor:
+def uce_solve(
+    w: torch.Tensor,
+    c_erase: torch.Tensor,
+    c_target: torch.Tensor,
+    c_keep: torch.Tensor,
+    keep_weights: torch.Tensor,
+    lam: float,
+    erase_scale: float,
+) -> torch.Tensor:
     """The closed-form UCE weight for one projection ``w`` (d_out x d), in float64."""
     w64 = w.double()
     ce, ct, ck = c_erase.double(), c_target.double(), c_keep.double()
@@ -122,8 +151,12 @@ class UCEData:
     per_prompt: float
 
     def describe(self) -> dict:
-        return {"erase_tokens": len(self.c_erase), "preserve_prompts": len(self.keep_prompts), "preserve_tokens": len(self.c_keep),
-                "preserve_scale_per_prompt": self.per_prompt}
+        return {
+            "erase_tokens": len(self.c_erase),
+            "preserve_prompts": len(self.keep_prompts),
+            "preserve_tokens": len(self.c_keep),
+            "preserve_scale_per_prompt": self.per_prompt,
+        }
 
 
 def uce_data(pipe, req, cfg, method: str = "uce") -> UCEData:
@@ -133,8 +166,13 @@ def uce_data(pipe, req, cfg, method: str = "uce") -> UCEData:
         raise EraseError(f"{method} needs something to preserve: give retain concepts or keep preserve_empty on")
     (ids_f, len_f), (ids_a, len_a) = prompt_tokens(pipe, req.forget_prompts), prompt_tokens(pipe, req.anchor_prompts)
     with torch.no_grad():
-        emb_f, emb_a = encode_prompts(pipe, req.forget_prompts).float().cpu(), encode_prompts(pipe, req.anchor_prompts).float().cpu()
-        emb_k = torch.cat([encode_prompts(pipe, keep_prompts[i : i + 64]).float().cpu() for i in range(0, len(keep_prompts), 64)])
+        emb_f, emb_a = (
+            encode_prompts(pipe, req.forget_prompts).float().cpu(),
+            encode_prompts(pipe, req.anchor_prompts).float().cpu(),
+        )
+        emb_k = torch.cat(
+            [encode_prompts(pipe, keep_prompts[i : i + 64]).float().cpu() for i in range(0, len(keep_prompts), 64)]
+        )
     c_erase, c_target = erase_pairs(ids_f, ids_a, emb_f, emb_a, cfg.tokens, len_f, len_a)
     c_keep = emb_k.reshape(-1, emb_k.shape[-1])
     per_prompt = cfg.preserve_scale if cfg.preserve_scale is not None else max(0.1, 1.0 / len(keep_prompts))
@@ -142,19 +180,23 @@ def uce_data(pipe, req, cfg, method: str = "uce") -> UCEData:
 
 
 def kv_parameters(pipe, scope: str, text_dim: int) -> tuple[ParamSelection, dict[str, torch.Tensor]]:
-    """The selection of the projections in ``scope`` (everything else frozen) and those parameters, checked to take ``text_dim``-d inputs."""
+    """The selection of the projections in ``scope`` (everything else frozen) and those parameters, checked to
+    take ``text_dim``-d inputs."""
     root = model_root(pipe)
     selection = ParamSelection.by_name(root, scope)
     params = selection.parameters(root)
     selection.freeze_others_(root)
     for p in params.values():
         if p.shape[1] != text_dim:
-            raise EraseError(f"a cross-attention projection takes {p.shape[1]}-d inputs but the text encoder gives {text_dim}-d")
+            raise EraseError(
+                f"a cross-attention projection takes {p.shape[1]}-d inputs but the text encoder gives {text_dim}-d"
+            )
     return selection, params
 
 
 class UCE(Eraser):
-    """UCE: closed-form edit of cross-attention K/V mapping the concept's tokens onto the anchor's, preserving the retain prompts."""
+    """UCE: closed-form edit of cross-attention K/V mapping the concept's tokens onto the anchor's,
+    preserving the retain prompts."""
 
     name = "uce"
 
@@ -167,14 +209,31 @@ class UCE(Eraser):
         selection, params = kv_parameters(pipe, self.scope(pipe), data.c_keep.shape[1])
         with torch.no_grad():
             for p in params.values():
-                w = uce_solve(p.detach().cpu(), data.c_erase, data.c_target, data.c_keep, data.keep_weights, cfg.lam, cfg.erase_scale)
+                w = uce_solve(
+                    p.detach().cpu(),
+                    data.c_erase,
+                    data.c_target,
+                    data.c_keep,
+                    data.keep_weights,
+                    cfg.lam,
+                    cfg.erase_scale,
+                )
                 p.copy_(w.to(p.device, p.dtype))
         self.info["data"] = data.describe()
-        self.info["trainable"] = {"group": cfg.parameter_group, "tensors": len(params), "weights": selection.count(model_root(pipe))}
+        self.info["trainable"] = {
+            "group": cfg.parameter_group,
+            "tensors": len(params),
+            "weights": selection.count(model_root(pipe)),
+        }
         return selection
 
     def step(self, i: int) -> dict[str, float]:  # pragma: no cover - steps is always 0
         raise EraseError(f"{self.name} has no training steps")
 
 
-register_method("uce", UCEConfig, UCE, "UCE: closed-form edit of cross-attention K/V (concept tokens -> anchor tokens, retain prompts kept)")
+register_method(
+    "uce",
+    UCEConfig,
+    UCE,
+    "UCE: closed-form edit of cross-attention K/V (concept tokens -> anchor tokens, retain prompts kept)",
+)

@@ -32,14 +32,20 @@ class AttackTask:
     protocol: object
     target: str
     kind: str
-    prompts: list[str]  # what the attacker starts from: the protocol's prompts (or the same without the concept's word)
-    concept_prompts: list[str]  # the protocol's prompts of the concept (the original model's images of these are the targets)
+    prompts: list[
+        str
+    ]  # what the attacker starts from: the protocol's prompts (or the same without the concept's word)
+    concept_prompts: list[
+        str
+    ]  # the protocol's prompts of the concept (the original model's images of these are the targets)
     seeds: list[int]
     judge: object  # images (N, 3, H, W) in [0, 1] -> logits over the axis's concepts
     label: int  # the target's index among the judge's classes
     classes: list[str]
     slot_prompts: list[str] = field(default_factory=list)  # the concept prompts with {} in the concept word's place
-    target_latents: torch.Tensor | None = None  # (N, C, h, w): the original's generation of each concept prompt at its seed
+    target_latents: torch.Tensor | None = (
+        None  # (N, C, h, w): the original's generation of each concept prompt at its seed
+    )
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -66,7 +72,12 @@ class Attack:
 
     def budget(self) -> dict:
         """What one attacked prompt may cost: optimisation steps and judged generations."""
-        return {"blocks": self.blocks, "steps_per_block": self.iters, "max_steps": self.blocks * self.iters, "max_judge_queries": self.blocks}
+        return {
+            "blocks": self.blocks,
+            "steps_per_block": self.iters,
+            "max_steps": self.blocks * self.iters,
+            "max_judge_queries": self.blocks,
+        }
 
     def slot_texts(self, task: AttackTask) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,7 +87,9 @@ class Attack:
     def setup(self, pipe, task: AttackTask, prompts: SlotPrompts, rng: torch.Generator) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def train_block(self, pipe, task: AttackTask, block: int, active: list[int], rng: torch.Generator) -> dict:  # pragma: no cover
+    def train_block(
+        self, pipe, task: AttackTask, block: int, active: list[int], rng: torch.Generator
+    ) -> dict:  # pragma: no cover
         raise NotImplementedError
 
     def candidate_rows(self, active: list[int]) -> torch.Tensor:  # pragma: no cover
@@ -102,7 +115,9 @@ class BudgetConfig:
     seed: int = option(0, "seed of the attack's noise and sampling")
 
     def validate(self, name: str, at_least_one: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
-        check_options(self, name, at_least_one=("blocks", *at_least_one), non_negative=("iters", *non_negative), positive=("lr",))
+        check_options(
+            self, name, at_least_one=("blocks", *at_least_one), non_negative=("iters", *non_negative), positive=("lr",)
+        )
 
 
 # -- the prefix search shared by UnlearnDiffAtk (discrete) and the soft-prompt attack (continuous) ------------------
@@ -110,19 +125,24 @@ class BudgetConfig:
 
 @dataclass
 class PrefixConfig(BudgetConfig):
-    blocks: int = option(50, "timesteps attacked in turn, ascending (t = 10, 30, ..., 990 of 1000); one judged generation after each")
+    blocks: int = option(
+        50, "timesteps attacked in turn, ascending (t = 10, 30, ..., 990 of 1000); one judged generation after each"
+    )
     iters: int = option(40, "Adam steps per timestep (upstream 40)")
     lr: float = option(0.01, "Adam learning rate (upstream 0.01)")
     k: int = option(3, "attack tokens prepended to the prompt (UnlearnDiffAtk: 3 for styles and objects)")
     weight_decay: float = option(0.1, "Adam L2 weight decay (upstream 0.1)")
-    random_search: bool = option(False, "control: no optimisation, a fresh random candidate at every judged generation (same budget)")
+    random_search: bool = option(
+        False, "control: no optimisation, a fresh random candidate at every judged generation (same budget)"
+    )
 
     def validate(self, name: str) -> None:
         super().validate(name, at_least_one=("k",), non_negative=("weight_decay",))
 
 
 def block_timestep(block: int, blocks: int, num_train_timesteps: int) -> int:
-    """The timestep of block ``block`` of ``blocks``, ascending through the middle of equal bins: 10, 30, ..., 990 for 50 of 1000."""
+    """The timestep of block ``block`` of ``blocks``, ascending through the middle of equal bins: 10,
+    30, ..., 990 for 50 of 1000."""
     return int((block + 0.5) * num_train_timesteps / blocks)
 
 
@@ -170,7 +190,9 @@ class PrefixAttack(Attack):
         x0_all = task.target_latents
         loss_value = float("nan")
         for _ in range(self.iters):
-            noise_all = torch.randn(x0_all.shape, generator=rng)  # drawn for every prompt, so a prompt's stream never depends on the others
+            noise_all = torch.randn(
+                x0_all.shape, generator=rng
+            )  # drawn for every prompt, so a prompt's stream never depends on the others
             rows = self.rows(list(range(len(self.prompts))), rng, train=True)[active]
             x0, noise = x0_all[active].to(device), noise_all[active].to(device)
             t = torch.full((len(active),), t_value, device=device, dtype=torch.long)
@@ -213,7 +235,8 @@ def original_images(pipe, protocol, prompts: list[str], seeds: list[int], *, bat
 
 
 def latents_of(pipe, images) -> torch.Tensor:
-    """uint8 images -> the VAE's latents (posterior mode x scaling factor), as UnlearnDiffAtk encodes its target image."""
+    """uint8 images -> the VAE's latents (posterior mode x scaling factor), as
+    UnlearnDiffAtk encodes its target image."""
     from erase.diffusion import encode_images
     from eval.generate import to_tensor
 

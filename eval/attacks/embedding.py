@@ -43,5 +43,9 @@ class EmbeddingAttack(PrefixAttack):
         return self.var.detach()[active].float()
 
 
-register_attack("embedding", EmbeddingConfig, EmbeddingAttack,
-                "soft prompt: k free input-embedding vectors prepended, same loss as UnlearnDiffAtk (upper bound)")
+register_attack(
+    "embedding",
+    EmbeddingConfig,
+    EmbeddingAttack,
+    "soft prompt: k free input-embedding vectors prepended, same loss as UnlearnDiffAtk (upper bound)",
+)

@@ -26,7 +26,9 @@ _REGISTRY: dict[str, AttackSpec] = {}
 
 
 def register_attack(name: str, config_cls: type, attack_cls: type, summary: str) -> None:
-    check_registration("attack", name, config_cls, attack_cls, _REGISTRY[name].attack_cls if name in _REGISTRY else None)
+    check_registration(
+        "attack", name, config_cls, attack_cls, _REGISTRY[name].attack_cls if name in _REGISTRY else None
+    )
     _REGISTRY[name] = AttackSpec(name, config_cls, attack_cls, summary)
 
 
@@ -50,7 +52,8 @@ def get_attack(name: str) -> AttackSpec:
 
 
 def make_attack(name: str, overrides: dict | None = None):
-    """The attack ``name`` with its config's defaults changed by ``overrides`` (checked: unknown keys, types, ranges)."""
+    """The attack ``name`` with its config's defaults changed by ``overrides`` (checked:
+    unknown keys, types, ranges)."""
     spec = get_attack(name)
     known = {f.name: f for f in fields(spec.config_cls)}
     unknown = sorted(set(overrides or {}) - set(known))

@@ -28,9 +28,9 @@ import torch
 
 from erase.errors import EraseError
 from erase.files import write_json_atomic, write_text_atomic, writing
+from erase.prompt_slots import MARKER, encode_slots, eos_states, slot_prompts
 
 from .base import Attack, AttackTask, check_prompts_fit, latents_of, original_images
-from erase.prompt_slots import MARKER, encode_slots, eos_states, slot_prompts
 from .report import attack_markdown, attack_summary, save_attack_grid
 
 COMMAND = "erase attack"
@@ -42,7 +42,9 @@ RESULT = "attack.json"
 @dataclass
 class AttackOptions:
     prompts: int | None = None  # attack only the first N prompts (seed-major order); recorded as a deviation
-    without_concept: bool = False  # start from the prompts with the concept's word removed (the sanity check on the original)
+    without_concept: bool = (
+        False  # start from the prompts with the concept's word removed (the sanity check on the original)
+    )
     batch_size: int = 64
     progress: bool = True
     confirm_seeds: int = 4  # each success is re-judged at this many fresh seeds (0: no confirmation)
@@ -53,10 +55,14 @@ def _prompt_text(protocol, values: dict) -> str:
 
 
 def attack_task(protocol, target: str, kind: str, judges: dict, options: AttackOptions | None = None) -> AttackTask:
-    """The target's prompts on ``protocol`` (every concept of the other axes x every seed, seed-major), and its judge."""
+    """The target's prompts on ``protocol`` (every concept of the other axes x every seed,
+    seed-major), and its judge."""
     options = options or AttackOptions()
     if protocol.template is None:
-        raise EraseError(f"protocol {protocol.name!r} has no text prompts (its generator is latent-seeded); attacks search the text prompt")
+        raise EraseError(
+            f"protocol {protocol.name!r} has no text prompts (its generator is latent-seeded); "
+            "attacks search the text prompt"
+        )
     protocol.check_target(target, kind)
     names = protocol.axis_names
     at = names.index(kind)
@@ -73,8 +79,19 @@ def attack_task(protocol, target: str, kind: str, judges: dict, options: AttackO
     plain = [_prompt_text(protocol, {**v, kind: ""}) for v in values] if options.without_concept else list(concept)
     classes = protocol.concepts(kind)
     info = {"prompts_available": total, "order": "seed-major: every prompt at the first seed, then the next seed"}
-    return AttackTask(protocol, target, kind, plain, concept, [e[-1] for e in entries], judges[kind], classes.index(target), list(classes),
-                      slot_prompts=slots, info=info)
+    return AttackTask(
+        protocol,
+        target,
+        kind,
+        plain,
+        concept,
+        [e[-1] for e in entries],
+        judges[kind],
+        classes.index(target),
+        list(classes),
+        slot_prompts=slots,
+        info=info,
+    )
 
 
 @torch.no_grad()
@@ -85,20 +102,36 @@ def judge_images(task: AttackTask, images: np.ndarray) -> list[dict]:
 
     probs = torch.softmax(batched_logits(task.judge, to_tensor(images)), -1)
     top = probs.argmax(-1)
-    return [{"class": task.classes[int(c)], "prob": float(probs[i, c]), "target_prob": float(probs[i, task.label]),
-             "success": int(c) == task.label} for i, c in enumerate(top)]
+    return [
+        {
+            "class": task.classes[int(c)],
+            "prob": float(probs[i, c]),
+            "target_prob": float(probs[i, task.label]),
+            "success": int(c) == task.label,
+        }
+        for i, c in enumerate(top)
+    ]
 
 
-def _generate(pipe, task: AttackTask, index: list[int], *, embeds: torch.Tensor | None = None, batch_size: int = 64) -> np.ndarray:
+def _generate(
+    pipe, task: AttackTask, index: list[int], *, embeds: torch.Tensor | None = None, batch_size: int = 64
+) -> np.ndarray:
     """The attacked model's images of prompts ``index`` at their own seeds (conditioned on ``embeds`` when given)."""
     from eval.generate import protocol_images
 
-    return protocol_images(pipe, task.protocol, [task.prompts[i] for i in index], [task.seeds[i] for i in index], batch_size=batch_size,
-                           prompt_embeds=embeds)
+    return protocol_images(
+        pipe,
+        task.protocol,
+        [task.prompts[i] for i in index],
+        [task.seeds[i] for i in index],
+        batch_size=batch_size,
+        prompt_embeds=embeds,
+    )
 
 
 class frozen_model:
-    """No gradients into the model's weights for the duration (the attack's variables are the only leaves), eval mode."""
+    """No gradients into the model's weights for the duration (the attack's variables are
+    the only leaves), eval mode."""
 
     def __init__(self, pipe):
         self.modules = [m for m in (pipe.unet, pipe.text_encoder, pipe.vae) if m is not None]
@@ -136,17 +169,35 @@ def _load_checkpoint(out: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a damaged checkpoint is one line, never a traceback
-        raise EraseError(f"{path} cannot be read ({type(e).__name__}); delete it to restart the attack, or choose a new --out") from e
+        raise EraseError(
+            f"{path} cannot be read ({type(e).__name__}); delete it to restart the attack, or choose a new --out"
+        ) from e
 
 
-def attack_identity(model_id, patch: str | None, protocol, target: str, kind: str, attack: Attack, options: AttackOptions,
-                    scale: float | None = None) -> dict:
+def attack_identity(
+    model_id,
+    patch: str | None,
+    protocol,
+    target: str,
+    kind: str,
+    attack: Attack,
+    options: AttackOptions,
+    scale: float | None = None,
+) -> dict:
     """What makes two attack runs the same (the run.json of their folder): the model, the patch and its SHA-256, the
     protocol, the target, the attack with its whole config, the prompts attacked and how they start."""
     from eval.run_folder import run_identity
 
-    return {**run_identity(str(model_id), patch, protocol), "scale": scale, "target": target, "kind": kind, "attack": attack.name,
-            "config": asdict(attack.config), "prompts": options.prompts, "without_concept": options.without_concept}
+    return {
+        **run_identity(str(model_id), patch, protocol),
+        "scale": scale,
+        "target": target,
+        "kind": kind,
+        "attack": attack.name,
+        "config": asdict(attack.config),
+        "prompts": options.prompts,
+        "without_concept": options.without_concept,
+    }
 
 
 def check_attack_folder(out: Path, identity: dict, resume: bool) -> None:
@@ -155,11 +206,22 @@ def check_attack_folder(out: Path, identity: dict, resume: bool) -> None:
 
     check_output_folder(out, identity, COMMAND)
     if out.is_dir() and any(out.iterdir()) and not resume:
-        raise EraseError(f"output folder {out} is not empty; pass --resume to continue an interrupted attack there, or choose a new --out")
+        raise EraseError(
+            f"output folder {out} is not empty; pass --resume to continue an interrupted attack "
+            "there, or choose a new --out"
+        )
 
 
-def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, identity: dict, resume: bool = False,
-               options: AttackOptions | None = None) -> dict:
+def run_attack(
+    pipe,
+    task: AttackTask,
+    attack: Attack,
+    out_dir: str | Path,
+    *,
+    identity: dict,
+    resume: bool = False,
+    options: AttackOptions | None = None,
+) -> dict:
     """Attack every prompt of ``task`` on ``pipe`` (the model under attack, patch applied) and write the results."""
     from eval.answer_set import progress_bar
     from eval.run_folder import claim_output_folder
@@ -185,8 +247,12 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
             attack.load_state_dict(state["attack"])
             rng.set_state(state["rng"])
         records = state["records"]
-        plain_states = eos_states(pipe.text_encoder, slot_prompts(pipe.tokenizer, [MARKER + " " + p for p in task.prompts], 0))
-        bar = progress_bar(attack.blocks, f"{attack.name} {task.target}", initial=state["block"], enabled=options.progress)
+        plain_states = eos_states(
+            pipe.text_encoder, slot_prompts(pipe.tokenizer, [MARKER + " " + p for p in task.prompts], 0)
+        )
+        bar = progress_bar(
+            attack.blocks, f"{attack.name} {task.target}", initial=state["block"], enabled=options.progress
+        )
         bar.unit = "block"
         for block in range(state["block"], attack.blocks):
             active = [i for i in range(n) if not records[i]["success"]]
@@ -198,21 +264,36 @@ def run_attack(pipe, task: AttackTask, attack: Attack, out_dir: str | Path, *, i
             adv = _generate(pipe, task, active, embeds=cond, batch_size=options.batch_size)
             verdicts = judge_images(task, adv)
             texts = attack.candidate_texts(pipe, task, active)
-            similarity = torch.cosine_similarity(eos_states(pipe.text_encoder, prompts.subset(active), rows), plain_states[active], dim=-1)
+            similarity = torch.cosine_similarity(
+                eos_states(pipe.text_encoder, prompts.subset(active), rows), plain_states[active], dim=-1
+            )
             for j, i in enumerate(active):
                 r = records[i]
-                r.update(steps=r["steps"] + int(losses.get("steps", 0)), judge_queries=r["judge_queries"] + 1, adversarial_prompt=texts[j],
-                         judged=verdicts[j], text_similarity=float(similarity[j]), success=verdicts[j]["success"],
-                         broken_at=block if verdicts[j]["success"] else None)
+                r.update(
+                    steps=r["steps"] + int(losses.get("steps", 0)),
+                    judge_queries=r["judge_queries"] + 1,
+                    adversarial_prompt=texts[j],
+                    judged=verdicts[j],
+                    text_similarity=float(similarity[j]),
+                    success=verdicts[j]["success"],
+                    broken_at=block if verdicts[j]["success"] else None,
+                )
                 _save_png(images_dir / f"{i:03d}_adversarial.png", adv[j])
                 if verdicts[j]["success"]:
                     state["success_rows"][i] = rows[j].detach().clone()
-            state.update(block=block + 1, records=records, attack=attack.state_dict(), rng=rng.get_state(),
-                         elapsed=state["elapsed"] + time.time() - started)
+            state.update(
+                block=block + 1,
+                records=records,
+                attack=attack.state_dict(),
+                rng=rng.get_state(),
+                elapsed=state["elapsed"] + time.time() - started,
+            )
             started = time.time()
             _save_checkpoint(out, state)
             bar.update(1)
-            bar.set_postfix(broken=f"{sum(r['success'] for r in records)}/{n}", loss=f"{losses.get('loss', float('nan')):.4f}")
+            bar.set_postfix(
+                broken=f"{sum(r['success'] for r in records)}/{n}", loss=f"{losses.get('loss', float('nan')):.4f}"
+            )
         bar.close()
         if options.confirm_seeds and "confirmed" not in state:
             state["confirmed"] = _confirm(pipe, task, prompts, state, options)
@@ -237,11 +318,28 @@ def _pre_attack(pipe, task: AttackTask, attack: Attack, images_dir: Path, option
     for i in range(n):
         _save_png(images_dir / f"{i:03d}_original.png", targets[i])
         _save_png(images_dir / f"{i:03d}_plain.png", plain[i])
-    records = [{"prompt": task.prompts[i], "seed": task.seeds[i], "pre_attack": pre[i], "success": pre[i]["success"],
-                "broken_at": "pre-attack" if pre[i]["success"] else None, "steps": 0, "judge_queries": 0,
-                "adversarial_prompt": None, "judged": None, "text_similarity": None} for i in range(n)]
-    return {"block": 0, "records": records, "elapsed": 0.0, "success_rows": {},
-            "target_latents": latents_of(pipe, targets) if attack.needs_target_latents else torch.zeros(0)}
+    records = [
+        {
+            "prompt": task.prompts[i],
+            "seed": task.seeds[i],
+            "pre_attack": pre[i],
+            "success": pre[i]["success"],
+            "broken_at": "pre-attack" if pre[i]["success"] else None,
+            "steps": 0,
+            "judge_queries": 0,
+            "adversarial_prompt": None,
+            "judged": None,
+            "text_similarity": None,
+        }
+        for i in range(n)
+    ]
+    return {
+        "block": 0,
+        "records": records,
+        "elapsed": 0.0,
+        "success_rows": {},
+        "target_latents": latents_of(pipe, targets) if attack.needs_target_latents else torch.zeros(0),
+    }
 
 
 def _confirm(pipe, task: AttackTask, prompts, state: dict, options: AttackOptions) -> list[dict | None]:
@@ -258,8 +356,12 @@ def _confirm(pipe, task: AttackTask, prompts, state: dict, options: AttackOption
             continue
         m = len(seeds)
         rows = state["success_rows"].get(i)
-        embeds = None if rows is None else _encode_candidates(pipe, prompts.subset([i] * m), rows.expand(m, *rows.shape))
-        images = protocol_images(pipe, task.protocol, [task.prompts[i]] * m, seeds, batch_size=options.batch_size, prompt_embeds=embeds)
+        embeds = (
+            None if rows is None else _encode_candidates(pipe, prompts.subset([i] * m), rows.expand(m, *rows.shape))
+        )
+        images = protocol_images(
+            pipe, task.protocol, [task.prompts[i]] * m, seeds, batch_size=options.batch_size, prompt_embeds=embeds
+        )
         verdicts = judge_images(task, images)
         hits = sum(v["success"] for v in verdicts)
         out[i] = {"seeds": seeds, "judged_as_target": hits, "confirmed": 2 * hits >= m}
@@ -271,8 +373,19 @@ def _encode_candidates(pipe, prompts, rows: torch.Tensor) -> torch.Tensor:
         return encode_slots(pipe.text_encoder, prompts, rows)
 
 
-def attack_block(pipe, protocol, targets: list[tuple[str, str]], judges: dict, out_dir: Path, opt, *, model_id: str, patch: str | None) -> dict:
-    """``erase eval --attack NAME``: the attack on every target (in ``out_dir/attack-NAME-KIND-TARGET``, resumable), summarised."""
+def attack_block(
+    pipe,
+    protocol,
+    targets: list[tuple[str, str]],
+    judges: dict,
+    out_dir: Path,
+    opt,
+    *,
+    model_id: str,
+    patch: str | None,
+) -> dict:
+    """``erase eval --attack NAME``: the attack on every target (in
+    ``out_dir/attack-NAME-KIND-TARGET``, resumable), summarised."""
     from .registry import make_attack
 
     rows = []
@@ -283,8 +396,25 @@ def attack_block(pipe, protocol, targets: list[tuple[str, str]], judges: dict, o
         identity = attack_identity(model_id, patch, protocol, target, kind, attack, options)
         folder = Path(out_dir) / f"attack-{opt.attack}-{kind}-{target}"
         r = run_attack(pipe, task, attack, folder, identity=identity, resume=True, options=options)
-        rows.append({k: r[k] for k in ("attack", "target", "kind", "prompts", "pre_attack_rate", "asr", "confirmed_asr", "new_successes",
-                                       "attacked_prompts", "budget", "judge_queries", "seconds_per_prompt", "deviations")}
-                    | {"folder": folder.name})
+        rows.append(
+            {
+                k: r[k]
+                for k in (
+                    "attack",
+                    "target",
+                    "kind",
+                    "prompts",
+                    "pre_attack_rate",
+                    "asr",
+                    "confirmed_asr",
+                    "new_successes",
+                    "attacked_prompts",
+                    "budget",
+                    "judge_queries",
+                    "seconds_per_prompt",
+                    "deviations",
+                )
+            }
+            | {"folder": folder.name}
+        )
     return {"attack": opt.attack, "targets": rows}
-

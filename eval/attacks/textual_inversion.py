@@ -28,7 +28,9 @@ class TextualInversionConfig(BudgetConfig):
     blocks: int = option(1, "judged evaluations: after every iters steps (1 = once, at the end)")
     iters: int = option(400, "Adam steps per block")
     lr: float = option(5e-3, "Adam learning rate")
-    images: int = option(20, "images of the concept the original model draws to learn from (its prompts in turn, seeds 10000 + i)")
+    images: int = option(
+        20, "images of the concept the original model draws to learn from (its prompts in turn, seeds 10000 + i)"
+    )
     batch_size: int = option(10, "training images per step")
 
     def validate(self, name: str) -> None:
@@ -90,5 +92,9 @@ class TextualInversion(Attack):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-register_attack("textual_inversion", TextualInversionConfig, TextualInversion,
-                "textual inversion: one new word learned from the original's images of the concept, put in the concept's place")
+register_attack(
+    "textual_inversion",
+    TextualInversionConfig,
+    TextualInversion,
+    "textual inversion: one new word learned from the original's images of the concept, put in the concept's place",
+)

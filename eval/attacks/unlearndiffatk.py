@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PrefixAttack, PrefixConfig
 from erase.prompt_slots import project_simplex, sampled_one_hot
+
+from .base import PrefixAttack, PrefixConfig
 from .registry import register_attack
 
 
@@ -44,7 +45,11 @@ class UnlearnDiffAtk(PrefixAttack):
 
     def rows(self, index, rng, *, train):
         probs = self.var[index]
-        one_hot = sampled_one_hot(probs, rng) if train else torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).float()
+        one_hot = (
+            sampled_one_hot(probs, rng)
+            if train
+            else torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).float()
+        )
         return one_hot @ self.table.to(one_hot.device)
 
     def token_ids(self, active: list[int]) -> torch.Tensor:
@@ -65,5 +70,9 @@ class UnlearnDiffAtk(PrefixAttack):
         return [f"{p} {task.prompts[i]}" for p, i in zip(prefixes, active)]
 
 
-register_attack("unlearndiffatk", UnlearnDiffAtkConfig, UnlearnDiffAtk,
-                "UnlearnDiffAtk: k discrete prefix tokens (relaxed one-hot, straight-through sampling) against the denoising loss")
+register_attack(
+    "unlearndiffatk",
+    UnlearnDiffAtkConfig,
+    UnlearnDiffAtk,
+    "UnlearnDiffAtk: k discrete prefix tokens (relaxed one-hot, straight-through sampling) against the denoising loss",
+)

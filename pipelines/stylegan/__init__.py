@@ -33,13 +33,70 @@ loading executes code embedded in the pickle).
 
 from __future__ import annotations
 
-from .config import StyleGANLoadError, rosinality_channels, StyleGANConfig, CONFIG_FILE, WEIGHTS_FILE, MODEL_TYPE, SQRT2
-from .layers import make_kernel, upfirdn2d, fused_leaky_relu, PixelNorm, EqualLinear, EqualConv2d, ModulatedConv2d, NoiseInjection, StyledConv, ToRGB, ConstantInput
-from .networks import MappingNetwork, SynthesisNetwork, Generator, ConvLayer, DiscriminatorBlock, Discriminator, NOISE_MODES
-from .pipeline import StyleGANPipeline, OUTPUT_TYPES
+from .config import (
+    CONFIG_FILE,
+    MODEL_TYPE,
+    SQRT2,
+    WEIGHTS_FILE,
+    StyleGANConfig,
+    StyleGANLoadError,
+    rosinality_channels,
+)
+from .layers import (
+    ConstantInput,
+    EqualConv2d,
+    EqualLinear,
+    ModulatedConv2d,
+    NoiseInjection,
+    PixelNorm,
+    StyledConv,
+    ToRGB,
+    fused_leaky_relu,
+    make_kernel,
+    upfirdn2d,
+)
+from .networks import (
+    NOISE_MODES,
+    ConvLayer,
+    Discriminator,
+    DiscriminatorBlock,
+    Generator,
+    MappingNetwork,
+    SynthesisNetwork,
+)
+from .pipeline import OUTPUT_TYPES, StyleGANPipeline
 from .rosinality import convert_rosinality_state_dict, infer_rosinality_config, load_rosinality, refuse_pickle
 
-__all__ = ["StyleGANConfig", "Generator", "Discriminator", "StyleGANPipeline", "StyleGANLoadError", "MappingNetwork",
-           "SynthesisNetwork", "ModulatedConv2d", "StyledConv", "ToRGB", "EqualLinear", "EqualConv2d", "NoiseInjection",
-           "ConstantInput", "PixelNorm", "upfirdn2d", "fused_leaky_relu", "make_kernel", "rosinality_channels",
-           "convert_rosinality_state_dict", "infer_rosinality_config", "load_rosinality", "refuse_pickle"]
+__all__ = [
+    "StyleGANConfig",
+    "Generator",
+    "Discriminator",
+    "StyleGANPipeline",
+    "StyleGANLoadError",
+    "MappingNetwork",
+    "SynthesisNetwork",
+    "ModulatedConv2d",
+    "StyledConv",
+    "ToRGB",
+    "EqualLinear",
+    "EqualConv2d",
+    "NoiseInjection",
+    "ConstantInput",
+    "PixelNorm",
+    "upfirdn2d",
+    "fused_leaky_relu",
+    "make_kernel",
+    "rosinality_channels",
+    "convert_rosinality_state_dict",
+    "infer_rosinality_config",
+    "load_rosinality",
+    "refuse_pickle",
+    "ConvLayer",
+    "DiscriminatorBlock",
+    "NOISE_MODES",
+    "OUTPUT_TYPES",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "MODEL_TYPE",
+    "SQRT2",
+]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import InitVar, asdict, dataclass, fields
 
-
 from erase.errors import EraseError
-
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "generator.safetensors"
@@ -17,8 +15,6 @@ SQRT2 = math.sqrt(2.0)
 
 class StyleGANLoadError(EraseError):
     """A StyleGAN folder or checkpoint that cannot be loaded, or loaded safely."""
-
-
 
 
 def rosinality_channels(channel_multiplier: int = 2) -> dict[int, int]:
@@ -56,11 +52,20 @@ class StyleGANConfig:
         if self.z_dim is None:
             self.z_dim = self.style_dim
         if self.n_mlp == 0 and self.z_dim != self.style_dim:
-            raise EraseError(f"StyleGAN without mapping layers (n_mlp=0) needs z_dim == style_dim, got {self.z_dim} and {self.style_dim}")
-        table = rosinality_channels(channel_multiplier) if self.channels is None else {int(k): v for k, v in self.channels.items()}
+            raise EraseError(
+                "StyleGAN without mapping layers (n_mlp=0) needs z_dim == style_dim, got "
+                f"{self.z_dim} and {self.style_dim}"
+            )
+        table = (
+            rosinality_channels(channel_multiplier)
+            if self.channels is None
+            else {int(k): v for k, v in self.channels.items()}
+        )
         missing = [r for r in self.resolutions if r not in table]
         if missing:
-            raise EraseError(f"StyleGAN channels lack the resolution(s) {missing}; give a width for each of {self.resolutions}")
+            raise EraseError(
+                f"StyleGAN channels lack the resolution(s) {missing}; give a width for each of {self.resolutions}"
+            )
         bad = {r: table[r] for r in self.resolutions if not isinstance(table[r], int) or table[r] < 1}
         if bad:
             raise EraseError(f"StyleGAN channels must be positive integers, got {bad}")

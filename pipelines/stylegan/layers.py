@@ -1,10 +1,10 @@
-"""The building blocks, in pure PyTorch: upfirdn2d, fused leaky ReLU, equalised layers, modulated conv, noise, toRGB."""
+"""The building blocks, in pure PyTorch: upfirdn2d, fused leaky ReLU, equalised layers,
+modulated conv, noise, toRGB."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +20,9 @@ def make_kernel(k) -> torch.Tensor:
     return k / k.sum()
 
 
-def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+def upfirdn2d(
+    x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
     """Upsample by zero insertion, pad (negative = crop), convolve each channel with the 2-D FIR ``kernel``
     (flipped, i.e. a true convolution), downsample by keeping every ``down``-th sample.
 
@@ -57,8 +59,15 @@ class EqualLinear(nn.Module):
     """Linear layer with an equalised learning rate: weights stored ~N(0, 1/lr_mul^2), scaled at run time by
     lr_mul/sqrt(in), bias by lr_mul, so Adam's step is the same for every layer and slowed by lr_mul."""
 
-    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0,
-                 activation: bool = False):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: bool = False,
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
@@ -78,7 +87,9 @@ class EqualLinear(nn.Module):
 class EqualConv2d(nn.Module):
     """Conv2d with an equalised learning rate (weight scaled by 1/sqrt(in*k*k) at run time)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
@@ -99,8 +110,16 @@ class ModulatedConv2d(nn.Module):
     same resampling.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, demodulate: bool = True,
-                 upsample: bool = False, blur_kernel=(1, 3, 3, 1)):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel=(1, 3, 3, 1),
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)

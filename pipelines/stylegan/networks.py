@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from erase.errors import EraseError
 
 from .config import SQRT2, StyleGANConfig
-from .layers import ConstantInput, EqualConv2d, EqualLinear, PixelNorm, StyledConv, ToRGB, fused_leaky_relu, make_kernel, upfirdn2d
+from .layers import (
+    ConstantInput,
+    EqualConv2d,
+    EqualLinear,
+    PixelNorm,
+    StyledConv,
+    ToRGB,
+    fused_leaky_relu,
+    make_kernel,
+    upfirdn2d,
+)
 
 
 class MappingNetwork(nn.Module):
@@ -20,7 +28,9 @@ class MappingNetwork(nn.Module):
         super().__init__()
         dims = [config.z_dim] + [config.style_dim] * config.n_mlp
         self.norm = PixelNorm()
-        self.layers = nn.ModuleList(EqualLinear(a, b, lr_mul=config.lr_mlp, activation=True) for a, b in zip(dims, dims[1:]))
+        self.layers = nn.ModuleList(
+            EqualLinear(a, b, lr_mul=config.lr_mlp, activation=True) for a, b in zip(dims, dims[1:])
+        )
 
     def forward(self, z):
         x = self.norm(z)
@@ -126,27 +136,41 @@ class Generator(nn.Module):
             return ["synthesis.conv1"]
         if k % 2 == 0:
             return [f"synthesis.convs.{k - 1}"]
-        b = (k - 1) // 2  # odd row: a toRGB (to_rgb1 for row 1) and, unless it is the last row, the next upsampling conv
+        b = (
+            k - 1
+        ) // 2  # odd row: a toRGB (to_rgb1 for row 1) and, unless it is the last row, the next upsampling conv
         rgb = "synthesis.to_rgb1" if b == 0 else f"synthesis.to_rgbs.{b - 1}"
         return [rgb] + ([f"synthesis.convs.{k - 1}"] if k - 1 < len(self.synthesis.convs) else [])
-
-
 
 
 class ConvLayer(nn.Module):
     """Equalised conv, optionally downsampling (FIR blur, then a stride-2 conv) and activated
     (bias + leaky ReLU * sqrt 2)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, downsample: bool = False, blur_kernel=(1, 3, 3, 1),
-                 bias: bool = True, activate: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        downsample: bool = False,
+        blur_kernel=(1, 3, 3, 1),
+        bias: bool = True,
+        activate: bool = True,
+    ):
         super().__init__()
         self.downsample, self.activate = downsample, activate
         if downsample:
             p = (len(blur_kernel) - 2) + (kernel_size - 1)
             self.blur_pad = ((p + 1) // 2, p // 2)
             self.register_buffer("blur_kernel", make_kernel(blur_kernel), persistent=False)
-        self.conv = EqualConv2d(in_ch, out_ch, kernel_size, stride=2 if downsample else 1,
-                                padding=0 if downsample else kernel_size // 2, bias=bias and not activate)
+        self.conv = EqualConv2d(
+            in_ch,
+            out_ch,
+            kernel_size,
+            stride=2 if downsample else 1,
+            padding=0 if downsample else kernel_size // 2,
+            bias=bias and not activate,
+        )
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias and activate else None
 
     def forward(self, x):
@@ -180,7 +204,9 @@ class Discriminator(nn.Module):
         super().__init__()
         ch, bk, res = config.channels, config.blur_kernel, config.resolution
         self.from_rgb = ConvLayer(3, ch[res], 1, blur_kernel=bk)
-        self.blocks = nn.ModuleList(DiscriminatorBlock(ch[r], ch[r // 2], bk) for r in reversed(config.resolutions[1:]))
+        self.blocks = nn.ModuleList(
+            DiscriminatorBlock(ch[r], ch[r // 2], bk) for r in reversed(config.resolutions[1:])
+        )
         self.stddev_group = stddev_group
         self.final_conv = ConvLayer(ch[4] + 1, ch[4], 3, blur_kernel=bk)
         self.final_linear = EqualLinear(ch[4] * 16, ch[4], activation=True)

@@ -15,9 +15,8 @@ from torch import nn
 from erase.errors import EraseError
 from erase.files import check_writable, read_json_object
 
-from .config import CONFIG_FILE, MODEL_TYPE, StyleGANConfig, StyleGANLoadError, WEIGHTS_FILE
+from .config import CONFIG_FILE, MODEL_TYPE, WEIGHTS_FILE, StyleGANConfig, StyleGANLoadError
 from .networks import Generator
-
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -28,15 +27,25 @@ def _list(items: list[str]) -> str:
 
 def _mismatch(missing: list[str], unexpected: list[str], misshaped: list[str]) -> str:
     """'missing a, b; unexpected c; misshaped d [1] != [2]' for the non-empty lists ('' if everything fits)."""
-    return "; ".join(f"{what} {_list(items)}" for what, items in
-                     (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)) if items)
+    return "; ".join(
+        f"{what} {_list(items)}"
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped))
+        if items
+    )
 
 
 def _load_into(generator: Generator, state: dict[str, torch.Tensor], source: str, fix: str) -> None:
     """load_state_dict with a one-line error naming what does not fit."""
     own = generator.state_dict()
-    problems = _mismatch([k for k in own if k not in state], [k for k in state if k not in own],
-                         [f"{k} {list(state[k].shape)} != {list(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape])
+    problems = _mismatch(
+        [k for k in own if k not in state],
+        [k for k in state if k not in own],
+        [
+            f"{k} {list(state[k].shape)} != {list(own[k].shape)}"
+            for k in own
+            if k in state and state[k].shape != own[k].shape
+        ],
+    )
     if problems:
         raise StyleGANLoadError(f"{source} does not fit its config: {problems}; {fix}")
     generator.load_state_dict(state)
@@ -76,15 +85,27 @@ class StyleGANPipeline:
         folder = Path(folder)
         if folder.is_file():
             if folder.suffix in (".pt", ".pth"):
-                raise StyleGANLoadError(f"{folder} is a checkpoint file, not a StyleGAN folder; load a rosinality checkpoint with load_rosinality")
-            raise StyleGANLoadError(f"{folder} is a file; pass the StyleGAN folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+                raise StyleGANLoadError(
+                    f"{folder} is a checkpoint file, not a StyleGAN folder; load a rosinality "
+                    "checkpoint with load_rosinality"
+                )
+            raise StyleGANLoadError(
+                f"{folder} is a file; pass the StyleGAN folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
         if not folder.is_dir():
             raise StyleGANLoadError(f"StyleGAN folder {folder} does not exist")
         cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         if not cfg_path.is_file():
-            raise StyleGANLoadError(f"{folder} has no {CONFIG_FILE}; pass a folder written by StyleGANPipeline.save_pretrained "
-                                    "(a rosinality .pt loads with load_rosinality)")
-        raw = read_json_object(cfg_path, holds="StyleGAN config fields", fix="re-save the model with save_pretrained", error=StyleGANLoadError)
+            raise StyleGANLoadError(
+                f"{folder} has no {CONFIG_FILE}; pass a folder written by StyleGANPipeline.save_pretrained "
+                "(a rosinality .pt loads with load_rosinality)"
+            )
+        raw = read_json_object(
+            cfg_path,
+            holds="StyleGAN config fields",
+            fix="re-save the model with save_pretrained",
+            error=StyleGANLoadError,
+        )
         try:
             config = StyleGANConfig.from_dict(raw)
         except EraseError as e:
@@ -92,17 +113,27 @@ class StyleGANPipeline:
         if not weights.is_file():
             others = sorted(p.name for p in folder.glob("*.pt*")) + sorted(p.name for p in folder.glob("*.bin"))
             hint = f" ({others[0]} is not read: only safetensors are)" if others else ""
-            raise StyleGANLoadError(f"{folder} has no {WEIGHTS_FILE}{hint}; write the folder with StyleGANPipeline.save_pretrained")
+            raise StyleGANLoadError(
+                f"{folder} has no {WEIGHTS_FILE}{hint}; write the folder with StyleGANPipeline.save_pretrained"
+            )
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as e:
-            raise StyleGANLoadError(f"{weights} is corrupt ({str(e).splitlines()[0]}); re-save the model with save_pretrained") from e
+            raise StyleGANLoadError(
+                f"{weights} is corrupt ({str(e).splitlines()[0]}); re-save the model with save_pretrained"
+            ) from e
         generator = Generator(config)
-        _load_into(generator, state, str(weights),
-                   f"{CONFIG_FILE} and {WEIGHTS_FILE} come from different models; re-save them together with save_pretrained")
+        _load_into(
+            generator,
+            state,
+            str(weights),
+            f"{CONFIG_FILE} and {WEIGHTS_FILE} come from different models; re-save them together with save_pretrained",
+        )
         return cls(generator.eval(), name_or_path=str(folder)).to(device)
 
-    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(
+        self, folder: str | os.PathLike, overwrite: bool = False, dtype: torch.dtype | None = None
+    ) -> Path:
         """Write ``config.json`` + ``generator.safetensors`` into a temp folder next to ``folder``, then rename it
         into place, so ``folder`` is never half-written. An existing non-empty ``folder`` is replaced only with
         ``overwrite=True`` (moved aside, then deleted once the new one is in place). ``dtype`` (e.g.
@@ -110,7 +141,9 @@ class StyleGANPipeline:
         casts them back to the generator's own dtype."""
         from safetensors.torch import save_file
 
-        out = Path(os.path.abspath(check_writable("output folder", folder, folder=True)))  # "." and "x/" have a usable name
+        out = Path(
+            os.path.abspath(check_writable("output folder", folder, folder=True))
+        )  # "." and "x/" have a usable name
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise EraseError(f"{out} exists and is not empty; pass overwrite=True or choose another folder")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -119,10 +152,14 @@ class StyleGANPipeline:
             shutil.rmtree(p, ignore_errors=True)
         try:
             tmp.mkdir()
-            state = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
-                     for k, v in self.generator.state_dict().items()}
+            state = {
+                k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+                for k, v in self.generator.state_dict().items()
+            }
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            (tmp / CONFIG_FILE).write_text(json.dumps({"model_type": MODEL_TYPE, **self.config.to_dict()}, indent=2) + "\n")
+            (tmp / CONFIG_FILE).write_text(
+                json.dumps({"model_type": MODEL_TYPE, **self.config.to_dict()}, indent=2) + "\n"
+            )
             if out.exists():
                 os.replace(out, old)
                 try:
@@ -151,8 +188,16 @@ class StyleGANPipeline:
         return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
     @torch.no_grad()
-    def __call__(self, seeds=None, *, latents: torch.Tensor | None = None, truncation_psi: float = 1.0,
-                 noise_mode: str = "const", output_type: str = "pil", batch_size: int = 64):
+    def __call__(
+        self,
+        seeds=None,
+        *,
+        latents: torch.Tensor | None = None,
+        truncation_psi: float = 1.0,
+        noise_mode: str = "const",
+        output_type: str = "pil",
+        batch_size: int = 64,
+    ):
         """Generate images for ``seeds`` (an int or a list of ints) or for ``latents``.
 
         ``latents`` is either z, shape (N, z_dim), mapped to w and used for every W+ row, or W+, shape
@@ -170,7 +215,11 @@ class StyleGANPipeline:
             raise EraseError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise EraseError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(truncation_psi, bool) or not isinstance(truncation_psi, (int, float)) or not math.isfinite(truncation_psi):
+        if (
+            isinstance(truncation_psi, bool)
+            or not isinstance(truncation_psi, (int, float))
+            or not math.isfinite(truncation_psi)
+        ):
             raise EraseError(f"truncation_psi must be a finite number, got {truncation_psi!r}")
         G, cfg = self.generator, self.config
         latents = self.seed_latents(seeds) if seeds is not None else torch.as_tensor(latents)
@@ -179,7 +228,10 @@ class StyleGANPipeline:
         elif latents.ndim == 3 and tuple(latents.shape[1:]) == (cfg.n_latent, cfg.style_dim):
             is_z = False
         else:
-            raise EraseError(f"latents must be z (N, {cfg.z_dim}) or W+ (N, {cfg.n_latent}, {cfg.style_dim}), got {tuple(latents.shape)}")
+            raise EraseError(
+                f"latents must be z (N, {cfg.z_dim}) or W+ (N, {cfg.n_latent}, "
+                f"{cfg.style_dim}), got {tuple(latents.shape)}"
+            )
         images = []
         for chunk in latents.split(batch_size):
             chunk = chunk.to(self.device, G.w_avg.dtype)

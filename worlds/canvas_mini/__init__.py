@@ -11,6 +11,18 @@ from .render import render, render_array
 from .world import OBJECTS, PROMPT_TEMPLATE, RESOLUTION, STYLES, caption
 
 __all__ = [
-    "STYLES", "OBJECTS", "RESOLUTION", "PROMPT_TEMPLATE", "caption", "render", "render_array",
-    "load_classifier", "load_clip", "PIPELINE_DIR", "ASSETS_DIR", "CLASSIFIER_DIR", "CLIP_DIR", "AssetError",
+    "STYLES",
+    "OBJECTS",
+    "RESOLUTION",
+    "PROMPT_TEMPLATE",
+    "caption",
+    "render",
+    "render_array",
+    "load_classifier",
+    "load_clip",
+    "PIPELINE_DIR",
+    "ASSETS_DIR",
+    "CLASSIFIER_DIR",
+    "CLIP_DIR",
+    "AssetError",
 ]

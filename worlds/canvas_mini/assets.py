@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .models import CLIP_MODEL_NAME, ClassifierConfig, ConceptClassifier
-from .world import OBJECTS, STYLES
 from erase.errors import EraseError
 from erase.locations import world_dir
+
+from .models import CLIP_MODEL_NAME, ClassifierConfig, ConceptClassifier
+from .world import OBJECTS, STYLES
 
 ASSETS_DIR = world_dir("canvas-mini")  # $ERASEKIT_CANVAS_MINI, else the shipped copy (checkout or installed package)
 PIPELINE_DIR = ASSETS_DIR / "pipeline"
@@ -47,7 +48,9 @@ def save_classifier(model: ConceptClassifier, folder: Path, extra: dict | None =
     os.replace(tmp_c, folder / f"{kind}.json")
 
 
-def load_classifier(kind: str, folder: str | Path | None = None, device: str | torch.device = "cpu") -> ConceptClassifier:
+def load_classifier(
+    kind: str, folder: str | Path | None = None, device: str | torch.device = "cpu"
+) -> ConceptClassifier:
     """The shipped style or object classifier, in eval mode.
 
     Maps float images (N, 3, H, W) in [0, 1] at the world's resolution to logits ordered like
@@ -63,17 +66,23 @@ def load_classifier(kind: str, folder: str | Path | None = None, device: str | t
     w_path = _require(folder / f"{kind}.safetensors", f"{kind} classifier weights")
     try:
         raw = json.loads(cfg_path.read_text())
-        config = ClassifierConfig(kind=raw["kind"], classes=raw["classes"], channels=raw["channels"], resolution=raw["resolution"])
+        config = ClassifierConfig(
+            kind=raw["kind"], classes=raw["classes"], channels=raw["channels"], resolution=raw["resolution"]
+        )
         state = load_file(str(w_path))
     except (json.JSONDecodeError, KeyError, SafetensorError, OSError) as e:
         raise AssetError(f"canvas-mini {kind} classifier at {folder} is corrupt ({e}); rebuild it") from e
     if config.classes != KINDS[kind]:
-        raise AssetError(f"{kind} classifier at {folder} was trained for classes {config.classes}, expected {KINDS[kind]}")
+        raise AssetError(
+            f"{kind} classifier at {folder} was trained for classes {config.classes}, expected {KINDS[kind]}"
+        )
     model = ConceptClassifier(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise AssetError(f"{kind} classifier weights at {w_path} do not fit its config: {str(e).splitlines()[0]}") from e
+        raise AssetError(
+            f"{kind} classifier weights at {w_path} do not fit its config: {str(e).splitlines()[0]}"
+        ) from e
     return model.eval().to(device)
 
 
@@ -89,4 +98,14 @@ def load_clip(folder: str | Path | None = None, device: str | torch.device = "cp
     return model.eval(), tokenizer
 
 
-__all__ = ["ASSETS_DIR", "PIPELINE_DIR", "CLASSIFIER_DIR", "CLIP_DIR", "CLIP_MODEL_NAME", "load_classifier", "load_clip", "save_classifier", "AssetError"]
+__all__ = [
+    "ASSETS_DIR",
+    "PIPELINE_DIR",
+    "CLASSIFIER_DIR",
+    "CLIP_DIR",
+    "CLIP_MODEL_NAME",
+    "load_classifier",
+    "load_clip",
+    "save_classifier",
+    "AssetError",
+]

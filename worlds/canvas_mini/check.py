@@ -52,7 +52,13 @@ def clip_retrieval(model, tokenizer, images: torch.Tensor, labels: torch.Tensor)
     return (img @ txt.T).argmax(1).eq(labels).float().mean().item()
 
 
-def run_check(assets: str | Path = ASSETS_DIR, seeds: int = GENERATION["seeds"], per_pair: int = 10, write: bool = True, progress: bool = True) -> dict:
+def run_check(
+    assets: str | Path = ASSETS_DIR,
+    seeds: int = GENERATION["seeds"],
+    per_pair: int = 10,
+    write: bool = True,
+    progress: bool = True,
+) -> dict:
     from diffusers import StableDiffusionPipeline
 
     from eval.generate import generate, to_tensor
@@ -78,7 +84,11 @@ def run_check(assets: str | Path = ASSETS_DIR, seeds: int = GENERATION["seeds"],
     prompts = [caption(STYLES[si], OBJECTS[oi]) for si, oi in pairs for _ in range(seeds)]
     seed_list = [k for _ in pairs for k in range(seeds)]
     t_gen = time.time()
-    images = to_tensor(generate(pipe, prompts, seed_list, steps=GENERATION["steps"], guidance=GENERATION["guidance"], progress=progress))
+    images = to_tensor(
+        generate(
+            pipe, prompts, seed_list, steps=GENERATION["steps"], guidance=GENERATION["guidance"], progress=progress
+        )
+    )
     q["generation_seconds"] = round(time.time() - t_gen, 1)
     s_true = torch.tensor([si for si, _ in pairs for _ in range(seeds)])
     o_true = torch.tensor([oi for _, oi in pairs for _ in range(seeds)])
@@ -87,8 +97,12 @@ def run_check(assets: str | Path = ASSETS_DIR, seeds: int = GENERATION["seeds"],
     q["generation_settings"] = {**GENERATION, "seeds": seeds, "prompt": "A {object} image in {style} style."}
     q["generation_style"] = s_pred.eq(s_true).float().mean().item()
     q["generation_object"] = o_pred.eq(o_true).float().mean().item()
-    q["generation_style_per_style"] = {STYLES[i]: s_pred[s_true == i].eq(i).float().mean().item() for i in range(len(STYLES))}
-    q["generation_object_per_object"] = {OBJECTS[i]: o_pred[o_true == i].eq(i).float().mean().item() for i in range(len(OBJECTS))}
+    q["generation_style_per_style"] = {
+        STYLES[i]: s_pred[s_true == i].eq(i).float().mean().item() for i in range(len(STYLES))
+    }
+    q["generation_object_per_object"] = {
+        OBJECTS[i]: o_pred[o_true == i].eq(i).float().mean().item() for i in range(len(OBJECTS))
+    }
 
     b_dir = assets / "classifiers_b"
     if (b_dir / "style.json").exists():
@@ -96,7 +110,9 @@ def run_check(assets: str | Path = ASSETS_DIR, seeds: int = GENERATION["seeds"],
         o_b = predict(load_classifier("object", b_dir), images)
         q["classifier_pair_agreement_style"] = s_b.eq(s_pred).float().mean().item()
         q["classifier_pair_agreement_object"] = o_b.eq(o_pred).float().mean().item()
-        q["classifier_pair_agreement"] = min(q["classifier_pair_agreement_style"], q["classifier_pair_agreement_object"])
+        q["classifier_pair_agreement"] = min(
+            q["classifier_pair_agreement_style"], q["classifier_pair_agreement_object"]
+        )
         q["classifier_b_generation_style"] = s_b.eq(s_true).float().mean().item()
         q["classifier_b_generation_object"] = o_b.eq(o_true).float().mean().item()
 

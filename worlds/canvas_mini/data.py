@@ -16,7 +16,14 @@ from .render import render_array
 from .world import OBJECTS, STYLES, caption
 
 # First seed of each use; each set takes `per_pair` consecutive seeds per (style, object).
-SEED_BASE = {"generator": 0, "classifier": 100_000, "classifier_b": 200_000, "clip": 300_000, "fid": 400_000, "check": 900_000}
+SEED_BASE = {
+    "generator": 0,
+    "classifier": 100_000,
+    "classifier_b": 200_000,
+    "clip": 300_000,
+    "fid": 400_000,
+    "check": 900_000,
+}
 
 
 @dataclass

@@ -38,7 +38,9 @@ def _palette(img: Image.Image, k: int) -> Image.Image:
         return img
     h, s, v = (np.asarray(c, np.int16) for c in img.convert("HSV").split())
     h = ((h + round(25 * k * 256 / 360)) % 256).astype(np.uint8)
-    return Image.merge("HSV", [Image.fromarray(h), Image.fromarray(s.astype(np.uint8)), Image.fromarray(v.astype(np.uint8))]).convert("RGB")
+    return Image.merge(
+        "HSV", [Image.fromarray(h), Image.fromarray(s.astype(np.uint8)), Image.fromarray(v.astype(np.uint8))]
+    ).convert("RGB")
 
 
 DEGRADATIONS = {"blur": _blur, "texture": _texture, "palette": _palette}
@@ -59,15 +61,19 @@ def held_out_renders(per_pair: int = 1, objects: int = 4) -> tuple[list[Image.Im
 
 
 def _tensor(images: list[Image.Image]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(i.convert("RGB")) for i in images])).permute(0, 3, 1, 2).float().div(255.0)
+    return (
+        torch.from_numpy(np.stack([np.asarray(i.convert("RGB")) for i in images]))
+        .permute(0, 3, 1, 2)
+        .float()
+        .div(255.0)
+    )
 
 
 @torch.no_grad()
 def measure(per_pair: int = 1, objects: int = 4) -> dict:
     """{degradation: [{strength, psnr, perceptual, accuracy, confidence}, ...]} on held-out renders."""
-    from worlds.canvas_mini import load_classifier
-
     from eval.fidelity import ClassifierFeatureDistance, psnr
+    from worlds.canvas_mini import load_classifier
 
     style, obj = (load_classifier(k).for_inference() for k in ("style", "object"))
     distance = ClassifierFeatureDistance(style, obj)
@@ -79,23 +85,37 @@ def measure(per_pair: int = 1, objects: int = 4) -> dict:
         for k in STRENGTHS:
             x = _tensor([degrade(i, k) for i in images])
             prob = style(x).softmax(-1)
-            rows.append({"strength": k, "psnr": float(psnr(clean, x).mean()), "perceptual": float(distance(clean, x).mean()),
-                         "accuracy": float((prob.argmax(-1) == labels).float().mean()),
-                         "confidence": float(prob[torch.arange(len(labels)), labels].mean())})
+            rows.append(
+                {
+                    "strength": k,
+                    "psnr": float(psnr(clean, x).mean()),
+                    "perceptual": float(distance(clean, x).mean()),
+                    "accuracy": float((prob.argmax(-1) == labels).float().mean()),
+                    "confidence": float(prob[torch.arange(len(labels)), labels].mean()),
+                }
+            )
         table[name] = rows
     return table
 
 
 def format_table(table: dict) -> str:
-    lines = ["| degradation | strength | PSNR (dB) | perceptual | style accuracy | true-class prob |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| degradation | strength | PSNR (dB) | perceptual | style accuracy | true-class prob |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, rows in table.items():
         for r in rows:
-            lines.append(f"| {name} | {r['strength']} | {r['psnr']:.1f} | {r['perceptual']:.4f} | {100 * r['accuracy']:.1f} | {r['confidence']:.3f} |")
+            lines.append(
+                f"| {name} | {r['strength']} | {r['psnr']:.1f} | {r['perceptual']:.4f} | "
+                f"{100 * r['accuracy']:.1f} | {r['confidence']:.3f} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="judge validation: fidelity and confidence against human-visible degradations")
+    p = argparse.ArgumentParser(
+        description="judge validation: fidelity and confidence against human-visible degradations"
+    )
     p.add_argument("--per-pair", type=int, default=2)
     p.add_argument("--objects", type=int, default=10)
     args = p.parse_args(argv)

@@ -161,6 +161,13 @@ class ConceptClassifier(nn.Module):
 CLIP_MODEL_NAME = "canvas-mini-clip"
 CLIP_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": RESOLUTION, "layers": 3, "width": 96, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 4},
+    "vision_cfg": {
+        "image_size": RESOLUTION,
+        "layers": 3,
+        "width": 96,
+        "head_width": 32,
+        "mlp_ratio": 2.0,
+        "patch_size": 4,
+    },
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }

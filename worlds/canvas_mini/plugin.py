@@ -1,4 +1,5 @@
-"""canvas-mini as evaluation sees it (``eval.worlds``): its protocol, judges, shipped pipeline, tiny CLIP and renders."""
+"""canvas-mini as evaluation sees it (``eval.worlds``): its protocol, judges, shipped
+pipeline, tiny CLIP and renders."""
 
 from __future__ import annotations
 
@@ -19,8 +20,16 @@ REFERENCE_SEEDS = "fid"  # the renderer's seed range reserved for FID references
 
 
 def protocol() -> Protocol:
-    return Protocol(name="canvas-mini", axes=style_object_axes(STYLES, OBJECTS, "Photo"), template=PROMPT_TEMPLATE, seeds=[0, 1, 2, 3, 4],
-                    steps=50, guidance=7.5, resolution=RESOLUTION, classifiers="canvas-mini")
+    return Protocol(
+        name="canvas-mini",
+        axes=style_object_axes(STYLES, OBJECTS, "Photo"),
+        template=PROMPT_TEMPLATE,
+        seeds=[0, 1, 2, 3, 4],
+        steps=50,
+        guidance=7.5,
+        resolution=RESOLUTION,
+        classifiers="canvas-mini",
+    )
 
 
 def judges(protocol: Protocol, device="cpu") -> dict:
@@ -29,7 +38,9 @@ def judges(protocol: Protocol, device="cpu") -> dict:
     out = {k: load_classifier(k, device=device).for_inference() for k in ("style", "object")}
     for kind in ("style", "object"):
         if out[kind].config.classes != protocol.concepts(kind):
-            raise ClassifierError(f"protocol {protocol.name!r} lists {kind}s that the canvas-mini classifiers do not know")
+            raise ClassifierError(
+                f"protocol {protocol.name!r} lists {kind}s that the canvas-mini classifiers do not know"
+            )
     return out
 
 
@@ -43,5 +54,13 @@ def real_image(concepts: dict[str, str], k: int) -> np.ndarray:
     return renderer.render_array(concepts["style"], concepts["object"], SEED_BASE[REFERENCE_SEEDS] + k)
 
 
-WORLD = World(name="canvas-mini", protocol=protocol, judges=judges, model=lambda: PIPELINE_DIR, clip=clip, real_image=real_image,
-              real_images={"world": "canvas-mini renders", "seed_range": REFERENCE_SEEDS}, judge_distance=True)
+WORLD = World(
+    name="canvas-mini",
+    protocol=protocol,
+    judges=judges,
+    model=lambda: PIPELINE_DIR,
+    clip=clip,
+    real_image=real_image,
+    real_images={"world": "canvas-mini renders", "seed_range": REFERENCE_SEEDS},
+    judge_distance=True,
+)

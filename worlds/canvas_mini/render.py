@@ -99,7 +99,11 @@ SHAPES = {
         ("poly", _ellipse(0.25, 0.55, 0.26, 0.10, -30), 1),
         ("poly", _ellipse(-0.25, 0.70, 0.22, 0.09, 30), 1),
         *[
-            ("poly", _ellipse(0.40 * math.cos(k * math.pi / 3), -0.38 + 0.40 * math.sin(k * math.pi / 3), 0.21, 0.21), 1)
+            (
+                "poly",
+                _ellipse(0.40 * math.cos(k * math.pi / 3), -0.38 + 0.40 * math.sin(k * math.pi / 3), 0.21, 0.21),
+                1,
+            )
             for k in range(6)
         ],
         ("poly", _ellipse(0.0, -0.38, 0.13, 0.13), 0),

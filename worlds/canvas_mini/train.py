@@ -22,11 +22,30 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from worlds.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, replace_dir, save_open_clip, seed_all, set_recipe_fields_or_exit
+from worlds.staged_build import (
+    StagedBuild,
+    build_parser,
+    chosen_stages,
+    cosine_lr,
+    new_open_clip,
+    replace_dir,
+    save_open_clip,
+    seed_all,
+    set_recipe_fields_or_exit,
+)
 
 from .assets import ASSETS_DIR, save_classifier
 from .data import AugmentConfig, RenderSet, augment, render_set
-from .models import CLIP_CONFIG, CLIP_MODEL_NAME, ClassifierConfig, ConceptClassifier, make_schedulers, make_text_encoder, make_unet, make_vae
+from .models import (
+    CLIP_CONFIG,
+    CLIP_MODEL_NAME,
+    ClassifierConfig,
+    ConceptClassifier,
+    make_schedulers,
+    make_text_encoder,
+    make_unet,
+    make_vae,
+)
 from .tokenizer import DEFAULT_MERGES, build_tokenizer
 from .world import OBJECTS, STYLES, caption
 
@@ -45,7 +64,9 @@ class Recipe:
     classifier_batch: int = 64
     classifier_lr: float = 2e-3
     classifier: AugmentConfig = field(default_factory=AugmentConfig)
-    classifier_b: AugmentConfig = field(default_factory=lambda: AugmentConfig(p_vae=0.7, shift=1, gain=0.15, offset=0.08, p_blur=0.5, noise=0.05))
+    classifier_b: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(p_vae=0.7, shift=1, gain=0.15, offset=0.08, p_blur=0.5, noise=0.05)
+    )
     classifier_b_channels: tuple = (24, 48, 96)
     clip_steps: int = 1500
     clip_batch: int = 128
@@ -173,11 +194,20 @@ class Builder(StagedBuild):
 
     def stage_classifiers(self) -> None:
         for i, kind in enumerate(("style", "object")):
-            self._train_classifier(kind, self.r.classifier, (16, 32, 64), self.r.seed + 10 + i, "classifier", self.out / "classifiers")
+            self._train_classifier(
+                kind, self.r.classifier, (16, 32, 64), self.r.seed + 10 + i, "classifier", self.out / "classifiers"
+            )
 
     def stage_classifiers_b(self) -> None:
         for i, kind in enumerate(("style", "object")):
-            self._train_classifier(kind, self.r.classifier_b, self.r.classifier_b_channels, self.r.seed + 20 + i, "classifier_b", self.out / "classifiers_b")
+            self._train_classifier(
+                kind,
+                self.r.classifier_b,
+                self.r.classifier_b_channels,
+                self.r.seed + 20 + i,
+                "classifier_b",
+                self.out / "classifiers_b",
+            )
 
     def stage_clip(self) -> None:
         g = seed_all(self.r.seed + 30)
@@ -230,7 +260,9 @@ class Builder(StagedBuild):
                 sds.append(d.std.cpu())
             mu, sd = torch.cat(mus), torch.cat(sds)
         scale = vae.config.scaling_factor
-        ids = tok(rs.captions(), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = tok(
+            rs.captions(), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
 
         unet = make_unet(self.r.unet_channels).to(self.device).train()
@@ -253,7 +285,13 @@ class Builder(StagedBuild):
             start = int(ck["step"])
             print(f"resuming UNet training at step {start}")
         log = open(self.work / "unet_log.jsonl", "a")
-        bar = tqdm(range(start, self.r.unet_steps), initial=start, total=self.r.unet_steps, desc="unet+text encoder", mininterval=2)
+        bar = tqdm(
+            range(start, self.r.unet_steps),
+            initial=start,
+            total=self.r.unet_steps,
+            desc="unet+text encoder",
+            mininterval=2,
+        )
         for step in bar:
             lr = cosine_lr(step, self.r.unet_steps, self.r.unet_warmup, self.r.unet_lr)
             for group in opt.param_groups:
@@ -283,8 +321,15 @@ class Builder(StagedBuild):
             if (step + 1) % self.r.checkpoint_every == 0 and step + 1 < self.r.unet_steps:
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save(
-                    {"unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(), "ema": ema,
-                     "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "step": step + 1},
+                    {
+                        "unet": unet.state_dict(),
+                        "te": te.state_dict(),
+                        "opt": opt.state_dict(),
+                        "ema": ema,
+                        "rng": g.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "step": step + 1,
+                    },
                     tmp,
                 )
                 os.replace(tmp, ckpt_path)
@@ -293,8 +338,14 @@ class Builder(StagedBuild):
             for e, p in zip(ema, params):
                 p.copy_(e)
         pipe = StableDiffusionPipeline(
-            vae=vae.cpu(), text_encoder=te.eval().cpu(), tokenizer=tok, unet=unet.eval().cpu(), scheduler=sample_sched,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=vae.cpu(),
+            text_encoder=te.eval().cpu(),
+            tokenizer=tok,
+            unet=unet.eval().cpu(),
+            scheduler=sample_sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
         tmp = self.out / ".pipeline.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -306,21 +357,40 @@ class Builder(StagedBuild):
 
         run_check(self.out, progress=True)  # writes quality.json, which write_recipe folds in
 
+
 STAGES = ["tokenizer", "vae", "classifiers", "clip", "unet", "classifiers_b", "check"]
 
 
 def main(argv=None) -> None:
-    p = build_parser("Rebuild the canvas-mini artefacts (tiny SD pipeline, classifiers, tiny CLIP).", ASSETS_DIR, "runs/canvas-mini-build", STAGES)
+    p = build_parser(
+        "Rebuild the canvas-mini artefacts (tiny SD pipeline, classifiers, tiny CLIP).",
+        ASSETS_DIR,
+        "runs/canvas-mini-build",
+        STAGES,
+    )
     p.add_argument("--unet-steps", type=int, default=None, help="override the recipe's UNet steps")
-    p.add_argument("--exclude-style", action="append", default=[], metavar="STYLE",
-                   help="train the generator without this style's images (repeatable): the gold retrained reference; "
-                        "use with --stages tokenizer,vae,unet and an --out of its own, e.g. assets/canvas-mini/gold-Watercolor")
+    p.add_argument(
+        "--exclude-style",
+        action="append",
+        default=[],
+        metavar="STYLE",
+        help="train the generator without this style's images (repeatable): the gold retrained reference; "
+        "use with --stages tokenizer,vae,unet and an --out of its own, e.g. assets/canvas-mini/gold-Watercolor",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = Recipe()
     if args.smoke:
-        recipe = Recipe(generator_renders_per_pair=2, classifier_renders_per_pair=2, vae_steps=3, classifier_steps=3,
-                        clip_steps=3, unet_steps=4, unet_warmup=1, checkpoint_every=2)
+        recipe = Recipe(
+            generator_renders_per_pair=2,
+            classifier_renders_per_pair=2,
+            vae_steps=3,
+            classifier_steps=3,
+            clip_steps=3,
+            unet_steps=4,
+            unet_warmup=1,
+            checkpoint_every=2,
+        )
     if args.exclude_style:
         from .world import check_style
 

@@ -16,10 +16,16 @@ from .models import AttributeClassifier, AttributeClassifierConfig, IdentityEmbe
 
 ASSETS_DIR = world_dir("faces-mini")  # $ERASEKIT_FACES_MINI, else the shipped copy (checkout or installed package)
 GENERATOR_DIR = ASSETS_DIR / "generator"
-JUDGES = {"classifier": (AttributeClassifier, AttributeClassifierConfig), "classifier_b": (AttributeClassifier, AttributeClassifierConfig),
-          "identity": (IdentityEmbedder, IdentityEmbedderConfig)}
+JUDGES = {
+    "classifier": (AttributeClassifier, AttributeClassifierConfig),
+    "classifier_b": (AttributeClassifier, AttributeClassifierConfig),
+    "identity": (IdentityEmbedder, IdentityEmbedderConfig),
+}
 # networks only the method consults (Text-to-Unlearn's guides); the evaluation never loads them
-GUIDES = {"guide-classifier": (AttributeClassifier, AttributeClassifierConfig), "guide-identity": (IdentityEmbedder, IdentityEmbedderConfig)}
+GUIDES = {
+    "guide-classifier": (AttributeClassifier, AttributeClassifierConfig),
+    "guide-identity": (IdentityEmbedder, IdentityEmbedderConfig),
+}
 TRAINED = {**JUDGES, **GUIDES}
 CLIPS = ("clip-guide", "clip-judge")
 
@@ -51,13 +57,18 @@ def load_judge(name: str, folder: str | Path | None = None, device: str | torch.
     folder = Path(folder) if folder is not None else ASSETS_DIR / name
     for f in ("config.json", "model.safetensors"):
         if not (folder / f).is_file():
-            raise FacesAssetError(f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m worlds.faces_mini.train` (stage {name.replace('-', '_')})")
+            raise FacesAssetError(
+                f"faces-mini {name} is missing {folder / f}; rebuild it with `python -m worlds.faces_mini.train` "
+                f"(stage {name.replace('-', '_')})"
+            )
     cls, cfg_cls = TRAINED[name]
     model = cls(cfg_cls(**json.loads((folder / "config.json").read_text())["config"]))
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
     except (SafetensorError, RuntimeError) as e:
-        raise FacesAssetError(f"{folder / 'model.safetensors'} does not fit its config.json: {str(e).splitlines()[0][:200]}") from e
+        raise FacesAssetError(
+            f"{folder / 'model.safetensors'} does not fit its config.json: {str(e).splitlines()[0][:200]}"
+        ) from e
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -70,5 +81,7 @@ def load_faces_clip(which: str = "clip-judge", folder: str | Path | None = None,
         raise FacesAssetError(f"unknown faces-mini CLIP {which!r}; choose one of: {', '.join(CLIPS)}")
     folder = Path(folder) if folder is not None else ASSETS_DIR / which
     if not (folder / "open_clip_config.json").is_file():
-        raise FacesAssetError(f"faces-mini {which} is missing in {folder}; rebuild it with `python -m worlds.faces_mini.train`")
+        raise FacesAssetError(
+            f"faces-mini {which} is missing in {folder}; rebuild it with `python -m worlds.faces_mini.train`"
+        )
     return load_clip(folder, device=device)

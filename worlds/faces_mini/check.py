@@ -75,11 +75,15 @@ def rates(pred: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> di
     """Binary attributes' and hair colours' rates (in [0, 1]) among the images where ``mask`` holds."""
     sel = (lambda t: t[mask]) if mask is not None else (lambda t: t)
     out = {h: float(sel(pred[h]).eq(1).float().mean()) for h in BINARY}
-    out.update({f"hair_colour={k}": float(sel(pred["hair_colour"]).eq(k).float().mean()) for k in range(HEADS["hair_colour"])})
+    out.update(
+        {f"hair_colour={k}": float(sel(pred["hair_colour"]).eq(k).float().mean()) for k in range(HEADS["hair_colour"])}
+    )
     return out
 
 
-def fd_reference(judge, n_floor: int, real: torch.Tensor | None = None, progress: bool = False, without: str | None = None):
+def fd_reference(
+    judge, n_floor: int, real: torch.Tensor | None = None, progress: bool = False, without: str | None = None
+):
     """(fd, floor): ``fd(x)`` is the Frechet distance of images ``x`` to ``CHECK_RENDERS`` held-out renders in
     ``judge``'s feature space; ``floor`` is the same distance for ``n_floor`` other renders (what a perfect
     generator would score with that many samples). With ``without`` (a concept) both sets hold only renders that
@@ -169,15 +173,33 @@ def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool =
         conf_dev = {k: round(100 * abs(conf_rates[k] - data[k]), 1) for k in gen}
         agreement = {h: float(pred[h].eq(pred_b[h]).float().mean()) for h in HEADS}
         quality["generator"] = {
-            "samples": n, "truncation_psi": 1.0, "rates": gen, "deviation_points": dev, "confident": float(confident.float().mean()),
-            "confident_per_head": per_head, "confident_rates": conf_rates, "confident_deviation_points": conf_dev, "judge_agreement": agreement,
-            "fd": fd, "fd_floor_renders": floor,
-            "bars": BARS, "meets": {
+            "samples": n,
+            "truncation_psi": 1.0,
+            "rates": gen,
+            "deviation_points": dev,
+            "confident": float(confident.float().mean()),
+            "confident_per_head": per_head,
+            "confident_rates": conf_rates,
+            "confident_deviation_points": conf_dev,
+            "judge_agreement": agreement,
+            "fd": fd,
+            "fd_floor_renders": floor,
+            "bars": BARS,
+            "meets": {
                 "rates": max(dev.values()) <= BARS["rate_points"],
-                "confident_heads": all(per_head[h] >= bar for h, bar in BARS["confident_heads"].items())}}
+                "confident_heads": all(per_head[h] >= bar for h, bar in BARS["confident_heads"].items()),
+            },
+        }
     if all((out / c / "open_clip_config.json").exists() for c in ("clip-guide", "clip-judge")):
-        zs = {c: clip_zero_shot(c, out / c, x_real[:1000], {h: labels[h][:1000] for h in BINARY}) for c in ("clip-guide", "clip-judge")}
-        quality["clip_zero_shot"] = {**zs, "bar": CLIP_ZERO_SHOT_BAR, "meets": min(min(v.values()) for v in zs.values()) >= CLIP_ZERO_SHOT_BAR}
+        zs = {
+            c: clip_zero_shot(c, out / c, x_real[:1000], {h: labels[h][:1000] for h in BINARY})
+            for c in ("clip-guide", "clip-judge")
+        }
+        quality["clip_zero_shot"] = {
+            **zs,
+            "bar": CLIP_ZERO_SHOT_BAR,
+            "meets": min(min(v.values()) for v in zs.values()) >= CLIP_ZERO_SHOT_BAR,
+        }
     write_json_atomic(out / "quality.json", quality)
     return quality
 

@@ -49,11 +49,17 @@ def attribute_probe(generator, judge, target_rates: dict, n: int = 500, seed: in
 
     with torch.no_grad():
         z = torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(seed))
-        x = (generator(z.to(next(generator.parameters()).device), noise_mode="const").float().cpu().clamp(-1, 1) + 1) / 2
+        x = (
+            generator(z.to(next(generator.parameters()).device), noise_mode="const").float().cpu().clamp(-1, 1) + 1
+        ) / 2
     probs = judge_all(judge, x)
     got = rates({h: p.argmax(1) for h, p in probs.items()})
     maxdev = max(abs(got[k] - target_rates[k]) for k in got)
-    return {"rates": got, "max_deviation_points": round(100 * maxdev, 1), "confident": float(confident_mask(probs).float().mean())}
+    return {
+        "rates": got,
+        "max_deviation_points": round(100 * maxdev, 1),
+        "confident": float(confident_mask(probs).float().mean()),
+    }
 
 
 def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out: Path, device: torch.device) -> None:
@@ -84,7 +90,13 @@ def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out:
     target_rates = rates(labels)
     log = open(work / "gan_log.jsonl", "a")
     B = recipe.gan_batch
-    bar = tqdm(range(start, recipe.gan_iterations), initial=start, total=recipe.gan_iterations, desc="stylegan2", mininterval=2)
+    bar = tqdm(
+        range(start, recipe.gan_iterations),
+        initial=start,
+        total=recipe.gan_iterations,
+        desc="stylegan2",
+        mininterval=2,
+    )
     for it in bar:
         # discriminator: logistic loss on reals and fakes, R1 on the reals every r1_every iterations
         real = _reals(images, torch.randint(0, len(images), (B,), generator=g), g, device)
@@ -121,10 +133,26 @@ def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out:
             bar.set_postfix(d=f"{d_loss.item():.3f}", g=f"{g_loss.item():.3f}")
         if (it + 1) % recipe.checkpoint_every == 0 and it + 1 < recipe.gan_iterations:
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(), "g_opt": g_opt.state_dict(),
-                        "d_opt": d_opt.state_dict(), "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "iteration": it + 1}, tmp)
+            torch.save(
+                {
+                    "G": G.state_dict(),
+                    "D": D.state_dict(),
+                    "G_ema": G_ema.state_dict(),
+                    "g_opt": g_opt.state_dict(),
+                    "d_opt": d_opt.state_dict(),
+                    "rng": g.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "iteration": it + 1,
+                },
+                tmp,
+            )
             os.replace(tmp, ckpt_path)
-            entry = {"iteration": it + 1, "kimg": round((it + 1) * B / 1000, 1), "d_loss": d_loss.item(), "g_loss": g_loss.item()}
+            entry = {
+                "iteration": it + 1,
+                "kimg": round((it + 1) * B / 1000, 1),
+                "d_loss": d_loss.item(),
+                "g_loss": g_loss.item(),
+            }
             if judge is not None:
                 entry["probe"] = attribute_probe(G_ema, judge, target_rates)
             log.write(json.dumps(entry) + "\n")

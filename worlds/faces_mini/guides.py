@@ -10,9 +10,9 @@ method's guides (``faces_mini_guides``) are networks the evaluation never loads:
 * perceptual distances (LPIPS-style) through an untrained conv trunk of fixed seed (the default: the probe found
   it worked as well as anything tried), or through either guide network's feature maps.
 
-``evaluation_guides`` builds what the evaluation's own mapper needs (``clip-judge`` and the evaluation's
-identity embedder); ``JUDGE_ASSETS`` names every asset only the evaluation may read (tests/test_text_to_unlearn_guides.py
-checks that training reads none of them).
+``evaluation_guides`` builds what the evaluation's own mapper needs (``clip-judge`` and the evaluation's identity
+embedder); ``JUDGE_ASSETS`` names every asset only the evaluation may read (tests/test_text_to_unlearn_guides.py checks
+that training reads none of them).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ GUIDE_ASSETS = ("clip-guide", "guide-classifier", "guide-identity")
 
 
 def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> tuple:
-    """(image -> unit embedding, texts -> unit embedding, content digest) of one of the faces-mini CLIPs, differentiable
-    in the images."""
+    """(image -> unit embedding, texts -> unit embedding, content digest) of one of the faces-mini CLIPs,
+    differentiable in the images."""
     from eval.clip_alignment import clip_preprocess
 
     from .assets import load_faces_clip
@@ -69,9 +69,11 @@ def faces_mini_guides(assets: Path | None = None, device: str = "cpu") -> Guides
         random_trunk = AttributeClassifier(AttributeClassifierConfig()).to(device).eval().requires_grad_(False)
     nets = {"random": random_trunk, "guide-classifier": classifier, "guide-identity": embedder}
     choices = {name: (lambda a, b, net=net: perceptual_distance(net, a, b)) for name, net in nets.items()}
-    described = {"random": f"untrained conv trunk of seed {RANDOM_TRUNK_SEED} (LPIPS-style) {_digest(random_trunk)}",
-                 "guide-classifier": f"faces-mini guide attribute classifier feature maps (LPIPS-style) {_digest(classifier)}",
-                 "guide-identity": f"faces-mini guide identity embedder feature maps (LPIPS-style) {_digest(embedder)}"}
+    described = {
+        "random": f"untrained conv trunk of seed {RANDOM_TRUNK_SEED} (LPIPS-style) {_digest(random_trunk)}",
+        "guide-classifier": f"faces-mini guide attribute classifier feature maps (LPIPS-style) {_digest(classifier)}",
+        "guide-identity": f"faces-mini guide identity embedder feature maps (LPIPS-style) {_digest(embedder)}",
+    }
 
     @torch.no_grad()
     def concept_probability(x: torch.Tensor, concept: str) -> torch.Tensor:
@@ -84,15 +86,25 @@ def faces_mini_guides(assets: Path | None = None, device: str = "cpu") -> Guides
         logits = classifier(x)
         return torch.cat([logits[h].log_softmax(1) for h in HEADS if h != own], dim=1)
 
-    return Guides(clip_image=image, clip_text=text, perceptual=choices["random"], identity=embedder, concept_probability=concept_probability,
-                  other_attributes=other_attributes, perceptual_choices=choices,
-                  # each name carries its network's content digest: a rebuilt guide is another guide, so mappers cached
-                  # for the old one are not reused and a resumed run refuses to mix them
-                  names={"clip": f"faces-mini clip-guide {clip_digest}", "perceptual": described["random"],
-                         **{f"perceptual:{k}": v for k, v in described.items()},
-                         "identity": f"faces-mini guide identity embedder {_digest(embedder)}",
-                         "gate_judge": f"faces-mini guide attribute classifier {_digest(classifier)}",
-                         "other_attributes": f"faces-mini guide attribute classifier {_digest(classifier)}"})
+    return Guides(
+        clip_image=image,
+        clip_text=text,
+        perceptual=choices["random"],
+        identity=embedder,
+        concept_probability=concept_probability,
+        other_attributes=other_attributes,
+        perceptual_choices=choices,
+        # each name carries its network's content digest: a rebuilt guide is another guide, so mappers cached
+        # for the old one are not reused and a resumed run refuses to mix them
+        names={
+            "clip": f"faces-mini clip-guide {clip_digest}",
+            "perceptual": described["random"],
+            **{f"perceptual:{k}": v for k, v in described.items()},
+            "identity": f"faces-mini guide identity embedder {_digest(embedder)}",
+            "gate_judge": f"faces-mini guide attribute classifier {_digest(classifier)}",
+            "other_attributes": f"faces-mini guide attribute classifier {_digest(classifier)}",
+        },
+    )
 
 
 def evaluation_guides(assets: Path | None = None, device: str = "cpu") -> Guides:
@@ -103,5 +115,12 @@ def evaluation_guides(assets: Path | None = None, device: str = "cpu") -> Guides
     root = Path(assets) if assets is not None else ASSETS_DIR
     image, text, clip_digest = clip_guides("clip-judge", root / "clip-judge", device)
     embedder = load_judge("identity", root / "identity", device)
-    return Guides(clip_image=image, clip_text=text, identity=embedder,
-                  names={"clip": f"faces-mini clip-judge {clip_digest}", "identity": f"faces-mini identity embedder {_digest(embedder)}"})
+    return Guides(
+        clip_image=image,
+        clip_text=text,
+        identity=embedder,
+        names={
+            "clip": f"faces-mini clip-judge {clip_digest}",
+            "identity": f"faces-mini identity embedder {_digest(embedder)}",
+        },
+    )

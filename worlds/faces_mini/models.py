@@ -40,8 +40,10 @@ def trunk_feature_maps(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Ten
 
 def _check_images(x: torch.Tensor, resolution: int, what: str) -> None:
     if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != resolution or x.shape[3] != resolution:
-        raise ValueError(f"the faces-mini {what} expects images of shape (N, 3, {resolution}, {resolution}) in [0, 1], "
-                         f"got {tuple(x.shape)}; resize to {resolution}x{resolution} first")
+        raise ValueError(
+            f"the faces-mini {what} expects images of shape (N, 3, {resolution}, {resolution}) in [0, 1], "
+            f"got {tuple(x.shape)}; resize to {resolution}x{resolution} first"
+        )
 
 
 @dataclass
@@ -133,12 +135,26 @@ class IdentityEmbedder(nn.Module):
 CLIP_MODELS = {
     "faces-mini-clip-guide": {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": RESOLUTION, "layers": 3, "width": 96, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 4},
+        "vision_cfg": {
+            "image_size": RESOLUTION,
+            "layers": 3,
+            "width": 96,
+            "head_width": 32,
+            "mlp_ratio": 2.0,
+            "patch_size": 4,
+        },
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 40, "heads": 4, "layers": 2},
     },
     "faces-mini-clip-judge": {
         "embed_dim": 48,
-        "vision_cfg": {"image_size": RESOLUTION, "layers": 3, "width": 112, "head_width": 28, "mlp_ratio": 2.0, "patch_size": 4},
+        "vision_cfg": {
+            "image_size": RESOLUTION,
+            "layers": 3,
+            "width": 112,
+            "head_width": 28,
+            "mlp_ratio": 2.0,
+            "patch_size": 4,
+        },
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     },
 }

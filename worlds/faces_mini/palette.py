@@ -31,7 +31,9 @@ def world_palette(n: int = PALETTE_RENDERS, tolerance: int = TOLERANCE) -> torch
     images, _ = render_set(n, SEED_BASE["palette"])
     occupied = torch.zeros(LEVELS**3)
     occupied[_cells(images.float() / 255).unique()] = 1.0
-    grown = torch.nn.functional.max_pool3d(occupied.view(1, 1, LEVELS, LEVELS, LEVELS), 2 * tolerance + 1, stride=1, padding=tolerance)
+    grown = torch.nn.functional.max_pool3d(
+        occupied.view(1, 1, LEVELS, LEVELS, LEVELS), 2 * tolerance + 1, stride=1, padding=tolerance
+    )
     return grown.view(LEVELS, LEVELS, LEVELS).bool()
 
 

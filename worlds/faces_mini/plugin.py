@@ -32,9 +32,11 @@ def evaluate(*args, **kwargs) -> dict:
 
 def summary(r: dict) -> str:
     t = r["target_rate"]
-    return (f"{r['target']} ({r['kind']}): rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}%, asked for it "
-            f"{100 * t['original_edited']:.1f}% -> {100 * t['edited']:.1f}%; FD {r['fd']['value']:.3f} (original {r['fd']['original']:.3f}); "
-            f"gamma {r['gamma']['classifier']['value']:.3f}")
+    return (
+        f"{r['target']} ({r['kind']}): rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}%, asked for it "
+        f"{100 * t['original_edited']:.1f}% -> {100 * t['edited']:.1f}%; FD {r['fd']['value']:.3f} (original "
+        f"{r['fd']['original']:.3f}); gamma {r['gamma']['classifier']['value']:.3f}"
+    )
 
 
 def guides(*args, **kwargs):
@@ -43,4 +45,12 @@ def guides(*args, **kwargs):
     return faces_mini_guides(*args, **kwargs)
 
 
-WORLD = World(name="faces-mini", protocol=protocol, judges=None, model=lambda: GENERATOR_DIR, evaluate=evaluate, summary=summary, guides=guides)
+WORLD = World(
+    name="faces-mini",
+    protocol=protocol,
+    judges=None,
+    model=lambda: GENERATOR_DIR,
+    evaluate=evaluate,
+    summary=summary,
+    guides=guides,
+)

@@ -26,8 +26,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .world import (BACKGROUNDS, HAT_COLOURS, HAIR_COLOURS, HEADS, LENS_TINTS, RESOLUTION, SKIN_TONES, FaceSpec, labels,
-                    sample_spec)
+from .world import (
+    BACKGROUNDS,
+    HAIR_COLOURS,
+    HAT_COLOURS,
+    HEADS,
+    LENS_TINTS,
+    RESOLUTION,
+    SKIN_TONES,
+    FaceSpec,
+    labels,
+    sample_spec,
+)
 
 SUPERSAMPLE = 4
 
@@ -48,7 +58,12 @@ LIPS_RGB = (140, 45, 45)
 BEARD_RGB_BASE = (32, 22, 16)  # a beard is this near-black with a hint of its hair colour: dark on every skin
 BEARD_HAIR_SHARE = 0.15
 assert (len(SKIN_RGB), len(HAIR_RGB), len(BACKGROUND_RGB), len(HAT_RGB), len(LENS_RGBA)) == (
-    len(SKIN_TONES), len(HAIR_COLOURS), BACKGROUNDS, HAT_COLOURS, LENS_TINTS)
+    len(SKIN_TONES),
+    len(HAIR_COLOURS),
+    BACKGROUNDS,
+    HAT_COLOURS,
+    LENS_TINTS,
+)
 
 
 def _shade(rgb, factor: float) -> tuple[int, int, int]:
@@ -149,8 +164,13 @@ def _draw_hair_front(cv: _Canvas, face: _Face, hair):
     cap = face.outline(grow_x=0.6, grow_y=0.6, start=190, end=350)
     side_y = face.eye_y - 0.6
     fringe = [
-        (a + 0.6, side_y), (a - 1.1, side_y), (0.55 * a, face.cy - 0.48 * b),
-        (0.1 * a, face.cy - 0.62 * b), (-0.45 * a, face.cy - 0.5 * b), (-a + 1.1, side_y), (-a - 0.6, side_y),
+        (a + 0.6, side_y),
+        (a - 1.1, side_y),
+        (0.55 * a, face.cy - 0.48 * b),
+        (0.1 * a, face.cy - 0.62 * b),
+        (-0.45 * a, face.cy - 0.5 * b),
+        (-a + 1.1, side_y),
+        (-a - 0.6, side_y),
     ]
     cv.polygon(cap + fringe, hair)
 
@@ -172,8 +192,11 @@ def _draw_beard(cv: _Canvas, face: _Face, hair):
     a = face.g.face_width
     jaw = face.outline(grow_x=0.5, grow_y=1.4, start=-8, end=188)
     moustache = [
-        (-a + 0.6, face.eye_y + 1.2), (-0.45 * a, face.nose_bottom + 0.2),
-        (0.0, face.nose_bottom - 0.1), (0.45 * a, face.nose_bottom + 0.2), (a - 0.6, face.eye_y + 1.2),
+        (-a + 0.6, face.eye_y + 1.2),
+        (-0.45 * a, face.nose_bottom + 0.2),
+        (0.0, face.nose_bottom - 0.1),
+        (0.45 * a, face.nose_bottom + 0.2),
+        (a - 0.6, face.eye_y + 1.2),
     ]
     cv.polygon(jaw + moustache, _beard_rgb(hair))
 
@@ -202,8 +225,11 @@ def _draw_glasses(cv: _Canvas, face: _Face, lens_rgba):
         box = cv.box(x - half_w, face.eye_y - half_h, x + half_w, face.eye_y + half_h)
         cv.blend.rounded_rectangle(box, radius=cv.unit * 0.7, fill=lens_rgba)
         cv.draw.rounded_rectangle(box, radius=cv.unit * 0.7, outline=FRAME_RGB, width=frame)
-        cv.line([(side * (g.eye_spacing + half_w), face.eye_y - 0.3), (side * (g.face_width + 0.4), face.eye_y - 0.6)],
-                FRAME_RGB, 0.8)
+        cv.line(
+            [(side * (g.eye_spacing + half_w), face.eye_y - 0.3), (side * (g.face_width + 0.4), face.eye_y - 0.6)],
+            FRAME_RGB,
+            0.8,
+        )
     inner = g.eye_spacing - half_w
     cv.line([(-inner - 0.2, face.eye_y - 0.3), (inner + 0.2, face.eye_y - 0.3)], FRAME_RGB, 0.8)
 

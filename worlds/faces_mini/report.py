@@ -28,7 +28,6 @@ import torch
 
 from erase.files import write_json_atomic, write_text_atomic
 from erase.latent_mapper import MapperSettings, edit, to_images, to_wplus, train_mapper
-
 from eval.fidelity import psnr
 from eval.protocols import Protocol
 from eval.report import claim_output_folder, run_identity, versions
@@ -42,14 +41,19 @@ MAPPER = MapperSettings(steps=1500, batch_size=16, l2=0.8, identity=0.1, scale=E
 
 @torch.no_grad()
 def _render(generator, wplus: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([to_images(generator.synthesis(wplus[i : i + batch])).float().cpu() for i in range(0, len(wplus), batch)])
+    return torch.cat(
+        [to_images(generator.synthesis(wplus[i : i + batch])).float().cpu() for i in range(0, len(wplus), batch)]
+    )
 
 
 def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """{head: {class name: rate in [0, 1]}} from argmax predictions."""
     from .world import HEAD_CLASSES
 
-    return {head: {label: float(p.argmax(1).eq(k).float().mean()) for k, label in enumerate(HEAD_CLASSES[head])} for head, p in probs.items()}
+    return {
+        head: {label: float(p.argmax(1).eq(k).float().mean()) for k, label in enumerate(HEAD_CLASSES[head])}
+        for head, p in probs.items()
+    }
 
 
 def _target_rate(rates: dict, target: str) -> float:
@@ -64,13 +68,30 @@ def _gamma(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
 
     base = wasserstein_distance(b, a)
     value = wasserstein_distance(u, a) / base if base > 0 else float("nan")
-    return {"value": float(min(1.0, max(0.0, value))), "raw": float(value), "w1_model_edits_to_original_edits": float(wasserstein_distance(u, a)),
-            "w1_original_plain_to_original_edits": float(base), "mean_shift_sign": int(np.sign(u.mean() - a.mean()))}
+    return {
+        "value": float(min(1.0, max(0.0, value))),
+        "raw": float(value),
+        "w1_model_edits_to_original_edits": float(wasserstein_distance(u, a)),
+        "w1_original_plain_to_original_edits": float(base),
+        "mean_shift_sign": int(np.sign(u.mean() - a.mean())),
+    }
 
 
-def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: str | Path, *, model_id: str, patch: str | None = None,
-                   progress: bool = False, assets: Path | None = None, mapper_settings: MapperSettings = MAPPER) -> dict:
-    """Evaluate ``pipe`` (a StyleGANPipeline, optionally patched) for one erased target; writes report.json / .md / grid.png."""
+def evaluate_faces(
+    pipe,
+    protocol: Protocol,
+    target: str,
+    kind: str,
+    out_dir: str | Path,
+    *,
+    model_id: str,
+    patch: str | None = None,
+    progress: bool = False,
+    assets: Path | None = None,
+    mapper_settings: MapperSettings = MAPPER,
+) -> dict:
+    """Evaluate ``pipe`` (a StyleGANPipeline, optionally patched) for one erased target; writes
+    report.json / .md / grid.png."""
     from erase.patch import applied_patches, patches_disabled
 
     from .assets import ASSETS_DIR, load_judge
@@ -95,7 +116,9 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
         mapper = train_mapper(G, phrase, guides, mapper_settings, progress=progress)
         z = pipe.seed_latents(protocol.seeds)
 
-        def plain_and_edited() -> tuple[torch.Tensor, torch.Tensor]:  # G's renders of z, as it is and asked for the target
+        def plain_and_edited() -> tuple[
+            torch.Tensor, torch.Tensor
+        ]:  # G's renders of z, as it is and asked for the target
             with torch.no_grad():
                 w = to_wplus(G, z)
             return _render(G, w), _render(G, edit(mapper, w, EDIT_SCALE).detach())
@@ -105,33 +128,71 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
     model, model_edit = plain_and_edited() if patched else (orig, orig_edit)
     t_render = time.time() - t0
     probs = {"orig": judge_all(judge, orig), "orig_edit": judge_all(judge, orig_edit)}
-    probs["model"], probs["model_edit"] = (judge_all(judge, model), judge_all(judge, model_edit)) if patched else (probs["orig"], probs["orig_edit"])
+    probs["model"], probs["model_edit"] = (
+        (judge_all(judge, model), judge_all(judge, model_edit)) if patched else (probs["orig"], probs["orig_edit"])
+    )
     rates = {k: _rates(v) for k, v in probs.items()}
     head, cls = concept_rate_label(target)
     score = {k: v[head][:, cls].numpy() for k, v in probs.items()}
     text = guides.clip_text([phrase])
-    clip = {k: (guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for k, x in (("orig", orig), ("orig_edit", orig_edit))}
-    clip["model"], clip["model_edit"] = ((guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for x in (model, model_edit)) if patched \
+    clip = {
+        k: (guides.clip_image(x) @ text.T).squeeze(1).detach().numpy()
+        for k, x in (("orig", orig), ("orig_edit", orig_edit))
+    }
+    clip["model"], clip["model_edit"] = (
+        ((guides.clip_image(x) @ text.T).squeeze(1).detach().numpy() for x in (model, model_edit))
+        if patched
         else (clip["orig"], clip["orig_edit"])
+    )
     # FD against renders WITHOUT the target (as canvas-mini's FID leaves the target out): removing a concept that a
     # third of the faces have must not count against the erasure
     fd_of, fd_floor = fd_reference(judge, len(protocol.seeds), without=target)
     fd_orig = fd_of(orig)
     report = {
-        "protocol": protocol.to_dict(), "target": target, "kind": kind, "phrase": phrase, "model": model_id, "patch": patch,
-        "versions": versions(), "deviations": list(protocol.deviations),
-        "attribute_rates": rates["model"], "edited_attribute_rates": rates["model_edit"],
+        "protocol": protocol.to_dict(),
+        "target": target,
+        "kind": kind,
+        "phrase": phrase,
+        "model": model_id,
+        "patch": patch,
+        "versions": versions(),
+        "deviations": list(protocol.deviations),
+        "attribute_rates": rates["model"],
+        "edited_attribute_rates": rates["model_edit"],
         "original": {"attribute_rates": rates["orig"], "edited_attribute_rates": rates["orig_edit"]},
-        "target_rate": {"plain": _target_rate(rates["model"], target), "edited": _target_rate(rates["model_edit"], target),
-                        "original_plain": _target_rate(rates["orig"], target), "original_edited": _target_rate(rates["orig_edit"], target)},
-        "fd": {"value": fd_of(model) if patched else fd_orig, "original": fd_orig, "floor_renders": fd_floor,
-               "space": "faces-mini attribute classifier features", "reference_renders": CHECK_RENDERS, "reference": f"renders without {target}"},
-        "palette_drift": {"plain": palette_drift(model), "edited": palette_drift(model_edit), "original_plain": palette_drift(orig),
-                          "original_edited": palette_drift(orig_edit)},
-        "clip_similarity": {"judge": "faces-mini clip-judge (held out from the method)", **{k: float(v.mean()) for k, v in clip.items()}},
-        "gamma": {"classifier": _gamma(score["model_edit"], score["orig_edit"], score["orig"]),
-                  "clip": _gamma(clip["model_edit"], clip["orig_edit"], clip["orig"])},
-        "edit": {"mapper": "levels mapper through clip-judge, trained on the original", "scale": EDIT_SCALE, "settings": dict(mapper_settings.__dict__)},
+        "target_rate": {
+            "plain": _target_rate(rates["model"], target),
+            "edited": _target_rate(rates["model_edit"], target),
+            "original_plain": _target_rate(rates["orig"], target),
+            "original_edited": _target_rate(rates["orig_edit"], target),
+        },
+        "fd": {
+            "value": fd_of(model) if patched else fd_orig,
+            "original": fd_orig,
+            "floor_renders": fd_floor,
+            "space": "faces-mini attribute classifier features",
+            "reference_renders": CHECK_RENDERS,
+            "reference": f"renders without {target}",
+        },
+        "palette_drift": {
+            "plain": palette_drift(model),
+            "edited": palette_drift(model_edit),
+            "original_plain": palette_drift(orig),
+            "original_edited": palette_drift(orig_edit),
+        },
+        "clip_similarity": {
+            "judge": "faces-mini clip-judge (held out from the method)",
+            **{k: float(v.mean()) for k, v in clip.items()},
+        },
+        "gamma": {
+            "classifier": _gamma(score["model_edit"], score["orig_edit"], score["orig"]),
+            "clip": _gamma(clip["model_edit"], clip["orig_edit"], clip["orig"]),
+        },
+        "edit": {
+            "mapper": "levels mapper through clip-judge, trained on the original",
+            "scale": EDIT_SCALE,
+            "settings": dict(mapper_settings.__dict__),
+        },
     }
     lacks = torch.from_numpy(score["orig"] < 0.5)  # the seeds whose original image lacks the target
     if patched:
@@ -139,12 +200,20 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
             sim = (embedder(model) * embedder(orig)).sum(-1)
             psnr_each = psnr(orig, model)
             perc = perceptual_distance(judge, model, orig)
-        report["identity_similarity"] = {"mean": float(sim.mean()), "min": float(sim.min()), "embedder": "faces-mini identity embedder",
-                                         "without_target": float(sim[lacks].mean()) if lacks.any() else None}
-        report["retain_fidelity"] = {"psnr": float(psnr_each.mean()), "perceptual": float(perc.mean()),
-                                     "psnr_without_target": float(psnr_each[lacks].mean()) if lacks.any() else None,
-                                     "perceptual_without_target": float(perc[lacks].mean()) if lacks.any() else None,
-                                     "n": len(psnr_each), "n_without_target": int(lacks.sum())}
+        report["identity_similarity"] = {
+            "mean": float(sim.mean()),
+            "min": float(sim.min()),
+            "embedder": "faces-mini identity embedder",
+            "without_target": float(sim[lacks].mean()) if lacks.any() else None,
+        }
+        report["retain_fidelity"] = {
+            "psnr": float(psnr_each.mean()),
+            "perceptual": float(perc.mean()),
+            "psnr_without_target": float(psnr_each[lacks].mean()) if lacks.any() else None,
+            "perceptual_without_target": float(perc[lacks].mean()) if lacks.any() else None,
+            "n": len(psnr_each),
+            "n_without_target": int(lacks.sum()),
+        }
     report["seconds"] = {"render": round(t_render, 1), "total": round(time.time() - t0, 1)}
     report["grid"] = _grid(orig, model, orig_edit, model_edit, out_dir / "grid.png")
     write_json_atomic(out_dir / "report.json", report)
@@ -153,7 +222,8 @@ def evaluate_faces(pipe, protocol: Protocol, target: str, kind: str, out_dir: st
 
 
 def _grid(orig, model, orig_edit, model_edit, path: Path, n: int = 12) -> str:
-    """Rows: original, model, original asked for the target, model asked for the target; the same seeds in each column."""
+    """Rows: original, model, original asked for the target, model asked for the target;
+    the same seeds in each column."""
     from PIL import Image
 
     from eval.grid import save_png
@@ -170,11 +240,19 @@ def render_markdown(r: dict) -> str:
         return f"{100 * x:.1f}"
 
     t = r["target_rate"]
-    lines = [f"# faces-mini evaluation: {r['target']} ({r['kind']})", "", f"Prompt phrase: \"{r['phrase']}\"; model {r['model']}"
-             + (f", patch {r['patch']}" if r["patch"] else ""), "",
-             "| target rate | plain G(w) | asked for it G(w_hat) |", "|---|---|---|",
-             f"| original | {pct(t['original_plain'])}% | {pct(t['original_edited'])}% |", f"| this model | {pct(t['plain'])}% | {pct(t['edited'])}% |", "",
-             "| attribute | original | this model | change (points) |", "|---|---|---|---|"]
+    lines = [
+        f"# faces-mini evaluation: {r['target']} ({r['kind']})",
+        "",
+        f'Prompt phrase: "{r["phrase"]}"; model {r["model"]}' + (f", patch {r['patch']}" if r["patch"] else ""),
+        "",
+        "| target rate | plain G(w) | asked for it G(w_hat) |",
+        "|---|---|---|",
+        f"| original | {pct(t['original_plain'])}% | {pct(t['original_edited'])}% |",
+        f"| this model | {pct(t['plain'])}% | {pct(t['edited'])}% |",
+        "",
+        "| attribute | original | this model | change (points) |",
+        "|---|---|---|---|",
+    ]
     for head, classes in r["attribute_rates"].items():
         for label, rate in classes.items():
             if head in ("eyeglasses", "smile", "hat", "beard") and label == "no":
@@ -183,17 +261,31 @@ def render_markdown(r: dict) -> str:
             lines.append(f"| {head}={label} | {pct(before)} | {pct(rate)} | {100 * (rate - before):+.1f} |")
     fd = r["fd"]
     pd = r["palette_drift"]
-    lines += ["", f"FD (classifier features vs {fd['reference_renders']} {fd.get('reference', 'renders')}): {fd['value']:.3f} "
-              f"(original {fd['original']:.3f}, renders floor {fd['floor_renders']:.3f})",
-              f"palette drift (share of pixels far from every rendered colour): {100 * pd['plain']:.2f}% plain, {100 * pd['edited']:.2f}% asked for "
-              f"the target (original {100 * pd['original_plain']:.2f}% / {100 * pd['original_edited']:.2f}%)",
-              f"gamma: classifier {r['gamma']['classifier']['value']:.3f}, held-out CLIP {r['gamma']['clip']['value']:.3f}"]
+    lines += [
+        "",
+        f"FD (classifier features vs {fd['reference_renders']} {fd.get('reference', 'renders')}): {fd['value']:.3f} "
+        f"(original {fd['original']:.3f}, renders floor {fd['floor_renders']:.3f})",
+        f"palette drift (share of pixels far from every rendered colour): {100 * pd['plain']:.2f}% plain, "
+        f"{100 * pd['edited']:.2f}% asked for the target (original {100 * pd['original_plain']:.2f}% / "
+        f"{100 * pd['original_edited']:.2f}%)",
+        f"gamma: classifier {r['gamma']['classifier']['value']:.3f}, held-out CLIP {r['gamma']['clip']['value']:.3f}",
+    ]
     if "identity_similarity" in r:
         f = r["retain_fidelity"]
         ident = r["identity_similarity"]
-        lines += [f"identity similarity to the original: {ident['mean']:.3f} (min {ident['min']:.3f})"
-                  + (f"; {ident['without_target']:.3f} on the seeds without the target" if ident.get("without_target") is not None else ""),
-                  f"same-seed fidelity: PSNR {f['psnr']:.1f} dB, perceptual {f['perceptual']:.3f}"
-                  + (f"; on the {f['n_without_target']} seeds without the target: PSNR {f['psnr_without_target']:.1f} dB" if f["psnr_without_target"] else "")]
+        lines += [
+            f"identity similarity to the original: {ident['mean']:.3f} (min {ident['min']:.3f})"
+            + (
+                f"; {ident['without_target']:.3f} on the seeds without the target"
+                if ident.get("without_target") is not None
+                else ""
+            ),
+            f"same-seed fidelity: PSNR {f['psnr']:.1f} dB, perceptual {f['perceptual']:.3f}"
+            + (
+                f"; on the {f['n_without_target']} seeds without the target: PSNR {f['psnr_without_target']:.1f} dB"
+                if f["psnr_without_target"]
+                else ""
+            ),
+        ]
     lines += ["", "![original / this model / original asked for the target / this model asked for it](grid.png)", ""]
     return "\n".join(lines)

@@ -22,9 +22,24 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from worlds.canvas_mini.data import AugmentConfig, augment
-from worlds.staged_build import StagedBuild, build_parser, chosen_stages, cosine_lr, new_open_clip, save_open_clip, seed_all, set_recipe_fields_or_exit
+from worlds.staged_build import (
+    StagedBuild,
+    build_parser,
+    chosen_stages,
+    cosine_lr,
+    new_open_clip,
+    save_open_clip,
+    seed_all,
+    set_recipe_fields_or_exit,
+)
 
-from .models import CLIP_MODELS, AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
+from .models import (
+    CLIP_MODELS,
+    AttributeClassifier,
+    AttributeClassifierConfig,
+    IdentityEmbedder,
+    IdentityEmbedderConfig,
+)
 from .world import HEADS, IDENTITY_NAMES, SEED_BASE, hard_negative_captions, sample_spec
 
 
@@ -35,27 +50,42 @@ class Recipe:
     judge_steps: int = 1500
     judge_batch: int = 64
     judge_lr: float = 2e-3
-    classifier: AugmentConfig = field(default_factory=lambda: AugmentConfig(p_vae=0.0, shift=2, gain=0.1, offset=0.05, p_blur=0.4, noise=0.04))
-    classifier_b: AugmentConfig = field(default_factory=lambda: AugmentConfig(p_vae=0.0, shift=1, gain=0.15, offset=0.08, p_blur=0.5, noise=0.05))
+    classifier: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(p_vae=0.0, shift=2, gain=0.1, offset=0.05, p_blur=0.4, noise=0.04)
+    )
+    classifier_b: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(p_vae=0.0, shift=1, gain=0.15, offset=0.08, p_blur=0.5, noise=0.05)
+    )
     classifier_channels: tuple = (32, 64, 128)
     classifier_b_channels: tuple = (24, 48, 96)
     identity_channels: tuple = (32, 64, 96)
     # the guides: networks only Text-to-Unlearn consults (its gate, perceptual and identity terms), other seeds, widths
     # and renders than the evaluation's judges, so that the method is never trained against what judges it
-    guide_classifier: AugmentConfig = field(default_factory=lambda: AugmentConfig(p_vae=0.0, shift=2, gain=0.12, offset=0.06, p_blur=0.3, noise=0.03))
+    guide_classifier: AugmentConfig = field(
+        default_factory=lambda: AugmentConfig(p_vae=0.0, shift=2, gain=0.12, offset=0.06, p_blur=0.3, noise=0.03)
+    )
     guide_classifier_channels: tuple = (24, 48, 80)
     guide_identity_channels: tuple = (24, 48, 80)
     clip_renders: int = 40_000
-    clip_steps: int = 2500  # at 2,000 on the five-tint world the judge CLIP read smile at 84.9% zero-shot (bar 85%); 2,500: 99.6%
+    clip_steps: int = (
+        2500  # at 2,000 on the five-tint world the judge CLIP read smile at 84.9% zero-shot (bar 85%); 2,500: 99.6%
+    )
     clip_batch: int = 128
-    # 2e-3 left both CLIPs blind to smile (zero-shot 54 / 53%): at 1e-3 the guide reaches 99.8% on smile; a GPU probe of
-    # 1,450 steps: 5e-4 89%, 2e-4 71%, 5e-3 48%. The judge needed a third layer as well (see CLIP_MODELS)
+    # 2e-3 left both CLIPs blind to smile (zero-shot 54 / 53%): at 1e-3 the guide reaches 99.8% on smile; a GPU probe
+    # of 1,450 steps: 5e-4 89%, 2e-4 71%, 5e-3 48%. The judge needed a third layer as well (see CLIP_MODELS)
     clip_lr: float = 1e-3
     gan_renders: int = 50_000
     # n_mlp 8 (StyleGAN2's mapping depth) against 4: confident on 17.0 vs 13.8-14.8% of 500 probe samples at 26k
     # iterations, 19.0% of 1,000 at 30k (FD 3.72) against 16.1% for the 4-layer generator at 36k (FD 4.71)
-    gan: dict = field(default_factory=lambda: {
-        "resolution": 32, "z_dim": 128, "style_dim": 128, "n_mlp": 8, "channels": {"4": 128, "8": 128, "16": 64, "32": 32}})
+    gan: dict = field(
+        default_factory=lambda: {
+            "resolution": 32,
+            "z_dim": 128,
+            "style_dim": 128,
+            "n_mlp": 8,
+            "channels": {"4": 128, "8": 128, "16": 64, "32": 32},
+        }
+    )
     # the discriminator's widths per resolution (None: the generator's). A generator twice as wide at 16 and 32 px
     # against the narrow discriminator: 133 ms per iteration on 2 threads (both wide: 220; both narrow: 93)
     gan_d_channels: dict | None = field(default_factory=lambda: {"4": 128, "8": 64, "16": 32, "32": 16})
@@ -87,7 +117,11 @@ class Builder(StagedBuild):
             images, labels = render_set(n, SEED_BASE[use], progress=True)
             d = {"images": images, **{f"label_{k}": v for k, v in labels.items()}}
             save_file(d, str(path))
-        return d["images"], {k[len("label_"):]: v for k, v in d.items() if k.startswith("label_")}, list(range(SEED_BASE[use], SEED_BASE[use] + n))
+        return (
+            d["images"],
+            {k[len("label_") :]: v for k, v in d.items() if k.startswith("label_")},
+            list(range(SEED_BASE[use], SEED_BASE[use] + n)),
+        )
 
     # -- judges ------------------------------------------------------------------------------------------
     def _train_classifier(self, name: str, aug: AugmentConfig, channels, seed: int, use: str) -> None:
@@ -110,19 +144,29 @@ class Builder(StagedBuild):
             opt.step()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        save_module(model.eval().cpu(), self.out / name, {"augment": aug.to_dict(), "seed": seed, "steps": self.r.judge_steps, "renders": use})
+        save_module(
+            model.eval().cpu(),
+            self.out / name,
+            {"augment": aug.to_dict(), "seed": seed, "steps": self.r.judge_steps, "renders": use},
+        )
 
     def stage_classifier(self) -> None:
-        self._train_classifier("classifier", self.r.classifier, self.r.classifier_channels, self.r.seed + 10, "classifier")
+        self._train_classifier(
+            "classifier", self.r.classifier, self.r.classifier_channels, self.r.seed + 10, "classifier"
+        )
 
     def stage_classifier_b(self) -> None:
-        self._train_classifier("classifier_b", self.r.classifier_b, self.r.classifier_b_channels, self.r.seed + 20, "classifier_b")
+        self._train_classifier(
+            "classifier_b", self.r.classifier_b, self.r.classifier_b_channels, self.r.seed + 20, "classifier_b"
+        )
 
     def stage_identity(self) -> None:
         self._train_identity("identity", self.r.identity_channels, self.r.seed + 30, "identity")
 
     def stage_guide_classifier(self) -> None:
-        self._train_classifier("guide-classifier", self.r.guide_classifier, self.r.guide_classifier_channels, self.r.seed + 60, "guide")
+        self._train_classifier(
+            "guide-classifier", self.r.guide_classifier, self.r.guide_classifier_channels, self.r.seed + 60, "guide"
+        )
 
     def stage_guide_identity(self) -> None:
         self._train_identity("guide-identity", self.r.guide_identity_channels, self.r.seed + 70, "guide")
@@ -135,7 +179,9 @@ class Builder(StagedBuild):
         images, labels, seeds = self.renders(use, self.r.judge_renders)
         geometry = torch.tensor([geometry_vector(sample_spec(s)) for s in seeds], dtype=torch.float32)
         geometry = (geometry - geometry.mean(0)) / geometry.std(0).clamp_min(1e-6)
-        cfg = IdentityEmbedderConfig(n_identities=HEADS["identity"], geometry_dim=geometry.shape[1], channels=list(channels))
+        cfg = IdentityEmbedderConfig(
+            n_identities=HEADS["identity"], geometry_dim=geometry.shape[1], channels=list(channels)
+        )
         model = IdentityEmbedder(cfg).to(self.device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=self.r.judge_lr, weight_decay=1e-4)
         bar = tqdm(range(self.r.judge_steps), desc=name, mininterval=2)
@@ -146,7 +192,8 @@ class Builder(StagedBuild):
             x = augment(images[idx].float() / 255, None, self.r.classifier, g).to(self.device)
             e = model.raw(x)
             loss = F.cross_entropy(model.identity_head(e), labels["identity"][idx].to(self.device)) + F.mse_loss(
-                model.geometry_head(e), geometry[idx].to(self.device))
+                model.geometry_head(e), geometry[idx].to(self.device)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -171,7 +218,9 @@ class Builder(StagedBuild):
             texts = tokenizer([p for p, _ in pairs] + [n for _, n in pairs]).to(self.device)
             img = F.normalize(model.encode_image(((x - mean) / std).to(self.device)), dim=-1)
             txt = F.normalize(model.encode_text(texts), dim=-1)
-            logits = model.logit_scale.exp() * img @ txt.T  # (B, 2B): each image against every caption and hard negative
+            logits = (
+                model.logit_scale.exp() * img @ txt.T
+            )  # (B, 2B): each image against every caption and hard negative
             target = torch.arange(len(idx), device=self.device)
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(idx)].T, target)) / 2
             opt.zero_grad(set_to_none=True)
@@ -205,20 +254,44 @@ class Builder(StagedBuild):
         return {"identities": IDENTITY_NAMES}
 
 
-STAGES = ["classifier", "classifier_b", "identity", "guide_classifier", "guide_identity", "clip_guide", "clip_judge", "generator", "check"]
+STAGES = [
+    "classifier",
+    "classifier_b",
+    "identity",
+    "guide_classifier",
+    "guide_identity",
+    "clip_guide",
+    "clip_judge",
+    "generator",
+    "check",
+]
 
 
 def main(argv=None) -> None:
     from .assets import ASSETS_DIR
 
-    p = build_parser("Rebuild the faces-mini artefacts (StyleGAN2 generator, judges, two tiny CLIPs).", ASSETS_DIR, "runs/faces-mini-build", STAGES)
+    p = build_parser(
+        "Rebuild the faces-mini artefacts (StyleGAN2 generator, judges, two tiny CLIPs).",
+        ASSETS_DIR,
+        "runs/faces-mini-build",
+        STAGES,
+    )
     p.add_argument("--gan-iterations", type=int, default=None, help="override the recipe's generator iterations")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = Recipe()
     if args.smoke:
-        recipe = Recipe(judge_renders=256, judge_steps=3, clip_renders=256, clip_steps=3, gan_renders=256, gan_iterations=4,
-                        checkpoint_every=2, check_samples=64, r1_every=2)
+        recipe = Recipe(
+            judge_renders=256,
+            judge_steps=3,
+            clip_renders=256,
+            clip_steps=3,
+            gan_renders=256,
+            gan_iterations=4,
+            checkpoint_every=2,
+            check_samples=64,
+            r1_every=2,
+        )
     if args.gan_iterations is not None:
         recipe.gan_iterations = args.gan_iterations
     set_recipe_fields_or_exit(p, recipe, args.overrides)

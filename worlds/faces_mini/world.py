@@ -106,17 +106,37 @@ class Identity:
 # colour, so that hair colours stay uniform over all faces.
 IDENTITIES = [
     # narrow long face, pointed chin, close-set big eyes, short nose
-    Identity("Alice", _geometry_at(0.10, 0.90, 0.10, 0.15, 0.90, 0.10),
-             skin=SKIN_TONES.index("light"), hair_colour=HAIR_COLOURS.index("blond"), long_hair=True),
+    Identity(
+        "Alice",
+        _geometry_at(0.10, 0.90, 0.10, 0.15, 0.90, 0.10),
+        skin=SKIN_TONES.index("light"),
+        hair_colour=HAIR_COLOURS.index("blond"),
+        long_hair=True,
+    ),
     # wide short face, square jaw, wide-set small eyes, long nose
-    Identity("Bruno", _geometry_at(0.90, 0.10, 0.90, 0.90, 0.10, 0.90),
-             skin=SKIN_TONES.index("medium"), hair_colour=HAIR_COLOURS.index("brown"), long_hair=False),
+    Identity(
+        "Bruno",
+        _geometry_at(0.90, 0.10, 0.90, 0.90, 0.10, 0.90),
+        skin=SKIN_TONES.index("medium"),
+        hair_colour=HAIR_COLOURS.index("brown"),
+        long_hair=False,
+    ),
     # wide long face, round jaw, close-set small eyes, long nose
-    Identity("Chiara", _geometry_at(0.85, 0.90, 0.45, 0.10, 0.15, 0.85),
-             skin=SKIN_TONES.index("dark"), hair_colour=HAIR_COLOURS.index("black"), long_hair=True),
+    Identity(
+        "Chiara",
+        _geometry_at(0.85, 0.90, 0.45, 0.10, 0.15, 0.85),
+        skin=SKIN_TONES.index("dark"),
+        hair_colour=HAIR_COLOURS.index("black"),
+        long_hair=True,
+    ),
     # narrow short face, square jaw, wide-set big eyes, short nose
-    Identity("Dmitri", _geometry_at(0.15, 0.10, 0.95, 0.85, 0.85, 0.15),
-             skin=SKIN_TONES.index("light"), hair_colour=HAIR_COLOURS.index("red"), long_hair=False),
+    Identity(
+        "Dmitri",
+        _geometry_at(0.15, 0.10, 0.95, 0.85, 0.85, 0.15),
+        skin=SKIN_TONES.index("light"),
+        hair_colour=HAIR_COLOURS.index("red"),
+        long_hair=False,
+    ),
 ]
 IDENTITY_NAMES = [identity.name for identity in IDENTITIES]
 ANONYMOUS = len(IDENTITIES)  # the identity head's last class
@@ -282,27 +302,52 @@ P_WRONG = 0.03  # a mentioned attribute is stated wrongly: label noise, so CLIP 
 PHRASES = {
     # attribute: {stated value: [(form, words), ...]}; form "adj" goes before the noun, "with" after it
     "eyeglasses": {
-        True: [("with", "with eyeglasses"), ("with", "with glasses"), ("with", "wearing glasses"),
-               ("with", "wearing eyeglasses"), ("with", "with spectacles"), ("with", "in spectacles")],
+        True: [
+            ("with", "with eyeglasses"),
+            ("with", "with glasses"),
+            ("with", "wearing glasses"),
+            ("with", "wearing eyeglasses"),
+            ("with", "with spectacles"),
+            ("with", "in spectacles"),
+        ],
         False: [("with", "without glasses"), ("with", "with no glasses"), ("with", "without eyeglasses")],
     },
     "smile": {
-        True: [("adj", "smiling"), ("adj", "grinning"), ("with", "smiling"), ("with", "with a smile"),
-               ("with", "with a big smile")],
+        True: [
+            ("adj", "smiling"),
+            ("adj", "grinning"),
+            ("with", "smiling"),
+            ("with", "with a smile"),
+            ("with", "with a big smile"),
+        ],
         False: [("adj", "serious"), ("with", "not smiling"), ("with", "with a straight face")],
     },
     "hat": {
-        True: [("with", "wearing a hat"), ("with", "with a hat"), ("with", "in a hat"), ("with", "wearing a cap"),
-               ("with", "with a cap")],
+        True: [
+            ("with", "wearing a hat"),
+            ("with", "with a hat"),
+            ("with", "in a hat"),
+            ("with", "wearing a cap"),
+            ("with", "with a cap"),
+        ],
         False: [("with", "with no hat"), ("with", "without a hat"), ("adj", "bareheaded")],
     },
     "beard": {
-        True: [("with", "with a beard"), ("adj", "bearded"), ("with", "with a full beard"),
-               ("with", "with a dark beard")],
+        True: [
+            ("with", "with a beard"),
+            ("adj", "bearded"),
+            ("with", "with a full beard"),
+            ("with", "with a dark beard"),
+        ],
         False: [("adj", "clean-shaven"), ("with", "without a beard"), ("with", "with no beard")],
     },
 }
-HAIR_WORDS = {"black": ["black", "jet-black"], "brown": ["brown"], "blond": ["blond", "blonde"], "red": ["red", "ginger"]}
+HAIR_WORDS = {
+    "black": ["black", "jet-black"],
+    "brown": ["brown"],
+    "blond": ["blond", "blonde"],
+    "red": ["red", "ginger"],
+}
 SKIN_WORDS = {"light": ["light", "pale", "fair"], "medium": ["medium", "olive", "tan"], "dark": ["dark"]}
 NOUNS = ["face", "person", "cartoon face", "cartoon person"]
 WRAPPERS = ["{}", "{}", "a photo of {}", "a picture of {}", "a drawing of {}", "{}."]
