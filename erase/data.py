@@ -64,7 +64,7 @@ def model_identity(model) -> str:
     import json
 
     from .components import named_parameters
-    from .patch import tensor_record
+    from .fingerprint import tensor_record
 
     records = {n: tensor_record(n, p, exact=False) for n, p in sorted(named_parameters(model).items())}
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()

@@ -35,7 +35,6 @@ import math
 import os
 import shutil
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,14 +44,12 @@ import torch
 from .components import component_of, model_components, named_parameters
 from .errors import EraseError
 from .files import file_sha256, writing
+from .fingerprint import FINGERPRINT_VERSION, fingerprint_of, record_mismatch, tensor_record, tensor_sha256
 
 PATCH_FILE = "erasure_patch.safetensors"
 CONFIG_FILE = "erasure_config.json"
 FORMAT = "erasekit-patch"
 FORMAT_VERSION = 2
-FINGERPRINT_VERSION = 2
-N_PROBES = 8
-RTOL = 2.0**-7  # bf16 keeps 8 significant bits: rounding moves a value by at most 2^-8 of it
 _STATE_ATTR = "_erasekit_patch_state"
 
 
@@ -60,78 +57,9 @@ class PatchError(EraseError):
     """A patch is missing, corrupt, non-finite, or made for another base model."""
 
 
-# ---------------------------------------------------------------------------------------------
-# fingerprints
-
-
-def _sha(t: torch.Tensor) -> str:
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
-
-
-def _probe_positions(name: str, numel: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-    return torch.randint(0, numel, (min(N_PROBES, numel),), generator=g)
-
-
-def tensor_record(name: str, t: torch.Tensor, exact: bool = True) -> dict:
-    """Shape, dtype, probe values, mean and mean magnitude (float32) and, if ``exact``, the SHA-256 of one tensor."""
-    flat = t.detach().reshape(-1)
-    rec = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-    if flat.numel():
-        f = flat.float()
-        rec["probe"] = f[_probe_positions(name, flat.numel()).to(f.device)].tolist()
-        rec["mean"], rec["absmean"] = float(f.mean()), float(f.abs().mean())
-    if exact:
-        rec["sha256"] = _sha(t)
-    return rec
-
-
-def _close(a: float, b: float, scale: float) -> bool:
-    return abs(a - b) <= RTOL * (abs(b) + scale) + 1e-7
-
-
-def record_mismatch(expected: dict, found: dict) -> str | None:
-    """Why ``found`` is not the tensor ``expected`` describes (None if it is, up to dtype rounding)."""
-    if expected["shape"] != found["shape"]:
-        return f"shape {found['shape']} != {expected['shape']}"
-    if expected.get("sha256") and found.get("sha256") and expected["dtype"] == found["dtype"]:
-        return None if expected["sha256"] == found["sha256"] else "values differ"
-    if "probe" not in expected:
-        return None
-    scale = expected["absmean"]
-    pairs = list(zip(found["probe"], expected["probe"])) + [
-        (found["mean"], expected["mean"]),
-        (found["absmean"], expected["absmean"]),
-    ]
-    return None if all(_close(a, b, scale) for a, b in pairs) else "values differ beyond dtype rounding"
-
-
 def fingerprint(model, touched: list[str]) -> dict:
-    """The base-model fingerprint a patch touching ``touched`` records (see the module docstring)."""
-    params = _base_params(model)
-    touched_comps = {component_of(n) for n in touched}
-    out = {
-        "version": FINGERPRINT_VERSION,
-        "touched": {n: tensor_record(n, params[n]) for n in touched},
-        "components": {},
-    }
-    for comp, module in model_components(model).items():
-        names = sorted(f"{comp}.{n}" for n, _ in module.named_parameters())
-        ident = {
-            "n_tensors": len(names),
-            "layout": hashlib.sha256(json.dumps([(n, list(params[n].shape)) for n in names]).encode()).hexdigest(),
-        }
-        probed = (
-            names
-            if comp in touched_comps
-            else [names[i] for i in sorted({0, len(names) // 2, len(names) - 1}) if names]
-        )
-        ident["probes"] = {n: tensor_record(n, params[n], exact=False) for n in probed if n not in out["touched"]}
-        out["components"][comp] = ident
-    return out
+    """The base-model fingerprint of a patch touching ``touched`` (``erase.fingerprint``), of the unpatched weights."""
+    return fingerprint_of(model, _base_params(model), touched)
 
 
 def check_fingerprint(model, expected: dict) -> None:
@@ -282,7 +210,7 @@ class ErasurePatch:
         h = hashlib.sha256()
         for n in self.names():
             h.update(n.encode())
-            h.update(_sha(self.deltas[n]).encode())
+            h.update(tensor_sha256(self.deltas[n]).encode())
             if self.masks[n] is not None:
                 h.update(_pack(self.masks[n]).numpy().tobytes())
         return h.hexdigest()
