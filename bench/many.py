@@ -63,9 +63,10 @@ METHODS = (
     "concept_ablation@canvas-mini-robust",
 )
 ATTACK_PROMPTS, ATTACK_BUDGET = 3, {"blocks": 10}
-ATTACK_CONCEPTS = (
-    3  # the attack runs on the first 3 concepts of each list (all of a shorter one): its cost grows with k
-)
+# The attack's cost grows with k: it runs on the first 3 concepts of each list, and only on lists of 5 or more
+# (the bar's k; the single-concept ASR is make bench's).
+ATTACK_CONCEPTS = 3
+ATTACK_MIN_K = 5
 WORK = Path("runs/bench/many")
 
 
@@ -128,6 +129,7 @@ def measure(pipe, protocol, judges, patches: list, targets: list[tuple[str, str]
                 ATTACK_BUDGET,
             )
             for name, kind in targets[:ATTACK_CONCEPTS]
+            if len(targets) >= ATTACK_MIN_K
         ]
     finally:
         remove_patch(pipe)
@@ -138,8 +140,8 @@ def measure(pipe, protocol, judges, patches: list, targets: list[tuple[str, str]
         "cra": report["cra"],
         "h": report.get("h"),
         "psnr": fidelity.get("psnr"),
-        "asr": sum(a["asr"] for a in attacks) / len(attacks),
-        "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks),
+        "asr": sum(a["asr"] for a in attacks) / len(attacks) if attacks else None,
+        "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks) if attacks else None,
         "per_target_ua": report.get("per_target_ua") or {targets[0][0]: report["ua"]},
     }
 
@@ -215,6 +217,7 @@ def run(methods, families, ks) -> list[dict]:
                     and abs(row["ira"] - o["ira"]) <= 0.02
                     and cra_ok
                     and (row["psnr"] or 0) >= 28
+                    and row["asr"] is not None
                     and row["asr"] <= 0.30
                     and (row["time_vs_single"] or 1) <= k
                 )
@@ -223,12 +226,17 @@ def run(methods, families, ks) -> list[dict]:
                     f"{family:>7s} {method:>16s} k={k}: UA {100 * row['ua']:.1f} "
                     f"IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) CRA {100 * row['cra']:.1f} "
                     f"({100 * o['cra']:.1f}) "
-                    f"PSNR {row['psnr'] or float('nan'):.1f} ASR {100 * row['asr']:.0f}% "
-                    f"({100 * row['confirmed_asr']:.0f}%) "
+                    f"PSNR {row['psnr'] or float('nan'):.1f} ASR {_asr(row)} "
                     f"{seconds:.1f} s{'  BAR MET' if row['bar'] else ''}",
                     flush=True,
                 )
     return rows
+
+
+def _asr(r: dict) -> str:
+    if r["asr"] is None:
+        return "-"
+    return f"{100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%)"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -244,7 +252,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {r.get('list', 'styles')} | {r['method']} | {r['k']} | {100 * r['ua']:.1f} | "
             f"{100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | {100 * r['cra']:.1f} "
             f"({100 * r['original_cra']:.1f}) | "
-            f"{100 * (r['h'] or r['ua']):.1f} | {psnr} | {100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%) | "
+            f"{100 * (r['h'] or r['ua']):.1f} | {psnr} | {_asr(r)} | "
             f"{r['erase_seconds']:.1f} s{x} | {r['patch_mb']:.2f} MB | "
             f"{'met' if r['bar'] else '-'} |"
         )
@@ -254,7 +262,8 @@ def markdown(rows: list[dict]) -> str:
         f"the first k of {', '.join(OBJECT_ORDER)} (Flame retained); mixed, the first 5 styles and the first 3 "
         "objects "
         "(no axis left untouched: no CRA). Whole protocol (5 seeds); "
-        f"embedding attack on the first {ATTACK_PROMPTS} prompts of the list's first {ATTACK_CONCEPTS} concepts, "
+        f"embedding attack (lists of {ATTACK_MIN_K} or more) on the first {ATTACK_PROMPTS} prompts of the list's "
+        f"first {ATTACK_CONCEPTS} concepts, "
         f"{ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps (a fifth of the default budget), ASR averaged "
         "over them; "
         "confirmed: judged as the concept on at least half of 4 fresh seeds. "
