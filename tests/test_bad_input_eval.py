@@ -69,78 +69,213 @@ def grid_args(out, *extra, model=MODEL):
     return ["grid", "--model", model, "--out", str(out), "--styles", "Watercolor", "--objects", "Birds", *extra]
 
 
-# -- numbers --------------------------------------------------------------------------------------------
-def test_batch_size_zero(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", "--batch-size", "0"), tmp_path, capfd, "--batch-size must be at least 1, got 0"
+def _file(path, data=b"mine"):
+    """Create ``path`` (its folder too) holding ``data``; returns it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
+    return path
+
+
+def _folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _with(argv, flag, value):
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def _patch_pair(t):
+    _file(t / "patch" / "erasure_patch.safetensors", b"x")
+    _file(t / "patch" / "erasure_config.json", "{}")
+    return t / "patch" / "erasure_patch.safetensors"
+
+
+def _results_with_files(t):
+    _file(t / "results" / "notes.md")
+    return _folder(t / "results" / "data").parent
+
+
+def _protocol_file(t):
+    import json
+
+    return _file(
+        t / "p.json", json.dumps({"name": "mine", "styles": ["A"], "objects": ["B"], "template": "A {thing}."})
     )
 
 
-def test_batch_size_negative(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", "--batch-size", "-4"), tmp_path, capfd, "--batch-size must be at least 1, got -4"
-    )
-
-
-def test_grid_steps_zero(tmp_path, capfd):
-    refused(grid_args(tmp_path / "g.png", "--steps", "0"), tmp_path, capfd, "--steps must be at least 1, got 0")
-
-
-def test_grid_steps_negative(tmp_path, capfd):
-    refused(grid_args(tmp_path / "g.png", "--steps", "-5"), tmp_path, capfd, "--steps must be at least 1, got -5")
-
-
-def test_eval_steps_zero(tmp_path, capfd):
-    argv = eval_args(tmp_path / "out")
-    argv[argv.index("--steps") + 1] = "0"
-    refused(argv, tmp_path, capfd, "--steps must be at least 1, got 0")
-
-
-def test_seeds_zero(tmp_path, capfd):
-    argv = eval_args(tmp_path / "out")
-    argv[argv.index("--seeds") + 1] = "0"
-    refused(argv, tmp_path, capfd, "--seeds must be at least 1")
-
-
-def test_eval_threads_zero(tmp_path, capfd):
-    refused(eval_args(tmp_path / "out", "--threads", "0"), tmp_path, capfd, "--threads must be at least 1, got 0")
-
-
-def test_grid_threads_zero(tmp_path, capfd):
-    refused(grid_args(tmp_path / "g.png", "--threads", "0"), tmp_path, capfd, "--threads must be at least 1, got 0")
-
-
-def test_scale_nan(tmp_path, capfd):
-    refused(eval_args(tmp_path / "out", "--scale", "nan"), tmp_path, capfd, "--scale must be a finite number, got nan")
-
-
-def test_grid_scale_inf(tmp_path, capfd):
-    refused(
-        grid_args(tmp_path / "g.png", "--scale", "inf"), tmp_path, capfd, "--scale must be a finite number, got inf"
-    )
-
-
-def test_guidance_nan(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", "--guidance", "nan"),
-        tmp_path,
-        capfd,
+# (case, argv from tmp_path, the one stderr line's expected text (or a function of tmp_path giving it))
+CASES = [
+    # numbers
+    ("batch size zero", lambda t: eval_args(t / "out", "--batch-size", "0"), "--batch-size must be at least 1, got 0"),
+    (
+        "batch size negative",
+        lambda t: eval_args(t / "out", "--batch-size", "-4"),
+        "--batch-size must be at least 1, got -4",
+    ),
+    ("grid steps zero", lambda t: grid_args(t / "g.png", "--steps", "0"), "--steps must be at least 1, got 0"),
+    ("grid steps negative", lambda t: grid_args(t / "g.png", "--steps", "-5"), "--steps must be at least 1, got -5"),
+    ("eval steps zero", lambda t: _with(eval_args(t / "out"), "--steps", "0"), "--steps must be at least 1, got 0"),
+    ("seeds zero", lambda t: _with(eval_args(t / "out"), "--seeds", "0"), "--seeds must be at least 1"),
+    ("eval threads zero", lambda t: eval_args(t / "out", "--threads", "0"), "--threads must be at least 1, got 0"),
+    ("grid threads zero", lambda t: grid_args(t / "g.png", "--threads", "0"), "--threads must be at least 1, got 0"),
+    ("scale nan", lambda t: eval_args(t / "out", "--scale", "nan"), "--scale must be a finite number, got nan"),
+    ("grid scale inf", lambda t: grid_args(t / "g.png", "--scale", "inf"), "--scale must be a finite number, got inf"),
+    (
+        "guidance nan",
+        lambda t: eval_args(t / "out", "--guidance", "nan"),
         "--guidance must be a finite number, got nan",
-    )
-
-
-# -- devices ---------------------------------------------------------------------------------------------
-def test_unknown_device(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", "--device", "tpu"),
-        tmp_path,
-        capfd,
+    ),
+    # devices
+    (
+        "unknown device",
+        lambda t: eval_args(t / "out", "--device", "tpu"),
         "--device 'tpu' is not a device; use cpu, cuda, cuda:N or mps",
-    )
+    ),
+    (
+        "unsupported device type",
+        lambda t: grid_args(t / "g.png", "--device", "meta"),
+        "--device 'meta' is not supported",
+    ),
+    # output paths
+    (
+        "out is an existing file",
+        lambda t: eval_args(_file(t / "report")),
+        lambda t: f"--out {t / 'report'} is a file; give a folder path",
+    ),
+    (
+        "out lies under a file",
+        lambda t: eval_args(_file(t / "notes.txt") / "eval"),
+        lambda t: f"lies under the file {t / 'notes.txt'}",
+    ),
+    (
+        "grid out lies under a file",
+        lambda t: grid_args(_file(t / "notes.txt") / "g.png"),
+        lambda t: f"lies under the file {t / 'notes.txt'}",
+    ),
+    (
+        "eval into a folder holding a user's grid",
+        lambda t: eval_args(_file(t / "results" / "grid.png").parent),
+        "holds files erase eval did not write (grid.png)",
+    ),
+    (
+        "eval into a folder holding other files",
+        lambda t: eval_args(_results_with_files(t)),
+        "holds files erase eval did not write (data, notes.md)",
+    ),
+    (
+        "grid out exists",
+        lambda t: grid_args(_file(t / "g.png", b"keep")),
+        "exists; pass --overwrite or choose another file",
+    ),
+    # patches
+    (
+        "patch file instead of its folder",
+        lambda t: eval_args(t / "out", "--patch", str(_patch_pair(t))),
+        lambda t: (
+            f"--patch expects the patch folder, got the file {t / 'patch' / 'erasure_patch.safetensors'}; "
+            f"pass its folder {t / 'patch'}"
+        ),
+    ),
+    (
+        "patch folder missing",
+        lambda t: eval_args(t / "out", "--patch", str(t / "nope")),
+        lambda t: f"--patch folder {t / 'nope'} does not exist",
+    ),
+    (
+        "patch folder without a patch",
+        lambda t: grid_args(t / "g.png", "--patch", str(_folder(t / "empty"))),
+        "has no erasure_patch.safetensors or erasure_config.json",
+    ),
+    # judges, CLIP, FID, LPIPS
+    (
+        "unlearncanvas without classifiers",
+        lambda t: eval_args(t / "out", "--protocol", "unlearncanvas"),
+        "the unlearncanvas protocol needs --style-classifier and --object-classifier",
+    ),
+    (
+        "classifier options with canvas-mini",
+        lambda t: eval_args(t / "out", "--style-classifier", str(_file(t / "style50.pth", b"x"))),
+        "--style-classifier / --object-classifier are for the unlearncanvas protocol",
+    ),
+    (
+        "FID weights with canvas-mini",
+        lambda t: eval_args(t / "out", "--fid-weights", str(t / "pt_inception.pth")),
+        "--fid-weights / --fid-reference are for real models",
+    ),
+    (
+        "CLIP folder without a model",
+        lambda t: eval_args(t / "out", "--clip", str(_folder(t / "clip"))),
+        lambda t: f"{t / 'clip'} holds no open_clip_config.json; point --clip at an open_clip model folder",
+    ),
+    (
+        "CLIP architecture without weights",
+        lambda t: eval_args(t / "out", "--clip", "ViT-B-32"),
+        "CLIP architecture 'ViT-B-32' needs local weights (--clip-weights FILE)",
+    ),
+    (
+        "LPIPS weights missing",
+        lambda t: eval_args(t / "o", "--lpips-weights", str(t / "alex.pth")),
+        "LPIPS weights not found",
+    ),
+    # models
+    (
+        "model is a random file",
+        lambda t: eval_args(t / "out", model=str(_file(t / "model.bin", os.urandom(4096)))),
+        "is neither a diffusers folder nor a .safetensors/.ckpt checkpoint",
+    ),
+    (
+        "model is a random safetensors file",
+        lambda t: eval_args(t / "out", model=str(_file(t / "model.safetensors", os.urandom(4096)))),
+        "cannot load pipeline",
+    ),
+    (
+        "model is an empty folder",
+        lambda t: eval_args(t / "out", model=str(_folder(t / "model"))),
+        "is not a diffusers pipeline folder (no model_index.json)",
+    ),
+    (
+        "grid model is an empty folder",
+        lambda t: grid_args(t / "g.png", model=str(_folder(t / "model"))),
+        "is not a diffusers pipeline folder",
+    ),
+    # concepts and protocols
+    (
+        "unknown kind",
+        lambda t: eval_args(t / "out", kind="colour"),
+        "unknown kind 'colour' for protocol 'canvas-mini'; its axes are: style, object",
+    ),
+    (
+        "photo class as target",
+        lambda t: eval_args(t / "out", target="Photo"),
+        "'Photo' is the photo class of protocol 'canvas-mini'",
+    ),
+    (
+        "kind count does not match targets",
+        lambda t: eval_args(t / "out") + ["--target", "Birds", "--target", "Cats", "--kind", "object"],
+        "give --kind once, or once per --target",
+    ),
+    (
+        "protocol file with a bad template",
+        lambda t: eval_args(t / "out", "--protocol", str(_protocol_file(t)), target="A"),
+        "template must contain exactly the axis placeholders {style}, {object}",
+    ),
+    (
+        "grid unknown style",
+        lambda t: ["grid", "--model", MODEL, "--out", str(t / "g.png"), "--styles", "Van_Gogh"],
+        "'Van_Gogh' is not a style or object of protocol 'canvas-mini'",
+    ),
+    ("grid max rows needs compare", lambda t: grid_args(t / "g.png", "--max-rows", "2"), "--max-rows needs --compare"),
+]
 
 
-def test_unsupported_device_type(tmp_path, capfd):
-    refused(grid_args(tmp_path / "g.png", "--device", "meta"), tmp_path, capfd, "--device 'meta' is not supported")
+@pytest.mark.parametrize("build, match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_refused(tmp_path, capfd, build, match):
+    """The case's files are made first (they are the user's: they must stay as they were), then the command."""
+    argv = build(tmp_path)
+    refused(argv, tmp_path, capfd, match(tmp_path) if callable(match) else match)
 
 
 def test_absent_cuda_device(tmp_path, capfd):
@@ -165,27 +300,6 @@ def test_cuda_index_out_of_range(tmp_path, capfd):
 
 
 # -- output paths ----------------------------------------------------------------------------------------------
-def test_out_is_an_existing_file(tmp_path, capfd):
-    (tmp_path / "report").write_text("mine")
-    refused(
-        eval_args(tmp_path / "report"), tmp_path, capfd, f"--out {tmp_path / 'report'} is a file; give a folder path"
-    )
-
-
-def test_out_lies_under_a_file(tmp_path, capfd):
-    (tmp_path / "notes.txt").write_text("mine")
-    refused(
-        eval_args(tmp_path / "notes.txt" / "eval"), tmp_path, capfd, f"lies under the file {tmp_path / 'notes.txt'}"
-    )
-
-
-def test_grid_out_lies_under_a_file(tmp_path, capfd):
-    (tmp_path / "notes.txt").write_text("mine")
-    refused(
-        grid_args(tmp_path / "notes.txt" / "g.png"), tmp_path, capfd, f"lies under the file {tmp_path / 'notes.txt'}"
-    )
-
-
 @pytest.mark.skipif(
     os.geteuid() == 0, reason="root writes through chmod 0o555, so a read-only folder does not block it"
 )
@@ -227,59 +341,7 @@ def test_out_in_a_folder_access_denies(tmp_path, capfd, monkeypatch):
     )
 
 
-def test_eval_into_a_folder_holding_a_users_grid(tmp_path, capfd):
-    out = tmp_path / "results"
-    out.mkdir()
-    (out / "grid.png").write_bytes(b"my earlier grid")
-    refused(eval_args(out), tmp_path, capfd, "holds files erase eval did not write (grid.png)")
-
-
-def test_eval_into_a_folder_holding_other_files(tmp_path, capfd):
-    out = tmp_path / "results"
-    (out / "data").mkdir(parents=True)
-    (out / "notes.md").write_text("mine")
-    refused(eval_args(out), tmp_path, capfd, "holds files erase eval did not write (data, notes.md)")
-
-
-def test_grid_out_exists(tmp_path, capfd):
-    (tmp_path / "g.png").write_bytes(b"keep")
-    refused(grid_args(tmp_path / "g.png"), tmp_path, capfd, "exists; pass --overwrite or choose another file")
-
-
 # -- patches, classifiers, models -------------------------------------------------------------------------------
-def test_patch_file_instead_of_its_folder(tmp_path, capfd):
-    patch = tmp_path / "patch"
-    patch.mkdir()
-    (patch / "erasure_patch.safetensors").write_bytes(b"x")
-    (patch / "erasure_config.json").write_text("{}")
-    refused(
-        eval_args(tmp_path / "out", "--patch", str(patch / "erasure_patch.safetensors")),
-        tmp_path,
-        capfd,
-        "--patch expects the patch folder, got the file "
-        f"{patch / 'erasure_patch.safetensors'}; pass its folder {patch}",
-    )
-
-
-def test_patch_folder_missing(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", "--patch", str(tmp_path / "nope")),
-        tmp_path,
-        capfd,
-        f"--patch folder {tmp_path / 'nope'} does not exist",
-    )
-
-
-def test_patch_folder_without_a_patch(tmp_path, capfd):
-    (tmp_path / "empty").mkdir()
-    refused(
-        grid_args(tmp_path / "g.png", "--patch", str(tmp_path / "empty")),
-        tmp_path,
-        capfd,
-        "has no erasure_patch.safetensors or erasure_config.json",
-    )
-
-
 class Payload:
     """Unpickling this runs code: it creates a marker file."""
 
@@ -335,157 +397,4 @@ def test_torch_save_pickle_as_style_classifier_is_refused_unexecuted(tmp_path, c
     assert not marker.exists()
 
 
-def test_unlearncanvas_without_classifiers(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", "--protocol", "unlearncanvas"),
-        tmp_path,
-        capfd,
-        "the unlearncanvas protocol needs --style-classifier and --object-classifier",
-    )
-
-
-def test_classifier_options_with_canvas_mini(tmp_path, capfd):
-    (tmp_path / "style50.pth").write_bytes(b"x")
-    refused(
-        eval_args(tmp_path / "out", "--style-classifier", str(tmp_path / "style50.pth")),
-        tmp_path,
-        capfd,
-        "--style-classifier / --object-classifier are for the unlearncanvas protocol",
-    )
-
-
-def test_fid_weights_with_canvas_mini(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", "--fid-weights", str(tmp_path / "pt_inception.pth")),
-        tmp_path,
-        capfd,
-        "--fid-weights / --fid-reference are for real models",
-    )
-
-
-def test_clip_folder_without_a_model(tmp_path, capfd):
-    (tmp_path / "clip").mkdir()
-    refused(
-        eval_args(tmp_path / "out", "--clip", str(tmp_path / "clip")),
-        tmp_path,
-        capfd,
-        f"{tmp_path / 'clip'} holds no open_clip_config.json; point --clip at an open_clip model folder",
-    )
-
-
-def test_clip_architecture_without_weights(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", "--clip", "ViT-B-32"),
-        tmp_path,
-        capfd,
-        "CLIP architecture 'ViT-B-32' needs local weights (--clip-weights FILE)",
-    )
-
-
-def test_model_is_a_random_file(tmp_path, capfd):
-    (tmp_path / "model.bin").write_bytes(os.urandom(4096))
-    refused(
-        eval_args(tmp_path / "out", model=str(tmp_path / "model.bin")),
-        tmp_path,
-        capfd,
-        "is neither a diffusers folder nor a .safetensors/.ckpt checkpoint",
-    )
-
-
-def test_model_is_a_random_safetensors_file(tmp_path, capfd):
-    (tmp_path / "model.safetensors").write_bytes(os.urandom(4096))
-    refused(
-        eval_args(tmp_path / "out", model=str(tmp_path / "model.safetensors")), tmp_path, capfd, "cannot load pipeline"
-    )
-
-
-def test_model_is_an_empty_folder(tmp_path, capfd):
-    (tmp_path / "model").mkdir()
-    refused(
-        eval_args(tmp_path / "out", model=str(tmp_path / "model")),
-        tmp_path,
-        capfd,
-        "is not a diffusers pipeline folder (no model_index.json)",
-    )
-
-
-def test_grid_model_is_an_empty_folder(tmp_path, capfd):
-    (tmp_path / "model").mkdir()
-    refused(
-        grid_args(tmp_path / "g.png", model=str(tmp_path / "model")),
-        tmp_path,
-        capfd,
-        "is not a diffusers pipeline folder",
-    )
-
-
 # -- concepts and protocols --------------------------------------------------------------------------------------
-def test_unknown_kind(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", kind="colour"),
-        tmp_path,
-        capfd,
-        "unknown kind 'colour' for protocol 'canvas-mini'; its axes are: style, object",
-    )
-
-
-def test_photo_class_as_target(tmp_path, capfd):
-    refused(
-        eval_args(tmp_path / "out", target="Photo"),
-        tmp_path,
-        capfd,
-        "'Photo' is the photo class of protocol 'canvas-mini'",
-    )
-
-
-def test_kind_count_does_not_match_targets(tmp_path, capfd):
-    argv = eval_args(tmp_path / "out") + ["--target", "Birds", "--target", "Cats", "--kind", "object"]
-    refused(argv, tmp_path, capfd, "give --kind once, or once per --target")
-
-
-def test_protocol_file_with_a_bad_template(tmp_path, capfd):
-    import json
-
-    (tmp_path / "p.json").write_text(
-        json.dumps({"name": "mine", "styles": ["A"], "objects": ["B"], "template": "A {thing}."})
-    )
-    refused(
-        eval_args(tmp_path / "out", "--protocol", str(tmp_path / "p.json"), target="A"),
-        tmp_path,
-        capfd,
-        "template must contain exactly the axis placeholders {style}, {object}",
-    )
-
-
-def test_grid_unknown_style(tmp_path, capfd):
-    refused(
-        ["grid", "--model", MODEL, "--out", str(tmp_path / "g.png"), "--styles", "Van_Gogh"],
-        tmp_path,
-        capfd,
-        "'Van_Gogh' is not a style or object of protocol 'canvas-mini'",
-    )
-
-
-def test_grid_max_rows_needs_compare(tmp_path, capfd):
-    refused(grid_args(tmp_path / "g.png", "--max-rows", "2"), tmp_path, capfd, "--max-rows needs --compare")
-
-
-def test_eval_lpips_weights_missing(tmp_path, capfd):
-    refused(
-        [
-            "eval",
-            "--model",
-            MODEL,
-            "--target",
-            "Watercolor",
-            "--kind",
-            "style",
-            "--out",
-            str(tmp_path / "o"),
-            "--lpips-weights",
-            str(tmp_path / "alex.pth"),
-        ],
-        tmp_path,
-        capfd,
-        "LPIPS weights not found",
-    )
