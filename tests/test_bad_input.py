@@ -82,180 +82,6 @@ def test_set_values(tmp_path, capsys, item, match):
     assert not (tmp_path / "out").exists()
 
 
-def test_steps_zero_for_a_trained_method(tmp_path, capsys):
-    fails(run_args(tmp_path / "out", "--steps", "0"), capsys, "steps must be at least 1")
-
-
-def test_unknown_method(tmp_path, capsys):
-    fails(
-        [
-            "run",
-            "nosuch",
-            "--model",
-            model(),
-            "--concept",
-            "Watercolor",
-            "--kind",
-            "style",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capsys,
-        "unknown method 'nosuch'; known methods:",
-    )
-
-
-def test_unknown_preset(tmp_path, capsys):
-    fails(run_args(tmp_path / "out", "--preset", "nosuch"), capsys, "unknown preset 'nosuch' for salun")
-
-
-def test_preset_file_with_invalid_json(tmp_path, capsys):
-    bad = tmp_path / "p.json"
-    bad.write_text("{lr: 1")
-    fails(run_args(tmp_path / "out", "--preset", str(bad)), capsys, "is not valid JSON")
-
-
-def test_preset_file_of_the_wrong_shape(tmp_path, capsys):
-    bad = tmp_path / "p.json"
-    bad.write_text("[1, 2]")
-    fails(
-        run_args(tmp_path / "out", "--preset", str(bad)),
-        capsys,
-        "must hold a JSON object of salun options, got a list",
-    )
-
-
-def test_methods_preset_without_method(capsys):
-    fails(["methods", "--preset", "nosuch"], capsys, "--preset needs a METHOD")
-
-
-def test_methods_unknown_preset(capsys):
-    fails(["methods", "salun", "--preset", "nosuch"], capsys, "unknown preset 'nosuch'")
-
-
-def test_missing_model_path_is_named_before_the_anchor(tmp_path, capsys):
-    fails(
-        [
-            "run",
-            "salun",
-            "--model",
-            str(tmp_path / "nope"),
-            "--concept",
-            "Van Gogh",
-            "--kind",
-            "style",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capsys,
-        "does not exist; pass a diffusers pipeline folder",
-    )
-
-
-def test_random_file_as_model(tmp_path, capsys):
-    f = tmp_path / "model.bin"
-    f.write_bytes(os.urandom(64))
-    fails(
-        [
-            "run",
-            "salun",
-            "--model",
-            str(f),
-            "--concept",
-            "Van Gogh",
-            "--kind",
-            "style",
-            "--anchor",
-            "a painting",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capsys,
-        "neither a diffusers folder nor a .safetensors/.ckpt checkpoint",
-    )
-
-
-def test_empty_folder_as_model(tmp_path, capsys):
-    (tmp_path / "m").mkdir()
-    fails(
-        [
-            "run",
-            "salun",
-            "--model",
-            str(tmp_path / "m"),
-            "--concept",
-            "Van Gogh",
-            "--kind",
-            "style",
-            "--anchor",
-            "a painting",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capsys,
-        "not a diffusers pipeline folder",
-    )
-
-
-def test_unknown_concept_of_the_protocol(tmp_path, capsys):
-    fails(run_args(tmp_path / "out", concept="Van_Gogh"), capsys, "is not in protocol 'canvas-mini'")
-
-
-def test_kind_not_an_axis_of_the_protocol(tmp_path, capsys):
-    fails(
-        [
-            "run",
-            "salun",
-            "--model",
-            model(),
-            "--concept",
-            "Watercolor",
-            "--kind",
-            "identity",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capsys,
-        "has no 'identity' axis",
-    )
-
-
-def test_unknown_kind(tmp_path, capsys):
-    fails(
-        [
-            "run",
-            "salun",
-            "--model",
-            model(),
-            "--concept",
-            "Watercolor",
-            "--kind",
-            "colour",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capsys,
-        "invalid choice: 'colour'",
-    )
-
-
-def test_anchor_equal_to_target(tmp_path, capsys):
-    fails(run_args(tmp_path / "out", "--anchor", "Watercolor"), capsys, "anchor equals the concept")
-
-
-def test_out_is_a_file(tmp_path, capsys):
-    f = tmp_path / "out"
-    f.write_text("mine")
-    fails(run_args(f), capsys, "is a file; give a folder path")
-    assert f.read_text() == "mine"
-
-
-def test_out_under_a_file(tmp_path, capsys):
-    f = tmp_path / "file"
-    f.write_text("mine")
-    fails(run_args(f / "sub"), capsys, "lies under the file")
-
-
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
 def test_out_in_an_unwritable_folder(tmp_path, capsys):
     ro = tmp_path / "ro"
@@ -267,46 +93,121 @@ def test_out_in_an_unwritable_folder(tmp_path, capsys):
         ro.chmod(0o700)
 
 
-def test_patch_option_on_run(tmp_path, capsys):
-    fails(run_args(tmp_path / "out", "--patch", str(tmp_path)), capsys, "--patch is only for eval and grid")
+def _file(path, data=b"mine"):
+    """Create ``path`` (its folder too) holding ``data`` (the user's file: it must stay as it is); returns it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
+    return path
 
 
-def test_eval_without_a_protocol(tmp_path, capsys):
-    fails(
-        [
-            "run",
-            "salun",
-            "--model",
-            model(),
-            "--concept",
-            "Van Gogh",
-            "--kind",
-            "style",
-            "--anchor",
-            "a painting",
-            "--protocol",
-            "none",
-            "--retain",
-            "Monet",
-            "--eval",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        capsys,
+def _args(t, concept="Van Gogh", kind="style", model_path=None, *extra):
+    """`erase run salun` outside a protocol's names (the anchor given), on ``model_path`` (default: canvas-mini)."""
+    return [
+        "run",
+        "salun",
+        "--model",
+        str(model_path or model()),
+        "--concept",
+        concept,
+        "--kind",
+        kind,
+        *extra,
+        "--out",
+        str(t / "o"),
+    ]
+
+
+# (case, argv from tmp_path, text of the one stderr line); nothing under tmp_path may change
+CASES = [
+    ("steps zero for a trained method", lambda t: run_args(t / "out", "--steps", "0"), "steps must be at least 1"),
+    (
+        "unknown method",
+        lambda t: ["run", "nosuch", *_args(t, "Watercolor")[2:]],
+        "unknown method 'nosuch'; known methods:",
+    ),
+    ("unknown preset", lambda t: run_args(t / "out", "--preset", "nosuch"), "unknown preset 'nosuch' for salun"),
+    (
+        "preset file with invalid JSON",
+        lambda t: run_args(t / "out", "--preset", str(_file(t / "p.json", "{lr: 1"))),
+        "is not valid JSON",
+    ),
+    (
+        "preset file of the wrong shape",
+        lambda t: run_args(t / "out", "--preset", str(_file(t / "p.json", "[1, 2]"))),
+        "must hold a JSON object of salun options, got a list",
+    ),
+    ("methods --preset without a method", lambda t: ["methods", "--preset", "nosuch"], "--preset needs a METHOD"),
+    (
+        "methods with an unknown preset",
+        lambda t: ["methods", "salun", "--preset", "nosuch"],
+        "unknown preset 'nosuch'",
+    ),
+    (
+        "missing model path, named before the anchor",
+        lambda t: _args(t, model_path=t / "nope"),
+        "does not exist; pass a diffusers pipeline folder",
+    ),
+    (
+        "random file as model",
+        lambda t: _args(t, "Van Gogh", "style", _file(t / "model.bin", os.urandom(64)), "--anchor", "a painting"),
+        "neither a diffusers folder nor a .safetensors/.ckpt checkpoint",
+    ),
+    (
+        "empty folder as model",
+        lambda t: _args(t, "Van Gogh", "style", _folder(t / "m"), "--anchor", "a painting"),
+        "not a diffusers pipeline folder",
+    ),
+    (
+        "unknown concept of the protocol",
+        lambda t: run_args(t / "out", concept="Van_Gogh"),
+        "is not in protocol 'canvas-mini'",
+    ),
+    ("kind not an axis of the protocol", lambda t: _args(t, "Watercolor", "identity"), "has no 'identity' axis"),
+    ("unknown kind", lambda t: _args(t, "Watercolor", "colour"), "invalid choice: 'colour'"),
+    (
+        "anchor equal to the target",
+        lambda t: run_args(t / "out", "--anchor", "Watercolor"),
+        "anchor equals the concept",
+    ),
+    ("out is a file", lambda t: run_args(_file(t / "out")), "is a file; give a folder path"),
+    ("out under a file", lambda t: run_args(_file(t / "file") / "sub"), "lies under the file"),
+    ("--patch on run", lambda t: run_args(t / "out", "--patch", str(t)), "--patch is only for eval and grid"),
+    (
+        "--eval without a protocol",
+        lambda t: _args(
+            t, "Van Gogh", "style", None, "--anchor", "a painting", "--protocol", "none", "--retain", "Monet", "--eval"
+        ),
         "--eval needs a protocol",
-    )
+    ),
+    (
+        "--eval-seeds zero",
+        lambda t: run_args(t / "out", "--eval", "--eval-seeds", "0"),
+        "--eval-seeds must be at least 1",
+    ),
+    (
+        "an existing patch is not replaced",
+        lambda t: run_args(_file(t / "out" / "erasure_patch.safetensors").parent),
+        "already holds a patch; pass --overwrite",
+    ),
+    (
+        "forget_images folder missing (after the model loaded)",
+        lambda t: run_args(t / "out", *QUICK, "--set", f"forget_images={t / 'nope'}"),
+        "forget_images folder",
+    ),
+]
 
 
-def test_eval_seeds_zero(tmp_path, capsys):
-    fails(run_args(tmp_path / "out", "--eval", "--eval-seeds", "0"), capsys, "--eval-seeds must be at least 1")
+def _folder(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def test_existing_patch_is_not_replaced(tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "erasure_patch.safetensors").write_bytes(b"mine")
-    fails(run_args(out), capsys, "already holds a patch; pass --overwrite")
-    assert (out / "erasure_patch.safetensors").read_bytes() == b"mine"
+@pytest.mark.parametrize("build, match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_refused(tmp_path, capsys, build, match):
+    argv = build(tmp_path)
+    before, paths = tree(tmp_path), sorted(tmp_path.rglob("*"))
+    fails(argv, capsys, match)
+    assert tree(tmp_path) == before and sorted(tmp_path.rglob("*")) == paths  # nothing written, the user's files kept
 
 
 def _finished_run(tmp_path, capsys, seed="0"):
@@ -378,15 +279,6 @@ def test_run_into_the_folder_of_an_interrupted_run(tmp_path, capsys):
     # another concept with --resume: refused too
     fails(run_args(out, *QUICK, "--steps", "400", "--resume", concept="Rust"), capsys, "other settings")
     assert tree(out / "checkpoint") == ckpt
-
-
-def test_forget_images_folder_missing(tmp_path, capsys):
-    fails(
-        run_args(tmp_path / "out", *QUICK, "--set", f"forget_images={tmp_path / 'nope'}"),
-        capsys,
-        "forget_images folder",
-    )
-    assert not (tmp_path / "out").exists()  # nothing half-written (the model was loaded, setup failed)
 
 
 def test_a_pickle_as_patch_is_never_unpickled(tmp_path, capsys):
