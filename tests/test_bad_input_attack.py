@@ -1,6 +1,7 @@
 """Bad input to `erase attack`: one stderr line naming the problem, exit 2, nothing written."""
 
-from test_bad_input_eval import MODEL, refused
+import pytest
+from test_bad_input_eval import MODEL, eval_args, refused
 
 from erase.cli import main
 from worlds.faces_mini.assets import GENERATOR_DIR
@@ -25,31 +26,58 @@ def attack_args(out, *extra, model=MODEL, target="Watercolor", kind="style"):
     ]
 
 
-def test_unknown_attack(tmp_path, capfd):
-    refused(
-        attack_args(tmp_path / "out", "--attack", "gcg"),
-        tmp_path,
-        capfd,
+def _notes(folder):
+    """A folder of the user's own (notes.txt in it); returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("mine")
+    return folder
+
+
+# (case, argv from tmp_path, text of the one stderr line)
+CASES = [
+    (
+        "unknown attack",
+        lambda t: attack_args(t / "out", "--attack", "gcg"),
         "unknown attack 'gcg'; known attacks: embedding",
-    )
-
-
-def test_unknown_attack_option(tmp_path, capfd):
-    refused(
-        attack_args(tmp_path / "out", "--set", "lr_max=3"),
-        tmp_path,
-        capfd,
+    ),
+    (
+        "unknown attack option",
+        lambda t: attack_args(t / "out", "--set", "lr_max=3"),
         "unknown option(s) lr_max for attack unlearndiffatk",
-    )
-
-
-def test_attack_on_a_stylegan_generator(tmp_path, capfd):
-    refused(
-        attack_args(tmp_path / "out", model=str(GENERATOR_DIR)),
-        tmp_path,
-        capfd,
+    ),
+    (
+        "attack on a StyleGAN generator",
+        lambda t: attack_args(t / "out", model=str(GENERATOR_DIR)),
         "is a StyleGAN generator: it has no text encoder",
-    )
+    ),
+    ("--prompts 0", lambda t: attack_args(t / "out", "--prompts", "0"), "--prompts must be at least 1, got 0"),
+    (
+        "target not in the protocol",
+        lambda t: attack_args(t / "out", target="Van_Gogh"),
+        "style 'Van_Gogh' is not in protocol 'canvas-mini'",
+    ),
+    (
+        "target on the wrong axis",
+        lambda t: attack_args(t / "out", kind="object"),
+        "object 'Watercolor' is not in protocol 'canvas-mini'",
+    ),
+    (
+        "a folder of the user's files",
+        lambda t: attack_args(_notes(t / "out")),
+        "holds files erase attack did not write (notes.txt)",
+    ),
+    ("eval with an unknown attack", lambda t: eval_args(t / "out", "--attack", "gcg"), "unknown attack 'gcg'"),
+    (
+        "eval attack options without an attack",
+        lambda t: eval_args(t / "out", "--attack-prompts", "3"),
+        "need --attack NAME",
+    ),
+]
+
+
+@pytest.mark.parametrize("build, match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_refused(tmp_path, capfd, build, match):
+    refused(build(tmp_path), tmp_path, capfd, match)
 
 
 def test_attack_with_a_patch_for_another_base_model(tmp_path, capfd):
@@ -61,34 +89,6 @@ def test_attack_with_a_patch_for_another_base_model(tmp_path, capfd):
     erase_concept(build_tiny_pipe(), "uce", request(), tmp_path / "other-patch", progress=False)
     line = refused(attack_args(tmp_path / "out", "--patch", str(tmp_path / "other-patch")), tmp_path, capfd, "patch")
     assert "another" in line or "made on" in line or "made for" in line, line
-
-
-def test_prompts_zero(tmp_path, capfd):
-    refused(attack_args(tmp_path / "out", "--prompts", "0"), tmp_path, capfd, "--prompts must be at least 1, got 0")
-
-
-def test_target_not_in_the_protocol(tmp_path, capfd):
-    refused(
-        attack_args(tmp_path / "out", target="Van_Gogh"),
-        tmp_path,
-        capfd,
-        "style 'Van_Gogh' is not in protocol 'canvas-mini'",
-    )
-
-
-def test_target_on_the_wrong_axis(tmp_path, capfd):
-    refused(
-        attack_args(tmp_path / "out", kind="object"),
-        tmp_path,
-        capfd,
-        "object 'Watercolor' is not in protocol 'canvas-mini'",
-    )
-
-
-def test_an_occupied_output_folder_needs_resume(tmp_path, capfd):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "notes.txt").write_text("mine")
-    refused(attack_args(tmp_path / "out"), tmp_path, capfd, "holds files erase attack did not write (notes.txt)")
 
 
 def test_a_resume_with_another_attack_config_is_refused(tmp_path, capfd):
@@ -126,22 +126,8 @@ def test_attack_end_to_end_writes_its_report(tmp_path, capfd):
     }
 
 
-def test_eval_with_an_unknown_attack(tmp_path, capfd):
-    from test_bad_input_eval import eval_args
-
-    refused(eval_args(tmp_path / "out", "--attack", "gcg"), tmp_path, capfd, "unknown attack 'gcg'")
-
-
-def test_eval_attack_options_without_an_attack(tmp_path, capfd):
-    from test_bad_input_eval import eval_args
-
-    refused(eval_args(tmp_path / "out", "--attack-prompts", "3"), tmp_path, capfd, "need --attack NAME")
-
-
 def test_eval_with_an_attack_puts_its_success_rate_beside_ua(tmp_path, capfd):
     import json
-
-    from test_bad_input_eval import eval_args
 
     code = main(
         eval_args(
