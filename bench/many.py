@@ -168,7 +168,7 @@ def original_lists(pipe, protocol) -> dict:
     }
 
 
-def run(methods, families, ks) -> list[dict]:
+def run(methods, families, ks, on_row=lambda rows: None) -> list[dict]:
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline
@@ -222,6 +222,7 @@ def run(methods, families, ks) -> list[dict]:
                     and (row["time_vs_single"] or 1) <= k
                 )
                 rows.append(row)
+                on_row(rows)  # the outputs after every row: an interrupted run keeps what it measured
                 print(
                     f"{family:>7s} {method:>16s} k={k}: UA {100 * row['ua']:.1f} "
                     f"IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) CRA {100 * row['cra']:.1f} "
@@ -345,20 +346,24 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    from erase.files import write_text_atomic
     from erase.threads import default_threads
 
     torch.set_num_threads(default_threads())
-    rows = run(args.methods.split(","), args.lists.split(","), [int(k) for k in args.ks.split(",")])
     out = Path(args.out)
     previous = (
         json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").is_file() else []
     )
-    done = {(r.get("list", "styles"), r["method"], r["k"]) for r in rows}
-    rows = [r for r in previous if (r.get("list", "styles"), r["method"], r["k"]) not in done] + rows
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(rows))
-    plot([r for r in rows if r.get("list", "styles") == "styles"], out.with_suffix(".png"))
+
+    def write(rows):
+        done = {(r.get("list", "styles"), r["method"], r["k"]) for r in rows}
+        rows = [r for r in previous if (r.get("list", "styles"), r["method"], r["k"]) not in done] + rows
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
+        write_text_atomic(out.with_suffix(".md"), markdown(rows))
+        plot([r for r in rows if r.get("list", "styles") == "styles"], out.with_suffix(".png"))
+
+    write(run(args.methods.split(","), args.lists.split(","), [int(k) for k in args.ks.split(",")], on_row=write))
     print(f"wrote {out}.md / .json / .png")
     return 0
 
