@@ -234,6 +234,20 @@ def run(methods, families, ks, on_row=lambda rows: None) -> list[dict]:
     return rows
 
 
+def sorted_rows(rows: list[dict]) -> list[dict]:
+    """Rows in table order (list family, method as in METHODS, k), each with its time against the same method's
+    single-concept row where there is one."""
+    families, methods = list(LISTS), list(METHODS)
+    single = {(r.get("list", "styles"), r["method"]): r["erase_seconds"] for r in rows if r["k"] == 1}
+    for r in rows:
+        one = single.get(("styles", r["method"]))
+        r["time_vs_single"] = round(r["erase_seconds"] / one, 2) if one else None
+    rank = {m: i for i, m in enumerate(methods)}
+    return sorted(
+        rows, key=lambda r: (families.index(r.get("list", "styles")), rank.get(r["method"], len(methods)), r["k"])
+    )
+
+
 def _asr(r: dict) -> str:
     if r["asr"] is None:
         return "-"
@@ -300,7 +314,7 @@ def plot(rows: list[dict], path: Path) -> None:
     img = Image.new("RGB", (2 * w, h + 20 * ((len(methods) + 3) // 4)), "white")
     d, font = ImageDraw.Draw(img), _font()
     panels = [
-        ("H (%)", lambda r: 100 * (r["h"] or r["ua"]), 50.0, 100.0, None),
+        ("H (%)", lambda r: 100 * (r["h"] or r["ua"]), 0.0, 100.0, None),
         ("retained PSNR (dB)", lambda r: r["psnr"], 20.0, 60.0, 28.0),
     ]
     for p, (title, value, lo, hi, bar) in enumerate(panels):
@@ -357,7 +371,7 @@ def main(argv=None) -> int:
 
     def write(rows):
         done = {(r.get("list", "styles"), r["method"], r["k"]) for r in rows}
-        rows = [r for r in previous if (r.get("list", "styles"), r["method"], r["k"]) not in done] + rows
+        rows = sorted_rows([r for r in previous if (r.get("list", "styles"), r["method"], r["k"]) not in done] + rows)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
         write_text_atomic(out.with_suffix(".md"), markdown(rows))
