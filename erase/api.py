@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .components import model_device
 from .errors import EraseError
-from .files import check_writable, hold_folder, read_json_object, write_json_atomic
+from .files import check_writable, file_sha256, hold_folder, read_json_object, write_json_atomic
 from .locations import preset_dir
 from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
 from .memory import peak_memory_bytes
@@ -114,8 +114,6 @@ def _finished_identity(out_dir: Path) -> dict | None:
 def _torn_save(out_dir: Path) -> Path | None:
     """The config of a patch save that a kill cut between its two renames: the tensors file is in place and its
     config, which names that file's SHA-256, is still in the save's temp folder. None when there is no such save."""
-    from .files import file_sha256
-
     if not (out_dir / PATCH_FILE).is_file() or (out_dir / CONFIG_FILE).exists():
         return None
     for config in out_dir.glob(f".patch-*.tmp/{CONFIG_FILE}"):
@@ -128,10 +126,8 @@ def _torn_save(out_dir: Path) -> Path | None:
     return None
 
 
-RUN_TRACES = (
-    "train_log.jsonl",
-    RESOLVED_FILE,
-)  # what a run killed before its first checkpoint (or before its patch) leaves
+# what a run killed before its first checkpoint (or before its patch) leaves
+RUN_TRACES = ("train_log.jsonl", RESOLVED_FILE)
 
 
 def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: bool) -> str:
@@ -178,9 +174,8 @@ def check_out_dir(out_dir: Path, identity: dict, *, resume: bool, overwrite: boo
             else "pass --resume to continue it, --overwrite to start over, or choose another --out"
         )
         raise EraseError(f"{out_dir} holds {what} (checkpoint at step {meta['step']}); {hint}")
-    if any(
-        (out_dir / f).exists() for f in RUN_TRACES
-    ):  # killed before its first checkpoint, or before its patch was written
+    # killed before its first checkpoint, or before its patch was written
+    if any((out_dir / f).exists() for f in RUN_TRACES):
         if resume or overwrite:
             return "overwrite"
         raise EraseError(
@@ -205,8 +200,9 @@ def erase_concept(
     guides=None,
     config=None,
 ) -> ErasurePatch:
-    """Erase ``request`` from ``pipe`` with ``method``; writes the patch,
-    resolved_config.json and the log to ``out_dir``.
+    """Erase ``request`` from ``pipe`` with ``method``.
+
+    Writes the patch, resolved_config.json and the log to ``out_dir``.
 
     The config is the method's defaults <- ``preset`` <- ``overrides``, or ``config`` when the caller resolved it
     already (``resolve_config``: validated there, once). The model is left unpatched; apply the returned patch

@@ -103,13 +103,7 @@ def cached_tensors(path: str | Path, build: Callable[[], dict[str, torch.Tensor]
     data = _verified_bytes(path)
     if data is not None:
         return _load(data)
-    with ExitStack() as stack:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(_entry_lock(path))
-        except OSError as e:  # no cache to share: build without one
-            _warn_once(path.parent, e)
-            return build()
+    with entry_lock(path):  # no lock to be had (an unusable folder, said once): built here, and not kept
         data = _verified_bytes(path)
         if data is not None:  # built by another process while this one waited
             return _load(data)

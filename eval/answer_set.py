@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from erase.errors import EraseError
-from erase.files import write_text_atomic, writing
+from erase.files import file_sha256, write_text_atomic, writing
 
 from .generate import generate, protocol_settings
 from .protocols import Protocol
@@ -206,4 +206,4 @@ def read_images(
 
 def image_hashes(folder: str | Path) -> dict[str, str]:
     """File name -> SHA-256 of every PNG in ``folder`` (recorded when an answer set is cached)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).glob("*.png"))}
+    return {p.name: file_sha256(p) for p in sorted(Path(folder).glob("*.png"))}

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from erase.files import write_text_atomic
+from erase.files import file_sha256, write_text_atomic
 
 from .answer_set import check_answer_set, generate_answer_set, image_hashes
 
@@ -65,8 +65,7 @@ def _ready(folder: Path, protocol) -> bool:
     changed = [
         name
         for name, digest in hashes.items()
-        if not (folder / "images" / name).is_file()
-        or hashlib.sha256((folder / "images" / name).read_bytes()).hexdigest() != digest
+        if not (folder / "images" / name).is_file() or file_sha256(folder / "images" / name) != digest
     ]
     if not changed:
         return True
@@ -125,7 +124,7 @@ def reuse_original(pipe, protocol, images: Path, cache: Path | None = None) -> i
             continue
         tmp = images / f".{src.name}.tmp"
         shutil.copyfile(src, tmp)
-        if hashlib.sha256(tmp.read_bytes()).hexdigest() != hashes.get(src.name):
+        if file_sha256(tmp) != hashes.get(src.name):
             tmp.unlink()
             continue
         os.replace(tmp, dst)
