@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_bad_input_eval import _file, _folder, eval_args
 
 from erase.cli import main
 
@@ -91,13 +92,6 @@ def test_out_in_an_unwritable_folder(tmp_path, capsys):
         fails(run_args(ro / "out"), capsys, "permission denied")
     finally:
         ro.chmod(0o700)
-
-
-def _file(path, data=b"mine"):
-    """Create ``path`` (its folder too) holding ``data`` (the user's file: it must stay as it is); returns it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
-    return path
 
 
 def _args(t, concept="Van Gogh", kind="style", model_path=None, *extra):
@@ -197,11 +191,6 @@ CASES = [
 ]
 
 
-def _folder(path):
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.mark.parametrize("build, match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_refused(tmp_path, capsys, build, match):
     argv = build(tmp_path)
@@ -291,21 +280,7 @@ def test_a_pickle_as_patch_is_never_unpickled(tmp_path, capsys):
 
     (out / "erasure_patch.safetensors").write_bytes(pickle.dumps(Payload()))
     fails(
-        [
-            "eval",
-            "--model",
-            model(),
-            "--patch",
-            str(out),
-            "--target",
-            "Watercolor",
-            "--kind",
-            "style",
-            "--out",
-            str(tmp_path / "e"),
-            "--seeds",
-            "1",
-        ],
+        eval_args(tmp_path / "e", "--patch", str(out)),
         capsys,
         "does not match its config",
     )
@@ -335,21 +310,7 @@ def test_nan_in_a_patch(tmp_path, capsys):
     cfg.pop("patch_sha256")  # as if the file had been produced with NaN in it
     (out / "erasure_config.json").write_text(json.dumps(cfg))
     fails(
-        [
-            "eval",
-            "--model",
-            model(),
-            "--patch",
-            str(out),
-            "--target",
-            "Watercolor",
-            "--kind",
-            "style",
-            "--out",
-            str(tmp_path / "e"),
-            "--seeds",
-            "1",
-        ],
+        eval_args(tmp_path / "e", "--patch", str(out)),
         capsys,
         "non-finite values",
     )

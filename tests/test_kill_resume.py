@@ -18,13 +18,16 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
-    ENV["ERASEKIT_CACHE"] = str(tmp_path / "cache")
+
+
+def env() -> dict:
+    """The child's environment: this test's (its own cache folder) with the checkout importable."""
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def model() -> str:
@@ -35,7 +38,7 @@ def model() -> str:
 
 def erase(*args, check=True) -> subprocess.CompletedProcess:
     r = subprocess.run(
-        [sys.executable, "-m", "erase", *map(str, args)], env=ENV, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "erase", *map(str, args)], env=env(), capture_output=True, text=True, timeout=900
     )
     assert not check or r.returncode == 0, r.stderr[-3000:]
     return r
@@ -46,7 +49,7 @@ def killed_at(args, event, *, timeout=600) -> bool:
     when the process finished before the event came."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "erase", *map(str, args)],
-        env=ENV,
+        env=env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -162,7 +165,7 @@ def test_a_closed_form_run_killed_while_writing_resumes_to_the_same_patch(tmp_pa
     erase(*run_args(straight, "uce", *args))
     r = subprocess.run(
         [sys.executable, "-c", KILL_AT, point, *map(str, run_args(killed, "uce", *args))],
-        env=ENV,
+        env=env(),
         capture_output=True,
         text=True,
         timeout=900,
