@@ -41,7 +41,7 @@ from ..diffusion import alphas_cumprod, encode_prompts, noisy
 from ..errors import EraseError
 from ..registry import check_options, option, register_method
 from ..selection import ParamSelection
-from .uce import UCE, UCEConfig, concept_span, kv_parameters, prompt_tokens, uce_data, uce_solve
+from .uce import UCE, UCEConfig, concept_span, prompt_tokens
 
 
 @dataclass
@@ -145,8 +145,8 @@ class KeyCapture:
 
 
 def attention_probs(attn, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Cross-attention probabilities (B, heads, pixels, tokens) from a module's query input
-    and keys (B, tokens, inner)."""
+    """Cross-attention probabilities (B, heads, pixels, tokens) from a module's query input and keys (B, tokens,
+    inner)."""
     q = attn.head_to_batch_dim(attn.to_q(hidden))
     probs = attn.get_attention_scores(q, attn.head_to_batch_dim(keys), None)
     return probs.reshape(hidden.shape[0], attn.heads, *probs.shape[1:])
@@ -160,23 +160,9 @@ class MACE(UCE):
 
     def setup(self, pipe) -> ParamSelection:
         cfg, req = self.config, self.request
-        data = uce_data(pipe, req, cfg, self.name)
         groups = concept_groups(pipe, req.forget_prompts, req.anchor_prompts)
         images = self._concept_latents(pipe, groups)  # the original's images, before any edit
-        selection, params = kv_parameters(pipe, self.scope(pipe), data.c_keep.shape[1])
-        with torch.no_grad():  # 1. CFR
-            for p in params.values():
-                p.copy_(
-                    uce_solve(
-                        p.detach().cpu(),
-                        data.c_erase,
-                        data.c_target,
-                        data.c_keep,
-                        data.keep_weights,
-                        cfg.lam,
-                        cfg.erase_scale,
-                    ).to(p.device, p.dtype)
-                )
+        data, selection, params = self.edit(pipe)  # 1. CFR: UCE's solve with MACE's weights
         root = model_root(pipe)
         suffix = ".to_k.weight"
         attns = {
@@ -185,7 +171,7 @@ class MACE(UCE):
         loras, report = [], []
         for k, (tokens, group) in enumerate(groups.items()):  # 2. one LoRA per concept
             lora, info = self._train_lora(pipe, attns, group, images[tokens], k)
-            loras.append((tokens, group, lora))
+            loras.append((group, lora))
             report.append(
                 {
                     "concept_tokens": pipe.tokenizer.decode(list(tokens)).strip(),
@@ -195,23 +181,16 @@ class MACE(UCE):
             )
         with torch.no_grad():  # 3. fusion of the key LoRAs
             emb_f = encode_prompts(pipe, req.forget_prompts).float().cpu()
-            c_keep = data.c_keep
+            rows = [  # each concept's token embeddings (its span in each of its forget prompts)
+                torch.cat([emb_f[i, pos] for i, pos in zip(group["prompts"], group["positions"])])
+                for group, _ in loras
+            ]
             for name, attn in attns.items():
                 w_cfr = attn.to_k.weight.detach().cpu().float()
-                edits = []
-                for _, group, lora in loras:
-                    rows = torch.cat([emb_f[i, pos] for i, pos in zip(group["prompts"], group["positions"])])
-                    b, a = lora[name]
-                    edits.append((w_cfr + (b @ a).detach().cpu(), rows))
-                fused = fuse_solve(w_cfr, edits, c_keep, cfg.fuse_preserve, cfg.lam)
+                edits = [(w_cfr + (lora[name][0] @ lora[name][1]).cpu(), c) for (_, lora), c in zip(loras, rows)]
+                fused = fuse_solve(w_cfr, edits, data.c_keep, cfg.fuse_preserve, cfg.lam)
                 attn.to_k.weight.copy_(fused.to(attn.to_k.weight.device, attn.to_k.weight.dtype))
-        self.info["data"] = data.describe()
         self.info["mace"] = {"concepts": report, "mask": cfg.mask}
-        self.info["trainable"] = {
-            "group": cfg.parameter_group,
-            "tensors": len(params),
-            "weights": selection.count(root),
-        }
         return selection
 
     def _concept_latents(self, pipe, groups: dict) -> dict[tuple[int, ...], tuple[torch.Tensor, list[int]]]:

@@ -204,6 +204,11 @@ class UCE(Eraser):
         return unet_weights(self.config.parameter_group)
 
     def setup(self, pipe) -> ParamSelection:
+        return self.edit(pipe)[1]
+
+    def edit(self, pipe) -> tuple[UCEData, ParamSelection, dict[str, torch.Tensor]]:
+        """UCE's closed-form edit of every K/V projection in scope, in place; returns its data, the selection and
+        the edited parameters (MACE refines further from here)."""
         cfg = self.config
         data = uce_data(pipe, self.request, cfg, self.name)
         selection, params = kv_parameters(pipe, self.scope(pipe), data.c_keep.shape[1])
@@ -225,7 +230,7 @@ class UCE(Eraser):
             "tensors": len(params),
             "weights": selection.count(model_root(pipe)),
         }
-        return selection
+        return data, selection, params
 
     def step(self, i: int) -> dict[str, float]:  # pragma: no cover - steps is always 0
         raise EraseError(f"{self.name} has no training steps")
