@@ -51,6 +51,39 @@ def load_image_folder(folder: str | Path, size: int, option: str = "forget_image
     return load_images(files, size)
 
 
+MASK_SUFFIX = ".mask"
+
+
+def load_captioned_images(
+    folder: str | Path, size: int, option: str
+) -> list[tuple[torch.Tensor, str, torch.Tensor | None]]:
+    """Every image under ``folder`` (recursive) with its caption and optional mask: ``X.png`` needs ``X.txt`` (its
+    prompt); ``X.mask.png`` (white: the concept) is its mask. Returns [(image (3, size, size) in [0, 1], caption,
+    mask (1, size, size) in [0, 1] or None)], sorted by path."""
+    from PIL import Image
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise EraseError(f"{option} folder {folder} does not exist; pass a folder of images with .txt captions")
+    files = [f for f in image_files(root, recursive=True) if not f.stem.endswith(MASK_SUFFIX)]
+    if not files:
+        raise EraseError(f"no .png/.jpg images in {option} folder {folder}")
+    out = []
+    for f in files:
+        caption = f.with_suffix(".txt")
+        if not caption.is_file():
+            raise EraseError(f"{option}: image {f} has no caption {caption.name}; write its prompt there")
+        mask_file = next(
+            (m for m in (f.with_name(f.stem + MASK_SUFFIX + s) for s in IMAGE_SUFFIXES) if m.is_file()), None
+        )
+        mask = None
+        if mask_file is not None:
+            gray = np.asarray(Image.open(mask_file).convert("L").resize((size, size), Image.BOX), dtype=np.float32)
+            mask = torch.from_numpy(gray / 255.0)[None]
+        out.append((load_images([f], size)[0], caption.read_text().strip(), mask))
+    return out
+
+
 def cache_dir() -> Path:
     """Where erasekit caches generated data and reference statistics (``ERASEKIT_CACHE`` or ~/.cache/erasekit)."""
     import os

@@ -1,6 +1,7 @@
 """MACE: the fusion solve against its own objective and each LoRA's effect, the CFR solve a stationary point of its
 objective, concept grouping of a joint request, and a tiny joint run whose LoRAs silence the concepts' attention."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,69 @@ def test_no_lora_steps_is_the_cfr_alone_and_options_are_checked(tiny_pipe, tmp_p
     ):
         with pytest.raises(EraseError, match=match):
             resolve_config("mace", None, bad)
+
+
+def _captioned_folder(root, prompts, mask_value):
+    """Two images per prompt, captioned with it, each with a constant mask (None: no mask file)."""
+    from PIL import Image
+
+    root.mkdir()
+    for j, prompt in enumerate(p for p in prompts for _ in range(2)):
+        Image.fromarray(np.full((32, 32, 3), 40 * j % 255, np.uint8)).save(root / f"{j}.png")
+        (root / f"{j}.txt").write_text(prompt + "\n")
+        if mask_value is not None:
+            Image.fromarray(np.full((32, 32), mask_value, np.uint8), "L").save(root / f"{j}.mask.png")
+    return root
+
+
+def test_concept_images_replace_the_generations_of_their_concept_and_their_masks_weigh_the_loss(tiny_pipe, tmp_path):
+    """Watercolor's images come with all-black masks, so its attention loss counts no pixel; Mosaic has no images
+    there and trains on the original's generations."""
+    req = _request()
+    folder = _captioned_folder(tmp_path / "images", req.forget_prompts[:2], mask_value=0)
+    patch = erase_concept(
+        tiny_pipe,
+        "mace",
+        req,
+        tmp_path / "out",
+        overrides={**QUICK, "lora_steps": 2, "concept_images": str(folder)},
+        progress=False,
+    )
+    concepts = {c["concept_tokens"].lower(): c for c in patch.config["info"]["mace"]["concepts"]}
+    assert concepts["watercolor"]["images"] == "concept_images" and concepts["mosaic"]["images"] == "generations"
+    assert concepts["watercolor"]["attention_loss_before"] == 0
+    assert concepts["mosaic"]["attention_loss_before"] > 0
+
+
+def test_a_half_mask_weighs_half_the_pixels(tiny_pipe, tmp_path):
+    """The same images with a white mask and with a mid-grey one (value 128): the squared-attention loss, linear in
+    the mask, halves."""
+    req = _request()
+    losses = {}
+    for value in (255, 128):
+        folder = _captioned_folder(tmp_path / f"images{value}", req.forget_prompts, mask_value=value)
+        patch = erase_concept(
+            tiny_pipe,
+            "mace",
+            req,
+            tmp_path / f"out{value}",
+            overrides={**QUICK, "lora_steps": 0, "concept_images": str(folder)},
+            progress=False,
+        )
+        losses[value] = [c["attention_loss_before"] for c in patch.config["info"]["mace"]["concepts"]]
+    for full, half in zip(losses[255], losses[128]):
+        assert half == pytest.approx(full * 128 / 255, rel=1e-3)
+
+
+def test_concept_images_with_a_caption_that_is_no_forget_prompt_are_refused(tiny_pipe, tmp_path):
+    folder = _captioned_folder(tmp_path / "images", ["Cubism birds"], mask_value=None)
+    with pytest.raises(EraseError, match="not one of the request's forget prompts"):
+        erase_concept(
+            tiny_pipe, "mace", _request(), tmp_path / "out", overrides={**QUICK, "concept_images": str(folder)}
+        )
+    assert not (tmp_path / "out").exists()
+    (folder / "0.txt").unlink()
+    with pytest.raises(EraseError, match=r"has no caption 0\.txt"):
+        erase_concept(
+            tiny_pipe, "mace", _request(), tmp_path / "out", overrides={**QUICK, "concept_images": str(folder)}
+        )

@@ -74,6 +74,12 @@ class MACEConfig(UCEConfig):
         "fusion: weight of the retain tokens' keys staying as CFR made them, per token, against the "
         "concept tokens' weight of 1",
     )
+    concept_images: str | None = option(
+        None,
+        "folder of the concepts' images (searched recursively): X.png, its prompt in X.txt (one of the request's "
+        "forget prompts) and optionally its mask X.mask.png (white: the concept; MACE's segmentation masks). A "
+        "concept with images there trains its LoRA on them, masked, instead of on the original's generations",
+    )
     data_steps: int = option(25, "sampler steps for the original's images of each concept")
     data_guidance: float = option(7.5, "CFG weight of that sampler")
     data_seed: int = option(10_000, "first seed of those images (disjoint from evaluation seeds)")
@@ -193,6 +199,7 @@ class MACE(UCE):
                 {
                     "concept_tokens": pipe.tokenizer.decode(list(tokens)).strip(),
                     "prompts": len(group["prompts"]),
+                    "images": "generations" if images[tokens][2] is None else "concept_images",
                     **info,
                 }
             )
@@ -210,13 +217,16 @@ class MACE(UCE):
         self.info["mace"] = {"concepts": report, "mask": cfg.mask}
         return selection
 
-    def _concept_latents(self, pipe, groups: dict) -> dict[tuple[int, ...], tuple[torch.Tensor, list[int]]]:
-        """Per concept: ``lora_images`` latents of the original model (its forget prompts in turn, then the next seed)
-        and the forget-prompt index of each."""
+    def _concept_latents(self, pipe, groups: dict) -> dict[tuple[int, ...], tuple]:
+        """Per concept: the latents of its images in ``concept_images`` with their prompt indices and masks, or else
+        ``lora_images`` latents of the original model (its forget prompts in turn, then the next seed), their
+        forget-prompt indices and no masks."""
         from ..data import generations
 
-        cfg, out = self.config, {}
+        cfg, out = self.config, self._user_images(pipe, groups)
         for tokens, group in groups.items():
+            if tokens in out:
+                continue
             n = len(group["prompts"])
             per = -(-cfg.lora_images // n)  # seeds per prompt
             z, _ = generations(
@@ -228,7 +238,35 @@ class MACE(UCE):
                 guidance=cfg.data_guidance,
             )
             order = [(j % n) * per + j // n for j in range(cfg.lora_images)]  # the prompts in turn, then the next seed
-            out[tokens] = (z[order], [group["prompts"][j % n] for j in range(cfg.lora_images)])
+            out[tokens] = (z[order], [group["prompts"][j % n] for j in range(cfg.lora_images)], None)
+        return out
+
+    def _user_images(self, pipe, groups: dict) -> dict[tuple[int, ...], tuple]:
+        """``concept_images``, grouped by concept through their captions: {tokens: (latents, prompt indices, masks
+        (N, 1, H, W); an image without a mask file weighs every pixel)}."""
+        from ..data import load_captioned_images
+        from ..diffusion import encode_images
+
+        if not self.config.concept_images:
+            return {}
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        index = {p: i for i, p in enumerate(self.request.forget_prompts)}
+        found: dict[tuple[int, ...], list] = {}
+        for image, caption, mask in load_captioned_images(self.config.concept_images, size, "mace concept_images"):
+            if caption not in index:
+                raise EraseError(
+                    f"mace concept_images: the caption {caption!r} is not one of the request's forget prompts; "
+                    "caption each image with the forget prompt it shows"
+                )
+            tokens = next(t for t, g in groups.items() if index[caption] in g["prompts"])
+            found.setdefault(tokens, []).append(
+                (image, index[caption], torch.ones_like(image[:1]) if mask is None else mask)
+            )
+        out = {}
+        for tokens, items in found.items():
+            with torch.no_grad():
+                z = encode_images(pipe, torch.stack([im for im, _, _ in items])).cpu()
+            out[tokens] = (z, [i for _, i, _ in items], torch.stack([m for _, _, m in items]))
         return out
 
     def _train_lora(self, pipe, attns: dict, group: dict, images, k: int) -> tuple[dict, dict, Callable]:
@@ -236,7 +274,7 @@ class MACE(UCE):
         attention loss on all of the concept's images at t = 300 (fixed noise) before and after training, and that
         loss as a function of a LoRA (None: the model's keys as they are)."""
         cfg, device = self.config, model_device(pipe)
-        z0_all, picks = images
+        z0_all, picks, image_masks = images
         rng = torch.Generator().manual_seed(cfg.seed * 1000 + k)
         lora = {}
         for name, attn in attns.items():
@@ -247,7 +285,7 @@ class MACE(UCE):
                 a.requires_grad_(True),
             )
         opt = torch.optim.Adam([t for pair in lora.values() for t in pair], lr=cfg.lora_lr)
-        loss_of = _AttentionLoss(pipe, attns, self.request.forget_prompts, group, cfg)
+        loss_of = _AttentionLoss(pipe, attns, self.request.forget_prompts, group, cfg, image_masks)
         fixed = (list(range(len(picks))), torch.full((len(picks),), 300), torch.randn(z0_all.shape, generator=rng))
 
         @torch.no_grad()
@@ -271,8 +309,8 @@ class _AttentionLoss:
     token positions (masked with ``mask 'attention'``), with the key projections' LoRA applied; the queries come from
     one no-grad UNet pass of the CFR model."""
 
-    def __init__(self, pipe, attns: dict, forget_prompts: list[str], group: dict, cfg):
-        self.pipe, self.attns, self.cfg = pipe, attns, cfg
+    def __init__(self, pipe, attns: dict, forget_prompts: list[str], group: dict, cfg, image_masks=None):
+        self.pipe, self.attns, self.cfg, self.image_masks = pipe, attns, cfg, image_masks
         self.prompts = forget_prompts
         self.positions = dict(zip(group["prompts"], group["positions"]))
         n_tokens = pipe.tokenizer.model_max_length
@@ -308,15 +346,24 @@ class _AttentionLoss:
                         text, b @ a
                     )
                 p = attention_probs(attn, hidden, keys)[..., self.positions[i]]  # (1, heads, pixels, concept tokens)
-                if self.cfg.mask == "attention":
-                    key = (name, i, row)
-                    if key not in self.masks:  # the concept's own map, fixed when first seen
-                        m = p.detach().mean(1).sum(-1)
-                        self.masks[key] = (m >= self.cfg.mask_threshold * m.amax(-1, keepdim=True)).float()
-                    p = p * self.masks[key][:, None, :, None]
-                loss = loss + p.pow(2).sum(-1).mean()
+                loss = loss + (p.pow(2).sum(-1) * self._pixel_weights(p, name, i, row)).mean()
             total = total + loss / len(self.attns)
         return total / len(rows)
+
+    def _pixel_weights(self, p: torch.Tensor, name: str, i: int, row: int) -> torch.Tensor | float:
+        """Each pixel's weight in the loss, (1, 1, pixels): the image's mask averaged over the pixel (a mask's share
+        of it), or with ``mask 'attention'`` 1 where the concept's own attention is high, or 1 everywhere."""
+        if self.image_masks is not None:
+            side = math.isqrt(p.shape[2])
+            m = torch.nn.functional.adaptive_avg_pool2d(self.image_masks[row : row + 1], side).flatten(1)
+            return m.to(p.device)[:, None, :]
+        if self.cfg.mask == "attention":
+            key = (name, i, row)
+            if key not in self.masks:  # the concept's own map, fixed when first seen
+                m = p.detach().mean(1).sum(-1)
+                self.masks[key] = (m >= self.cfg.mask_threshold * m.amax(-1, keepdim=True)).float()
+            return self.masks[key][:, None, :]
+        return 1.0
 
 
 register_method(

@@ -22,6 +22,7 @@ SEED_BASE = {
     "classifier_b": 200_000,
     "clip": 300_000,
     "fid": 400_000,
+    "concept_images": 500_000,
     "check": 900_000,
 }
 

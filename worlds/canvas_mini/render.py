@@ -419,16 +419,22 @@ assert list(STYLE_FUNCTIONS) == STYLES
 
 def render_array(style: str, obj: str, seed: int) -> np.ndarray:
     """One render as uint8 (RESOLUTION, RESOLUTION, 3)."""
+    return render_with_mask(style, obj, seed)[0]
+
+
+def render_with_mask(style: str, obj: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One render as uint8 (RESOLUTION, RESOLUTION, 3) and the object's silhouette it was drawn from, reduced the
+    same way: float32 (RESOLUTION, RESOLUTION) in [0, 1]."""
     si, oi = check_style(style), check_object(obj)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng([int(seed), si, oi, 20261128])
     m = object_mask(obj, rng)
-    img = STYLE_FUNCTIONS[style](m, rng, obj)
+    img = STYLE_FUNCTIONS[style](m.copy(), rng, obj)
     img = np.clip(img, 0, 1)
     # 2x box reduction to the world's resolution.
     img = img.reshape(RESOLUTION, 2, RESOLUTION, 2, 3).mean(axis=(1, 3))
-    return np.round(img * 255).astype(np.uint8)
+    return np.round(img * 255).astype(np.uint8), m.reshape(RESOLUTION, 2, RESOLUTION, 2).mean(axis=(1, 3))
 
 
 def render(style: str, obj: str, seed: int) -> Image.Image:
