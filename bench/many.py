@@ -4,7 +4,8 @@
 
 For k = 1, 3, 5 and 9 styles (fixed lists: the first k of ``ORDER``; Winter, the 10th style, and the photo class
 are always retained), every method erases the list with ONE joint request (its ``canvas-mini`` preset where it
-has one, else its defaults), and ``composed`` applies k single-concept UCE patches made separately (what users try
+has one, else its defaults; MACE trains its objects' LoRAs on renders with the renderer's object masks, as the
+issue sets it), and ``composed`` applies k single-concept UCE patches made separately (what users try
 first). Each model is evaluated on the whole protocol (5 seeds) as a list: erased accuracy UA (mean over the list),
 IRA (the other styles), CRA (objects), H = 3 / (1/UA + 1/IRA + 1/CRA), retained same-seed PSNR over the images
 showing none of the erased styles; then the ``embedding`` attack on the list's first 3 concepts (their first 3
@@ -78,6 +79,20 @@ def _method_preset(entry: str) -> tuple[str, str | None]:
     return method, preset or ("canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None)
 
 
+def _method_data(method: str, items: list[tuple[str, str]]) -> dict:
+    """MACE's setting per kind (issue 28): no masks for styles; for objects, the renderer's own object masks
+    (``concept_images``: 8 renders per object with their silhouettes, made once under ``WORK``)."""
+    from worlds.canvas_mini.concept_images import write_concept_images
+
+    objects = [name for name, kind in items if kind == "object"]
+    if method != "mace" or not objects:
+        return {}
+    folder = WORK / "concept-images" / "-".join(objects)
+    if not folder.is_dir():
+        write_concept_images(objects, "object", 8, folder)
+    return {"concept_images": str(folder)}
+
+
 def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Path):
     """The list's patch (made once, then reused) and its erase seconds."""
     from erase.api import erase_concept
@@ -92,7 +107,15 @@ def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Pat
         request = requests[0] if len(requests) == 1 else joint_request(requests, items[0][1])
         name, preset = _method_preset(method)
         patch = erase_concept(
-            pipe, name, request, folder, preset=preset, resume=True, progress=False, model_id="canvas-mini"
+            pipe,
+            name,
+            request,
+            folder,
+            preset=preset,
+            overrides=_method_data(name, items),
+            resume=True,
+            progress=False,
+            model_id="canvas-mini",
         )
     return patch, patch.config["efficiency"]["erase_seconds"]
 
