@@ -40,6 +40,7 @@ test-install: $(STAMP)
 bench: $(STAMP)
 	$(OFFLINE) $(PY) -m bench.canvas_mini --readme
 	$(OFFLINE) $(PY) -m bench.many --lists styles,objects,mixed
+	$(OFFLINE) $(PY) -m bench.many_pictures --list styles --k 9
 	$(OFFLINE) $(PY) -m bench.run
 	$(OFFLINE) $(PY) -m bench.faults
 

@@ -146,3 +146,28 @@ def test_erase_run_and_eval_of_a_list_report_the_lists_figures(tmp_path):
     assert math.isclose(r["ua"], 1 - (acc["Watercolor"] + acc["Rust"]) / 2)
     assert r["ua"] >= 0.9 and r["h"] > 0.9
     assert set(r["retain_fidelity"]["per_concept"]["style"]) == set(kept) | {"Photo"}
+
+
+def test_the_pictures_of_a_list_place_each_runs_images_in_its_row_and_column(tmp_path, monkeypatch):
+    """bench.many_pictures on a fake runs folder: each tile comes from its method's (or the original's) image."""
+    import numpy as np
+    from PIL import Image
+
+    import bench.many_pictures as pictures
+
+    monkeypatch.setattr(pictures, "WORK", tmp_path)
+    cols = pictures.columns("styles", 3)
+    colours = {}
+    for m, method in enumerate(("uce", "mace")):
+        for c, (_, _, rel) in enumerate(cols):
+            path = tmp_path / rel if rel.startswith("original/") else tmp_path / method / "k3" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            colour = (10 * c, 100 + 50 * m, 7) if not rel.startswith("original/") else (200, 10 * c, 9)
+            Image.new("RGB", (32, 32), colour).save(path)
+            colours[(m, c)] = colour
+    img = np.asarray(Image.open(pictures.draw("styles", 3, tmp_path / "p.png")))
+    cell = 32 * pictures.SCALE + 6
+    for (m, c), colour in colours.items():
+        y, x = pictures.HEAD_H + m * cell + cell // 2, pictures.LABEL_W + c * cell + cell // 2
+        assert tuple(img[y, x]) == colour, (m, c)
+    assert [label for _, label, _ in cols[:2]] == ["original", "erased model"] and "Winter" in cols[4][0]
