@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,7 +228,6 @@ def main(argv=None) -> int:
         "--only-concurrency", action="store_true", help="measure the concurrent ranks only (merged into --out)"
     )
     args = p.parse_args(argv)
-    import shutil
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +217,6 @@ def scatter(rows: list[dict], path: Path) -> None:
 
 
 def styles_table(folders: list[str]) -> str:
-    import statistics
 
     original = json.loads((ROOT / "bench" / "results" / "canvas-mini.json").read_text())["original"]["rows"]
     rows = []

@@ -5,6 +5,9 @@ Methods never import the evaluation package; what both need (reading image folde
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -86,15 +89,12 @@ def load_captioned_images(
 
 def cache_dir() -> Path:
     """Where erasekit caches generated data and reference statistics (``ERASEKIT_CACHE`` or ~/.cache/erasekit)."""
-    import os
 
     return Path(os.environ.get("ERASEKIT_CACHE", Path.home() / ".cache" / "erasekit"))
 
 
 def model_identity(model) -> str:
     """A cheap content identity of every tensor of a model (shapes, probe values, means), as a hex digest."""
-    import hashlib
-    import json
 
     from .components import named_parameters
     from .fingerprint import tensor_record
@@ -121,8 +121,6 @@ def generations(
     class and config, steps, guidance), so methods and reruns on the same model never sample twice.
     ``identity`` is ``model_identity(pipe)`` when the caller already has it (``GenerationSets``).
     """
-    import hashlib
-    import json
 
     from .diffusion import sample_latents
 

@@ -10,6 +10,7 @@ tolerance 0 the LoRA holds each delta at its full numerical rank.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,6 @@ def export_lora(
     progress: bool = True,
 ) -> dict:
     """Write ``patch`` as a LoRA folder ``out``; returns its record (ranks, tolerance, measured PSNR)."""
-    import importlib.util
 
     from diffusers.utils import logging as diffusers_logging
     from tqdm.auto import tqdm

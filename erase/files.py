@@ -4,6 +4,7 @@ clear errors, atomic writes."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -20,7 +21,6 @@ from .errors import EraseError
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file, read in 16 MB blocks (patches and model files can be large)."""
-    import hashlib
 
     h = hashlib.sha256()
     with open(path, "rb") as f:

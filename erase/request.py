@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -76,7 +77,6 @@ class EraseRequest:
         defaults to the axis's null class (the photo class for styles) or, without one, to the next
         concept of the axis (stated in the request).
         """
-        import itertools
 
         axes = list(protocol.axis_names)
         if kind not in axes:

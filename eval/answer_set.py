@@ -13,6 +13,7 @@ uint8, so memory does not grow with the number of images (5,100 images at
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
@@ -168,7 +169,6 @@ def iter_answer_set(protocol: Protocol, folder: str | Path, batch_size: int = 64
 
 def _read_png(path: Path, resolution: int, sha256: str | None = None) -> np.ndarray:
     """One image as uint8 HxWx3; with ``sha256`` (a cached image's recorded hash) the bytes read are checked first."""
-    import io
 
     try:
         data = path.read_bytes()

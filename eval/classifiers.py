@@ -12,6 +12,8 @@ order of one axis of the protocol (``style`` / ``object``).
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,8 +50,6 @@ def load_unlearncanvas_vit(
     The file is read with ``torch.load(weights_only=True)``: a pickle that would run code is refused,
     never executed. Shapes are checked before the (large) model is built.
     """
-    import pickle
-    import warnings
 
     import timm
 

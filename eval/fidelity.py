@@ -18,6 +18,7 @@ in the cache (``eval.original_answers``), so evaluating ten patches of one model
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -121,7 +122,6 @@ def load_lpips(weights: str | Path, net: str = "alex", device: str = "cpu") -> L
             f"cannot read LPIPS weights {path} as a plain tensor checkpoint ({type(e).__name__}); "
             "pass a state dict saved with torch.save"
         ) from None
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter(

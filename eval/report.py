@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -206,7 +206,6 @@ def evaluate_templates(
     ``out_dir/template-K``); accuracy only (no FID, CLIP or grid). Returns the per-template scores and
     their mean, with the same keys as the main report (first target at the top level, all in ``targets``).
     """
-    from dataclasses import replace
 
     sub_opt = replace(options, fid=False, grid=False, templates=None, fidelity=False)
     keys = ("ua", "ira", "cra")

@@ -12,6 +12,7 @@ import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from erase.errors import EraseError
@@ -52,7 +53,6 @@ class World:
 
 @functools.cache
 def _entry_points() -> dict[str, str]:  # scanned once per process: installed distributions do not change under it
-    from importlib.metadata import entry_points
 
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINTS)}
 

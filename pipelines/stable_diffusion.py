@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,7 +138,6 @@ __all__ = [
 def model_card(history: list[dict], base_model: str | None, metrics: dict | None = None) -> str:
     """README.md with the YAML front matter the Hugging Face Hub reads: base model, library, tags, erased concepts,
     method and preset, and the measured UA / IRA / CRA / retain fidelity when given."""
-    import json
 
     concepts = [h["request"]["concept"] for h in history if h.get("request")]
     methods = sorted({h["method"] for h in history if h.get("method")})
@@ -186,8 +187,6 @@ def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False, metrics: 
     Written to a temp folder and renamed; the applied patches' configs go to ``erasure_history.json`` and a
     model card (``README.md`` with Hub front matter; ``metrics`` when the erasure was evaluated) describes them.
     """
-    import json
-    import shutil
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

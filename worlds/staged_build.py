@@ -4,6 +4,7 @@ folder into place, and stages that are timed and skipped once done (so an interr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -156,7 +157,6 @@ def set_recipe_fields(recipe, overrides: list[str]) -> None:
     """Apply ``KEY=VALUE`` overrides to a recipe dataclass in place. VALUE is JSON (a bare word is a string);
     ``a.b=v`` sets key ``b`` of the dict (or field of the dataclass) ``a``. Unknown keys and values of another
     type raise ValueError naming what exists."""
-    import dataclasses
 
     for item in overrides:
         key, sep, raw = item.partition("=")

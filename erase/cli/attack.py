@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import pkgutil
 from pathlib import Path
 
 from ..files import check_writable
@@ -14,7 +15,6 @@ from .erasing import _parse_set, check_model_path
 
 def _attack_names() -> list[str]:
     """The attack files of eval/attacks (one attack each, named like its file), found without importing torch."""
-    import pkgutil
 
     import eval.attacks.registry as registry
 

@@ -9,7 +9,7 @@ See ``erase.batch`` for the folder layout and what makes a job finished.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..files import check_writable
@@ -109,7 +109,6 @@ def _batch(p):
         out = Path(args.out)
         check_writable("--out", out, folder=True)
         rank, world = process_rank()
-        from dataclasses import asdict
 
         identity = {
             "model": str(args.model_id),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from .common import UsageError, _common_model_args, _load, _threads, command, own_report_world
@@ -300,7 +301,6 @@ def _methods(p):
     p.add_argument("--preset", default=None, help="with METHOD: show the values this preset sets")
 
     def run(args):
-        from dataclasses import asdict
 
         from ..api import list_presets, resolve_config
         from ..registry import config_options, get_method, list_methods

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -60,7 +61,6 @@ def write_tokenizer_files(out_dir: str | Path, n_merges: int = DEFAULT_MERGES) -
 
 def build_tokenizer(n_merges: int = DEFAULT_MERGES, model_max_length: int = 24):
     """A ``transformers.CLIPTokenizer`` over the truncated vocabulary (built in a temp dir)."""
-    import tempfile
 
     from transformers import CLIPTokenizer
 

@@ -20,6 +20,7 @@ the only thing every tint shares, so judges trained on this world look at it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -294,7 +295,6 @@ def render_spec_grid(specs, size: int = RESOLUTION, columns: int = 8, zoom: int 
 def world_digest(n: int = 64) -> str:
     """A short digest of what the world draws (the renders of seeds 0 .. n - 1 and their labels): caches of renders
     carry it in their names, so a change to the world or the renderer never reuses stale renders."""
-    import hashlib
 
     images, labels_ = render_set(n, 0)
     h = hashlib.sha256(images.numpy().tobytes())
