@@ -26,8 +26,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .api import erase_concept
 from .errors import EraseError
 from .files import file_sha256, write_json_atomic
+from .request import EraseRequest
 
 BATCH_FILE = "batch.json"
 MANIFEST = "manifest.jsonl"
@@ -212,7 +214,6 @@ def run_jobs(
     log=print,
 ) -> list[dict]:
     """Erase every concept of ``requests`` (concept -> EraseRequest) that is not done yet; returns the manifest."""
-    from .api import erase_concept
 
     for k, concept in enumerate(requests, 1):
         if (job_record(out, concept) or {}).get("status") == "done":
@@ -259,7 +260,6 @@ def run_jobs(
 def joint_request(requests: list, kind: str):
     """One request erasing every concept at once: all forget / anchor prompt pairs, retain
     prompts naming none of them."""
-    from .request import EraseRequest
 
     names = [r.concept for r in requests]
     forget = [p for r in requests for p in r.forget_prompts]

@@ -13,7 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import cached_tensors
+from .components import named_parameters
+from .diffusion import sample_latents
 from .errors import EraseError
+from .fingerprint import tensor_record
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -96,9 +100,6 @@ def cache_dir() -> Path:
 def model_identity(model) -> str:
     """A cheap content identity of every tensor of a model (shapes, probe values, means), as a hex digest."""
 
-    from .components import named_parameters
-    from .fingerprint import tensor_record
-
     records = {n: tensor_record(n, p, exact=False) for n, p in sorted(named_parameters(model).items())}
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
@@ -121,8 +122,6 @@ def generations(
     class and config, steps, guidance), so methods and reruns on the same model never sample twice.
     ``identity`` is ``model_identity(pipe)`` when the caller already has it (``GenerationSets``).
     """
-
-    from .diffusion import sample_latents
 
     idx = torch.arange(len(prompts)).repeat_interleave(per_prompt)
     if not prompts or per_prompt < 1:
@@ -150,7 +149,6 @@ def generations(
 
     if not cache:
         return sample()["latents"], idx
-    from .cache import cached_tensors
 
     z = cached_tensors(path, sample)["latents"]
     return z, idx

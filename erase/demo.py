@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The package imports sit inside the functions: the CLI imports this module to build ``erase demo``'s parser, and
+# evaluation at import time would cost every ``erase`` command 3 s (torchmetrics).
+
 MODEL_NAME = "canvas-mini"  # recorded as the model: the shipped pipeline by name, wherever the package lives
 
 

@@ -14,6 +14,11 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
+from eval.fidelity import psnr
+from eval.generate import protocol_images, to_tensor
+from pipelines.lora import check_loraable, rank_for_energy, save_lora, spectra
+from pipelines.stable_diffusion import apply_patch, remove_patch
+
 from .errors import EraseError
 from .patch import ErasurePatch
 
@@ -41,11 +46,6 @@ def export_lora(
 
     from diffusers.utils import logging as diffusers_logging
     from tqdm.auto import tqdm
-
-    from eval.fidelity import psnr
-    from eval.generate import protocol_images, to_tensor
-    from pipelines.lora import check_loraable, rank_for_energy, save_lora, spectra
-    from pipelines.stable_diffusion import apply_patch, remove_patch
 
     if importlib.util.find_spec("peft") is None:
         raise EraseError(

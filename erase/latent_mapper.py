@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from .cache import cached_tensors
+from .data import cache_dir, model_identity
 from .errors import EraseError
 from .guides import Guides, unit
 from .image_views import clip_views, embed_pair
@@ -105,7 +107,6 @@ def edit(mapper: LevelsMapper, wplus: torch.Tensor, scale: float) -> torch.Tenso
 
 
 def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings, concept: str | None):
-    from .data import cache_dir, model_identity
 
     ident = {
         "generator": model_identity(generator),
@@ -138,7 +139,6 @@ def train_mapper(
             "(train_mapper(..., concept=...))"
         )
     path = _cache_path(generator, prompt, guides, settings, concept)
-    from .cache import cached_tensors
 
     mapper.load_state_dict(
         cached_tensors(path, lambda: _train(generator, prompt, guides, settings, progress, concept))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .concept_accuracy import ConceptAccuracy
 from .protocols import Axis, Protocol, ProtocolError
 
 AXIS_METRICS: dict[str, Callable] = {}
@@ -51,7 +52,6 @@ def make_axis_metric(axis: Axis):
 
 
 def _concept_accuracy(axis: Axis):
-    from .concept_accuracy import ConceptAccuracy
 
     return ConceptAccuracy(axis.concepts)
 

@@ -23,6 +23,7 @@ from torch import nn
 from erase.errors import EraseError
 
 from .protocols import Protocol
+from .worlds import world_names, world_of
 
 VIT_L_WIDTH = 1024
 
@@ -95,7 +96,6 @@ def load_unlearncanvas_vit(
 
 def load_judges(protocol: Protocol, style_weights=None, object_weights=None, device="cpu") -> dict[str, nn.Module]:
     """One judge per axis of the protocol: {axis name: module mapping images to logits in that axis's label order}."""
-    from .worlds import world_names, world_of
 
     world = world_of(protocol)
     if world is not None:

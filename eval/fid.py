@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from erase.cache import cached_tensors
 from erase.errors import EraseError
 
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -113,7 +114,6 @@ def load_or_compute_reference(fid, key: str, cache_dir: str | Path, images_fn, b
     ``images_fn`` returns float images in [0, 1]: one (N, 3, H, W) tensor, or an iterable of such batches
     (so a large reference set is never held in memory at once). Returns True on a cache hit.
     """
-    from erase.cache import cached_tensors
 
     path = Path(cache_dir) / f"fid_ref_{key}.safetensors"
     built = []

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .samplers import protocol_scheduler
+
 
 @torch.no_grad()
 def generate(
@@ -92,7 +94,6 @@ def protocol_images(
     prompt_embeds: torch.Tensor | None = None,
 ) -> np.ndarray:
     """One image per (prompt, seed) with the protocol's sampler and settings, no progress bar."""
-    from .samplers import protocol_scheduler
 
     with protocol_scheduler(pipe, protocol.sampler):
         return generate(

@@ -16,7 +16,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from erase.cache import entry_lock
+from erase.data import cache_dir, model_identity
 from erase.files import file_sha256, write_text_atomic
+from erase.patch import applied_patches, patches_disabled
 
 from .answer_set import check_answer_set, generate_answer_set, image_hashes
 
@@ -26,7 +29,6 @@ COMPLETE = "complete"
 def original_folder(pipe, protocol, cache: Path | None = None) -> Path:
     """Where the unpatched ``pipe``'s answer set for ``protocol`` is cached (the model's
     identity and the whole protocol)."""
-    from erase.data import cache_dir, model_identity
 
     key = json.dumps({"model": model_identity(pipe), "protocol": protocol.to_dict()}, sort_keys=True)
     return Path(cache or cache_dir()) / "answer-sets" / hashlib.sha256(key.encode()).hexdigest()[:24]
@@ -89,8 +91,6 @@ def original_answer_set(
     the base model's identity and the whole protocol (seeds, sampler, steps, guidance, template, size).
     Generation is resumable; the folder counts as ready only once every image is there and recorded.
     """
-    from erase.cache import entry_lock
-    from erase.patch import patches_disabled
 
     with patches_disabled(pipe):  # the identity (and the images) of the model without its patches
         folder = original_folder(pipe, protocol, cache)
@@ -108,7 +108,6 @@ def reuse_original(pipe, protocol, images: Path, cache: Path | None = None) -> i
     Evaluating the same original model again (another target, another batch) then generates nothing. A copy
     whose bytes differ from the recorded hash is not kept (the evaluation generates that image itself).
     """
-    from erase.patch import applied_patches
 
     if applied_patches(pipe):
         return 0

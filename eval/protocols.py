@@ -29,6 +29,7 @@ from pathlib import Path
 from erase.errors import EraseError
 
 from .samplers import SAMPLERS
+from .worlds import get_world, world_names
 
 # UnlearnCanvas's 51-entry theme list in the style classifier's label order:
 # 50 styles with the photo class `Seed_Images` alphabetically between Rust and Sketch.
@@ -375,7 +376,6 @@ BUILTIN = {"unlearncanvas": unlearncanvas}  # and every world's protocol (eval.w
 
 def load_protocol(spec: str) -> Protocol:
     """A built-in protocol or a world's (``canvas-mini``, ``faces-mini``) by name, or a JSON / YAML protocol file."""
-    from .worlds import get_world, world_names
 
     if spec in BUILTIN:
         return BUILTIN[spec]()

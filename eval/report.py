@@ -19,10 +19,14 @@ from pathlib import Path
 
 import torch
 
+from erase import __version__
 from erase.files import hold_folder, write_json_atomic, write_text_atomic
+from erase.patch import applied_patches
 
 from .answer_set import check_answer_set, generate_answer_set, read_images
-from .concept_accuracy import macro_average, null_class_rule
+from .concept_accuracy import list_scores, macro_average, null_class_rule
+from .grid import image_grid, save_png
+from .original_answers import original_answer_set
 from .protocols import Protocol, ProtocolError
 from .run_folder import OutputFolderError, check_output_folder, claim_output_folder, run_identity  # noqa: F401 (re-exported)
 from .scoring import Judging, prepare_judging, score_answer_set
@@ -57,8 +61,6 @@ def versions() -> dict:
     import diffusers
     import torchmetrics
     import transformers
-
-    from erase import __version__
 
     return {
         "erasekit": __version__,
@@ -175,7 +177,6 @@ def _evaluate_claimed(
 def _original_for_fidelity(pipe, protocol: Protocol, opt: EvalOptions) -> tuple[Path | None, str | None]:
     """The original model's answer set when ``pipe`` carries a patch (generated once,
     cached), else why there is none."""
-    from erase.patch import applied_patches
 
     if not opt.fidelity:
         return None, "skipped (--no-fidelity)"
@@ -184,7 +185,6 @@ def _original_for_fidelity(pipe, protocol: Protocol, opt: EvalOptions) -> tuple[
             None,
             "the evaluated model carries no patch: it is the original (its answer set is cached for later patches)",
         )
-    from .original_answers import original_answer_set
 
     return original_answer_set(pipe, protocol, batch_size=opt.batch_size, progress=opt.progress), None
 
@@ -234,7 +234,6 @@ def evaluate_templates(
 def _write_grid(protocol: Protocol, out_dir: Path, model_id: str) -> str:
     """grid.png: the first seed's image of every (first-axis concept, second-axis concept),
     labelled; returns its name."""
-    from .grid import image_grid, save_png
 
     seed = protocol.seeds[0]
     rows, cols = protocol.axes
@@ -297,7 +296,6 @@ def joint_block(protocol: Protocol, report: dict, targets: list[tuple[str, str]]
     """A list erased by one patch: the list's UA / IRA / CRA / H replace the first target's at the top level
     (``list_scores``; each target's own numbers stay under ``targets``), and retain fidelity is the one over the
     images that show none of the erased concepts."""
-    from .concept_accuracy import list_scores
 
     accuracy = {
         axis: {c: v["accuracy"] for c, v in concepts.items()} for axis, concepts in report["per_concept"].items()

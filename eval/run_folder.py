@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from erase.errors import EraseError
+from erase.files import file_sha256
 
 from .protocols import Protocol
 
@@ -103,6 +104,5 @@ def _patch_sha(patch: str | None) -> str | None:
 @lru_cache(maxsize=16)
 def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     """SHA-256 of a file, computed once per (path, modification time, size): the CLI pre-check and the run share it."""
-    from erase.files import file_sha256
 
     return file_sha256(path)

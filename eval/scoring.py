@@ -29,11 +29,24 @@ import torch
 
 from erase.data import cache_dir
 
-from .answer_set import iter_answer_set, progress_bar
+from .answer_set import iter_answer_set, progress_bar, read_images
 from .axis_metrics import check_axis_metrics, make_axis_metric
 from .classifiers import batched_logits, load_judges
-from .clip_alignment import CLIP_SCORE_SCALE, ClipSums
-from .fid import FIDError
+from .clip_alignment import CLIP_SCORE_SCALE, CLIPAlignment, ClipSums, load_open_clip
+from .concept_accuracy import axis_scores
+from .fid import (
+    ClassifierFeatures,
+    CLIPFeatures,
+    FIDError,
+    check_inception_weights,
+    load_or_compute_reference,
+    make_fid,
+    module_fingerprint,
+    stats_key,
+)
+from .fidelity import ClassifierFeatureDistance, RetainFidelity, load_lpips, psnr
+from .images import image_files, load_images
+from .original_answers import recorded_hashes
 from .protocols import Protocol, ProtocolError
 from .worlds import world_of
 
@@ -75,7 +88,6 @@ def _prepare_fidelity(judging: Judging, opt) -> None:
     classifier-feature distance."""
     if not getattr(opt, "fidelity", True):
         return
-    from .fidelity import ClassifierFeatureDistance, load_lpips
 
     if getattr(opt, "lpips_weights", None):
         judging.distance = load_lpips(opt.lpips_weights, getattr(opt, "lpips_net", "alex"), opt.device)
@@ -89,7 +101,6 @@ def _prepare_clip(judging: Judging, opt) -> None:
     world = world_of(judging.protocol)
     if judging.protocol.template is None or not ((world is not None and world.clip is not None) or opt.clip):
         return
-    from .clip_alignment import CLIPAlignment, load_open_clip
 
     if opt.clip:
         model, tok = load_open_clip(opt.clip, opt.clip_weights, opt.device)
@@ -114,8 +125,6 @@ def _prepare_fid(judging: Judging, opt) -> None:
     if not (opt.fid_weights and opt.fid_reference):
         judging.fid_note = "standard-Inception FID needs --fid-weights and --fid-reference (not given)"
         return
-    from .fid import check_inception_weights
-    from .images import image_files
 
     check_inception_weights(opt.fid_weights)
     root = Path(opt.fid_reference)
@@ -143,14 +152,6 @@ def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, 
     """The world's real images of every (style, object) pair but the target's, ``len(seeds)`` per pair (fresh
     renders on canvas-mini), in the classifiers' feature space and, with the world's CLIP loaded, in its embedding
     space (made once for both)."""
-    from .fid import (
-        ClassifierFeatures,
-        CLIPFeatures,
-        load_or_compute_reference,
-        make_fid,
-        module_fingerprint,
-        stats_key,
-    )
 
     protocol = judging.protocol
     spaces = [ClassifierFeatures(judging.judges["style"], judging.judges["object"])]
@@ -204,8 +205,6 @@ def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, 
 def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
     """Standard-Inception FID against a folder of real images; paths with a component named
     after the target are left out."""
-    from .fid import load_or_compute_reference, make_fid, stats_key
-    from .images import image_files, load_images
 
     root, weights, r = Path(judging.fid_reference), Path(judging.fid_weights), judging.protocol.resolution
     files = image_files(root, recursive=True, exclude=target)
@@ -270,8 +269,6 @@ def score_answer_set(
 ) -> Scores:
     """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, judge
     confidence, CLIP and FID; with ``original`` (the original model's answer set), retain fidelity too."""
-    from .fidelity import RetainFidelity
-    from .original_answers import recorded_hashes
 
     protocol, t0 = judging.protocol, time.time()
     metrics = {a.name: make_axis_metric(a) for a in protocol.axes}
@@ -314,7 +311,6 @@ def _fidelity_entry(judging: Judging, metric) -> dict:
 
 def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids: list, fidelity: list) -> dict:
     """One target's numbers: UA / IRA / CRA, the judges' confidence beside them, CLIP, FID(s), retain fidelity."""
-    from .concept_accuracy import axis_scores
 
     protocol, (name, kind) = judging.protocol, judging.targets[i]
     nulls = {a.name: a.null_class for a in protocol.axes}
@@ -347,8 +343,6 @@ def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids
 def _fidelity_batch(judging: Judging, batch, original: Path, fidelity: list, hashes: dict | None) -> float:
     """Compare one batch of erased images with the original's images of the same entries (each checked against the
     cache's recorded hash as it is read); returns its seconds."""
-    from .answer_set import read_images
-    from .fidelity import psnr
 
     t0 = time.time()
     ref = read_images(original, batch.entries, judging.protocol.resolution, hashes)

@@ -43,7 +43,8 @@ from typing import Callable, ClassVar
 import torch
 
 from ..components import model_device, model_root
-from ..diffusion import alphas_cumprod, encode_prompts, noisy
+from ..data import generations, load_captioned_images
+from ..diffusion import alphas_cumprod, encode_images, encode_prompts, noisy
 from ..errors import EraseError
 from ..registry import check_options, option, register_method
 from ..selection import ParamSelection
@@ -221,7 +222,6 @@ class MACE(UCE):
         """Per concept: the latents of its images in ``concept_images`` with their prompt indices and masks, or else
         ``lora_images`` latents of the original model (its forget prompts in turn, then the next seed), their
         forget-prompt indices and no masks."""
-        from ..data import generations
 
         cfg, out = self.config, self._user_images(pipe, groups)
         for tokens, group in groups.items():
@@ -244,8 +244,6 @@ class MACE(UCE):
     def _user_images(self, pipe, groups: dict) -> dict[tuple[int, ...], tuple]:
         """``concept_images``, grouped by concept through their captions: {tokens: (latents, prompt indices, masks
         (N, 1, H, W); an image without a mask file weighs every pixel)}."""
-        from ..data import load_captioned_images
-        from ..diffusion import encode_images
 
         if not self.config.concept_images:
             return {}

@@ -39,6 +39,7 @@ from typing import ClassVar
 
 import torch
 
+from ..components import model_root
 from ..errors import EraseError
 from ..guides import Guides, unit
 from ..image_views import clip_views, embed_pair
@@ -228,7 +229,6 @@ class TextToUnlearn(Eraser):
         return r"^generator\."
 
     def setup(self, pipe) -> ParamSelection:
-        from ..components import model_root
 
         cfg, req = self.config, self.request
         if self.guides is None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.grid import image_grid, save_png
+
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
@@ -131,8 +133,6 @@ def save_attack_grid(out: Path, r: dict, max_rows: int = 50) -> None:
     """grid.png: per prompt, the original's image, the attacked model's plain image and the
     adversarial one (same seed)."""
     from PIL import Image
-
-    from eval.grid import image_grid, save_png
 
     rows, labels = [], []
     for i, rec in enumerate(r["records"][:max_rows]):

@@ -29,8 +29,14 @@ import torch
 from erase.errors import EraseError
 from erase.files import write_json_atomic, write_text_atomic, writing
 from erase.prompt_slots import MARKER, encode_slots, eos_states, slot_prompts
+from eval.answer_set import progress_bar
+from eval.classifiers import batched_logits
+from eval.generate import protocol_images, to_tensor
+from eval.grid import save_png
+from eval.run_folder import check_output_folder, claim_output_folder, run_identity
 
 from .base import Attack, AttackTask, check_prompts_fit, latents_of, original_images
+from .registry import make_attack
 from .report import attack_markdown, attack_summary, save_attack_grid
 
 COMMAND = "erase attack"
@@ -97,8 +103,6 @@ def attack_task(protocol, target: str, kind: str, judges: dict, options: AttackO
 @torch.no_grad()
 def judge_images(task: AttackTask, images: np.ndarray) -> list[dict]:
     """Each image's judged class, its probability, the target's probability, and success (judged as the target)."""
-    from eval.classifiers import batched_logits
-    from eval.generate import to_tensor
 
     probs = torch.softmax(batched_logits(task.judge, to_tensor(images)), -1)
     top = probs.argmax(-1)
@@ -117,7 +121,6 @@ def _generate(
     pipe, task: AttackTask, index: list[int], *, embeds: torch.Tensor | None = None, batch_size: int = 64
 ) -> np.ndarray:
     """The attacked model's images of prompts ``index`` at their own seeds (conditioned on ``embeds`` when given)."""
-    from eval.generate import protocol_images
 
     return protocol_images(
         pipe,
@@ -149,8 +152,6 @@ class frozen_model:
 
 def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
-
-    from eval.grid import save_png
 
     save_png(Image.fromarray(image), path)
 
@@ -186,7 +187,6 @@ def attack_identity(
 ) -> dict:
     """What makes two attack runs the same (the run.json of their folder): the model, the patch and its SHA-256, the
     protocol, the target, the attack with its whole config, the prompts attacked and how they start."""
-    from eval.run_folder import run_identity
 
     return {
         **run_identity(str(model_id), patch, protocol),
@@ -202,7 +202,6 @@ def attack_identity(
 
 def check_attack_folder(out: Path, identity: dict, resume: bool) -> None:
     """Refuse another run's folder, and this run's own folder without ``resume``; writes nothing."""
-    from eval.run_folder import check_output_folder
 
     check_output_folder(out, identity, COMMAND)
     if out.is_dir() and any(out.iterdir()) and not resume:
@@ -223,8 +222,6 @@ def run_attack(
     options: AttackOptions | None = None,
 ) -> dict:
     """Attack every prompt of ``task`` on ``pipe`` (the model under attack, patch applied) and write the results."""
-    from eval.answer_set import progress_bar
-    from eval.run_folder import claim_output_folder
 
     options = options or AttackOptions()
     out = Path(out_dir)
@@ -347,7 +344,6 @@ def _confirm(pipe, task: AttackTask, prompts, state: dict, options: AttackOption
     confirmed when at least half are judged as the target. Best-of-N judging at one seed lets luck count as
     success (a random prefix on a prompt without a style hits any style now and then); a confirmed success
     is a prompt that carries the concept."""
-    from eval.generate import protocol_images
 
     seeds = [CONFIRM_SEED_OFFSET + s for s in range(options.confirm_seeds)]
     out: list[dict | None] = [None] * len(task)
@@ -386,7 +382,6 @@ def attack_block(
 ) -> dict:
     """``erase eval --attack NAME``: the attack on every target (in
     ``out_dir/attack-NAME-KIND-TARGET``, resumable), summarised."""
-    from .registry import make_attack
 
     rows = []
     for target, kind in targets:

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from erase.files import write_json_atomic
+from eval.clip_alignment import clip_preprocess
+from eval.generate import generate, to_tensor
 
 from .assets import ASSETS_DIR, load_classifier, load_clip
 from .data import SEED_BASE, render_set
@@ -44,8 +46,6 @@ def clip_retrieval(model, tokenizer, images: torch.Tensor, labels: torch.Tensor)
     """Top-1 image-to-caption retrieval over all style x object captions."""
     import torch.nn.functional as F
 
-    from eval.clip_alignment import clip_preprocess
-
     captions = [caption(s, o) for s in STYLES for o in OBJECTS]
     txt = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
     img = F.normalize(model.encode_image(clip_preprocess(model, images)), dim=-1)
@@ -60,8 +60,6 @@ def run_check(
     progress: bool = True,
 ) -> dict:
     from diffusers import StableDiffusionPipeline
-
-    from eval.generate import generate, to_tensor
 
     assets = Path(assets)
     t0 = time.time()

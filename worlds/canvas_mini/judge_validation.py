@@ -21,6 +21,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from eval.fidelity import ClassifierFeatureDistance, psnr
+from worlds.canvas_mini import load_classifier
+from worlds.canvas_mini.render import render
+from worlds.canvas_mini.world import OBJECTS, STYLES
+
 STRENGTHS = (0, 1, 2, 3)
 VALIDATION_SEED = 950_000  # renderer seeds no trainer or evaluation uses (held-out renders)
 
@@ -48,8 +53,6 @@ DEGRADATIONS = {"blur": _blur, "texture": _texture, "palette": _palette}
 
 def held_out_renders(per_pair: int = 1, objects: int = 4) -> tuple[list[Image.Image], torch.Tensor]:
     """Renders of every style with the first ``objects`` objects, and their style labels."""
-    from worlds.canvas_mini.render import render
-    from worlds.canvas_mini.world import OBJECTS, STYLES
 
     images, labels = [], []
     for si, style in enumerate(STYLES):
@@ -72,8 +75,6 @@ def _tensor(images: list[Image.Image]) -> torch.Tensor:
 @torch.no_grad()
 def measure(per_pair: int = 1, objects: int = 4) -> dict:
     """{degradation: [{strength, psnr, perceptual, accuracy, confidence}, ...]} on held-out renders."""
-    from eval.fidelity import ClassifierFeatureDistance, psnr
-    from worlds.canvas_mini import load_classifier
 
     style, obj = (load_classifier(k).for_inference() for k in ("style", "object"))
     distance = ClassifierFeatureDistance(style, obj)

@@ -35,6 +35,7 @@ from worlds.staged_build import (
 )
 
 from .assets import ASSETS_DIR, save_classifier
+from .check import run_check
 from .data import AugmentConfig, RenderSet, augment, render_set
 from .models import (
     CLIP_CONFIG,
@@ -353,7 +354,6 @@ class Builder(StagedBuild):
         replace_dir(tmp, self.out / "pipeline")
 
     def stage_check(self) -> None:
-        from .check import run_check
 
         run_check(self.out, progress=True)  # writes quality.json, which write_recipe folds in
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from erase.errors import EraseError
 from erase.locations import world_dir
+from worlds.canvas_mini.assets import load_clip
 
 from .models import AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig
 
@@ -75,7 +76,6 @@ def load_judge(name: str, folder: str | Path | None = None, device: str | torch.
 def load_faces_clip(which: str = "clip-judge", folder: str | Path | None = None, device: str | torch.device = "cpu"):
     """One of the two tiny CLIPs: ``clip-guide`` (the method's) or ``clip-judge`` (evaluation only); ``folder``
     defaults to the shipped one."""
-    from worlds.canvas_mini.assets import load_clip
 
     if which not in CLIPS:
         raise FacesAssetError(f"unknown faces-mini CLIP {which!r}; choose one of: {', '.join(CLIPS)}")

@@ -24,9 +24,14 @@ import numpy as np
 import torch
 
 from erase.files import write_json_atomic
+from eval.clip_alignment import CLIPAlignment
+from eval.fid import frechet_distance
+from eval.grid import save_png
+from pipelines.stylegan import StyleGANPipeline
 
+from .assets import ASSETS_DIR, load_faces_clip, load_judge
 from .render import render_set
-from .world import BINARY, HEADS, SEED_BASE
+from .world import BINARY, CONCEPTS, HEADS, NEGATED_PHRASES, SEED_BASE, concept_rate_label
 
 CHECK_RENDERS = 4000
 # the generator's bars (issue 25): every attribute's rate within 8 points of the data's, and confident samples (max
@@ -88,7 +93,6 @@ def fd_reference(
     ``judge``'s feature space; ``floor`` is the same distance for ``n_floor`` other renders (what a perfect
     generator would score with that many samples). With ``without`` (a concept) both sets hold only renders that
     lack it, so that a generator which no longer draws the concept is compared with the world it should now be."""
-    from eval.fid import frechet_distance
 
     if real is None:
         real = renders_without(without, CHECK_RENDERS, SEED_BASE["check"], progress)
@@ -104,7 +108,6 @@ def fd_reference(
 def renders_without(concept: str | None, n: int, first_seed: int, progress: bool = False) -> torch.Tensor:
     """``n`` float renders in [0, 1] that lack ``concept`` (the first such seeds from ``first_seed`` on); with no
     concept, the renders of seeds first_seed .. first_seed + n - 1."""
-    from .world import concept_rate_label
 
     if concept is None:
         return render_set(n, first_seed, progress=progress)[0].float() / 255
@@ -119,17 +122,12 @@ def renders_without(concept: str | None, n: int, first_seed: int, progress: bool
 
 
 def generator_samples(out: Path, n: int) -> torch.Tensor:
-    from pipelines.stylegan import StyleGANPipeline
 
     pipe = StyleGANPipeline.from_pretrained(out / "generator")
     return pipe(seeds=list(range(n)), truncation_psi=1.0, output_type="pt")
 
 
 def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> dict[str, float]:
-    from eval.clip_alignment import CLIPAlignment
-
-    from .assets import load_faces_clip
-    from .world import CONCEPTS, NEGATED_PHRASES
 
     model, tokenizer = load_faces_clip(which, folder)
     scorer = CLIPAlignment(model, tokenizer)
@@ -144,7 +142,6 @@ def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> d
 
 
 def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool = False) -> dict:
-    from .assets import load_judge
 
     n = recipe.check_samples if recipe is not None else 1000
     images, labels = render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)
@@ -208,8 +205,6 @@ def sample_grid(out: Path, path: Path, n: int = 48, per_row: int = 16) -> Path:
     """Generator samples (seeds 0..n-1, truncation 1) above a row of renders, 3x nearest-neighbour upscaled."""
     from PIL import Image
 
-    from eval.grid import save_png
-
     fake = generator_samples(out, n)
     real = render_set(per_row, SEED_BASE["check"])[0].float() / 255
     rows = [torch.cat(list(x.permute(0, 2, 3, 1)), dim=1) for x in (*fake.split(per_row), real)]
@@ -218,7 +213,6 @@ def sample_grid(out: Path, path: Path, n: int = 48, per_row: int = 16) -> Path:
 
 
 def main(argv=None) -> None:
-    from .assets import ASSETS_DIR
 
     p = argparse.ArgumentParser(description="measure the faces-mini artefacts (writes quality.json)")
     p.add_argument("--out", default=str(ASSETS_DIR))

@@ -18,10 +18,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pipelines.stylegan import Discriminator, Generator, StyleGANConfig, StyleGANPipeline
+
+from .assets import load_judge
+from .check import confident_mask, judge_all, rates
+
 
 def gan_config(recipe, part: str = "generator"):
     """The StyleGAN config of the generator, or of the discriminator (the generator's but for its own widths)."""
-    from pipelines.stylegan import StyleGANConfig
 
     cfg = dict(recipe.gan)
     channels = recipe.gan_d_channels if part == "discriminator" and recipe.gan_d_channels else cfg["channels"]
@@ -45,7 +49,6 @@ def _reals(images: torch.Tensor, idx: torch.Tensor, g: torch.Generator, device) 
 
 def attribute_probe(generator, judge, target_rates: dict, n: int = 500, seed: int = 123_456) -> dict:
     """Rates of the binary attributes and hair colours on ``n`` samples at truncation 1 vs the data's."""
-    from .check import confident_mask, judge_all, rates
 
     with torch.no_grad():
         z = torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(seed))
@@ -63,10 +66,6 @@ def attribute_probe(generator, judge, target_rates: dict, n: int = 500, seed: in
 
 
 def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out: Path, device: torch.device) -> None:
-    from pipelines.stylegan import Discriminator, Generator, StyleGANPipeline
-
-    from .assets import load_judge
-    from .check import rates
 
     g = torch.Generator().manual_seed(recipe.seed + 60)
     torch.manual_seed(recipe.seed + 60)

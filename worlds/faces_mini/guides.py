@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
+from erase.data import model_identity
 from erase.guides import Guides, unit
+from eval.clip_alignment import clip_preprocess
+
+from .assets import ASSETS_DIR, load_faces_clip, load_judge
+from .models import AttributeClassifier, AttributeClassifierConfig, perceptual_distance
+from .world import HEADS, concept_rate_label
 
 RANDOM_TRUNK_SEED = 1234
 JUDGE_ASSETS = ("classifier", "classifier_b", "identity", "clip-judge")  # the evaluation's networks: never a guide
@@ -31,9 +37,6 @@ GUIDE_ASSETS = ("clip-guide", "guide-classifier", "guide-identity")
 def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> tuple:
     """(image -> unit embedding, texts -> unit embedding, content digest) of one of the faces-mini CLIPs,
     differentiable in the images."""
-    from eval.clip_alignment import clip_preprocess
-
-    from .assets import load_faces_clip
 
     model, tokenizer = load_faces_clip(which, folder, device=device)
     model.requires_grad_(False)
@@ -49,16 +52,12 @@ def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> 
 
 
 def _digest(net) -> str:
-    from erase.data import model_identity
 
     return model_identity(net)[:16]
 
 
 def faces_mini_guides(assets: Path | None = None, device: str = "cpu") -> Guides:
     """Text-to-Unlearn's guides on faces-mini: none of them is a network the evaluation uses."""
-    from .assets import ASSETS_DIR, load_judge
-    from .models import AttributeClassifier, AttributeClassifierConfig, perceptual_distance
-    from .world import HEADS, concept_rate_label
 
     root = Path(assets) if assets is not None else ASSETS_DIR
     image, text, clip_digest = clip_guides("clip-guide", root / "clip-guide", device)
@@ -110,7 +109,6 @@ def faces_mini_guides(assets: Path | None = None, device: str = "cpu") -> Guides
 def evaluation_guides(assets: Path | None = None, device: str = "cpu") -> Guides:
     """What the evaluation's own mapper needs (it asks for the target with an edit the method never saw): the
     held-out ``clip-judge`` and the evaluation's identity embedder. Never handed to a method."""
-    from .assets import ASSETS_DIR, load_judge
 
     root = Path(assets) if assets is not None else ASSETS_DIR
     image, text, clip_digest = clip_guides("clip-judge", root / "clip-judge", device)

@@ -16,6 +16,9 @@ from functools import lru_cache
 
 import torch
 
+from .render import render_set
+from .world import SEED_BASE
+
 LEVELS = 32  # quantisation of each channel (cells of 8 / 255)
 TOLERANCE = 2  # cells a colour may stray, in every channel, from the nearest rendered colour (about 0.06 of the range)
 PALETTE_RENDERS = 4000
@@ -25,8 +28,6 @@ PALETTE_RENDERS = 4000
 def world_palette(n: int = PALETTE_RENDERS, tolerance: int = TOLERANCE) -> torch.Tensor:
     """(LEVELS, LEVELS, LEVELS) booleans: the colour cells within ``tolerance`` cells of a colour that ``n`` renders
     (the palette seed range) contain."""
-    from .render import render_set
-    from .world import SEED_BASE
 
     images, _ = render_set(n, SEED_BASE["palette"])
     occupied = torch.zeros(LEVELS**3)

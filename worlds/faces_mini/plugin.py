@@ -7,6 +7,8 @@ from eval.protocols import Axis, Protocol
 from eval.worlds import World
 
 from .assets import GENERATOR_DIR
+from .guides import faces_mini_guides
+from .report import evaluate_faces
 from .world import BINARY, CONCEPTS, HEAD_CLASSES, RESOLUTION
 
 
@@ -25,7 +27,6 @@ def protocol() -> Protocol:
 
 
 def evaluate(*args, **kwargs) -> dict:
-    from .report import evaluate_faces
 
     return evaluate_faces(*args, **kwargs)
 
@@ -40,7 +41,6 @@ def summary(r: dict) -> str:
 
 
 def guides(*args, **kwargs):
-    from .guides import faces_mini_guides
 
     return faces_mini_guides(*args, **kwargs)
 

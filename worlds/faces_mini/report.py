@@ -28,9 +28,18 @@ import torch
 
 from erase.files import write_json_atomic, write_text_atomic
 from erase.latent_mapper import MapperSettings, edit, to_images, to_wplus, train_mapper
+from erase.patch import applied_patches, patches_disabled
 from eval.fidelity import psnr
+from eval.grid import save_png
 from eval.protocols import Protocol
 from eval.report import claim_output_folder, run_identity, versions
+
+from .assets import ASSETS_DIR, load_judge
+from .check import CHECK_RENDERS, fd_reference, judge_all
+from .guides import evaluation_guides
+from .models import perceptual_distance
+from .palette import palette_drift
+from .world import HEAD_CLASSES, concept_rate_label
 
 EDIT_SCALE = 0.1
 # StyleCLIP's settings, with two shifted / flipped views per edit so that the mapper cannot fool the CLIP with pixel
@@ -48,7 +57,6 @@ def _render(generator, wplus: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """{head: {class name: rate in [0, 1]}} from argmax predictions."""
-    from .world import HEAD_CLASSES
 
     return {
         head: {label: float(p.argmax(1).eq(k).float().mean()) for k, label in enumerate(HEAD_CLASSES[head])}
@@ -57,7 +65,6 @@ def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
 
 
 def _target_rate(rates: dict, target: str) -> float:
-    from .world import HEAD_CLASSES, concept_rate_label
 
     head, cls = concept_rate_label(target)
     return rates[head][HEAD_CLASSES[head][cls]]
@@ -92,14 +99,6 @@ def evaluate_faces(
 ) -> dict:
     """Evaluate ``pipe`` (a StyleGANPipeline, optionally patched) for one erased target; writes
     report.json / .md / grid.png."""
-    from erase.patch import applied_patches, patches_disabled
-
-    from .assets import ASSETS_DIR, load_judge
-    from .check import CHECK_RENDERS, fd_reference, judge_all
-    from .guides import evaluation_guides
-    from .models import perceptual_distance
-    from .palette import palette_drift
-    from .world import concept_rate_label
 
     protocol.check_target(target, kind)
     root = Path(assets) if assets is not None else ASSETS_DIR
@@ -225,8 +224,6 @@ def _grid(orig, model, orig_edit, model_edit, path: Path, n: int = 12) -> str:
     """Rows: original, model, original asked for the target, model asked for the target;
     the same seeds in each column."""
     from PIL import Image
-
-    from eval.grid import save_png
 
     rows = [torch.cat(list(x[:n].permute(0, 2, 3, 1)), dim=1) for x in (orig, model, orig_edit, model_edit)]
     arr = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)

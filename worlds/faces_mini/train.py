@@ -33,6 +33,9 @@ from worlds.staged_build import (
     set_recipe_fields_or_exit,
 )
 
+from .assets import ASSETS_DIR, save_module
+from .check import run_check
+from .gan_training import train_generator
 from .models import (
     CLIP_MODELS,
     AttributeClassifier,
@@ -40,7 +43,8 @@ from .models import (
     IdentityEmbedder,
     IdentityEmbedderConfig,
 )
-from .world import HEADS, IDENTITY_NAMES, SEED_BASE, hard_negative_captions, sample_spec
+from .render import render_set, world_digest
+from .world import HEADS, IDENTITY_NAMES, SEED_BASE, geometry_vector, hard_negative_captions, sample_spec
 
 
 @dataclass
@@ -108,8 +112,6 @@ class Builder(StagedBuild):
         """(uint8 images, labels, seeds) of ``n`` renders from ``use``'s seed range, cached in the work folder."""
         from safetensors.torch import load_file, save_file
 
-        from .render import render_set, world_digest
-
         path = self.work / f"renders_{use}_{n}_{world_digest()}.safetensors"  # a changed world renders afresh
         if path.exists():
             d = load_file(str(path))
@@ -125,7 +127,6 @@ class Builder(StagedBuild):
 
     # -- judges ------------------------------------------------------------------------------------------
     def _train_classifier(self, name: str, aug: AugmentConfig, channels, seed: int, use: str) -> None:
-        from .assets import save_module
 
         g = seed_all(seed)
         images, labels, _ = self.renders(use, self.r.judge_renders)
@@ -172,8 +173,6 @@ class Builder(StagedBuild):
         self._train_identity("guide-identity", self.r.guide_identity_channels, self.r.seed + 70, "guide")
 
     def _train_identity(self, name: str, channels, seed: int, use: str) -> None:
-        from .assets import save_module
-        from .world import geometry_vector
 
         g = seed_all(seed)
         images, labels, seeds = self.renders(use, self.r.judge_renders)
@@ -240,13 +239,11 @@ class Builder(StagedBuild):
 
     # -- generator ---------------------------------------------------------------------------------------
     def stage_generator(self) -> None:
-        from .gan_training import train_generator
 
         images, labels, _ = self.renders("generator", self.r.gan_renders)
         train_generator(self.r, images, labels, self.work, self.out / "generator", self.device)
 
     def stage_check(self) -> None:
-        from .check import run_check
 
         run_check(self.out, self.work, self.r, progress=True)
 
@@ -268,7 +265,6 @@ STAGES = [
 
 
 def main(argv=None) -> None:
-    from .assets import ASSETS_DIR
 
     p = build_parser(
         "Rebuild the faces-mini artefacts (StyleGAN2 generator, judges, two tiny CLIPs).",
