@@ -1,5 +1,5 @@
 """Packaging beyond pyproject.toml: the shipped ``assets/`` tree (presets, templates, the mini worlds' models) travels
-in the wheel as package data of ``erase._assets``, so an installed erasekit finds them (``erase.locations``)."""
+in the wheel as package data of ``erase._assets``, so an installed erasekit finds them (``erase.core.locations``)."""
 
 from setuptools import find_packages, setup
 

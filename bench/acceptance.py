@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from erase.locations import templates_dir
+from erase.core.locations import templates_dir
 
 DEFAULT_TARGETS = "style:Watercolor,style:Pop_Art,style:Rust,object:Birds,object:Towers"
 
@@ -53,7 +53,7 @@ def run_acceptance(
     ood_seeds: int = 0,
 ) -> dict:
     from erase.api import erase_concept
-    from erase.request import EraseRequest
+    from erase.core.request import EraseRequest
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
     from pipelines.stable_diffusion import apply_patch, load_pipeline, remove_patch

@@ -25,8 +25,8 @@ METHODS = ["uce", "rece", "concept_ablation", "doco", "esd", "salun"]
 
 def erase_once(pipe, protocol, method: str, target: str, kind: str, folder: Path, preset: str = "canvas-mini"):
     from erase.api import erase_concept
-    from erase.patch import ErasurePatch
-    from erase.request import EraseRequest
+    from erase.core.patch import ErasurePatch
+    from erase.core.request import EraseRequest
     from worlds.canvas_mini import PIPELINE_DIR
 
     if (folder / "erasure_patch.safetensors").is_file():
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from erase.patch import apply_patch, remove_patch
+    from erase.core.patch import apply_patch, remove_patch
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erase.files import write_json_atomic, write_text_atomic
+from erase.core.files import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -200,7 +200,7 @@ def job_method(spec: str, kind: str, out: Path, threads: int) -> dict:
     UA and the gold probe per patch."""
     from erase.batch import read_manifest
     from erase.cli import main as erase_main
-    from erase.patch import ErasurePatch
+    from erase.core.patch import ErasurePatch
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import apply_patch, load_pipeline, remove_patch
@@ -618,7 +618,7 @@ def update_readme(table: str, readme: Path = ROOT / "README.md") -> bool:
 
 
 def main(argv=None) -> int:
-    from erase.registry import list_methods
+    from erase.core.registry import list_methods
 
     p = argparse.ArgumentParser(
         description=(

@@ -92,9 +92,9 @@ def run_one(
     seeds: int | None = None,
 ) -> dict:
     from erase.api import erase_concept
-    from erase.errors import EraseError
-    from erase.patch import apply_patch
-    from erase.request import EraseRequest
+    from erase.core.errors import EraseError
+    from erase.core.patch import apply_patch
+    from erase.core.request import EraseRequest
     from eval.protocols import load_protocol
     from pipelines.stylegan import StyleGANPipeline
     from worlds.faces_mini.assets import GENERATOR_DIR
@@ -202,7 +202,7 @@ def _at_least(value: float | None, bar: float) -> bool | None:
 
 
 def _saved(path: Path, row: dict) -> dict:
-    from erase.files import write_json_atomic
+    from erase.core.files import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, row)
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     if args.no_write:
         return 0
-    from erase.files import write_json_atomic
+    from erase.core.files import write_json_atomic
 
     Path(args.results).mkdir(parents=True, exist_ok=True)
     write_json_atomic(

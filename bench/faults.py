@@ -122,7 +122,7 @@ def kill_resume(root: Path, kills: int = 5, seed: int = 0) -> dict:
 
 def manifest_timing(root: Path, jobs: int = 20, megabytes: int = 60) -> dict:
     from erase.batch import JOB_FILE, write_manifest
-    from erase.files import file_sha256, write_json_atomic
+    from erase.core.files import file_sha256, write_json_atomic
 
     out = root / "manifest"
     names = [f"concept_{i:02d}" for i in range(jobs)]

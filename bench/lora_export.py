@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from erase.files import write_json_atomic, write_text_atomic
+from erase.core.files import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -61,9 +61,9 @@ def patch_folder(method: str, style: str, patches: Path, work: Path) -> Path:
 def main(argv=None) -> int:
     import torch
 
+    from erase.core.patch import ErasurePatch
+    from erase.core.registry import list_methods
     from erase.export import export_lora
-    from erase.patch import ErasurePatch
-    from erase.registry import list_methods
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline
 

@@ -73,7 +73,7 @@ WORK = Path("runs/bench/many")
 
 def _method_preset(entry: str) -> tuple[str, str | None]:
     """``method@preset``, or a method with its ``canvas-mini`` preset where it has one (else its defaults)."""
-    from erase.locations import preset_dir
+    from erase.core.locations import preset_dir
 
     method, _, preset = entry.partition("@")
     return method, preset or ("canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None)
@@ -97,8 +97,8 @@ def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Pat
     """The list's patch (made once, then reused) and its erase seconds."""
     from erase.api import erase_concept
     from erase.batch import joint_request
-    from erase.patch import ErasurePatch
-    from erase.request import EraseRequest
+    from erase.core.patch import ErasurePatch
+    from erase.core.request import EraseRequest
 
     if (folder / "erasure_config.json").is_file():
         patch = ErasurePatch.from_pretrained(folder)
@@ -123,7 +123,7 @@ def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Pat
 def measure(pipe, protocol, judges, patches: list, targets: list[tuple[str, str]], folder: Path) -> dict:
     """Apply ``patches`` together, evaluate the list, attack each erased style; the model is left unpatched."""
     from bench.attacks import attack_once
-    from erase.patch import apply_patch, remove_patch
+    from erase.core.patch import apply_patch, remove_patch
     from eval.report import EvalOptions, evaluate
 
     for k, p in enumerate(patches):
@@ -385,8 +385,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from erase.files import write_text_atomic
-    from erase.threads import default_threads
+    from erase.core.files import write_text_atomic
+    from erase.core.threads import default_threads
 
     torch.set_num_threads(default_threads())
     out = Path(args.out)

@@ -64,8 +64,8 @@ def bench_eval(out: Path) -> dict:
 def bench_eval_fidelity(out: Path) -> dict:
     """Seconds of a patched evaluation (full protocol, FID included) with and without retain fidelity, the original's
     answer set cached beforehand; the patch is a small random K/V change, so every retained image differs."""
-    from erase.components import named_parameters
-    from erase.patch import ErasurePatch, apply_patch, fingerprint
+    from erase.core.components import named_parameters
+    from erase.core.patch import ErasurePatch, apply_patch, fingerprint
     from eval.original_answers import original_answer_set
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate
@@ -241,7 +241,7 @@ def _best_of(fn, reps: int):
 
 def bench_erase(out: Path) -> dict:
     from erase.api import erase_concept
-    from erase.request import EraseRequest
+    from erase.core.request import EraseRequest
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline
     from worlds.canvas_mini import PIPELINE_DIR
@@ -271,8 +271,8 @@ def bench_erase(out: Path) -> dict:
 def applied_patch_memory(patch, pipeline_dir) -> dict:
     """What an applied patch keeps in memory to be removable bit for bit, per load dtype: the bytes of the
     originals the old apply cloned (every touched tensor, whole) vs what apply keeps now."""
-    from erase.components import named_parameters
-    from erase.patch import apply_patch, remove_patch, restore_bytes
+    from erase.core.components import named_parameters
+    from erase.core.patch import apply_patch, remove_patch, restore_bytes
     from pipelines.stable_diffusion import load_pipeline
 
     out = {}
@@ -347,7 +347,7 @@ def _score_and_report(folder: str, n_seeds: int, threads: int) -> None:
     os.environ["ERASEKIT_CACHE"] = tempfile.mkdtemp(
         prefix="bench-evalmem-cache-"
     )  # reference computed (streamed) every time
-    from erase.memory import proc_status_bytes
+    from erase.core.memory import proc_status_bytes
     from eval.protocols import load_protocol
     from eval.report import EvalOptions
     from eval.scoring import prepare_judging, score_answer_set
@@ -400,7 +400,7 @@ def main(argv=None) -> None:
         results[name] = BENCHES[name](out)
         print(f"{name:9s} {json.dumps(results[name])}")
     (out / "bench.json").write_text(json.dumps(results, indent=2))
-    from erase.files import write_json_atomic
+    from erase.core.files import write_json_atomic
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     write_json_atomic(

@@ -98,7 +98,7 @@ def build_pipeline(shape: str = "sd15", seed: int = 0, device: str = "cpu", dtyp
 
 
 def request():
-    from erase.request import EraseRequest
+    from erase.core.request import EraseRequest
 
     return EraseRequest(
         concept="Van Gogh",
@@ -112,7 +112,7 @@ def request():
 
 def bench_overrides(method: str, steps: int, batch: int, sample_steps: int) -> dict:
     """Fixed steps, ``batch`` images per step, and the least sampling a method's data needs."""
-    from erase.registry import get_method
+    from erase.core.registry import get_method
 
     known = {f.name: f.default for f in fields(get_method(method).config_cls)}
     if known.get("steps") == 0:  # closed form (UCE): no training steps to fix
@@ -153,7 +153,7 @@ def run_one(
 ) -> dict:
     """One erasure in this process; returns time per step, peak memory and patch size."""
     from erase.api import erase_concept
-    from erase.memory import peak_memory_bytes
+    from erase.core.memory import peak_memory_bytes
 
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     t0 = time.time()
@@ -204,7 +204,7 @@ def run_one(
 
 def run_isolated(method: str, args) -> dict:
     """``run_one`` in a child process, stopped when its RSS passes ``--max-rss-gb``."""
-    from erase.memory import proc_status_bytes
+    from erase.core.memory import proc_status_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
@@ -262,7 +262,7 @@ def run_isolated(method: str, args) -> dict:
 
 
 def main(argv=None) -> int:
-    from erase.registry import list_methods
+    from erase.core.registry import list_methods
 
     p = argparse.ArgumentParser(description="erasure cost of every method at SD v1.5 scale (random weights)")
     p.add_argument("--methods", default="all")
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
         args.out
         or ROOT / "bench" / "results" / f"sd15_shape-{args.shape}-{args.device.split(':')[0]}-{args.dtype}.json"
     )
-    from erase.files import write_json_atomic
+    from erase.core.files import write_json_atomic
 
     settings = {
         "shape": args.shape,

@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .components import model_device
-from .errors import EraseError
-from .files import check_writable, file_sha256, hold_folder, read_json_object, write_json_atomic
-from .locations import preset_dir
-from .loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
-from .memory import peak_memory_bytes
-from .patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
-from .registry import coerce_value, get_method
-from .request import EraseRequest
+from .core.components import model_device
+from .core.errors import EraseError
+from .core.files import check_writable, file_sha256, hold_folder, read_json_object, write_json_atomic
+from .core.locations import preset_dir
+from .core.loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
+from .core.memory import peak_memory_bytes
+from .core.patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
+from .core.registry import coerce_value, get_method
+from .core.request import EraseRequest
 
 RESOLVED_FILE = "resolved_config.json"
 

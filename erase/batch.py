@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .api import erase_concept
-from .errors import EraseError
-from .files import file_sha256, write_json_atomic
-from .request import EraseRequest
+from .core.errors import EraseError
+from .core.files import file_sha256, write_json_atomic
+from .core.request import EraseRequest
 
 BATCH_FILE = "batch.json"
 MANIFEST = "manifest.jsonl"

@@ -108,13 +108,13 @@ def main(argv=None) -> int:
 def run_demo(args) -> int:
     """Evaluate the original, erase with SalUn, evaluate the erased model, write the report
     and the grid; 0 on success."""
-    from erase.threads import default_threads
+    from erase.core.threads import default_threads
 
     torch.set_num_threads(args.threads or default_threads())
 
     from erase.api import erase_concept
-    from erase.errors import EraseError
-    from erase.request import EraseRequest
+    from erase.core.errors import EraseError
+    from erase.core.request import EraseRequest
     from eval.grid import compare_grid, save_png
     from eval.protocols import load_protocol
     from eval.report import EvalOptions, evaluate

@@ -19,8 +19,8 @@ from eval.generate import protocol_images, to_tensor
 from pipelines.lora import check_loraable, rank_for_energy, save_lora, spectra
 from pipelines.stable_diffusion import apply_patch, remove_patch
 
-from .errors import EraseError
-from .patch import ErasurePatch
+from .core.errors import EraseError
+from .core.patch import ErasurePatch
 
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
 ADAPTER = "erasekit_probe"

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from erase.errors import EraseError
-from erase.files import file_sha256, write_text_atomic, writing
+from erase.core.errors import EraseError
+from erase.core.files import file_sha256, write_text_atomic, writing
 
 from .generate import generate, protocol_settings
 from .protocols import Protocol

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 
 from .protocols import Protocol
 from .worlds import world_names, world_of

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 
 # How the CLIP score is scaled, stated next to every value in a report.
 CLIP_SCORE_SCALE = "100 * max(cosine(image, prompt), 0): cosine x 100, negatives clamped to 0 (range 0-100)"

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from erase.cache import cached_tensors
-from erase.errors import EraseError
+from erase.core.cache import cached_tensors
+from erase.core.errors import EraseError
 
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 

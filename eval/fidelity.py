@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 
 PSNR_CAP = 100.0
 

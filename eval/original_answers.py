@@ -16,10 +16,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from erase.cache import entry_lock
-from erase.data import cache_dir, model_identity
-from erase.files import file_sha256, write_text_atomic
-from erase.patch import applied_patches, patches_disabled
+from erase.core.cache import entry_lock
+from erase.core.data import cache_dir, model_identity
+from erase.core.files import file_sha256, write_text_atomic
+from erase.core.patch import applied_patches, patches_disabled
 
 from .answer_set import check_answer_set, generate_answer_set, image_hashes
 

@@ -26,7 +26,7 @@ import string
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 
 from .samplers import SAMPLERS
 from .worlds import get_world, world_names

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from erase import __version__
-from erase.files import hold_folder, write_json_atomic, write_text_atomic
-from erase.patch import applied_patches
+from erase.core.files import hold_folder, write_json_atomic, write_text_atomic
+from erase.core.patch import applied_patches
 
 from .answer_set import check_answer_set, generate_answer_set, read_images
 from .concept_accuracy import list_scores, macro_average, null_class_rule

@@ -9,8 +9,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from erase.errors import EraseError
-from erase.files import file_sha256
+from erase.core.errors import EraseError
+from erase.core.files import file_sha256
 
 from .protocols import Protocol
 

@@ -30,7 +30,7 @@ def scheduler_class(name: str):
     import diffusers
 
     if name not in SAMPLERS:
-        from erase.errors import EraseError
+        from erase.core.errors import EraseError
 
         raise EraseError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
     return getattr(diffusers, SAMPLERS[name])

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erase.data import cache_dir
+from erase.core.data import cache_dir
 
 from .answer_set import iter_answer_set, progress_bar, read_images
 from .axis_metrics import check_axis_metrics, make_axis_metric

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 
 BUILTIN = {"canvas-mini": "worlds.canvas_mini.plugin", "faces-mini": "worlds.faces_mini.plugin"}
 ENTRY_POINTS = "erasekit.worlds"

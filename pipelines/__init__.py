@@ -18,7 +18,7 @@ def is_stylegan(model: str | Path) -> bool:
 def load_model(model: str | Path, *, device: str = "cpu", dtype=None, xformers: bool = False):
     """A StyleGANPipeline for a StyleGAN folder, else a diffusers StableDiffusionPipeline (see ``load_pipeline``);
     shipped models load by name (``canvas-mini``, ``faces-mini``)."""
-    from erase.locations import resolve_model
+    from erase.core.locations import resolve_model
 
     model = resolve_model(model)
     if Path(model).suffix.lower() in (

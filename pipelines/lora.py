@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from erase.errors import EraseError
-from erase.patch import ErasurePatch
+from erase.core.errors import EraseError
+from erase.core.patch import ErasurePatch
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 INFO_FILE = "erasekit_lora.json"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from erase.components import named_parameters
-from erase.errors import EraseError
-from erase.files import swap_dir, writing
-from erase.locations import resolve_model
-from erase.patch import applied_patches, apply_patch, remove_patch, set_patch_scale
+from erase.core.components import named_parameters
+from erase.core.errors import EraseError
+from erase.core.files import swap_dir, writing
+from erase.core.locations import resolve_model
+from erase.core.patch import applied_patches, apply_patch, remove_patch, set_patch_scale
 
 
 class PipelineLoadError(EraseError):
@@ -122,7 +122,7 @@ def _from_pretrained(model: str, path: Path, kwargs: dict, local_files_only: boo
 # ---------------------------------------------------------------------------
 # Erasure patches on a pipeline. The surface mirrors diffusers' LoRA API: apply (load + fuse with a
 # scale), set_patch_scale, remove (exact unfuse + unload), save_erased. Apply / remove work on any
-# model and live with the patch format (erase.patch); they are re-exported here for pipeline users.
+# model and live with the patch format (erase.core.patch); they are re-exported here for pipeline users.
 
 __all__ = [
     "load_pipeline",

@@ -1,4 +1,4 @@
-"""AdvUnlearn-style adversarial training (erase.adversarial, Concept Ablation's adversarial_steps): the
+"""AdvUnlearn-style adversarial training (erase.core.adversarial, Concept Ablation's adversarial_steps): the
 inner attack moves only its own vectors and lowers its own loss, the outer step ablates at what it found,
 and a run resumes bit for bit."""
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from test_concept_ablation import TINY
 
-from erase.adversarial import AdversarialPrefixes
 from erase.api import erase_concept
-from erase.diffusion import alphas_cumprod, noisy
+from erase.core.adversarial import AdversarialPrefixes
+from erase.core.diffusion import alphas_cumprod, noisy
+from erase.core.request import EraseRequest
 from erase.methods.concept_ablation import ConceptAblation
-from erase.request import EraseRequest
 
 
 def request():
@@ -119,7 +119,7 @@ def test_the_text_encoder_can_be_what_adversarial_training_changes(tiny_pipe, tm
 
 def test_retain_text_keeps_the_text_encoders_outputs_on_retain_prompts(tiny_pipe, tmp_path):
     """With the text encoder trained, retain_text pulls its outputs on the retain prompts back to the original's."""
-    from erase.diffusion import encode_prompts
+    from erase.core.diffusion import encode_prompts
     from pipelines.stable_diffusion import apply_patch, remove_patch
 
     req = request()
@@ -149,7 +149,7 @@ def test_retain_text_keeps_the_text_encoders_outputs_on_retain_prompts(tiny_pipe
     ],
 )
 def test_retain_text_bad_settings(tiny_pipe, tmp_path, overrides, message):
-    from erase.errors import EraseError
+    from erase.core.errors import EraseError
 
     with pytest.raises(EraseError, match=message):
         erase_concept(

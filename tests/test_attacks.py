@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from erase.errors import EraseError
-from erase.prompt_slots import encode_slots, project_simplex, sampled_one_hot, slot_prompts
+from erase.core.errors import EraseError
+from erase.core.prompt_slots import encode_slots, project_simplex, sampled_one_hot, slot_prompts
 from eval.attacks import list_attacks, make_attack
 from eval.attacks.base import block_timestep, original_images
 from eval.attacks.run import AttackOptions, attack_task, run_attack
@@ -120,7 +120,7 @@ def test_the_target_image_is_the_originals_at_the_same_seed(canvas_pipe, tmp_pat
     from test_salun import request
 
     from erase.api import erase_concept
-    from erase.patch import apply_patch, remove_patch
+    from erase.core.patch import apply_patch, remove_patch
     from eval.generate import generate
 
     protocol = small_protocol()

@@ -290,7 +290,7 @@ def test_a_pickle_as_patch_is_never_unpickled(tmp_path, capsys):
 def test_a_patch_for_another_base_model(tmp_path, capsys):
     from conftest import build_tiny_pipe
 
-    from erase.patch import ErasurePatch, PatchError, apply_patch
+    from erase.core.patch import ErasurePatch, PatchError, apply_patch
 
     out = _finished_run(tmp_path, capsys)
     with pytest.raises(PatchError, match="made for another architecture|different base model"):

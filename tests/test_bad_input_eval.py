@@ -328,7 +328,7 @@ def test_grid_out_in_an_unwritable_folder(tmp_path, capfd):
 
 def test_out_in_a_folder_access_denies(tmp_path, capfd, monkeypatch):
     """The same refusal, with os.access answering as it would for a non-root user (runs as root too)."""
-    import erase.files as files
+    import erase.core.files as files
 
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -125,8 +125,8 @@ def test_methods_lists_salun(capsys):
 
 
 def test_methods_shows_options_with_preset_values_and_help(capsys):
+    from erase.core.registry import config_options
     from erase.methods.salun import SalUnConfig
-    from erase.registry import config_options
 
     assert main(["methods", "salun", "--preset", "sd15"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -64,7 +64,7 @@ def test_run_then_eval_patch_erases_the_target(tmp_path, capsys):
 def test_kv_methods_run_two_steps_on_canvas_mini(tmp_path, capsys, method, extra):
     """`erase run doco|concept_ablation` works like `erase run salun`: a 2-step run on the shipped model writes a
     K/V-only patch that applies to a fresh load; `--set trainable=...` narrows the trained weights."""
-    from erase.patch import ErasurePatch
+    from erase.core.patch import ErasurePatch
     from worlds.canvas_mini import PIPELINE_DIR
 
     quick = [

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from erase.errors import EraseError
-from erase.request import EraseRequest
+from erase.core.errors import EraseError
+from erase.core.request import EraseRequest
 from eval.protocols import load_protocol
 from worlds.canvas_mini.concept_images import main, write_concept_images
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from erase.diffusion import cfg_eps, noisy, predicted_x0, prediction_type, salun_guidance, training_target
-from erase.errors import EraseError
+from erase.core.diffusion import cfg_eps, noisy, predicted_x0, prediction_type, salun_guidance, training_target
+from erase.core.errors import EraseError
 
 
 class _Unet:

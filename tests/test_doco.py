@@ -5,7 +5,7 @@ import torch
 from test_salun import request
 
 from erase.api import erase_concept, resolve_config
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 from pipelines.stable_diffusion import named_parameters
 
 TINY = {

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from erase.components import named_parameters
-from erase.patch import ErasurePatch, apply_patch, fingerprint, remove_patch
+from erase.core.components import named_parameters
+from erase.core.patch import ErasurePatch, apply_patch, fingerprint, remove_patch
 from eval.fidelity import PSNR_CAP
 from eval.protocols import load_protocol
 from eval.report import EvalOptions, evaluate

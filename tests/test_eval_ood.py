@@ -112,7 +112,7 @@ def test_no_method_reads_the_ood_templates(tiny_pipe, tmp_path, monkeypatch):
     from test_salun import request
 
     from erase.api import erase_concept
-    from erase.registry import list_methods
+    from erase.core.registry import list_methods
 
     opened = []
     real_open = builtins.open
@@ -130,7 +130,7 @@ def test_no_method_reads_the_ood_templates(tiny_pipe, tmp_path, monkeypatch):
     }
     from dataclasses import fields
 
-    from erase.registry import get_method
+    from erase.core.registry import get_method
 
     for name in list_methods("stable_diffusion"):
         defaults = {f.name: f.default for f in fields(get_method(name).config_cls)}

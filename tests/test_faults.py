@@ -1,6 +1,6 @@
 """Faults (issue 26): an interrupt or a crash in the middle of replacing a checkpoint never loses the run.
 
-The window is hit deterministically through ``erase.files.swap_hook`` (called between the two renames of a
+The window is hit deterministically through ``erase.core.files.swap_hook`` (called between the two renames of a
 folder swap), never by timing."""
 
 import os
@@ -38,7 +38,7 @@ def _erase(out, **kw):
 
 def _on_swap(monkeypatch, n: int, action):
     """Run ``action`` inside the n-th folder swap, between its two renames."""
-    import erase.files
+    import erase.core.files
 
     calls = [0]
 
@@ -47,7 +47,7 @@ def _on_swap(monkeypatch, n: int, action):
         if calls[0] == n:
             action()
 
-    monkeypatch.setattr(erase.files, "swap_hook", hook)
+    monkeypatch.setattr(erase.core.files, "swap_hook", hook)
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def ctrl_c_raises():
 def test_ctrl_c_inside_a_checkpoint_swap_waits_until_the_swap_is_done(tmp_path, monkeypatch, ctrl_c_raises):
     """SIGINT sent between the renames of the second checkpoint: it is delivered once the new checkpoint is in
     place (step 2, no leftover .old), the run folder is kept, and --resume ends where an uninterrupted run ends."""
-    from erase.loop import checkpoint_meta
+    from erase.core.loop import checkpoint_meta
 
     full = _erase(tmp_path / "full")
     out = tmp_path / "out"
@@ -72,7 +72,7 @@ def test_ctrl_c_inside_a_checkpoint_swap_waits_until_the_swap_is_done(tmp_path, 
         _erase(out)
     assert (out / "checkpoint" / "meta.json").exists() and not (out / "checkpoint.old").exists()
     assert checkpoint_meta(out)["step"] == 2
-    monkeypatch.setattr("erase.files.swap_hook", None)
+    monkeypatch.setattr("erase.core.files.swap_hook", None)
     resumed = _erase(out, resume=True)
     assert resumed.config["timing"]["resumed_from"] == 2
     assert all(torch.equal(resumed.deltas[n], full.deltas[n]) for n in full.names())
@@ -91,12 +91,12 @@ def test_a_crash_between_the_renames_keeps_the_folder_and_resumes_from_the_old_c
     _on_swap(monkeypatch, 3, crash)
     with pytest.raises(RuntimeError, match="crash inside the swap"):
         _erase(out)
-    from erase.loop import checkpoint_meta
+    from erase.core.loop import checkpoint_meta
 
     assert (
         out.exists() and checkpoint_meta(out)["step"] == 2
     )  # the clean-up put checkpoint.old back instead of deleting
-    monkeypatch.setattr("erase.files.swap_hook", None)
+    monkeypatch.setattr("erase.core.files.swap_hook", None)
     resumed = _erase(out, resume=True)
     assert resumed.config["timing"]["resumed_from"] == 2
     assert all(torch.equal(resumed.deltas[n], full.deltas[n]) for n in full.names())
@@ -104,7 +104,7 @@ def test_a_crash_between_the_renames_keeps_the_folder_and_resumes_from_the_old_c
 
 
 def test_swap_dir_replaces_a_folder_whole_and_recovers_an_interrupted_swap(tmp_path):
-    from erase.files import recover_swapped_dir, swap_dir
+    from erase.core.files import recover_swapped_dir, swap_dir
 
     final, tmp = tmp_path / "a", tmp_path / "a.tmp"
     final.mkdir()
@@ -118,7 +118,7 @@ def test_swap_dir_replaces_a_folder_whole_and_recovers_an_interrupted_swap(tmp_p
     assert not recover_swapped_dir(tmp_path / "never")
 
 
-# -- shared cache entries (erase/cache.py) ------------------------------------------------------------------------
+# -- shared cache entries (erase/core/cache.py) -----------------------------------------------------------------------
 
 
 def _counted_build(calls: list, value: float = 1.0):
@@ -131,7 +131,7 @@ def _counted_build(calls: list, value: float = 1.0):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "no_record"])
 def test_a_damaged_cache_entry_is_rebuilt_never_used(tmp_path, damage):
-    from erase.cache import cached_tensors
+    from erase.core.cache import cached_tensors
 
     path, calls = tmp_path / "entry.safetensors", []
     assert torch.equal(cached_tensors(path, _counted_build(calls))["x"], torch.ones(64))
@@ -162,7 +162,7 @@ def test_two_processes_that_need_one_entry_build_it_once(tmp_path):
     script = f"""
 import sys, time, torch
 from pathlib import Path
-from erase.cache import cached_tensors
+from erase.core.cache import cached_tensors
 tmp = Path({str(tmp_path)!r})
 name = sys.argv[1]
 def build():
@@ -193,10 +193,10 @@ assert torch.equal(out["x"], torch.arange(1000.0))
 
 
 def test_an_unusable_cache_folder_is_said_once_and_the_work_goes_on(tmp_path, capsys):
-    import erase.cache
-    from erase.cache import cached_tensors
+    import erase.core.cache
+    from erase.core.cache import cached_tensors
 
-    erase.cache._warned.clear()
+    erase.core.cache._warned.clear()
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
     calls = []
@@ -208,7 +208,7 @@ def test_an_unusable_cache_folder_is_said_once_and_the_work_goes_on(tmp_path, ca
 
 @contextmanager
 def _holder(tmp_path, folder, command="erase run"):
-    """Another process holding ``folder`` (erase.files.hold_folder) until the block ends; yields it (a Popen)."""
+    """Another process holding ``folder`` (erase.core.files.hold_folder) until the block ends; yields it (a Popen)."""
     import subprocess
     import sys
     import time
@@ -219,7 +219,7 @@ def _holder(tmp_path, folder, command="erase run"):
     script = f"""
 import time
 from pathlib import Path
-from erase.files import hold_folder
+from erase.core.files import hold_folder
 with hold_folder(Path({str(folder)!r}), {command!r}):
     Path({str(ready)!r}).touch()
     while True:
@@ -238,7 +238,7 @@ with hold_folder(Path({str(folder)!r}), {command!r}):
 
 def test_a_run_into_a_folder_in_use_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
     """Tried on main before: two `erase run` into one --out both exited 0 and one erasure was silently lost."""
-    from erase.errors import EraseError
+    from erase.core.errors import EraseError
 
     out = tmp_path / "out"
     with _holder(tmp_path, out) as holder:
@@ -267,7 +267,7 @@ def test_the_manifest_after_each_job_hashes_only_patches_that_changed(tmp_path, 
     import json
 
     import erase.batch as batch
-    from erase.files import file_sha256
+    from erase.core.files import file_sha256
 
     concepts = ["A", "B", "C"]
     for c in concepts:
@@ -320,11 +320,11 @@ def _disk_full_at(monkeypatch, module, name: str, n: int):
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_resumes(tmp_path, monkeypatch):
-    import erase.loop
-    from erase.files import DiskFullError
-    from erase.loop import checkpoint_meta
+    import erase.core.loop
+    from erase.core.files import DiskFullError
+    from erase.core.loop import checkpoint_meta
 
-    _disk_full_at(monkeypatch, erase.loop.torch, "save", 3)  # the third checkpoint's optimiser state does not fit
+    _disk_full_at(monkeypatch, erase.core.loop.torch, "save", 3)  # the third checkpoint's optimiser state does not fit
     with pytest.raises(DiskFullError, match=r"no space left writing .*checkpoint .*free some space"):
         _erase(tmp_path / "run")
     assert checkpoint_meta(tmp_path / "run")["step"] == 2  # the second checkpoint, whole
@@ -341,8 +341,8 @@ def test_a_full_disk_while_writing_a_patch_leaves_no_patch_and_no_temporaries(tm
 
     import safetensors.torch
 
-    from erase.files import DiskFullError
-    from erase.patch import PATCH_FILE
+    from erase.core.files import DiskFullError
+    from erase.core.patch import PATCH_FILE
 
     real = safetensors.torch.save_file
 
@@ -359,7 +359,7 @@ def test_a_full_disk_while_writing_a_patch_leaves_no_patch_and_no_temporaries(tm
 
 
 def test_a_full_disk_while_writing_a_report_keeps_the_old_one(tmp_path):
-    from erase.files import DiskFullError, write_json_atomic
+    from erase.core.files import DiskFullError, write_json_atomic
 
     write_json_atomic(tmp_path / "report.json", {"ua": 1.0})
 
@@ -448,14 +448,14 @@ def test_a_cached_answer_set_image_changed_before_use_is_regenerated(canvas_pipe
 
 def test_a_cached_answer_set_image_changed_while_in_use_stops_the_evaluation(canvas_pipe, tmp_path, monkeypatch):
     """The record is checked again as scoring reads each image: one changed after the check is never scored."""
-    import eval.original_answers
-    from erase.patch import apply_patch, remove_patch
+    import eval.scoring
+    from erase.core.patch import apply_patch, remove_patch
     from eval.answer_set import AnswerSetError
     from eval.report import EvalOptions, evaluate
     from tests.test_eval_fidelity import _noise_patch
 
     protocol = _small_protocol()
-    real = eval.original_answers.recorded_hashes
+    real = eval.scoring.recorded_hashes  # what scoring checks each image against as it reads it
 
     def tampered_after_the_check(images):
         hashes = real(images)
@@ -463,7 +463,7 @@ def test_a_cached_answer_set_image_changed_while_in_use_stops_the_evaluation(can
         victim.write_bytes(sorted(images.glob("*.png"))[0].read_bytes())
         return hashes
 
-    monkeypatch.setattr(eval.original_answers, "recorded_hashes", tampered_after_the_check)
+    monkeypatch.setattr(eval.scoring, "recorded_hashes", tampered_after_the_check)
     apply_patch(canvas_pipe, _noise_patch(canvas_pipe, 0.3, 1))
     try:
         with pytest.raises(AnswerSetError, match="changed after it was cached") as e:

@@ -84,7 +84,7 @@ def test_the_installed_package_is_not_the_checkout(installed):
         installed,
         str(python),
         "-c",
-        "import erase, erase.locations as l; print(erase.__file__); print(l.assets_root())",
+        "import erase, erase.core.locations as l; print(erase.__file__); print(l.assets_root())",
     )
     assert r.returncode == 0, r.stderr
     package, assets = r.stdout.split()

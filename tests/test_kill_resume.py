@@ -141,7 +141,7 @@ def test_fine_tuning_killed_at_a_random_step_resumes_to_the_same_patch(tmp_path)
 # hit from outside. The child SIGKILLs itself at the chosen point instead (still a real kill of a real process).
 KILL_AT = """
 import os, signal, sys
-import erase.api, erase.patch
+import erase.api, erase.core.patch
 point = sys.argv[1]
 die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 if point == "before-the-patch":
@@ -152,7 +152,7 @@ else:  # between the two renames of the patch save: tensors in place, config not
         replace(src, dst)
         if str(dst).endswith("erasure_patch.safetensors"):
             die()
-    erase.patch.os.replace = replace_then_die
+    erase.core.patch.os.replace = replace_then_die
 from erase.cli import main
 sys.exit(main(sys.argv[2:]))
 """

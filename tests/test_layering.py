@@ -1,18 +1,16 @@
 """The direction of imports (DESIGN.md, section 2), checked on the source: no cycles between modules, and
 each layer imports only the layers below it. Function-level imports count too.
 
-    erase.errors, erase.components, erase.files           (bottom: no package imports)
-      <- erase.patch, erase.selection, erase.surgery, erase.request, erase.registry, erase.data, erase.diffusion
-      <- erase.loop                                        (the shared loop; never pipelines or eval)
-      <- erase.methods.*                                   (use the core; never eval or pipelines)
-    pipelines.*  -> erase core (patch format, components)  (never eval, methods, loop or the CLI)
-    eval.*       -> pipelines, erase core                  (never methods, the API, the CLI or a world: worlds plug in
-                                                           through eval.worlds, found by name)
-    worlds.*     -> eval, pipelines, erase core            (a world builds its models and judges; never the API or
-                                                           the CLI)
-    erase.api    -> core + registry (methods load through it)
-    erase.batch  -> api + core (jobs, manifest, locks; never eval or pipelines)
-    erase.cli.*, erase.demo                                (top: the only modules that know every subsystem)
+    erase.core                 (bottom: errors, files, the patch format, components, requests, the registry, data,
+                               the shared loop; never pipelines, eval, a world, a method or the application)
+      <- erase.methods.*       (one method per file; use the core; never eval or pipelines)
+    pipelines.*  -> erase.core (patch format, components; never eval, methods, the loop or the CLI)
+    eval.*       -> pipelines, erase.core   (never methods, the API, the CLI or a world: worlds plug in through
+                                             eval.worlds, found by name)
+    worlds.*     -> eval, pipelines, erase.core   (a world builds its models and judges; never the API or the CLI)
+    erase.api    -> erase.core (methods load through the registry)
+    erase.batch  -> erase.api + erase.core (jobs, manifest, locks; never eval or pipelines)
+    erase.export, erase.cli.*, erase.demo   (top: the application, the only modules that know every subsystem)
 """
 
 import ast
@@ -81,33 +79,27 @@ def test_no_import_cycles():
             visit(m)
 
 
-CORE = {
-    "erase.errors",
-    "erase.components",
-    "erase.files",
-    "erase.patch",
-    "erase.selection",
-    "erase.surgery",
-    "erase.request",
-    "erase.registry",
-    "erase.data",
-    "erase.diffusion",
-    "erase.loop",
-    "erase.prompt_slots",
-    "erase.adversarial",
-    "erase.locations",
-}
+APPLICATION = ("erase.api", "erase.batch", "erase.demo", "erase.export", "erase.cli", "erase.__main__")
 
 
 def _forbidden(module: str) -> tuple[str, ...]:
-    if module in CORE:
-        return ("pipelines", "eval", "worlds", "erase.cli", "erase.api", "erase.methods", "erase.demo", "erase.batch")
+    if module.startswith("erase.core"):
+        return ("pipelines", "eval", "worlds", "erase.methods", *APPLICATION)
     if module.startswith("erase.methods"):
         return ("pipelines", "eval", "worlds", "erase.cli", "erase.api", "erase.demo", "erase.batch")
     if module.startswith("pipelines"):
-        return ("eval", "worlds", "erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo", "erase.batch")
+        return (
+            "eval",
+            "worlds",
+            "erase.cli",
+            "erase.api",
+            "erase.methods",
+            "erase.core.loop",
+            "erase.demo",
+            "erase.batch",
+        )
     if module.startswith("eval"):
-        return ("worlds", "erase.cli", "erase.api", "erase.methods", "erase.loop", "erase.demo", "erase.batch")
+        return ("worlds", "erase.cli", "erase.api", "erase.methods", "erase.core.loop", "erase.demo", "erase.batch")
     if module.startswith("worlds"):
         return ("erase.cli", "erase.api", "erase.methods", "erase.demo", "erase.batch")
     if module == "erase.api":
@@ -115,6 +107,18 @@ def _forbidden(module: str) -> tuple[str, ...]:
     if module == "erase.batch":  # jobs, manifest and locks: above the API, below the CLI; evaluation is the CLI's
         return ("pipelines", "eval", "worlds", "erase.cli", "erase.demo", "erase.methods")
     return ()
+
+
+def test_every_module_of_erase_is_in_one_room():
+    """erase/ holds three rooms: the core at the bottom, the methods, and the application on top."""
+    homeless = [
+        m
+        for m in GRAPH
+        if m.startswith("erase.")
+        and not m.startswith(("erase.core", "erase.methods"))
+        and not any(m == a or m.startswith(a + ".") for a in APPLICATION)
+    ]
+    assert not homeless, f"modules of erase/ outside core/, methods/ and the application: {homeless}"
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))
@@ -135,7 +139,7 @@ def test_evaluation_finds_worlds_only_by_name():
 def test_the_checker_sees_function_level_and_relative_imports():
     assert "eval.protocols" in GRAPH["erase.cli.erasing"]  # imported inside a function
     assert "erase.cli.common" in GRAPH["erase.cli.erasing"]  # relative import
-    assert "erase.patch" in GRAPH["pipelines.stable_diffusion"]
+    assert "erase.core.patch" in GRAPH["pipelines.stable_diffusion"]
 
 
 def test_no_module_is_longer_than_600_lines():
@@ -145,3 +149,18 @@ def test_no_module_is_longer_than_600_lines():
 
 def test_the_design_document_this_test_cites_exists():
     assert "## 2. The direction of imports" in (ROOT / "DESIGN.md").read_text()
+
+
+def test_the_names_users_need_most_load_from_erase_on_first_use():
+    """``from erase import erase_concept, EraseRequest, ErasurePatch`` works, and ``import erase`` alone (what every
+    CLI command pays) imports none of them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, erase; assert 'erase.api' not in sys.modules and 'torch' not in sys.modules; "
+        "from erase import EraseRequest, ErasurePatch, erase_concept; "
+        "from erase.api import erase_concept as e; assert e is erase_concept; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from erase.errors import NonFiniteError
-from erase.loop import Eraser, LoopConfig, checkpoint_meta, run
-from erase.patch import PatchError, apply_patch, remove_patch
-from erase.request import EraseRequest
-from erase.selection import ParamSelection
+from erase.core.errors import NonFiniteError
+from erase.core.loop import Eraser, LoopConfig, checkpoint_meta, run
+from erase.core.patch import PatchError, apply_patch, remove_patch
+from erase.core.request import EraseRequest
+from erase.core.selection import ParamSelection
 
 
 def toy_model(seed=0):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_patch import make_patch, snapshot
 
-from erase.errors import EraseError
-from erase.patch import ErasurePatch, fingerprint
+from erase.core.errors import EraseError
+from erase.core.patch import ErasurePatch, fingerprint
 from pipelines.lora import INFO_FILE, LORA_FILE, LoRAExportError, lora_layers, rank_for_energy, save_lora, spectra
 from pipelines.stable_diffusion import apply_patch, named_parameters, remove_patch
 
@@ -100,8 +100,8 @@ def test_what_a_lora_cannot_hold_is_refused(tiny_pipe, tmp_path):
 def test_export_searches_ranks_until_the_images_match(canvas_pipe, tmp_path):
     """A UCE patch on canvas-mini: the LoRA chosen reaches the bar, and a bar no low rank meets forces more rank."""
     from erase.api import erase_concept
+    from erase.core.request import EraseRequest
     from erase.export import export_lora
-    from erase.request import EraseRequest
     from eval.protocols import load_protocol
 
     protocol = load_protocol("canvas-mini")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from erase.api import erase_concept, resolve_config
-from erase.errors import EraseError
+from erase.core.errors import EraseError
+from erase.core.request import EraseRequest
 from erase.methods.mace import concept_groups, fuse_solve
 from erase.methods.uce import uce_solve
-from erase.request import EraseRequest
 
 QUICK = {"patch_dtype": "float32", "lora_steps": 20, "lora_lr": 0.1, "lora_images": 2, "data_steps": 2}
 

@@ -24,7 +24,7 @@ TINY = {
 
 
 def test_every_diffusion_method_has_a_joint_run_here():
-    from erase.registry import list_methods
+    from erase.core.registry import list_methods
 
     assert set(list_methods("stable_diffusion")) == set(TINY)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from erase.patch import CONFIG_FILE, PATCH_FILE, ErasurePatch, PatchError, fingerprint
+from erase.core.patch import CONFIG_FILE, PATCH_FILE, ErasurePatch, PatchError, fingerprint
 from pipelines.stable_diffusion import (
     applied_patches,
     apply_patch,
@@ -180,7 +180,7 @@ def test_fingerprint_covers_untouched_components(tiny_pipe):
 
 
 def test_apply_keeps_no_copy_of_the_weights(tiny_pipe):
-    from erase.patch import restore_bytes
+    from erase.core.patch import restore_bytes
 
     patch, _ = make_patch(tiny_pipe)
     apply_patch(tiny_pipe, patch, scale=0.7)

@@ -6,7 +6,7 @@ import torch
 from test_salun import request
 
 from erase.api import erase_concept, resolve_config
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 from erase.methods.rece import kv_residual, regenerating_embeddings
 from erase.methods.uce import uce_data, uce_solve
 from pipelines.stable_diffusion import named_parameters

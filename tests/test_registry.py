@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from erase.errors import EraseError
-from erase.registry import _REGISTRY, config_options, get_method, list_methods, option, register_method
+from erase.core.errors import EraseError
+from erase.core.registry import _REGISTRY, config_options, get_method, list_methods, option, register_method
 
 
 @dataclass
@@ -18,7 +18,7 @@ class _Eraser:
 
 
 def test_register_rejects_duplicates_bad_names_and_missing_help(monkeypatch):
-    monkeypatch.setattr("erase.registry._REGISTRY", dict(_REGISTRY))
+    monkeypatch.setattr("erase.core.registry._REGISTRY", dict(_REGISTRY))
     register_method("toy_method", _Cfg, _Eraser)
     register_method("toy_method", _Cfg, _Eraser)  # re-registering the same class (module reload) is fine
     with pytest.raises(ValueError, match="already registered"):
@@ -116,7 +116,7 @@ def test_every_shipped_preset_resolves():
     from pathlib import Path
 
     from erase.api import resolve_config
-    from erase.registry import list_methods
+    from erase.core.registry import list_methods
 
     root = Path(__file__).resolve().parents[1] / "assets" / "presets"
     presets = sorted(root.glob("*/*.json"))
@@ -130,7 +130,7 @@ def test_every_method_config_shares_the_base_options():
     """patch_dtype, steps and checkpoint_every are declared once (MethodConfig), lr once for the trained methods."""
     from dataclasses import fields
 
-    from erase.registry import MethodConfig, TrainedConfig, get_method, list_methods
+    from erase.core.registry import MethodConfig, TrainedConfig, get_method, list_methods
 
     for name in list_methods():
         cls = get_method(name).config_cls
@@ -143,7 +143,7 @@ def test_every_method_config_shares_the_base_options():
 
 def test_a_run_validates_its_config_once(monkeypatch, tmp_path):
     from erase.cli import main
-    from erase.registry import MethodConfig
+    from erase.core.registry import MethodConfig
 
     calls = []
     real = MethodConfig.validate

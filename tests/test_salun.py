@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from erase.api import erase_concept, resolve_config
-from erase.errors import EraseError
-from erase.patch import ErasurePatch
-from erase.request import EraseRequest
+from erase.core.errors import EraseError
+from erase.core.patch import ErasurePatch
+from erase.core.request import EraseRequest
 from pipelines.stable_diffusion import named_parameters
 
 TINY = {
@@ -215,8 +215,8 @@ def test_weights_outside_the_mask_stay_bit_identical_and_the_patch_reproduces_tr
 
 
 def test_a_mask_that_is_not_applied_fails_the_run(tiny_pipe, tmp_path, monkeypatch):
-    from erase.patch import PatchError
-    from erase.selection import ParamSelection
+    from erase.core.patch import PatchError
+    from erase.core.selection import ParamSelection
 
     monkeypatch.setattr(ParamSelection, "mask_grads_", lambda self, root: None)
     with pytest.raises(PatchError, match="outside its mask"):

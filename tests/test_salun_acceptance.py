@@ -67,7 +67,7 @@ def test_erased_pipeline_round_trip_on_the_shipped_model(tmp_path, canvas_pipe):
     from diffusers import StableDiffusionPipeline
 
     from erase.api import erase_concept
-    from erase.request import EraseRequest
+    from erase.core.request import EraseRequest
     from eval.generate import generate
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import apply_patch, named_parameters, remove_patch, save_erased

@@ -36,7 +36,7 @@ def test_every_method_erases_the_tiny_sd_layout_in_its_own_process(tmp_path):
         == 0
     )
     r = json.loads(out.read_text())
-    from erase.registry import list_methods
+    from erase.core.registry import list_methods
 
     assert [row["method"] for row in r["rows"]] == list_methods("stable_diffusion")
     for row in r["rows"]:
@@ -61,7 +61,7 @@ def test_a_method_growing_past_the_memory_cap_is_stopped_and_reported(tmp_path):
 
 
 def test_generations_are_cached_per_sample_size(tiny_pipe):
-    from erase.data import generations
+    from erase.core.data import generations
 
     small, _ = generations(tiny_pipe, ["a photo"], 1, 0, steps=2, guidance=1.0)
     tiny_pipe.unet.register_to_config(sample_size=2 * tiny_pipe.unet.config.sample_size)
@@ -71,7 +71,7 @@ def test_generations_are_cached_per_sample_size(tiny_pipe):
 
 @pytest.mark.parametrize("batch,ok", [(1, False), (2, True)])
 def test_doco_discriminator_depth_check_knows_the_batch(batch, ok):
-    from erase.errors import EraseError
+    from erase.core.errors import EraseError
     from erase.methods.doco import _check_disc_depth
 
     if ok:

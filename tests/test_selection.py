@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from erase.selection import ParamSelection
+from erase.core.selection import ParamSelection
 
 
 def test_saliency_keeps_the_largest_magnitudes():

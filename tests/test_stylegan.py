@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import erase.patch
-from erase.components import named_parameters
-from erase.errors import EraseError
-from erase.patch import ErasurePatch, apply_patch, remove_patch
+import erase.core.patch
+from erase.core.components import named_parameters
+from erase.core.errors import EraseError
+from erase.core.patch import ErasurePatch, apply_patch, remove_patch
 from pipelines.stylegan import (
     Discriminator,
     Generator,
@@ -670,7 +670,11 @@ def test_patch_apply_and_remove_bit_exact(pipe):
     g = torch.Generator().manual_seed(0)
     tuned = {n: base[n] + 0.3 * torch.randn(base[n].shape, generator=g) for n in names}
     patch = ErasurePatch.from_diff(
-        base, tuned, {n: None for n in names}, {"method": "test"}, fingerprint=erase.patch.fingerprint(pipe, names)
+        base,
+        tuned,
+        {n: None for n in names},
+        {"method": "test"},
+        fingerprint=erase.core.patch.fingerprint(pipe, names),
     )
     before = pipe(seeds=[0, 1], output_type="pt")
     apply_patch(pipe, patch)

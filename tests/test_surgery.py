@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from erase.surgery import doco_official, dot, grads_of, norm, project_conflicting, weighted_sum
+from erase.core.surgery import doco_official, dot, grads_of, norm, project_conflicting, weighted_sum
 
 
 def t(*v):
@@ -62,7 +62,7 @@ def test_weighted_sum_and_grads_of():
 
 
 def test_clip_global_norm():
-    from erase.surgery import clip_global_norm
+    from erase.core.surgery import clip_global_norm
 
     g = {"a": t(3.0, 0.0), "b": t(4.0)}  # norm 5
     out = clip_global_norm(g, 1.0)
@@ -74,11 +74,11 @@ def test_clip_global_norm():
 
 @pytest.mark.parametrize("case", ["conflicting", "aligned", "orthogonal"])
 def test_combiners_on_hand_made_pairs(case):
-    from erase.surgery import COMBINERS
+    from erase.core.surgery import COMBINERS
 
     r = {"w": t(1.0, 0.0)}
     u = {"conflicting": {"w": t(-1.0, 1.0)}, "aligned": {"w": t(2.0, 1.0)}, "orthogonal": {"w": t(0.0, 3.0)}}[case]
-    from erase.surgery import UPSTREAM_RETAIN_WEIGHT as W
+    from erase.core.surgery import UPSTREAM_RETAIN_WEIGHT as W
 
     official, pcgrad, none = (
         COMBINERS[k](u, r, {"lam": 1.0, "scope": "global", "retain_weight": W[k]})["w"].tolist()
@@ -96,7 +96,7 @@ def test_combiners_on_hand_made_pairs(case):
 
 
 def test_official_with_a_retain_weight_adds_the_retain_gradient():
-    from erase.surgery import COMBINERS
+    from erase.core.surgery import COMBINERS
 
     u, r = {"w": t(-1.0, 1.0)}, {"w": t(1.0, 0.0)}
     out = COMBINERS["official"](u, r, {"lam": 1.0, "scope": "global", "retain_weight": 2.0})["w"].tolist()

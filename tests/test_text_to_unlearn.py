@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from erase.errors import EraseError
-from erase.guides import Guides, unit
-from erase.request import EraseRequest
+from erase.core.errors import EraseError
+from erase.core.guides import Guides, unit
+from erase.core.request import EraseRequest
 from pipelines.stylegan import Generator, StyleGANConfig, StyleGANPipeline
 
 TINY = StyleGANConfig(resolution=16, style_dim=32, n_mlp=2, channels={4: 32, 8: 16, 16: 16})
@@ -116,7 +116,7 @@ def _cache(tmp_path, monkeypatch):
 )
 def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
     from erase.api import erase_concept
-    from erase.patch import apply_patch, remove_patch
+    from erase.core.patch import apply_patch, remove_patch
 
     pipe = tiny_pipe()
     before = pipe(seeds=[0, 1, 2], output_type="pt")
@@ -163,7 +163,7 @@ def test_the_gate_stops_a_mapper_that_does_not_add_the_concept(tmp_path):
 
 @pytest.mark.parametrize("loss", [{}, {"views": 2}])
 def test_the_mapper_adds_what_the_guide_clip_reads_as_the_prompt_and_is_cached(tmp_path, loss):
-    from erase.latent_mapper import MapperSettings, concept_rates, train_mapper
+    from erase.core.latent_mapper import MapperSettings, concept_rates, train_mapper
 
     pipe, guides = tiny_pipe(), toy_guides()
     settings = MapperSettings(steps=60, batch_size=8, l2=0.0, identity=0.0, scale=0.5, **loss)
@@ -304,7 +304,7 @@ def test_without_guides_or_on_a_diffusion_model_it_says_what_is_missing(tmp_path
 
 
 def test_clip_views_are_small_shifts_and_flips_of_each_image():
-    from erase.image_views import clip_views
+    from erase.core.image_views import clip_views
 
     x = torch.rand(3, 3, 16, 16)
     assert clip_views(x, 0, torch.Generator()) is x
@@ -323,7 +323,7 @@ def test_clip_views_are_small_shifts_and_flips_of_each_image():
 
 
 def test_identity_mappers_drop_the_terms_that_keep_who_the_face_is():
-    from erase.latent_mapper import MapperSettings
+    from erase.core.latent_mapper import MapperSettings
 
     s = MapperSettings(l2=0.8, identity=0.1, views=2)
     assert s.for_kind("attribute") == s
@@ -332,7 +332,7 @@ def test_identity_mappers_drop_the_terms_that_keep_who_the_face_is():
 
 @pytest.mark.parametrize("views", [0, 3])
 def test_a_pair_is_embedded_under_the_same_views(views):
-    from erase.image_views import embed_pair
+    from erase.core.image_views import embed_pair
 
     x = torch.rand(4, 3, 16, 16)
     clip_image = lambda im: im.flatten(1)  # noqa: E731 - an embedding that sees every pixel

@@ -14,7 +14,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_colour_maps_keep_grey_grey_and_change_colours():
-    from erase.image_views import apply_colour_maps, colour_maps
+    from erase.core.image_views import apply_colour_maps, colour_maps
 
     matrices, contrast, brightness = colour_maps(64, torch.Generator().manual_seed(0))
     assert torch.allclose(matrices.sum(-1), torch.ones(64, 3), atol=1e-6)  # rows sum to 1: grey stays grey
@@ -30,7 +30,7 @@ def test_colour_maps_keep_grey_grey_and_change_colours():
 def test_both_images_of_a_pair_get_the_same_view_and_colour_map():
     """A batch of pairs under one random stream: each half must be exactly what the same stream makes of that half
     alone (the same shifts, flips and the same colour map per index); drawing maps for all 2n images would not."""
-    from erase.image_views import clip_views, embed_pair
+    from erase.core.image_views import clip_views, embed_pair
 
     a, b = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
     both = clip_views(torch.cat([a, b]), 2, torch.Generator().manual_seed(5), colour=True, pairs=2).view(
@@ -51,7 +51,7 @@ def test_the_anchor_is_the_frozen_face_without_the_edit_under_unedited(tmp_path,
     """The perceptual and identity terms compare G_t(w_hat) with G_f(w) under ``unedited``, with G_f(w_hat) under
     ``edited`` (the paper)."""
     from erase.api import erase_concept
-    from erase.latent_mapper import to_images
+    from erase.core.latent_mapper import to_images
     from erase.methods.text_to_unlearn import TextToUnlearn
 
     seen: list[tuple] = []
@@ -105,7 +105,7 @@ def test_adaptive_layers_re_chosen_every_step_move_only_chosen_layers(tmp_path):
     rows = patch.config["info"]["adaptive_rows"]
     assert len(rows) == 3 and all(len(r) == 1 for r in rows)  # chosen afresh at every step
     allowed = {layer for r in rows for layer in pipe.generator.layers_of_row(r[0])}
-    from erase.patch import apply_patch
+    from erase.core.patch import apply_patch
 
     apply_patch(pipe, patch)
     moved = {n for n, p in pipe.generator.named_parameters() if not torch.equal(p, before[n])}
@@ -125,7 +125,7 @@ def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
     if not all((ASSETS_DIR / n).is_dir() for n in (*GUIDE_ASSETS, "generator")):
         pytest.skip("faces-mini guides not built")
     from erase.api import erase_concept
-    from erase.data import model_identity
+    from erase.core.data import model_identity
     from pipelines.stylegan import StyleGANPipeline
     from worlds.faces_mini.assets import load_judge
 
@@ -139,7 +139,7 @@ def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
         assert model_identity(load_judge(judge))[:16] not in described
     assert "clip-judge" not in described and set(JUDGE_ASSETS).isdisjoint(GUIDE_ASSETS)
     pipe = StyleGANPipeline.from_pretrained(assets / "generator")
-    from erase.request import EraseRequest
+    from erase.core.request import EraseRequest
     from eval.protocols import load_protocol
 
     req = EraseRequest.from_protocol(load_protocol("faces-mini"), "eyeglasses", "attribute")
@@ -201,7 +201,7 @@ def test_palette_drift_is_zero_on_renders_and_counts_recoloured_pixels():
 
 def test_the_other_attribute_kl_is_the_kl_of_the_kept_heads():
     """Guides.other_attribute_kl (the mapper's and the fine-tune's attribute term) against torch's own KL."""
-    from erase.guides import Guides
+    from erase.core.guides import Guides
 
     torch.manual_seed(0)
     net = torch.nn.Linear(12, 5)

@@ -1,4 +1,4 @@
-"""Thread counts from the CPUs a process may use (erase.threads): cgroup quotas, affinity, a batch's share."""
+"""Thread counts from the CPUs a process may use (erase.core.threads): cgroup quotas, affinity, a batch's share."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from erase.threads import cgroup_cpus, default_threads, usable_cpus
+from erase.core.threads import cgroup_cpus, default_threads, usable_cpus
 
 
 @pytest.mark.parametrize(
@@ -37,9 +37,9 @@ def test_usable_cpus_is_the_affinity_capped_by_the_quota(tmp_path, monkeypatch):
 
 
 def test_a_batchs_workers_share_the_cpus(monkeypatch):
-    import erase.threads
+    import erase.core.threads
 
-    monkeypatch.setattr(erase.threads, "usable_cpus", lambda root=None: 8)
+    monkeypatch.setattr(erase.core.threads, "usable_cpus", lambda root=None: 8)
     assert [default_threads(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
 
 

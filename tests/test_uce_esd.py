@@ -6,7 +6,7 @@ import torch
 from test_salun import request
 
 from erase.api import erase_concept, resolve_config
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 from erase.methods.uce import erase_pairs, uce_solve
 from pipelines.stable_diffusion import named_parameters
 

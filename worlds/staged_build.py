@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from erase.files import swap_dir, write_json_atomic
+from erase.core.files import swap_dir, write_json_atomic
 
 
 def seed_all(seed: int) -> torch.Generator:
@@ -36,7 +36,7 @@ def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.
 
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished artefact folder into place (the old one removed only after the new one is complete; signals
-    wait until the swap is done: ``erase.files.swap_dir``)."""
+    wait until the swap is done: ``erase.core.files.swap_dir``)."""
 
     swap_dir(tmp, final)
 

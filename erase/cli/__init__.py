@@ -6,7 +6,7 @@
     erase methods
     erase attack --model PATH --patch DIR --target Watercolor --kind style --attack unlearndiffatk --out DIR
 
-Errors the user can fix (every subclass of ``erase.errors.EraseError``) are one line on stderr
+Errors the user can fix (every subclass of ``erase.core.errors.EraseError``) are one line on stderr
 and exit code 2; nothing is written on bad input. Ctrl-C is one line and exit code 130.
 """
 
@@ -16,9 +16,9 @@ import argparse
 import os
 import sys
 
-from ..errors import EraseError
-from ..files import no_space_errno
-from ..threads import sleep_when_idle
+from ..core.errors import EraseError
+from ..core.files import no_space_errno
+from ..core.threads import sleep_when_idle
 from . import attack, batch, demo, erasing, evaluate, export  # noqa: F401  (each module registers its subcommands)
 from .common import COMMANDS
 
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     if (
         getattr(args, "model", None) is not None
     ):  # a shipped model's name -> its folder; reports keep the name as given
-        from ..locations import resolve_model
+        from ..core.locations import resolve_model
 
         args.model_id, args.model = args.model, str(resolve_model(args.model))
     if not args.command:

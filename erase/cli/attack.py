@@ -7,7 +7,7 @@ import argparse
 import pkgutil
 from pathlib import Path
 
-from ..files import check_writable
+from ..core.files import check_writable
 from .checks import check_positive, validate_common_args
 from .common import UsageError, _common_model_args, _load, _protocol, _threads, command, default_device
 from .erasing import _parse_set, check_model_path

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..files import check_writable
+from ..core.files import check_writable
 from .common import UsageError, _common_model_args, _threads, command, default_device
 
 
@@ -71,7 +71,7 @@ def _batch(p):
 
         from ..api import resolve_config
         from ..batch import claim_folder, joint_request, process_rank, rank_lock, read_concepts, run_jobs, shard
-        from ..request import EraseRequest
+        from ..core.request import EraseRequest
         from .checks import validate_common_args
         from .erasing import _parse_set, check_model_path
 
@@ -168,7 +168,7 @@ def _evaluator(pipe, protocol, args, out: Path):
     from pipelines.stable_diffusion import apply_patch, remove_patch
 
     from ..batch import process_rank
-    from ..files import write_json_atomic
+    from ..core.files import write_json_atomic
     from .erasing import _parse_set
 
     if args.eval_seeds:
@@ -245,7 +245,7 @@ def _attack_metrics(report: dict) -> dict:
 
 
 def _save_pipelines(pipe, out: Path, jobs: dict, args, records: list[dict]) -> None:
-    from erase.patch import ErasurePatch
+    from erase.core.patch import ErasurePatch
     from pipelines.stable_diffusion import apply_patch, remove_patch, save_erased
 
     by_concept = {r["concept"]: r for r in records}
@@ -263,7 +263,7 @@ def _save_pipelines(pipe, out: Path, jobs: dict, args, records: list[dict]) -> N
 def _write_summary(out: Path, protocol, kind: str, concepts: list[str]) -> None:
     """summary.json, summary.md (one row per concept) and heatmap.png (accuracy per erased x judged concept)."""
     from ..batch import read_manifest
-    from ..files import write_json_atomic
+    from ..core.files import write_json_atomic
 
     rows = [r for r in read_manifest(out) if r.get("status") == "done" and r.get("metrics")]
     if not rows:

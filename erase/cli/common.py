@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import EraseError
+from ..core.errors import EraseError
 
 COMMANDS: dict[str, tuple] = {}
 
@@ -34,7 +34,7 @@ class UsageError(EraseError):
 def _threads(args) -> None:
     import torch
 
-    from ..threads import default_threads, local_workers
+    from ..core.threads import default_threads, local_workers
 
     if args.threads is None:  # the ranks of a batch on this machine share its CPUs (torchrun sets LOCAL_WORLD_SIZE)
         workers = local_workers() if getattr(args, "command", None) == "batch" else 1
@@ -91,7 +91,7 @@ def _load(args):
     device = default_device(args)
     pipe = load_model(args.model, device=device, dtype=args.dtype, xformers=args.xformers)
     if args.patch:
-        from erase.patch import ErasurePatch, apply_patch
+        from erase.core.patch import ErasurePatch, apply_patch
 
         apply_patch(pipe, ErasurePatch.from_pretrained(args.patch), scale=args.scale)
     return pipe, device

@@ -27,7 +27,7 @@ def build_request(args):
     """From a protocol when the concept belongs to one (canvas-mini by default), else from prompt templates."""
     from eval.protocols import load_protocol
 
-    from ..request import EraseRequest
+    from ..core.request import EraseRequest
 
     if args.concepts:
         if args.concept:
@@ -94,7 +94,7 @@ def parse_concept_list(text: str, kind: str, protocol) -> list[tuple[str, str]]:
 def joint_protocol_request(protocol, text: str, kind: str, *, anchor: str | None, seed: int):
     """One request that erases every concept of the list at once (as ``erase batch --joint`` does)."""
     from ..batch import joint_request
-    from ..request import EraseRequest
+    from ..core.request import EraseRequest
 
     items = parse_concept_list(text, kind, protocol)
     requests = [EraseRequest.from_protocol(protocol, name, k, anchor=anchor, seed=seed) for name, k in items]
@@ -139,7 +139,7 @@ def _default_protocol(model: str) -> str:
 def guides_for(method: str, protocol):
     """The guides a method consults (Text-to-Unlearn's CLIP, perceptual and identity
     networks), from the protocol's world."""
-    from ..registry import get_method
+    from ..core.registry import get_method
 
     if not getattr(get_method(method).eraser_cls, "needs_guides", False):
         return None
@@ -150,7 +150,7 @@ def guides_for(method: str, protocol):
         raise UsageError(
             f"{method} needs guides (CLIP, perceptual and identity networks): the CLI builds them for a "
             "world that ships them (--protocol faces-mini); for other models pass "
-            "guides=erase.guides.Guides(...) to erase.api.erase_concept"
+            "guides=erase.core.guides.Guides(...) to erase.api.erase_concept"
         )
     return world.guides()
 
@@ -208,7 +208,7 @@ def _run(p):
         from ..api import check_out_dir, erase_concept, resolve_config, run_identity
 
         # validate everything before a model is loaded or a byte is written
-        from ..registry import canonical_method
+        from ..core.registry import canonical_method
         from .checks import validate_common_args
 
         args.method = canonical_method(args.method)
@@ -255,7 +255,7 @@ def _run(p):
             f"{eff['peak_memory_bytes'] / 2**30:.2f} GiB)"
         )
         if args.eval:
-            from erase.patch import apply_patch
+            from erase.core.patch import apply_patch
             from eval.report import EvalOptions, evaluate
 
             apply_patch(pipe, patch)
@@ -303,7 +303,7 @@ def _methods(p):
     def run(args):
 
         from ..api import list_presets, resolve_config
-        from ..registry import config_options, get_method, list_methods
+        from ..core.registry import config_options, get_method, list_methods
 
         if args.method is None:
             if args.preset:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..files import check_writable
+from ..core.files import check_writable
 from .checks import check_finite, check_positive, validate_common_args
 from .common import (
     UsageError,
@@ -325,7 +325,7 @@ def _grid(p: argparse.ArgumentParser):
             patch_path, args.patch = args.patch, None
             pipe, _ = _load(args)
             original = _grid_rows(pipe, protocol, styles, objects, args.seed)
-            from erase.patch import ErasurePatch
+            from erase.core.patch import ErasurePatch
             from pipelines.stable_diffusion import apply_patch
 
             apply_patch(pipe, ErasurePatch.from_pretrained(patch_path), scale=args.scale)

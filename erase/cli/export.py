@@ -40,9 +40,9 @@ def _export(p):
         from eval.protocols import load_protocol
         from pipelines.stable_diffusion import load_pipeline
 
+        from ..core.locations import resolve_model
+        from ..core.patch import ErasurePatch
         from ..export import export_lora
-        from ..locations import resolve_model
-        from ..patch import ErasurePatch
 
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -8,7 +8,7 @@
    (``"frozen"``). L_retain is the shared retain loss: ``diffusion`` (upstream's prior preservation on the
    retain images) or ``distill`` (the frozen original's prediction on retain prompts); a probe found the
    distilled term keeps same-seed fidelity of the other concepts near 30 dB on canvas-mini.
-3. Adversarial training (``adversarial_steps`` > 0, AdvUnlearn's inner loop, ``erase.adversarial``): before
+3. Adversarial training (``adversarial_steps`` > 0, AdvUnlearn's inner loop, ``erase.core.adversarial``): before
    each step a few Adam steps of a soft-prompt attack (k vectors prepended to each forget prompt, warm-started)
    search for prompts that make the model being trained draw the concept again (the original's own images of
    the forget prompts); the same ablation loss is then applied at those adversarial prompts, weighted by
@@ -26,14 +26,22 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..adversarial import AdversarialPrefixes
-from ..components import model_device, model_root
-from ..data import GenerationSets
-from ..diffusion import RETAIN_LOSSES, alphas_cumprod, encode_prompts, noisy, prediction_type, retain_loss, token_ids
-from ..errors import EraseError
-from ..loop import Eraser
-from ..registry import TrainedConfig, check_options, option, register_method
-from ..selection import UNET_GROUPS, ParamSelection, unet_weights
+from ..core.adversarial import AdversarialPrefixes
+from ..core.components import model_device, model_root
+from ..core.data import GenerationSets
+from ..core.diffusion import (
+    RETAIN_LOSSES,
+    alphas_cumprod,
+    encode_prompts,
+    noisy,
+    prediction_type,
+    retain_loss,
+    token_ids,
+)
+from ..core.errors import EraseError
+from ..core.loop import Eraser
+from ..core.registry import TrainedConfig, check_options, option, register_method
+from ..core.selection import UNET_GROUPS, ParamSelection, unet_weights
 
 
 @dataclass

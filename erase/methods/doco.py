@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..components import model_device, model_root
-from ..data import GenerationSets
-from ..diffusion import (
+from ..core.components import model_device, model_root
+from ..core.data import GenerationSets
+from ..core.diffusion import (
     RETAIN_LOSSES,
     alphas_cumprod,
     encode_prompts,
@@ -44,11 +44,11 @@ from ..diffusion import (
     prediction_type,
     retain_loss,
 )
-from ..errors import EraseError
-from ..loop import Eraser
-from ..registry import TrainedConfig, check_options, option, register_method
-from ..selection import UNET_GROUPS, ParamSelection, unet_weights
-from ..surgery import COMBINERS, UPSTREAM_RETAIN_WEIGHT, clip_global_norm, dot, grads_of
+from ..core.errors import EraseError
+from ..core.loop import Eraser
+from ..core.registry import TrainedConfig, check_options, option, register_method
+from ..core.selection import UNET_GROUPS, ParamSelection, unet_weights
+from ..core.surgery import COMBINERS, UPSTREAM_RETAIN_WEIGHT, clip_global_norm, dot, grads_of
 
 
 @dataclass

@@ -23,11 +23,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..components import model_device, model_root
-from ..diffusion import encode_prompts
-from ..loop import Eraser
-from ..registry import TrainedConfig, check_options, option, register_method
-from ..selection import ParamSelection, unet_weights
+from ..core.components import model_device, model_root
+from ..core.diffusion import encode_prompts
+from ..core.loop import Eraser
+from ..core.registry import TrainedConfig, check_options, option, register_method
+from ..core.selection import ParamSelection, unet_weights
 
 VARIANTS = {
     "x": ("cross_attention", ""),

@@ -42,12 +42,12 @@ from typing import Callable, ClassVar
 
 import torch
 
-from ..components import model_device, model_root
-from ..data import generations, load_captioned_images
-from ..diffusion import alphas_cumprod, encode_images, encode_prompts, noisy
-from ..errors import EraseError
-from ..registry import check_options, option, register_method
-from ..selection import ParamSelection
+from ..core.components import model_device, model_root
+from ..core.data import generations, load_captioned_images
+from ..core.diffusion import alphas_cumprod, encode_images, encode_prompts, noisy
+from ..core.errors import EraseError
+from ..core.registry import check_options, option, register_method
+from ..core.selection import ParamSelection
 from .uce import UCE, UCEConfig, concept_span, prompt_tokens
 
 

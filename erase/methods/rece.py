@@ -29,10 +29,10 @@ from typing import ClassVar
 
 import torch
 
-from ..components import model_root
-from ..errors import EraseError
-from ..registry import check_options, option, register_method
-from ..selection import ParamSelection
+from ..core.components import model_root
+from ..core.errors import EraseError
+from ..core.registry import check_options, option, register_method
+from ..core.selection import ParamSelection
 from .uce import UCE, UCEConfig, kv_parameters, uce_data, uce_solve
 
 

@@ -30,9 +30,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..components import model_device, model_root
-from ..data import GenerationSets, load_image_folder
-from ..diffusion import (
+from ..core.components import model_device, model_root
+from ..core.data import GenerationSets, load_image_folder
+from ..core.diffusion import (
     RETAIN_LOSSES,
     alphas_cumprod,
     cfg_eps,
@@ -43,10 +43,10 @@ from ..diffusion import (
     retain_loss,
     training_target,
 )
-from ..errors import EraseError
-from ..loop import Eraser
-from ..registry import TrainedConfig, check_options, option, register_method
-from ..selection import ParamSelection
+from ..core.errors import EraseError
+from ..core.loop import Eraser
+from ..core.registry import TrainedConfig, check_options, option, register_method
+from ..core.selection import ParamSelection
 
 SCOPES = {"unet": r"^unet\.", "cross_attention": r"^unet\..*attn2\."}
 RELABEL_ON = ("concept", "concept+anchor")

@@ -4,7 +4,7 @@ Reconstructed from the paper's descriptions (arXiv 2504.01218; no official code)
 and redesigned where the paper's losses are fooled on faces-mini (README, "Text-to-Unlearn that erases"):
 
 1. a latent mapper M_p is trained through the method's CLIP to *add* the prompt's concept to W+ codes
-   (``erase.latent_mapper``), with identity and other-attribute preservation through the guides so that the edit
+   (``erase.core.latent_mapper``), with identity and other-attribute preservation through the guides so that the edit
    adds the concept and nothing else; a gate refuses a mapper whose edit does not raise the guide classifier's
    rate of the concept by ``gate_points`` (then everything below would chase noise);
 2. the reference direction i = unit(mean(unit(E(G_f(w_hat))) - unit(E(G_f(w))))) in CLIP image space, from
@@ -39,11 +39,11 @@ from typing import ClassVar
 
 import torch
 
-from ..components import model_root
-from ..errors import EraseError
-from ..guides import Guides, unit
-from ..image_views import clip_views, embed_pair
-from ..latent_mapper import (
+from ..core.components import model_root
+from ..core.errors import EraseError
+from ..core.guides import Guides, unit
+from ..core.image_views import clip_views, embed_pair
+from ..core.latent_mapper import (
     MapperSettings,
     check_gate,
     edit,
@@ -53,9 +53,9 @@ from ..latent_mapper import (
     to_wplus,
     train_mapper,
 )
-from ..loop import Eraser
-from ..registry import TrainedConfig, check_options, option, register_method
-from ..selection import ParamSelection
+from ..core.loop import Eraser
+from ..core.registry import TrainedConfig, check_options, option, register_method
+from ..core.selection import ParamSelection
 
 DIRECTION_FLOOR = 0.02  # the smallest CLIP-embedding change (unit embeddings) the frozen-pair cosine divides by
 

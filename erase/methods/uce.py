@@ -26,12 +26,12 @@ from typing import ClassVar
 
 import torch
 
-from ..components import model_root
-from ..diffusion import encode_prompts
-from ..errors import EraseError
-from ..loop import Eraser
-from ..registry import MethodConfig, check_options, option, register_method
-from ..selection import ParamSelection, unet_weights
+from ..core.components import model_root
+from ..core.diffusion import encode_prompts
+from ..core.errors import EraseError
+from ..core.loop import Eraser
+from ..core.registry import MethodConfig, check_options, option, register_method
+from ..core.selection import ParamSelection, unet_weights
 
 
 @dataclass

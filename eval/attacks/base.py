@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from erase.diffusion import alphas_cumprod, denoising_error, encode_images, prediction_type
-from erase.errors import EraseError
-from erase.patch import patches_disabled
-from erase.prompt_slots import SlotPrompts, encode_slots, slot_prompts
-from erase.registry import check_options, option
+from erase.core.diffusion import alphas_cumprod, denoising_error, encode_images, prediction_type
+from erase.core.errors import EraseError
+from erase.core.patch import patches_disabled
+from erase.core.prompt_slots import SlotPrompts, encode_slots, slot_prompts
+from erase.core.registry import check_options, option
 from eval.generate import protocol_images, to_tensor
 
 

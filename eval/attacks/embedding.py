@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from erase.registry import option
+from erase.core.registry import option
 
 from .base import PrefixAttack, PrefixConfig
 from .registry import register_attack

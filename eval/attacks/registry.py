@@ -1,5 +1,5 @@
 """The attack registry: one config dataclass + one ``Attack`` class per attack, one file each under
-``eval/attacks/``, each ending with ``register_attack(...)`` (as methods register in ``erase.registry``)."""
+``eval/attacks/``, each ending with ``register_attack(...)`` (as methods register in ``erase.core.registry``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, fields
 
-from erase.errors import EraseError
-from erase.registry import check_registration, coerce_value
+from erase.core.errors import EraseError
+from erase.core.registry import check_registration, coerce_value
 
 PACKAGE = "eval.attacks"
 NOT_ATTACKS = {"base", "registry", "run", "report"}

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erase.errors import EraseError
-from erase.files import write_json_atomic, write_text_atomic, writing
-from erase.prompt_slots import MARKER, encode_slots, eos_states, slot_prompts
+from erase.core.errors import EraseError
+from erase.core.files import write_json_atomic, write_text_atomic, writing
+from erase.core.prompt_slots import MARKER, encode_slots, eos_states, slot_prompts
 from eval.answer_set import progress_bar
 from eval.classifiers import batched_logits
 from eval.generate import protocol_images, to_tensor

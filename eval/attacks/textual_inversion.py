@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from erase.diffusion import alphas_cumprod, denoising_error, prediction_type
-from erase.prompt_slots import encode_slots, slot_prompts
-from erase.registry import option
+from erase.core.diffusion import alphas_cumprod, denoising_error, prediction_type
+from erase.core.prompt_slots import encode_slots, slot_prompts
+from erase.core.registry import option
 
 from .base import Attack, BudgetConfig, original_latents
 from .registry import register_attack

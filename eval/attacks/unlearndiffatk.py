@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from erase.prompt_slots import project_simplex, sampled_one_hot
+from erase.core.prompt_slots import project_simplex, sampled_one_hot
 
 from .base import PrefixAttack, PrefixConfig
 from .registry import register_attack

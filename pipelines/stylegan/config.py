@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import InitVar, asdict, dataclass, fields
 
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "generator.safetensors"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 
 from .config import SQRT2, StyleGANConfig
 from .layers import (

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from erase.errors import EraseError
-from erase.files import check_writable, read_json_object
+from erase.core.errors import EraseError
+from erase.core.files import check_writable, read_json_object
 
 from .config import CONFIG_FILE, MODEL_TYPE, WEIGHTS_FILE, StyleGANConfig, StyleGANLoadError
 from .networks import Generator

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from erase.errors import EraseError
-from erase.locations import world_dir
+from erase.core.errors import EraseError
+from erase.core.locations import world_dir
 
 from .models import CLIP_MODEL_NAME, ClassifierConfig, ConceptClassifier
 from .world import OBJECTS, STYLES

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from erase.files import write_json_atomic
+from erase.core.files import write_json_atomic
 from eval.clip_alignment import clip_preprocess
 from eval.generate import generate, to_tensor
 

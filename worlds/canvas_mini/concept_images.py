@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from erase.errors import EraseError
+from erase.core.errors import EraseError
 
 from .data import SEED_BASE
 from .render import render_with_mask

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from erase.errors import EraseError
-from erase.locations import world_dir
+from erase.core.errors import EraseError
+from erase.core.locations import world_dir
 from worlds.canvas_mini.assets import load_clip
 
 from .models import AttributeClassifier, AttributeClassifierConfig, IdentityEmbedder, IdentityEmbedderConfig

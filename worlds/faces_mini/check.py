@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erase.files import write_json_atomic
+from erase.core.files import write_json_atomic
 from eval.clip_alignment import CLIPAlignment
 from eval.fid import frechet_distance
 from eval.grid import save_png

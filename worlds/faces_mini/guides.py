@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from erase.data import model_identity
-from erase.guides import Guides, unit
+from erase.core.data import model_identity
+from erase.core.guides import Guides, unit
 from eval.clip_alignment import clip_preprocess
 
 from .assets import ASSETS_DIR, load_faces_clip, load_judge

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erase.files import write_json_atomic, write_text_atomic
-from erase.latent_mapper import MapperSettings, edit, to_images, to_wplus, train_mapper
-from erase.patch import applied_patches, patches_disabled
+from erase.core.files import write_json_atomic, write_text_atomic
+from erase.core.latent_mapper import MapperSettings, edit, to_images, to_wplus, train_mapper
+from erase.core.patch import applied_patches, patches_disabled
 from eval.fidelity import psnr
 from eval.grid import save_png
 from eval.protocols import Protocol

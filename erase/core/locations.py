@@ -26,9 +26,9 @@ def assets_root() -> Path:
     """The shipped assets tree: $ERASEKIT_ASSETS, else the installed package data, else the checkout's assets/."""
     if os.environ.get("ERASEKIT_ASSETS"):
         return Path(os.environ["ERASEKIT_ASSETS"])
-    here = Path(__file__).resolve().parent
-    installed = here / "_assets"
-    return installed if installed.is_dir() else here.parent / "assets"
+    package = Path(__file__).resolve().parents[1]  # erase/
+    installed = package / "_assets"
+    return installed if installed.is_dir() else package.parent / "assets"
 
 
 def world_dir(world: str) -> Path:

@@ -9,7 +9,7 @@ Folder layout::
     erasure_config.json         request, method + config, base-model fingerprint, package version, metrics,
                                 and the SHA-256 of the safetensors file (a half-written pair is refused)
 
-This module is the bottom layer: it works on any model whose modules ``erase.components`` can list
+This module is the bottom layer: it works on any model whose modules ``erase.core.components`` can list
 (a diffusers pipeline, our StyleGAN pipeline, a plain ``nn.Module``); ``pipelines/`` re-exports it.
 
 **Fingerprint.** A patch records, for every tensor it touches, the tensor's shape, dtype, SHA-256 and a
@@ -58,7 +58,8 @@ class PatchError(EraseError):
 
 
 def fingerprint(model, touched: list[str]) -> dict:
-    """The base-model fingerprint of a patch touching ``touched`` (``erase.fingerprint``), of the unpatched weights."""
+    """The base-model fingerprint of a patch touching ``touched`` (``erase.core.fingerprint``), of the unpatched
+    weights."""
     return fingerprint_of(model, _base_params(model), touched)
 
 

@@ -1,6 +1,6 @@
 """Base-model fingerprints of a patch: for every tensor it touches, shape, dtype, SHA-256 and a few probe values;
 probes of the other tensors of the components it touches; a cheap identity of the other components. See
-``erase.patch`` (which checks them against a model's unpatched weights) for how they are used."""
+``erase.core.patch`` (which checks them against a model's unpatched weights) for how they are used."""
 
 from __future__ import annotations
 
