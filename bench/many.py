@@ -279,6 +279,12 @@ def _asr(r: dict) -> str:
     return f"{100 * r['asr']:.0f}% ({100 * r['confirmed_asr']:.0f}%)"
 
 
+def _cra(r: dict) -> str:
+    if r["cra"] != r["cra"]:  # NaN: a mixed list leaves no axis untouched
+        return "n/a"
+    return f"{100 * r['cra']:.1f} ({100 * r['original_cra']:.1f})"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| list | method | k | UA | IRA (original) | CRA (original) | H | retained PSNR | embedding ASR (confirmed) "
@@ -290,8 +296,7 @@ def markdown(rows: list[dict]) -> str:
         x = "" if r["time_vs_single"] is None else f" ({r['time_vs_single']:.1f}x)"
         lines.append(
             f"| {r.get('list', 'styles')} | {r['method']} | {r['k']} | {100 * r['ua']:.1f} | "
-            f"{100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | {100 * r['cra']:.1f} "
-            f"({100 * r['original_cra']:.1f}) | "
+            f"{100 * r['ira']:.1f} ({100 * r['original_ira']:.1f}) | {_cra(r)} | "
             f"{100 * (r['h'] or r['ua']):.1f} | {psnr} | {_asr(r)} | "
             f"{r['erase_seconds']:.1f} s{x} | {r['patch_mb']:.2f} MB | "
             f"{'met' if r['bar'] else '-'} |"
@@ -382,6 +387,9 @@ def main(argv=None) -> int:
     p.add_argument("--lists", default="styles", help="families of lists: styles, objects, mixed (comma-separated)")
     p.add_argument("--merge", action="store_true", help="keep the rows of --out's JSON that this run does not redo")
     p.add_argument("--out", default="bench/results/many")
+    p.add_argument(
+        "--table-only", action="store_true", help="rewrite --out's .md and .png from its .json; run nothing"
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -391,7 +399,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(default_threads())
     out = Path(args.out)
     previous = (
-        json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").is_file() else []
+        json.loads(out.with_suffix(".json").read_text())
+        if (args.merge or args.table_only) and out.with_suffix(".json").is_file()
+        else []
     )
 
     def write(rows):
@@ -402,7 +412,10 @@ def main(argv=None) -> int:
         write_text_atomic(out.with_suffix(".md"), markdown(rows))
         plot([r for r in rows if r.get("list", "styles") == "styles"], out.with_suffix(".png"))
 
-    write(run(args.methods.split(","), args.lists.split(","), [int(k) for k in args.ks.split(",")], on_row=write))
+    if args.table_only:
+        write([])
+    else:
+        write(run(args.methods.split(","), args.lists.split(","), [int(k) for k in args.ks.split(",")], on_row=write))
     print(f"wrote {out}.md / .json / .png")
     return 0
 
