@@ -299,7 +299,8 @@ def _erase_held(
         raise
     mem, mem_kind = peak_memory_bytes(device)
     patch.config["efficiency"] = {
-        "erase_seconds": round(time.time() - t0, 2),
+        # a resumed run counts the interrupted one's time up to its checkpoint (the loop keeps it there)
+        "erase_seconds": round(time.time() - t0 + patch.config.get("timing", {}).get("seconds_before_resume", 0), 2),
         "peak_memory_bytes": mem,
         "peak_memory_kind": mem_kind,
         "patch_bytes": patch.nbytes(),

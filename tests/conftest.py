@@ -1,3 +1,4 @@
+import json
 import os
 import tempfile
 
@@ -84,6 +85,10 @@ def assert_resume_is_bit_identical(
     with pytest.raises(KeyboardInterrupt):
         erase_concept(pipe, method, request, tmp_path / "resumed", overrides=over, progress=False)
     restore()
+    meta_file = tmp_path / "resumed" / "checkpoint" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["seconds"] > 0  # the interrupted run's time so far; made large below so that it shows in the total
+    meta_file.write_text(json.dumps({**meta, "seconds": 1000.0}))
     resumed = erase_concept(
         pipe.__class__(**build_tiny_pipe().components),
         method,
@@ -94,6 +99,9 @@ def assert_resume_is_bit_identical(
         progress=False,
     )
     assert resumed.config["timing"]["resumed_from"] == resumed_from
+    # the time of the interrupted run up to its checkpoint counts in the resumed run's time
+    assert resumed.config["timing"]["seconds_before_resume"] == 1000.0
+    assert 1000 < resumed.config["efficiency"]["erase_seconds"] < 1000 + 600
     assert resumed.names() == full.names()
     for n in full.names():
         assert torch.equal(resumed.deltas[n], full.deltas[n]), n

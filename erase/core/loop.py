@@ -102,8 +102,10 @@ def _restore(obj, state) -> None:
 
 
 def _save_checkpoint(
-    folder: Path, step: int, params: dict[str, torch.Tensor], eraser: Eraser, identity: dict | None
+    folder: Path, step: int, params: dict[str, torch.Tensor], eraser: Eraser, identity: dict | None, seconds: float
 ) -> None:
+    """The selected weights, the method's training state and {step, run, seconds}: ``seconds`` is the run's time so
+    far (setup and training, over every resume), so that a resumed run reports its whole time."""
     from safetensors.torch import save_file
 
     tmp = folder.with_name(folder.name + ".tmp")
@@ -113,11 +115,14 @@ def _save_checkpoint(
     with writing(folder, cleanup=(tmp,), size=size):  # out of space: the previous checkpoint stays as it was
         save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "params.safetensors"))
         torch.save(eraser.state_dict(), tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "run": identity}, default=str))
+        (tmp / "meta.json").write_text(
+            json.dumps({"step": step, "run": identity, "seconds": round(seconds, 3)}, default=str)
+        )
     swap_dir(tmp, folder)
 
 
-def _load_checkpoint(folder: Path, params: dict[str, torch.Tensor], eraser: Eraser) -> int:
+def _load_checkpoint(folder: Path, params: dict[str, torch.Tensor], eraser: Eraser) -> tuple[int, float]:
+    """Put the checkpoint's weights and training state back; returns its step and the run's seconds until then."""
     from safetensors.torch import load_file
 
     saved = load_file(str(folder / "params.safetensors"))
@@ -127,7 +132,8 @@ def _load_checkpoint(folder: Path, params: dict[str, torch.Tensor], eraser: Eras
         for n, p in params.items():
             p.copy_(saved[n].to(p.device, p.dtype))
     eraser.load_state_dict(torch.load(folder / "state.pt", map_location="cpu", weights_only=True))
-    return int(json.loads((folder / "meta.json").read_text())["step"])
+    meta = json.loads((folder / "meta.json").read_text())
+    return int(meta["step"]), float(meta.get("seconds", 0.0))
 
 
 def checkpoint_meta(out_dir: str | Path) -> dict | None:
@@ -185,16 +191,16 @@ def run(
             if unknown:
                 raise EraseError(f"{eraser.name} selected {unknown[0]}, outside its declared scope {pattern!r}")
             params = {n: scoped[n] for n in selection.masks}
-            start = (
+            start, before = (
                 _load_checkpoint(ckpt, params, eraser)
                 if loop.resume and recover_swapped_dir(ckpt) and (ckpt / "meta.json").exists()
-                else 0
+                else (0, 0.0)
             )
             log_path = out_dir / "train_log.jsonl"
             if start == 0 and log_path.exists():
                 log_path.unlink()
             setup_seconds = time.time() - t0
-            _train(eraser, model, params, ckpt, log_path, loop, start, load_dtypes, tqdm)
+            _train(eraser, model, params, ckpt, log_path, loop, start, load_dtypes, tqdm, clock=(t0, before))
             train_seconds = time.time() - t0 - setup_seconds
             moved = [n for n, p in scoped.items() if n not in params and not torch.equal(p.detach(), base[n])]
             if moved:
@@ -226,12 +232,16 @@ def run(
         "train_seconds": round(train_seconds, 2),
         "steps": loop.steps,
         "resumed_from": start,
+        "seconds_before_resume": round(before, 2),  # the interrupted run's time up to its checkpoint
     }
     shutil.rmtree(ckpt, ignore_errors=True)
     return patch
 
 
-def _train(eraser, model, params, ckpt, log_path, loop: LoopConfig, start: int, load_dtypes, tqdm) -> None:
+def _train(
+    eraser, model, params, ckpt, log_path, loop: LoopConfig, start: int, load_dtypes, tqdm, clock: tuple[float, float]
+) -> None:
+    """Steps ``start`` to ``loop.steps``; ``clock`` = (this run's start time, the seconds of the run before it)."""
     bar = tqdm(
         range(start, loop.steps),
         initial=start,
@@ -256,4 +266,4 @@ def _train(eraser, model, params, ckpt, log_path, loop: LoopConfig, start: int, 
                 log.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
             if loop.checkpoint_every and (i + 1) % loop.checkpoint_every == 0 and i + 1 < loop.steps:
-                _save_checkpoint(ckpt, i + 1, params, eraser, loop.identity)
+                _save_checkpoint(ckpt, i + 1, params, eraser, loop.identity, time.time() - clock[0] + clock[1])
