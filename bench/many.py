@@ -62,6 +62,7 @@ METHODS = (
     "esd",
     "composed",
     "concept_ablation@canvas-mini-robust",
+    "concept_ablation@canvas-mini-robust-list",
 )
 ATTACK_PROMPTS, ATTACK_BUDGET = 3, {"blocks": 10}
 # The attack's cost grows with k: it runs on the first 3 concepts of each list, and only on lists of 5 or more
