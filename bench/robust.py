@@ -217,7 +217,6 @@ def scatter(rows: list[dict], path: Path) -> None:
 
 
 def styles_table(folders: list[str]) -> str:
-
     original = json.loads((ROOT / "bench" / "results" / "canvas-mini.json").read_text())["original"]["rows"]
     rows = []
     for folder in folders:

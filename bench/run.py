@@ -342,7 +342,6 @@ def _scoring_peak_in_child(folder: Path, n_seeds: int) -> dict:
 
 def _score_and_report(folder: str, n_seeds: int, threads: int) -> None:
     """Child process: load the judges, reset the peak-RSS counter, score the answer set, print one JSON line."""
-
     torch.set_num_threads(threads)
     os.environ["ERASEKIT_CACHE"] = tempfile.mkdtemp(
         prefix="bench-evalmem-cache-"

@@ -214,7 +214,6 @@ def run_jobs(
     log=print,
 ) -> list[dict]:
     """Erase every concept of ``requests`` (concept -> EraseRequest) that is not done yet; returns the manifest."""
-
     for k, concept in enumerate(requests, 1):
         if (job_record(out, concept) or {}).get("status") == "done":
             log(f"[{k}/{len(requests)}] {concept}: done already (patch verified), skipped")
@@ -260,7 +259,6 @@ def run_jobs(
 def joint_request(requests: list, kind: str):
     """One request erasing every concept at once: all forget / anchor prompt pairs, retain
     prompts naming none of them."""
-
     names = [r.concept for r in requests]
     forget = [p for r in requests for p in r.forget_prompts]
     anchors = [p for r in requests for p in r.anchor_prompts]

@@ -169,7 +169,6 @@ def iter_answer_set(protocol: Protocol, folder: str | Path, batch_size: int = 64
 
 def _read_png(path: Path, resolution: int, sha256: str | None = None) -> np.ndarray:
     """One image as uint8 HxWx3; with ``sha256`` (a cached image's recorded hash) the bytes read are checked first."""
-
     try:
         data = path.read_bytes()
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:

@@ -52,7 +52,6 @@ def make_axis_metric(axis: Axis):
 
 
 def _concept_accuracy(axis: Axis):
-
     return ConceptAccuracy(axis.concepts)
 
 

@@ -96,7 +96,6 @@ def load_unlearncanvas_vit(
 
 def load_judges(protocol: Protocol, style_weights=None, object_weights=None, device="cpu") -> dict[str, nn.Module]:
     """One judge per axis of the protocol: {axis name: module mapping images to logits in that axis's label order}."""
-
     world = world_of(protocol)
     if world is not None:
         if style_weights or object_weights:

@@ -114,7 +114,6 @@ def load_or_compute_reference(fid, key: str, cache_dir: str | Path, images_fn, b
     ``images_fn`` returns float images in [0, 1]: one (N, 3, H, W) tensor, or an iterable of such batches
     (so a large reference set is never held in memory at once). Returns True on a cache hit.
     """
-
     path = Path(cache_dir) / f"fid_ref_{key}.safetensors"
     built = []
 

@@ -94,7 +94,6 @@ def protocol_images(
     prompt_embeds: torch.Tensor | None = None,
 ) -> np.ndarray:
     """One image per (prompt, seed) with the protocol's sampler and settings, no progress bar."""
-
     with protocol_scheduler(pipe, protocol.sampler):
         return generate(
             pipe,

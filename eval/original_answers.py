@@ -29,7 +29,6 @@ COMPLETE = "complete"
 def original_folder(pipe, protocol, cache: Path | None = None) -> Path:
     """Where the unpatched ``pipe``'s answer set for ``protocol`` is cached (the model's
     identity and the whole protocol)."""
-
     key = json.dumps({"model": model_identity(pipe), "protocol": protocol.to_dict()}, sort_keys=True)
     return Path(cache or cache_dir()) / "answer-sets" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
@@ -91,7 +90,6 @@ def original_answer_set(
     the base model's identity and the whole protocol (seeds, sampler, steps, guidance, template, size).
     Generation is resumable; the folder counts as ready only once every image is there and recorded.
     """
-
     with patches_disabled(pipe):  # the identity (and the images) of the model without its patches
         folder = original_folder(pipe, protocol, cache)
         with entry_lock(folder):  # two processes that need one entry: the second waits, then uses it
@@ -108,7 +106,6 @@ def reuse_original(pipe, protocol, images: Path, cache: Path | None = None) -> i
     Evaluating the same original model again (another target, another batch) then generates nothing. A copy
     whose bytes differ from the recorded hash is not kept (the evaluation generates that image itself).
     """
-
     if applied_patches(pipe):
         return 0
     cached = original_folder(pipe, protocol, cache)

@@ -376,7 +376,6 @@ BUILTIN = {"unlearncanvas": unlearncanvas}  # and every world's protocol (eval.w
 
 def load_protocol(spec: str) -> Protocol:
     """A built-in protocol or a world's (``canvas-mini``, ``faces-mini``) by name, or a JSON / YAML protocol file."""
-
     if spec in BUILTIN:
         return BUILTIN[spec]()
     if spec in world_names():

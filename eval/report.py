@@ -177,7 +177,6 @@ def _evaluate_claimed(
 def _original_for_fidelity(pipe, protocol: Protocol, opt: EvalOptions) -> tuple[Path | None, str | None]:
     """The original model's answer set when ``pipe`` carries a patch (generated once,
     cached), else why there is none."""
-
     if not opt.fidelity:
         return None, "skipped (--no-fidelity)"
     if not applied_patches(pipe):
@@ -206,7 +205,6 @@ def evaluate_templates(
     ``out_dir/template-K``); accuracy only (no FID, CLIP or grid). Returns the per-template scores and
     their mean, with the same keys as the main report (first target at the top level, all in ``targets``).
     """
-
     sub_opt = replace(options, fid=False, grid=False, templates=None, fidelity=False)
     keys = ("ua", "ira", "cra")
     per_template = []
@@ -234,7 +232,6 @@ def evaluate_templates(
 def _write_grid(protocol: Protocol, out_dir: Path, model_id: str) -> str:
     """grid.png: the first seed's image of every (first-axis concept, second-axis concept),
     labelled; returns its name."""
-
     seed = protocol.seeds[0]
     rows, cols = protocol.axes
     cells = [
@@ -296,7 +293,6 @@ def joint_block(protocol: Protocol, report: dict, targets: list[tuple[str, str]]
     """A list erased by one patch: the list's UA / IRA / CRA / H replace the first target's at the top level
     (``list_scores``; each target's own numbers stay under ``targets``), and retain fidelity is the one over the
     images that show none of the erased concepts."""
-
     accuracy = {
         axis: {c: v["accuracy"] for c, v in concepts.items()} for axis, concepts in report["per_concept"].items()
     }

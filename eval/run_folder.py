@@ -104,5 +104,4 @@ def _patch_sha(patch: str | None) -> str | None:
 @lru_cache(maxsize=16)
 def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     """SHA-256 of a file, computed once per (path, modification time, size): the CLI pre-check and the run share it."""
-
     return file_sha256(path)

@@ -152,7 +152,6 @@ def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, 
     """The world's real images of every (style, object) pair but the target's, ``len(seeds)`` per pair (fresh
     renders on canvas-mini), in the classifiers' feature space and, with the world's CLIP loaded, in its embedding
     space (made once for both)."""
-
     protocol = judging.protocol
     spaces = [ClassifierFeatures(judging.judges["style"], judging.judges["object"])]
     if judging.clip is not None:
@@ -205,7 +204,6 @@ def _world_reference(judging: Judging, target: str, kind: str, batch_size: int, 
 def _folder_reference(judging: Judging, target: str, kind: str, batch_size: int, progress: bool) -> list[FIDPlan]:
     """Standard-Inception FID against a folder of real images; paths with a component named
     after the target are left out."""
-
     root, weights, r = Path(judging.fid_reference), Path(judging.fid_weights), judging.protocol.resolution
     files = image_files(root, recursive=True, exclude=target)
     fid = make_fid(weights=weights)
@@ -269,7 +267,6 @@ def score_answer_set(
 ) -> Scores:
     """Stream the answer set once and return the axis metrics and every target's UA / IRA / CRA, judge
     confidence, CLIP and FID; with ``original`` (the original model's answer set), retain fidelity too."""
-
     protocol, t0 = judging.protocol, time.time()
     metrics = {a.name: make_axis_metric(a) for a in protocol.axes}
     fids = _fid_plans(judging, batch_size, progress)
@@ -311,7 +308,6 @@ def _fidelity_entry(judging: Judging, metric) -> dict:
 
 def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids: list, fidelity: list) -> dict:
     """One target's numbers: UA / IRA / CRA, the judges' confidence beside them, CLIP, FID(s), retain fidelity."""
-
     protocol, (name, kind) = judging.protocol, judging.targets[i]
     nulls = {a.name: a.null_class for a in protocol.axes}
     accuracy = {axis: dict(zip(protocol.concepts(axis), r["accuracy"].tolist())) for axis, r in results.items()}
@@ -343,7 +339,6 @@ def _target_entry(judging: Judging, results: dict, i: int, clip_sums: list, fids
 def _fidelity_batch(judging: Judging, batch, original: Path, fidelity: list, hashes: dict | None) -> float:
     """Compare one batch of erased images with the original's images of the same entries (each checked against the
     cache's recorded hash as it is read); returns its seconds."""
-
     t0 = time.time()
     ref = read_images(original, batch.entries, judging.protocol.resolution, hashes)
     ref = torch.from_numpy(np.stack(ref)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -53,7 +53,6 @@ class World:
 
 @functools.cache
 def _entry_points() -> dict[str, str]:  # scanned once per process: installed distributions do not change under it
-
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINTS)}
 
 

@@ -138,7 +138,6 @@ __all__ = [
 def model_card(history: list[dict], base_model: str | None, metrics: dict | None = None) -> str:
     """README.md with the YAML front matter the Hugging Face Hub reads: base model, library, tags, erased concepts,
     method and preset, and the measured UA / IRA / CRA / retain fidelity when given."""
-
     concepts = [h["request"]["concept"] for h in history if h.get("request")]
     methods = sorted({h["method"] for h in history if h.get("method")})
     front = ["---", "library_name: diffusers", "tags:", "- stable-diffusion", "- concept-erasure", "- erasekit"]
@@ -187,7 +186,6 @@ def save_erased(pipe, out: str | os.PathLike, overwrite: bool = False, metrics: 
     Written to a temp folder and renamed; the applied patches' configs go to ``erasure_history.json`` and a
     model card (``README.md`` with Hub front matter; ``metrics`` when the erasure was evaluated) describes them.
     """
-
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PipelineLoadError(

@@ -37,7 +37,6 @@ def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished artefact folder into place (the old one removed only after the new one is complete; signals
     wait until the swap is done: ``erase.core.files.swap_dir``)."""
-
     swap_dir(tmp, final)
 
 
@@ -156,7 +155,6 @@ def set_recipe_fields(recipe, overrides: list[str]) -> None:
     """Apply ``KEY=VALUE`` overrides to a recipe dataclass in place. VALUE is JSON (a bare word is a string);
     ``a.b=v`` sets key ``b`` of the dict (or field of the dataclass) ``a``. Unknown keys and values of another
     type raise ValueError naming what exists."""
-
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

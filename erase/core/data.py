@@ -93,13 +93,11 @@ def load_captioned_images(
 
 def cache_dir() -> Path:
     """Where erasekit caches generated data and reference statistics (``ERASEKIT_CACHE`` or ~/.cache/erasekit)."""
-
     return Path(os.environ.get("ERASEKIT_CACHE", Path.home() / ".cache" / "erasekit"))
 
 
 def model_identity(model) -> str:
     """A cheap content identity of every tensor of a model (shapes, probe values, means), as a hex digest."""
-
     records = {n: tensor_record(n, p, exact=False) for n, p in sorted(named_parameters(model).items())}
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
 
@@ -122,7 +120,6 @@ def generations(
     class and config, steps, guidance), so methods and reruns on the same model never sample twice.
     ``identity`` is ``model_identity(pipe)`` when the caller already has it (``GenerationSets``).
     """
-
     idx = torch.arange(len(prompts)).repeat_interleave(per_prompt)
     if not prompts or per_prompt < 1:
         return torch.zeros(0), idx

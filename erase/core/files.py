@@ -21,7 +21,6 @@ from .errors import EraseError
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file, read in 16 MB blocks (patches and model files can be large)."""
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):

@@ -107,7 +107,6 @@ def edit(mapper: LevelsMapper, wplus: torch.Tensor, scale: float) -> torch.Tenso
 
 
 def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings, concept: str | None):
-
     ident = {
         "generator": model_identity(generator),
         "prompt": prompt,

@@ -77,7 +77,6 @@ class EraseRequest:
         defaults to the axis's null class (the photo class for styles) or, without one, to the next
         concept of the axis (stated in the request).
         """
-
         axes = list(protocol.axis_names)
         if kind not in axes:
             raise EraseError(

@@ -222,7 +222,6 @@ class MACE(UCE):
         """Per concept: the latents of its images in ``concept_images`` with their prompt indices and masks, or else
         ``lora_images`` latents of the original model (its forget prompts in turn, then the next seed), their
         forget-prompt indices and no masks."""
-
         cfg, out = self.config, self._user_images(pipe, groups)
         for tokens, group in groups.items():
             if tokens in out:

@@ -229,7 +229,6 @@ class TextToUnlearn(Eraser):
         return r"^generator\."
 
     def setup(self, pipe) -> ParamSelection:
-
         cfg, req = self.config, self.request
         if self.guides is None:
             raise EraseError(

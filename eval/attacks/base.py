@@ -229,7 +229,6 @@ def check_prompts_fit(tokenizer, texts: list[str], n_slots: int) -> SlotPrompts:
 def original_images(pipe, protocol, prompts: list[str], seeds: list[int], *, batch_size: int = 64):
     """The original model's images (uint8 N x H x W x 3) of ``prompts`` at ``seeds``, with the protocol's sampler:
     every applied patch is taken off for the duration (bit-exactly) and put back."""
-
     with patches_disabled(pipe):
         return protocol_images(pipe, protocol, prompts, seeds, batch_size=batch_size)
 
@@ -237,7 +236,6 @@ def original_images(pipe, protocol, prompts: list[str], seeds: list[int], *, bat
 def latents_of(pipe, images) -> torch.Tensor:
     """uint8 images -> the VAE's latents (posterior mode x scaling factor), as
     UnlearnDiffAtk encodes its target image."""
-
     return torch.cat([encode_images(pipe, to_tensor(images[i : i + 64])).cpu() for i in range(0, len(images), 64)])
 
 

@@ -103,7 +103,6 @@ def attack_task(protocol, target: str, kind: str, judges: dict, options: AttackO
 @torch.no_grad()
 def judge_images(task: AttackTask, images: np.ndarray) -> list[dict]:
     """Each image's judged class, its probability, the target's probability, and success (judged as the target)."""
-
     probs = torch.softmax(batched_logits(task.judge, to_tensor(images)), -1)
     top = probs.argmax(-1)
     return [
@@ -121,7 +120,6 @@ def _generate(
     pipe, task: AttackTask, index: list[int], *, embeds: torch.Tensor | None = None, batch_size: int = 64
 ) -> np.ndarray:
     """The attacked model's images of prompts ``index`` at their own seeds (conditioned on ``embeds`` when given)."""
-
     return protocol_images(
         pipe,
         task.protocol,
@@ -187,7 +185,6 @@ def attack_identity(
 ) -> dict:
     """What makes two attack runs the same (the run.json of their folder): the model, the patch and its SHA-256, the
     protocol, the target, the attack with its whole config, the prompts attacked and how they start."""
-
     return {
         **run_identity(str(model_id), patch, protocol),
         "scale": scale,
@@ -202,7 +199,6 @@ def attack_identity(
 
 def check_attack_folder(out: Path, identity: dict, resume: bool) -> None:
     """Refuse another run's folder, and this run's own folder without ``resume``; writes nothing."""
-
     check_output_folder(out, identity, COMMAND)
     if out.is_dir() and any(out.iterdir()) and not resume:
         raise EraseError(
@@ -222,7 +218,6 @@ def run_attack(
     options: AttackOptions | None = None,
 ) -> dict:
     """Attack every prompt of ``task`` on ``pipe`` (the model under attack, patch applied) and write the results."""
-
     options = options or AttackOptions()
     out = Path(out_dir)
     check_attack_folder(out, identity, resume)
@@ -344,7 +339,6 @@ def _confirm(pipe, task: AttackTask, prompts, state: dict, options: AttackOption
     confirmed when at least half are judged as the target. Best-of-N judging at one seed lets luck count as
     success (a random prefix on a prompt without a style hits any style now and then); a confirmed success
     is a prompt that carries the concept."""
-
     seeds = [CONFIRM_SEED_OFFSET + s for s in range(options.confirm_seeds)]
     out: list[dict | None] = [None] * len(task)
     for i, r in enumerate(state["records"]):
@@ -382,7 +376,6 @@ def attack_block(
 ) -> dict:
     """``erase eval --attack NAME``: the attack on every target (in
     ``out_dir/attack-NAME-KIND-TARGET``, resumable), summarised."""
-
     rows = []
     for target, kind in targets:
         options = AttackOptions(prompts=opt.attack_prompts, progress=opt.progress, batch_size=opt.batch_size)

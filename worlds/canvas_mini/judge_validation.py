@@ -53,7 +53,6 @@ DEGRADATIONS = {"blur": _blur, "texture": _texture, "palette": _palette}
 
 def held_out_renders(per_pair: int = 1, objects: int = 4) -> tuple[list[Image.Image], torch.Tensor]:
     """Renders of every style with the first ``objects`` objects, and their style labels."""
-
     images, labels = [], []
     for si, style in enumerate(STYLES):
         for obj in OBJECTS[:objects]:
@@ -75,7 +74,6 @@ def _tensor(images: list[Image.Image]) -> torch.Tensor:
 @torch.no_grad()
 def measure(per_pair: int = 1, objects: int = 4) -> dict:
     """{degradation: [{strength, psnr, perceptual, accuracy, confidence}, ...]} on held-out renders."""
-
     style, obj = (load_classifier(k).for_inference() for k in ("style", "object"))
     distance = ClassifierFeatureDistance(style, obj)
     images, labels = held_out_renders(per_pair, objects)

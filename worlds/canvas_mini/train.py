@@ -354,7 +354,6 @@ class Builder(StagedBuild):
         replace_dir(tmp, self.out / "pipeline")
 
     def stage_check(self) -> None:
-
         run_check(self.out, progress=True)  # writes quality.json, which write_recipe folds in
 
 

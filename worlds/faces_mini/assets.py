@@ -76,7 +76,6 @@ def load_judge(name: str, folder: str | Path | None = None, device: str | torch.
 def load_faces_clip(which: str = "clip-judge", folder: str | Path | None = None, device: str | torch.device = "cpu"):
     """One of the two tiny CLIPs: ``clip-guide`` (the method's) or ``clip-judge`` (evaluation only); ``folder``
     defaults to the shipped one."""
-
     if which not in CLIPS:
         raise FacesAssetError(f"unknown faces-mini CLIP {which!r}; choose one of: {', '.join(CLIPS)}")
     folder = Path(folder) if folder is not None else ASSETS_DIR / which

@@ -93,7 +93,6 @@ def fd_reference(
     ``judge``'s feature space; ``floor`` is the same distance for ``n_floor`` other renders (what a perfect
     generator would score with that many samples). With ``without`` (a concept) both sets hold only renders that
     lack it, so that a generator which no longer draws the concept is compared with the world it should now be."""
-
     if real is None:
         real = renders_without(without, CHECK_RENDERS, SEED_BASE["check"], progress)
     real_features = features(judge, real)
@@ -108,7 +107,6 @@ def fd_reference(
 def renders_without(concept: str | None, n: int, first_seed: int, progress: bool = False) -> torch.Tensor:
     """``n`` float renders in [0, 1] that lack ``concept`` (the first such seeds from ``first_seed`` on); with no
     concept, the renders of seeds first_seed .. first_seed + n - 1."""
-
     if concept is None:
         return render_set(n, first_seed, progress=progress)[0].float() / 255
     head, cls = concept_rate_label(concept)
@@ -122,13 +120,11 @@ def renders_without(concept: str | None, n: int, first_seed: int, progress: bool
 
 
 def generator_samples(out: Path, n: int) -> torch.Tensor:
-
     pipe = StyleGANPipeline.from_pretrained(out / "generator")
     return pipe(seeds=list(range(n)), truncation_psi=1.0, output_type="pt")
 
 
 def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> dict[str, float]:
-
     model, tokenizer = load_faces_clip(which, folder)
     scorer = CLIPAlignment(model, tokenizer)
     img = scorer.image_features(x)
@@ -142,7 +138,6 @@ def clip_zero_shot(which: str, folder: Path, x: torch.Tensor, labels: dict) -> d
 
 
 def run_check(out: Path, work: Path | None = None, recipe=None, progress: bool = False) -> dict:
-
     n = recipe.check_samples if recipe is not None else 1000
     images, labels = render_set(CHECK_RENDERS, SEED_BASE["check"], progress=progress)
     x_real = images.float() / 255
@@ -213,7 +208,6 @@ def sample_grid(out: Path, path: Path, n: int = 48, per_row: int = 16) -> Path:
 
 
 def main(argv=None) -> None:
-
     p = argparse.ArgumentParser(description="measure the faces-mini artefacts (writes quality.json)")
     p.add_argument("--out", default=str(ASSETS_DIR))
     p.add_argument("--grid", default=None, help="also write a PNG of generator samples above a row of renders")

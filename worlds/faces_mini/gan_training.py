@@ -26,7 +26,6 @@ from .check import confident_mask, judge_all, rates
 
 def gan_config(recipe, part: str = "generator"):
     """The StyleGAN config of the generator, or of the discriminator (the generator's but for its own widths)."""
-
     cfg = dict(recipe.gan)
     channels = recipe.gan_d_channels if part == "discriminator" and recipe.gan_d_channels else cfg["channels"]
     cfg["channels"] = {int(k): int(v) for k, v in channels.items()}
@@ -49,7 +48,6 @@ def _reals(images: torch.Tensor, idx: torch.Tensor, g: torch.Generator, device) 
 
 def attribute_probe(generator, judge, target_rates: dict, n: int = 500, seed: int = 123_456) -> dict:
     """Rates of the binary attributes and hair colours on ``n`` samples at truncation 1 vs the data's."""
-
     with torch.no_grad():
         z = torch.randn(n, generator.config.z_dim, generator=torch.Generator().manual_seed(seed))
         x = (
@@ -66,7 +64,6 @@ def attribute_probe(generator, judge, target_rates: dict, n: int = 500, seed: in
 
 
 def train_generator(recipe, images: torch.Tensor, labels: dict, work: Path, out: Path, device: torch.device) -> None:
-
     g = torch.Generator().manual_seed(recipe.seed + 60)
     torch.manual_seed(recipe.seed + 60)
     cfg = gan_config(recipe)

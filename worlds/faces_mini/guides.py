@@ -37,7 +37,6 @@ GUIDE_ASSETS = ("clip-guide", "guide-classifier", "guide-identity")
 def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> tuple:
     """(image -> unit embedding, texts -> unit embedding, content digest) of one of the faces-mini CLIPs,
     differentiable in the images."""
-
     model, tokenizer = load_faces_clip(which, folder, device=device)
     model.requires_grad_(False)
 
@@ -52,13 +51,11 @@ def clip_guides(which: str, folder: Path | None = None, device: str = "cpu") -> 
 
 
 def _digest(net) -> str:
-
     return model_identity(net)[:16]
 
 
 def faces_mini_guides(assets: Path | None = None, device: str = "cpu") -> Guides:
     """Text-to-Unlearn's guides on faces-mini: none of them is a network the evaluation uses."""
-
     root = Path(assets) if assets is not None else ASSETS_DIR
     image, text, clip_digest = clip_guides("clip-guide", root / "clip-guide", device)
     classifier = load_judge("guide-classifier", root / "guide-classifier", device)
@@ -109,7 +106,6 @@ def faces_mini_guides(assets: Path | None = None, device: str = "cpu") -> Guides
 def evaluation_guides(assets: Path | None = None, device: str = "cpu") -> Guides:
     """What the evaluation's own mapper needs (it asks for the target with an edit the method never saw): the
     held-out ``clip-judge`` and the evaluation's identity embedder. Never handed to a method."""
-
     root = Path(assets) if assets is not None else ASSETS_DIR
     image, text, clip_digest = clip_guides("clip-judge", root / "clip-judge", device)
     embedder = load_judge("identity", root / "identity", device)

@@ -28,7 +28,6 @@ PALETTE_RENDERS = 4000
 def world_palette(n: int = PALETTE_RENDERS, tolerance: int = TOLERANCE) -> torch.Tensor:
     """(LEVELS, LEVELS, LEVELS) booleans: the colour cells within ``tolerance`` cells of a colour that ``n`` renders
     (the palette seed range) contain."""
-
     images, _ = render_set(n, SEED_BASE["palette"])
     occupied = torch.zeros(LEVELS**3)
     occupied[_cells(images.float() / 255).unique()] = 1.0

@@ -27,7 +27,6 @@ def protocol() -> Protocol:
 
 
 def evaluate(*args, **kwargs) -> dict:
-
     return evaluate_faces(*args, **kwargs)
 
 
@@ -41,7 +40,6 @@ def summary(r: dict) -> str:
 
 
 def guides(*args, **kwargs):
-
     return faces_mini_guides(*args, **kwargs)
 
 

@@ -295,7 +295,6 @@ def render_spec_grid(specs, size: int = RESOLUTION, columns: int = 8, zoom: int 
 def world_digest(n: int = 64) -> str:
     """A short digest of what the world draws (the renders of seeds 0 .. n - 1 and their labels): caches of renders
     carry it in their names, so a change to the world or the renderer never reuses stale renders."""
-
     images, labels_ = render_set(n, 0)
     h = hashlib.sha256(images.numpy().tobytes())
     for head in sorted(labels_):

@@ -57,7 +57,6 @@ def _render(generator, wplus: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """{head: {class name: rate in [0, 1]}} from argmax predictions."""
-
     return {
         head: {label: float(p.argmax(1).eq(k).float().mean()) for k, label in enumerate(HEAD_CLASSES[head])}
         for head, p in probs.items()
@@ -65,7 +64,6 @@ def _rates(probs: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
 
 
 def _target_rate(rates: dict, target: str) -> float:
-
     head, cls = concept_rate_label(target)
     return rates[head][HEAD_CLASSES[head][cls]]
 
@@ -99,7 +97,6 @@ def evaluate_faces(
 ) -> dict:
     """Evaluate ``pipe`` (a StyleGANPipeline, optionally patched) for one erased target; writes
     report.json / .md / grid.png."""
-
     protocol.check_target(target, kind)
     root = Path(assets) if assets is not None else ASSETS_DIR
     judge, guides = load_judge("classifier", root / "classifier"), evaluation_guides(root)

@@ -127,7 +127,6 @@ class Builder(StagedBuild):
 
     # -- judges ------------------------------------------------------------------------------------------
     def _train_classifier(self, name: str, aug: AugmentConfig, channels, seed: int, use: str) -> None:
-
         g = seed_all(seed)
         images, labels, _ = self.renders(use, self.r.judge_renders)
         model = AttributeClassifier(AttributeClassifierConfig(channels=list(channels))).to(self.device).train()
@@ -173,7 +172,6 @@ class Builder(StagedBuild):
         self._train_identity("guide-identity", self.r.guide_identity_channels, self.r.seed + 70, "guide")
 
     def _train_identity(self, name: str, channels, seed: int, use: str) -> None:
-
         g = seed_all(seed)
         images, labels, seeds = self.renders(use, self.r.judge_renders)
         geometry = torch.tensor([geometry_vector(sample_spec(s)) for s in seeds], dtype=torch.float32)
@@ -239,12 +237,10 @@ class Builder(StagedBuild):
 
     # -- generator ---------------------------------------------------------------------------------------
     def stage_generator(self) -> None:
-
         images, labels, _ = self.renders("generator", self.r.gan_renders)
         train_generator(self.r, images, labels, self.work, self.out / "generator", self.device)
 
     def stage_check(self) -> None:
-
         run_check(self.out, self.work, self.r, progress=True)
 
     def recipe_extra(self) -> dict:
@@ -265,7 +261,6 @@ STAGES = [
 
 
 def main(argv=None) -> None:
-
     p = build_parser(
         "Rebuild the faces-mini artefacts (StyleGAN2 generator, judges, two tiny CLIPs).",
         ASSETS_DIR,
