@@ -308,12 +308,14 @@ class _AttentionLoss:
 
     def __init__(self, pipe, attns: dict, forget_prompts: list[str], group: dict, cfg, image_masks=None):
         self.pipe, self.attns, self.cfg, self.image_masks = pipe, attns, cfg, image_masks
-        self.prompts = forget_prompts
         self.positions = dict(zip(group["prompts"], group["positions"]))
-        n_tokens = pipe.tokenizer.model_max_length
+        device, n_tokens = model_device(pipe), pipe.tokenizer.model_max_length
         self.on_concept = {  # the LoRA acts on the concept's own tokens only: the fusion keeps the others' keys
-            i: torch.zeros(n_tokens).index_fill_(0, torch.tensor(pos), 1.0) for i, pos in self.positions.items()
+            i: torch.zeros(n_tokens, device=device).index_fill_(0, torch.tensor(pos, device=device), 1.0)
+            for i, pos in self.positions.items()
         }
+        with torch.no_grad():  # the text side does not change while the LoRA trains: each prompt encoded once
+            self.cond = {i: encode_prompts(pipe, [forget_prompts[i]]) for i in self.positions}
         self.acp = alphas_cumprod(pipe)
         self.masks: dict = {}
 
@@ -328,9 +330,8 @@ class _AttentionLoss:
             capture = KeyCapture(self.attns)
             try:
                 with torch.no_grad():
-                    cond = encode_prompts(self.pipe, [self.prompts[i]])
                     z_t = noisy(z0, noise[r : r + 1].to(device), tt, self.acp)
-                    self.pipe.unet(z_t, tt, encoder_hidden_states=cond)
+                    self.pipe.unet(z_t, tt, encoder_hidden_states=self.cond[i])
             finally:
                 capture.close()
             loss = 0.0
@@ -339,9 +340,7 @@ class _AttentionLoss:
                 keys = torch.nn.functional.linear(text, attn.to_k.weight.detach())
                 if lora is not None:
                     b, a = lora[name]
-                    keys = keys + self.on_concept[i].to(device)[None, :, None] * torch.nn.functional.linear(
-                        text, b @ a
-                    )
+                    keys = keys + self.on_concept[i][None, :, None] * torch.nn.functional.linear(text, b @ a)
                 p = attention_probs(attn, hidden, keys)[..., self.positions[i]]  # (1, heads, pixels, concept tokens)
                 loss = loss + (p.pow(2).sum(-1) * self._pixel_weights(p, name, i, row)).mean()
             total = total + loss / len(self.attns)
