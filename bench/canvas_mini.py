@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,10 @@ import torch
 
 from erase.core.files import write_json_atomic, write_text_atomic
 
+from .pool import run_pool
+
 ROOT = Path(__file__).resolve().parents[1]
+MODULE = "bench.canvas_mini"
 RESULTS = ROOT / "bench" / "results"
 OBJECT_TARGETS = ["Birds", "Fishes", "Towers"]
 GOLD_STYLE = "Watercolor"
@@ -284,50 +286,6 @@ def job_method(spec: str, kind: str, out: Path, threads: int) -> dict:
     }
     write_json_atomic(folder / "result.json", result)
     return result
-
-
-# -- the pool of workers --------------------------------------------------------------------------------------
-def run_pool(jobs: list[str], out: Path, workers: int, threads: int) -> list[str]:
-    """Run ``--job`` subprocesses, ``workers`` at a time; returns the jobs that failed (their logs in ``out/logs``)."""
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(jobs), {}, []
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    while pending or running:
-        while pending and len(running) < workers:
-            job = pending.pop(0)
-            log = open(out / "logs" / f"{job.replace(':', '-')}.log", "w")
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.canvas_mini",
-                "--job",
-                job,
-                "--out",
-                str(out),
-                "--threads",
-                str(threads),
-            ]
-            running[job] = (
-                subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
-                log,
-                time.time(),
-            )
-            print(f"  started {job}", flush=True)
-        time.sleep(2)
-        for job, (proc, log, t0) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[job]
-            ok = proc.returncode == 0
-            print(
-                f"  {'finished' if ok else 'FAILED'} {job} in {time.time() - t0:.0f} s"
-                + ("" if ok else f" (log: {log.name})"),
-                flush=True,
-            )
-            if not ok:
-                failed.append(job)
-    return failed
 
 
 # -- aggregation ----------------------------------------------------------------------------------------------
@@ -665,7 +623,9 @@ def main(argv=None) -> int:
     # the original first: its answer set is cached for every patched evaluation's retain fidelity
     jobs = [f"{m}:{k}" for k in KINDS for m in methods if k in entry_kinds(m)]
     jobs.sort(key=lambda job: job.split(":")[0] in ROBUST_ENTRIES)  # the long robust erasures last
-    failed = run_pool(refs, out, args.workers, args.threads) or run_pool(jobs, out, args.workers, args.threads)
+    extra = ["--out", str(out), "--threads", str(args.threads)]
+    logs = out / "logs"
+    failed = run_pool(MODULE, refs, logs, args.workers, extra) or run_pool(MODULE, jobs, logs, args.workers, extra)
     if failed:
         print(f"failed: {', '.join(failed)}; rerun the same command to resume", file=sys.stderr)
         return 1

@@ -61,12 +61,26 @@ METHODS = (
     "doco",
     "esd",
     "composed",
-    "concept_ablation@canvas-mini-robust",
     "concept_ablation@canvas-mini-robust-list",
 )
+# The robust preset (alpha 300) is not in the default run: its PSNR at 5 and 9 styles (25.1 / 23.4 dB) is why the
+# -list preset exists; ``--methods concept_ablation@canvas-mini-robust`` measures it again.
+# The workers' order: the longest jobs first, so that two workers end together.
+COST_ORDER = (
+    "salun",
+    "concept_ablation",
+    "concept_ablation@canvas-mini-robust-list",
+    "concept_ablation@canvas-mini-robust",
+    "mace",
+    "esd",
+    "doco",
+    "uce",
+    "composed",
+)
 ATTACK_PROMPTS, ATTACK_BUDGET = 3, {"blocks": 10}
-# The attack's cost grows with k: it runs on the first 3 concepts of each list, and only on lists of 5 or more
-# (the bar's k; the single-concept ASR is make bench's).
+# The attack's cost grows with k: it runs on the first 3 concepts of each list, only on lists of 5 or more (the
+# bar's k; the single-concept ASR is make bench's), and only where the rest of the bar is met (elsewhere the bar
+# is missed whatever the attack does; ``--attack-all`` attacks those too).
 ATTACK_CONCEPTS = 3
 ATTACK_MIN_K = 5
 WORK = Path("runs/bench/many")
@@ -80,21 +94,21 @@ def _method_preset(entry: str) -> tuple[str, str | None]:
     return method, preset or ("canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None)
 
 
-def _method_data(method: str, items: list[tuple[str, str]]) -> dict:
+def _method_data(method: str, items: list[tuple[str, str]], work: Path) -> dict:
     """MACE's setting per kind (issue 28): no masks for styles; for objects, the renderer's own object masks
-    (``concept_images``: 8 renders per object with their silhouettes, made once under ``WORK``)."""
+    (``concept_images``: 8 renders per object with their silhouettes, made once under ``work``)."""
     from worlds.canvas_mini.concept_images import write_concept_images
 
     objects = [name for name, kind in items if kind == "object"]
     if method != "mace" or not objects:
         return {}
-    folder = WORK / "concept-images" / "-".join(objects)
+    folder = work / "concept-images" / "-".join(objects)
     if not folder.is_dir():
         write_concept_images(objects, "object", 8, folder)
     return {"concept_images": str(folder)}
 
 
-def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Path):
+def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Path, work: Path = WORK):
     """The list's patch (made once, then reused) and its erase seconds."""
     from erase.api import erase_concept
     from erase.batch import joint_request
@@ -113,7 +127,7 @@ def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Pat
             request,
             folder,
             preset=preset,
-            overrides=_method_data(name, items),
+            overrides=_method_data(name, items, work),
             resume=True,
             progress=False,
             model_id="canvas-mini",
@@ -121,8 +135,11 @@ def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Pat
     return patch, patch.config["efficiency"]["erase_seconds"]
 
 
-def measure(pipe, protocol, judges, patches: list, targets: list[tuple[str, str]], folder: Path) -> dict:
-    """Apply ``patches`` together, evaluate the list, attack each erased style; the model is left unpatched."""
+def measure(
+    pipe, protocol, judges, patches: list, targets: list[tuple[str, str]], folder: Path, attack=lambda m: True
+) -> dict:
+    """Apply ``patches`` together, evaluate the list, then, on lists of ``ATTACK_MIN_K`` or more where
+    ``attack(scores)`` says so, attack its first concepts; the model is left unpatched."""
     from bench.attacks import attack_once
     from erase.core.patch import apply_patch, remove_patch
     from eval.report import EvalOptions, evaluate
@@ -139,6 +156,16 @@ def measure(pipe, protocol, judges, patches: list, targets: list[tuple[str, str]
             patch=str(folder),
             options=EvalOptions(joint=len(targets) > 1, fid=False, grid=False, progress=False),
         )
+        fidelity = report.get("retain_fidelity") or {}
+        m = {
+            "ua": report["ua"],
+            "ira": report["ira"],
+            "cra": report["cra"],
+            "h": report.get("h"),
+            "psnr": fidelity.get("psnr"),
+            "per_target_ua": report.get("per_target_ua") or {targets[0][0]: report["ua"]},
+        }
+        attacked = targets[:ATTACK_CONCEPTS] if len(targets) >= ATTACK_MIN_K and attack(m) else []
         attacks = [
             attack_once(
                 pipe,
@@ -152,47 +179,47 @@ def measure(pipe, protocol, judges, patches: list, targets: list[tuple[str, str]
                 str(folder),
                 ATTACK_BUDGET,
             )
-            for name, kind in targets[:ATTACK_CONCEPTS]
-            if len(targets) >= ATTACK_MIN_K
+            for name, kind in attacked
         ]
     finally:
         remove_patch(pipe)
-    fidelity = report.get("retain_fidelity") or {}
     return {
-        "ua": report["ua"],
-        "ira": report["ira"],
-        "cra": report["cra"],
-        "h": report.get("h"),
-        "psnr": fidelity.get("psnr"),
+        **m,
         "asr": sum(a["asr"] for a in attacks) / len(attacks) if attacks else None,
         "confirmed_asr": sum(a["confirmed_asr"] for a in attacks) / len(attacks) if attacks else None,
-        "per_target_ua": report.get("per_target_ua") or {targets[0][0]: report["ua"]},
     }
 
 
-def original_lists(pipe, protocol) -> dict:
-    """The original model's IRA / CRA for each list, {(family, k): scores} (the accuracy the erasure should keep)."""
+def original_lists(pipe, protocol, work: Path = WORK) -> dict:
+    """The original model's IRA / CRA for each list, {(family, k): scores} (the accuracy the erasure should keep),
+    evaluated once and kept in ``work/original/lists.json`` (the workers read it: one evaluation, no lock race)."""
+    from erase.core.files import write_json_atomic
     from eval.concept_accuracy import list_scores
     from eval.report import EvalOptions, evaluate
 
-    r = evaluate(
-        pipe,
-        protocol,
-        [(ORDER[0], "style")],
-        WORK / "original",
-        model_id="canvas-mini",
-        options=EvalOptions(fid=False, grid=False, progress=False),
-    )
-    accuracy = {axis: {c: v["accuracy"] for c, v in concepts.items()} for axis, concepts in r["per_concept"].items()}
-    nulls = {a.name: a.null_class for a in protocol.axes}
-    return {
-        (family, k): list_scores(accuracy, items, nulls)
-        for family, lists in LISTS.items()
-        for k, items in lists.items()
-    }
+    kept = work / "original" / "lists.json"
+    if not kept.is_file():
+        r = evaluate(
+            pipe,
+            protocol,
+            [(ORDER[0], "style")],
+            work / "original",
+            model_id="canvas-mini",
+            options=EvalOptions(fid=False, grid=False, progress=False),
+        )
+        accuracy = {a: {c: v["accuracy"] for c, v in concepts.items()} for a, concepts in r["per_concept"].items()}
+        nulls = {a.name: a.null_class for a in protocol.axes}
+        lists = [
+            [family, k, list_scores(accuracy, items, nulls)]
+            for family, lists in LISTS.items()
+            for k, items in lists.items()
+        ]
+        write_json_atomic(kept, lists)
+    return {(family, k): scores for family, k, scores in json.loads(kept.read_text())}
 
 
-def run(methods, families, ks, on_row=lambda rows: None) -> list[dict]:
+def run(method: str, families, ks, work: Path = WORK, attack_all: bool = False, on_row=lambda rows: None) -> list:
+    """Every list of ``families`` (styles only at the sizes ``ks``) erased and measured with one method."""
     from eval.classifiers import load_judges
     from eval.protocols import load_protocol
     from pipelines.stable_diffusion import load_pipeline
@@ -201,61 +228,65 @@ def run(methods, families, ks, on_row=lambda rows: None) -> list[dict]:
     protocol = load_protocol("canvas-mini")
     pipe = load_pipeline(PIPELINE_DIR)
     judges = load_judges(protocol)
-    original = original_lists(pipe, protocol)
+    original = original_lists(pipe, protocol, work)
     rows = []
     for family in families:
-        for method in methods:
-            for k, items in LISTS[family].items():
-                if family == "styles" and k not in ks:
-                    continue
-                folder = WORK / method / (f"k{k}" if family == "styles" else f"{family}-k{k}")
-                t0 = time.time()
-                if method == "composed":
-                    made = [erase(pipe, protocol, "uce", [item], WORK / "uce-singles" / item[0]) for item in items]
-                    patches, seconds = [p for p, _ in made], sum(s for _, s in made)
-                else:
-                    patch, seconds = erase(pipe, protocol, method, items, folder / "patch")
-                    patches = [patch]
-                m = measure(pipe, protocol, judges, patches, items, folder)
-                o = original[(family, k)]
-                row = {
-                    "list": family,
-                    "method": method,
-                    "k": k,
-                    "concepts": [name for name, _ in items],
-                    **m,
-                    "erase_seconds": seconds,
-                    "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2),
-                    "original_ira": o["ira"],
-                    "original_cra": o["cra"],
-                    "bench_seconds": round(time.time() - t0, 1),
-                }
-                rows.append(row)
-                on_row(rows)  # the outputs after every row (time against single, bar): a stopped run keeps them
-                print(
-                    f"{family:>7s} {method:>16s} k={k}: UA {100 * row['ua']:.1f} "
-                    f"IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) CRA {100 * row['cra']:.1f} "
-                    f"({100 * o['cra']:.1f}) "
-                    f"PSNR {row['psnr'] or float('nan'):.1f} ASR {_asr(row)} "
-                    f"{seconds:.1f} s{'  BAR MET' if row['bar'] else ''}",
-                    flush=True,
-                )
+        for k, items in LISTS[family].items():
+            if family == "styles" and k not in ks:
+                continue
+            folder = work / method / (f"k{k}" if family == "styles" else f"{family}-k{k}")
+            o = original[(family, k)]
+            t0 = time.time()
+            if method == "composed":
+                made = [erase(pipe, protocol, "uce", [it], work / "uce-singles" / it[0], work) for it in items]
+                patches, seconds = [p for p, _ in made], sum(s for _, s in made)
+            else:
+                patch, seconds = erase(pipe, protocol, method, items, folder / "patch", work)
+                patches = [patch]
+            scores = {"original_ira": o["ira"], "original_cra": o["cra"]}
+            m = measure(
+                pipe,
+                protocol,
+                judges,
+                patches,
+                items,
+                folder,
+                attack=lambda m, scores=scores: attack_all or holds_before_attack({**m, **scores}),
+            )
+            row = {
+                "list": family,
+                "method": method,
+                "k": k,
+                "concepts": [name for name, _ in items],
+                **m,
+                "erase_seconds": seconds,
+                "patch_mb": round(sum(p.nbytes() for p in patches) / 2**20, 2),
+                **scores,
+                "bench_seconds": round(time.time() - t0, 1),
+            }
+            rows.append(row)
+            on_row(rows)  # a stopped run keeps the rows it has
+            print(
+                f"{family:>7s} {method:>16s} k={k}: UA {100 * row['ua']:.1f} "
+                f"IRA {100 * row['ira']:.1f} ({100 * o['ira']:.1f}) CRA {100 * row['cra']:.1f} "
+                f"({100 * o['cra']:.1f}) PSNR {row['psnr'] or float('nan'):.1f} ASR {_asr(row)} {seconds:.1f} s",
+                flush=True,
+            )
     return rows
 
 
-def meets_bar(r: dict) -> bool:
-    """Issue 28's bar for one row: UA >= 99, IRA and CRA within 2 points of the original's (no CRA when a mixed
-    list leaves no axis untouched), retained PSNR >= 28 dB, embedding ASR <= 30%, at most k times the
-    single-concept time."""
+def holds_before_attack(r: dict) -> bool:
+    """Issue 28's bar without the attack and the time: UA >= 99, IRA and CRA within 2 points of the original's (no
+    CRA when a mixed list leaves no axis untouched), retained PSNR >= 28 dB."""
     cra_ok = r["original_cra"] != r["original_cra"] or abs(r["cra"] - r["original_cra"]) <= 0.02  # NaN: no CRA
+    return bool(r["ua"] >= 0.99 and abs(r["ira"] - r["original_ira"]) <= 0.02 and cra_ok and (r["psnr"] or 0) >= 28)
+
+
+def meets_bar(r: dict) -> bool:
+    """Issue 28's bar for one row: it holds before the attack, the embedding ASR is <= 30%, and the erasure took at
+    most k times the single-concept time."""
     return bool(
-        r["ua"] >= 0.99
-        and abs(r["ira"] - r["original_ira"]) <= 0.02
-        and cra_ok
-        and (r["psnr"] or 0) >= 28
-        and r["asr"] is not None
-        and r["asr"] <= 0.30
-        and (r["time_vs_single"] or 1) <= r["k"]
+        holds_before_attack(r) and r["asr"] is not None and r["asr"] <= 0.30 and (r["time_vs_single"] or 1) <= r["k"]
     )
 
 
@@ -381,23 +412,59 @@ def plot(rows: list[dict], path: Path) -> None:
     save_png(img, path)
 
 
+def rows_file(work: Path, method: str) -> Path:
+    """Where a worker keeps one method's rows."""
+    return work / method / "rows.json"
+
+
 def main(argv=None) -> int:
+    import os
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--ks", default=",".join(map(str, KS)), help="list sizes of the styles family")
     p.add_argument("--lists", default="styles", help="families of lists: styles, objects, mixed (comma-separated)")
     p.add_argument("--merge", action="store_true", help="keep the rows of --out's JSON that this run does not redo")
     p.add_argument("--out", default="bench/results/many")
+    p.add_argument("--work", default=str(WORK), help="work folder; rerun with the same folder to resume")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (a method each)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per worker (default: 1 with 2+ workers, else the machine's default)",
+    )
+    p.add_argument(
+        "--attack-all",
+        action="store_true",
+        help="attack every list of 5 or more, not only those that meet the rest of the bar",
+    )
     p.add_argument(
         "--table-only", action="store_true", help="rewrite --out's .md and .png from its .json; run nothing"
     )
+    p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: one method's rows, in a worker
     args = p.parse_args(argv)
     import torch
 
-    from erase.core.files import write_text_atomic
+    from erase.core.files import write_json_atomic, write_text_atomic
     from erase.core.threads import default_threads
 
-    torch.set_num_threads(default_threads())
+    from .pool import run_pool
+
+    threads = args.threads or (1 if args.workers > 1 else default_threads())
+    torch.set_num_threads(threads)
+    work, families, ks = Path(args.work), args.lists.split(","), [int(k) for k in args.ks.split(",")]
+    if args.job:
+        rows_file(work, args.job).parent.mkdir(parents=True, exist_ok=True)
+        run(
+            args.job,
+            families,
+            ks,
+            work,
+            args.attack_all,
+            lambda rows: write_json_atomic(rows_file(work, args.job), rows),
+        )
+        return 0
     out = Path(args.out)
     previous = (
         json.loads(out.with_suffix(".json").read_text())
@@ -415,9 +482,33 @@ def main(argv=None) -> int:
 
     if args.table_only:
         write([])
-    else:
-        write(run(args.methods.split(","), args.lists.split(","), [int(k) for k in args.ks.split(",")], on_row=write))
-    print(f"wrote {out}.md / .json / .png")
+        print(f"wrote {out}.md / .json / .png")
+        return 0
+    from eval.protocols import load_protocol
+    from pipelines.stable_diffusion import load_pipeline
+    from worlds.canvas_mini import PIPELINE_DIR
+
+    t0 = time.time()
+    methods = args.methods.split(",")
+    rank = {m: i for i, m in enumerate(COST_ORDER)}
+    methods.sort(key=lambda m: rank.get(m, -1))  # unknown costs first, then the longest
+    # the original's evaluation once, before the workers: its images are every patched evaluation's reference
+    original_lists(load_pipeline(PIPELINE_DIR), load_protocol("canvas-mini"), work)
+    extra = ["--work", str(work), "--lists", args.lists, "--ks", args.ks, "--threads", str(threads)]
+    failed = run_pool("bench.many", methods, work / "logs", args.workers, extra + ["--attack-all"] * args.attack_all)
+    wanted = {(f, k) for f in families for k in LISTS[f] if f != "styles" or k in ks}
+    rows = [
+        r
+        for m in methods
+        if m not in failed and rows_file(work, m).is_file()
+        for r in json.loads(rows_file(work, m).read_text())
+        if (r["list"], r["k"]) in wanted
+    ]
+    write(rows)
+    print(f"wrote {out}.md / .json / .png ({len(rows)} rows, {time.time() - t0:.0f} s)")
+    if failed:
+        print(f"failed: {', '.join(failed)}; rerun the same command to resume", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -171,3 +171,48 @@ def test_the_pictures_of_a_list_place_each_runs_images_in_its_row_and_column(tmp
         y, x = pictures.HEAD_H + m * cell + cell // 2, pictures.LABEL_W + c * cell + cell // 2
         assert tuple(img[y, x]) == colour, (m, c)
     assert [label for _, label, _ in cols[:2]] == ["original", "erased model"] and "Winter" in cols[4][0]
+
+
+def _row(**kw):
+    r = {"ua": 1.0, "ira": 1.0, "cra": 0.996, "original_ira": 1.0, "original_cra": 0.996, "psnr": 30.0}
+    r.update({"k": 5, "asr": 0.2, "time_vs_single": 2.0})
+    r.update(kw)
+    return r
+
+
+@pytest.mark.parametrize(
+    ("change", "holds", "meets"),
+    [
+        ({}, True, True),
+        ({"ua": 0.989}, False, False),
+        ({"ira": 0.979}, False, False),
+        ({"cra": 0.97}, False, False),
+        ({"cra": float("nan"), "original_cra": float("nan")}, True, True),  # a mixed list: no CRA
+        ({"psnr": 27.9}, False, False),
+        ({"psnr": None}, False, False),
+        ({"asr": 0.31}, True, False),
+        ({"asr": None}, True, False),  # not attacked: the bar is not shown met
+        ({"time_vs_single": 5.1}, True, False),
+    ],
+)
+def test_the_bar_of_a_list_and_its_part_before_the_attack(change, holds, meets):
+    """bench.many attacks only the lists that hold before the attack (the bar is decided by the attack there)."""
+    from bench.many import holds_before_attack, meets_bar
+
+    assert holds_before_attack(_row(**change)) is holds and meets_bar(_row(**change)) is meets
+
+
+def test_the_bench_pool_runs_every_job_and_reports_the_ones_that_fail(tmp_path, monkeypatch):
+    from bench.pool import run_pool
+
+    (tmp_path / "fakejob.py").write_text(
+        "import sys, pathlib\n"
+        "job, out = sys.argv[2], pathlib.Path(sys.argv[3])\n"
+        "(out / job).write_text(job)\n"
+        "sys.exit(3 if job == 'bad' else 0)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    failed = run_pool("fakejob", ["a", "bad", "c"], tmp_path / "logs", 2, [str(tmp_path)])
+    assert failed == ["bad"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name in ("a", "bad", "c")) == ["a", "bad", "c"]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["a.log", "bad.log", "c.log"]
