@@ -1,6 +1,8 @@
 """Text-to-Unlearn on a tiny random StyleGAN2 with toy guides: the mapper gate, 2-step runs of every mode,
 patch apply / remove bit-identical on the generator, and the guides counted in the run's identity."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -112,6 +114,7 @@ def _cache(tmp_path, monkeypatch):
         {"mapper_attributes": 1.0, "lambda_attributes": 1.0},
         {"layers": "adaptive", "top_k": 2, "adaptive_every": 1, "steps": 3},
         {"plain_direction": 1.0, "views": 1},
+        {"remove_target": 1.0, "preserve_unedited": 0.0},
     ],
 )
 def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
@@ -174,6 +177,46 @@ def test_the_mapper_adds_what_the_guide_clip_reads_as_the_prompt_and_is_cached(t
         pipe.generator, "a face with eyeglasses", guides, settings
     )  # read from the cache: same weights, no training
     assert all(torch.equal(a, b) for a, b in zip(mapper.state_dict().values(), again.state_dict().values()))
+
+
+def test_the_removing_mapper_takes_out_what_the_guide_classifier_reads_as_the_concept(tmp_path):
+    from erase.core.latent_mapper import MapperSettings, _cache_path, concept_rates, train_mapper
+
+    pipe, guides = tiny_pipe(), toy_guides()
+    settings = MapperSettings(steps=120, batch_size=8, l2=0.0, identity=0.0, scale=0.5, remove=True)
+    mapper = train_mapper(pipe.generator, "a face with eyeglasses", guides, settings, concept="eyeglasses")
+    plain, removed = concept_rates(pipe.generator, mapper, guides, "eyeglasses", 64, seed=5, scale=0.5)
+    assert plain > 0.3 and removed < plain - 0.25
+    adding = MapperSettings(steps=60, batch_size=8, l2=0.0, identity=0.0, scale=0.5)
+    add = _cache_path(pipe.generator, "a face with eyeglasses", guides, adding, "eyeglasses")
+    assert add != _cache_path(pipe.generator, "a face with eyeglasses", guides, settings, "eyeglasses")
+    with pytest.raises(EraseError, match="needs the concept"):
+        train_mapper(pipe.generator, "a face with eyeglasses", guides, settings)
+
+
+def test_remove_target_holds_the_faces_with_the_concept_to_their_removed_counterpart(tmp_path):
+    """The removal term is there, is recorded, and moves the trained generator differently from its absence."""
+    from erase.api import erase_concept
+
+    def run(over, out):
+        return erase_concept(
+            tiny_pipe(),
+            "text_to_unlearn",
+            request(),
+            tmp_path / out,
+            overrides={**QUICK, "preserve_unedited": 0.0, **over},
+            progress=False,
+            model_id="tiny",
+            guides=toy_guides(),
+        )
+
+    with_removal, without = run({"remove_target": 5.0, "mapper_steps": 120, "edit_scale": 0.5}, "a"), run({}, "b")
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["removal"] >= 0 for r in log if "removal" in r) and any("removal" in r for r in log)
+    assert "removal" in with_removal.config["info"] and "removal" not in without.config["info"]
+    removal = with_removal.config["info"]["removal"]
+    assert removal["rate_removed"] < removal["rate_plain"]
+    assert any(not torch.equal(with_removal.dense_delta(n), without.dense_delta(n)) for n in without.names())
 
 
 def test_guides_are_part_of_the_run_identity(tmp_path):

@@ -31,7 +31,7 @@ class Guides:
         None  # images -> unit identity embeddings, differentiable
     )
     concept_probability: Callable[[torch.Tensor, str], torch.Tensor] | None = (
-        None  # (images, concept) -> P(concept) per image
+        None  # (images, concept) -> P(concept) per image, differentiable
     )
     # (images, concept) -> log-probabilities of every attribute but the concept's, concatenated (differentiable): what
     # an edit or an erasure of the concept should leave alone

@@ -78,6 +78,9 @@ class MapperSettings:
     attributes: float = (
         0.0  # weight of keeping the guides' other attributes (KL of G(w_hat)'s from G(w)'s): a cleaner edit
     )
+    # False: the edit adds the prompt (CLIP similarity raised); True: it removes the concept (the guides' judged
+    # probability of the concept lowered, -log(1 - p)), a concept-free counterpart of every face
+    remove: bool = False
 
     def for_kind(self, kind: str) -> "MapperSettings":
         """For an identity the L2 and identity terms are off: both keep the edit from changing who the face is."""
@@ -113,7 +116,7 @@ def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings
         "guides": guides.describe(),
         "settings": asdict(settings),
     }
-    if settings.attributes > 0:  # which attributes are kept depends on the concept
+    if settings.attributes > 0 or settings.remove:  # what is kept, or removed, depends on the concept
         ident["concept"] = concept
     key = json.dumps(ident, sort_keys=True)
     return cache_dir() / "mappers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
@@ -128,15 +131,18 @@ def train_mapper(
     progress: bool = False,
     concept: str | None = None,
 ) -> LevelsMapper:
-    """The mapper that adds ``prompt`` to ``generator``'s images (trained once, then read from the cache)."""
+    """The mapper that adds ``prompt`` to ``generator``'s images, or with ``settings.remove`` the one that takes
+    ``concept`` out of them (trained once, then read from the cache)."""
 
     dev = next(generator.parameters()).device
     mapper = LevelsMapper(generator.n_latent, generator.config.style_dim).to(dev)
-    if settings.attributes > 0 and concept is None:
+    if (settings.attributes > 0 or settings.remove) and concept is None:
         raise EraseError(
-            "a latent mapper that keeps the other attributes needs the concept it adds "
+            "a latent mapper that keeps the other attributes, or removes a concept, needs the concept "
             "(train_mapper(..., concept=...))"
         )
+    if settings.remove:
+        guides.require("concept_probability", "a removing latent mapper", "it lowers the concept's probability")
     path = _cache_path(generator, prompt, guides, settings, concept)
 
     mapper.load_state_dict(
@@ -169,9 +175,12 @@ def _train(
             w = sample_wplus(generator, settings.batch_size, rng, settings.truncation)
             w_hat = edit(mapper, w, settings.scale)
             x_hat = to_images(generator.synthesis(w_hat))
-            loss = (
-                1 - (guides.clip_image(clip_views(x_hat, settings.views, rng)) * text).sum(-1)
-            ).mean() + settings.l2 * (w_hat - w).pow(2).mean()
+            if settings.remove:
+                p = guides.concept_probability(x_hat, concept)
+                aim = -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
+            else:
+                aim = (1 - (guides.clip_image(clip_views(x_hat, settings.views, rng)) * text).sum(-1)).mean()
+            loss = aim + settings.l2 * (w_hat - w).pow(2).mean()
             if identity is not None or settings.attributes > 0:
                 with torch.no_grad():
                     x = to_images(generator.synthesis(w))

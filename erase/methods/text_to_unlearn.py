@@ -19,7 +19,9 @@ and redesigned where the paper's losses are fooled on faces-mini (README, "Text-
    ``preserve_unedited`` holds G_t(w) to G_f(w) on plain codes (keep plain faces), on every code or only where the
    guide classifier finds the concept absent (``preserve_where``); ``lambda_attributes`` keeps the guide classifier's
    other attributes (identity head included) on both; ``plain_direction`` also applies the direction loss to plain
-   latents where the guide classifier finds the concept. For identity concepts the identity term is off.
+   latents where the guide classifier finds the concept; ``remove_target`` holds those faces G_t(w) to a
+   concept-free counterpart G_f(w + s R(w)), R a second latent mapper trained to lower the guide classifier's
+   probability of the concept. For identity concepts the identity term is off.
 
 ``mode clip_distance`` is the paper's baseline (its Eq. 11): minimise cos(E(G_t(w)), E_T(prompt)), with the
 same optional anchor on unedited codes. Trainable layers (``layers``): every synthesis conv and the constant
@@ -34,7 +36,7 @@ faces-mini ``worlds.faces_mini.guides`` builds them from guide-only artefacts th
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -46,6 +48,7 @@ from ..core.image_views import clip_views, embed_pair
 from ..core.latent_mapper import (
     MapperSettings,
     check_gate,
+    concept_rates,
     edit,
     image_direction,
     sample_wplus,
@@ -123,6 +126,12 @@ class TextToUnlearnConfig(TrainedConfig):
         "all",
         "which plain latents are kept: 'all', or 'without_concept' (where the guides' classifier finds no concept)",
     )
+    remove_target: float = option(
+        0.0,
+        "weight of holding G_t(w) to G_f(w + edit_scale R(w)) where the guides' classifier finds the concept in "
+        "G_f(w), R a latent mapper trained to take the concept out (the guide's probability lowered, identity and "
+        "L2 as the add mapper): a concept-free face for the faces that have the concept by themselves",
+    )
     plain_direction: float = option(
         0.0,
         "weight of the direction loss also on plain latents whose G_f(w) the guides' classifier finds the concept "
@@ -178,6 +187,7 @@ class TextToUnlearnConfig(TrainedConfig):
                 "lambda_pixels",
                 "lambda_attributes",
                 "plain_direction",
+                "remove_target",
                 "preserve_unedited",
                 "mapper_steps",
                 "mapper_l2",
@@ -266,8 +276,33 @@ class TextToUnlearn(Eraser):
             g.require("identity", self.name, "lambda_identity / mapper_identity > 0")
         if cfg.lambda_attributes > 0 or settings.attributes > 0:
             g.require("other_attributes", self.name, "lambda_attributes / mapper_attributes > 0")
-        if (cfg.preserve_where == "without_concept" and cfg.preserve_unedited > 0) or cfg.plain_direction > 0:
-            g.require("concept_probability", self.name, "preserve_where without_concept / plain_direction > 0")
+        if (
+            (cfg.preserve_where == "without_concept" and cfg.preserve_unedited > 0)
+            or cfg.plain_direction > 0
+            or cfg.remove_target > 0
+        ):
+            g.require(
+                "concept_probability",
+                self.name,
+                "preserve_where without_concept / plain_direction / remove_target > 0",
+            )
+        if cfg.remove_target > 0:
+            if self.perceptual is None:
+                self.perceptual = g.perceptual_named(cfg.perceptual_net, self.name, "remove_target > 0")
+            self.remover = train_mapper(
+                self.frozen, self.prompt, g, replace(settings, remove=True), progress=False, concept=req.concept
+            )
+            before, after = concept_rates(
+                self.frozen,
+                self.remover,
+                g,
+                req.concept,
+                cfg.gate_samples,
+                req.seed + 3,
+                cfg.edit_scale,
+                cfg.truncation,
+            )
+            self.info["removal"] = {"rate_plain": before, "rate_removed": after}
         self.text = g.clip_text([self.prompt]).detach()
         if cfg.mode == "directional":
             self.mapper = train_mapper(self.frozen, self.prompt, g, settings, progress=False, concept=req.concept)
@@ -432,6 +467,13 @@ class TextToUnlearn(Eraser):
             if cfg.preserve_where == "without_concept":
                 keep = keep * (g.concept_probability(plain_f(), self.request.concept) < 0.5).float()
             losses["unedited"] = cfg.preserve_unedited * keep.mean()
+        if cfg.remove_target > 0:  # the faces with the concept: held to their concept-free counterpart
+            has = (g.concept_probability(plain_f(), self.request.concept) >= 0.5).float()
+            with torch.no_grad():
+                target = to_images(self.frozen.synthesis(edit(self.remover, w_f, cfg.edit_scale)))
+            losses["removal"] = (
+                cfg.remove_target * (self.perceptual(plain_t(), target) * has).sum() / has.sum().clamp_min(1)
+            )
         if cfg.plain_direction > 0 and cfg.mode == "directional":
             has = (g.concept_probability(plain_f(), self.request.concept) >= 0.5).float()
             losses["plain_direction"] = (

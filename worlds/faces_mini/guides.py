@@ -71,8 +71,7 @@ def faces_mini_guides(assets: Path | None = None, device: str = "cpu") -> Guides
         "guide-identity": f"faces-mini guide identity embedder feature maps (LPIPS-style) {_digest(embedder)}",
     }
 
-    @torch.no_grad()
-    def concept_probability(x: torch.Tensor, concept: str) -> torch.Tensor:
+    def concept_probability(x: torch.Tensor, concept: str) -> torch.Tensor:  # differentiable (a removing mapper)
         head, cls = concept_rate_label(concept)
         return classifier(x)[head].softmax(1)[:, cls]
 
