@@ -1,20 +1,23 @@
-"""Many concepts erased together (issue 28): how each method scales with the number of erased styles on canvas-mini.
+"""Many concepts erased together (issue 28): how each method scales with the number of erased concepts on canvas-mini.
 
-    python -m bench.many [--methods uce,mace,...] [--ks 1,3,5,9] [--lists styles,objects,mixed] [--merge]
+    python -m bench.many [--methods uce,mace,...] [--ks 1,3,5,9] [--lists styles,objects,mixed] [--workers 2]
 
 For k = 1, 3, 5 and 9 styles (fixed lists: the first k of ``ORDER``; Winter, the 10th style, and the photo class
-are always retained), every method erases the list with ONE joint request (its ``canvas-mini`` preset where it
-has one, else its defaults; MACE trains its objects' LoRAs on renders with the renderer's object masks, as the
-issue sets it), and ``composed`` applies k single-concept UCE patches made separately (what users try
-first). Each model is evaluated on the whole protocol (5 seeds) as a list: erased accuracy UA (mean over the list),
-IRA (the other styles), CRA (objects), H = 3 / (1/UA + 1/IRA + 1/CRA), retained same-seed PSNR over the images
-showing none of the erased styles; then the ``embedding`` attack on the list's first 3 concepts (their first 3
-prompts, a fifth of the budget: 10 timesteps x 40 Adam steps, as ``make bench``), ASR averaged over them. The bar
-(issue 28): at k = 5 and 9, UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, embedding
-ASR <= 30%, in at most k times the method's single-concept time.
+are always retained), 3 and 5 objects and a mixed list of 5 styles and 3 objects, every method erases the list with
+ONE joint request (its ``canvas-mini`` preset where it has one, else its defaults; MACE trains its objects' LoRAs on
+renders with the renderer's object masks, as the issue sets it), and ``composed`` applies k single-concept UCE
+patches made separately (what users try first). Each model is evaluated on the whole protocol (5 seeds) as a list:
+erased accuracy UA (mean over the list), IRA (the other concepts of the axis), CRA (the other axis),
+H = 3 / (1/UA + 1/IRA + 1/CRA), retained same-seed PSNR over the images showing none of the erased concepts; then,
+on lists of 5 or more that meet the rest of the bar, the ``embedding`` attack on the list's first 3 concepts (their
+first 3 prompts, a fifth of the budget: 10 timesteps x 40 Adam steps, as ``make bench``), ASR averaged over them.
+The bar (issue 28): at k = 5 and 9, UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB,
+embedding ASR <= 30%, in at most k times the method's single-concept time.
 
-Resumable: every erasure, evaluation and attack lives in its own folder under ``runs/bench/many`` and is reused.
-Writes ``many.json``, ``many.md`` and ``many.png`` (H and PSNR against k, one line per method).
+Each method is one job in a worker process of its own (``--workers``, one CPU thread each by default; the longest
+jobs first), so erase times are those of one thread beside another worker, the same for every row. Resumable:
+every erasure, evaluation and attack lives in its own folder under ``--work`` and is reused. Writes ``many.json``,
+``many.md`` and ``many.png`` (H and PSNR against k, one line per method).
 """
 
 from __future__ import annotations
@@ -339,7 +342,8 @@ def markdown(rows: list[dict]) -> str:
         f"the first k of {', '.join(OBJECT_ORDER)} (Flame retained); mixed, the first 5 styles and the first 3 "
         "objects "
         "(no axis left untouched: no CRA). Whole protocol (5 seeds); "
-        f"embedding attack (lists of {ATTACK_MIN_K} or more) on the first {ATTACK_PROMPTS} prompts of the list's "
+        f"embedding attack (lists of {ATTACK_MIN_K} or more that meet the rest of the bar; '-' elsewhere) on the "
+        f"first {ATTACK_PROMPTS} prompts of the list's "
         f"first {ATTACK_CONCEPTS} concepts, "
         f"{ATTACK_BUDGET['blocks']} timesteps x 40 Adam steps (a fifth of the default budget), ASR averaged "
         "over them; "
@@ -347,7 +351,7 @@ def markdown(rows: list[dict]) -> str:
         "H at k = 1 is over UA, IRA and CRA of the single target. `composed`: k single-concept UCE patches applied "
         "together. Bar (issue 28): UA >= 99, IRA and CRA within 2 points of the original's, PSNR >= 28 dB, ASR "
         "<= 30%, "
-        "time <= k x single.",
+        "time <= k x single. Erase times: one CPU thread, beside a second worker.",
     ]
     return "\n".join(lines) + "\n"
 
