@@ -377,7 +377,7 @@ def plot(rows: list[dict], path: Path) -> None:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     ks = sorted({r["k"] for r in rows})
     w, h, m = 420, 320, 44
-    img = Image.new("RGB", (2 * w, h + 20 * ((len(methods) + 3) // 4)), "white")
+    img = Image.new("RGB", (2 * w, h + 20 * ((len(methods) + 2) // 3)), "white")
     d, font = ImageDraw.Draw(img), _font()
     panels = [
         ("H (%)", lambda r: 100 * (r["h"] or r["ua"]), 0.0, 100.0, None),
@@ -410,7 +410,7 @@ def plot(rows: list[dict], path: Path) -> None:
             for x, y in pts:
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
     for c, method in enumerate(methods):  # legend
-        x, y = 10 + (c % 4) * 200, h + 4 + 20 * (c // 4)
+        x, y = 10 + (c % 3) * 280, h + 4 + 20 * (c // 3)  # 3 a row: the longest name fits
         d.rectangle([x, y + 3, x + 12, y + 11], fill=COLOURS[c % len(COLOURS)])
         d.text((x + 16, y), method, fill="black", font=font)
     save_png(img, path)
