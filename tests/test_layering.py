@@ -143,7 +143,8 @@ def test_the_checker_sees_function_level_and_relative_imports():
 
 
 def test_no_module_is_longer_than_600_lines():
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 600}
+    benches = {f"bench.{f.stem}": f for f in (ROOT / "bench").glob("*.py")}  # the benchmarks too
+    long = {m: n for m, p in {**MODULES, **benches}.items() if (n := len(p.read_text().splitlines())) > 600}
     assert not long, f"split these modules (over 600 lines): {long}"
 
 
