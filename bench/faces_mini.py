@@ -244,7 +244,7 @@ def main(argv=None) -> int:
         description="Text-to-Unlearn on faces-mini: the default, the paper's configuration, each option alone, "
         "and the CLIP-distance baseline"
     )
-    p.add_argument("--targets", default=TARGETS)
+    p.add_argument("--targets", default=TARGETS, help="comma-separated kind:name, e.g. attribute:eyeglasses")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override one method option in every variant (repeatable)"
@@ -270,6 +270,9 @@ def main(argv=None) -> int:
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    bad = [t for t in args.targets.split(",") if ":" not in t]
+    if bad:
+        p.error(f"--targets takes kind:name (e.g. attribute:eyeglasses,identity:Alice); got {bad}")
     overrides = _parse_set(args.set)
     tag = "".join(f"-{k}={v}" for k, v in sorted(overrides.items())) + (f"-seeds{args.seeds}" if args.seeds else "")
     rows = []
