@@ -53,10 +53,13 @@ OOD_SEEDS = [0]
 ROBUST_ENTRIES = {"concept_ablation@canvas-mini-robust": ("style",)}
 
 
-def entry(spec: str) -> tuple[str, str]:
-    """``method`` or ``method@preset`` -> (method, preset); the preset defaults to canvas-mini."""
+def entry(spec: str) -> tuple[str, str | None]:
+    """``method`` or ``method@preset`` -> (method, preset); the preset defaults to the method's ``canvas-mini``
+    where it has one, else None (its defaults: MACE has no canvas-mini preset)."""
+    from erase.core.locations import preset_dir
+
     method, _, preset = spec.partition("@")
-    return method, preset or "canvas-mini"
+    return method, preset or ("canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None)
 
 
 def entry_kinds(spec: str) -> tuple[str, ...]:
@@ -227,8 +230,7 @@ def job_method(spec: str, kind: str, out: Path, threads: int) -> dict:
         str(PIPELINE_DIR),
         "--method",
         method,
-        "--preset",
-        preset,
+        *(["--preset", preset] if preset else []),
         "--concepts",
         str(listing),
         "--kind",

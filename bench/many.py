@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from .canvas_mini import entry
+
 ORDER = [
     "Watercolor",
     "Pop_Art",
@@ -89,14 +91,6 @@ ATTACK_MIN_K = 5
 WORK = Path("runs/bench/many")
 
 
-def _method_preset(entry: str) -> tuple[str, str | None]:
-    """``method@preset``, or a method with its ``canvas-mini`` preset where it has one (else its defaults)."""
-    from erase.core.locations import preset_dir
-
-    method, _, preset = entry.partition("@")
-    return method, preset or ("canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None)
-
-
 def _method_data(method: str, items: list[tuple[str, str]], work: Path) -> dict:
     """MACE's setting per kind (issue 28): no masks for styles; for objects, the renderer's own object masks
     (``concept_images``: 8 renders per object with their silhouettes, made once under ``work``)."""
@@ -123,7 +117,7 @@ def erase(pipe, protocol, method: str, items: list[tuple[str, str]], folder: Pat
     else:
         requests = [EraseRequest.from_protocol(protocol, name, kind) for name, kind in items]
         request = requests[0] if len(requests) == 1 else joint_request(requests, items[0][1])
-        name, preset = _method_preset(method)
+        name, preset = entry(method)
         patch = erase_concept(
             pipe,
             name,
