@@ -5,6 +5,7 @@ replaced between its markers only."""
 import pytest
 
 from bench import canvas_mini as bench
+from bench import canvas_mini_table as table
 
 
 def row(ua, ira, cra, worst, psnr=30.0, ood=1.0, seconds=10.0):
@@ -61,25 +62,25 @@ def _results():
 
 def test_table_and_chart_come_from_the_numbers(tmp_path):
     r = _results()
-    md = bench.markdown(r)
+    md = table.markdown(r)
     lines = [line for line in md.splitlines() if line.startswith("| m2 | style")]
     assert lines and "| 60.0 |" in lines[0]  # UA in percent, from the rows
     assert "Jobs took 2 min in all" in md
-    bench.bar_chart(r, tmp_path / "c.png")
+    table.bar_chart(r, tmp_path / "c.png")
     from PIL import Image
 
     assert Image.open(tmp_path / "c.png").size[0] > 200
 
 
 def test_readme_is_replaced_between_its_markers_only(tmp_path):
-    start, end = bench.README_MARKERS
+    start, end = table.README_MARKERS
     readme = tmp_path / "README.md"
     readme.write_text(f"head\n{start}\nold table\n{end}\ntail\n")
-    assert bench.update_readme("| new |", readme)
+    assert table.update_readme("| new |", readme)
     assert readme.read_text() == f"head\n{start}\n| new |\n{end}\ntail\n"
     other = tmp_path / "OTHER.md"
     other.write_text("no markers")
-    assert not bench.update_readme("| new |", other) and other.read_text() == "no markers"
+    assert not table.update_readme("| new |", other) and other.read_text() == "no markers"
 
 
 def test_attack_columns_are_means_of_the_rows_by_hand():
@@ -97,11 +98,11 @@ def test_attack_columns_are_means_of_the_rows_by_hand():
             "confirmed_asr_embedding": 0.0,
         },
     }
-    assert bench.asr_cell(rows) == "17 / 83 (0 / 17)"
-    assert bench.asr_cell({"A": {"asr_unlearndiffatk": 0.5}}) == ""  # a row without every attack: no column value
+    assert table.asr_cell(rows) == "17 / 83 (0 / 17)"
+    assert table.asr_cell({"A": {"asr_unlearndiffatk": 0.5}}) == ""  # a row without every attack: no column value
     r = _results()
     for m in r["methods"].values():
         for c, v in m["style"]["rows"].items():
             v.update(rows["A"] if c == "A" else rows["B"])
-    line = next(x for x in bench.markdown(r).splitlines() if x.startswith("| m1 | style"))
+    line = next(x for x in table.markdown(r).splitlines() if x.startswith("| m1 | style"))
     assert "| 17 / 83 (0 / 17) |" in line
