@@ -420,13 +420,18 @@ class TextToUnlearn(Eraser):
         losses: dict[str, torch.Tensor] = {}
         plain: dict[
             str, torch.Tensor
-        ] = {}  # G_f(w) and G_t(w), each rendered at most once per step, only if a term needs it
+        ] = {}  # G_f(w), G_t(w) and G_f(w)'s concept probability, each made at most once per step, only if needed
 
         def plain_f() -> torch.Tensor:
             if "f" not in plain:
                 with torch.no_grad():
                     plain["f"] = to_images(self.frozen.synthesis(w_f))
             return plain["f"]
+
+        def has_concept() -> torch.Tensor:  # 1 where the guides' classifier finds the concept in G_f(w), else 0
+            if "has" not in plain:
+                plain["has"] = (g.concept_probability(plain_f(), self.request.concept) >= 0.5).float()
+            return plain["has"]
 
         def plain_t() -> torch.Tensor:
             if "t" not in plain:
@@ -465,17 +470,17 @@ class TextToUnlearn(Eraser):
                     dim=(1, 2, 3)
                 )
             if cfg.preserve_where == "without_concept":
-                keep = keep * (g.concept_probability(plain_f(), self.request.concept) < 0.5).float()
+                keep = keep * (1 - has_concept())
             losses["unedited"] = cfg.preserve_unedited * keep.mean()
         if cfg.remove_target > 0:  # the faces with the concept: held to their concept-free counterpart
-            has = (g.concept_probability(plain_f(), self.request.concept) >= 0.5).float()
+            has = has_concept()
             with torch.no_grad():
                 target = to_images(self.frozen.synthesis(edit(self.remover, w_f, cfg.edit_scale)))
             losses["removal"] = (
                 cfg.remove_target * (self.perceptual(plain_t(), target) * has).sum() / has.sum().clamp_min(1)
             )
         if cfg.plain_direction > 0 and cfg.mode == "directional":
-            has = (g.concept_probability(plain_f(), self.request.concept) >= 0.5).float()
+            has = has_concept()
             losses["plain_direction"] = (
                 cfg.plain_direction * (self._frozen_pair(plain_f(), plain_t()) * has).sum() / has.sum().clamp_min(1)
             )
