@@ -180,16 +180,21 @@ def test_the_mapper_adds_what_the_guide_clip_reads_as_the_prompt_and_is_cached(t
 
 
 def test_the_removing_mapper_takes_out_what_the_guide_classifier_reads_as_the_concept(tmp_path):
-    from erase.core.latent_mapper import MapperSettings, _cache_path, concept_rates, train_mapper
+    from dataclasses import replace
+
+    from erase.core.latent_mapper import MapperSettings, concept_rates, train_mapper
 
     pipe, guides = tiny_pipe(), toy_guides()
     settings = MapperSettings(steps=120, batch_size=8, l2=0.0, identity=0.0, scale=0.5, remove=True)
     mapper = train_mapper(pipe.generator, "a face with eyeglasses", guides, settings, concept="eyeglasses")
     plain, removed = concept_rates(pipe.generator, mapper, guides, "eyeglasses", 64, seed=5, scale=0.5)
     assert plain > 0.3 and removed < plain - 0.25
-    adding = MapperSettings(steps=60, batch_size=8, l2=0.0, identity=0.0, scale=0.5)
-    add = _cache_path(pipe.generator, "a face with eyeglasses", guides, adding, "eyeglasses")
-    assert add != _cache_path(pipe.generator, "a face with eyeglasses", guides, settings, "eyeglasses")
+    # the same settings but the direction, trained after it: cached apart, so it adds the concept
+    adding = train_mapper(
+        pipe.generator, "a face with eyeglasses", guides, replace(settings, remove=False), concept="eyeglasses"
+    )
+    plain, added = concept_rates(pipe.generator, adding, guides, "eyeglasses", 64, seed=5, scale=0.5)
+    assert added > plain + 0.2
     with pytest.raises(EraseError, match="needs the concept"):
         train_mapper(pipe.generator, "a face with eyeglasses", guides, settings)
 
@@ -204,15 +209,23 @@ def test_remove_target_holds_the_faces_with_the_concept_to_their_removed_counter
             "text_to_unlearn",
             request(),
             tmp_path / out,
-            overrides={**QUICK, "preserve_unedited": 0.0, **over},
+            overrides={
+                **QUICK,
+                "preserve_unedited": 0.0,
+                "mapper_steps": 120,
+                "edit_scale": 0.5,
+                "batch_size": 8,
+                **over,
+            },
             progress=False,
             model_id="tiny",
             guides=toy_guides(),
         )
 
-    with_removal, without = run({"remove_target": 5.0, "mapper_steps": 120, "edit_scale": 0.5}, "a"), run({}, "b")
+    with_removal, without = run({"remove_target": 5.0}, "a"), run({}, "b")  # only the removal term differs
     log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
     assert all(r["removal"] >= 0 for r in log if "removal" in r) and any("removal" in r for r in log)
+    assert log[0]["step"] == 0 and log[0]["removal"] > 0  # G_t is G_f at step 0: the target is another image
     assert "removal" in with_removal.config["info"] and "removal" not in without.config["info"]
     removal = with_removal.config["info"]["removal"]
     assert removal["rate_removed"] < removal["rate_plain"]
