@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from .canvas_mini import entry
+from .canvas_mini_table import ATTACK_BUDGET, ATTACK_PROMPTS  # the same budget as make bench's table
 
 ORDER = [
     "Watercolor",
@@ -82,7 +84,6 @@ COST_ORDER = (  # measured: the robust presets' 7 lists take about as long as ev
     "uce",
     "composed",
 )
-ATTACK_PROMPTS, ATTACK_BUDGET = 3, {"blocks": 10}
 # The attack's cost grows with k: it runs on the first 3 concepts of each list, only on lists of 5 or more (the
 # bar's k; the single-concept ASR is make bench's), and only where the rest of the bar is met (elsewhere the bar
 # is missed whatever the attack does; ``--attack-all`` attacks those too).
@@ -416,8 +417,6 @@ def rows_file(work: Path, method: str) -> Path:
 
 
 def main(argv=None) -> int:
-    import os
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--ks", default=",".join(map(str, KS)), help="list sizes of the styles family")
