@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from erase.core.files import write_json_atomic, write_text_atomic
+from erase.core.locations import preset_dir
 
 from .canvas_mini_table import (
     ASR_KEYS,
@@ -56,8 +57,6 @@ ROBUST_ENTRIES = {"concept_ablation@canvas-mini-robust": ("style",)}
 def entry(spec: str) -> tuple[str, str | None]:
     """``method`` or ``method@preset`` -> (method, preset); the preset defaults to the method's ``canvas-mini``
     where it has one, else None (its defaults: MACE has no canvas-mini preset)."""
-    from erase.core.locations import preset_dir
-
     method, _, preset = spec.partition("@")
     return method, preset or ("canvas-mini" if (preset_dir() / method / "canvas-mini.json").is_file() else None)
 
