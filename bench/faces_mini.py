@@ -96,10 +96,10 @@ def run_one(
     from erase.core.patch import apply_patch
     from erase.core.request import EraseRequest
     from eval.protocols import load_protocol
+    from eval.report import EvalOptions, evaluate
     from pipelines.stylegan import StyleGANPipeline
     from worlds.faces_mini.assets import GENERATOR_DIR
     from worlds.faces_mini.guides import faces_mini_guides
-    from worlds.faces_mini.report import evaluate_faces
 
     done = out / "row.json"
     if done.exists():  # a finished row: judged again, so that a change of the bars applies to it
@@ -138,8 +138,14 @@ def run_one(
         )
     seconds = time.time() - t0
     apply_patch(pipe, patch)
-    r = evaluate_faces(
-        pipe, protocol, target, kind, out / "eval", model_id=str(GENERATOR_DIR), patch=str(out / "patch")
+    r = evaluate(
+        pipe,
+        protocol,
+        [(target, kind)],
+        out / "eval",
+        model_id=str(GENERATOR_DIR),
+        patch=str(out / "patch"),
+        options=EvalOptions(progress=False),
     )
     t = r["target_rate"]
     moves = other_moves(r, target)

@@ -203,6 +203,14 @@ def read_images(
     return [_read_png(Path(folder) / image_name(*e), resolution, hashes.get(image_name(*e))) for e in entries]
 
 
+ANSWER_FILES = ("*.png", "*.safetensors")  # a prompted protocol's images; a latent-seeded one's float shards
+
+
+def answer_files(folder: str | Path) -> list[Path]:
+    """The answer-set files in ``folder`` (no manifest, no temp file)."""
+    return sorted(p for pattern in ANSWER_FILES for p in Path(folder).glob(pattern))
+
+
 def image_hashes(folder: str | Path) -> dict[str, str]:
-    """File name -> SHA-256 of every PNG in ``folder`` (recorded when an answer set is cached)."""
-    return {p.name: file_sha256(p) for p in sorted(Path(folder).glob("*.png"))}
+    """File name -> SHA-256 of every answer-set file in ``folder`` (recorded when an answer set is cached)."""
+    return {p.name: file_sha256(p) for p in answer_files(folder)}

@@ -21,15 +21,18 @@ from erase.core.data import cache_dir, model_identity
 from erase.core.files import file_sha256, write_text_atomic
 from erase.core.patch import applied_patches, patches_disabled
 
-from .answer_set import check_answer_set, generate_answer_set, image_hashes
+from .answer_set import answer_files, check_answer_set, generate_answer_set, image_hashes
 
 COMPLETE = "complete"
 
 
-def original_folder(pipe, protocol, cache: Path | None = None) -> Path:
+def original_folder(pipe, protocol, cache: Path | None = None, answers=None) -> Path:
     """Where the unpatched ``pipe``'s answer set for ``protocol`` is cached (the model's
-    identity and the whole protocol)."""
-    key = json.dumps({"model": model_identity(pipe), "protocol": protocol.to_dict()}, sort_keys=True)
+    identity and the whole protocol; for a latent-seeded protocol also what ``answers`` renders)."""
+    record = {"model": model_identity(pipe), "protocol": protocol.to_dict()}
+    if answers is not None:
+        record["answers"] = answers.key
+    key = json.dumps(record, sort_keys=True)
     return Path(cache or cache_dir()) / "answer-sets" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
@@ -82,25 +85,30 @@ def _ready(folder: Path, protocol) -> bool:
 
 
 def original_answer_set(
-    pipe, protocol, *, batch_size: int = 64, progress: bool = True, cache: Path | None = None
+    pipe, protocol, *, batch_size: int = 64, progress: bool = True, cache: Path | None = None, answers=None
 ) -> Path:
     """The unpatched model's answer set for ``protocol`` (images folder), generated once and cached.
 
     Patches applied to ``pipe`` are taken off for the duration and put back bit-exactly; the cache key is
     the base model's identity and the whole protocol (seeds, sampler, steps, guidance, template, size).
     Generation is resumable; the folder counts as ready only once every image is there and recorded.
+    ``answers`` (an ``eval.latent_answers.LatentAnswers``) renders a latent-seeded protocol's set instead.
     """
     with patches_disabled(pipe):  # the identity (and the images) of the model without its patches
-        folder = original_folder(pipe, protocol, cache)
+        folder = original_folder(pipe, protocol, cache, answers)
         with entry_lock(folder):  # two processes that need one entry: the second waits, then uses it
             if not _ready(folder, protocol):
-                generate_answer_set(pipe, protocol, folder / "images", batch_size=batch_size, progress=progress)
-                check_answer_set(protocol, folder / "images")
+                if answers is None:
+                    generate_answer_set(pipe, protocol, folder / "images", batch_size=batch_size, progress=progress)
+                    check_answer_set(protocol, folder / "images")
+                else:
+                    answers.generate(folder / "images", progress=progress)
+                    answers.check(folder / "images")
                 _record(folder, protocol)
     return folder / "images"
 
 
-def reuse_original(pipe, protocol, images: Path, cache: Path | None = None) -> int:
+def reuse_original(pipe, protocol, images: Path, cache: Path | None = None, answers=None) -> int:
     """Copy the cached answer set of the unpatched ``pipe`` into ``images`` (files not there yet); returns how many.
 
     Evaluating the same original model again (another target, another batch) then generates nothing. A copy
@@ -108,13 +116,13 @@ def reuse_original(pipe, protocol, images: Path, cache: Path | None = None) -> i
     """
     if applied_patches(pipe):
         return 0
-    cached = original_folder(pipe, protocol, cache)
+    cached = original_folder(pipe, protocol, cache, answers)
     if not _ready(cached, protocol):
         return 0
     hashes = recorded_hashes(cached / "images") or {}
     images.mkdir(parents=True, exist_ok=True)
     copied = 0
-    for src in sorted((cached / "images").glob("*.png")):
+    for src in answer_files(cached / "images"):
         dst = images / src.name
         if dst.exists():
             continue
@@ -128,9 +136,9 @@ def reuse_original(pipe, protocol, images: Path, cache: Path | None = None) -> i
     return copied
 
 
-def remember_original(pipe, protocol, images: Path, cache: Path | None = None) -> None:
+def remember_original(pipe, protocol, images: Path, cache: Path | None = None, answers=None) -> None:
     """Copy an unpatched model's finished answer set into the cache (so patches evaluated later reuse it)."""
-    folder = original_folder(pipe, protocol, cache)
+    folder = original_folder(pipe, protocol, cache, answers)
     if (folder / COMPLETE).exists():
         return
     tmp = folder.with_name(f".{folder.name}-{os.getpid()}.tmp")

@@ -12,14 +12,10 @@ different experiment.
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-from erase import __version__
 from erase.core.files import hold_folder, write_json_atomic, write_text_atomic
 from erase.core.patch import applied_patches
 
@@ -28,7 +24,13 @@ from .concept_accuracy import list_scores, macro_average, null_class_rule
 from .grid import image_grid, save_png
 from .original_answers import original_answer_set
 from .protocols import Protocol, ProtocolError
-from .run_folder import OutputFolderError, check_output_folder, claim_output_folder, run_identity  # noqa: F401 (re-exported)
+from .run_folder import (  # noqa: F401 (re-exported)
+    OutputFolderError,
+    check_output_folder,
+    claim_output_folder,
+    run_identity,
+    versions,
+)
 from .scoring import Judging, prepare_judging, score_answer_set
 
 
@@ -57,21 +59,6 @@ class EvalOptions:
     )
 
 
-def versions() -> dict:
-    import diffusers
-    import torchmetrics
-    import transformers
-
-    return {
-        "erasekit": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "torchmetrics": torchmetrics.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def evaluate(
     pipe,
     protocol: Protocol,
@@ -95,6 +82,12 @@ def evaluate(
     if judging.protocol != protocol or judging.targets != list(targets):
         raise ProtocolError("the judging passed to evaluate() was prepared for another protocol or other targets")
     out_dir = Path(out_dir)
+    if protocol.template is None:  # a GAN world: its answers rendered from latent seeds, its metrics
+        from .latent_report import evaluate_latent
+
+        return evaluate_latent(
+            pipe, protocol, targets, out_dir, model_id=model_id, patch=patch, opt=opt, judging=judging
+        )
     with hold_folder(
         out_dir, "erase eval"
     ):  # two evaluations into one folder: the second is refused, naming the first
@@ -306,6 +299,30 @@ def joint_block(protocol: Protocol, report: dict, targets: list[tuple[str, str]]
     if fidelity is not None:
         block["retain_fidelity"] = fidelity
     return block
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The report in a line per target, as the CLI prints it."""
+    if "targets" not in report:  # a latent-seeded protocol's report: its world says it in one line
+        from .latent_report import summary
+
+        return [summary(report)]
+    attacked = {(a["target"], a["kind"]): a for a in (report.get("attack") or {}).get("targets", [])}
+    lines = []
+    if report.get("joint"):
+        lines.append(
+            f"{len(report['erased'])} concepts erased together: UA {100 * report['ua']:.1f}  IRA "
+            f"{100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}  H {100 * report['h']:.1f}"
+        )
+    for t in report["targets"]:
+        fidelity, hit = t.get("retain_fidelity"), attacked.get((t["target"], t["kind"]))
+        kept = f"  retained PSNR {fidelity['psnr']:.1f} dB" if fidelity and fidelity.get("psnr") is not None else ""
+        asr = f"  ASR {100 * hit['asr']:.1f} ({hit['attack']})" if hit else ""
+        lines.append(
+            f"{t['target']:>16s} ({t['kind']}): UA {100 * t['ua']:5.1f}{asr}  IRA {100 * t['ira']:5.1f}  CRA "
+            f"{100 * t['cra']:5.1f}{kept}"
+        )
+    return lines
 
 
 def _pct(x) -> str:

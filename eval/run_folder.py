@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
+from erase import __version__
 from erase.core.errors import EraseError
 from erase.core.files import file_sha256
 
@@ -105,3 +109,19 @@ def _patch_sha(patch: str | None) -> str | None:
 def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     """SHA-256 of a file, computed once per (path, modification time, size): the CLI pre-check and the run share it."""
     return file_sha256(path)
+
+
+def versions() -> dict:
+    """The versions of what made a report (imported here: diffusers and transformers take seconds to import)."""
+    import diffusers
+    import torchmetrics
+    import transformers
+
+    return {
+        "erasekit": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "torchmetrics": torchmetrics.__version__,
+        "python": platform.python_version(),
+    }

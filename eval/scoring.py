@@ -74,6 +74,10 @@ def prepare_judging(protocol: Protocol, targets: list[tuple[str, str]], opt) -> 
         raise ProtocolError("give at least one target (--target NAME --kind style|object)")
     for name, kind in targets:
         protocol.check_target(name, kind)
+    if protocol.template is None:
+        from .latent_report import check_latent_request
+
+        check_latent_request(protocol, targets, opt)
     check_axis_metrics(protocol)
     judges = load_judges(protocol, opt.style_classifier, opt.object_classifier, opt.device)
     judging = Judging(protocol, list(targets), judges)

@@ -33,9 +33,13 @@ class World:
     label order); ``model()`` the folder of its shipped generative model. Optional: ``clip(device)`` ->
     (model, tokenizer, label) for CLIP alignment; ``real_image(concepts, k)`` the k-th real image of a combination
     of concepts ({axis: concept}, uint8 HxWx3) for FID references, described by ``real_images``;
-    ``judge_distance`` when the judges' features make the perceptual distance of retain fidelity; ``evaluate``
-    (one target) and ``summary`` (its report in one line) for a world whose report is its own; ``guides()`` the
+    ``judge_distance`` when the judges' features make the perceptual distance of retain fidelity; ``guides()`` the
     networks a guided method (Text-to-Unlearn) consults.
+
+    A latent-seeded world (its protocol has no prompt template; ``eval.latent_report``) adds ``answers(pipe,
+    protocol, target, kind, progress=)`` -> a renderer (``variants``, ``render(variant, seeds)``, ``record``),
+    ``metrics(protocol, target, kind, judges, patched=)`` -> torchmetrics Metrics fed each batch of seeds,
+    ``report_lines(report)`` its part of report.md and ``summary(report)`` the report in one line.
     """
 
     name: str
@@ -46,7 +50,9 @@ class World:
     real_image: Callable | None = None
     real_images: dict = field(default_factory=dict)
     judge_distance: bool = False
-    evaluate: Callable | None = None
+    answers: Callable | None = None
+    metrics: Callable | None = None
+    report_lines: Callable | None = None
     summary: Callable | None = None
     guides: Callable | None = None
 

@@ -19,14 +19,6 @@ def command(name: str, help: str):
     return deco
 
 
-def own_report_world(protocol):
-    """The protocol's world when it evaluates with a report of its own (faces-mini), else None."""
-    from eval.worlds import world_of
-
-    world = world_of(protocol)
-    return world if world is not None and world.evaluate is not None else None
-
-
 class UsageError(EraseError):
     """Bad command-line input; printed as one line, exit code 2."""
 

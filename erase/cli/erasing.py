@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import UsageError, _common_model_args, _load, _threads, command, own_report_world
+from .common import UsageError, _common_model_args, _load, _threads, command
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -256,25 +256,11 @@ def _run(p):
         )
         if args.eval:
             from erase.core.patch import apply_patch
-            from eval.report import EvalOptions, evaluate
+            from eval.report import EvalOptions, evaluate, summary_lines
 
             apply_patch(pipe, patch)
             if args.eval_seeds:
                 protocol = protocol.with_overrides(seeds=protocol.seeds[: args.eval_seeds])
-            world = own_report_world(protocol)
-            if world is not None:
-                r = world.evaluate(
-                    pipe,
-                    protocol,
-                    args.concept,
-                    args.kind,
-                    out / "eval",
-                    model_id=args.model_id,
-                    patch=str(out),
-                    progress=not args.quiet,
-                )
-                print(f"{world.summary(r)}  ({out / 'eval' / 'report.md'})")
-                return
             joint = "," in args.concept
             targets = parse_concept_list(args.concept, args.kind, protocol) if joint else [(args.concept, args.kind)]
             report = evaluate(
@@ -286,11 +272,9 @@ def _run(p):
                 patch=str(out),
                 options=EvalOptions(device=device, progress=not args.quiet, joint=joint),
             )
-            h = f"  H {100 * report['h']:.1f}" if joint else ""
-            print(
-                f"UA {100 * report['ua']:.1f}  IRA {100 * report['ira']:.1f}  CRA {100 * report['cra']:.1f}{h}  "
-                f"({out / 'eval' / 'report.md'})"
-            )
+            for line in summary_lines(report):
+                print(line)
+            print(f"report: {out / 'eval' / 'report.md'}")
 
     return run
 

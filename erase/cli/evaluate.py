@@ -19,7 +19,6 @@ from .common import (
     _threads,
     command,
     default_device,
-    own_report_world,
 )
 
 SAMPLER_HELP = "sampler to use instead of the protocol's (recorded as a deviation): "
@@ -136,7 +135,7 @@ def _eval(p: argparse.ArgumentParser):
     def run(args):
         from eval.attacks import make_attack
         from eval.protocols import load_templates
-        from eval.report import EvalOptions, check_output_folder, evaluate, run_identity
+        from eval.report import EvalOptions, check_output_folder, evaluate, run_identity, summary_lines
         from eval.scoring import prepare_judging
 
         from .erasing import _parse_set
@@ -181,8 +180,6 @@ def _eval(p: argparse.ArgumentParser):
                 f"--attack searches the text prompt; protocol {protocol.name!r} has none "
                 "(its generator is latent-seeded)"
             )
-        if own_report_world(protocol) is not None:
-            return _eval_own_report(args, protocol, targets, out)
         opts = EvalOptions(
             templates=templates,
             batch_size=args.batch_size,
@@ -210,49 +207,11 @@ def _eval(p: argparse.ArgumentParser):
         report = evaluate(
             pipe, protocol, targets, out, model_id=args.model_id, patch=args.patch, options=opts, judging=judging
         )
-        for t in report["targets"]:
-            fidelity = t.get("retain_fidelity")
-            kept = (
-                f"  retained PSNR {fidelity['psnr']:.1f} dB" if fidelity and fidelity.get("psnr") is not None else ""
-            )
-            hit = next(
-                (
-                    a
-                    for a in (report.get("attack") or {}).get("targets", [])
-                    if (a["target"], a["kind"]) == (t["target"], t["kind"])
-                ),
-                None,
-            )
-            attacked = f"  ASR {100 * hit['asr']:.1f} ({hit['attack']})" if hit else ""
-            print(
-                f"{t['target']:>16s} ({t['kind']}): UA {100 * t['ua']:5.1f}{attacked}  IRA {100 * t['ira']:5.1f}  CRA "
-                f"{100 * t['cra']:5.1f}{kept}"
-            )
+        for line in summary_lines(report):
+            print(line)
         print(f"report: {out / 'report.md'}")
 
     return run
-
-
-def _eval_own_report(args, protocol, targets, out: Path) -> None:
-    """A world whose report is its own (faces-mini: attribute rates plain and asked for,
-    identity similarity, FD, gamma)."""
-    from pipelines import is_stylegan
-
-    world = own_report_world(protocol)
-    if len(targets) != 1:
-        raise UsageError(f"{world.name} evaluates one --target at a time")
-    if not is_stylegan(args.model):
-        raise UsageError(
-            f"--protocol {world.name} evaluates a StyleGAN folder (config.json + "
-            f"generator.safetensors); {args.model_id} is not one"
-        )
-    pipe, _ = _load(args)
-    ((name, kind),) = targets
-    r = world.evaluate(
-        pipe, protocol, name, kind, out, model_id=args.model_id, patch=args.patch, progress=not args.quiet
-    )
-    print(world.summary(r))
-    print(f"report: {out / 'report.md'}")
 
 
 @command(

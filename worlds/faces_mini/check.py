@@ -86,22 +86,33 @@ def rates(pred: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> di
     return out
 
 
+def reference_features(
+    judge, real: torch.Tensor | None = None, progress: bool = False, without: str | None = None
+) -> np.ndarray:
+    """``judge``'s features of ``CHECK_RENDERS`` held-out renders (``real`` instead, when given); with ``without``
+    (a concept) only renders that lack it, so that a generator which no longer draws the concept is compared with
+    the world it should now be."""
+    if real is None:
+        real = renders_without(without, CHECK_RENDERS, SEED_BASE["check"], progress)
+    return features(judge, real)
+
+
+def fd_floor(judge, real_features: np.ndarray, n: int, without: str | None = None) -> float:
+    """The Frechet distance of ``n`` other renders to the reference: what a perfect generator scores with n samples."""
+    return frechet_distance(features(judge, renders_without(without, n, SEED_BASE["fd"])), real_features)
+
+
 def fd_reference(
     judge, n_floor: int, real: torch.Tensor | None = None, progress: bool = False, without: str | None = None
 ):
-    """(fd, floor): ``fd(x)`` is the Frechet distance of images ``x`` to ``CHECK_RENDERS`` held-out renders in
-    ``judge``'s feature space; ``floor`` is the same distance for ``n_floor`` other renders (what a perfect
-    generator would score with that many samples). With ``without`` (a concept) both sets hold only renders that
-    lack it, so that a generator which no longer draws the concept is compared with the world it should now be."""
-    if real is None:
-        real = renders_without(without, CHECK_RENDERS, SEED_BASE["check"], progress)
-    real_features = features(judge, real)
-    floor_images = renders_without(without, n_floor, SEED_BASE["fd"])
+    """(fd, floor): ``fd(x)`` is the Frechet distance of images ``x`` to the reference renders
+    (``reference_features``) in ``judge``'s feature space; ``floor`` is ``fd_floor`` for ``n_floor`` renders."""
+    real_features = reference_features(judge, real, progress, without)
 
     def fd(x: torch.Tensor) -> float:
         return frechet_distance(features(judge, x), real_features)
 
-    return fd, fd(floor_images)
+    return fd, fd_floor(judge, real_features, n_floor, without)
 
 
 def renders_without(concept: str | None, n: int, first_seed: int, progress: bool = False) -> torch.Tensor:

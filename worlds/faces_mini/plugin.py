@@ -1,14 +1,19 @@
-"""faces-mini as evaluation sees it (``eval.worlds``): its protocol, its shipped generator, its own report and the
-guides that Text-to-Unlearn consults (networks the evaluation never reads)."""
+"""faces-mini as evaluation sees it (``eval.worlds``): its protocol, its shipped generator, its judges, the answers
+and metrics of its latent-seeded evaluation, and the guides that Text-to-Unlearn consults (networks the
+evaluation never reads)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from eval.protocols import Axis, Protocol
 from eval.worlds import World
 
-from .assets import GENERATOR_DIR
-from .guides import faces_mini_guides
-from .report import evaluate_faces
+from .answers import FacesAnswers
+from .assets import ASSETS_DIR, GENERATOR_DIR, load_judge
+from .guides import evaluation_guides, faces_mini_guides
+from .metrics import faces_metrics
+from .report_text import report_lines, summary
 from .world import BINARY, CONCEPTS, HEAD_CLASSES, RESOLUTION
 
 
@@ -26,17 +31,17 @@ def protocol() -> Protocol:
     )
 
 
-def evaluate(*args, **kwargs) -> dict:
-    return evaluate_faces(*args, **kwargs)
-
-
-def summary(r: dict) -> str:
-    t = r["target_rate"]
-    return (
-        f"{r['target']} ({r['kind']}): rate {100 * t['original_plain']:.1f}% -> {100 * t['plain']:.1f}%, asked for it "
-        f"{100 * t['original_edited']:.1f}% -> {100 * t['edited']:.1f}%; FD {r['fd']['value']:.3f} (original "
-        f"{r['fd']['original']:.3f}); gamma {r['gamma']['classifier']['value']:.3f}"
-    )
+def judges(protocol: Protocol, device="cpu", assets: Path | None = None) -> dict:
+    """The evaluation's networks: the attribute classifier (every head), the identity embedder and the held-out
+    clip-judge."""
+    root = Path(assets) if assets is not None else ASSETS_DIR
+    held_out = evaluation_guides(root, device)
+    return {
+        "attributes": load_judge("classifier", root / "classifier", device),
+        "identity": held_out.identity,
+        "clip_image": held_out.clip_image,
+        "clip_text": held_out.clip_text,
+    }
 
 
 def guides(*args, **kwargs):
@@ -46,9 +51,11 @@ def guides(*args, **kwargs):
 WORLD = World(
     name="faces-mini",
     protocol=protocol,
-    judges=None,
+    judges=judges,
     model=lambda: GENERATOR_DIR,
-    evaluate=evaluate,
+    answers=FacesAnswers,
+    metrics=faces_metrics,
+    report_lines=report_lines,
     summary=summary,
     guides=guides,
 )

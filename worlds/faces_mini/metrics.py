@@ -1,0 +1,232 @@
+"""faces-mini's metrics, each a torchmetrics Metric fed one batch of seeds at a time by the latent-seeded
+evaluation (``eval.latent_report``).
+
+Every ``update(images)`` takes the same batch of seeds rendered four ways, float (N, 3, H, W) in [0, 1]:
+``model`` G(w) and ``model_edit`` G(w_hat) of the evaluated model, ``orig`` and ``orig_edit`` of the original
+(the same tensors as the model's when no patch is applied); w_hat asks for the target. ``compute()`` returns
+report.json keys. All judging is the evaluation's own networks (attribute classifier, identity embedder,
+clip-judge), never a method's guide.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from eval.fid import frechet_distance
+from eval.fidelity import psnr
+
+from .check import CHECK_RENDERS, fd_floor, features, judge_all, reference_features
+from .models import perceptual_distance
+from .palette import off_palette
+from .world import HEAD_CLASSES, concept_rate_label
+
+SETS = ("model", "model_edit", "orig", "orig_edit")
+# report.json's names of the four sets, as faces-mini reports have always called them
+RATE_NAMES = (
+    ("plain", "model"),
+    ("edited", "model_edit"),
+    ("original_plain", "orig"),
+    ("original_edited", "orig_edit"),
+)
+
+
+def gamma(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
+    """W1(U, A) / W1(B, A) clipped to [0, 1]: A = scores of the original's edits, B = of its plain samples, U = of
+    the model's edits (0: the model's edits score like the original's, 1: like faces never asked for the target)."""
+    from scipy.stats import wasserstein_distance
+
+    base = wasserstein_distance(b, a)
+    value = wasserstein_distance(u, a) / base if base > 0 else float("nan")
+    return {
+        "value": float(min(1.0, max(0.0, value))),
+        "raw": float(value),
+        "w1_model_edits_to_original_edits": float(wasserstein_distance(u, a)),
+        "w1_original_plain_to_original_edits": float(base),
+        "mean_shift_sign": int(np.sign(u.mean() - a.mean())),
+    }
+
+
+def _cat(parts) -> torch.Tensor:
+    return torch.cat(parts) if isinstance(parts, list) else parts
+
+
+class AttributeRates(Metric):
+    """Every head's class rates (argmax of the attribute classifier) on each set, the target's rate, and gamma on
+    the classifier's probability of the target."""
+
+    full_state_update = False
+
+    def __init__(self, judge, target: str, **kw):
+        super().__init__(**kw)
+        self.judge, self.target = judge, target
+        self.head, self.cls = concept_rate_label(target)
+        for s in SETS:
+            for head, classes in HEAD_CLASSES.items():
+                self.add_state(f"{s}_{head}", torch.zeros(len(classes), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{s}_score", [], dist_reduce_fx="cat")
+
+    def update(self, images: dict[str, torch.Tensor]) -> None:
+        for s in SETS:
+            probs = judge_all(self.judge, images[s])
+            for head, p in probs.items():
+                getattr(self, f"{s}_{head}").add_(torch.bincount(p.argmax(1), minlength=p.shape[1]).double())
+            getattr(self, f"{s}_score").append(probs[self.head][:, self.cls])
+
+    def _rates(self, s: str) -> dict[str, dict[str, float]]:
+        out = {}
+        for head, classes in HEAD_CLASSES.items():
+            counts = getattr(self, f"{s}_{head}")
+            out[head] = {label: float(counts[k] / counts.sum()) for k, label in enumerate(classes)}
+        return out
+
+    def compute(self) -> dict:
+        rates = {s: self._rates(s) for s in SETS}
+        score = {s: _cat(getattr(self, f"{s}_score")).numpy() for s in SETS}
+        label = HEAD_CLASSES[self.head][self.cls]
+        return {
+            "attribute_rates": rates["model"],
+            "edited_attribute_rates": rates["model_edit"],
+            "original": {"attribute_rates": rates["orig"], "edited_attribute_rates": rates["orig_edit"]},
+            "target_rate": {name: rates[s][self.head][label] for name, s in RATE_NAMES},
+            "gamma": {"classifier": gamma(score["model_edit"], score["orig_edit"], score["orig"])},
+        }
+
+
+class ClipSimilarity(Metric):
+    """The held-out CLIP's cosine to the target's phrase on each set, and gamma on it."""
+
+    full_state_update = False
+
+    def __init__(self, clip_image, clip_text, phrase: str, **kw):
+        super().__init__(**kw)
+        self.clip_image, self.text = clip_image, clip_text([phrase]).detach()
+        for s in SETS:
+            self.add_state(f"{s}_sim", [], dist_reduce_fx="cat")
+
+    @torch.no_grad()
+    def update(self, images: dict[str, torch.Tensor]) -> None:
+        for s in SETS:
+            getattr(self, f"{s}_sim").append((self.clip_image(images[s]) @ self.text.T).squeeze(1))
+
+    def compute(self) -> dict:
+        sim = {s: _cat(getattr(self, f"{s}_sim")).numpy() for s in ("orig", "orig_edit", "model", "model_edit")}
+        return {
+            "clip_similarity": {
+                "judge": "faces-mini clip-judge (held out from the method)",
+                **{s: float(v.mean()) for s, v in sim.items()},
+            },
+            "gamma": {"clip": gamma(sim["model_edit"], sim["orig_edit"], sim["orig"])},
+        }
+
+
+class FrechetToRenders(Metric):
+    """Frechet distance in the attribute classifier's feature space to renders WITHOUT the target (as
+    canvas-mini's FID leaves the target out: removing a concept that a third of the faces have must not count
+    against the erasure), for the model and the original, with the renders-vs-renders floor."""
+
+    full_state_update = False
+
+    def __init__(self, judge, target: str, n_seeds: int, **kw):
+        super().__init__(**kw)
+        self.judge, self.target, self.n_seeds = judge, target, n_seeds
+        for s in ("model", "orig"):
+            self.add_state(f"{s}_features", [], dist_reduce_fx="cat")
+
+    def update(self, images: dict[str, torch.Tensor]) -> None:
+        for s in ("model", "orig"):
+            getattr(self, f"{s}_features").append(torch.from_numpy(features(self.judge, images[s])))
+
+    def compute(self) -> dict:
+        real = reference_features(self.judge, without=self.target)
+        value, original = (frechet_distance(_cat(getattr(self, f"{s}_features")), real) for s in ("model", "orig"))
+        return {
+            "fd": {
+                "value": value,
+                "original": original,
+                "floor_renders": fd_floor(self.judge, real, self.n_seeds, self.target),
+                "space": "faces-mini attribute classifier features",
+                "reference_renders": CHECK_RENDERS,
+                "reference": f"renders without {self.target}",
+            }
+        }
+
+
+class PaletteDrift(Metric):
+    """The share of pixels far from every colour the world renders (``palette.off_palette``), on each set."""
+
+    full_state_update = False
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        for s in SETS:
+            self.add_state(f"{s}_off", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{s}_pixels", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, images: dict[str, torch.Tensor]) -> None:
+        for s in SETS:
+            off = off_palette(images[s])
+            getattr(self, f"{s}_off").add_(off.sum().double())
+            getattr(self, f"{s}_pixels").add_(off.numel())
+
+    def compute(self) -> dict:
+        def share(s):
+            return float(getattr(self, f"{s}_off") / getattr(self, f"{s}_pixels"))
+
+        return {"palette_drift": {name: share(s) for name, s in RATE_NAMES}}
+
+
+class SameSeedFidelity(Metric):
+    """A patched model against the original at the same seeds: identity-embedding cosine, PSNR and the
+    classifier-feature perceptual distance, over every seed and over the seeds whose original lacks the target."""
+
+    full_state_update = False
+
+    def __init__(self, judge, embedder, target: str, **kw):
+        super().__init__(**kw)
+        self.judge, self.embedder = judge, embedder
+        self.head, self.cls = concept_rate_label(target)
+        for name in ("sim", "psnr", "perceptual", "lacks"):
+            self.add_state(name, [], dist_reduce_fx="cat")
+
+    @torch.no_grad()
+    def update(self, images: dict[str, torch.Tensor]) -> None:
+        model, orig = images["model"], images["orig"]
+        self.sim.append((self.embedder(model) * self.embedder(orig)).sum(-1))
+        self.psnr.append(psnr(orig, model))
+        self.perceptual.append(perceptual_distance(self.judge, model, orig))
+        self.lacks.append(judge_all(self.judge, orig)[self.head][:, self.cls] < 0.5)
+
+    def compute(self) -> dict:
+        sim, psnr_each, perc, lacks = (_cat(getattr(self, n)) for n in ("sim", "psnr", "perceptual", "lacks"))
+        some = bool(lacks.any())
+        return {
+            "identity_similarity": {
+                "mean": float(sim.mean()),
+                "min": float(sim.min()),
+                "embedder": "faces-mini identity embedder",
+                "without_target": float(sim[lacks].mean()) if some else None,
+            },
+            "retain_fidelity": {
+                "psnr": float(psnr_each.mean()),
+                "perceptual": float(perc.mean()),
+                "psnr_without_target": float(psnr_each[lacks].mean()) if some else None,
+                "perceptual_without_target": float(perc[lacks].mean()) if some else None,
+                "n": len(psnr_each),
+                "n_without_target": int(lacks.sum()),
+            },
+        }
+
+
+def faces_metrics(protocol, target: str, kind: str, judges: dict, *, patched: bool) -> list[Metric]:
+    """The metrics of one faces-mini target (``World.metrics``); the same-seed ones only for a patched model."""
+    metrics = [
+        AttributeRates(judges["attributes"], target),
+        ClipSimilarity(judges["clip_image"], judges["clip_text"], protocol.phrases[target]),
+        FrechetToRenders(judges["attributes"], target, len(protocol.seeds)),
+        PaletteDrift(),
+    ]
+    if patched:
+        metrics.append(SameSeedFidelity(judges["attributes"], judges["identity"], target))
+    return metrics

@@ -1,0 +1,58 @@
+"""faces-mini's part of report.md (``World.report_lines``) and its one-line summary (``World.summary``)."""
+
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}"
+
+
+def report_lines(r: dict) -> list[str]:
+    t = r["target_rate"]
+    lines = [
+        f'Prompt phrase: "{r["phrase"]}".',
+        "",
+        "| target rate | plain G(w) | asked for it G(w_hat) |",
+        "|---|---|---|",
+        f"| original | {_pct(t['original_plain'])}% | {_pct(t['original_edited'])}% |",
+        f"| this model | {_pct(t['plain'])}% | {_pct(t['edited'])}% |",
+        "",
+        "| attribute | original | this model | change (points) |",
+        "|---|---|---|---|",
+    ]
+    for head, classes in r["attribute_rates"].items():
+        for label, rate in classes.items():
+            if head in ("eyeglasses", "smile", "hat", "beard") and label == "no":
+                continue
+            before = r["original"]["attribute_rates"][head][label]
+            lines.append(f"| {head}={label} | {_pct(before)} | {_pct(rate)} | {100 * (rate - before):+.1f} |")
+    fd, pd = r["fd"], r["palette_drift"]
+    lines += [
+        "",
+        f"FD (classifier features vs {fd['reference_renders']} {fd['reference']}): {fd['value']:.3f} "
+        f"(original {fd['original']:.3f}, renders floor {fd['floor_renders']:.3f})",
+        f"palette drift (share of pixels far from every rendered colour): {100 * pd['plain']:.2f}% plain, "
+        f"{100 * pd['edited']:.2f}% asked for the target (original {100 * pd['original_plain']:.2f}% / "
+        f"{100 * pd['original_edited']:.2f}%)",
+        f"gamma: classifier {r['gamma']['classifier']['value']:.3f}, held-out CLIP {r['gamma']['clip']['value']:.3f}",
+    ]
+    if r.get("identity_similarity"):
+        ident = r["identity_similarity"]
+        lines.append(
+            f"identity similarity to the original: {ident['mean']:.3f} (min {ident['min']:.3f})"
+            + (
+                f"; {ident['without_target']:.3f} on the seeds without the target"
+                if ident.get("without_target") is not None
+                else ""
+            )
+        )
+    return lines
+
+
+def summary(r: dict) -> str:
+    t = r["target_rate"]
+    return (
+        f"{r['target']} ({r['kind']}): rate {_pct(t['original_plain'])}% -> {_pct(t['plain'])}%, asked for it "
+        f"{_pct(t['original_edited'])}% -> {_pct(t['edited'])}%; FD {r['fd']['value']:.3f} (original "
+        f"{r['fd']['original']:.3f}); gamma {r['gamma']['classifier']['value']:.3f}"
+    )
