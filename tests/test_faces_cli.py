@@ -180,3 +180,53 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(assets, tmp_path, case,
     r = erase(assets, *args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
     assert not out.exists()
+
+
+def _figures(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("seconds", "images")}
+
+
+def test_faces_eval_resumes_and_reuses_the_cached_original_like_canvas_mini(assets, tmp_path):
+    """The one evaluation path: an interrupted faces-mini evaluation is continued with --resume (only what is
+    missing is rendered, the figures come out the same), refused without it, and the original's answers are
+    rendered once per model and protocol."""
+    patch = tmp_path / "patch"
+    assert erase(assets, *run_args(assets, patch, *QUICK)).returncode == 0
+    first = tmp_path / "first"
+    r = erase(assets, *eval_args(assets, patch, first, seeds=20))
+    assert r.returncode == 0, r.stderr
+    assert "eyeglasses (attribute): rate" in r.stdout
+    report = json.loads((first / "report.json").read_text())
+    assert report["images"] == {"total": 40, "generated": 40, "reused": 0}
+    md = (first / "report.md").read_text()
+    assert "## Same-seed retain fidelity" in md and "![original / this model" in md
+    cached = list((assets / "cache" / "answer-sets").glob("*/complete"))
+    assert len(cached) >= 1
+    stamp = {p: p.stat().st_mtime_ns for p in cached}
+
+    (first / "images" / "eyeglasses_seeds0-19.safetensors").unlink()
+    (first / "report.json").unlink()
+    r = erase(assets, *eval_args(assets, patch, first, seeds=20))
+    assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
+    r = erase(assets, *eval_args(assets, patch, first, seeds=20), "--resume")
+    assert r.returncode == 0, r.stderr
+    resumed = json.loads((first / "report.json").read_text())
+    assert resumed["images"] == {"total": 40, "generated": 20, "reused": 20}
+    assert _figures(resumed) == _figures(report)
+    assert {p: p.stat().st_mtime_ns for p in cached} == stamp  # the original's set was read, not rendered again
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--attack", "embedding"], "has none (its generator is latent-seeded)"),
+        (["--target", "smile"], "evaluates one target at a time"),
+    ],
+)
+def test_faces_eval_refuses_what_needs_a_prompt_or_several_targets(assets, tmp_path, extra, message):
+    out = tmp_path / "eval"
+    args = eval_args(assets, "unused", out, seeds=4)
+    del args[args.index("--patch") : args.index("--patch") + 2]  # the original model
+    r = erase(assets, *args, *extra)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    assert not out.exists()

@@ -1,0 +1,143 @@
+"""The latent-seeded evaluation path (faces-mini) without trained assets: its answer set (float shards, resumable,
+atomic, checked as read) and faces-mini's streamed metrics against hand counts and whole-set computations."""
+
+import numpy as np
+import pytest
+import torch
+
+from eval.answer_set import AnswerSetError
+from eval.latent_answers import SHARD, LatentAnswers
+from eval.protocols import load_protocol
+from worlds.faces_mini.metrics import AttributeRates, PaletteDrift, gamma
+from worlds.faces_mini.palette import palette_drift
+from worlds.faces_mini.world import HEAD_CLASSES
+
+
+class Renderer:
+    """Seed k's image is filled with k / 1000 (plain) or 1 - k / 1000 (asked for the target); counts renders."""
+
+    variants = ("plain", "eyeglasses")
+    record = {"renderer": "test"}
+
+    def __init__(self, fail_after: int | None = None):
+        self.rendered, self.fail_after = [], fail_after
+
+    def render(self, variant, seeds):
+        if self.fail_after is not None and len(self.rendered) >= self.fail_after:
+            raise KeyboardInterrupt
+        self.rendered.append((variant, seeds[0]))
+        v = torch.tensor(seeds, dtype=torch.float32) / 1000
+        v = v if variant == "plain" else 1 - v
+        return v.view(-1, 1, 1, 1).expand(-1, 3, 32, 32).clone()
+
+
+def _answers(seeds=600, **kw):
+    protocol = load_protocol("faces-mini").with_overrides(seeds=list(range(seeds)))
+    return LatentAnswers(protocol, Renderer(**kw))
+
+
+def test_the_answer_set_is_every_variant_of_every_seed_in_shards_and_resumes_what_is_missing(tmp_path):
+    answers = _answers()
+    stats = answers.generate(tmp_path, progress=False)
+    assert stats == {"total": 1200, "generated": 1200, "reused": 0}
+    assert [len(s) for s in answers.shards] == [SHARD, SHARD, 600 - 2 * SHARD]
+    answers.check(tmp_path)
+    seen = torch.cat([b["eyeglasses"][:, 0, 0, 0] for _, b in answers.batches(tmp_path)])
+    assert torch.equal(seen, 1 - torch.arange(600, dtype=torch.float32) / 1000)  # floats as rendered, in seed order
+    (tmp_path / answers.shard_name("plain", answers.shards[1])).unlink()
+    again = LatentAnswers(answers.protocol, Renderer())
+    assert again.generate(tmp_path, progress=False)["generated"] == SHARD
+    assert again.renderer.rendered == [("plain", SHARD)]  # only the missing shard
+
+
+def test_an_interrupted_render_leaves_no_half_shard_and_the_next_run_finishes(tmp_path):
+    answers = _answers(fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        answers.generate(tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        answers.shard_name("plain", s) for s in answers.shards[:2]
+    )
+    with pytest.raises(AnswerSetError, match="is missing; run the same `erase eval` command again"):
+        answers.check(tmp_path)
+    assert _answers().generate(tmp_path, progress=False)["generated"] == 600 + 600 - 2 * SHARD
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other seeds"])
+def test_a_damaged_shard_is_one_clear_error_naming_it(tmp_path, damage):
+    answers = _answers(seeds=10)
+    answers.generate(tmp_path, progress=False)
+    path = tmp_path / answers.shard_name("plain", answers.shards[0])
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        other = _answers(seeds=11)
+        other.generate(tmp_path / "other", progress=False)
+        (tmp_path / "other" / other.shard_name("plain", other.shards[0])).replace(path)
+    with pytest.raises(AnswerSetError, match=f"{path.name}.*delete it and run the same"):
+        list(answers.batches(tmp_path))
+
+
+class Judge:
+    """Head logits read off the image: eyeglasses 'yes' where the mean pixel is above 0.5; every other head the
+    class of index (seed-ish value * 1000) mod its class count."""
+
+    def __call__(self, x):
+        v = x.mean(dim=(1, 2, 3))
+        k = (v * 1000).round().long()
+        out = {}
+        for head, classes in HEAD_CLASSES.items():
+            cls = (v > 0.5).long() if head == "eyeglasses" else k % len(classes)
+            out[head] = torch.nn.functional.one_hot(cls, len(classes)).float() * 10
+        return out
+
+
+def test_attribute_rates_are_hand_counts_streamed_or_not():
+    x = torch.arange(100, dtype=torch.float32).div(100).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
+    edit = 1 - x
+    batch = {"model": x, "model_edit": edit, "orig": edit, "orig_edit": x}
+    whole = AttributeRates(Judge(), "eyeglasses")
+    whole.update(batch)
+    streamed = AttributeRates(Judge(), "eyeglasses")
+    for part in (slice(0, 37), slice(37, 100)):
+        streamed.update({k: v[part] for k, v in batch.items()})
+    a, b = whole.compute(), streamed.compute()
+    assert a["attribute_rates"] == b["attribute_rates"]
+    values = np.arange(100) / 100
+    assert a["target_rate"]["plain"] == pytest.approx(np.mean(values > 0.5))  # 49 of 100 by hand
+    assert a["target_rate"]["plain"] == 0.49 and a["target_rate"]["edited"] == 0.50
+    assert a["target_rate"]["original_plain"] == 0.50 and a["original"]["attribute_rates"]["eyeglasses"]["yes"] == 0.5
+    k = (values * 1000).round().astype(int)
+    assert a["attribute_rates"]["hair_colour"] == {
+        c: float(np.mean(k % 4 == i)) for i, c in enumerate(HEAD_CLASSES["hair_colour"])
+    }
+
+
+def test_gamma_is_zero_when_the_edits_score_like_the_originals_and_one_like_plain_faces():
+    a, b = np.array([0.9, 0.95, 1.0]), np.array([0.0, 0.1, 0.2])
+    assert gamma(a, a, b)["value"] == 0.0 and gamma(b, a, b)["value"] == 1.0
+    assert gamma((a + b) / 2, a, b)["value"] == pytest.approx(0.5)
+
+
+def test_palette_drift_streamed_matches_the_whole_set_measure():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 3, 8, 8, generator=g)
+    metric = PaletteDrift()
+    for part in (slice(0, 15), slice(15, 40)):
+        metric.update({s: x[part] for s in ("model", "model_edit", "orig", "orig_edit")})
+    drift = metric.compute()["palette_drift"]
+    assert drift["plain"] == pytest.approx(palette_drift(x), abs=1e-7) and 0 < drift["plain"] < 1
+
+
+def test_a_shard_killed_while_written_leaves_nothing_under_its_name(tmp_path, monkeypatch):
+    import eval.latent_answers as la
+
+    def half_written(tensors, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 64)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(la, "save_file", half_written)
+    answers = _answers(seeds=10)
+    with pytest.raises(KeyboardInterrupt):
+        answers.generate(tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither the shard's name nor the temp file
