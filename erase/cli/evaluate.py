@@ -34,7 +34,9 @@ def _sampler_names() -> list[str]:
 def _eval(p: argparse.ArgumentParser):
     _common_model_args(p)
     p.add_argument(
-        "--protocol", default="canvas-mini", help="canvas-mini, unlearncanvas, or a JSON/YAML protocol file"
+        "--protocol",
+        default="canvas-mini",
+        help="canvas-mini, faces-mini, unlearncanvas, or a JSON/YAML protocol file",
     )
     p.add_argument(
         "--target",
@@ -52,7 +54,8 @@ def _eval(p: argparse.ArgumentParser):
         "--kind",
         action="append",
         required=True,
-        help="axis of each --target: style or object on canvas-mini and unlearncanvas (repeat, or give once for all)",
+        help="axis of each --target: style or object on canvas-mini and unlearncanvas, attribute or identity on "
+        "faces-mini (repeat, or give once for all)",
     )
     p.add_argument(
         "--out",
@@ -175,11 +178,6 @@ def _eval(p: argparse.ArgumentParser):
         check_writable("--out", out, folder=True)
         check_output_folder(out, run_identity(args.model_id, args.patch, protocol), resume=args.resume)
         _threads(args)
-        if args.attack and protocol.template is None:
-            raise UsageError(
-                f"--attack searches the text prompt; protocol {protocol.name!r} has none "
-                "(its generator is latent-seeded)"
-            )
         opts = EvalOptions(
             templates=templates,
             batch_size=args.batch_size,
