@@ -104,6 +104,8 @@ def _forbidden(module: str) -> tuple[str, ...]:
         return ("erase.cli", "erase.api", "erase.methods", "erase.demo", "erase.batch")
     if module == "erase.api":
         return ("worlds", "erase.cli", "erase.demo", "erase.batch")
+    if module.startswith("erase.cli"):  # no world-specific branch: a world reaches the CLI only through eval.worlds
+        return ("worlds",)
     if module == "erase.batch":  # jobs, manifest and locks: above the API, below the CLI; evaluation is the CLI's
         return ("pipelines", "eval", "worlds", "erase.cli", "erase.demo", "erase.methods")
     return ()
