@@ -58,9 +58,12 @@ class LatentAnswers:
                 images = self.renderer.render(variant, seeds).float().contiguous()
                 path = folder / self.shard_name(variant, seeds)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                with writing(path, cleanup=(tmp,), size=images.nbytes):
-                    save_file({"images": images, "seeds": torch.tensor(seeds)}, str(tmp))
-                os.replace(tmp, path)
+                try:
+                    with writing(path, cleanup=(tmp,), size=images.nbytes):
+                        save_file({"images": images, "seeds": torch.tensor(seeds)}, str(tmp))
+                    os.replace(tmp, path)
+                finally:  # interrupted (Ctrl-C) or failed: no temp file left behind
+                    tmp.unlink(missing_ok=True)
                 bar.update(len(seeds))
         return {"total": total, "generated": left, "reused": total - left}
 

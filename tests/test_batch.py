@@ -205,6 +205,18 @@ def test_attack_without_eval_is_refused(tmp_path, concepts, capsys):
     refused(batch_args(concepts, tmp_path / "out", "--attack", "embedding"), capsys, "--attack needs --eval")
 
 
+def test_eval_on_a_latent_seeded_protocol_is_refused_before_anything_is_written(tmp_path, capsys):
+    """A batch sums up UA / IRA / CRA; faces-mini's reports have none, so --eval is refused, naming erase eval."""
+    from worlds.faces_mini.assets import GENERATOR_DIR
+
+    names = tmp_path / "attributes.txt"
+    names.write_text("eyeglasses\n")
+    argv = batch_args(names, tmp_path / "out", "--eval", "--protocol", "faces-mini", method="text_to_unlearn")
+    argv[argv.index("--model") + 1], argv[argv.index("--kind") + 1] = str(GENERATOR_DIR), "attribute"
+    refused(argv, capsys, "evaluate each patch with erase eval --protocol faces-mini")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_same_patches_as_one(tmp_path, concepts):
     """`accelerate launch --multi_gpu --num_processes 2 -m erase batch` on CPU (two gloo

@@ -98,6 +98,11 @@ def _batch(p):
                 f"protocol {protocol.name!r} has no {args.kind!r} axis; its concept kinds are: "
                 f"{', '.join(protocol.axis_names)}"
             )
+        if args.eval and protocol.template is None:
+            raise UsageError(
+                f"erase batch --eval sums up UA / IRA / CRA of a prompted protocol; {protocol.name!r} is "
+                f"latent-seeded: drop --eval and evaluate each patch with erase eval --protocol {protocol.name}"
+            )
         concepts = read_concepts(args.concepts, protocol.concepts(args.kind), args.kind)
         overrides = _parse_set(args.set)
         if args.steps is not None:
