@@ -66,6 +66,10 @@ def _merge(into: dict, more: dict) -> dict:
 def evaluate_latent(
     pipe, protocol: Protocol, targets, out_dir: Path, *, model_id: str, patch: str | None, opt, judging
 ) -> dict:
+    """Render (or reuse) the answer set of ``pipe`` and, when it carries a patch, the original's (cached); feed the
+    world's metrics shard by shard; write report.json / report.md / grid.png into ``out_dir``; return the report.
+    The world's renderer is set up (its edit trained or read from the cache) before the folder is claimed, so a
+    model the world cannot render is refused with nothing written."""
     check_latent_request(protocol, targets, opt)
     world = _world(protocol)
     ((target, kind),) = targets
