@@ -268,6 +268,11 @@ CASES = [
         "'Van_Gogh' is not a style or object of protocol 'canvas-mini'",
     ),
     ("grid max rows needs compare", lambda t: grid_args(t / "g.png", "--max-rows", "2"), "--max-rows needs --compare"),
+    (
+        "faces-mini protocol on a diffusion model",
+        lambda t: eval_args(t / "out", "--protocol", "faces-mini", target="eyeglasses", kind="attribute"),
+        "protocol 'faces-mini' evaluates a StyleGAN folder (config.json + generator.safetensors)",
+    ),
 ]
 
 
