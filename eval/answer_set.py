@@ -99,12 +99,9 @@ def generate_answer_set(
                 tmp = path.with_name(
                     f".{path.name}.{os.getpid()}.tmp"
                 )  # unique: two processes may fill one cached set
-                try:
-                    with writing(path, cleanup=(tmp,), size=img.nbytes):  # the images already cached stay usable
-                        Image.fromarray(img).save(tmp, format="PNG")
-                    os.replace(tmp, path)
-                finally:  # interrupted (Ctrl-C) or failed: no temp file left behind
-                    tmp.unlink(missing_ok=True)
+                with writing(path, cleanup=(tmp,), size=img.nbytes):  # the images already cached stay usable
+                    Image.fromarray(img).save(tmp, format="PNG")
+                os.replace(tmp, path)
             bar.update(len(chunk))
     if whole:
         _write_manifest(protocol, folder)

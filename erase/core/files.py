@@ -73,17 +73,18 @@ def _size(n: int | None) -> str:
 
 @contextmanager
 def writing(path: str | Path, *, cleanup: tuple[str | Path, ...] = (), size: int | None = None):
-    """Around a write to ``path``: out of space (a full disk, a quota, a file-size limit), the temporaries in
-    ``cleanup`` are removed and a one-line DiskFullError names the path and what it needed."""
+    """Around a write to ``path``: whatever stops it (an error, Ctrl-C) removes the temporaries in ``cleanup``; out of
+    space (a full disk, a quota, a file-size limit) it raises a one-line DiskFullError naming the path and what it
+    needed."""
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - OSError, or a library's own error around one (safetensors: "(os error 28)")
-        code = no_space_errno(e)
-        if code is None:
-            raise
+    except BaseException as e:  # OSError, a library's own error around one (safetensors: "(os error 28)"), Ctrl-C
         for t in cleanup:
             t = Path(t)
             shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
+        code = no_space_errno(e)
+        if code is None:
+            raise
         raise DiskFullError(
             f"no space left writing {path}{_size(size)}: {os.strerror(code).lower()}; free some space "
             "or write elsewhere (what was there before is intact)"
