@@ -28,7 +28,7 @@ SHARD = 256
 
 class LatentAnswers:
     """One target's answer set on a latent-seeded protocol: how to render it, where each shard lives, how to
-    read it back in protocol order."""
+    read a shard back."""
 
     def __init__(self, protocol: Protocol, renderer):
         self.protocol, self.renderer = protocol, renderer
@@ -58,12 +58,9 @@ class LatentAnswers:
                 images = self.renderer.render(variant, seeds).float().contiguous()
                 path = folder / self.shard_name(variant, seeds)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                try:
-                    with writing(path, cleanup=(tmp,), size=images.nbytes):
-                        save_file({"images": images, "seeds": torch.tensor(seeds)}, str(tmp))
-                    os.replace(tmp, path)
-                finally:  # interrupted (Ctrl-C) or failed: no temp file left behind
-                    tmp.unlink(missing_ok=True)
+                with writing(path, cleanup=(tmp,), size=images.nbytes):
+                    save_file({"images": images, "seeds": torch.tensor(seeds)}, str(tmp))
+                os.replace(tmp, path)
                 bar.update(len(seeds))
         return {"total": total, "generated": left, "reused": total - left}
 
@@ -93,8 +90,3 @@ class LatentAnswers:
                         f"answer-set shard {Path(folder) / self.shard_name(variant, seeds)} is missing; run the same "
                         "`erase eval` command again to render it"
                     )
-
-    def batches(self, folder: str | Path):
-        """Yield (seeds, {variant: float images}) shard by shard, in protocol order."""
-        for seeds in self.shards:
-            yield seeds, {v: self.read(folder, v, seeds) for v in self.variants}

@@ -42,7 +42,7 @@ def test_the_answer_set_is_every_variant_of_every_seed_in_shards_and_resumes_wha
     assert stats == {"total": 1200, "generated": 1200, "reused": 0}
     assert [len(s) for s in answers.shards] == [SHARD, SHARD, 600 - 2 * SHARD]
     answers.check(tmp_path)
-    seen = torch.cat([b["eyeglasses"][:, 0, 0, 0] for _, b in answers.batches(tmp_path)])
+    seen = torch.cat([answers.read(tmp_path, "eyeglasses", s)[:, 0, 0, 0] for s in answers.shards])
     assert torch.equal(seen, 1 - torch.arange(600, dtype=torch.float32) / 1000)  # floats as rendered, in seed order
     (tmp_path / answers.shard_name("plain", answers.shards[1])).unlink()
     again = LatentAnswers(answers.protocol, Renderer())
@@ -74,7 +74,7 @@ def test_a_damaged_shard_is_one_clear_error_naming_it(tmp_path, damage):
         other.generate(tmp_path / "other", progress=False)
         (tmp_path / "other" / other.shard_name("plain", other.shards[0])).replace(path)
     with pytest.raises(AnswerSetError, match=f"{path.name}.*delete it and run the same"):
-        list(answers.batches(tmp_path))
+        answers.read(tmp_path, "plain", answers.shards[0])
 
 
 class Judge:
