@@ -48,6 +48,16 @@ def gamma(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
     }
 
 
+def per_set(fn, images: dict[str, torch.Tensor], sets=SETS) -> dict:
+    """``fn`` of each set's images, computed once per distinct tensor: an unpatched model's renders are the
+    original's (the same tensors), and are judged once, not twice."""
+    done: dict[int, object] = {}
+    for s in sets:
+        if id(images[s]) not in done:
+            done[id(images[s])] = fn(images[s])
+    return {s: done[id(images[s])] for s in sets}
+
+
 def _cat(parts) -> torch.Tensor:
     return torch.cat(parts) if isinstance(parts, list) else parts
 
@@ -68,8 +78,7 @@ class AttributeRates(Metric):
             self.add_state(f"{s}_score", [], dist_reduce_fx="cat")
 
     def update(self, images: dict[str, torch.Tensor]) -> None:
-        for s in SETS:
-            probs = judge_all(self.judge, images[s])
+        for s, probs in per_set(lambda x: judge_all(self.judge, x), images).items():
             for head, p in probs.items():
                 getattr(self, f"{s}_{head}").add_(torch.bincount(p.argmax(1), minlength=p.shape[1]).double())
             getattr(self, f"{s}_score").append(probs[self.head][:, self.cls])
@@ -107,8 +116,8 @@ class ClipSimilarity(Metric):
 
     @torch.no_grad()
     def update(self, images: dict[str, torch.Tensor]) -> None:
-        for s in SETS:
-            getattr(self, f"{s}_sim").append((self.clip_image(images[s]) @ self.text.T).squeeze(1))
+        for s, sim in per_set(lambda x: (self.clip_image(x) @ self.text.T).squeeze(1), images).items():
+            getattr(self, f"{s}_sim").append(sim)
 
     def compute(self) -> dict:
         sim = {s: _cat(getattr(self, f"{s}_sim")).numpy() for s in ("orig", "orig_edit", "model", "model_edit")}
@@ -135,8 +144,8 @@ class FrechetToRenders(Metric):
             self.add_state(f"{s}_features", [], dist_reduce_fx="cat")
 
     def update(self, images: dict[str, torch.Tensor]) -> None:
-        for s in ("model", "orig"):
-            getattr(self, f"{s}_features").append(torch.from_numpy(features(self.judge, images[s])))
+        for s, f in per_set(lambda x: torch.from_numpy(features(self.judge, x)), images, ("model", "orig")).items():
+            getattr(self, f"{s}_features").append(f)
 
     def compute(self) -> dict:
         real = reference_features(self.judge, without=self.target)
@@ -165,8 +174,7 @@ class PaletteDrift(Metric):
             self.add_state(f"{s}_pixels", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, images: dict[str, torch.Tensor]) -> None:
-        for s in SETS:
-            off = off_palette(images[s])
+        for s, off in per_set(off_palette, images).items():
             getattr(self, f"{s}_off").add_(off.sum().double())
             getattr(self, f"{s}_pixels").add_(off.numel())
 
