@@ -60,6 +60,7 @@ def attribute_probe(generator, judge, target_rates: dict, n: int = 500, seed: in
         "rates": got,
         "max_deviation_points": round(100 * maxdev, 1),
         "confident": float(confident_mask(probs).float().mean()),
+        "confident_per_head": {h: float((p.max(1).values > 0.9).float().mean()) for h, p in probs.items()},
     }
 
 
