@@ -114,6 +114,46 @@ def test_adaptive_layers_re_chosen_every_step_move_only_chosen_layers(tmp_path):
     ), (moved, allowed)
 
 
+@pytest.mark.parametrize("every", [1, 0])
+def test_modulations_all_trains_every_style_affine_and_only_the_chosen_convolutions(tmp_path, every):
+    """``modulations all``: the style affines of every synthesis conv move at every step, and of everything else
+    only the chosen layers' tensors; re-chosen every step (``adaptive_every 1``) or once (0)."""
+    import re
+
+    from erase.api import erase_concept
+    from erase.core.patch import apply_patch
+    from erase.methods.text_to_unlearn import MODULATIONS
+
+    pipe = tiny_pipe()
+    before = {n: p.detach().clone() for n, p in pipe.generator.named_parameters()}
+    over = {**QUICK, "layers": "adaptive", "top_k": 1, "adaptive_every": every, "steps": 3, "lr": 0.05}
+    patch = erase_concept(
+        pipe,
+        "text_to_unlearn",
+        request(),
+        tmp_path / "o",
+        overrides={**over, "modulations": "all"},
+        progress=False,
+        model_id="tiny",
+        guides=toy_guides(),
+    )
+    chosen = {layer for r in patch.config["info"]["adaptive_rows"] for layer in pipe.generator.layers_of_row(r[0])}
+    apply_patch(pipe, patch)
+    moved = {n for n, p in pipe.generator.named_parameters() if not torch.equal(p, before[n])}
+    affines = {n for n in before if re.match(MODULATIONS, f"generator.{n}")}
+    assert affines and affines <= moved  # every conv's style affine, chosen or not
+    outside = {n for n in moved - affines if not any(n.startswith(f"{layer}.") for layer in chosen)}
+    assert not outside, outside  # nothing else outside the chosen layers
+
+
+def test_modulations_all_needs_the_adaptive_layers(tmp_path):
+    from erase.core.errors import EraseError
+    from erase.methods.text_to_unlearn import TextToUnlearnConfig
+
+    with pytest.raises(EraseError, match="set layers=adaptive or modulations=chosen"):
+        TextToUnlearnConfig(layers="synthesis", modulations="all").check()
+
+
 def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
     """Train with the evaluation's judges absent (an assets folder without them, an empty cache): if the method read
     any of them, it would fail. The guides' descriptions name none of the judges' networks either."""

@@ -27,7 +27,8 @@ and redesigned where the paper's losses are fooled on faces-mini (README, "Text-
 same optional anchor on unedited codes. Trainable layers (``layers``): every synthesis conv and the constant
 input (NADA's set, the default), the mapping network only, or ``adaptive``: the conv layers fed by the ``top_k``
 W+ rows that a CLIP-guided edit of W+ towards the prompt moves most, chosen once at set-up or, with
-``adaptive_every`` > 0, re-chosen on G_t every that many steps as NADA does.
+``adaptive_every`` > 0, re-chosen on G_t every that many steps as NADA does; ``modulations all`` adds every
+synthesis conv's style affine (the map from a W+ row to its layer's style) to the adaptive layers.
 
 The networks the method consults (CLIP, perceptual, identity, the gate's classifier) come in as ``Guides``; on
 faces-mini ``worlds.faces_mini.guides`` builds them from guide-only artefacts the evaluation never reads.
@@ -36,6 +37,7 @@ faces-mini ``worlds.faces_mini.guides`` builds them from guide-only artefacts th
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -62,6 +64,7 @@ from ..core.selection import ParamSelection
 
 DIRECTION_FLOOR = 0.02  # the smallest CLIP-embedding change (unit embeddings) the frozen-pair cosine divides by
 
+MODULATIONS = r"^generator\.synthesis\.(conv1|convs\.\d+)\.conv\.modulation\."  # every conv's style affine
 LAYERS = {
     "synthesis": r"^generator\.synthesis\.(input|conv1|convs)\.",
     "mapping": r"^generator\.mapping\.",
@@ -90,6 +93,12 @@ class TextToUnlearnConfig(TrainedConfig):
     top_k: int = option(3, "with layers adaptive: how many W+ rows' layers are trained")
     adaptive_every: int = option(
         0, "with layers adaptive: re-choose the layers on G_t every this many steps (NADA); 0 = once at set-up"
+    )
+    modulations: str = option(
+        "chosen",
+        "with layers adaptive: 'chosen' trains a conv's style affine only with its layer; 'all' also trains every "
+        "synthesis conv's style affine at every step (an edit reaching the unchosen rows can then be cancelled "
+        "where its style is computed, while those layers' convolutions stay as they were)",
     )
     lr: float = option(0.002, "learning rate (Adam, betas (0, 0.99) as StyleGAN-NADA)")
     steps: int = option(300, "fine-tuning steps")
@@ -179,6 +188,7 @@ class TextToUnlearnConfig(TrainedConfig):
                 "layers": tuple(LAYERS),
                 "anchor": ("unedited", "edited"),
                 "preserve_where": ("all", "without_concept"),
+                "modulations": ("chosen", "all"),
             },
             at_least_one=("batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples"),
             non_negative=(
@@ -200,6 +210,11 @@ class TextToUnlearnConfig(TrainedConfig):
             ),
             positive=("mapper_lr", "edit_scale", "truncation"),
         )
+        if self.modulations == "all" and self.layers != "adaptive":
+            raise EraseError(
+                f"text_to_unlearn: modulations all adds the style affines to the adaptive layers, and layers is "
+                f"{self.layers!r} (which trains them already or not at all); set layers=adaptive or modulations=chosen"
+            )
         if self.colour_augment and self.views == 0:
             raise EraseError(
                 "text_to_unlearn: colour_augment maps the CLIP's views, and views is 0; set views > 0 (e.g. --set "
@@ -366,9 +381,9 @@ class TextToUnlearn(Eraser):
     def training_state(self) -> dict[str, object]:
         return {**super().training_state(), **({"adaptive": self.adaptive} if self.adaptive is not None else {})}
 
-    @staticmethod
-    def _pattern(layers: list[str]) -> str:
-        return r"^generator\.(" + "|".join(n.replace(".", r"\.") for n in layers) + r")\."
+    def _pattern(self, layers: list[str]) -> str:
+        chosen = r"^generator\.(" + "|".join(n.replace(".", r"\.") for n in layers) + r")\."
+        return f"{chosen}|{MODULATIONS}" if self.config.modulations == "all" else chosen
 
     def _adaptive_layers(self, G) -> list[str]:
         """The conv layers fed by the top_k W+ rows that a few CLIP-guided steps on W+
@@ -395,7 +410,11 @@ class TextToUnlearn(Eraser):
         """NADA's per-step choice: the layers of the rows G_t's own W+ edit moves most now."""
         layers = self._adaptive_layers(self.G)
         self.adaptive.mask = torch.tensor(
-            [any(n.startswith(f"generator.{layer}.") for layer in layers) for n in self.params]
+            [
+                any(n.startswith(f"generator.{layer}.") for layer in layers)
+                or (self.config.modulations == "all" and re.match(MODULATIONS, n) is not None)
+                for n in self.params
+            ]
         )
 
     def _codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
