@@ -379,11 +379,15 @@ def test_clip_views_are_small_shifts_and_flips_of_each_image():
 
 
 def test_identity_mappers_drop_the_terms_that_keep_who_the_face_is():
+    from dataclasses import replace
+
     from erase.core.latent_mapper import MapperSettings
 
     s = MapperSettings(l2=0.8, identity=0.1, views=2)
     assert s.for_kind("attribute") == s
     assert (s.for_kind("identity").l2, s.for_kind("identity").identity, s.for_kind("identity").views) == (0.0, 0.0, 2)
+    removing = replace(s, remove=True).for_kind("identity")  # taking an identity out: no further than it must
+    assert (removing.l2, removing.identity) == (0.8, 0.0)
 
 
 @pytest.mark.parametrize("views", [0, 3])

@@ -83,8 +83,12 @@ class MapperSettings:
     remove: bool = False
 
     def for_kind(self, kind: str) -> "MapperSettings":
-        """For an identity the L2 and identity terms are off: both keep the edit from changing who the face is."""
-        return replace(self, l2=0.0, identity=0.0) if kind == "identity" else self
+        """For an identity the identity term is off (it keeps the edit from changing who the face is), and so is the
+        L2 of an edit that adds the identity (a jump into its small region of W); an edit that removes it keeps its
+        L2: it should move a face no further than out of the identity."""
+        if kind != "identity":
+            return self
+        return replace(self, l2=self.l2 if self.remove else 0.0, identity=0.0)
 
 
 def to_images(x: torch.Tensor) -> torch.Tensor:

@@ -281,7 +281,9 @@ class TextToUnlearn(Eraser):
             seed=req.seed,
             views=cfg.mapper_views,
             attributes=cfg.mapper_attributes,
-        ).for_kind(req.kind)
+        )
+        removing = replace(settings, remove=True).for_kind(req.kind)
+        settings = settings.for_kind(req.kind)
         self.perceptual = (
             g.perceptual_named(cfg.perceptual_net, self.name, "lambda_perceptual / preserve_unedited > 0")
             if cfg.lambda_perceptual > 0 or cfg.preserve_unedited > 0
@@ -304,9 +306,7 @@ class TextToUnlearn(Eraser):
         if cfg.remove_target > 0:
             if self.perceptual is None:
                 self.perceptual = g.perceptual_named(cfg.perceptual_net, self.name, "remove_target > 0")
-            self.remover = train_mapper(
-                self.frozen, self.prompt, g, replace(settings, remove=True), progress=False, concept=req.concept
-            )
+            self.remover = train_mapper(self.frozen, self.prompt, g, removing, progress=False, concept=req.concept)
             before, after = concept_rates(
                 self.frozen,
                 self.remover,
