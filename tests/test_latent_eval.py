@@ -141,3 +141,37 @@ def test_a_shard_killed_while_written_leaves_nothing_under_its_name(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         answers.generate(tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the shard's name nor the temp file
+
+
+def test_fd_on_the_target_seeds_is_the_fd_of_the_seeds_whose_original_has_it(monkeypatch):
+    """``fd.target_seeds``: the Frechet distance of the model's and the original's features at exactly the seeds
+    whose ORIGINAL the judge finds the target in (eyeglasses: mean pixel > 0.5 here), streamed or not, against an
+    independent whole-set computation; the floor is asked for as many renders."""
+    import worlds.faces_mini.metrics as m
+    from eval.fid import frechet_distance
+
+    class FeatureJudge(Judge):
+        def features(self, x):
+            return torch.stack([x.mean(dim=(1, 2, 3)), x[:, 0].std(dim=(1, 2)), x[:, 1, 0, 0], x[:, 2, 1, 1]], 1)
+
+    g = torch.Generator().manual_seed(0)
+    real = np.random.default_rng(0).normal(0.5, 0.2, size=(300, 4))
+    floors = []
+    monkeypatch.setattr(m, "reference_features", lambda judge, without=None: real)
+    monkeypatch.setattr(m, "fd_floor", lambda judge, r, n, without=None: floors.append(n) or -1.0)
+    orig = torch.rand(60, 3, 4, 4, generator=g) * 0.6 + torch.linspace(0, 0.4, 60).view(-1, 1, 1, 1)
+    model = torch.rand(60, 3, 4, 4, generator=g)
+    batch = {"model": model, "model_edit": model, "orig": orig, "orig_edit": orig}
+    metric = m.FrechetToRenders(FeatureJudge(), "eyeglasses", 60)
+    for part in (slice(0, 25), slice(25, 60)):
+        metric.update({k: v[part] for k, v in batch.items()})
+    got = metric.compute()["fd"]["target_seeds"]
+    has = orig.mean(dim=(1, 2, 3)) > 0.5
+    assert 5 < int(has.sum()) < 55 and not torch.equal(has, model.mean(dim=(1, 2, 3)) > 0.5)
+    feats = FeatureJudge().features
+    assert got["n"] == int(has.sum()) and sorted(floors) == sorted([60, int(has.sum())])
+    assert got["value"] == pytest.approx(frechet_distance(feats(model[has]).numpy(), real), rel=1e-9)
+    assert got["original"] == pytest.approx(frechet_distance(feats(orig[has]).numpy(), real), rel=1e-9)
+    assert got["value"] != pytest.approx(frechet_distance(feats(model).numpy(), real), rel=1e-3)
+    lacks = orig[~has][: int(has.sum())]
+    assert got["original_without_target"] == pytest.approx(frechet_distance(feats(lacks).numpy(), real), rel=1e-9)

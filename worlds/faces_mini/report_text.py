@@ -7,6 +7,21 @@ def _pct(x) -> str:
     return f"{100 * x:.1f}"
 
 
+def _target_seeds_line(fd: dict) -> list[str]:
+    t = fd.get("target_seeds") or {}
+    if "value" not in t:
+        return []
+    return [
+        f"FD on the {t['n']} seeds whose original has the target (vs the same renders): {t['value']:.3f} "
+        f"(original {t['original']:.3f}; floor of {t['n']} renders {t['floor_renders']:.3f}"
+        + (
+            f", the original's faces without it {t['original_without_target']:.3f})"
+            if "original_without_target" in t
+            else ")"
+        )
+    ]
+
+
 def report_lines(r: dict) -> list[str]:
     t = r["target_rate"]
     lines = [
@@ -31,6 +46,7 @@ def report_lines(r: dict) -> list[str]:
         "",
         f"FD (classifier features vs {fd['reference_renders']} {fd['reference']}): {fd['value']:.3f} "
         f"(original {fd['original']:.3f}, renders floor {fd['floor_renders']:.3f})",
+        *_target_seeds_line(fd),
         f"palette drift (share of pixels far from every rendered colour): {100 * pd['plain']:.2f}% plain, "
         f"{100 * pd['edited']:.2f}% asked for the target (original {100 * pd['original_plain']:.2f}% / "
         f"{100 * pd['original_edited']:.2f}%)",
