@@ -15,7 +15,30 @@ pytestmark = [
     pytest.mark.skipif(not (GENERATOR_DIR / "config.json").exists(), reason="faces-mini generator not built"),
 ]
 
-TARGETS = [("attribute", "eyeglasses"), ("attribute", "smile"), ("identity", "Alice")]
+# the measured misses (README, "Text-to-Unlearn that erases"; 2 threads, the tests' default on 2 cores): each target
+# is expected to fail until the method changes, and strictly: an unexpected pass is an error that asks for this list
+# to be updated (eyeglasses meets its bars at 1 thread, ERASEKIT_TEST_THREADS=1: the float sums differ)
+MISSES = {
+    "eyeglasses": pytest.mark.xfail(
+        reason="measured: smile moves 6.6 points at 2 threads (bar 5; 4.9 at 1 thread)",
+        strict=True,
+        raises=AssertionError,
+    ),
+    "smile": pytest.mark.xfail(
+        reason="measured: the held-out CLIP's asked-for smiles stay (100% -> 84.4%, bar a drop of 80%)",
+        strict=True,
+        raises=AssertionError,
+    ),
+    "Alice": pytest.mark.xfail(
+        reason="measured: 7.5% -> 7.1% (bar a drop of 60%); an identity is not undone with the edit into it",
+        strict=True,
+        raises=AssertionError,
+    ),
+}
+TARGETS = [
+    pytest.param(kind, target, marks=MISSES[target])
+    for kind, target in (("attribute", "eyeglasses"), ("attribute", "smile"), ("identity", "Alice"))
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +70,7 @@ def test_concept_is_gone_and_the_rest_is_kept(kind, target, run):
     )
 
 
-@pytest.mark.parametrize("kind,target", TARGETS[:1])
+@pytest.mark.parametrize("kind,target", [("attribute", "eyeglasses")])
 def test_directional_beats_the_clip_distance_baseline(kind, target, run):
     ours, base = run(kind, target, "directional"), run(kind, target, "clip_distance")
     assert "refused" not in ours and "refused" not in base, (ours.get("refused"), base.get("refused"))
