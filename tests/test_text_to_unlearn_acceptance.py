@@ -15,25 +15,18 @@ pytestmark = [
     pytest.mark.skipif(not (GENERATOR_DIR / "config.json").exists(), reason="faces-mini generator not built"),
 ]
 
+
+def _miss(reason: str):
+    return pytest.mark.xfail(reason=f"measured: {reason}", strict=True, raises=AssertionError)
+
+
 # the measured misses (README, "Text-to-Unlearn that erases"; 2 threads, the tests' default on 2 cores): each target
 # is expected to fail until the method changes, and strictly: an unexpected pass is an error that asks for this list
 # to be updated (eyeglasses meets its bars at 1 thread, ERASEKIT_TEST_THREADS=1: the float sums differ)
 MISSES = {
-    "eyeglasses": pytest.mark.xfail(
-        reason="measured: smile moves 6.6 points at 2 threads (bar 5; 4.9 at 1 thread)",
-        strict=True,
-        raises=AssertionError,
-    ),
-    "smile": pytest.mark.xfail(
-        reason="measured: the held-out CLIP's asked-for smiles stay (100% -> 84.4%, bar a drop of 80%)",
-        strict=True,
-        raises=AssertionError,
-    ),
-    "Alice": pytest.mark.xfail(
-        reason="measured: 7.5% -> 7.1% (bar a drop of 60%); an identity is not undone with the edit into it",
-        strict=True,
-        raises=AssertionError,
-    ),
+    "eyeglasses": _miss("smile moves 6.6 points at 2 threads (bar 5; 4.9 at 1 thread)"),
+    "smile": _miss("the held-out CLIP's asked-for smiles stay (100% -> 84.4%, bar a drop of 80%)"),
+    "Alice": _miss("7.5% -> 7.1% (bar a drop of 60%); an identity is not undone with the edit into it"),
 }
 TARGETS = [
     pytest.param(kind, target, marks=MISSES[target])

@@ -409,13 +409,8 @@ class TextToUnlearn(Eraser):
     def _rechoose(self) -> None:
         """NADA's per-step choice: the layers of the rows G_t's own W+ edit moves most now."""
         layers = self._adaptive_layers(self.G)
-        self.adaptive.mask = torch.tensor(
-            [
-                any(n.startswith(f"generator.{layer}.") for layer in layers)
-                or (self.config.modulations == "all" and re.match(MODULATIONS, n) is not None)
-                for n in self.params
-            ]
-        )
+        pattern = re.compile(self._pattern(layers))  # the same choice as a fixed set of adaptive layers
+        self.adaptive.mask = torch.tensor([pattern.match(n) is not None for n in self.params])
 
     def _codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This step's W+ codes of the same z under the frozen mapping and under G_t's (they differ only when the

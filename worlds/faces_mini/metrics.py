@@ -58,6 +58,11 @@ def per_set(fn, images: dict[str, torch.Tensor], sets=SETS) -> dict:
     return {s: done[id(images[s])] for s in sets}
 
 
+def has_target(judge, x: torch.Tensor, head: str, cls: int) -> torch.Tensor:
+    """Where the attribute classifier finds the target (its class of its head) in images ``x``."""
+    return judge_all(judge, x)[head][:, cls] >= 0.5
+
+
 def _cat(parts) -> torch.Tensor:
     return torch.cat(parts) if isinstance(parts, list) else parts
 
@@ -151,7 +156,7 @@ class FrechetToRenders(Metric):
     def update(self, images: dict[str, torch.Tensor]) -> None:
         for s, f in per_set(lambda x: torch.from_numpy(features(self.judge, x)), images, ("model", "orig")).items():
             getattr(self, f"{s}_features").append(f)
-        self.has.append(judge_all(self.judge, images["orig"])[self.head][:, self.cls] >= 0.5)
+        self.has.append(has_target(self.judge, images["orig"], self.head, self.cls))
 
     def compute(self) -> dict:
         real = reference_features(self.judge, without=self.target)
@@ -223,7 +228,7 @@ class SameSeedFidelity(Metric):
         self.sim.append((self.embedder(model) * self.embedder(orig)).sum(-1))
         self.psnr.append(psnr(orig, model))
         self.perceptual.append(perceptual_distance(self.judge, model, orig))
-        self.lacks.append(judge_all(self.judge, orig)[self.head][:, self.cls] < 0.5)
+        self.lacks.append(~has_target(self.judge, orig, self.head, self.cls))
 
     def compute(self) -> dict:
         sim, psnr_each, perc, lacks = (_cat(getattr(self, n)) for n in ("sim", "psnr", "perceptual", "lacks"))
