@@ -175,3 +175,37 @@ def test_fd_on_the_target_seeds_is_the_fd_of_the_seeds_whose_original_has_it(mon
     assert got["value"] != pytest.approx(frechet_distance(feats(model).numpy(), real), rel=1e-3)
     lacks = orig[~has][: int(has.sum())]
     assert got["original_without_target"] == pytest.approx(frechet_distance(feats(lacks).numpy(), real), rel=1e-9)
+
+
+def test_same_seed_fidelity_without_the_target_counts_only_the_seeds_whose_original_lacks_it():
+    """``identity_similarity.without_target`` and the ``*_without_target`` fidelity figures: means over exactly the
+    seeds whose ORIGINAL the judge finds without the target (eyeglasses: mean pixel <= 0.5 here), by hand, streamed;
+    the model's own images decide nothing."""
+    from worlds.faces_mini.metrics import SameSeedFidelity
+
+    class FeatureJudge(Judge):
+        def feature_maps(self, x):
+            return [x]
+
+    def embedder(x):  # unit 2-vectors at angle 4 * mean pixel: two images' cosine is cos(4 * their difference)
+        a = 4 * x.mean(dim=(1, 2, 3))
+        return torch.stack([a.cos(), a.sin()], 1)
+
+    values = torch.arange(20, dtype=torch.float32) / 20 + 0.025  # 0.025 ... 0.975: 10 below 0.5, 10 above
+    orig = values.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).clone()
+    shift = torch.where(values > 0.5, 0.2, 0.05)  # seeds with the target move more
+    model = (orig - shift.view(-1, 1, 1, 1)).clamp(0, 1)  # the model's images cross 0.5 on other seeds than orig
+    metric = SameSeedFidelity(FeatureJudge(), embedder, "eyeglasses")
+    for part in (slice(0, 7), slice(7, 20)):
+        metric.update({"model": model[part], "orig": orig[part]})
+    got = metric.compute()
+    lacks = values <= 0.5
+    moved = orig.mean(dim=(1, 2, 3)) - model.mean(dim=(1, 2, 3))
+    assert int(lacks.sum()) == 10 and got["retain_fidelity"]["n_without_target"] == 10
+    assert got["identity_similarity"]["without_target"] == pytest.approx(float(torch.cos(4 * moved[lacks]).mean()))
+    assert got["identity_similarity"]["mean"] == pytest.approx(float(torch.cos(4 * moved).mean()))
+    mse = moved.pow(2)
+    assert got["retain_fidelity"]["psnr_without_target"] == pytest.approx(
+        float((10 * torch.log10(1 / mse[lacks])).mean()), rel=1e-5
+    )
+    assert got["identity_similarity"]["without_target"] > got["identity_similarity"]["mean"]

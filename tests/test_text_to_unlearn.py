@@ -92,6 +92,22 @@ def request(kind="attribute", concept="eyeglasses"):
     )
 
 
+def quick_erase(out, overrides=QUICK, *, pipe=None, guides=None):
+    """A text_to_unlearn run on the tiny generator with the toy guides (or those given): the shape most tests share."""
+    from erase.api import erase_concept
+
+    return erase_concept(
+        pipe if pipe is not None else tiny_pipe(),
+        "text_to_unlearn",
+        request(),
+        out,
+        overrides=overrides,
+        progress=False,
+        model_id="tiny",
+        guides=guides if guides is not None else toy_guides(),
+    )
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
@@ -118,22 +134,12 @@ def _cache(tmp_path, monkeypatch):
     ],
 )
 def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path, over):
-    from erase.api import erase_concept
     from erase.core.patch import apply_patch, remove_patch
 
     pipe = tiny_pipe()
     before = pipe(seeds=[0, 1, 2], output_type="pt")
     params_before = {n: p.detach().clone() for n, p in pipe.generator.named_parameters()}
-    patch = erase_concept(
-        pipe,
-        "text_to_unlearn",
-        request(),
-        tmp_path / "out",
-        overrides={**QUICK, **over},
-        progress=False,
-        model_id="tiny",
-        guides=toy_guides(),
-    )
+    patch = quick_erase(tmp_path / "out", {**QUICK, **over}, pipe=pipe)
     assert patch.names() and all(n.startswith("generator.") for n in patch.names())
     if over.get("layers") == "mapping":
         assert all(n.startswith("generator.mapping.") for n in patch.names())
@@ -148,19 +154,9 @@ def test_two_steps_give_a_generator_patch_that_comes_off_bit_identical(tmp_path,
 
 
 def test_the_gate_stops_a_mapper_that_does_not_add_the_concept(tmp_path):
-    from erase.api import erase_concept
 
     with pytest.raises(EraseError, match=r"raised the judged rate of 'eyeglasses' only from .*the gate needs \+101"):
-        erase_concept(
-            tiny_pipe(),
-            "text_to_unlearn",
-            request(),
-            tmp_path / "out",
-            overrides={**QUICK, "gate_points": 101.0},
-            progress=False,
-            model_id="tiny",
-            guides=toy_guides(),
-        )
+        quick_erase(tmp_path / "out", {**QUICK, "gate_points": 101.0})
     assert not (tmp_path / "out").exists()
 
 
@@ -236,16 +232,7 @@ def test_guides_are_part_of_the_run_identity(tmp_path):
     from erase.api import erase_concept
 
     out = tmp_path / "out"
-    erase_concept(
-        tiny_pipe(),
-        "text_to_unlearn",
-        request(),
-        out,
-        overrides=QUICK,
-        progress=False,
-        model_id="tiny",
-        guides=toy_guides(),
-    )
+    quick_erase(out)
     other = toy_guides()
     other.names["clip"] = "another clip"
     with pytest.raises(EraseError, match="differs in guides.clip"):
@@ -263,7 +250,6 @@ def test_guides_are_part_of_the_run_identity(tmp_path):
 
 
 def test_perceptual_net_picks_the_named_distance_and_refuses_an_unknown_one(tmp_path):
-    from erase.api import erase_concept
 
     calls = {"default": 0, "other": 0}
     guides = toy_guides()
@@ -278,61 +264,16 @@ def test_perceptual_net_picks_the_named_distance_and_refuses_an_unknown_one(tmp_
 
     guides.perceptual = counted("default", default)
     guides.perceptual_choices = {"other": counted("other", lambda a, b: (a - b).abs().mean(dim=(1, 2, 3)))}
-    erase_concept(
-        tiny_pipe(),
-        "text_to_unlearn",
-        request(),
-        tmp_path / "a",
-        overrides={**QUICK, "perceptual_net": "other"},
-        progress=False,
-        model_id="tiny",
-        guides=guides,
-    )
+    quick_erase(tmp_path / "a", {**QUICK, "perceptual_net": "other"}, guides=guides)
     assert calls == {"default": 0, "other": QUICK["steps"]}
-    erase_concept(
-        tiny_pipe(),
-        "text_to_unlearn",
-        request(),
-        tmp_path / "b",
-        overrides=QUICK,
-        progress=False,
-        model_id="tiny",
-        guides=guides,
-    )
+    quick_erase(tmp_path / "b", guides=guides)
     assert calls == {"default": QUICK["steps"], "other": QUICK["steps"]}
     guides.perceptual = None
     with pytest.raises(EraseError, match=r"needs a perceptual guide \(lambda_perceptual / preserve_unedited > 0\)"):
-        erase_concept(
-            tiny_pipe(),
-            "text_to_unlearn",
-            request(),
-            tmp_path / "d",
-            overrides=QUICK,
-            progress=False,
-            model_id="tiny",
-            guides=guides,
-        )
-    erase_concept(
-        tiny_pipe(),
-        "text_to_unlearn",
-        request(),
-        tmp_path / "e",
-        overrides={**QUICK, "lambda_perceptual": 0.0},
-        progress=False,
-        model_id="tiny",
-        guides=guides,
-    )  # no weight, no guide needed
+        quick_erase(tmp_path / "d", guides=guides)
+    quick_erase(tmp_path / "e", {**QUICK, "lambda_perceptual": 0.0}, guides=guides)  # no weight, no guide needed
     with pytest.raises(EraseError, match="no perceptual network 'lpips'.*these have: other"):
-        erase_concept(
-            tiny_pipe(),
-            "text_to_unlearn",
-            request(),
-            tmp_path / "c",
-            overrides={**QUICK, "perceptual_net": "lpips"},
-            progress=False,
-            model_id="tiny",
-            guides=guides,
-        )
+        quick_erase(tmp_path / "c", {**QUICK, "perceptual_net": "lpips"}, guides=guides)
 
 
 def test_without_guides_or_on_a_diffusion_model_it_says_what_is_missing(tmp_path, tiny_pipe):
@@ -408,18 +349,7 @@ def test_with_the_mapping_trained_the_frozen_half_of_each_pair_comes_from_the_fr
     same image at every step (the direction loss then stays at exactly 1 and the run learns nothing it can measure)."""
     import json
 
-    from erase.api import erase_concept
-
-    erase_concept(
-        tiny_pipe(),
-        "text_to_unlearn",
-        request(),
-        tmp_path / "out",
-        overrides={**QUICK, "steps": 3, "layers": "mapping", "lr": 0.05},
-        progress=False,
-        model_id="tiny",
-        guides=toy_guides(),
-    )
+    quick_erase(tmp_path / "out", {**QUICK, "steps": 3, "layers": "mapping", "lr": 0.05})
     rows = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     direction = [r["direction"] for r in rows if "direction" in r]
     assert len(direction) >= 2 and direction[0] == 1.0  # G_t starts as G_f: no difference yet

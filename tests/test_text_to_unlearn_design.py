@@ -5,7 +5,7 @@ against concept-free renders, and palette drift."""
 import pytest
 import torch
 
-from tests.test_text_to_unlearn import QUICK, request, tiny_pipe, toy_guides
+from tests.test_text_to_unlearn import QUICK, quick_erase, tiny_pipe, toy_guides
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,6 @@ def test_both_images_of_a_pair_get_the_same_view_and_colour_map():
 def test_the_anchor_is_the_frozen_face_without_the_edit_under_unedited(tmp_path, anchor):
     """The perceptual and identity terms compare G_t(w_hat) with G_f(w) under ``unedited``, with G_f(w_hat) under
     ``edited`` (the paper)."""
-    from erase.api import erase_concept
     from erase.core.latent_mapper import to_images
     from erase.methods.text_to_unlearn import TextToUnlearn
 
@@ -68,16 +67,7 @@ def test_the_anchor_is_the_frozen_face_without_the_edit_under_unedited(tmp_path,
     mp = pytest.MonkeyPatch()
     mp.setattr(TextToUnlearn, "_codes", codes)
     try:
-        erase_concept(
-            tiny_pipe(),
-            "text_to_unlearn",
-            request(),
-            tmp_path / "o",
-            overrides={**QUICK, "anchor": anchor, "steps": 1},
-            progress=False,
-            model_id="tiny",
-            guides=guides,
-        )
+        quick_erase(tmp_path / "o", {**QUICK, "anchor": anchor, "steps": 1}, guides=guides)
     finally:
         mp.undo()
     (_, frozen, w, w_hat), (_, got) = seen
@@ -88,19 +78,13 @@ def test_the_anchor_is_the_frozen_face_without_the_edit_under_unedited(tmp_path,
 
 
 def test_adaptive_layers_re_chosen_every_step_move_only_chosen_layers(tmp_path):
-    from erase.api import erase_concept
 
     pipe = tiny_pipe()
     before = {n: p.detach().clone() for n, p in pipe.generator.named_parameters()}
-    patch = erase_concept(
-        pipe,
-        "text_to_unlearn",
-        request(),
+    patch = quick_erase(
         tmp_path / "o",
-        overrides={**QUICK, "layers": "adaptive", "top_k": 1, "adaptive_every": 1, "steps": 3, "lr": 0.05},
-        progress=False,
-        model_id="tiny",
-        guides=toy_guides(),
+        {**QUICK, "layers": "adaptive", "top_k": 1, "adaptive_every": 1, "steps": 3, "lr": 0.05},
+        pipe=pipe,
     )
     rows = patch.config["info"]["adaptive_rows"]
     assert len(rows) == 3 and all(len(r) == 1 for r in rows)  # chosen afresh at every step
@@ -120,23 +104,13 @@ def test_modulations_all_trains_every_style_affine_and_only_the_chosen_convoluti
     only the chosen layers' tensors; re-chosen every step (``adaptive_every 1``) or once (0)."""
     import re
 
-    from erase.api import erase_concept
     from erase.core.patch import apply_patch
     from erase.methods.text_to_unlearn import MODULATIONS
 
     pipe = tiny_pipe()
     before = {n: p.detach().clone() for n, p in pipe.generator.named_parameters()}
     over = {**QUICK, "layers": "adaptive", "top_k": 1, "adaptive_every": every, "steps": 3, "lr": 0.05}
-    patch = erase_concept(
-        pipe,
-        "text_to_unlearn",
-        request(),
-        tmp_path / "o",
-        overrides={**over, "modulations": "all"},
-        progress=False,
-        model_id="tiny",
-        guides=toy_guides(),
-    )
+    patch = quick_erase(tmp_path / "o", {**over, "modulations": "all"}, pipe=pipe)
     chosen = {layer for r in patch.config["info"]["adaptive_rows"] for layer in pipe.generator.layers_of_row(r[0])}
     apply_patch(pipe, patch)
     moved = {n for n, p in pipe.generator.named_parameters() if not torch.equal(p, before[n])}
