@@ -49,6 +49,8 @@ VARIANTS = {
     "paper+clean-mapper": ("paper", {"mapper_identity": 1.0}),
     "paper+attributes": ("paper", {"lambda_attributes": 2.0}),
     "paper+adaptive": ("paper", {"layers": "adaptive", "adaptive_every": 20}),
+    "paper+edit-mix": ("paper", {"edit_mix": 0.5}),
+    "default-no-mix": ("faces-mini", {"edit_mix": 0.0}),
     "default": ("faces-mini", {}),
     "clip_distance": ("paper", {"mode": "clip_distance"}),
 }
@@ -246,6 +248,22 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def updated_rows(previous: Path, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier ``faces-mini.json`` with this run's rows in place of those of the same target and
+    variant, the others kept (judged again against today's bars); ordered by target, then ``VARIANTS``."""
+    if not previous.is_file():
+        raise SystemExit(f"--update keeps the rows of {previous}, which does not exist; run without --update")
+    new = {(r["target"], r["variant"]): r for r in rows}
+    kept = [r for r in json.loads(previous.read_text())["rows"] if (r["target"], r["variant"]) not in new]
+    kept = [r if "refused" in r else {**r, "meets": bars_met(r)} for r in kept]
+    targets = list(dict.fromkeys(r["target"] for r in [*kept, *rows]))
+    order = list(VARIANTS)
+    return sorted(
+        [*kept, *rows],
+        key=lambda r: (targets.index(r["target"]), order.index(r["variant"]) if r["variant"] in order else len(order)),
+    )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description="Text-to-Unlearn on faces-mini: the default, the paper's configuration, each option alone, "
@@ -265,6 +283,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/bench/faces-mini")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the rows of the results' faces-mini.json that this run does not redo (same target and variant)",
+    )
     p.add_argument(
         "--no-write",
         action="store_true",
@@ -304,6 +327,8 @@ def main(argv=None) -> int:
     from erase.core.files import write_json_atomic
 
     Path(args.results).mkdir(parents=True, exist_ok=True)
+    if args.update:
+        rows = updated_rows(Path(args.results) / "faces-mini.json", rows)
     write_json_atomic(
         Path(args.results) / "faces-mini.json",
         {

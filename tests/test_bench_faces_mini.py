@@ -61,3 +61,36 @@ def test_bars_count_a_drop_only_where_the_evaluations_edit_realises_the_target()
     met = bars_met(alice)
     assert met["drop_edited"] is None  # the held-out edit drew Alice on 0.1%: nothing to measure
     assert met["drop_plain"] is (0.6 >= BARS["relative_drop_identity"]) and met["palette"] is False
+
+
+def test_update_keeps_the_rows_this_run_does_not_redo_in_variant_order(tmp_path):
+    import json
+
+    import pytest
+
+    from bench.faces_mini import updated_rows
+
+    def row(target, variant, plain):
+        return _row(
+            target=target,
+            variant=variant,
+            kind="attribute",
+            relative_drop_plain=plain,
+            relative_drop_edited=0.9,
+            palette_ratio=1.0,
+        )
+
+    previous = tmp_path / "faces-mini.json"
+    old = [row("eyeglasses", "paper", 0.1), row("eyeglasses", "default", 0.5), row("smile", "default", 0.5)]
+    previous.write_text(json.dumps({"rows": old}))
+    got = updated_rows(previous, [row("eyeglasses", "default", 0.95), row("eyeglasses", "paper+edit-mix", 0.2)])
+    assert [(r["target"], r["variant"]) for r in got] == [
+        ("eyeglasses", "paper"),
+        ("eyeglasses", "paper+edit-mix"),
+        ("eyeglasses", "default"),
+        ("smile", "default"),
+    ]
+    assert got[2]["relative_drop_plain"] == 0.95  # the new row, not the old one
+    assert got[0]["meets"]["drop_plain"] is False and got[3]["meets"]["drop_plain"] is False  # kept rows judged again
+    with pytest.raises(SystemExit, match="does not exist"):
+        updated_rows(tmp_path / "none.json", [])

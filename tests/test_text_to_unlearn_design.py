@@ -128,6 +128,50 @@ def test_modulations_all_needs_the_adaptive_layers(tmp_path):
         TextToUnlearnConfig(layers="synthesis", modulations="all").check()
 
 
+@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
+def test_edit_mix_edits_that_share_of_the_latents_with_the_second_mapper(tmp_path, mix):
+    """``edit_mix``: each edited latent is the main mapper's edit or, for a random share of them, the second
+    (looser) mapper's; 0 uses only the first, 1 only the second."""
+    from erase.core.latent_mapper import edit
+    from erase.methods.text_to_unlearn import TextToUnlearn
+
+    seen: list[tuple] = []
+    original_codes = TextToUnlearn._codes
+
+    def codes(self):
+        out = original_codes(self)
+        seen.append((self, out[0], out[2]))
+        return out
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(TextToUnlearn, "_codes", codes)
+    try:
+        quick_erase(tmp_path / "o", {**QUICK, "edit_mix": mix, "steps": 4, "batch_size": 8})
+    finally:
+        mp.undo()
+    eraser = seen[0][0]
+    assert (eraser.mixer is None) == (mix == 0.0)
+    by_mixer = []
+    for _, w, w_hat in seen:
+        main = edit(eraser.mapper, w, 0.1)  # the default edit_scale
+        second = edit(eraser.mixer, w, 0.1) if eraser.mixer is not None else None
+        for i in range(len(w)):
+            is_main = torch.allclose(w_hat[i], main[i])
+            is_second = second is not None and torch.allclose(w_hat[i], second[i])
+            assert is_main != is_second  # exactly one of the two mappers' edits
+            by_mixer.append(is_second)
+    share = sum(by_mixer) / len(by_mixer)
+    assert share == mix if mix in (0.0, 1.0) else 0.2 < share < 0.8
+
+
+def test_edit_mix_is_a_share(tmp_path):
+    from erase.core.errors import EraseError
+    from erase.methods.text_to_unlearn import TextToUnlearnConfig
+
+    with pytest.raises(EraseError, match="edit_mix is a share in"):
+        TextToUnlearnConfig(edit_mix=1.5).check()
+
+
 def test_the_guides_exclude_every_judge(tmp_path, monkeypatch):
     """Train with the evaluation's judges absent (an assets folder without them, an empty cache): if the method read
     any of them, it would fail. The guides' descriptions name none of the judges' networks either."""
