@@ -49,8 +49,6 @@ VARIANTS = {
     "paper+clean-mapper": ("paper", {"mapper_identity": 1.0}),
     "paper+attributes": ("paper", {"lambda_attributes": 2.0}),
     "paper+adaptive": ("paper", {"layers": "adaptive", "adaptive_every": 20}),
-    "paper+edit-mix": ("paper", {"edit_mix": 0.5}),
-    "default-no-mix": ("faces-mini", {"edit_mix": 0.0}),
     "default": ("faces-mini", {}),
     "clip_distance": ("paper", {"mode": "clip_distance"}),
 }

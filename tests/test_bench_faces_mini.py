@@ -83,10 +83,10 @@ def test_update_keeps_the_rows_this_run_does_not_redo_in_variant_order(tmp_path)
     previous = tmp_path / "faces-mini.json"
     old = [row("eyeglasses", "paper", 0.1), row("eyeglasses", "default", 0.5), row("smile", "default", 0.5)]
     previous.write_text(json.dumps({"rows": old}))
-    got = updated_rows(previous, [row("eyeglasses", "default", 0.95), row("eyeglasses", "paper+edit-mix", 0.2)])
+    got = updated_rows(previous, [row("eyeglasses", "default", 0.95), row("eyeglasses", "paper+colour", 0.2)])
     assert [(r["target"], r["variant"]) for r in got] == [
         ("eyeglasses", "paper"),
-        ("eyeglasses", "paper+edit-mix"),
+        ("eyeglasses", "paper+colour"),
         ("eyeglasses", "default"),
         ("smile", "default"),
     ]

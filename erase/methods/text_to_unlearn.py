@@ -9,7 +9,8 @@ and redesigned where the paper's losses are fooled on faces-mini (README, "Text-
    rate of the concept by ``gate_points`` (then everything below would chase noise); with ``edit_mix`` a second,
    looser mapper (StyleCLIP's identity weight 0.1, ``mix_identity``) edits that share of the latents, so that the
    fine-tune meets the concept asked for through other W+ rows as well (on faces-mini the clean mapper draws a smile
-   through the medium rows, the loose one through the coarse rows);
+   through the medium rows, the loose one through the coarse rows; off by default: at 0.5 it removes a held-out
+   mapper's smiles by the judge's count and smears the faces it removes them from, README);
 2. the reference direction i = unit(mean(unit(E(G_f(w_hat))) - unit(E(G_f(w))))) in CLIP image space, from
    pairs rendered by the frozen generator G_f (averaged over colour-mapped views of each pair), computed once;
 3. a copy G_t is fine-tuned so that, on edited codes w_hat, the change from G_f(w_hat) to G_t(w_hat) points
