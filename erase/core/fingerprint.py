@@ -31,13 +31,18 @@ def _probe_positions(name: str, numel: int) -> torch.Tensor:
 
 
 def tensor_record(name: str, t: torch.Tensor, exact: bool = True) -> dict:
-    """Shape, dtype, probe values, mean and mean magnitude (float32) and, if ``exact``, the SHA-256 of one tensor."""
+    """Shape, dtype, probe values, mean and mean magnitude and, if ``exact``, the SHA-256 of one tensor.
+
+    The means are summed in float64 and kept to 12 significant digits, so that they do not depend on the order of
+    the reduction (the thread count): a float32 mean of the same weights differs in its last bits between 1 and 2
+    threads, and every identity built from these records (caches, run identities) would differ with it."""
     flat = t.detach().reshape(-1)
     rec = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
     if flat.numel():
         f = flat.float()
         rec["probe"] = f[_probe_positions(name, flat.numel()).to(f.device)].tolist()
-        rec["mean"], rec["absmean"] = float(f.mean()), float(f.abs().mean())
+        d = flat.double()
+        rec["mean"], rec["absmean"] = (float(f"{float(v):.12g}") for v in (d.mean(), d.abs().mean()))
     if exact:
         rec["sha256"] = tensor_sha256(t)
     return rec
