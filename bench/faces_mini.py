@@ -169,6 +169,7 @@ def run_one(
         "palette_ratio": pd["plain"] / max(pd["original_plain"], 1e-6),
         "retain_fidelity": r["retain_fidelity"],
         "gamma": r["gamma"],
+        "recognised": r["recognised"],
         "clip_similarity": r["clip_similarity"],
         "erase_seconds": round(seconds, 1),
         "total_seconds": eff["erase_seconds"],

@@ -209,3 +209,31 @@ def test_same_seed_fidelity_without_the_target_counts_only_the_seeds_whose_origi
         float((10 * torch.log10(1 / mse[lacks])).mean()), rel=1e-5
     )
     assert got["identity_similarity"]["without_target"] > got["identity_similarity"]["mean"]
+
+
+def test_recognised_counts_images_confident_on_every_head_but_the_targets():
+    """``recognised``: the share of each set's images whose every head but the target's has max softmax > 0.9, by
+    hand; an unsure TARGET head does not count against an image (erasing it is the point), another head does."""
+
+    class UnsureJudge(Judge):
+        def __call__(self, x):
+            out = super().__call__(x)
+            v = x.mean(dim=(1, 2, 3))
+            out["hat"] = torch.where((v < 0.3).view(-1, 1), torch.zeros_like(out["hat"]), out["hat"])  # unsure
+            out["eyeglasses"] = torch.where(
+                (v > 0.8).view(-1, 1), torch.zeros_like(out["eyeglasses"]), out["eyeglasses"]
+            )
+            return out
+
+    x = torch.arange(100, dtype=torch.float32).div(100).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
+    edit = 1 - x
+    metric = AttributeRates(UnsureJudge(), "eyeglasses")
+    for part in (slice(0, 40), slice(40, 100)):
+        metric.update({k: v[part] for k, v in {"model": x, "model_edit": edit, "orig": x, "orig_edit": x}.items()})
+    got = metric.compute()["recognised"]
+    values = x.mean(dim=(1, 2, 3)).numpy()  # the float32 values the judge reads
+    assert got["plain"] == pytest.approx(np.mean(values >= 0.3)) == got["original_plain"]  # 70 of 100
+    assert got["edited"] == pytest.approx(np.mean(1 - values >= 0.3))  # 71 of 100
+    hat_only = AttributeRates(UnsureJudge(), "hat")  # with hat the target, its unsure images all count
+    hat_only.update({k: x for k in ("model", "model_edit", "orig", "orig_edit")})
+    assert hat_only.compute()["recognised"]["plain"] == pytest.approx(np.mean(values <= 0.8))  # eyeglasses unsure

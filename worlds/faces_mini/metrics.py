@@ -17,7 +17,7 @@ from torchmetrics import Metric
 from eval.fid import frechet_distance
 from eval.fidelity import psnr
 
-from .check import CHECK_RENDERS, fd_floor, features, judge_all, reference_features
+from .check import CHECK_RENDERS, confident_mask, fd_floor, features, judge_all, reference_features
 from .models import perceptual_distance
 from .palette import off_palette
 from .world import HEAD_CLASSES, concept_rate_label
@@ -68,8 +68,10 @@ def _cat(parts) -> torch.Tensor:
 
 
 class AttributeRates(Metric):
-    """Every head's class rates (argmax of the attribute classifier) on each set, the target's rate, and gamma on
-    the classifier's probability of the target."""
+    """Every head's class rates (argmax of the attribute classifier) on each set, the target's rate, gamma on
+    the classifier's probability of the target, and ``recognised``: the share of each set's images the classifier
+    reads confidently (max softmax > 0.9, as the generator's check) on every head but the target's. An erasure that
+    smears the faces it takes the concept from fools the target's head and shows here (README, ``edit_mix``)."""
 
     full_state_update = False
 
@@ -81,12 +83,17 @@ class AttributeRates(Metric):
             for head, classes in HEAD_CLASSES.items():
                 self.add_state(f"{s}_{head}", torch.zeros(len(classes), dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{s}_score", [], dist_reduce_fx="cat")
+            self.add_state(f"{s}_recognised", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{s}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, images: dict[str, torch.Tensor]) -> None:
         for s, probs in per_set(lambda x: judge_all(self.judge, x), images).items():
             for head, p in probs.items():
                 getattr(self, f"{s}_{head}").add_(torch.bincount(p.argmax(1), minlength=p.shape[1]).double())
             getattr(self, f"{s}_score").append(probs[self.head][:, self.cls])
+            others = confident_mask({h: p for h, p in probs.items() if h != self.head})
+            getattr(self, f"{s}_recognised").add_(others.sum().double())
+            getattr(self, f"{s}_n").add_(len(others))
 
     def _rates(self, s: str) -> dict[str, dict[str, float]]:
         out = {}
@@ -105,6 +112,9 @@ class AttributeRates(Metric):
             "original": {"attribute_rates": rates["orig"], "edited_attribute_rates": rates["orig_edit"]},
             "target_rate": {name: rates[s][self.head][label] for name, s in RATE_NAMES},
             "gamma": {"classifier": gamma(score["model_edit"], score["orig_edit"], score["orig"])},
+            "recognised": {
+                name: float(getattr(self, f"{s}_recognised") / getattr(self, f"{s}_n")) for name, s in RATE_NAMES
+            },
         }
 
 

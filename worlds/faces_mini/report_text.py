@@ -22,6 +22,16 @@ def _target_seeds_line(fd: dict) -> list[str]:
     ]
 
 
+def _recognised_line(rec: dict | None) -> list[str]:
+    if not rec:
+        return []
+    return [
+        "recognised as the world's faces (the classifier confident on every head but the target's): "
+        f"{_pct(rec['plain'])}% plain, {_pct(rec['edited'])}% asked for the target (original "
+        f"{_pct(rec['original_plain'])}% / {_pct(rec['original_edited'])}%)"
+    ]
+
+
 def report_lines(r: dict) -> list[str]:
     t = r["target_rate"]
     lines = [
@@ -51,6 +61,7 @@ def report_lines(r: dict) -> list[str]:
         f"{100 * pd['edited']:.2f}% asked for the target (original {100 * pd['original_plain']:.2f}% / "
         f"{100 * pd['original_edited']:.2f}%)",
         f"gamma: classifier {r['gamma']['classifier']['value']:.3f}, held-out CLIP {r['gamma']['clip']['value']:.3f}",
+        *_recognised_line(r.get("recognised")),
     ]
     if r.get("identity_similarity"):
         ident = r["identity_similarity"]
