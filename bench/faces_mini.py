@@ -104,8 +104,7 @@ def run_one(
 
     done = out / "row.json"
     if done.exists():  # a finished row: judged again, so that a change of the bars applies to it
-        row = json.loads(done.read_text())
-        return row if "refused" in row else {**row, "meets": bars_met(row)}
+        return judged_again(json.loads(done.read_text()))
     protocol = load_protocol("faces-mini")
     if seeds is not None and seeds < len(protocol.seeds):
         protocol = protocol.with_overrides(seeds=protocol.seeds[:seeds])
@@ -205,6 +204,11 @@ def bars_met(row: dict) -> dict[str, bool | None]:
     )
 
 
+def judged_again(row: dict) -> dict:
+    """A stored row against today's bars (a refused row meets none, as it was written)."""
+    return row if "refused" in row else {**row, "meets": bars_met(row)}
+
+
 def _at_least(value: float | None, bar: float) -> bool | None:
     return None if value is None else value >= bar
 
@@ -254,7 +258,7 @@ def updated_rows(previous: Path, rows: list[dict]) -> list[dict]:
         raise SystemExit(f"--update keeps the rows of {previous}, which does not exist; run without --update")
     new = {(r["target"], r["variant"]): r for r in rows}
     kept = [r for r in json.loads(previous.read_text())["rows"] if (r["target"], r["variant"]) not in new]
-    kept = [r if "refused" in r else {**r, "meets": bars_met(r)} for r in kept]
+    kept = [judged_again(r) for r in kept]
     targets = list(dict.fromkeys(r["target"] for r in [*kept, *rows]))
     order = list(VARIANTS)
     return sorted(

@@ -299,7 +299,6 @@ class TextToUnlearn(Eraser):
             views=cfg.mapper_views,
             attributes=cfg.mapper_attributes,
         )
-        settings_all = settings
         removing = replace(settings, remove=True).for_kind(req.kind)
         settings = settings.for_kind(req.kind)
         self.perceptual = (
@@ -338,25 +337,13 @@ class TextToUnlearn(Eraser):
             self.info["removal"] = {"rate_plain": before, "rate_removed": after}
         self.text = g.clip_text([self.prompt]).detach()
         if cfg.mode == "directional":
-            self.mapper = train_mapper(self.frozen, self.prompt, g, settings, progress=False, concept=req.concept)
-            self.info["gate"] = check_gate(
-                self.frozen,
-                self.mapper,
-                g,
-                req.concept,
-                self.prompt,
-                points=cfg.gate_points,
-                n=cfg.gate_samples,
-                seed=req.seed + 1,
-                scale=cfg.edit_scale,
-                truncation=cfg.truncation,
-            )
-            loose = replace(settings_all, identity=cfg.mix_identity, attributes=0.0).for_kind(req.kind)
-            if cfg.edit_mix > 0 and loose != settings:  # (for an identity both mappers' identity terms are off)
-                self.mixer = train_mapper(self.frozen, self.prompt, g, loose, progress=False, concept=req.concept)
-                self.info["mix_gate"] = check_gate(
+
+            def gated_mapper(spec: MapperSettings, key: str):
+                """A mapper trained (or read from the cache) and its gate, recorded in info[key]."""
+                mapper = train_mapper(self.frozen, self.prompt, g, spec, progress=False, concept=req.concept)
+                self.info[key] = check_gate(
                     self.frozen,
-                    self.mixer,
+                    mapper,
                     g,
                     req.concept,
                     self.prompt,
@@ -366,6 +353,12 @@ class TextToUnlearn(Eraser):
                     scale=cfg.edit_scale,
                     truncation=cfg.truncation,
                 )
+                return mapper
+
+            self.mapper = gated_mapper(settings, "gate")
+            loose = replace(settings, identity=cfg.mix_identity, attributes=0.0).for_kind(req.kind)
+            if cfg.edit_mix > 0 and loose != settings:  # (for an identity both mappers' identity terms are off)
+                self.mixer = gated_mapper(loose, "mix_gate")
             self.direction = image_direction(
                 self.frozen,
                 self.mapper,

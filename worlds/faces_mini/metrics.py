@@ -84,7 +84,6 @@ class AttributeRates(Metric):
                 self.add_state(f"{s}_{head}", torch.zeros(len(classes), dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{s}_score", [], dist_reduce_fx="cat")
             self.add_state(f"{s}_recognised", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(f"{s}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, images: dict[str, torch.Tensor]) -> None:
         for s, probs in per_set(lambda x: judge_all(self.judge, x), images).items():
@@ -93,7 +92,6 @@ class AttributeRates(Metric):
             getattr(self, f"{s}_score").append(probs[self.head][:, self.cls])
             others = confident_mask({h: p for h, p in probs.items() if h != self.head})
             getattr(self, f"{s}_recognised").add_(others.sum().double())
-            getattr(self, f"{s}_n").add_(len(others))
 
     def _rates(self, s: str) -> dict[str, dict[str, float]]:
         out = {}
@@ -112,8 +110,9 @@ class AttributeRates(Metric):
             "original": {"attribute_rates": rates["orig"], "edited_attribute_rates": rates["orig_edit"]},
             "target_rate": {name: rates[s][self.head][label] for name, s in RATE_NAMES},
             "gamma": {"classifier": gamma(score["model_edit"], score["orig_edit"], score["orig"])},
-            "recognised": {
-                name: float(getattr(self, f"{s}_recognised") / getattr(self, f"{s}_n")) for name, s in RATE_NAMES
+            "recognised": {  # (every image adds one count to each head's classes)
+                name: float(getattr(self, f"{s}_recognised") / getattr(self, f"{s}_{self.head}").sum())
+                for name, s in RATE_NAMES
             },
         }
 
