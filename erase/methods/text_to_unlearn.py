@@ -25,7 +25,9 @@ and redesigned where the paper's losses are fooled on faces-mini (README, "Text-
    other attributes (identity head included) on both; ``plain_direction`` also applies the direction loss to plain
    latents where the guide classifier finds the concept; ``remove_target`` holds those faces G_t(w) to a
    concept-free counterpart G_f(w + s R(w)), R a second latent mapper trained to lower the guide classifier's
-   probability of the concept. For identity concepts the identity term is off.
+   probability of the concept, or (``counterpart probe``) G_f(w'), w' moved along a linear probe of the concept in
+   W until the probe reads it concept-free (``erase.core.latent_probe``; only where the concept is linear in W).
+   For identity concepts the identity term is off.
 
 ``mode clip_distance`` is the paper's baseline (its Eq. 11): minimise cos(E(G_t(w)), E_T(prompt)), with the
 same optional anchor on unedited codes. Trainable layers (``layers``): every synthesis conv and the constant
@@ -62,6 +64,7 @@ from ..core.latent_mapper import (
     to_wplus,
     train_mapper,
 )
+from ..core.latent_probe import fit_probe
 from ..core.loop import Eraser
 from ..core.registry import TrainedConfig, check_options, option, register_method
 from ..core.selection import ParamSelection
@@ -143,7 +146,22 @@ class TextToUnlearnConfig(TrainedConfig):
         0.0,
         "weight of holding G_t(w) to G_f(w + edit_scale R(w)) where the guides' classifier finds the concept in "
         "G_f(w), R a latent mapper trained to take the concept out (the guide's probability lowered, identity and "
-        "L2 as the add mapper): a concept-free face for the faces that have the concept by themselves",
+        "L2 as the add mapper): a concept-free face for the faces that have the concept by themselves "
+        "(``counterpart`` chooses how that face is found)",
+    )
+    counterpart: str = option(
+        "mapper",
+        "remove_target's concept-free face: 'mapper' = G_f(w + edit_scale R(w)), or 'probe' = G_f(w'), w' moved along "
+        "a linear probe of the concept in W (fitted on the guides' classifier's labels) until the probe reads it "
+        "concept-free; used only where the probe's held-out balanced accuracy reaches probe_accuracy (on faces-mini "
+        "an identity does, eyeglasses and smile do not)",
+    )
+    probe_samples: int = option(4000, "with counterpart probe: faces the probe is fitted on (a fifth held out)")
+    probe_margin: float = option(
+        3.0, "with counterpart probe: the probe's score (logit) the faces are moved to is -this"
+    )
+    probe_accuracy: float = option(
+        0.9, "with counterpart probe: the held-out balanced accuracy below which the probe is not used (recorded)"
     )
     plain_direction: float = option(
         0.0,
@@ -200,8 +218,16 @@ class TextToUnlearnConfig(TrainedConfig):
                 "anchor": ("unedited", "edited"),
                 "preserve_where": ("all", "without_concept"),
                 "modulations": ("chosen", "all"),
+                "counterpart": ("mapper", "probe"),
             },
-            at_least_one=("batch_size", "top_k", "mapper_batch", "direction_samples", "gate_samples"),
+            at_least_one=(
+                "batch_size",
+                "top_k",
+                "mapper_batch",
+                "direction_samples",
+                "gate_samples",
+                "probe_samples",
+            ),
             non_negative=(
                 "lambda_perceptual",
                 "lambda_identity",
@@ -218,6 +244,8 @@ class TextToUnlearnConfig(TrainedConfig):
                 "views",
                 "gate_points",
                 "adaptive_every",
+                "probe_margin",
+                "probe_accuracy",
             ),
             positive=("mapper_lr", "edit_scale", "truncation"),
         )
@@ -261,6 +289,7 @@ class TextToUnlearn(Eraser):
     guides: Guides | None = None  # set by the caller before the loop runs (erase_concept(..., guides=...))
     adaptive: _Chosen | None = None
     mixer = None  # the second mapper of edit_mix
+    probe = None  # remove_target's linear probe in W (counterpart probe)
 
     def scope(self, pipe) -> str:
         if "generator" not in (getattr(pipe, "components", None) or {}):
@@ -320,9 +349,25 @@ class TextToUnlearn(Eraser):
                 self.name,
                 "preserve_where without_concept / plain_direction / remove_target > 0",
             )
+        self.remove_target = cfg.remove_target
         if cfg.remove_target > 0:
             if self.perceptual is None:
                 self.perceptual = g.perceptual_named(cfg.perceptual_net, self.name, "remove_target > 0")
+        if cfg.remove_target > 0 and cfg.counterpart == "probe":
+            self.probe = fit_probe(
+                self.frozen,
+                g,
+                req.concept,
+                n=cfg.probe_samples,
+                seed=req.seed + 4,
+                margin=cfg.probe_margin,
+                truncation=cfg.truncation,
+            )
+            used = self.probe.accuracy >= cfg.probe_accuracy
+            self.info["probe"] = {**self.probe.describe(), "used": used, "accuracy_floor": cfg.probe_accuracy}
+            if not used:  # the concept is not linear in W: such a counterpart would be some other face
+                self.remove_target = 0.0
+        elif cfg.remove_target > 0:
             self.remover = train_mapper(self.frozen, self.prompt, g, removing, progress=False, concept=req.concept)
             before, after = concept_rates(
                 self.frozen,
@@ -520,12 +565,15 @@ class TextToUnlearn(Eraser):
             if cfg.preserve_where == "without_concept":
                 keep = keep * (1 - has_concept())
             losses["unedited"] = cfg.preserve_unedited * keep.mean()
-        if cfg.remove_target > 0:  # the faces with the concept: held to their concept-free counterpart
+        if self.remove_target > 0:  # the faces with the concept: held to their concept-free counterpart
             has = has_concept()
             with torch.no_grad():
-                target = to_images(self.frozen.synthesis(edit(self.remover, w_f, cfg.edit_scale)))
+                free = (
+                    self.probe.counterpart(w_f) if self.probe is not None else edit(self.remover, w_f, cfg.edit_scale)
+                )
+                target = to_images(self.frozen.synthesis(free))
             losses["removal"] = (
-                cfg.remove_target * (self.perceptual(plain_t(), target) * has).sum() / has.sum().clamp_min(1)
+                self.remove_target * (self.perceptual(plain_t(), target) * has).sum() / has.sum().clamp_min(1)
             )
         if cfg.plain_direction > 0 and cfg.mode == "directional":
             has = has_concept()
