@@ -95,3 +95,19 @@ def test_the_shipped_generator_has_the_recipes_layout_and_draws_the_worlds_attri
     data = rates(fresh[1])
     off = {k: round(100 * abs(made[k] - data[k]), 1) for k in made}
     assert max(off.values()) <= 10.0, off
+
+
+def test_the_evaluation_mapper_steps_come_from_the_assets_recipe(tmp_path):
+    import json
+
+    from worlds.faces_mini.assets import FacesAssetError, evaluation_mapper_steps
+
+    assert evaluation_mapper_steps(tmp_path, 1500) == 1500  # no recipe.json: the default
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"recipe": {"seed": 0}}))
+    assert evaluation_mapper_steps(tmp_path, 1500) == 1500  # a recipe from before the field
+    recipe.write_text(json.dumps({"recipe": {"eval_mapper_steps": 20}}))
+    assert evaluation_mapper_steps(tmp_path, 1500) == 20
+    recipe.write_text(json.dumps({"recipe": {"eval_mapper_steps": 0}}))
+    with pytest.raises(FacesAssetError, match="eval_mapper_steps must be a positive integer"):
+        evaluation_mapper_steps(tmp_path, 1500)

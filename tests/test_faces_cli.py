@@ -138,6 +138,8 @@ def test_run_then_eval_writes_a_generator_patch_and_the_faces_report(assets, tmp
         "faces-mini clip-judge"
     )
     assert (tmp_path / "eval" / "grid.png").exists()
+    # the held-out mapper is trained for the steps the smoke build's recipe gives its evaluation (20, not 1,500)
+    assert rep["edit"]["settings"]["steps"] == 20
 
 
 def test_a_patch_on_the_mapping_network_shows_in_the_evaluation(assets, tmp_path):

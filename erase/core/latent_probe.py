@@ -9,9 +9,8 @@ own codes vary), scaled so that a step of 1 lowers the score by 1, until the sco
 
 Faces the probe already reads as concept-free stay exactly as they are. The probe is only as good as the concept is
 linear in W: its balanced accuracy on held-out faces is measured, and a caller uses the counterpart only above a
-floor. On faces-mini an identity is (Alice: 0.96 held-out accuracy in a diagnosis on 6,000 faces, against 0.92 for
-guessing the majority); eyeglasses and smile are not (0.62 against 0.60): their counterpart has to come from
-somewhere else.
+floor. On faces-mini (4,000 faces, guide-classifier labels) Alice is linear in W (held-out balanced accuracy 0.87);
+Bruno (0.56), eyeglasses (0.57) and smile (0.55) are not: their counterpart has to come from somewhere else.
 """
 
 from __future__ import annotations

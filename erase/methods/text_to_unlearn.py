@@ -154,14 +154,14 @@ class TextToUnlearnConfig(TrainedConfig):
         "remove_target's concept-free face: 'mapper' = G_f(w + edit_scale R(w)), or 'probe' = G_f(w'), w' moved along "
         "a linear probe of the concept in W (fitted on the guides' classifier's labels) until the probe reads it "
         "concept-free; used only where the probe's held-out balanced accuracy reaches probe_accuracy (on faces-mini "
-        "an identity does, eyeglasses and smile do not)",
+        "Alice's probe does, 0.87; Bruno's, eyeglasses' and smile's do not, 0.55-0.57)",
     )
     probe_samples: int = option(4000, "with counterpart probe: faces the probe is fitted on (a fifth held out)")
     probe_margin: float = option(
         3.0, "with counterpart probe: the probe's score (logit) the faces are moved to is -this"
     )
     probe_accuracy: float = option(
-        0.9, "with counterpart probe: the held-out balanced accuracy below which the probe is not used (recorded)"
+        0.75, "with counterpart probe: the held-out balanced accuracy below which the probe is not used (recorded)"
     )
     plain_direction: float = option(
         0.0,

@@ -9,6 +9,7 @@ patch on the mapping shows; the edit is the same mapper's for the model and the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from erase.core.latent_mapper import MapperSettings, edit, to_images, to_wplus, 
 from erase.core.patch import patches_disabled
 from eval.protocols import Protocol
 
-from .assets import ASSETS_DIR
+from .assets import ASSETS_DIR, evaluation_mapper_steps
 from .guides import evaluation_guides
 
 EDIT_SCALE = 0.1
@@ -42,7 +43,7 @@ class FacesAnswers:
         *,
         progress: bool = False,
         assets: Path | None = None,
-        settings: MapperSettings = MAPPER,
+        settings: MapperSettings | None = None,
     ):
         if not hasattr(pipe, "seed_latents") or not hasattr(pipe, "generator"):
             raise EraseError(
@@ -50,13 +51,15 @@ class FacesAnswers:
                 "pass one with --model"
             )
         protocol.check_target(target, kind)
+        root = assets or ASSETS_DIR
+        settings = settings or replace(MAPPER, steps=evaluation_mapper_steps(root, MAPPER.steps))
         self.pipe, self.settings = pipe, settings.for_kind(kind)
         self.variants = ("plain", target)
         with patches_disabled(pipe):  # the original's mapper: the same edit asks the model and the original
             self.mapper = train_mapper(
                 pipe.generator,
                 protocol.phrases[target],
-                evaluation_guides(assets or ASSETS_DIR),
+                evaluation_guides(root),
                 self.settings,
                 progress=progress,
             )

@@ -47,6 +47,20 @@ def save_module(model: nn.Module, folder: Path, extra: dict | None = None) -> No
     os.replace(tmp_c, folder / "config.json")
 
 
+def evaluation_mapper_steps(root: Path, default: int) -> int:
+    """The held-out evaluation mapper's steps that the assets in ``root`` were built for (``recipe.json``'s
+    ``eval_mapper_steps``; ``default`` where the recipe does not say, as the shipped one built before it did)."""
+    try:
+        steps = json.loads((Path(root) / "recipe.json").read_text())["recipe"]["eval_mapper_steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise FacesAssetError(
+            f"{Path(root) / 'recipe.json'}: eval_mapper_steps must be a positive integer, got {steps!r}; fix the file"
+        )
+    return steps
+
+
 def load_judge(name: str, folder: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """A trained faces-mini judge (``classifier``, ``classifier_b`` or ``identity``) or guide (``guide-classifier``,
     ``guide-identity``) in eval mode, gradients off."""

@@ -103,6 +103,9 @@ class Recipe:
     ema_rampup: float = 0.05
     checkpoint_every: int = 2000
     check_samples: int = 1000
+    # the held-out mapper that `erase eval` trains through clip-judge to ask for a target (worlds.faces_mini.answers):
+    # read from these assets' recipe.json, so that a smoke build's evaluation stays a check of the plumbing
+    eval_mapper_steps: int = 1500
 
 
 class Builder(StagedBuild):
@@ -282,6 +285,7 @@ def main(argv=None) -> None:
             checkpoint_every=2,
             check_samples=64,
             r1_every=2,
+            eval_mapper_steps=20,
         )
     if args.gan_iterations is not None:
         recipe.gan_iterations = args.gan_iterations
