@@ -39,8 +39,9 @@ def list_presets(method: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def load_preset(method: str, preset: str | None) -> dict:
-    """A preset name (assets/presets/<method>/<name>.json) or a path to a JSON file of config fields."""
+def load_preset(method: str, preset: str | None, kind: str | None = None) -> dict:
+    """A preset name (assets/presets/<method>/<name>.json) or a path to a JSON file of config fields. A preset's
+    ``for_kind`` object holds fields that apply on top for one kind of concept only (``{"identity": {...}}``)."""
     if preset is None:
         return {}
     path = Path(preset)
@@ -52,13 +53,21 @@ def load_preset(method: str, preset: str | None) -> dict:
             f"{', '.join(list_presets(method)) or 'none'}, or a JSON file"
         )
     data = read_json_object(path, holds=f"{method} options", fix="fix the preset file or pass another --preset")
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    per_kind = data.pop("for_kind", {})
+    if not isinstance(per_kind, dict) or not all(isinstance(v, dict) for v in per_kind.values()):
+        raise EraseError(
+            f"preset {path}: for_kind must map a kind of concept to an object of options, e.g. "
+            '{"identity": {"mode": "probe"}}; fix the preset file'
+        )
+    values = {**data, **per_kind.get(kind, {})} if kind is not None else data
+    return {k: v for k, v in values.items() if not k.startswith("_")}
 
 
-def resolve_config(method: str, preset: str | None = None, overrides: dict | None = None):
-    """Method config = defaults <- preset <- overrides; unknown fields and wrong types are errors."""
+def resolve_config(method: str, preset: str | None = None, overrides: dict | None = None, kind: str | None = None):
+    """Method config = defaults <- preset (with its fields for ``kind``) <- overrides; unknown fields and wrong types
+    are errors."""
     spec = get_method(method)
-    values = {**load_preset(method, preset), **(overrides or {})}
+    values = {**load_preset(method, preset, kind), **(overrides or {})}
     known = {f.name: f for f in fields(spec.config_cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -215,7 +224,7 @@ def erase_concept(
             f"config is a {type(config).__name__}, not {method}'s {spec.config_cls.__name__}; "
             "build it with resolve_config"
         )
-    cfg = config if config is not None else resolve_config(method, preset, overrides)
+    cfg = config if config is not None else resolve_config(method, preset, overrides, request.kind)
     request.validate()
     identity = run_identity(method, cfg, request, model_id, guides)
     check_writable("--out", out_dir, folder=True)

@@ -91,3 +91,35 @@ def test_text_to_unlearn_uses_the_probe_counterpart_only_above_its_accuracy_floo
     assert "removal" not in used  # the probe replaces the removing mapper, which is never trained
     logs = {k: [json.loads(r) for r in (tmp_path / k / "train_log.jsonl").read_text().splitlines()] for k in "ab"}
     assert any("removal" in r for r in logs["a"]) and not any("removal" in r for r in logs["b"])
+
+
+def test_mode_probe_trains_the_mapping_towards_every_faces_counterpart(tmp_path):
+    """With layers mapping the trained mapping's w is held to the probe's counterpart: after a few steps the faces the
+    probe reads the concept in score lower, by the probe fitted on the frozen generator (recorded in info)."""
+    from erase.core.latent_probe import fit_probe
+    from erase.core.patch import apply_patch
+    from tests.test_text_to_unlearn import QUICK, quick_erase, tiny_pipe, toy_guides
+
+    over = {**QUICK, "mode": "probe", "layers": "mapping", "steps": 40, "batch_size": 64, "probe_samples": 256}
+    patch = quick_erase(tmp_path / "p", {**over, "probe_accuracy": 0.0})
+    info = patch.config["info"]["probe"]
+    assert info["used"] and "gate" not in patch.config["info"]  # no mapper is trained in mode probe
+    pipe = tiny_pipe()
+    G = pipe.generator
+    probe = fit_probe(G, toy_guides(), "eyeglasses", n=256, seed=4, margin=3.0)  # the run's (request seed 0 + 4)
+    assert probe.describe() == {k: info[k] for k in ("balanced_accuracy", "rate", "margin")}
+    z = torch.randn(512, G.config.z_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = (probe.score(G.mapping(z)) + 3.0).clamp_min(0).mean()
+        apply_patch(pipe, patch)
+        after = (probe.score(G.mapping(z)) + 3.0).clamp_min(0).mean()
+    assert before > 0 and after < 0.5 * before
+
+
+def test_mode_probe_refuses_a_concept_that_is_not_linear_in_w(tmp_path):
+    from erase.core.errors import EraseError
+    from tests.test_text_to_unlearn import QUICK, quick_erase
+
+    with pytest.raises(EraseError, match="is not linear in this generator's W"):
+        quick_erase(tmp_path / "p", {**QUICK, "mode": "probe", "probe_samples": 64, "probe_accuracy": 1.01})
+    assert not (tmp_path / "p" / "patch.safetensors").exists()

@@ -124,6 +124,25 @@ def test_every_shipped_preset_resolves():
     for path in presets:
         assert path.parent.name in list_methods(), path
         resolve_config(path.parent.name, path.stem)
+        for kind in ("style", "object", "attribute", "identity"):  # and with each kind's own fields
+            resolve_config(path.parent.name, path.stem, kind=kind)
+
+
+def test_a_presets_for_kind_fields_apply_to_that_kind_only_and_overrides_still_win(tmp_path):
+    import json
+
+    from erase.api import resolve_config
+
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"_about": "x", "steps": 7, "lr": 0.5, "for_kind": {"object": {"steps": 9}}}))
+    assert resolve_config("salun", str(preset)).steps == 7
+    assert resolve_config("salun", str(preset), kind="style").steps == 7
+    obj = resolve_config("salun", str(preset), kind="object")
+    assert obj.steps == 9 and obj.lr == 0.5  # the kind's fields on top of the preset's, the rest kept
+    assert resolve_config("salun", str(preset), {"steps": 3}, kind="object").steps == 3
+    preset.write_text(json.dumps({"steps": 7, "for_kind": {"object": 9}}))
+    with pytest.raises(EraseError, match="for_kind must map a kind of concept to an object of options"):
+        resolve_config("salun", str(preset), kind="object")
 
 
 def test_every_method_config_shares_the_base_options():

@@ -107,7 +107,8 @@ def _batch(p):
         overrides = _parse_set(args.set)
         if args.steps is not None:
             overrides["steps"] = args.steps
-        cfg = resolve_config(args.method, args.preset, overrides)  # bad options fail here, before any folder exists
+        # bad options fail here, before any folder exists
+        cfg = resolve_config(args.method, args.preset, overrides, args.kind)
         requests = {c: EraseRequest.from_protocol(protocol, c, args.kind, seed=args.seed) for c in concepts}
         if args.joint:
             requests = {"joint": joint_request(list(requests.values()), args.kind)}

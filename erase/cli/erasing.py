@@ -224,7 +224,7 @@ def _run(p):
         overrides = _parse_set(args.set)
         if args.steps is not None:
             overrides["steps"] = args.steps
-        cfg = resolve_config(args.method, args.preset, overrides)
+        cfg = resolve_config(args.method, args.preset, overrides, request.kind)
         if args.eval and protocol is None:
             raise UsageError("--eval needs a protocol (--protocol canvas-mini|unlearncanvas|FILE)")
         guides = guides_for(args.method, protocol)

@@ -86,7 +86,10 @@ class TextToUnlearnConfig(TrainedConfig):
     )
     mode: str = option(
         "directional",
-        "'directional' (the method) or 'clip_distance' (the paper's baseline: push G_t(w) away from the prompt)",
+        "'directional' (the method), 'clip_distance' (the paper's baseline: push G_t(w) away from the prompt), or "
+        "'probe' (G_t(w) is trained to be G_f(w'), w' the face's concept-free counterpart under a linear probe of the "
+        "concept in W, w itself where the probe finds no concept: for a concept that is linear in W, on faces-mini "
+        "Alice; with layers mapping the trained mapping's w is held to w' directly)",
     )
     direction_loss: str = option(
         "frozen_pair",
@@ -212,7 +215,7 @@ class TextToUnlearnConfig(TrainedConfig):
             self,
             "text_to_unlearn",
             choices={
-                "mode": ("directional", "clip_distance"),
+                "mode": ("directional", "clip_distance", "probe"),
                 "direction_loss": ("frozen_pair", "self_pair"),
                 "layers": tuple(LAYERS),
                 "anchor": ("unedited", "edited"),
@@ -343,17 +346,17 @@ class TextToUnlearn(Eraser):
             (cfg.preserve_where == "without_concept" and cfg.preserve_unedited > 0)
             or cfg.plain_direction > 0
             or cfg.remove_target > 0
+            or cfg.mode == "probe"
         ):
             g.require(
                 "concept_probability",
                 self.name,
-                "preserve_where without_concept / plain_direction / remove_target > 0",
+                "preserve_where without_concept / plain_direction / remove_target > 0 / mode probe",
             )
         self.remove_target = cfg.remove_target
-        if cfg.remove_target > 0:
-            if self.perceptual is None:
-                self.perceptual = g.perceptual_named(cfg.perceptual_net, self.name, "remove_target > 0")
-        if cfg.remove_target > 0 and cfg.counterpart == "probe":
+        if (cfg.remove_target > 0 or cfg.mode == "probe") and self.perceptual is None:
+            self.perceptual = g.perceptual_named(cfg.perceptual_net, self.name, "remove_target > 0 / mode probe")
+        if cfg.mode == "probe" or (cfg.remove_target > 0 and cfg.counterpart == "probe"):
             self.probe = fit_probe(
                 self.frozen,
                 g,
@@ -365,6 +368,12 @@ class TextToUnlearn(Eraser):
             )
             used = self.probe.accuracy >= cfg.probe_accuracy
             self.info["probe"] = {**self.probe.describe(), "used": used, "accuracy_floor": cfg.probe_accuracy}
+            if not used and cfg.mode == "probe":
+                raise EraseError(
+                    f"text_to_unlearn: {req.concept!r} is not linear in this generator's W (the probe's held-out "
+                    f"balanced accuracy is {self.probe.accuracy:.2f}, below probe_accuracy {cfg.probe_accuracy:g}), "
+                    "so mode probe would move faces to some other face; use mode directional"
+                )
             if not used:  # the concept is not linear in W: such a counterpart would be some other face
                 self.remove_target = 0.0
         elif cfg.remove_target > 0:
@@ -537,7 +546,7 @@ class TextToUnlearn(Eraser):
                 .sum(-1)
                 .mean()
             )
-        else:
+        elif cfg.mode == "directional":
             with torch.no_grad():
                 x_f = to_images(self.frozen.synthesis(w_hat_f))
             x_t = to_images(self.G.synthesis(w_hat_t))
@@ -565,6 +574,16 @@ class TextToUnlearn(Eraser):
             if cfg.preserve_where == "without_concept":
                 keep = keep * (1 - has_concept())
             losses["unedited"] = cfg.preserve_unedited * keep.mean()
+        if cfg.mode == "probe":  # every face onto its counterpart (itself where the probe finds no concept)
+            free = self.probe.counterpart(w_f)
+            if cfg.layers == "mapping":
+                losses["counterpart"] = (w_t - free).pow(2).mean()
+            else:
+                with torch.no_grad():
+                    target = to_images(self.frozen.synthesis(free))
+                losses["counterpart"] = self.perceptual(plain_t(), target).mean()
+                if cfg.lambda_pixels > 0:
+                    losses["counterpart_pixels"] = cfg.lambda_pixels * (plain_t() - target).pow(2).mean()
         if self.remove_target > 0:  # the faces with the concept: held to their concept-free counterpart
             has = has_concept()
             with torch.no_grad():
