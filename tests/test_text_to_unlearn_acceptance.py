@@ -1,9 +1,10 @@
 """Text-to-Unlearn acceptance on faces-mini (`-m slow`, the shipped generator): eyeglasses, smile and one identity,
-each erased separately with the `faces-mini` preset: the target's rate drops by >= 80% relative to the original's (60%
-for the identity) on G(w) and on latents a held-out-CLIP mapper edits to ask for it; every other attribute moves by <=
-5 points; FD against concept-free renders <= 1.2x the original's; identity similarity >= 0.95 where the original lacks
-the concept; palette drift <= 2x the original's; under 10 CPU minutes per concept. The directional method must beat the
-CLIP-distance baseline on the trade-off."""
+each erased separately with the `faces-mini` preset (for the identity, the preset's fields for identities: mode
+probe): the target's rate drops by >= 80% relative to the original's (60% for the identity) on G(w) and on latents a
+held-out-CLIP mapper edits to ask for it; every other attribute moves by <= 5 points; FD against concept-free renders
+<= 1.2x the original's; identity similarity >= 0.95 where the original lacks the concept; palette drift <= 2x the
+original's; under 10 CPU minutes per concept. The directional method must beat the CLIP-distance baseline on the
+trade-off."""
 
 import pytest
 
@@ -26,10 +27,9 @@ def _miss(reason: str):
 MISSES = {
     "eyeglasses": _miss("smile moves 6.6 points at 2 threads (bar 5; 4.9 at 1 thread)"),
     "smile": _miss("the held-out CLIP's asked-for smiles stay (100% -> 84.4%, bar a drop of 80%)"),
-    "Alice": _miss("7.5% -> 7.1% (bar a drop of 60%); an identity is not undone with the edit into it"),
 }
 TARGETS = [
-    pytest.param(kind, target, marks=MISSES[target])
+    pytest.param(kind, target, marks=MISSES.get(target, ()))
     for kind, target in (("attribute", "eyeglasses"), ("attribute", "smile"), ("identity", "Alice"))
 ]
 
