@@ -49,6 +49,8 @@ VARIANTS = {
     "paper+clean-mapper": ("paper", {"mapper_identity": 1.0}),
     "paper+attributes": ("paper", {"lambda_attributes": 2.0}),
     "paper+adaptive": ("paper", {"layers": "adaptive", "adaptive_every": 20}),
+    # the counterpart under a linear probe in W (refused where the concept is not linear there: eyeglasses, smile)
+    "paper+probe": ("paper", {"mode": "probe"}),
     "default": ("faces-mini", {}),
     "clip_distance": ("paper", {"mode": "clip_distance"}),
 }
