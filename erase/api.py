@@ -39,11 +39,8 @@ def list_presets(method: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def load_preset(method: str, preset: str | None, kind: str | None = None) -> dict:
-    """A preset name (assets/presets/<method>/<name>.json) or a path to a JSON file of config fields. A preset's
-    ``for_kind`` object holds fields that apply on top for one kind of concept only (``{"identity": {...}}``)."""
-    if preset is None:
-        return {}
+def _read_preset(method: str, preset: str) -> tuple[dict, dict[str, dict]]:
+    """(fields, fields by kind of concept) of a preset name (assets/presets/<method>/<name>.json) or JSON file."""
     path = Path(preset)
     if not path.is_file():
         path = preset_dir() / method / f"{preset}.json"
@@ -59,8 +56,22 @@ def load_preset(method: str, preset: str | None, kind: str | None = None) -> dic
             f"preset {path}: for_kind must map a kind of concept to an object of options, e.g. "
             '{"identity": {"mode": "probe"}}; fix the preset file'
         )
+    return data, per_kind
+
+
+def load_preset(method: str, preset: str | None, kind: str | None = None) -> dict:
+    """A preset's config fields; its ``for_kind`` object holds fields that apply on top for one kind of concept only
+    (``{"identity": {...}}``)."""
+    if preset is None:
+        return {}
+    data, per_kind = _read_preset(method, preset)
     values = {**data, **per_kind.get(kind, {})} if kind is not None else data
     return {k: v for k, v in values.items() if not k.startswith("_")}
+
+
+def preset_kinds(method: str, preset: str | None) -> dict[str, dict]:
+    """The fields a preset sets for one kind of concept only (its ``for_kind``), by kind."""
+    return _read_preset(method, preset)[1] if preset is not None else {}
 
 
 def resolve_config(method: str, preset: str | None = None, overrides: dict | None = None, kind: str | None = None):

@@ -140,6 +140,9 @@ def test_a_presets_for_kind_fields_apply_to_that_kind_only_and_overrides_still_w
     obj = resolve_config("salun", str(preset), kind="object")
     assert obj.steps == 9 and obj.lr == 0.5  # the kind's fields on top of the preset's, the rest kept
     assert resolve_config("salun", str(preset), {"steps": 3}, kind="object").steps == 3
+    from erase.api import preset_kinds
+
+    assert preset_kinds("salun", str(preset)) == {"object": {"steps": 9}}  # what `erase methods --preset` lists
     preset.write_text(json.dumps({"steps": 7, "for_kind": {"object": 9}}))
     with pytest.raises(EraseError, match="for_kind must map a kind of concept to an object of options"):
         resolve_config("salun", str(preset), kind="object")

@@ -286,7 +286,7 @@ def _methods(p):
 
     def run(args):
 
-        from ..api import list_presets, resolve_config
+        from ..api import list_presets, preset_kinds, resolve_config
         from ..core.registry import config_options, get_method, list_methods
 
         if args.method is None:
@@ -303,5 +303,7 @@ def _methods(p):
         print(f"options ({'preset ' + args.preset if args.preset else 'defaults'}; change any with --set KEY=VALUE):")
         for name, _, help_text in config_options(spec.config_cls):
             print(f"  {name:18s} {json.dumps(values[name]):>16s}  {help_text}")
+        for kind, fields_ in preset_kinds(args.method, args.preset).items():
+            print(f"for {kind} concepts the preset also sets: {json.dumps(fields_)}")
 
     return run

@@ -97,12 +97,16 @@ class TextToUnlearnConfig(TrainedConfig):
         "concept-free; used only where the probe's held-out balanced accuracy reaches probe_accuracy (on faces-mini "
         "Alice's probe does, 0.87; Bruno's, eyeglasses' and smile's do not, 0.55-0.57)",
     )
-    probe_samples: int = option(4000, "with counterpart probe: faces the probe is fitted on (a fifth held out)")
+    probe_samples: int = option(
+        4000, "with mode probe or counterpart probe: faces the probe is fitted on (a fifth held out)"
+    )
     probe_margin: float = option(
-        3.0, "with counterpart probe: the probe's score (logit) the faces are moved to is -this"
+        3.0, "with mode probe or counterpart probe: the probe's score (logit) the faces are moved to is -this"
     )
     probe_accuracy: float = option(
-        0.75, "with counterpart probe: the held-out balanced accuracy below which the probe is not used (recorded)"
+        0.75,
+        "with mode probe or counterpart probe: the held-out balanced accuracy below which the probe is not used "
+        "(mode probe refuses; counterpart probe leaves its term out and records it)",
     )
     plain_direction: float = option(
         0.0,
