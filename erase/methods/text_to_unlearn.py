@@ -30,7 +30,10 @@ and redesigned where the paper's losses are fooled on faces-mini (README, "Text-
    For identity concepts the identity term is off.
 
 ``mode clip_distance`` is the paper's baseline (its Eq. 11): minimise cos(E(G_t(w)), E_T(prompt)), with the
-same optional anchor on unedited codes. Trainable layers (``layers``): every synthesis conv and the constant
+same optional anchor on unedited codes. ``mode probe`` trains G_t(w) onto G_f(w') for every face, w' its
+counterpart under the linear probe (w itself where the probe finds no concept; with ``layers mapping`` the
+trained mapping's w onto w' directly): for a concept that is linear in W (on faces-mini an identity), refused for
+one that is not. Trainable layers (``layers``): every synthesis conv and the constant
 input (NADA's set, the default), the mapping network only, or ``adaptive``: the conv layers fed by the ``top_k``
 W+ rows that a CLIP-guided edit of W+ towards the prompt moves most, chosen once at set-up or, with
 ``adaptive_every`` > 0, re-chosen on G_t every that many steps as NADA does; ``modulations all`` adds every
