@@ -29,7 +29,7 @@ from .core.loop import CKPT_DIR, LoopConfig, checkpoint_meta, run
 from .core.memory import peak_memory_bytes
 from .core.patch import CONFIG_FILE, PATCH_FILE, ErasurePatch
 from .core.registry import coerce_value, get_method
-from .core.request import EraseRequest
+from .core.request import KINDS, EraseRequest
 
 RESOLVED_FILE = "resolved_config.json"
 
@@ -51,12 +51,18 @@ def _read_preset(method: str, preset: str) -> tuple[dict, dict[str, dict]]:
         )
     data = read_json_object(path, holds=f"{method} options", fix="fix the preset file or pass another --preset")
     per_kind = data.pop("for_kind", {})
-    if not isinstance(per_kind, dict) or not all(isinstance(v, dict) for v in per_kind.values()):
+    if (
+        not isinstance(per_kind, dict)
+        or not set(per_kind) <= set(KINDS)
+        or not all(isinstance(v, dict) for v in per_kind.values())
+    ):
         raise EraseError(
-            f"preset {path}: for_kind must map a kind of concept to an object of options, e.g. "
+            f"preset {path}: for_kind must map a kind of concept ({', '.join(KINDS)}) to an object of options, e.g. "
             '{"identity": {"mode": "probe"}}; fix the preset file'
         )
-    return data, per_kind
+    return data, {
+        kind: {k: v for k, v in fields.items() if not k.startswith("_")} for kind, fields in per_kind.items()
+    }
 
 
 def load_preset(method: str, preset: str | None, kind: str | None = None) -> dict:

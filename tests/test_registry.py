@@ -143,9 +143,10 @@ def test_a_presets_for_kind_fields_apply_to_that_kind_only_and_overrides_still_w
     from erase.api import preset_kinds
 
     assert preset_kinds("salun", str(preset)) == {"object": {"steps": 9}}  # what `erase methods --preset` lists
-    preset.write_text(json.dumps({"steps": 7, "for_kind": {"object": 9}}))
-    with pytest.raises(EraseError, match="for_kind must map a kind of concept to an object of options"):
-        resolve_config("salun", str(preset), kind="object")
+    for bad in ({"object": 9}, {"objects": {"steps": 9}}):  # not an object of options; not a kind
+        preset.write_text(json.dumps({"steps": 7, "for_kind": bad}))
+        with pytest.raises(EraseError, match="for_kind must map a kind of concept"):
+            resolve_config("salun", str(preset), kind="object")
 
 
 def test_every_method_config_shares_the_base_options():
