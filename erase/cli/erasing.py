@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..core.request import KINDS
 from .common import UsageError, _common_model_args, _load, _threads, command
 
 
@@ -168,7 +169,7 @@ def _run(p):
     p.add_argument(
         "--concepts", default=None, help="a text file of concepts to erase together, one per line (# comments)"
     )
-    p.add_argument("--kind", required=True, choices=["style", "object", "identity", "attribute", "nsfw"])
+    p.add_argument("--kind", required=True, choices=list(KINDS))
     p.add_argument(
         "--anchor",
         default=None,

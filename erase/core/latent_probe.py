@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .guides import Guides
-from .latent_mapper import to_images
+from .latent_mapper import sample_wplus, to_images
 
 
 @dataclass
@@ -80,16 +80,14 @@ def fit_probe(
 ) -> LatentProbe:
     """Fit the probe on ``n`` of the generator's faces labelled by the guides' classifier (``held_out`` of them only
     measure its accuracy)."""
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, generator.config.z_dim, generator=rng)
-    dev = next(generator.parameters()).device
-    w = generator.truncate(generator.mapping(z.to(dev)), truncation).float().cpu()
-    labels = []
-    for i in range(0, n, batch):
-        codes = w[i : i + batch].to(dev).unsqueeze(1).expand(-1, generator.n_latent, -1)
-        x = to_images(generator.synthesis(codes))
-        labels.append((guides.concept_probability(x, concept) >= 0.5).cpu())
-    y = torch.cat(labels)
+    wplus = sample_wplus(generator, n, torch.Generator().manual_seed(seed), truncation)
+    dev, w = wplus.device, wplus[:, 0].float().cpu()  # every W+ row of a sampled code is its w
+    y = torch.cat(
+        [
+            (guides.concept_probability(to_images(generator.synthesis(wplus[i : i + batch])), concept) >= 0.5).cpu()
+            for i in range(0, n, batch)
+        ]
+    )
     cut = int(n * (1 - held_out))
     with torch.enable_grad():
         theta = _logistic(w[:cut], y[:cut].float())
