@@ -156,6 +156,7 @@ def run_one(
     pd = r["palette_drift"]
     row = {
         **head,
+        "mode": patch.config["method_config"]["mode"],  # as resolved: a preset's for_kind fields may set it
         "seeds": len(protocol.seeds),
         "target_rate": t,
         "relative_drop_plain": 1 - t["plain"] / t["original_plain"] if t["original_plain"] else None,

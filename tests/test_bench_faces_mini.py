@@ -94,3 +94,20 @@ def test_update_keeps_the_rows_this_run_does_not_redo_in_variant_order(tmp_path)
     assert got[0]["meets"]["drop_plain"] is False and got[3]["meets"]["drop_plain"] is False  # kept rows judged again
     with pytest.raises(SystemExit, match="does not exist"):
         updated_rows(tmp_path / "none.json", [])
+
+
+def test_every_committed_row_records_the_mode_its_preset_and_overrides_resolve_to():
+    """A row's mode is the run's, as resolved: the faces-mini preset's for_kind fields set mode probe for an
+    identity, so Alice's default row ran mode probe although the bench asked for no mode."""
+    import json
+    from pathlib import Path
+
+    from erase.api import resolve_config
+
+    rows = json.loads((Path(__file__).parents[1] / "bench/results/faces-mini.json").read_text())["rows"]
+    done = [r for r in rows if "refused" not in r]
+    assert done
+    for r in done:
+        cfg = resolve_config("text_to_unlearn", r["preset"], r["overrides"], kind=r["kind"])
+        assert r["mode"] == cfg.mode, (r["target"], r.get("variant"))
+    assert any(r["mode"] == "probe" and r.get("variant") == "default" for r in done)

@@ -123,3 +123,32 @@ def test_mode_probe_refuses_a_concept_that_is_not_linear_in_w(tmp_path):
     with pytest.raises(EraseError, match="is not linear in this generator's W"):
         quick_erase(tmp_path / "p", {**QUICK, "mode": "probe", "probe_samples": 64, "probe_accuracy": 1.01})
     assert not (tmp_path / "p" / "patch.safetensors").exists()
+
+
+def test_mode_probe_refuses_remove_target_which_would_hold_each_face_to_its_counterpart_twice():
+    from erase.core.errors import EraseError
+    from erase.methods._text_to_unlearn_config import TextToUnlearnConfig
+
+    TextToUnlearnConfig(mode="probe").check()
+    TextToUnlearnConfig(remove_target=1.0, counterpart="mapper").check()  # directional: the removing mapper's face
+    with pytest.raises(EraseError, match="set remove_target=0"):
+        TextToUnlearnConfig(mode="probe", remove_target=1.0).check()
+
+
+def test_the_probe_is_fitted_once_and_then_read_from_the_cache_with_the_callers_margin(tmp_path, monkeypatch):
+    import erase.core.latent_probe as lp
+
+    monkeypatch.setenv("ERASEKIT_CACHE", str(tmp_path / "cache"))
+    fits = []
+    real = lp.fit_probe
+    monkeypatch.setattr(lp, "fit_probe", lambda *a, **k: fits.append(1) or real(*a, **k))
+    G, g = LinearWorld(), guides(linear=True)
+    first = lp.cached_probe(G, g, "bright", n=256, seed=0, margin=2.0)
+    again = lp.cached_probe(G, g, "bright", n=256, seed=0, margin=4.0)
+    other = lp.cached_probe(G, g, "bright", n=256, seed=1, margin=2.0)  # another sample: another fit
+    assert len(fits) == 2 and len(list((tmp_path / "cache" / "probes").glob("*.safetensors"))) == 2
+    assert torch.equal(first.weight, again.weight) and torch.equal(first.move, again.move)
+    assert (first.bias, first.accuracy, first.rate) == (again.bias, again.accuracy, again.rate)
+    assert again.margin == 4.0 and not torch.equal(first.weight, other.weight)
+    direct = real(G, g, "bright", n=256, seed=0, margin=2.0)
+    assert torch.equal(first.weight, direct.weight) and first.describe() == direct.describe()

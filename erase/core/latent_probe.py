@@ -15,10 +15,14 @@ Bruno (0.56), eyeglasses (0.57) and smile (0.55) are not: their counterpart has 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import torch
 
+from .cache import cached_tensors
+from .data import cache_dir, model_identity
 from .guides import Guides
 from .latent_mapper import sample_wplus, to_images
 
@@ -63,6 +67,32 @@ def balanced_accuracy(predicted: torch.Tensor, truth: torch.Tensor) -> float:
     """Mean of the true-positive and true-negative rates (a probe that always says 'no' scores 0.5)."""
     rates = [float((predicted[truth == c] == c).float().mean()) for c in (True, False) if (truth == c).any()]
     return sum(rates) / len(rates)
+
+
+def cached_probe(
+    generator, guides: Guides, concept: str, *, n: int, seed: int, margin: float, truncation: float = 1.0
+) -> LatentProbe:
+    """``fit_probe``, fitted once per generator, guides, concept and sample and then read from the cache (a resumed
+    run does not fit it again); the margin is the caller's, not part of the fit."""
+    ident = {
+        "generator": model_identity(generator),
+        "guides": guides.describe(),
+        "concept": concept,
+        "n": n,
+        "seed": seed,
+        "truncation": truncation,
+    }
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+    def fit() -> dict[str, torch.Tensor]:
+        p = fit_probe(generator, guides, concept, n=n, seed=seed, margin=margin, truncation=truncation)
+        scalars = torch.tensor([p.bias, p.accuracy, p.rate], dtype=torch.float64)
+        return {"weight": p.weight.cpu(), "move": p.move.cpu(), "scalars": scalars}
+
+    t = cached_tensors(cache_dir() / "probes" / f"{key}.safetensors", fit)
+    dev = next(generator.parameters()).device
+    bias, accuracy, rate = (float(x) for x in t["scalars"])
+    return LatentProbe(t["weight"].to(dev), bias, t["move"].to(dev), margin, accuracy, rate)
 
 
 @torch.no_grad()

@@ -204,6 +204,11 @@ class TextToUnlearnConfig(TrainedConfig):
                 f"text_to_unlearn: modulations all adds the style affines to the adaptive layers, and layers is "
                 f"{self.layers!r} (which trains them already or not at all); set layers=adaptive or modulations=chosen"
             )
+        if self.mode == "probe" and self.remove_target > 0:
+            raise EraseError(
+                "text_to_unlearn: mode probe already holds every face to its concept-free counterpart, and "
+                f"remove_target ({self.remove_target:g}) would add a second such term; set remove_target=0"
+            )
         if self.colour_augment and self.views == 0:
             raise EraseError(
                 "text_to_unlearn: colour_augment maps the CLIP's views, and views is 0; set views > 0 (e.g. --set "

@@ -68,7 +68,7 @@ from ..core.latent_mapper import (
     to_wplus,
     train_mapper,
 )
-from ..core.latent_probe import fit_probe
+from ..core.latent_probe import cached_probe
 from ..core.loop import Eraser
 from ..core.registry import register_method
 from ..core.selection import ParamSelection
@@ -165,7 +165,7 @@ class TextToUnlearn(Eraser):
         if (cfg.remove_target > 0 or cfg.mode == "probe") and self.perceptual is None:
             self.perceptual = g.perceptual_named(cfg.perceptual_net, self.name, "remove_target > 0 / mode probe")
         if cfg.mode == "probe" or (cfg.remove_target > 0 and cfg.counterpart == "probe"):
-            self.probe = fit_probe(
+            self.probe = cached_probe(
                 self.frozen,
                 g,
                 req.concept,
