@@ -164,6 +164,21 @@ def test_edit_mix_edits_that_share_of_the_latents_with_the_second_mapper(tmp_pat
     assert share == mix if mix in (0.0, 1.0) else 0.2 < share < 0.8
 
 
+def test_the_second_mapper_keeps_the_other_attributes_with_mix_attributes(tmp_path, monkeypatch):
+    """``mix_attributes`` is the second mapper's attribute weight (and only its: the main mapper keeps its own)."""
+    import erase.methods.text_to_unlearn as t2u
+
+    trained = []
+    real = t2u.train_mapper
+    monkeypatch.setattr(
+        t2u, "train_mapper", lambda G, p, g, spec, **k: trained.append(spec) or real(G, p, g, spec, **k)
+    )
+    over = {**QUICK, "edit_mix": 0.5, "mix_identity": 0.1, "steps": 2, "batch_size": 4}
+    quick_erase(tmp_path / "o", {**over, "mix_attributes": 1.5, "mapper_attributes": 0.25})
+    main, second = trained
+    assert (main.attributes, main.identity) == (0.25, 1.0) and (second.attributes, second.identity) == (1.5, 0.1)
+
+
 def test_edit_mix_is_a_share(tmp_path):
     from erase.core.errors import EraseError
     from erase.methods.text_to_unlearn import TextToUnlearnConfig

@@ -143,6 +143,11 @@ class TextToUnlearnConfig(TrainedConfig):
         "the concept, one that reaches more W+ rows",
     )
     mix_identity: float = option(0.1, "with edit_mix > 0: the second mapper's identity weight (StyleCLIP 0.1)")
+    mix_attributes: float = option(
+        0.0,
+        "with edit_mix > 0: the second mapper's weight of keeping the guides' other attributes (KL; 0 = StyleCLIP's "
+        "edit, which also recolours hair): a loose route to the concept that changes nothing else",
+    )
     direction_samples: int = option(256, "latent pairs that define the reference direction i")
     gate_points: float = option(
         30.0, "the mapper's edit must raise the guides' judged rate of the concept by this many points"
@@ -185,6 +190,7 @@ class TextToUnlearnConfig(TrainedConfig):
                 "mapper_l2",
                 "mapper_identity",
                 "mapper_attributes",
+                "mix_attributes",
                 "mapper_views",
                 "views",
                 "gate_points",

@@ -148,8 +148,8 @@ class TextToUnlearn(Eraser):
         )
         if self.lambda_identity > 0 or settings.identity > 0:
             g.require("identity", self.name, "lambda_identity / mapper_identity > 0")
-        if cfg.lambda_attributes > 0 or settings.attributes > 0:
-            g.require("other_attributes", self.name, "lambda_attributes / mapper_attributes > 0")
+        if cfg.lambda_attributes > 0 or settings.attributes > 0 or (cfg.edit_mix > 0 and cfg.mix_attributes > 0):
+            g.require("other_attributes", self.name, "lambda_attributes / mapper_attributes / mix_attributes > 0")
         if (
             (cfg.preserve_where == "without_concept" and cfg.preserve_unedited > 0)
             or cfg.plain_direction > 0
@@ -218,7 +218,7 @@ class TextToUnlearn(Eraser):
                 return mapper
 
             self.mapper = gated_mapper(settings, "gate")
-            loose = replace(settings, identity=cfg.mix_identity, attributes=0.0).for_kind(req.kind)
+            loose = replace(settings, identity=cfg.mix_identity, attributes=cfg.mix_attributes).for_kind(req.kind)
             if cfg.edit_mix > 0 and loose != settings:  # (for an identity both mappers' identity terms are off)
                 self.mixer = gated_mapper(loose, "mix_gate")
             self.direction = image_direction(
