@@ -68,17 +68,19 @@ def test_the_guides_offer_three_perceptual_distances_that_see_a_change(fresh):
     assert guides.perceptual(x, x.flip(0)).allclose(guides.perceptual_choices["random"](x, x.flip(0)))
 
 
-def test_the_shipped_generator_has_the_recipes_layout_and_draws_the_worlds_attributes(fresh):
-    """The committed generator is the recipe's (8-layer mapping, its widths, float16 on disk) and draws every binary
-    attribute and hair colour within 10 points of the renders' rates on 500 samples (its measured worst: 9.0 on
-    smile over 1,000; a generator that collapses, or the wrong file, lands far outside)."""
+def test_the_shipped_generator_has_the_recipes_layout_and_meets_the_generator_bars(fresh):
+    """The committed generator is the recipe's (8-layer mapping, its widths, float16 on disk), sharpened, and meets
+    issue 25's generator bars on the check's 1,000 samples: every binary attribute and hair colour within 8 points of
+    the renders' rates (measured worst 5.3, blond hair), confident on 80% of the samples on the eyeglasses and smile
+    heads and 60% on identity (measured 88.2 / 88.2 / 74.7%; the GAN before its sharpening: 83.5 / 75.3 / 57.2%,
+    smile 9.0 points off)."""
     if not (_built("generator") and _built("classifier")):
         pytest.skip("faces-mini generator not built")
     import json
 
     from safetensors import safe_open
 
-    from worlds.faces_mini.check import generator_samples, judge_all, rates
+    from worlds.faces_mini.check import BARS, generator_samples, judge_all, rates
     from worlds.faces_mini.train import Recipe
 
     config = json.loads((ASSETS_DIR / "generator" / "config.json").read_text())
@@ -89,12 +91,16 @@ def test_the_shipped_generator_has_the_recipes_layout_and_draws_the_worlds_attri
     assert {str(k): v for k, v in config["channels"].items()} == recipe.gan["channels"]
     with safe_open(str(ASSETS_DIR / "generator" / "generator.safetensors"), "pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
-    x = generator_samples(ASSETS_DIR, 500)
-    assert x.shape == (500, 3, 32, 32)
-    made = rates({h: p.argmax(1) for h, p in judge_all(load_judge("classifier"), x).items()})
+    assert json.loads((ASSETS_DIR / "generator" / "sharpen.json").read_text())["steps"] == recipe.sharpen_steps
+    x = generator_samples(ASSETS_DIR, 1000)
+    assert x.shape == (1000, 3, 32, 32)
+    probs = judge_all(load_judge("classifier"), x)
+    made = rates({h: p.argmax(1) for h, p in probs.items()})
     data = rates(fresh[1])
     off = {k: round(100 * abs(made[k] - data[k]), 1) for k in made}
-    assert max(off.values()) <= 10.0, off
+    assert max(off.values()) <= BARS["rate_points"], off
+    confident = {h: float((probs[h].max(1).values > 0.9).float().mean()) for h in BARS["confident_heads"]}
+    assert all(confident[h] >= bar for h, bar in BARS["confident_heads"].items()), confident
 
 
 def test_the_evaluation_mapper_steps_come_from_the_assets_recipe(tmp_path):
