@@ -44,7 +44,7 @@ def assets(tmp_path_factory):
             "--work",
             str(root / "work"),
             "--stages",
-            "classifier,identity,guide_classifier,guide_identity,clip_guide,clip_judge,generator",
+            "classifier,identity,guide_classifier,guide_identity,clip_guide,clip_judge,generator,sharpen",
         ],
         check=True,
         cwd=ROOT,
@@ -105,6 +105,15 @@ def eval_args(assets, patch, out, seeds):
         "1",
         "--quiet",
     ]
+
+
+def test_the_build_sharpens_its_generator_once(assets):
+    """The staged build's sharpen stage: the generator folder records it, and the GAN's own generator is kept."""
+    import json
+
+    record = json.loads((assets / "assets" / "generator" / "sharpen.json").read_text())
+    assert record["steps"] == 2 and record["guide"] == "guide-classifier"  # the smoke recipe's steps
+    assert (assets / "work" / "generator-gan" / "generator.safetensors").exists()
 
 
 def test_run_then_eval_writes_a_generator_patch_and_the_faces_report(assets, tmp_path):
