@@ -114,7 +114,14 @@ def run_one(
     request = EraseRequest.from_protocol(protocol, target, kind)
     overrides = {**(overrides or {}), **({"mode": mode} if mode != "directional" else {})}
     t0 = time.time()
-    head = {"target": target, "kind": kind, "mode": mode, "preset": preset, "overrides": overrides}
+    head = {
+        "target": target,
+        "kind": kind,
+        "mode": mode,
+        "preset": preset,
+        "overrides": overrides,
+        "generator": generator_record(GENERATOR_DIR),
+    }
     try:
         patch = erase_concept(
             pipe,
@@ -228,15 +235,16 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         "| target | variant | rate G(w): original -> erased | rate asked for it | worst other attribute | "
         "FD / original | identity sim. (without target) | palette drift (original) | PSNR (dB) | erase time | "
-        "peak memory | patch | bars met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak memory | patch | bars met | generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         variant = r.get("variant") or r["mode"]
+        generator = _generator_name(r.get("generator"))
         if "refused" in r:
             lines.append(
                 f"| {r['target']} | {variant} | refused: {r['refused']} |  |  |  |  |  |  | "
-                f"{r['erase_seconds']:.0f} s |  |  | 0/{len(CHECKS)} |"
+                f"{r['erase_seconds']:.0f} s |  |  | 0/{len(CHECKS)} | {generator} |"
             )
             continue
         t, pd = r["target_rate"], r["palette_drift"]
@@ -249,9 +257,21 @@ def markdown(rows: list[dict]) -> str:
             f"{r['identity_similarity_without_target'] or 0:.3f} | "
             f"{100 * pd['plain']:.2f}% ({100 * pd['original_plain']:.2f}%) | {r['retain_fidelity']['psnr']:.1f} | "
             f"{r['erase_seconds']:.0f} s | {r['peak_memory_bytes'] / 2**20:.0f} MiB | "
-            f"{r['patch_bytes'] / 1e6:.2f} MB | {len(met)}/{len(measured)} |"
+            f"{r['patch_bytes'] / 1e6:.2f} MB | {len(met)}/{len(measured)} | {generator} |"
         )
     return "\n".join(lines)
+
+
+def generator_record(folder: Path) -> dict:
+    """Which generator a row ran on: its weights' digest, and whether it is the sharpened one (README)."""
+    import hashlib
+
+    digest = hashlib.sha256((folder / "generator.safetensors").read_bytes()).hexdigest()[:12]
+    return {"digest": digest, "sharpened": (folder / "sharpen.json").exists()}
+
+
+def _generator_name(record: dict | None) -> str:
+    return "" if record is None else ("sharpened" if record["sharpened"] else "GAN") + f" {record['digest'][:7]}"
 
 
 def updated_rows(previous: Path, rows: list[dict]) -> list[dict]:

@@ -111,3 +111,18 @@ def test_every_committed_row_records_the_mode_its_preset_and_overrides_resolve_t
         cfg = resolve_config("text_to_unlearn", r["preset"], r["overrides"], kind=r["kind"])
         assert r["mode"] == cfg.mode, (r["target"], r.get("variant"))
     assert any(r["mode"] == "probe" and r.get("variant") == "default" for r in done)
+
+
+def test_each_row_names_the_generator_it_ran_on(tmp_path):
+    from bench.faces_mini import generator_record
+
+    (tmp_path / "generator.safetensors").write_bytes(b"weights")
+    gan = generator_record(tmp_path)
+    (tmp_path / "sharpen.json").write_text("{}")
+    sharpened = generator_record(tmp_path)
+    assert gan["digest"] == sharpened["digest"] and (gan["sharpened"], sharpened["sharpened"]) == (False, True)
+    lines = markdown([_row(generator=gan), _row(generator=sharpened), _row()]).splitlines()
+    assert lines[2].endswith(f"| GAN {gan['digest'][:7]} |") and lines[3].endswith(
+        f"| sharpened {gan['digest'][:7]} |"
+    )
+    assert lines[4].endswith("|  |") and len({line.count("|") for line in lines}) == 1
