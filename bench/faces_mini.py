@@ -58,6 +58,7 @@ GRID_VARIANTS = ("default", "paper")
 EDIT_REALISES = (
     0.30  # the evaluation's edit must raise the original's rate of the target this much for its drop to count
 )
+EDIT_PALETTE = 3.0  # ... and draw the world's images: at most this times the plain images' palette drift
 CHECKS = (
     "drop_plain",
     "drop_edited",
@@ -193,10 +194,15 @@ def run_one(
 def bars_met(row: dict) -> dict[str, bool | None]:
     """Each bar of ``BARS`` for one row. The drop on asked-for latents cannot be measured where the evaluation's edit
     does not realise the target on the original (the held-out CLIP's mapper cannot draw Alice: 7.5% plain, 0.1%
-    asked for): None, not a miss. "Realises" is the method's own gate: at least 30 points above the plain rate."""
+    asked for): None, not a miss. "Realises" is the method's own gate: at least 30 points above the plain rate, on
+    images of the world: the original's asked-for images drift off the world's palette by at most EDIT_PALETTE times
+    its plain images' (on the sharpened generator the held-out mapper asks for Alice with pastel blobs the judge
+    calls Alice: 24.2% of their pixels off the palette against 1.1%)."""
     drop = BARS["relative_drop_identity"] if row["kind"] == "identity" else BARS["relative_drop"]
-    t = row["target_rate"]
-    edited = row["relative_drop_edited"] if t["original_edited"] - t["original_plain"] >= EDIT_REALISES else None
+    t, pd = row["target_rate"], row["palette_drift"]
+    faces = pd["original_edited"] <= EDIT_PALETTE * max(pd["original_plain"], 1e-6)
+    realised = t["original_edited"] - t["original_plain"] >= EDIT_REALISES and faces
+    edited = row["relative_drop_edited"] if realised else None
     return dict(
         zip(
             CHECKS,

@@ -12,7 +12,7 @@ def _row(**extra):
         "fd_ratio": 0.9,
         "identity_similarity": 0.98,
         "identity_similarity_without_target": 0.97,
-        "palette_drift": {"plain": 0.01, "original_plain": 0.005},
+        "palette_drift": {"plain": 0.01, "original_plain": 0.005, "edited": 0.01, "original_edited": 0.006},
         "retain_fidelity": {"psnr": 30.0},
         "gamma": {"classifier": {"value": 0.5}},
         "erase_seconds": 40.0,
@@ -61,6 +61,19 @@ def test_bars_count_a_drop_only_where_the_evaluations_edit_realises_the_target()
     met = bars_met(alice)
     assert met["drop_edited"] is None  # the held-out edit drew Alice on 0.1%: nothing to measure
     assert met["drop_plain"] is (0.6 >= BARS["relative_drop_identity"]) and met["palette"] is False
+
+
+def test_a_drop_on_asked_for_images_that_are_not_the_worlds_images_is_not_counted():
+    """On the sharpened generator the held-out mapper asks for Alice with pastel blobs the judge calls Alice: the edit
+    'realises' her (8% -> 100%) on images 24% off the world's palette, so its drop measures nothing."""
+    from bench.faces_mini import bars_met
+
+    realised = {"original_plain": 0.08, "plain": 0.01, "original_edited": 1.0, "edited": 0.035}
+    blobs = {"plain": 0.010, "original_plain": 0.011, "edited": 0.157, "original_edited": 0.242}
+    faces = {**blobs, "original_edited": 0.025}  # 2.3x the plain images' drift (the smile edit's on the GAN)
+    common = dict(kind="identity", target_rate=realised, relative_drop_plain=0.86, relative_drop_edited=0.965)
+    assert bars_met(_row(**common, palette_drift=blobs, palette_ratio=0.9))["drop_edited"] is None
+    assert bars_met(_row(**common, palette_drift=faces, palette_ratio=0.9))["drop_edited"] is True
 
 
 def test_update_keeps_the_rows_this_run_does_not_redo_in_variant_order(tmp_path):
