@@ -58,7 +58,10 @@ GRID_VARIANTS = ("default", "paper")
 EDIT_REALISES = (
     0.30  # the evaluation's edit must raise the original's rate of the target this much for its drop to count
 )
-EDIT_PALETTE = 3.0  # ... and draw the world's images: at most this times the plain images' palette drift
+# ... and draw the world's images: at most this times the plain images' palette drift. Chosen after measuring the
+# original's asked-for images (sharpened generator: eyeglasses 1.2x, smile 4.5x, as its edit recolours hair off the
+# palette; Alice's pastel blobs 21.5x; on the GAN: attributes 0.9-2.3x, Alice 45-64x)
+EDIT_PALETTE = 10.0
 CHECKS = (
     "drop_plain",
     "drop_edited",
@@ -122,6 +125,7 @@ def run_one(
         "preset": preset,
         "overrides": overrides,
         "generator": generator_record(GENERATOR_DIR),
+        "threads": torch.get_num_threads(),
     }
     try:
         patch = erase_concept(
@@ -197,7 +201,7 @@ def bars_met(row: dict) -> dict[str, bool | None]:
     asked for): None, not a miss. "Realises" is the method's own gate: at least 30 points above the plain rate, on
     images of the world: the original's asked-for images drift off the world's palette by at most EDIT_PALETTE times
     its plain images' (on the sharpened generator the held-out mapper asks for Alice with pastel blobs the judge
-    calls Alice: 24.2% of their pixels off the palette against 1.1%)."""
+    calls Alice: 24.2% of their pixels off the palette against 1.1%, 21.5x)."""
     drop = BARS["relative_drop_identity"] if row["kind"] == "identity" else BARS["relative_drop"]
     t, pd = row["target_rate"], row["palette_drift"]
     faces = pd["original_edited"] <= EDIT_PALETTE * max(pd["original_plain"], 1e-6)
@@ -359,6 +363,7 @@ def main(argv=None) -> int:
     from erase.core.files import write_json_atomic
 
     Path(args.results).mkdir(parents=True, exist_ok=True)
+    ran = rows  # only this run's rows have their run folders (and grids) under --out
     if args.update:
         rows = updated_rows(Path(args.results) / "faces-mini.json", rows)
     write_json_atomic(
@@ -367,13 +372,10 @@ def main(argv=None) -> int:
             "bars": BARS,
             "variants": {k: {"preset": v[0], "overrides": v[1]} for k, v in VARIANTS.items()},
             "rows": rows,
-            "threads": args.threads,
         },
     )
     (Path(args.results) / "faces-mini.md").write_text(markdown(rows) + "\n")
-    for row in (
-        rows
-    ):  # the grids of the same seeds before and after, for the README: the default and the paper's configuration
+    for row in ran:  # the grids of the same seeds before and after, for the README: the default and the paper's
         grid = Path(args.out) / f"{row['target']}-{row['variant']}{tag}" / "eval" / "grid.png"
         if row["variant"] in GRID_VARIANTS and grid.exists():
             shutil.copyfile(grid, Path(args.results) / f"faces-mini-{row['target']}-{row['variant']}.png")

@@ -70,7 +70,7 @@ def test_a_drop_on_asked_for_images_that_are_not_the_worlds_images_is_not_counte
 
     realised = {"original_plain": 0.08, "plain": 0.01, "original_edited": 1.0, "edited": 0.035}
     blobs = {"plain": 0.010, "original_plain": 0.011, "edited": 0.157, "original_edited": 0.242}
-    faces = {**blobs, "original_edited": 0.025}  # 2.3x the plain images' drift (the smile edit's on the GAN)
+    faces = {**blobs, "original_edited": 0.051}  # 4.6x: the held-out smile edit's faces, their hair recoloured
     common = dict(kind="identity", target_rate=realised, relative_drop_plain=0.86, relative_drop_edited=0.965)
     assert bars_met(_row(**common, palette_drift=blobs, palette_ratio=0.9))["drop_edited"] is None
     assert bars_met(_row(**common, palette_drift=faces, palette_ratio=0.9))["drop_edited"] is True
