@@ -56,10 +56,11 @@ def sharpen_generator(recipe, folder: Path, guide, labels: dict, work: Path, dev
     generator is kept in ``work``. Returns what was done (also written to ``folder / MARKER``)."""
     if (folder / MARKER).exists():
         raise RuntimeError(f"{folder} is already sharpened ({MARKER}); rebuild it with the generator stage first")
-    gan_copy = work / "generator-gan"
-    if not gan_copy.exists():
-        shutil.copytree(folder, work / ".generator-gan.tmp", dirs_exist_ok=True)
-        (work / ".generator-gan.tmp").rename(gan_copy)
+    gan_copy = work / "generator-gan"  # the GAN's own generator, refreshed from ``folder`` (not yet sharpened)
+    staged = work / ".generator-gan.tmp"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(folder, staged)
+    swap_dir(staged, gan_copy)
     pipe = StyleGANPipeline.from_pretrained(gan_copy)
     G = pipe.generator.float().to(device).train()
     gan = copy.deepcopy(G).eval().requires_grad_(False)
