@@ -274,9 +274,9 @@ def markdown(rows: list[dict]) -> str:
 
 def generator_record(folder: Path) -> dict:
     """Which generator a row ran on: its weights' digest, and whether it is the sharpened one (README)."""
-    import hashlib
+    from erase.core.files import file_sha256
 
-    digest = hashlib.sha256((folder / "generator.safetensors").read_bytes()).hexdigest()[:12]
+    digest = file_sha256(folder / "generator.safetensors")[:12]
     return {"digest": digest, "sharpened": (folder / "sharpen.json").exists()}
 
 

@@ -96,6 +96,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ERASEKIT_CACHE", Path.home() / ".cache" / "erasekit"))
 
 
+def cache_entry(kind: str, key: dict) -> Path:
+    """The cache file of one entry of ``kind`` (a folder of the cache): named by a digest of ``key``, what makes two
+    entries the same (as JSON, sorted keys)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / kind / f"{digest}.safetensors"
+
+
 def model_identity(model) -> str:
     """A cheap content identity of every tensor of a model (shapes, probe values, means), as a hex digest."""
     records = {n: tensor_record(n, p, exact=False) for n, p in sorted(named_parameters(model).items())}
@@ -134,8 +141,7 @@ def generations(
         "scheduler_config": dict(pipe.scheduler.config),
         "sample_size": pipe.unet.config.sample_size,
     }  # the pipeline's default size is the generations' size
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = cache_dir() / "generations" / f"{digest}.safetensors"
+    path = cache_entry("generations", key)
 
     def sample() -> dict[str, torch.Tensor]:
         return {

@@ -13,8 +13,6 @@ evaluation with its held-out CLIP (to ask for the concept with an edit the metho
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -22,7 +20,7 @@ import torch
 from torch import nn
 
 from .cache import cached_tensors
-from .data import cache_dir, model_identity
+from .data import cache_entry, model_identity
 from .errors import EraseError
 from .guides import Guides, unit
 from .image_views import clip_views, embed_pair
@@ -122,8 +120,7 @@ def _cache_path(generator, prompt: str, guides: Guides, settings: MapperSettings
     }
     if settings.attributes > 0 or settings.remove:  # what is kept, or removed, depends on the concept
         ident["concept"] = concept
-    key = json.dumps(ident, sort_keys=True)
-    return cache_dir() / "mappers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
+    return cache_entry("mappers", ident)
 
 
 def train_mapper(

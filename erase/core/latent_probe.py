@@ -15,14 +15,12 @@ Bruno (0.56), eyeglasses (0.57) and smile (0.55) are not: their counterpart has 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import torch
 
 from .cache import cached_tensors
-from .data import cache_dir, model_identity
+from .data import cache_entry, model_identity
 from .guides import Guides
 from .latent_mapper import sample_wplus, to_images
 
@@ -82,14 +80,13 @@ def cached_probe(
         "seed": seed,
         "truncation": truncation,
     }
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
     def fit() -> dict[str, torch.Tensor]:
         p = fit_probe(generator, guides, concept, n=n, seed=seed, margin=margin, truncation=truncation)
         scalars = torch.tensor([p.bias, p.accuracy, p.rate], dtype=torch.float64)
         return {"weight": p.weight.cpu(), "move": p.move.cpu(), "scalars": scalars}
 
-    t = cached_tensors(cache_dir() / "probes" / f"{key}.safetensors", fit)
+    t = cached_tensors(cache_entry("probes", ident), fit)
     dev = next(generator.parameters()).device
     bias, accuracy, rate = (float(x) for x in t["scalars"])
     return LatentProbe(t["weight"].to(dev), bias, t["move"].to(dev), margin, accuracy, rate)
