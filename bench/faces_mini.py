@@ -10,7 +10,8 @@ is evaluated by ``erase eval --protocol faces-mini`` (held-out CLIP mapper edits
 Writes ``bench/results/faces-mini.json`` and ``.md``. The bars (``BARS``, issue 25): the target's rate drops by >=
 80% relative to the original's (60% for an identity) on G(w) and on the edited latents, every other attribute's
 rate moves by <= 5 points, FD against concept-free renders <= 1.2x the original's, identity similarity >= 0.95 on
-seeds whose original lacks the target, palette drift <= 2x the original's, under 10 CPU minutes per concept.
+seeds whose original lacks the target, palette drift <= 2x the original's (globally, and in each pixel's tile:
+``worlds.faces_mini.palette``), under 10 CPU minutes per concept.
 """
 
 from __future__ import annotations
@@ -100,21 +101,26 @@ def run_one(
 ) -> dict:
     from erase.api import erase_concept
     from erase.core.errors import EraseError
-    from erase.core.patch import apply_patch
+    from erase.core.patch import ErasurePatch, apply_patch
     from erase.core.request import EraseRequest
     from eval.protocols import load_protocol
-    from eval.report import EvalOptions, evaluate
     from pipelines.stylegan import StyleGANPipeline
     from worlds.faces_mini.assets import GENERATOR_DIR
     from worlds.faces_mini.guides import faces_mini_guides
 
     done = out / "row.json"
-    if done.exists():  # a finished row: judged again, so that a change of the bars applies to it
-        return judged_again(json.loads(done.read_text()))
     protocol = load_protocol("faces-mini")
     if seeds is not None and seeds < len(protocol.seeds):
         protocol = protocol.with_overrides(seeds=protocol.seeds[:seeds])
     pipe = StyleGANPipeline.from_pretrained(GENERATOR_DIR)
+    if done.exists():  # a finished row: judged again, so that a change of the bars applies to it
+        row = json.loads(done.read_text())
+        if "refused" in row or "local_palette_drift" in row:
+            return judged_again(row)
+        # a row from before the local palette drift: its figures again from the images its evaluation stored
+        apply_patch(pipe, ErasurePatch.from_pretrained(out / "patch"))
+        row = {**row, **figures(pipe, protocol, target, kind, out)}
+        return _saved(done, {**row, "meets": bars_met(row)})
     request = EraseRequest.from_protocol(protocol, target, kind)
     overrides = {**(overrides or {}), **({"mode": mode} if mode != "directional" else {})}
     t0 = time.time()
@@ -152,6 +158,26 @@ def run_one(
         )
     seconds = time.time() - t0
     apply_patch(pipe, patch)
+    eff = patch.config["efficiency"]
+    row = {
+        **head,
+        "mode": patch.config["method_config"]["mode"],  # as resolved: a preset's for_kind fields may set it
+        **figures(pipe, protocol, target, kind, out),
+        "erase_seconds": round(seconds, 1),
+        "total_seconds": eff["erase_seconds"],
+        "peak_memory_bytes": eff["peak_memory_bytes"],
+        "patch_bytes": eff["patch_bytes"],
+        "gate": patch.config.get("info", {}).get("gate"),
+    }
+    row["meets"] = bars_met(row)
+    return _saved(done, row)
+
+
+def figures(pipe, protocol, target: str, kind: str, out: Path) -> dict:
+    """The row's evaluation figures for a patched ``pipe`` (``erase eval`` into ``out/eval``: images already there
+    are read, not rendered again)."""
+    from eval.report import EvalOptions, evaluate
+
     r = evaluate(
         pipe,
         protocol,
@@ -164,11 +190,8 @@ def run_one(
     t = r["target_rate"]
     moves = other_moves(r, target)
     worst = max(moves, key=moves.get)
-    eff = patch.config["efficiency"]
-    pd = r["palette_drift"]
-    row = {
-        **head,
-        "mode": patch.config["method_config"]["mode"],  # as resolved: a preset's for_kind fields may set it
+    pd, local = r["palette_drift"], r["local_palette_drift"]
+    return {
         "seeds": len(protocol.seeds),
         "target_rate": t,
         "relative_drop_plain": 1 - t["plain"] / t["original_plain"] if t["original_plain"] else None,
@@ -181,18 +204,13 @@ def run_one(
         "identity_similarity_without_target": r["identity_similarity"]["without_target"],
         "palette_drift": pd,
         "palette_ratio": pd["plain"] / max(pd["original_plain"], 1e-6),
+        "local_palette_drift": local,
+        "local_palette_ratio": local["plain"] / max(local["original_plain"], 1e-6),
         "retain_fidelity": r["retain_fidelity"],
         "gamma": r["gamma"],
         "recognised": r["recognised"],
         "clip_similarity": r["clip_similarity"],
-        "erase_seconds": round(seconds, 1),
-        "total_seconds": eff["erase_seconds"],
-        "peak_memory_bytes": eff["peak_memory_bytes"],
-        "patch_bytes": eff["patch_bytes"],
-        "gate": patch.config.get("info", {}).get("gate"),
     }
-    row["meets"] = bars_met(row)
-    return _saved(done, row)
 
 
 def bars_met(row: dict) -> dict[str, bool | None]:
@@ -216,12 +234,19 @@ def bars_met(row: dict) -> dict[str, bool | None]:
                 row["worst_other"]["points"] <= BARS["other_points"],
                 row["fd_ratio"] <= BARS["fd_ratio"],
                 (row["identity_similarity_without_target"] or 0) >= BARS["identity_similarity"],
-                row["palette_ratio"] <= BARS["palette_ratio"],
+                _palette_met(row),
                 row["erase_seconds"] <= BARS["seconds"],
             ),
             strict=True,
         )
     )
+
+
+def _palette_met(row: dict) -> bool:
+    """Palette drift at most BARS["palette_ratio"] times the original's, globally and (rows since 2026-12-07:
+    where it was measured) in every pixel's tile."""
+    local = row.get("local_palette_ratio")
+    return row["palette_ratio"] <= BARS["palette_ratio"] and (local is None or local <= BARS["palette_ratio"])
 
 
 def judged_again(row: dict) -> dict:
@@ -244,9 +269,9 @@ def _saved(path: Path, row: dict) -> dict:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| target | variant | rate G(w): original -> erased | rate asked for it | worst other attribute | "
-        "FD / original | identity sim. (without target) | palette drift (original) | PSNR (dB) | erase time | "
-        "peak memory | patch | bars met | generator |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "FD / original | identity sim. (without target) | palette drift (original) | local palette drift (original) "
+        "| PSNR (dB) | erase time | peak memory | patch | bars met | generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         variant = r.get("variant") or r["mode"]
@@ -254,7 +279,7 @@ def markdown(rows: list[dict]) -> str:
         if "refused" in r:
             lines.append(
                 f"| {r['target']} | {variant} | refused: {r['refused']} |  |  |  |  |  |  | "
-                f"{r['erase_seconds']:.0f} s |  |  | 0/{len(CHECKS)} | {generator} |"
+                f" | {r['erase_seconds']:.0f} s |  |  | 0/{len(CHECKS)} | {generator} |"
             )
             continue
         t, pd = r["target_rate"], r["palette_drift"]
@@ -265,11 +290,15 @@ def markdown(rows: list[dict]) -> str:
             f"{100 * t['original_edited']:.1f} -> {100 * t['edited']:.1f} | "
             f"{r['worst_other']['class']} {r['worst_other']['points']:.1f} pts | {r['fd_ratio']:.2f}x | "
             f"{r['identity_similarity_without_target'] or 0:.3f} | "
-            f"{100 * pd['plain']:.2f}% ({100 * pd['original_plain']:.2f}%) | {r['retain_fidelity']['psnr']:.1f} | "
+            f"{_drift(pd)} | {_drift(r.get('local_palette_drift'))} | {r['retain_fidelity']['psnr']:.1f} | "
             f"{r['erase_seconds']:.0f} s | {r['peak_memory_bytes'] / 2**20:.0f} MiB | "
             f"{r['patch_bytes'] / 1e6:.2f} MB | {len(met)}/{len(measured)} | {generator} |"
         )
     return "\n".join(lines)
+
+
+def _drift(drift: dict | None) -> str:
+    return "not measured" if drift is None else f"{100 * drift['plain']:.2f}% ({100 * drift['original_plain']:.2f}%)"
 
 
 def generator_record(folder: Path) -> dict:

@@ -36,6 +36,20 @@ def test_a_refused_run_is_a_row_with_its_reason():
     assert "0.90x" in lines[2] and "1.00% (0.50%)" in lines[2] and "1024 MiB" in lines[2] and "| 1/2 |" in lines[2]
     assert lines[3].startswith("| Alice | directional | refused: the latent mapper") and "120 s" in lines[3]
     assert lines[3].count("|") == lines[0].count("|")
+    assert "| not measured |" in lines[2]  # a row from before the local palette drift
+    local = {"plain": 0.04, "original_plain": 0.0175, "edited": 0.05, "original_edited": 0.02}
+    assert "| 4.00% (1.75%) |" in markdown([_row(local_palette_drift=local)]).splitlines()[2]
+
+
+def test_the_palette_bar_holds_the_local_drift_too_where_it_was_measured():
+    """The lavender lips: 1.3x the original's palette drift, 2.5x its local drift: a miss."""
+    from bench.faces_mini import bars_met
+
+    common = dict(kind="attribute", relative_drop_plain=0.9, relative_drop_edited=0.9, other_moves={})
+    assert bars_met(_row(**common, palette_ratio=1.3))["palette"] is True  # an old row: global drift only
+    assert bars_met(_row(**common, palette_ratio=1.3, local_palette_ratio=1.9))["palette"] is True
+    assert bars_met(_row(**common, palette_ratio=1.3, local_palette_ratio=2.5))["palette"] is False
+    assert bars_met(_row(**common, palette_ratio=2.5, local_palette_ratio=1.0))["palette"] is False
 
 
 def test_bars_count_a_drop_only_where_the_evaluations_edit_realises_the_target():

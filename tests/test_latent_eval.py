@@ -9,7 +9,7 @@ from eval.answer_set import AnswerSetError
 from eval.latent_answers import SHARD, LatentAnswers
 from eval.protocols import load_protocol
 from worlds.faces_mini.metrics import AttributeRates, PaletteDrift, gamma
-from worlds.faces_mini.palette import palette_drift
+from worlds.faces_mini.palette import local_palette_drift, palette_drift
 from worlds.faces_mini.world import HEAD_CLASSES
 
 
@@ -120,12 +120,14 @@ def test_gamma_is_zero_when_the_edits_score_like_the_originals_and_one_like_plai
 
 def test_palette_drift_streamed_matches_the_whole_set_measure():
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(40, 3, 8, 8, generator=g)
+    x = torch.rand(40, 3, 32, 32, generator=g)
     metric = PaletteDrift()
     for part in (slice(0, 15), slice(15, 40)):
         metric.update({s: x[part] for s in ("model", "model_edit", "orig", "orig_edit")})
-    drift = metric.compute()["palette_drift"]
-    assert drift["plain"] == pytest.approx(palette_drift(x), abs=1e-7) and 0 < drift["plain"] < 1
+    drift = metric.compute()
+    assert drift["palette_drift"]["plain"] == pytest.approx(palette_drift(x), abs=1e-7)
+    assert drift["local_palette_drift"]["plain"] == pytest.approx(local_palette_drift(x), abs=1e-7)
+    assert 0 < drift["palette_drift"]["plain"] < drift["local_palette_drift"]["plain"] < 1
 
 
 def test_a_shard_killed_while_written_leaves_nothing_under_its_name(tmp_path, monkeypatch):

@@ -272,6 +272,32 @@ def test_palette_drift_is_zero_on_renders_and_counts_recoloured_pixels():
     assert off_palette(magenta)[:, 10:14, 8:24].all()
 
 
+def test_local_palette_drift_counts_a_world_colour_in_a_place_the_world_never_puts_it():
+    """The violet of the lavender lips (a pixel of an erased face, (193, 141, 218)) is a colour the world renders
+    somewhere, so no global drift; never at the mouth, so local drift. A hat's purple is local drift at the mouth
+    and none at the top of the head, where hats are."""
+    from worlds.faces_mini.palette import local_palette_drift, off_local_palette, palette_drift
+    from worlds.faces_mini.render import HAT_RGB, render_set
+    from worlds.faces_mini.world import SEED_BASE
+
+    images, _ = render_set(500, SEED_BASE["check"])
+    x = images.float() / 255
+    assert local_palette_drift(x) < 1e-4  # renders the palette never saw (measured: about 0.001%)
+
+    def painted(colour, rows, columns):
+        y = x.clone()
+        y[:, :, rows, columns] = (torch.tensor(colour) / 255).view(1, 3, 1, 1)
+        return y
+
+    mouth = (slice(20, 24), slice(12, 20))
+    violet = painted((193, 141, 218), *mouth)
+    assert palette_drift(violet) == 0.0
+    assert off_local_palette(violet)[(slice(None), *mouth)].all()
+    assert abs(local_palette_drift(violet) - 4 * 8 / 32**2) < 1e-3
+    assert off_local_palette(painted(HAT_RGB[2], *mouth))[(slice(None), *mouth)].all()
+    assert not off_local_palette(painted(HAT_RGB[2], slice(0, 4), slice(12, 20)))[:, 0:4, 12:20].any()
+
+
 def test_the_other_attribute_kl_is_the_kl_of_the_kept_heads():
     """Guides.other_attribute_kl (the mapper's and the fine-tune's attribute term) against torch's own KL."""
     from erase.core.guides import Guides

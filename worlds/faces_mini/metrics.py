@@ -19,7 +19,7 @@ from eval.fidelity import psnr
 
 from .check import CHECK_RENDERS, confident_mask, fd_floor, features, judge_all, reference_features
 from .models import perceptual_distance
-from .palette import off_palette
+from .palette import off_local_palette, off_palette
 from .world import HEAD_CLASSES, concept_rate_label
 
 SETS = ("model", "model_edit", "orig", "orig_edit")
@@ -196,26 +196,32 @@ class FrechetToRenders(Metric):
 
 
 class PaletteDrift(Metric):
-    """The share of pixels far from every colour the world renders (``palette.off_palette``), on each set."""
+    """The share of pixels far from every colour the world renders (``palette.off_palette``), and far from every
+    colour it renders in their tile (``palette.off_local_palette``), on each set."""
 
     full_state_update = False
+    MEASURES = {"palette_drift": off_palette, "local_palette_drift": off_local_palette}
 
     def __init__(self, **kw):
         super().__init__(**kw)
+        for m in self.MEASURES:
+            for s in SETS:
+                self.add_state(f"{m}_{s}_off", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         for s in SETS:
-            self.add_state(f"{s}_off", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{s}_pixels", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, images: dict[str, torch.Tensor]) -> None:
-        for s, off in per_set(off_palette, images).items():
-            getattr(self, f"{s}_off").add_(off.sum().double())
-            getattr(self, f"{s}_pixels").add_(off.numel())
+        for m, off_fn in self.MEASURES.items():
+            for s, off in per_set(off_fn, images).items():
+                getattr(self, f"{m}_{s}_off").add_(off.sum().double())
+        for s in SETS:
+            getattr(self, f"{s}_pixels").add_(images[s][:, 0].numel())
 
     def compute(self) -> dict:
-        def share(s):
-            return float(getattr(self, f"{s}_off") / getattr(self, f"{s}_pixels"))
+        def share(m, s):
+            return float(getattr(self, f"{m}_{s}_off") / getattr(self, f"{s}_pixels"))
 
-        return {"palette_drift": {name: share(s) for name, s in RATE_NAMES}}
+        return {m: {name: share(m, s) for name, s in RATE_NAMES} for m in self.MEASURES}
 
 
 class SameSeedFidelity(Metric):

@@ -60,6 +60,7 @@ def report_lines(r: dict) -> list[str]:
         f"palette drift (share of pixels far from every rendered colour): {100 * pd['plain']:.2f}% plain, "
         f"{100 * pd['edited']:.2f}% asked for the target (original {100 * pd['original_plain']:.2f}% / "
         f"{100 * pd['original_edited']:.2f}%)",
+        *_local_palette_line(r.get("local_palette_drift")),
         f"gamma: classifier {r['gamma']['classifier']['value']:.3f}, held-out CLIP {r['gamma']['clip']['value']:.3f}",
         *_recognised_line(r.get("recognised")),
     ]
@@ -74,6 +75,16 @@ def report_lines(r: dict) -> list[str]:
             )
         )
     return lines
+
+
+def _local_palette_line(ld: dict | None) -> list[str]:
+    if ld is None:
+        return []
+    return [
+        f"local palette drift (far from every colour rendered in the pixel's 4-pixel tile): {100 * ld['plain']:.2f}% "
+        f"plain, {100 * ld['edited']:.2f}% asked for (original {100 * ld['original_plain']:.2f}% / "
+        f"{100 * ld['original_edited']:.2f}%)"
+    ]
 
 
 def summary(r: dict) -> str:
