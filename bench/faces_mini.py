@@ -56,6 +56,9 @@ VARIANTS = {
     "clip_distance": ("paper", {"mode": "clip_distance"}),
 }
 GRID_VARIANTS = ("default", "paper")
+# the evaluation a row's figures come from; a stored row of an earlier one is evaluated again (its patch is kept) into
+# its own folder, eval-<N>: 2 = the local palette drift, and the identity's held-out mapper with L2 0.3 (2026-12-07)
+EVALUATION = 2
 EDIT_REALISES = (
     0.30  # the evaluation's edit must raise the original's rate of the target this much for its drop to count
 )
@@ -115,9 +118,9 @@ def run_one(
     pipe = StyleGANPipeline.from_pretrained(GENERATOR_DIR)
     if done.exists():  # a finished row: judged again, so that a change of the bars applies to it
         row = json.loads(done.read_text())
-        if "refused" in row or "local_palette_drift" in row:
+        if "refused" in row or row.get("evaluation") == EVALUATION:
             return judged_again(row)
-        # a row from before the local palette drift: its figures again from the images its evaluation stored
+        # a row of an earlier evaluation: its patch evaluated again
         apply_patch(pipe, ErasurePatch.from_pretrained(out / "patch"))
         row = {**row, **figures(pipe, protocol, target, kind, out)}
         return _saved(done, {**row, "meets": bars_met(row)})
@@ -174,15 +177,15 @@ def run_one(
 
 
 def figures(pipe, protocol, target: str, kind: str, out: Path) -> dict:
-    """The row's evaluation figures for a patched ``pipe`` (``erase eval`` into ``out/eval``: images already there
-    are read, not rendered again)."""
+    """The row's evaluation figures for a patched ``pipe`` (``erase eval`` into ``eval_folder(out)``: images already
+    there are read, not rendered again)."""
     from eval.report import EvalOptions, evaluate
 
     r = evaluate(
         pipe,
         protocol,
         [(target, kind)],
-        out / "eval",
+        eval_folder(out),
         model_id=MODEL_ID,
         patch=str(out / "patch"),
         options=EvalOptions(progress=False),
@@ -192,6 +195,7 @@ def figures(pipe, protocol, target: str, kind: str, out: Path) -> dict:
     worst = max(moves, key=moves.get)
     pd, local = r["palette_drift"], r["local_palette_drift"]
     return {
+        "evaluation": EVALUATION,
         "seeds": len(protocol.seeds),
         "target_rate": t,
         "relative_drop_plain": 1 - t["plain"] / t["original_plain"] if t["original_plain"] else None,
@@ -211,6 +215,11 @@ def figures(pipe, protocol, target: str, kind: str, out: Path) -> dict:
         "recognised": r["recognised"],
         "clip_similarity": r["clip_similarity"],
     }
+
+
+def eval_folder(out: Path) -> Path:
+    """Where a row's evaluation of today's kind (``EVALUATION``) lives in its run folder."""
+    return out / f"eval-{EVALUATION}"
 
 
 def bars_met(row: dict) -> dict[str, bool | None]:
@@ -405,7 +414,7 @@ def main(argv=None) -> int:
     )
     (Path(args.results) / "faces-mini.md").write_text(markdown(rows) + "\n")
     for row in ran:  # the grids of the same seeds before and after, for the README: the default and the paper's
-        grid = Path(args.out) / f"{row['target']}-{row['variant']}{tag}" / "eval" / "grid.png"
+        grid = eval_folder(Path(args.out) / f"{row['target']}-{row['variant']}{tag}") / "grid.png"
         if row["variant"] in GRID_VARIANTS and grid.exists():
             shutil.copyfile(grid, Path(args.results) / f"faces-mini-{row['target']}-{row['variant']}.png")
     print(markdown(rows))

@@ -76,7 +76,8 @@ def evaluate_latent(
     answers = LatentAnswers(protocol, world.answers(pipe, protocol, target, kind, progress=opt.progress))
     patched = bool(applied_patches(pipe))
     with hold_folder(out_dir, "erase eval"):
-        claim_output_folder(out_dir, run_identity(model_id, patch, protocol))
+        # the renderer is part of the run: images of another edit (another mapper) are never read as this one's
+        claim_output_folder(out_dir, {**run_identity(model_id, patch, protocol), "answers": answers.key})
         t0 = time.time()
         images = out_dir / "images"
         original = original_answer_set(pipe, protocol, progress=opt.progress, answers=answers) if patched else None

@@ -29,7 +29,8 @@ def check_output_folder(
     """Raise unless ``out_dir`` is new, empty, or holds this very run (same run.json): another run's results
     and files ``command`` did not write (a user's grid.png, notes) are never overwritten. ``resume=False`` (the
     CLI without --resume) refuses this very run's folder too, saying how to go on; ``None`` (the Python API)
-    continues it."""
+    continues it. A latent protocol's run includes its renderer (``answers``: the evaluation's edit), which a check
+    made before the renderer is set up (the CLI's) leaves out and the claim itself compares."""
     run_file = out_dir / "run.json"
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputFolderError(
@@ -40,6 +41,8 @@ def check_output_folder(
             existing = json.loads(run_file.read_text())
         except (json.JSONDecodeError, OSError):
             existing = None
+        if isinstance(existing, dict) and "answers" not in identity:  # a check before the renderer is set up
+            existing = {k: v for k, v in existing.items() if k != "answers"}
         if _normalised(existing) != _normalised(identity):
             raise OutputFolderError(f"output folder {out_dir} holds another run's results; choose a new --out folder")
         if resume is False:

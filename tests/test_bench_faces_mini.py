@@ -153,3 +153,33 @@ def test_each_row_names_the_generator_it_ran_on(tmp_path):
         f"| sharpened {gan['digest'][:7]} |"
     )
     assert lines[4].endswith("|  |") and len({line.count("|") for line in lines}) == 1
+
+
+def test_a_stored_row_of_an_earlier_evaluation_is_evaluated_again_once(tmp_path, monkeypatch):
+    """Rows are resumable; a row whose figures come from an earlier evaluation (before the local palette drift and
+    the identity mapper's L2) gets them again from its kept patch, and is then read as it is."""
+    import json
+
+    import bench.faces_mini as bench
+    import erase.core.patch as patch_module
+
+    evaluated = []
+
+    def figures(pipe, protocol, target, kind, out):
+        evaluated.append((target, out))
+        return {"evaluation": bench.EVALUATION, "local_palette_ratio": 2.5}
+
+    monkeypatch.setattr(bench, "figures", figures)
+    monkeypatch.setattr(patch_module.ErasurePatch, "from_pretrained", classmethod(lambda cls, folder: folder))
+    monkeypatch.setattr(patch_module, "apply_patch", lambda pipe, patch: None)
+    out = tmp_path / "eyeglasses-default"
+    out.mkdir()
+    stored = _row(kind="attribute", relative_drop_plain=0.9, relative_drop_edited=0.9, palette_ratio=1.3)
+    (out / "row.json").write_text(json.dumps(stored))
+    row = bench.run_one("attribute", "eyeglasses", "directional", out, "faces-mini")
+    assert evaluated == [("eyeglasses", out)] and row["evaluation"] == bench.EVALUATION
+    assert row["meets"]["palette"] is False and row["erase_seconds"] == stored["erase_seconds"]  # the rest kept
+    assert json.loads((out / "row.json").read_text()) == row
+    assert bench.run_one("attribute", "eyeglasses", "directional", out, "faces-mini") == row
+    assert len(evaluated) == 1
+    assert bench.eval_folder(out) == out / f"eval-{bench.EVALUATION}"

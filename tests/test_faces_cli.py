@@ -226,6 +226,14 @@ def test_faces_eval_resumes_and_reuses_the_cached_original_like_canvas_mini(asse
     assert _figures(resumed) == _figures(report)
     assert {p: p.stat().st_mtime_ns for p in cached} == stamp  # the original's set was read, not rendered again
 
+    # images rendered by another renderer (another evaluation mapper) are never read as this one's
+    run = json.loads((first / "run.json").read_text())
+    assert run["answers"]["renderer"]["settings"]["steps"] == 20  # the smoke recipe's evaluation mapper
+    run["answers"]["renderer"]["settings"]["l2"] = 0.0
+    (first / "run.json").write_text(json.dumps(run))
+    r = erase(assets, *eval_args(assets, patch, first, seeds=20), "--resume")
+    assert r.returncode == 2 and "holds another run's results" in r.stderr, r.stderr
+
 
 @pytest.mark.parametrize(
     "extra,message",
