@@ -3,8 +3,8 @@ each erased separately with the `faces-mini` preset (for the identity, the prese
 probe): the target's rate drops by >= 80% relative to the original's (60% for the identity) on G(w) and on latents a
 held-out-CLIP mapper edits to ask for it; every other attribute moves by <= 5 points; FD against concept-free renders
 <= 1.2x the original's; identity similarity >= 0.95 where the original lacks the concept; palette drift <= 2x the
-original's; under 10 CPU minutes per concept. The directional method must beat the CLIP-distance baseline on the
-trade-off."""
+original's, globally and in each pixel's tile; under 10 CPU minutes per concept. The directional method must beat
+the CLIP-distance baseline on the trade-off."""
 
 import pytest
 
@@ -23,9 +23,12 @@ def _miss(reason: str):
 
 # the measured misses (README, "Text-to-Unlearn that erases"; the sharpened generator, 2026-12-07): each target is
 # expected to fail until the method changes, and strictly: an unexpected pass is an error that asks for this list to
-# be updated. Eyeglasses meets every bar by the numbers on the sharpened generator, while its grid shows lavender lips
-# that no figure here measures (README): a pass of this test is not the whole acceptance.
+# be updated. Alice meets every bar, her asked-for drop included (the held-out mapper draws her as a face).
 MISSES = {
+    "eyeglasses": _miss(
+        "on the sharpened generator eyeglasses meets every bar but the palette's: the erased faces' lavender lips put "
+        "the local palette drift at 4.35% against the original's 1.82% (2.4x, bar 2x)"
+    ),
     "smile": _miss(
         "on the sharpened generator smile falls 54.5% -> 19.9% on G(w) (bar a drop of 80%) and the held-out CLIP's "
         "asked-for smiles stay (99.8% -> 99.3%)"
@@ -57,8 +60,8 @@ def test_concept_is_gone_and_the_rest_is_kept(kind, target, run):
     row = run(kind, target, "directional")
     assert "refused" not in row, row.get("refused")
     met = bars_met(row)
-    # every bar that can be measured is met (the drop on asked-for latents cannot be measured for an identity the
-    # held-out CLIP's mapper cannot draw: None)
+    # every bar that can be measured is met (the drop on asked-for latents cannot be measured where the held-out
+    # CLIP's mapper cannot draw the target: None)
     assert all(v is not False for v in met.values()), (
         {k: v for k, v in met.items() if v is False},
         row["target_rate"],
