@@ -315,3 +315,29 @@ def test_the_other_attribute_kl_is_the_kl_of_the_kept_heads():
     b.requires_grad_(True)
     guides.other_attribute_kl(a, b, "eyeglasses").backward()
     assert b.grad.abs().sum() > 0  # differentiable in the image being held, not in the reference
+
+
+@pytest.mark.parametrize(
+    "where,expected", [("both", ["edited", "plain"]), ("edited", ["edited"]), ("plain", ["plain"])]
+)
+def test_attributes_on_chooses_which_images_keep_the_other_attributes(tmp_path, where, expected):
+    """lambda_attributes' KL on G_t(w_hat) against the anchor, on G_t(w) against G_f(w), or both. At the first step
+    G_t is G_f, so the plain pair is two equal images and the edited pair is not."""
+    guides = toy_guides()
+    seen = []
+    base = guides.other_attribute_kl
+
+    def recorded(reference, x, concept):
+        seen.append("plain" if torch.equal(reference, x) else "edited")
+        return base(reference, x, concept)
+
+    guides.other_attribute_kl = recorded
+    quick_erase(tmp_path / "o", {**QUICK, "steps": 1, "lambda_attributes": 1.0, "attributes_on": where}, guides=guides)
+    assert seen == expected
+
+
+def test_attributes_on_is_one_of_its_choices(tmp_path):
+    from erase.core.errors import EraseError
+
+    with pytest.raises(EraseError, match="attributes_on"):
+        quick_erase(tmp_path / "o", {**QUICK, "attributes_on": "mapper"})

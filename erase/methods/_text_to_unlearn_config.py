@@ -76,6 +76,11 @@ class TextToUnlearnConfig(TrainedConfig):
         "weight of keeping the guides' other attributes (KL, identity head included): G_t(w_hat) vs the "
         "anchor and G_t(w) vs G_f(w)",
     )
+    attributes_on: str = option(
+        "both",
+        "where lambda_attributes keeps the other attributes: 'both', 'edited' (G_t(w_hat) vs the anchor only) or "
+        "'plain' (G_t(w) vs G_f(w) only)",
+    )
     preserve_unedited: float = option(
         1.0, "weight of the perceptual distance G_t(w) vs G_f(w) on plain latents (keep plain faces)"
     )
@@ -169,6 +174,7 @@ class TextToUnlearnConfig(TrainedConfig):
                 "preserve_where": ("all", "without_concept"),
                 "modulations": ("chosen", "all"),
                 "counterpart": ("mapper", "probe"),
+                "attributes_on": ("both", "edited", "plain"),
             },
             at_least_one=(
                 "batch_size",

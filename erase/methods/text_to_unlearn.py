@@ -371,7 +371,7 @@ class TextToUnlearn(Eraser):
                 losses["identity"] = self.lambda_identity * (1 - (g.identity(x_t) * g.identity(anchor)).sum(-1)).mean()
             if cfg.lambda_pixels > 0:
                 losses["pixels"] = cfg.lambda_pixels * (x_t - anchor).pow(2).mean()
-            if cfg.lambda_attributes > 0:
+            if cfg.lambda_attributes > 0 and cfg.attributes_on != "plain":
                 losses["attributes"] = cfg.lambda_attributes * g.other_attribute_kl(anchor, x_t, self.request.concept)
         if cfg.preserve_unedited > 0:
             keep = self.perceptual(plain_t(), plain_f())
@@ -407,7 +407,7 @@ class TextToUnlearn(Eraser):
             losses["plain_direction"] = (
                 cfg.plain_direction * (self._frozen_pair(plain_f(), plain_t()) * has).sum() / has.sum().clamp_min(1)
             )
-        if cfg.lambda_attributes > 0:
+        if cfg.lambda_attributes > 0 and cfg.attributes_on != "edited":
             losses["attributes_plain"] = cfg.lambda_attributes * g.other_attribute_kl(
                 plain_f(), plain_t(), self.request.concept
             )
