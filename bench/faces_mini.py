@@ -112,17 +112,16 @@ def run_one(
     from worlds.faces_mini.guides import faces_mini_guides
 
     done = out / "row.json"
+    stored = json.loads(done.read_text()) if done.exists() else None
+    if stored is not None and ("refused" in stored or stored.get("evaluation") == EVALUATION):
+        return judged_again(stored)  # a finished row: judged again, so that a change of the bars applies to it
     protocol = load_protocol("faces-mini")
     if seeds is not None and seeds < len(protocol.seeds):
         protocol = protocol.with_overrides(seeds=protocol.seeds[:seeds])
     pipe = StyleGANPipeline.from_pretrained(GENERATOR_DIR)
-    if done.exists():  # a finished row: judged again, so that a change of the bars applies to it
-        row = json.loads(done.read_text())
-        if "refused" in row or row.get("evaluation") == EVALUATION:
-            return judged_again(row)
-        # a row of an earlier evaluation: its patch evaluated again
+    if stored is not None:  # a row of an earlier evaluation: its kept patch evaluated again
         apply_patch(pipe, ErasurePatch.from_pretrained(out / "patch"))
-        row = {**row, **figures(pipe, protocol, target, kind, out)}
+        row = {**stored, **figures(pipe, protocol, target, kind, out)}
         return _saved(done, {**row, "meets": bars_met(row)})
     request = EraseRequest.from_protocol(protocol, target, kind)
     overrides = {**(overrides or {}), **({"mode": mode} if mode != "directional" else {})}
@@ -207,14 +206,19 @@ def figures(pipe, protocol, target: str, kind: str, out: Path) -> dict:
         "identity_similarity": r["identity_similarity"]["mean"],
         "identity_similarity_without_target": r["identity_similarity"]["without_target"],
         "palette_drift": pd,
-        "palette_ratio": pd["plain"] / max(pd["original_plain"], 1e-6),
+        "palette_ratio": _to_original(pd),
         "local_palette_drift": local,
-        "local_palette_ratio": local["plain"] / max(local["original_plain"], 1e-6),
+        "local_palette_ratio": _to_original(local),
         "retain_fidelity": r["retain_fidelity"],
         "gamma": r["gamma"],
         "recognised": r["recognised"],
         "clip_similarity": r["clip_similarity"],
     }
+
+
+def _to_original(drift: dict) -> float:
+    """A drift of the erased plain images as a multiple of the original's."""
+    return drift["plain"] / max(drift["original_plain"], 1e-6)
 
 
 def eval_folder(out: Path) -> Path:
@@ -287,8 +291,8 @@ def markdown(rows: list[dict]) -> str:
         generator = _generator_name(r.get("generator"))
         if "refused" in r:
             lines.append(
-                f"| {r['target']} | {variant} | refused: {r['refused']} |  |  |  |  |  |  | "
-                f" | {r['erase_seconds']:.0f} s |  |  | 0/{len(CHECKS)} | {generator} |"
+                f"| {r['target']} | {variant} | refused: {r['refused']} |  |  |  |  |  |  |  | "
+                f"{r['erase_seconds']:.0f} s |  |  | 0/{len(CHECKS)} | {generator} |"
             )
             continue
         t, pd = r["target_rate"], r["palette_drift"]

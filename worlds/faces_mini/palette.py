@@ -62,11 +62,15 @@ def local_palette(n: int = PALETTE_RENDERS, tolerance: int = TOLERANCE, tile: in
     """(tiles, LEVELS**3) booleans, tiles in row-major order: per ``tile`` x ``tile`` pixel tile, the colour cells
     within ``tolerance`` cells of a colour that ``n`` renders contain in that tile."""
     cells = _rendered_cells(n)
-    per_side = cells.shape[-1] // tile
-    occupied = torch.zeros(per_side * per_side, LEVELS**3)
-    for i, (ty, tx) in enumerate((y, x) for y in range(per_side) for x in range(per_side)):
-        occupied[i, cells[:, ty * tile : (ty + 1) * tile, tx * tile : (tx + 1) * tile].unique()] = 1.0
+    occupied = torch.zeros((cells.shape[-1] // tile) ** 2, LEVELS**3)
+    occupied[_tile_of(cells, tile), cells] = 1.0
     return _grown(occupied, tolerance)
+
+
+def _tile_of(cells: torch.Tensor, tile: int) -> torch.Tensor:
+    """The row-major index of the ``tile`` x ``tile`` tile of every pixel of square images' cells (N, H, W)."""
+    row = torch.arange(cells.shape[-1]) // tile
+    return (row[:, None] * (cells.shape[-1] // tile) + row[None, :]).expand_as(cells)
 
 
 def _cells(x: torch.Tensor) -> torch.Tensor:
@@ -92,9 +96,7 @@ def off_local_palette(x: torch.Tensor, palette: torch.Tensor | None = None, tile
         raise ValueError(
             f"the local palette is of {per_side * tile}-pixel faces, and the images are {tuple(cells.shape[-2:])}"
         )
-    row = torch.arange(cells.shape[-2]) // tile
-    tile_of = (row[:, None] * per_side + row[None, :]).expand_as(cells)
-    return ~palette[tile_of, cells]
+    return ~palette[_tile_of(cells, tile), cells]
 
 
 def palette_drift(x: torch.Tensor, palette: torch.Tensor | None = None) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .palette import TILE
+
 
 def _pct(x) -> str:
     return f"{100 * x:.1f}"
@@ -51,16 +53,17 @@ def report_lines(r: dict) -> list[str]:
                 continue
             before = r["original"]["attribute_rates"][head][label]
             lines.append(f"| {head}={label} | {_pct(before)} | {_pct(rate)} | {100 * (rate - before):+.1f} |")
-    fd, pd = r["fd"], r["palette_drift"]
+    fd = r["fd"]
     lines += [
         "",
         f"FD (classifier features vs {fd['reference_renders']} {fd['reference']}): {fd['value']:.3f} "
         f"(original {fd['original']:.3f}, renders floor {fd['floor_renders']:.3f})",
         *_target_seeds_line(fd),
-        f"palette drift (share of pixels far from every rendered colour): {100 * pd['plain']:.2f}% plain, "
-        f"{100 * pd['edited']:.2f}% asked for the target (original {100 * pd['original_plain']:.2f}% / "
-        f"{100 * pd['original_edited']:.2f}%)",
-        *_local_palette_line(r.get("local_palette_drift")),
+        *_drift_line("palette drift (share of pixels far from every rendered colour)", r["palette_drift"]),
+        *_drift_line(
+            f"local palette drift (far from every colour rendered in the pixel's {TILE}-pixel tile)",
+            r.get("local_palette_drift"),
+        ),
         f"gamma: classifier {r['gamma']['classifier']['value']:.3f}, held-out CLIP {r['gamma']['clip']['value']:.3f}",
         *_recognised_line(r.get("recognised")),
     ]
@@ -77,13 +80,13 @@ def report_lines(r: dict) -> list[str]:
     return lines
 
 
-def _local_palette_line(ld: dict | None) -> list[str]:
-    if ld is None:
+def _drift_line(name: str, drift: dict | None) -> list[str]:
+    """One palette-drift figure of the four sets (none where the report has not measured it)."""
+    if drift is None:
         return []
     return [
-        f"local palette drift (far from every colour rendered in the pixel's 4-pixel tile): {100 * ld['plain']:.2f}% "
-        f"plain, {100 * ld['edited']:.2f}% asked for (original {100 * ld['original_plain']:.2f}% / "
-        f"{100 * ld['original_edited']:.2f}%)"
+        f"{name}: {100 * drift['plain']:.2f}% plain, {100 * drift['edited']:.2f}% asked for the target (original "
+        f"{100 * drift['original_plain']:.2f}% / {100 * drift['original_edited']:.2f}%)"
     ]
 
 
