@@ -44,7 +44,7 @@ def assets(tmp_path_factory):
             "--work",
             str(root / "work"),
             "--stages",
-            "classifier,identity,guide_classifier,guide_identity,clip_guide,clip_judge,generator,sharpen",
+            "classifier,identity,guide_classifier,guide_classifier_b,guide_identity,clip_guide,clip_judge,generator,sharpen",
         ],
         check=True,
         cwd=ROOT,

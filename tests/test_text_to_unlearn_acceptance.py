@@ -23,12 +23,9 @@ def _miss(reason: str):
 
 # the measured misses (README, "Text-to-Unlearn that erases"; the sharpened generator, 2026-12-07): each target is
 # expected to fail until the method changes, and strictly: an unexpected pass is an error that asks for this list to
-# be updated. Alice meets every bar, her asked-for drop included (the held-out mapper draws her as a face).
+# be updated. Alice meets every bar, her asked-for drop included (the held-out mapper draws her as a face), and so does
+# eyeglasses since its attributes are kept through the second guide classifier (2026-12-07, sixth session).
 MISSES = {
-    "eyeglasses": _miss(
-        "on the sharpened generator eyeglasses meets every bar but the palette's: the erased faces' lavender lips put "
-        "the local palette drift at 4.35% against the original's 1.82% (2.4x, bar 2x)"
-    ),
     "smile": _miss(
         "on the sharpened generator smile falls 54.5% -> 19.9% on G(w) (bar a drop of 80%) and the held-out CLIP's "
         "asked-for smiles stay (99.8% -> 99.3%)"

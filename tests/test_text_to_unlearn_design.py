@@ -341,3 +341,66 @@ def test_attributes_on_is_one_of_its_choices(tmp_path):
 
     with pytest.raises(EraseError, match="attributes_on"):
         quick_erase(tmp_path / "o", {**QUICK, "attributes_on": "mapper"})
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_the_latent_attack_stays_within_its_radius_and_asks_g_t_for_the_concept_more(tmp_path, share):
+    """``adversarial_share``: that share of the edited latents is replaced by w_hat moved at most
+    ``adversarial_radius`` in each W+ row towards what the guide CLIP reads as the prompt on G_t (at the step it is
+    made); 0 leaves every mapper edit as it is."""
+    from erase.core.latent_mapper import edit, to_images
+    from erase.methods.text_to_unlearn import TextToUnlearn
+
+    seen: list[tuple] = []
+    original_codes, original_attack = TextToUnlearn._codes, TextToUnlearn._attacked
+
+    def codes(self):
+        out = original_codes(self)
+        seen.append((self, out[0], out[2]))
+        return out
+
+    def attacked(self, w_hat):
+        out = original_attack(self, w_hat)
+        with torch.no_grad():
+            score = [
+                (self.guides.clip_image(to_images(self.G.synthesis(w))) * self.text).sum(-1) for w in (w_hat, out)
+            ]
+        seen.append(("attack", (out - w_hat).norm(dim=-1), *score))
+        return out
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(TextToUnlearn, "_codes", codes)
+    mp.setattr(TextToUnlearn, "_attacked", attacked)
+    try:
+        quick_erase(
+            tmp_path / "o",
+            {**QUICK, "steps": 3, "batch_size": 4, "adversarial_share": share, "adversarial_radius": 0.5},
+        )
+    finally:
+        mp.undo()
+    attacks = [s for s in seen if s[0] == "attack"]
+    steps = [s for s in seen if s[0] != "attack"]
+    assert len(attacks) == (3 if share == 1.0 else 0)
+    for _, moved, before, after in attacks:
+        assert moved.max() <= 0.5 + 1e-5 and moved.max() > 0.25
+        assert (after > before).all()
+    for eraser, w, w_hat in steps:
+        mapper_edit = edit(eraser.mapper, w, 0.1)
+        assert torch.equal(w_hat, mapper_edit) == (share == 0.0)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"adversarial_share": 1.5}, "adversarial_share is a share in"),
+        ({"adversarial_share": 0.5, "layers": "mapping"}, "set adversarial_share=0"),
+        ({"adversarial_share": 0.5, "mode": "clip_distance"}, "set adversarial_share=0"),
+        ({"adversarial_radius": 0.0}, "adversarial_radius"),
+    ],
+)
+def test_the_latent_attack_refuses_what_it_cannot_do(fields, message):
+    from erase.core.errors import EraseError
+    from erase.methods.text_to_unlearn import TextToUnlearnConfig
+
+    with pytest.raises(EraseError, match=message):
+        TextToUnlearnConfig(**fields).check()

@@ -153,6 +153,17 @@ class TextToUnlearnConfig(TrainedConfig):
         "with edit_mix > 0: the second mapper's weight of keeping the guides' other attributes (KL; 0 = StyleCLIP's "
         "edit, which also recolours hair): a loose route to the concept that changes nothing else",
     )
+    adversarial_share: float = option(
+        0.0,
+        "share of each step's edited latents replaced by a latent attack on G_t: w_hat moved, within "
+        "adversarial_radius per W+ row, to where G_t draws the concept most by the guide CLIP (adversarial_steps "
+        "normalised-gradient steps); the fine-tune then removes the concept there too, not only along the mapper's "
+        "edit",
+    )
+    adversarial_steps: int = option(3, "with adversarial_share > 0: the attack's gradient steps")
+    adversarial_radius: float = option(
+        3.0, "with adversarial_share > 0: the largest L2 change the attack makes to each W+ row of w_hat"
+    )
     direction_samples: int = option(256, "latent pairs that define the reference direction i")
     gate_points: float = option(
         30.0, "the mapper's edit must raise the guides' judged rate of the concept by this many points"
@@ -182,6 +193,7 @@ class TextToUnlearnConfig(TrainedConfig):
                 "mapper_batch",
                 "direction_samples",
                 "gate_samples",
+                "adversarial_steps",
                 "probe_samples",
             ),
             non_negative=(
@@ -204,12 +216,23 @@ class TextToUnlearnConfig(TrainedConfig):
                 "probe_margin",
                 "probe_accuracy",
             ),
-            positive=("mapper_lr", "edit_scale", "truncation"),
+            positive=("mapper_lr", "edit_scale", "truncation", "adversarial_radius"),
         )
         if not 0.0 <= self.edit_mix <= 1.0 or self.mix_identity < 0:
             raise EraseError(
                 f"text_to_unlearn: edit_mix is a share in [0, 1] and mix_identity a weight >= 0 (got {self.edit_mix}, "
                 f"{self.mix_identity}); e.g. --set edit_mix=0.5"
+            )
+        if not 0.0 <= self.adversarial_share <= 1.0:
+            raise EraseError(
+                f"text_to_unlearn: adversarial_share is a share in [0, 1] (got {self.adversarial_share}); e.g. --set "
+                "adversarial_share=0.5"
+            )
+        if self.adversarial_share > 0 and (self.mode != "directional" or self.layers == "mapping"):
+            raise EraseError(
+                "text_to_unlearn: adversarial_share attacks the edited latents of mode directional through the "
+                f"synthesis (mode {self.mode!r}, layers {self.layers!r}); set adversarial_share=0 or use mode "
+                "directional with layers synthesis or adaptive"
             )
         if self.modulations == "all" and self.layers != "adaptive":
             raise EraseError(

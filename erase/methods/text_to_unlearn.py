@@ -314,7 +314,27 @@ class TextToUnlearn(Eraser):
         mixed = torch.rand(cfg.batch_size, generator=self.rng) < cfg.edit_mix if self.mixer is not None else None
         with torch.no_grad():
             w_hat_f = self._edit(w_f, mixed)
+        if cfg.adversarial_share > 0:  # (refused with layers mapping, where w_hat_t is another code)
+            attacked = torch.rand(cfg.batch_size, generator=self.rng) < cfg.adversarial_share
+            if attacked.any():
+                w_hat_f = w_hat_f.clone()
+                w_hat_f[attacked] = self._attacked(w_hat_f[attacked])
         return w_f, w_t, w_hat_f, self._edit(w_t, mixed) if cfg.layers == "mapping" else w_hat_f
+
+    def _attacked(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """``w_hat`` moved, by at most ``adversarial_radius`` in each W+ row, to where G_t draws the concept most
+        (the guide CLIP's similarity to the prompt): normalised-gradient ascent, projected onto the radius after each
+        step. The latents an attacker would ask with; no gradient reaches G_t's weights."""
+        cfg = self.config
+        delta = torch.zeros_like(w_hat, requires_grad=True)
+        step = 2.5 * cfg.adversarial_radius / cfg.adversarial_steps
+        for _ in range(cfg.adversarial_steps):
+            score = (self.guides.clip_image(to_images(self.G.synthesis(w_hat + delta))) * self.text).sum()
+            (grad,) = torch.autograd.grad(score, delta)
+            with torch.no_grad():
+                delta += step * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                delta *= (cfg.adversarial_radius / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1)
+        return (w_hat + delta).detach()
 
     def _edit(self, w: torch.Tensor, mixed: torch.Tensor | None) -> torch.Tensor:
         w_hat = edit(self.mapper, w, self.config.edit_scale)

@@ -25,6 +25,7 @@ JUDGES = {
 # networks only the method consults (Text-to-Unlearn's guides); the evaluation never loads them
 GUIDES = {
     "guide-classifier": (AttributeClassifier, AttributeClassifierConfig),
+    "guide-classifier-b": (AttributeClassifier, AttributeClassifierConfig),
     "guide-identity": (IdentityEmbedder, IdentityEmbedderConfig),
 }
 TRAINED = {**JUDGES, **GUIDES}

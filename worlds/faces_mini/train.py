@@ -71,6 +71,10 @@ class Recipe:
         default_factory=lambda: AugmentConfig(p_vae=0.0, shift=2, gain=0.12, offset=0.06, p_blur=0.3, noise=0.03)
     )
     guide_classifier_channels: tuple = (24, 48, 80)
+    # a second guide classifier (same renders and augmentation, its own seed and widths) through which the method
+    # keeps the other attributes: the generator is sharpened through the first one, and a KL through that network
+    # recoloured the erased faces' lips (README, "Text-to-Unlearn that erases")
+    guide_classifier_b_channels: tuple = (32, 48, 96)
     guide_identity_channels: tuple = (24, 48, 80)
     clip_renders: int = 40_000
     clip_steps: int = (
@@ -182,6 +186,12 @@ class Builder(StagedBuild):
             "guide-classifier", self.r.guide_classifier, self.r.guide_classifier_channels, self.r.seed + 60, "guide"
         )
 
+    def stage_guide_classifier_b(self) -> None:
+        r = self.r
+        self._train_classifier(
+            "guide-classifier-b", r.guide_classifier, r.guide_classifier_b_channels, r.seed + 95, "guide"
+        )
+
     def stage_guide_identity(self) -> None:
         self._train_identity("guide-identity", self.r.guide_identity_channels, self.r.seed + 70, "guide")
 
@@ -273,6 +283,7 @@ STAGES = [
     "classifier_b",
     "identity",
     "guide_classifier",
+    "guide_classifier_b",
     "guide_identity",
     "clip_guide",
     "clip_judge",
