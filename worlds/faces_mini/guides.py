@@ -9,7 +9,7 @@ method's guides (``faces_mini_guides``) are networks the evaluation never loads:
 * ``guide-classifier-b``, a second one (the same renders, another seed and widths): the other attributes that an
   edit or an erasure keeps (``other_attributes``). Not the first, because the generator was sharpened through the
   first (``worlds.faces_mini.sharpen``): a KL through that network recoloured the erased faces' lips lavender
-  (eyeglasses, 300 seeds: local palette drift 2.5x the original's), through this one they stay red (1.8x);
+  (eyeglasses, 300 seeds: local palette drift 2.5x the original's), through this one they stay mostly red (1.8x);
 * ``guide-identity``, an identity embedder of its own seed, widths and renders (the ArcFace stand-in);
 * perceptual distances (LPIPS-style) through an untrained conv trunk of fixed seed (the default: the probe found
   it worked as well as anything tried), or through either guide network's feature maps.
