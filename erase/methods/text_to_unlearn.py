@@ -281,7 +281,7 @@ class TextToUnlearn(Eraser):
         w = w0.clone().requires_grad_(True)
         opt = torch.optim.SGD([w], lr=0.01)
         for _ in range(3):
-            loss = (1 - (self.guides.clip_image(to_images(G.synthesis(w))) * self.text).sum(-1)).mean()
+            loss = (1 - self._prompt_similarity(G, w)).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -329,12 +329,16 @@ class TextToUnlearn(Eraser):
         delta = torch.zeros_like(w_hat, requires_grad=True)
         step = 2.5 * cfg.adversarial_radius / cfg.adversarial_steps
         for _ in range(cfg.adversarial_steps):
-            score = (self.guides.clip_image(to_images(self.G.synthesis(w_hat + delta))) * self.text).sum()
+            score = self._prompt_similarity(self.G, w_hat + delta).sum()
             (grad,) = torch.autograd.grad(score, delta)
             with torch.no_grad():
                 delta += step * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
                 delta *= (cfg.adversarial_radius / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1)
         return (w_hat + delta).detach()
+
+    def _prompt_similarity(self, G, w: torch.Tensor) -> torch.Tensor:
+        """Per W+ code: the guide CLIP's similarity of G's image to the prompt (differentiable)."""
+        return (self.guides.clip_image(to_images(G.synthesis(w))) * self.text).sum(-1)
 
     def _edit(self, w: torch.Tensor, mixed: torch.Tensor | None) -> torch.Tensor:
         w_hat = edit(self.mapper, w, self.config.edit_scale)
